@@ -1,0 +1,202 @@
+"""The ``revcurse`` command line (typer). Each subcommand is a thin call into the library.
+
+User errors (bad config values, unknown keys, missing files, a non-empty output directory) print one
+line ``error: ...`` on stderr and exit with code 2; nothing is half-written because configs are
+fully validated before any directory is created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from revcurse.config import (
+    RunConfig,
+    ToyExperimentConfig,
+    apply_overrides,
+    dump_yaml,
+    load_yaml,
+)
+from revcurse.errors import EXIT_USAGE, RevcurseError
+
+app = typer.Typer(
+    name="revcurse",
+    help="Reproduce, measure and extend the reversal curse (masked diffusion vs autoregressive LMs).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXPERIMENTS = ("toy",)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (a dump of the dataclasses)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Dotted override, e.g. --set model.d_model=128 (repeatable)."),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty output directory.")]
+
+
+def _command_line() -> str:
+    return "revcurse " + shlex.join(sys.argv[1:])
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; a :class:`RevcurseError` becomes a one-line message and exit code 2."""
+    try:
+        return fn()
+    except RevcurseError as err:
+        raise _fail(str(err)) from None
+
+
+def _load(cls: type[T], config: Path | None, overrides: list[str] | None) -> T:
+    cfg = load_yaml(cls, config) if config is not None else cls()
+    return apply_overrides(cfg, overrides or [])
+
+
+def _default_out(name: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name / stamp
+
+
+@app.command()
+def reproduce(
+    name: Annotated[str, typer.Argument(help=f"Experiment: {', '.join(EXPERIMENTS)}.")],
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster run.")] = False,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="Train seeds 0..N-1 (default: config's seeds).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
+    force: ForceOpt = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run a named experiment end to end and write its report."""
+    if name not in EXPERIMENTS:
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
+
+    def run() -> dict[str, Any]:
+        from revcurse.experiments.toy import quick as make_quick
+        from revcurse.experiments.toy import run_toy
+
+        cfg = ToyExperimentConfig()
+        if config is not None:
+            cfg = load_yaml(ToyExperimentConfig, config)
+        if quick:
+            cfg = make_quick(cfg)
+        extra = list(set_ or [])
+        if seeds is not None:
+            extra.append(f"seeds={list(range(seeds))}")
+        if workers is not None:
+            extra.append(f"workers={workers}")
+        cfg = apply_overrides(cfg, extra)
+        target = out or _default_out(name)
+        start = time.perf_counter()
+        summary = run_toy(cfg, target, command=_command_line(), progress=progress, force=force)
+        elapsed = time.perf_counter() - start
+        for family, agg in summary["aggregate"].items():
+            fwd, rev = agg["forward_accuracy"], agg["reverse_accuracy"]
+            typer.echo(
+                f"{family.upper()}: forward {fwd['mean']:.3f} ± {fwd['std']:.3f}   "
+                f"reverse {rev['mean']:.3f} ± {rev['std']:.3f}   (n={agg['n']} seeds)"
+            )
+        typer.echo(f"chance (reverse): {summary['chance']['reverse']:.3f}")
+        typer.echo(f"report: {target / 'report.html'}   ({elapsed:.1f} s)")
+        return summary
+
+    _guard(run)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    force: ForceOpt = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one model (a RunConfig) and write its run directory."""
+
+    def run() -> None:
+        from revcurse.experiments.toy import prepare_out_dir
+        from revcurse.training import train as train_run
+
+        cfg = _load(RunConfig, config, set_)
+        prepare_out_dir(out, force)
+        summary = train_run(cfg, out, progress=progress, command=_command_line())
+        typer.echo(
+            f"{summary['family'].upper()} seed {summary['seed']}: "
+            f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"
+            f"  (chance {summary['reverse_chance']:.3f})  -> {out}"
+        )
+
+    _guard(run)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A run directory or a .safetensors checkpoint.")
+    ],
+) -> None:
+    """Re-evaluate a saved model on its dataset; prints the metrics as JSON."""
+
+    def run() -> None:
+        from revcurse.evaluation import evaluate as evaluate_model
+        from revcurse.training import build_dataset, load_checkpoint
+
+        path = checkpoint
+        if path.is_dir():
+            path = path / "checkpoints" / "final.safetensors"
+        model, cfg, vocab, step = load_checkpoint(path)
+        dataset, _ = build_dataset(cfg)
+        metrics = evaluate_model(model, dataset, vocab)
+        metrics.pop("predictions")
+        typer.echo(json.dumps({"checkpoint": str(path), "step": step, **metrics}, indent=2))
+
+    _guard(run)
+
+
+@app.command("config")
+def show_config(
+    kind: Annotated[str, typer.Argument(help="toy (experiment) or run (one model).")] = "toy",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print a resolved config as YAML (defaults, a file, and overrides applied)."""
+    kinds = {"toy": ToyExperimentConfig, "run": RunConfig}
+    if kind not in kinds:
+        raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")
+    cfg = _guard(lambda: _load(kinds[kind], config, set_))
+    typer.echo(dump_yaml(cfg), nl=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

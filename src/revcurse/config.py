@@ -1,0 +1,475 @@
+"""Typed configuration: dataclasses with docstrings, YAML round-trip, dotted overrides, validation.
+
+A config is a tree of dataclasses. YAML files are plain dumps of that tree (``dump_yaml``), and are
+read back with ``yaml.safe_load`` and checked field by field against the type annotations
+(``from_dict``): unknown keys are rejected with the closest valid name as a suggestion, and every
+error names the dotted field (``model.d_model``) and the file it came from.
+
+Overrides use the same dotted names (``--set model.d_model=128``); their values are parsed as YAML
+scalars (``128``, ``true``, ``[0, 1, 2]``) and go through exactly the same checks as a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from revcurse.errors import ConfigError
+
+T = TypeVar("T")
+
+Family = Literal["mdm", "arm"]
+Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
+Norm = Literal["rmsnorm", "layernorm", "none"]
+Objective = Literal["auto", "masked_diffusion", "next_token"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+# --------------------------------------------------------------------------------------------------
+# The config tree
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ToyDataConfig:
+    """The synthetic reversal task: N pairs of single-token entities ``a_i`` and ``B_i``.
+
+    Training holds only forward statements ``[BOS] a_i REL f.. B_i [EOS]``; the forward query is
+    ``a_i REL f.. [M] -> B_i`` and the reverse query ``B_i REL f.. [M] -> a_i``.
+    """
+
+    n_pairs: int = 100
+    """Number of entity pairs (facts)."""
+    n_filler: int = 0
+    """Filler tokens between REL and the second entity; the entities sit n_filler + 2 apart."""
+    filler_vocab: int = 1
+    """Number of distinct filler token types; each fact draws its fillers from them."""
+    bos: bool = False
+    """Prepend a BOS token to every statement and query."""
+    eos: bool = False
+    """Append an EOS token to every training statement."""
+    shuffle_pairs: bool = True
+    """Pair a_i with B_pi(i) for a seeded random permutation pi (else with B_i)."""
+    seed: int = 0
+    """Seed of the pairing and the fillers; the dataset is a pure function of this config."""
+
+    def validate(self, where: str) -> None:
+        _check(self.n_pairs >= 1, where, "n_pairs", "an integer >= 1", self.n_pairs)
+        _check(self.n_filler >= 0, where, "n_filler", "an integer >= 0", self.n_filler)
+        _check(self.filler_vocab >= 1, where, "filler_vocab", "an integer >= 1", self.filler_vocab)
+
+
+@dataclass
+class ModelConfig:
+    """One small Transformer; ``causal`` switches a bidirectional encoder (MDM) / decoder (ARM)."""
+
+    causal: bool = False
+    """True: causal decoder (ARM). False: bidirectional encoder (MDM)."""
+    d_model: int = 64
+    """Residual stream width."""
+    n_layers: int = 1
+    """Number of Transformer blocks."""
+    n_heads: int = 1
+    """Attention heads per layer; d_model must be divisible by it."""
+    mlp: bool = True
+    """Include the MLP sub-block in every layer."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of d_model."""
+    norm: Norm = "rmsnorm"
+    """Pre-norm type: rmsnorm, layernorm or none."""
+    positional: Positional = "rope"
+    """Positional encoding: rope, sinusoidal, learned, alibi or none."""
+    rope_base: float = 10000.0
+    """RoPE base theta (frequencies theta^(-2i/d_head))."""
+    max_seq_len: int = 64
+    """Longest sequence the learned/sinusoidal tables cover."""
+    tie_embeddings: bool = False
+    """Share the input embedding and the unembedding (lm_head)."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of every weight matrix."""
+
+    def validate(self, where: str) -> None:
+        _check(self.d_model >= 1, where, "d_model", "an integer >= 1", self.d_model)
+        _check(self.n_layers >= 1, where, "n_layers", "an integer >= 1", self.n_layers)
+        _check(self.n_heads >= 1, where, "n_heads", "an integer >= 1", self.n_heads)
+        _check(
+            self.d_model % self.n_heads == 0,
+            where,
+            "n_heads",
+            f"a divisor of d_model={self.d_model}",
+            self.n_heads,
+        )
+        if self.positional == "rope":
+            _check(
+                (self.d_model // self.n_heads) % 2 == 0,
+                where,
+                "d_model",
+                "an even head dimension (d_model / n_heads) for rope",
+                self.d_model,
+            )
+        _check(self.mlp_ratio > 0, where, "mlp_ratio", "a number > 0", self.mlp_ratio)
+        _check(self.rope_base > 1, where, "rope_base", "a number > 1", self.rope_base)
+        _check(self.max_seq_len >= 1, where, "max_seq_len", "an integer >= 1", self.max_seq_len)
+        _check(self.init_std > 0, where, "init_std", "a number > 0", self.init_std)
+
+    @property
+    def family(self) -> Family:
+        return "arm" if self.causal else "mdm"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: objective, AdamW, warmup + decay schedule, logging and checkpoints."""
+
+    objective: Objective = "auto"
+    """masked_diffusion (MDM), next_token (ARM), or auto: chosen from model.causal."""
+    steps: int = 3000
+    """Optimizer steps."""
+    batch_size: int = 0
+    """Sequences per step; 0 means the full training set every step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (matrices only; norms and biases are never decayed)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.98
+    """AdamW beta2."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    schedule: Schedule = "cosine"
+    """Decay after warmup: cosine, linear or constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    diffusion_eps: float = 1e-3
+    """Masked diffusion draws t ~ U(eps, 1) so the 1/t weight stays bounded."""
+    log_every: int = 50
+    """Write the training loss to metrics.jsonl every this many steps."""
+    eval_every: int = 100
+    """Evaluate forward/reverse accuracy every this many steps (0: only at the end)."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many steps (0: only the final one)."""
+    seed: int = 0
+    """Seed of the initialisation and of every random draw during training."""
+    threads: int = 1
+    """torch intra-op threads for this run (1 is fastest for toy sizes)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
+        _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0", self.batch_size)
+        _check(self.lr > 0, where, "lr", "a number > 0", self.lr)
+        _check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
+        _check(0 <= self.beta1 < 1, where, "beta1", "a number in [0, 1)", self.beta1)
+        _check(0 <= self.beta2 < 1, where, "beta2", "a number in [0, 1)", self.beta2)
+        _check(self.warmup_steps >= 0, where, "warmup_steps", "an integer >= 0", self.warmup_steps)
+        _check(
+            0 <= self.min_lr_ratio <= 1,
+            where,
+            "min_lr_ratio",
+            "a number in [0, 1]",
+            self.min_lr_ratio,
+        )
+        _check(self.grad_clip >= 0, where, "grad_clip", "a number >= 0", self.grad_clip)
+        _check(
+            0 < self.diffusion_eps < 1,
+            where,
+            "diffusion_eps",
+            "a number in (0, 1)",
+            self.diffusion_eps,
+        )
+        _check(self.log_every >= 1, where, "log_every", "an integer >= 1", self.log_every)
+        _check(self.eval_every >= 0, where, "eval_every", "an integer >= 0", self.eval_every)
+        _check(
+            self.checkpoint_every >= 0,
+            where,
+            "checkpoint_every",
+            "an integer >= 0",
+            self.checkpoint_every,
+        )
+        _check(self.threads >= 1, where, "threads", "an integer >= 1", self.threads)
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one trained model: data, architecture, optimisation."""
+
+    data: ToyDataConfig = field(default_factory=ToyDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, where: str) -> None:
+        objective = self.objective
+        if objective == "masked_diffusion" and self.model.causal:
+            raise ConfigError(
+                f"{where}: field 'train.objective': masked_diffusion needs a bidirectional model "
+                "(model.causal=false)"
+            )
+        if objective == "next_token" and not self.model.causal:
+            raise ConfigError(
+                f"{where}: field 'train.objective': next_token needs a causal model "
+                "(model.causal=true)"
+            )
+        seq_len = toy_sequence_length(self.data)
+        if seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"{where}: field 'model.max_seq_len': expected >= {seq_len} (the toy sequence "
+                f"length), got {self.model.max_seq_len}"
+            )
+
+    @property
+    def objective(self) -> str:
+        """The resolved objective (``auto`` becomes masked_diffusion or next_token)."""
+        if self.train.objective != "auto":
+            return self.train.objective
+        return "next_token" if self.model.causal else "masked_diffusion"
+
+
+@dataclass
+class ToyExperimentConfig:
+    """``revcurse reproduce toy``: train MDM and ARM on the toy task for several seeds."""
+
+    data: ToyDataConfig = field(default_factory=ToyDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Shared architecture; model.causal is set per family."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Shared optimisation; train.seed is set per seed."""
+    families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
+    """Model families to train: mdm (bidirectional, masked diffusion), arm (causal, next token)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds; each family is trained once per seed."""
+    workers: int = 2
+    """Parallel worker processes (one model each); 1 runs everything in this process."""
+
+    def validate(self, where: str) -> None:
+        _check(len(self.families) >= 1, where, "families", "a non-empty list", self.families)
+        _check(len(self.seeds) >= 1, where, "seeds", "a non-empty list", self.seeds)
+        _check(
+            len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", self.seeds
+        )
+        _check(self.workers >= 1, where, "workers", "an integer >= 1", self.workers)
+        for family in self.families:
+            self.run_config(family, self.seeds[0]).validate(where)
+
+    def run_config(self, family: Family, seed: int) -> RunConfig:
+        """The config of one model of this experiment."""
+        model = dataclasses.replace(self.model, causal=(family == "arm"))
+        train = dataclasses.replace(self.train, seed=seed)
+        return RunConfig(data=dataclasses.replace(self.data), model=model, train=train)
+
+
+def toy_sequence_length(data: ToyDataConfig) -> int:
+    """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
+    return int(data.bos) + 3 + data.n_filler + int(data.eos)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generic machinery: dict <-> dataclass, YAML, overrides
+# --------------------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, where: str, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: field '{name}': expected {expected}, got {got!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain-data (YAML/JSON-safe) copy of a config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any, length: int = 12) -> str:
+    """A stable short hash of a config's resolved values (identifies a run)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and return it converted (int -> float, ...)."""
+
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{where}: field '{name}': expected {_type_name(tp)}, got {value!r}")
+
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail()
+        return _from_dict(tp, value, where, prefix=name + ".")
+    if origin is Literal:
+        if value not in get_args(tp) or isinstance(value, bool):
+            fail()
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name, where)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            fail()
+        (item_tp,) = get_args(tp)
+        return [_coerce(v, item_tp, f"{name}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail()
+        fail()
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {name}")  # a bug, not user input
+
+
+def _unknown_key(key: str, valid: list[str], prefix: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"{where}: unknown key '{prefix}{key}'{hint}")
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, prefix, where)
+        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+    return cls(**kwargs)
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
+    """Build and validate a config of type ``cls`` from plain data (missing keys keep defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of config fields, got {type(data).__name__}"
+        )
+    cfg = _from_dict(cls, data, where)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Any, where: str = "config") -> None:
+    """Run ``validate`` of every dataclass in the tree, naming fields with their dotted path."""
+
+    def walk(node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            child = getattr(node, f.name)
+            if dataclasses.is_dataclass(child):
+                walk(child, f"{prefix}{f.name}.")
+        check = getattr(node, "validate", None)
+        if check is None:
+            return
+        try:
+            check(where)
+        except ConfigError as err:
+            # Nested configs name their own fields ('d_model'); report the dotted path instead.
+            msg = str(err)
+            if prefix and "field '" in msg:
+                msg = msg.replace("field '", f"field '{prefix}", 1)
+            raise ConfigError(msg) from None
+
+    walk(cfg, "")
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML config file (safe_load) into a validated ``cls``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{line}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: expected a UTF-8 YAML file") from None
+    return from_dict(cls, data, where=str(path))
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The YAML text of a config: a plain dump of its dataclass tree."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.d_model=128"`` -> (["model", "d_model"], 128); the value is a YAML scalar/list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.d_model=128")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Return a copy of ``cfg`` with dotted overrides applied and the whole tree re-validated."""
+    data = to_dict(cfg)
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = data
+        for depth, part in enumerate(path):
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(path[:depth])}' is not a section")
+            if part not in node:
+                prefix = "".join(p + "." for p in path[:depth])
+                raise _unknown_key(part, list(node), prefix, f"override {text!r}")
+            if depth == len(path) - 1:
+                if isinstance(node[part], dict):
+                    raise ConfigError(
+                        f"override {text!r}: '{'.'.join(path)}' is a section; set one of its "
+                        f"fields, e.g. {'.'.join(path)}.{next(iter(node[part]))}=..."
+                    )
+                node[part] = value
+            else:
+                node = node[part]
+    return from_dict(type(cfg), data, where="override")

@@ -1,0 +1,1 @@
+"""Reversal datasets: one record type (:mod:`.schema`), builders and loaders, vocabularies."""

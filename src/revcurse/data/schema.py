@@ -1,0 +1,58 @@
+"""One record type for every reversal dataset.
+
+A *fact* relates two entities, ``a`` and ``b``. Training sees statements in one direction; the
+evaluation asks a *forward* query (given ``a``, produce ``b``, the direction that was trained) and a
+*reverse* query (given ``b``, produce ``a``). Entities, prompts and answers are token sequences, so
+the same record serves single-token toy entities and multi-token natural-language ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Direction = Literal["forward", "reverse"]
+DIRECTIONS: tuple[Direction, Direction] = ("forward", "reverse")
+
+Tokens = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """A relation between entity ``a`` and entity ``b`` (``a REL b``)."""
+
+    a: Tokens
+    relation: Tokens
+    b: Tokens
+
+
+@dataclass(frozen=True)
+class Query:
+    """A test prompt whose answer fills the tokens between ``prompt`` and ``suffix``.
+
+    A bidirectional model sees ``prompt + [MASK] * len(answer) + suffix``; a causal model sees only
+    ``prompt`` and continues it.
+    """
+
+    fact: int
+    direction: Direction
+    prompt: Tokens
+    answer: Tokens
+    suffix: Tokens = ()
+
+
+@dataclass
+class ReversalDataset:
+    """Training statements plus forward and reverse queries over the same facts."""
+
+    name: str
+    facts: list[Fact]
+    train: list[Tokens]
+    """Training statements (token sequences); only the forward direction for the toy task."""
+    queries: dict[Direction, list[Query]]
+    candidates: dict[Direction, list[Tokens]] = field(default_factory=dict)
+    """The answers a query of each direction can have; chance accuracy is 1 / len(candidates)."""
+
+    def chance(self, direction: Direction) -> float:
+        """Accuracy of a uniform guess among the candidate answers of ``direction``."""
+        return 1.0 / len(self.candidates[direction])

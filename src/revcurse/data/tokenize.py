@@ -1,0 +1,89 @@
+"""Word-level vocabularies for from-scratch models, and encoding of statements and queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from revcurse.data.schema import Query, ReversalDataset, Tokens
+from revcurse.errors import RevcurseError
+
+PAD, MASK, BOS, EOS = "<pad>", "<mask>", "<bos>", "<eos>"
+SPECIALS = (PAD, MASK, BOS, EOS)
+
+
+class Vocab:
+    """A fixed token <-> id map whose first ids are the special tokens (pad=0, mask=1, bos=2, eos=3)."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.tokens: list[str] = list(SPECIALS)
+        for tok in tokens:
+            if tok not in SPECIALS:
+                self.tokens.append(tok)
+        self.index = {tok: i for i, tok in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise ValueError("duplicate tokens in vocabulary")
+        self.pad_id, self.mask_id, self.bos_id, self.eos_id = (self.index[t] for t in SPECIALS)
+
+    @classmethod
+    def from_dataset(cls, dataset: ReversalDataset) -> Vocab:
+        """Every token of the training statements and queries, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for seq in dataset.train:
+            seen.update(dict.fromkeys(seq))
+        for queries in dataset.queries.values():
+            for q in queries:
+                seen.update(dict.fromkeys(q.prompt + q.answer + q.suffix))
+        return cls(seen)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        try:
+            return [self.index[t] for t in tokens]
+        except KeyError as err:
+            raise RevcurseError(f"token {err.args[0]!r} is not in the vocabulary") from None
+
+    def decode(self, ids: Sequence[int]) -> Tokens:
+        return tuple(self.tokens[i] for i in ids)
+
+    def to_json(self) -> list[str]:
+        return list(self.tokens)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Right-pad id sequences to one ``[batch, max_len]`` long tensor."""
+    length = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def encode_statements(vocab: Vocab, statements: Sequence[Tokens]) -> torch.Tensor:
+    """Training statements as ``[n_statements, seq_len]`` ids (right-padded)."""
+    return pad_batch([vocab.encode(s) for s in statements], vocab.pad_id)
+
+
+def encode_queries(
+    vocab: Vocab, queries: Sequence[Query], causal: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries as model inputs for single-token answers.
+
+    Returns ``(input_ids [Q, L], answer_pos [Q], answer_id [Q])``: the logits at ``answer_pos`` score
+    the answer. A bidirectional model fills ``[MASK]`` in ``prompt [MASK] suffix`` (the position of the
+    mask); a causal model predicts the token after ``prompt`` (the position of its last token).
+    Queries are left-aligned, so padding only ever follows the scored position.
+    """
+    if any(len(q.answer) != 1 for q in queries):
+        raise RevcurseError("single-position scoring needs one-token answers")
+    if causal:
+        seqs = [vocab.encode(q.prompt) for q in queries]
+        pos = [len(q.prompt) - 1 for q in queries]
+    else:
+        seqs = [vocab.encode(q.prompt) + [vocab.mask_id] + vocab.encode(q.suffix) for q in queries]
+        pos = [len(q.prompt) for q in queries]
+    answers = [vocab.encode(q.answer)[0] for q in queries]
+    return pad_batch(seqs, vocab.pad_id), torch.tensor(pos), torch.tensor(answers)

@@ -1,0 +1,101 @@
+"""Atomic file writes and the layout of a run directory.
+
+Every file a run writes goes through a temporary file in the same directory followed by
+``os.replace``, so a crash (or SIGKILL) never leaves a truncated file in place: a reader sees the old
+version or the new one. JSONL metrics are appended whole lines at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from revcurse.errors import RevcurseError
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON record as a single line (one write call, flushed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a malformed line is reported with file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise RevcurseError(f"{path}: file not found")
+    records = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise RevcurseError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+    return records
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file with a one-line error naming the file when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise RevcurseError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RevcurseError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Save tensors as safetensors atomically (contiguous CPU copies; shared storage is split)."""
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _atomic(Path(path), lambda tmp: save_file(flat, str(tmp), metadata=meta))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never pickle); a missing or corrupt file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise RevcurseError(f"{path}: checkpoint not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RevcurseError(f"{path}: not a valid safetensors file ({err})") from None

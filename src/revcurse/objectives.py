@@ -1,0 +1,91 @@
+"""Training objectives: masked diffusion (MDM) and next-token prediction (ARM).
+
+Masked diffusion follows LLaDA (Nie et al. 2025, Eq. 3) / MDLM (Sahoo et al. 2024): draw a mask
+ratio ``t ~ U(eps, 1)`` per sequence, replace each token by ``[MASK]`` independently with probability
+``t``, and minimise the cross-entropy on the masked positions weighted by ``1/t``:
+
+    L(theta) = -E_{x, t, x_t} [ 1/(t L) * sum_{i: x_t^i = [MASK]} log p_theta(x^i | x_t) ],
+
+an upper bound on the negative log-likelihood. ``L`` is the number of maskable tokens of the
+sequence. The ARM minimises the usual next-token cross-entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+
+def sample_mask_ratio(batch: int, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """``t ~ U(eps, 1)`` for each of ``batch`` sequences ``[B]``."""
+    return eps + (1.0 - eps) * torch.rand(batch, generator=generator)
+
+
+def mask_tokens(
+    tokens: torch.Tensor,  # [B, L]
+    t: torch.Tensor,  # [B]
+    mask_id: int,
+    generator: torch.Generator,
+    maskable: torch.Tensor | None = None,  # [B, L] bool; default: every position
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward (noising) process: each maskable token becomes ``mask_id`` with probability t.
+
+    Returns ``(noisy [B, L], masked [B, L] bool)``.
+    """
+    masked = torch.rand(tokens.shape, generator=generator) < t[:, None]
+    if maskable is not None:
+        masked &= maskable
+    return tokens.masked_fill(masked, mask_id), masked
+
+
+def masked_diffusion_loss(
+    logits: torch.Tensor,  # [B, L, V]
+    targets: torch.Tensor,  # [B, L] clean tokens
+    masked: torch.Tensor,  # [B, L] bool
+    t: torch.Tensor,  # [B]
+    n_maskable: torch.Tensor,  # [B] number of maskable tokens per sequence
+) -> torch.Tensor:
+    """``mean_b  sum_{i masked} CE(logits_bi, x_bi) / (t_b * n_b)`` (the estimator of Eq. 3)."""
+    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    ce = ce.view_as(targets) * masked  # [B, L], zero on visible tokens
+    per_seq = ce.sum(dim=1) / (t * n_maskable.clamp(min=1))  # [B]
+    return per_seq.mean()
+
+
+def next_token_loss(
+    logits: torch.Tensor,  # [B, L, V]
+    tokens: torch.Tensor,  # [B, L]
+    pad_id: int,
+) -> torch.Tensor:
+    """Mean CE of predicting ``tokens[:, 1:]`` from positions ``0 .. L-2`` (padding ignored)."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad_id
+    )
+
+
+def masked_diffusion_step_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,  # [B, L]
+    mask_id: int,
+    pad_id: int,
+    eps: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One Monte-Carlo draw of the masked diffusion loss for a batch of clean sequences."""
+    maskable = tokens != pad_id  # [B, L]
+    t = sample_mask_ratio(tokens.shape[0], eps, generator)
+    noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
+    logits = model(noisy, attention_mask=_key_mask(maskable))
+    return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
+
+
+def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """The next-token loss of a batch of sequences."""
+    return next_token_loss(
+        model(tokens, attention_mask=_key_mask(tokens != pad_id)), tokens, pad_id
+    )
+
+
+def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
+    """The padding mask to pass to the model, or None when nothing is padded (saves a masked_fill)."""
+    return None if bool(real.all()) else real

@@ -1,0 +1,1 @@
+"""Figures (matplotlib) and self-contained HTML / Markdown reports."""

@@ -1,0 +1,87 @@
+"""Matplotlib figures of experiment results (Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from revcurse import files  # noqa: E402
+
+FAMILY_COLORS = {"mdm": "#1f77b4", "arm": "#d62728"}
+
+
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Save a figure as PNG atomically and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    files.write_bytes(path, buf.getvalue())
+    return path
+
+
+def accuracy_by_family(
+    rows: Sequence[dict[str, Any]], families: Sequence[str], chance: dict[str, float], path: Path
+) -> Path:
+    """Forward and reverse accuracy per family: bars at the seed mean, one dot per seed."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    width = 0.36
+    rng = np.random.default_rng(0)  # jitter of the per-seed dots only
+    for i, family in enumerate(families):
+        fam_rows = [r for r in rows if r["family"] == family]
+        for j, direction in enumerate(("forward", "reverse")):
+            values = np.array([r[f"{direction}_accuracy"] for r in fam_rows])
+            x = i + (j - 0.5) * width
+            ax.bar(
+                x,
+                values.mean(),
+                width * 0.9,
+                color=FAMILY_COLORS.get(family, "gray"),
+                alpha=0.35 if direction == "reverse" else 0.8,
+                edgecolor="black",
+                hatch="//" if direction == "reverse" else None,
+                label=f"{family.upper()} {direction}",
+            )
+            jitter = rng.uniform(-width * 0.2, width * 0.2, size=len(values))
+            ax.scatter(x + jitter, values, color="black", s=14, zorder=3)
+    ax.axhline(chance["reverse"], color="gray", ls="--", lw=1, label="chance (1/N)")
+    ax.set_xticks(range(len(families)), [f.upper() for f in families])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title("Forward vs reverse accuracy (bars: mean over seeds; dots: seeds)")
+    ax.legend(fontsize=7, loc="center right", bbox_to_anchor=(1.38, 0.5))
+    return save(fig, path)
+
+
+def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Loss and forward/reverse accuracy against step; one line per model (label -> metrics)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    for label, records in curves.items():
+        family = label.split("-")[0]
+        color = FAMILY_COLORS.get(family, "gray")
+        train = [r for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=color,
+                     alpha=0.7, lw=1, label=label)  # fmt: skip
+        steps = [r["step"] for r in evals]
+        ax_acc.plot(steps, [r["forward_accuracy"] for r in evals], color=color, alpha=0.7, lw=1)
+        ax_acc.plot(steps, [r["reverse_accuracy"] for r in evals], color=color, alpha=0.7, lw=1,
+                    ls="--")  # fmt: skip
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.set_title("Training loss\n(MDM: diffusion bound, ARM: next-token CE)", fontsize=10)
+    ax_loss.legend(fontsize=6, ncol=2)
+    ax_acc.set_xlabel("step")
+    ax_acc.set_ylabel("top-1 accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_title("Accuracy during training\n(solid: forward, dashed: reverse)", fontsize=10)
+    return save(fig, path)

@@ -1,0 +1,123 @@
+"""A report as a list of blocks, rendered to self-contained HTML (figures inlined as base64, no
+external assets, opens offline) and to Markdown (figures linked by relative path)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STYLE = """
+body { font-family: system-ui, -apple-system, sans-serif; max-width: 980px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+code, pre { background: #f6f6f6; padding: 0.1em 0.3em; border-radius: 3px; }
+pre { padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.ok { color: #1a7f37; font-weight: 600; } .fail { color: #cf222e; font-weight: 600; }
+img { max-width: 100%; }
+"""
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[Any]]
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Pre:
+    text: str
+
+
+@dataclass
+class Check:
+    """A measured target: the label, the measured value as text and whether it was met."""
+
+    label: str
+    measured: str
+    ok: bool
+
+
+Block = Heading | Para | Table | Figure | Pre | Check
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def to_html(title: str, blocks: Sequence[Block]) -> str:
+    esc = html.escape
+    parts = [f"<h1>{esc(title)}</h1>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            parts.append(f"<p>{esc(b.text)}</p>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{esc(h)}</th>" for h in b.header)
+            body = "".join(
+                "<tr>" + "".join(f"<td>{esc(fmt(c))}</td>" for c in row) + "</tr>" for row in b.rows
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(b, Figure):
+            data = base64.b64encode(b.path.read_bytes()).decode()
+            parts.append(
+                f'<figure><img alt="{esc(b.caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{esc(b.caption)}</figcaption></figure>"
+            )
+        elif isinstance(b, Pre):
+            parts.append(f"<pre>{esc(b.text)}</pre>")
+        elif isinstance(b, Check):
+            cls, word = ("ok", "met") if b.ok else ("fail", "NOT met")
+            parts.append(
+                f"<p>{esc(b.label)}: measured {esc(b.measured)} — <span class='{cls}'>{word}</span></p>"
+            )
+    body = "\n".join(parts)
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def to_markdown(title: str, blocks: Sequence[Block], root: Path) -> str:
+    parts = [f"# {title}"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Para):
+            parts.append(b.text)
+        elif isinstance(b, Table):
+            lines = ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in b.rows]
+            parts.append("\n".join(lines))
+        elif isinstance(b, Figure):
+            parts.append(f"![{b.caption}]({b.path.relative_to(root).as_posix()})\n\n*{b.caption}*")
+        elif isinstance(b, Pre):
+            parts.append(f"```\n{b.text.rstrip()}\n```")
+        elif isinstance(b, Check):
+            parts.append(f"- {b.label}: measured {b.measured} — **{'met' if b.ok else 'NOT met'}**")
+    return "\n\n".join(parts) + "\n"

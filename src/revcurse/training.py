@@ -1,0 +1,280 @@
+"""The training loop: AdamW with warmup + decay, seeded draws, metrics.jsonl, safetensors checkpoints.
+
+A run directory written by :func:`train` holds::
+
+    config.yaml        the resolved RunConfig (a plain dump of the dataclasses)
+    command.txt        the command that produced it
+    env.json           versions, machine, git commit
+    metrics.jsonl      {"kind": "train", step, loss, lr, grad_norm} and {"kind": "eval", step, ...}
+    checkpoints/       final.safetensors (+ step-N.safetensors): model and AdamW state, generator
+                       state; the metadata carries the config and vocabulary, so a checkpoint alone
+                       rebuilds its model (load_checkpoint)
+    predictions.json   the model's answer to every forward and reverse query
+    summary.json       final metrics and config essentials
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from revcurse import files
+from revcurse.config import RunConfig, TrainConfig, config_hash, dump_yaml, from_dict, to_dict
+from revcurse.data.schema import ReversalDataset
+from revcurse.data.tokenize import Vocab, encode_statements
+from revcurse.data.toy import build_toy
+from revcurse.errors import RevcurseError
+from revcurse.evaluation import evaluate
+from revcurse.models.transformer import TransformerLM
+from revcurse.objectives import masked_diffusion_step_loss, next_token_step_loss
+from revcurse.repro import environment, seed_everything
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based): linear warmup, then decay to
+    ``min_lr_ratio`` at the last step (cosine, linear) or none (constant)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        decay = 1.0 - progress
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (embeddings and projections), never on norms."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # fused: one kernel for all parameters; ~4x cheaper than foreach at toy sizes on CPU.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+
+
+def build_dataset(cfg: RunConfig) -> tuple[ReversalDataset, Vocab]:
+    """The dataset a run config describes, and its vocabulary."""
+    dataset = build_toy(cfg.data)
+    return dataset, Vocab.from_dataset(dataset)
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> TransformerLM:
+    """A freshly initialised model, seeded by ``cfg.train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    return TransformerLM(cfg.model, vocab_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: Path,
+    model: TransformerLM,
+    optimizer: torch.optim.Optimizer | None,
+    generator: torch.Generator | None,
+    step: int,
+    cfg: RunConfig,
+    vocab: Vocab,
+) -> None:
+    """Model weights, AdamW moments and the generator state in one safetensors file."""
+    tensors: dict[str, torch.Tensor] = {
+        f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"
+    }
+    if not cfg.model.tie_embeddings:
+        tensors["model.lm_head.weight"] = model.lm_head.weight
+    if optimizer is not None:
+        names = {id(p): n for n, p in model.named_parameters()}
+        for param, state in optimizer.state.items():
+            for key, value in state.items():
+                tensors[f"optimizer.{names[id(param)]}.{key}"] = torch.as_tensor(value)
+    if generator is not None:
+        tensors["rng.generator"] = generator.get_state()
+    meta = {
+        "format": "revcurse-checkpoint-1",
+        "step": str(step),
+        "config": json.dumps(to_dict(cfg)),
+        "vocab": json.dumps(vocab.to_json()),
+    }
+    files.save_tensors(path, tensors, meta)
+
+
+def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, int]:
+    """Rebuild a model from a checkpoint file alone (safetensors; never pickle)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    tensors = files.load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != "revcurse-checkpoint-1":
+        raise RevcurseError(f"{path}: not a revcurse checkpoint (metadata 'format' missing)")
+    try:
+        cfg = from_dict(RunConfig, json.loads(meta["config"]), where=f"{path} (metadata config)")
+        vocab = Vocab(json.loads(meta["vocab"]))
+        step = int(meta["step"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise RevcurseError(f"{path}: corrupt checkpoint metadata ({err})") from None
+    model = TransformerLM(cfg.model, len(vocab))
+    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    if cfg.model.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        raise RevcurseError(f"{path}: weights do not match the config ({detail})") from None
+    return model, cfg, vocab, step
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_run_header(out_dir: Path, cfg: RunConfig, command: str | None) -> None:
+    files.write_text(out_dir / "config.yaml", dump_yaml(cfg))
+    files.write_text(out_dir / "command.txt", (command or "(library call)") + "\n")
+    files.write_json(out_dir / "env.json", environment())
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train one model as ``cfg`` says; write its run directory (if ``out_dir``); return its summary.
+
+    Everything random (initialisation, batch order, mask ratios and masks) is drawn from generators
+    seeded by ``cfg.train.seed``, so the same config gives the same summary.
+    """
+    tc = cfg.train
+    torch.set_num_threads(tc.threads)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _write_run_header(out, cfg, command)
+
+    dataset, vocab = build_dataset(cfg)
+    data = encode_statements(vocab, dataset.train)  # [N, L]
+    model = build_model(cfg, len(vocab))
+    generator = seed_everything(tc.seed)
+    optimizer = make_optimizer(model, tc)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
+    objective = cfg.objective
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+        if objective == "masked_diffusion":
+            return masked_diffusion_step_loss(
+                model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator
+            )
+        return next_token_step_loss(model, batch, vocab.pad_id)
+
+    def log(record: dict[str, Any]) -> None:
+        if out is not None:
+            files.append_jsonl(out / "metrics.jsonl", record)
+
+    n = data.shape[0]
+    batch_size = n if tc.batch_size == 0 else min(tc.batch_size, n)
+    loss_sum, loss_count = torch.zeros(()), 0
+    start = time.perf_counter()
+    model.train()
+    bar = tqdm(
+        range(tc.steps),
+        desc=f"{cfg.model.family} seed {tc.seed}",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5,
+    )
+    for step in bar:
+        batch = (
+            data if batch_size == n else data[torch.randperm(n, generator=generator)[:batch_size]]
+        )
+        loss = step_loss(batch)
+        if not torch.isfinite(loss):
+            raise RevcurseError(
+                f"non-finite loss ({loss.item()}) at step {step}; lower train.lr or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach()
+        loss_count += 1
+
+        done = step + 1
+        if done % tc.log_every == 0 or done == tc.steps:
+            mean_loss = (loss_sum / loss_count).item()
+            loss_sum.zero_()
+            loss_count = 0
+            lr = optimizer.param_groups[0]["lr"]
+            log({"kind": "train", "step": done, "loss": mean_loss, "lr": lr,
+                 "grad_norm": grad_norm.item()})  # fmt: skip
+            bar.set_postfix(loss=f"{mean_loss:.3f}")
+        if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
+            metrics = evaluate(model, dataset, vocab)
+            metrics.pop("predictions")
+            log({"kind": "eval", "step": done, **metrics})
+        if out is not None and tc.checkpoint_every and done % tc.checkpoint_every == 0:
+            ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
+            save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab)
+    bar.close()
+    train_seconds = time.perf_counter() - start
+
+    metrics = evaluate(model, dataset, vocab)
+    predictions = metrics.pop("predictions")
+    log({"kind": "eval", "step": tc.steps, **metrics})
+    summary = {
+        "family": cfg.model.family,
+        "seed": tc.seed,
+        "objective": objective,
+        **metrics,
+        "final_loss": mean_loss,
+        "train_seconds": train_seconds,
+        "n_params": model.num_parameters(),
+        "config_hash": config_hash(cfg),
+        **config_essentials(cfg),
+    }
+    if out is not None:
+        ckpt = out / "checkpoints" / "final.safetensors"
+        save_checkpoint(ckpt, model, optimizer, generator, tc.steps, cfg, vocab)
+        files.write_json(out / "predictions.json", predictions)
+        files.write_json(out / "summary.json", summary)
+    return summary
+
+
+def config_essentials(cfg: RunConfig) -> dict[str, Any]:
+    """The config values a results table needs to tell runs apart."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    return {
+        "positional": m.positional,
+        "d_model": m.d_model,
+        "n_layers": m.n_layers,
+        "n_heads": m.n_heads,
+        "mlp": m.mlp,
+        "norm": m.norm,
+        "rope_base": m.rope_base,
+        "n_pairs": d.n_pairs,
+        "n_filler": d.n_filler,
+        "steps": t.steps,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+    }

@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny configs that build real models and datasets in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revcurse.config import ModelConfig, RunConfig, ToyDataConfig, TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tests are small; one thread keeps them fast and deterministic on the 2-core CI machine.
+    torch.set_num_threads(1)
+
+
+def tiny_run_config(**model_kw) -> RunConfig:
+    """A run that trains in well under a second."""
+    return RunConfig(
+        data=ToyDataConfig(n_pairs=8),
+        model=ModelConfig(d_model=16, n_heads=2, **model_kw),
+        train=TrainConfig(steps=20, warmup_steps=2, log_every=5, eval_every=10),
+    )

@@ -1,0 +1,108 @@
+"""End to end through the CLI: the toy reproduction's run directory, and bad input -> exit 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+TINY = [
+    "--set", "data.n_pairs=10", "--set", "model.d_model=16", "--set", "train.steps=60",
+    "--set", "train.warmup_steps=5", "--set", "train.eval_every=20", "--set", "train.log_every=10",
+]  # fmt: skip
+
+
+def revcurse(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_reproduce_toy_writes_a_complete_run_directory(tmp_path):
+    out = tmp_path / "toy"
+    result = revcurse(
+        "reproduce", "toy", "--out", str(out), "--seeds", "2", "--workers", "2", "--no-progress",
+        *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ["config.yaml", "command.txt", "env.json", "summary.json", "report.html",
+                 "report.md", "figures/accuracy.png", "figures/training.png"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert [(r["family"], r["seed"]) for r in rows] == [
+        ("mdm", 0), ("mdm", 1), ("arm", 0), ("arm", 1)
+    ]  # fmt: skip
+    for row in rows:
+        for key in ("forward_accuracy", "reverse_accuracy", "n_pairs", "positional", "d_model"):
+            assert key in row
+        run = out / "models" / f"{row['family']}-seed{row['seed']}"
+        assert (run / "checkpoints" / "final.safetensors").is_file()
+        assert (run / "metrics.jsonl").read_text().count("\n") >= 6
+    assert summary["chance"]["reverse"] == pytest.approx(0.1)
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http" not in html.split("<body>")[1]
+    assert "reproduce toy" in (out / "command.txt").read_text()
+    assert "MDM: forward" in result.stdout
+
+    # The saved model re-evaluates to the same numbers.
+    again = revcurse("evaluate", str(out / "models" / "mdm-seed0"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["reverse_accuracy"] == rows[0]["reverse_accuracy"]
+
+    # A second run into the same directory is refused, and nothing is overwritten.
+    before = (out / "summary.json").read_bytes()
+    refused = revcurse("reproduce", "toy", "--out", str(out), *TINY)
+    assert refused.returncode == 2 and "not empty" in refused.stderr
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_train_single_model_in_process(tmp_path):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    out = tmp_path / "one"
+    result = CliRunner().invoke(app, ["train", "--out", str(out), "--no-progress", *TINY])
+    assert result.exit_code == 0, result.output
+    assert (out / "summary.json").is_file() and "MDM seed 0" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["reproduce", "toy", "--set", "model.d_modle=8"], "did you mean 'model.d_model'"),
+        (["reproduce", "toy", "--set", "train.steps=zero"], "field 'train.steps'"),
+        (["reproduce", "toy", "--set", "model.norm=batchnorm"], "field 'model.norm'"),
+        (["reproduce", "toyy"], "did you mean 'toy'"),
+        (["reproduce", "toy", "--config", "/nonexistent.yaml"], "config file not found"),
+        (["train", "--out", "x", "--set", "train.objective=next_token"], "train.objective"),
+        (["evaluate", "/nonexistent/run"], "checkpoint not found"),
+        (["config", "nope"], "unknown config kind"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, fragment):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    result = CliRunner().invoke(
+        app, [*args, "--out", str(tmp_path / "o")] if args[0] == "reproduce" else args
+    )
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_config_command_prints_resolved_yaml():
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    result = CliRunner().invoke(app, ["config", "run", "--set", "model.n_layers=3"])
+    assert result.exit_code == 0
+    assert "n_layers: 3" in result.stdout

@@ -1,0 +1,101 @@
+"""Masked diffusion and next-token losses against float64 loops and the closed-form masking rate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from revcurse.objectives import (
+    mask_tokens,
+    masked_diffusion_loss,
+    next_token_loss,
+    sample_mask_ratio,
+)
+
+
+def test_mask_ratio_is_uniform_on_eps_one():
+    g = torch.Generator().manual_seed(0)
+    t = sample_mask_ratio(200_000, 0.1, g)
+    assert t.min() >= 0.1 and t.max() <= 1.0
+    assert t.mean().item() == pytest.approx(0.55, abs=0.005)  # mean of U(0.1, 1)
+
+
+@pytest.mark.parametrize("t_value", [0.05, 0.3, 0.5, 0.9])
+def test_masking_rate_matches_t(t_value):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(4, 50, (400, 250), generator=g)
+    t = torch.full((400,), t_value)
+    noisy, masked = mask_tokens(tokens, t, mask_id=1, generator=g)
+    n = tokens.numel()
+    rate = masked.double().mean().item()
+    # Binomial(n, t): 5 standard deviations.
+    assert abs(rate - t_value) < 5 * math.sqrt(t_value * (1 - t_value) / n)
+    assert torch.equal(noisy[masked], torch.ones_like(noisy[masked]))
+    assert torch.equal(noisy[~masked], tokens[~masked])
+
+
+def test_masking_rate_follows_each_sequences_own_t():
+    g = torch.Generator().manual_seed(2)
+    tokens = torch.randint(4, 50, (2, 50_000), generator=g)
+    _, masked = mask_tokens(tokens, torch.tensor([0.1, 0.8]), 1, g)
+    assert masked[0].double().mean().item() == pytest.approx(0.1, abs=0.01)
+    assert masked[1].double().mean().item() == pytest.approx(0.8, abs=0.01)
+
+
+def test_unmaskable_positions_are_never_masked():
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(4, 50, (8, 20), generator=g)
+    maskable = torch.ones_like(tokens, dtype=torch.bool)
+    maskable[:, :5] = False
+    _, masked = mask_tokens(tokens, torch.ones(8), 1, g, maskable)
+    assert not masked[:, :5].any() and masked[:, 5:].all()
+
+
+def test_masked_diffusion_loss_matches_float64_loop():
+    g = torch.Generator().manual_seed(4)
+    B, L, V = 3, 7, 11
+    logits = torch.randn(B, L, V, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, V, (B, L), generator=g)
+    masked = torch.rand(B, L, generator=g) < 0.5
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    n = torch.tensor([7, 6, 5])
+    expected = 0.0
+    for b in range(B):
+        total = 0.0
+        for i in range(L):
+            if masked[b, i]:
+                logp = logits[b, i] - torch.logsumexp(logits[b, i], dim=0)
+                total += -logp[targets[b, i]].item()
+        expected += total / (t[b].item() * n[b].item())
+    expected /= B
+    got = masked_diffusion_loss(logits, targets, masked, t, n)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_loss_weight_is_one_over_t():
+    """Same masked tokens, half the mask ratio -> twice the loss (the 1/t weight)."""
+    logits = torch.randn(1, 4, 6, dtype=torch.float64)
+    targets = torch.randint(0, 6, (1, 4))
+    masked = torch.tensor([[True, False, True, False]])
+    n = torch.tensor([4])
+    hi = masked_diffusion_loss(logits, targets, masked, torch.tensor([0.8]), n)
+    lo = masked_diffusion_loss(logits, targets, masked, torch.tensor([0.4]), n)
+    assert lo.item() == pytest.approx(2 * hi.item(), rel=1e-12)
+
+
+def test_next_token_loss_matches_loop_and_ignores_padding():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 5, 9, generator=g, dtype=torch.float64)
+    tokens = torch.tensor([[4, 5, 6, 7, 8], [4, 5, 6, 0, 0]])
+    terms = [
+        F.cross_entropy(logits[b, i][None], tokens[b, i + 1][None]).item()
+        for b in range(2)
+        for i in range(4)
+        if tokens[b, i + 1] != 0
+    ]
+    assert next_token_loss(logits, tokens, pad_id=0).item() == pytest.approx(
+        sum(terms) / len(terms), rel=1e-10
+    )

@@ -1,0 +1,99 @@
+"""Training loop: schedule, determinism, checkpoints (safetensors only), non-finite loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_run_config
+
+from revcurse import files
+from revcurse.config import TrainConfig, apply_overrides
+from revcurse.errors import RevcurseError
+from revcurse.evaluation import evaluate
+from revcurse.training import build_dataset, load_checkpoint, lr_factor, train
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    cfg = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(109, cfg) == pytest.approx(0.1)
+    mid = lr_factor(10 + 99 // 2, cfg)
+    assert 0.5 < mid < 0.6  # halfway through the cosine: 0.1 + 0.9 * ~0.5
+    linear = TrainConfig(steps=110, warmup_steps=10, schedule="linear", min_lr_ratio=0.0)
+    assert lr_factor(59, linear) == pytest.approx(1 - 49 / 99)
+    assert lr_factor(80, TrainConfig(steps=110, warmup_steps=10, schedule="constant")) == 1.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_same_config_same_summary(causal):
+    cfg = tiny_run_config(causal=causal)
+    a, b = train(cfg), train(cfg)
+    for key in ("final_loss", "forward_accuracy", "reverse_answer_logprob"):
+        assert a[key] == b[key]
+    c = train(apply_overrides(cfg, ["train.seed=1"]))
+    assert c["final_loss"] != a["final_loss"]
+
+
+def test_run_directory_and_checkpoint_round_trip(tmp_path):
+    cfg = tiny_run_config(causal=False)
+    cfg = apply_overrides(cfg, ["train.checkpoint_every=10"])
+    summary = train(cfg, tmp_path / "run", command="test")
+    run = tmp_path / "run"
+    for name in ["config.yaml", "command.txt", "env.json", "metrics.jsonl", "summary.json",
+                 "predictions.json", "checkpoints/final.safetensors",
+                 "checkpoints/step-0000010.safetensors"]:  # fmt: skip
+        assert (run / name).is_file(), name
+    assert not list(run.rglob("*.tmp"))
+    records = files.read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 15, 20]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20]
+    assert json.loads((run / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+    model, loaded_cfg, vocab, step = load_checkpoint(run / "checkpoints" / "final.safetensors")
+    assert loaded_cfg == cfg and step == 20
+    dataset, _ = build_dataset(cfg)
+    again = evaluate(model, dataset, vocab)
+    assert again["forward_answer_logprob"] == pytest.approx(summary["forward_answer_logprob"])
+    tensors = files.load_tensors(run / "checkpoints" / "final.safetensors")
+    assert any(k.startswith("optimizer.") and k.endswith("exp_avg") for k in tensors)
+
+
+def test_tied_checkpoint_round_trip(tmp_path):
+    cfg = tiny_run_config(causal=True, tie_embeddings=True)
+    train(cfg, tmp_path / "run")
+    model, *_ = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.safetensors")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
+    cfg = tiny_run_config(causal=False)
+    train(cfg, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "final.safetensors"
+    tensors = files.load_tensors(path)
+    tensors["model.model.norm.weight"] = torch.zeros(3)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata()
+    files.save_tensors(path, tensors, meta)
+    with pytest.raises(RevcurseError, match="do not match the config"):
+        load_checkpoint(path)
+
+
+def test_pickle_and_garbage_checkpoints_are_refused(tmp_path):
+    pickled = tmp_path / "model.safetensors"
+    torch.save({"w": torch.zeros(2)}, pickled)  # a pickle-based file under a safetensors name
+    with pytest.raises(RevcurseError, match="not a valid safetensors file"):
+        load_checkpoint(pickled)
+    with pytest.raises(RevcurseError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_non_finite_loss_stops_with_a_clear_message():
+    cfg = apply_overrides(tiny_run_config(causal=True), ["train.lr=1e30", "train.grad_clip=0"])
+    with pytest.raises(RevcurseError, match="non-finite loss"):
+        train(cfg)
