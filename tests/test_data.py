@@ -46,7 +46,7 @@ def test_vocab_specials_and_encoding():
     ds = build_toy(ToyDataConfig(n_pairs=4))
     vocab = Vocab.from_dataset(ds)
     assert vocab.tokens[:4] == [PAD, MASK, BOS, EOS]
-    assert len(vocab) == 4 + 1 + 8  # specials, REL, 4 a's and 4 B's
+    assert len(vocab) == 4 + 1 + 8 + 1  # specials, REL, 4 a, 4 B, the filler
     ids = encode_statements(vocab, ds.train)
     assert ids.shape == (4, 3)
     assert vocab.decode(ids[0].tolist()) == ds.train[0]

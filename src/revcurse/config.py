@@ -201,12 +201,51 @@ class TrainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Mechanism probes run during training (probes/ in the run directory)."""
+
+    every: int = 0
+    """Probe every this many steps, plus at step 0 and at the end (0: only at the end)."""
+    enabled: bool = True
+    """Run the probes at all (false: no probes/ directory)."""
+    attention: bool = True
+    """Attention-score coupling S_fwd vs S_rev per layer and head."""
+    gradients: bool = True
+    """Forward/reverse gradient cosines per parameter group and the first-order check."""
+    per_example: bool = True
+    """Per-fact gradient cosines via torch.func (the distribution over facts)."""
+    per_example_every: int = 500
+    """Cadence of the per-fact cosines (costlier than the rest); 0: only at the end."""
+    signals: bool = True
+    """Back-propagated error vectors e and hidden signals u for forward and reverse queries."""
+    distances: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16, 32])
+    """Filler counts k at which the final probe measures the coupling (distance k + 2)."""
+    first_order_lr: float = 1e-3
+    """SGD step size of the first-order check of the reverse-loss change."""
+    seed: int = 1234
+    """Seed of the fixed mask draw that makes the probed training loss deterministic."""
+
+    def validate(self, where: str) -> None:
+        _check(self.every >= 0, where, "every", "an integer >= 0", self.every)
+        _check(
+            self.per_example_every >= 0, where, "per_example_every", "an integer >= 0",
+            self.per_example_every,
+        )  # fmt: skip
+        _check(
+            all(k >= 0 for k in self.distances), where, "distances", "filler counts >= 0",
+            self.distances,
+        )  # fmt: skip
+        _check(self.first_order_lr > 0, where, "first_order_lr", "a number > 0", self.first_order_lr)
+
+
+@dataclass
 class RunConfig:
     """Everything that defines one trained model: data, architecture, optimisation."""
 
     data: ToyDataConfig = field(default_factory=ToyDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self, where: str) -> None:
         objective = self.objective
@@ -226,6 +265,13 @@ class RunConfig:
                 f"{where}: field 'model.max_seq_len': expected >= {seq_len} (the toy sequence "
                 f"length), got {self.model.max_seq_len}"
             )
+        if self.probe.enabled and self.probe.distances:
+            longest = toy_sequence_length(self.data) - self.data.n_filler + max(self.probe.distances)
+            if longest > self.model.max_seq_len:
+                raise ConfigError(
+                    f"{where}: field 'probe.distances': expected filler counts that fit "
+                    f"model.max_seq_len={self.model.max_seq_len}, got {self.probe.distances}"
+                )
 
     @property
     def objective(self) -> str:
@@ -244,6 +290,8 @@ class ToyExperimentConfig:
     """Shared architecture; model.causal is set per family."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Shared optimisation; train.seed is set per seed."""
+    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(every=100))
+    """Mechanism probes, run as training callbacks."""
     families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
     """Model families to train: mdm (bidirectional, masked diffusion), arm (causal, next token)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -265,7 +313,12 @@ class ToyExperimentConfig:
         """The config of one model of this experiment."""
         model = dataclasses.replace(self.model, causal=(family == "arm"))
         train = dataclasses.replace(self.train, seed=seed)
-        return RunConfig(data=dataclasses.replace(self.data), model=model, train=train)
+        return RunConfig(
+            data=dataclasses.replace(self.data),
+            model=model,
+            train=train,
+            probe=dataclasses.replace(self.probe),
+        )
 
 
 def toy_sequence_length(data: ToyDataConfig) -> int:

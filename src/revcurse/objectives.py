@@ -89,3 +89,20 @@ def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: i
 def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
     """The padding mask to pass to the model, or None when nothing is padded (saves a masked_fill)."""
     return None if bool(real.all()) else real
+
+
+def training_loss(
+    objective: str,
+    model: torch.nn.Module,
+    batch: torch.Tensor,  # [B, L]
+    mask_id: int,
+    pad_id: int,
+    eps: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The loss a run optimises (``objective``: masked_diffusion or next_token) on one batch."""
+    if objective == "masked_diffusion":
+        return masked_diffusion_step_loss(model, batch, mask_id, pad_id, eps, generator)
+    if objective == "next_token":
+        return next_token_step_loss(model, batch, pad_id)
+    raise ValueError(f"unknown objective {objective!r}")

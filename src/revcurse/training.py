@@ -32,7 +32,8 @@ from revcurse.data.toy import build_toy
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate
 from revcurse.models.transformer import TransformerLM
-from revcurse.objectives import masked_diffusion_step_loss, next_token_step_loss
+from revcurse.objectives import training_loss
+from revcurse.probes.runner import ProbeRunner
 from revcurse.repro import environment, seed_everything
 
 
@@ -178,13 +179,12 @@ def train(
     optimizer = make_optimizer(model, tc)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
     objective = cfg.objective
+    probes = ProbeRunner(cfg, vocab, data, out) if cfg.probe.enabled else None
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
-        if objective == "masked_diffusion":
-            return masked_diffusion_step_loss(
-                model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator
-            )
-        return next_token_step_loss(model, batch, vocab.pad_id)
+        return training_loss(
+            objective, model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator
+        )
 
     def log(record: dict[str, Any]) -> None:
         if out is not None:
@@ -193,6 +193,8 @@ def train(
     n = data.shape[0]
     batch_size = n if tc.batch_size == 0 else min(tc.batch_size, n)
     loss_sum, loss_count = torch.zeros(()), 0
+    if probes is not None and cfg.probe.every > 0:
+        probes(model, 0)
     start = time.perf_counter()
     model.train()
     bar = tqdm(
@@ -233,11 +235,16 @@ def train(
             metrics = evaluate(model, dataset, vocab)
             metrics.pop("predictions")
             log({"kind": "eval", "step": done, **metrics})
+        if probes is not None and probes.due(done) and done != tc.steps:
+            probes(model, done)
         if out is not None and tc.checkpoint_every and done % tc.checkpoint_every == 0:
             ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
             save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab)
     bar.close()
-    train_seconds = time.perf_counter() - start
+    if probes is not None:
+        probes(model, tc.steps, final=True)
+    wall_seconds = time.perf_counter() - start
+    probe_seconds = probes.seconds if probes is not None else 0.0
 
     metrics = evaluate(model, dataset, vocab)
     predictions = metrics.pop("predictions")
@@ -248,7 +255,9 @@ def train(
         "objective": objective,
         **metrics,
         "final_loss": mean_loss,
-        "train_seconds": train_seconds,
+        "train_seconds": wall_seconds - probe_seconds,
+        "probe_seconds": probe_seconds,
+        "probe": probes.summary() if probes is not None else None,
         "n_params": model.num_parameters(),
         "config_hash": config_hash(cfg),
         **config_essentials(cfg),

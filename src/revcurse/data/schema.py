@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Direction = Literal["forward", "reverse"]
+Direction = Literal["forward", "reverse", "mirror"]
 DIRECTIONS: tuple[Direction, Direction] = ("forward", "reverse")
+"""The two directions every dataset is evaluated on. ``mirror`` queries (where a dataset has them)
+ask for the reverse answer in the *trained* positional configuration, ``[M] REL b -> a``: the
+masked-diffusion training signal that the mechanism probes compare the reverse query with."""
 
 Tokens = tuple[str, ...]
 
@@ -52,6 +55,8 @@ class ReversalDataset:
     queries: dict[Direction, list[Query]]
     candidates: dict[Direction, list[Tokens]] = field(default_factory=dict)
     """The answers a query of each direction can have; chance accuracy is 1 / len(candidates)."""
+    extra_tokens: list[str] = field(default_factory=list)
+    """Tokens the vocabulary needs beyond those in statements and queries (e.g. all fillers)."""
 
     def chance(self, direction: Direction) -> float:
         """Accuracy of a uniform guess among the candidate answers of ``direction``."""

@@ -35,6 +35,7 @@ class Vocab:
         for queries in dataset.queries.values():
             for q in queries:
                 seen.update(dict.fromkeys(q.prompt + q.answer + q.suffix))
+        seen.update(dict.fromkeys(dataset.extra_tokens))
         return cls(seen)
 
     def __len__(self) -> int:

@@ -5,7 +5,12 @@ forward statement ``[BOS] a_i REL f_1 .. f_k B_pi(i) [EOS]``; the filler tokens 
 move the two entities apart so the relative distance Delta = k + 2 can be varied. Queries:
 
 * forward  ``[BOS] a_i REL f.. [M]`` -> ``B_pi(i)`` (the trained direction),
-* reverse  ``[BOS] B_pi(i) REL f.. [M]`` -> ``a_i`` (never seen in training).
+* reverse  ``[BOS] B_pi(i) REL f.. [M]`` -> ``a_i`` (never seen in training),
+* mirror   ``[BOS] [M] REL f.. B_pi(i)`` -> ``a_i``: the reverse answer in the trained positional
+  configuration (a masked-diffusion training example), which the probes pair with the reverse query.
+
+Every filler token is in the vocabulary even when ``n_filler = 0``, so probes can move the entities
+apart at test time.
 
 The dataset is a pure function of :class:`~revcurse.config.ToyDataConfig` (numpy PCG64 draws).
 """
@@ -33,7 +38,7 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     bos = (BOS,) if cfg.bos else ()
     eos = (EOS,) if cfg.eos else ()
     facts, train = [], []
-    queries: dict = {"forward": [], "reverse": []}
+    queries: dict = {"forward": [], "reverse": [], "mirror": []}
     for i in range(n):
         a, b = (a_tokens[i],), (b_tokens[int(partner[i])],)
         relation = (REL, *(f"<f{int(j)}>" for j in filler_ids[i]))
@@ -41,8 +46,11 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
         train.append(bos + a + relation + b + eos)
         queries["forward"].append(Query(i, "forward", bos + a + relation, b, eos))
         queries["reverse"].append(Query(i, "reverse", bos + b + relation, a, eos))
+        queries["mirror"].append(Query(i, "mirror", bos, a, relation + b + eos))
     candidates = {
         "forward": [(t,) for t in b_tokens],
         "reverse": [(t,) for t in a_tokens],
+        "mirror": [(t,) for t in a_tokens],
     }
-    return ReversalDataset("toy", facts, train, queries, candidates)
+    fillers = [f"<f{j}>" for j in range(cfg.filler_vocab)]
+    return ReversalDataset("toy", facts, train, queries, candidates, extra_tokens=fillers)

@@ -1,0 +1,80 @@
+"""Attention-score coupling (arXiv 2602.02133, one-layer analysis of the forward/reverse scores).
+
+For every fact, layer and head: the pre-softmax score from the answer position to the context
+entity's key in the trained configuration (S_fwd) and in the reverse query (S_rev), read from the
+``hook_scores`` hook points; their Pearson and Spearman correlation across facts; and the same as a
+function of the relative distance Delta = n_filler + 2 (fillers inserted at probe time).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from revcurse.config import RunConfig
+from revcurse.data.tokenize import Vocab
+from revcurse.models.hooks import capture
+from revcurse.models.transformer import TransformerLM
+from revcurse.probes.inputs import ProbeBatch, coupled_directions, dataset_at_distance, probe_batch
+
+
+@torch.no_grad()
+def entity_scores(model: TransformerLM, batch: ProbeBatch) -> torch.Tensor:
+    """Scores from the answer position to the context entity ``[layers, heads, N]``."""
+    names = [f"model.layers.{i}.self_attn.hook_scores" for i in range(len(model.model.layers))]
+    with capture(model, names) as cache:
+        model(batch.ids)
+    rows = torch.arange(len(batch))
+    # cache[name]: [N, H, Lq, Lk] -> [N, H] at (answer_pos, entity_pos) -> [H, N]
+    return torch.stack(
+        [cache[n][rows, :, batch.answer_pos, batch.entity_pos].T for n in names]
+    ).double()
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation along the last dimension (float64)."""
+    x = x.double() - x.double().mean(-1, keepdim=True)
+    y = y.double() - y.double().mean(-1, keepdim=True)
+    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-300)
+
+
+def ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks along the last dimension (ties broken by order; scores are continuous)."""
+    return x.argsort(-1).argsort(-1).double()
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation along the last dimension."""
+    return pearson(ranks(x), ranks(y))
+
+
+def coupling(
+    model: TransformerLM, cfg: RunConfig, vocab: Vocab, n_filler: int | None = None
+) -> dict[str, Any]:
+    """S_fwd, S_rev ``[layers, heads, N]`` and their correlations ``[layers, heads]`` at one distance."""
+    k = cfg.data.n_filler if n_filler is None else n_filler
+    dataset = dataset_at_distance(cfg, k)
+    trained, reverse = coupled_directions(model.causal)
+    s_fwd = entity_scores(model, probe_batch(dataset, vocab, trained, model.causal))
+    s_rev = entity_scores(model, probe_batch(dataset, vocab, reverse, model.causal))
+    return {
+        "n_filler": k,
+        "delta": k + 2,
+        "s_fwd": s_fwd,
+        "s_rev": s_rev,
+        "pearson": pearson(s_fwd, s_rev),
+        "spearman": spearman(s_fwd, s_rev),
+    }
+
+
+def coupling_vs_distance(
+    model: TransformerLM, cfg: RunConfig, vocab: Vocab, distances: list[int]
+) -> list[dict[str, Any]]:
+    """Pearson/Spearman ``[layers, heads]`` for each filler count in ``distances``."""
+    out = []
+    for k in distances:
+        c = coupling(model, cfg, vocab, k)
+        out.append({"n_filler": k, "delta": c["delta"], "pearson": c["pearson"],
+                    "spearman": c["spearman"]})  # fmt: skip
+    return out

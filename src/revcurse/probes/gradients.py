@@ -1,0 +1,204 @@
+"""Gradient alignment of the forward and reverse losses (arXiv 2602.02133, training-dynamics part).
+
+For a parameter vector theta, the forward loss L_fwd (cross-entropy of the answers of the forward
+queries), the reverse loss L_rev (reverse queries) and the actual training loss L_train (the
+masked-diffusion or next-token loss on the forward statements, with a fixed mask draw) give
+
+    cos(g_a, g_b) = <g_a, g_b> / (|g_a| |g_b|)         per parameter group and over all parameters,
+
+and one SGD step theta' = theta - lr * g_train changes the reverse loss by, to first order,
+
+    Delta L_rev ~= -lr * <g_train, g_rev>,
+
+which is compared with the actual change L_rev(theta') - L_rev(theta). Positive alignment means
+training on forward data alone lowers the reverse loss. Per-fact cosines (the distribution over
+facts) use per-example gradients from ``torch.func`` (vmap of grad over facts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from revcurse.models.transformer import TransformerLM
+from revcurse.probes.inputs import ProbeBatch
+
+GROUPS = ("embeddings", "qk", "vo", "mlp", "norms", "unembedding")
+Grads = dict[str, torch.Tensor]
+
+
+def param_group(name: str) -> str:
+    """The group of a parameter, from its HF-style name."""
+    if "embed_" in name:
+        return "embeddings"
+    if name.endswith(("q_proj.weight", "k_proj.weight")):
+        return "qk"
+    if name.endswith(("v_proj.weight", "o_proj.weight")):
+        return "vo"
+    if ".mlp." in name:
+        return "mlp"
+    if name.startswith("lm_head"):
+        return "unembedding"
+    return "norms"
+
+
+def query_loss(logits: torch.Tensor, batch: ProbeBatch) -> torch.Tensor:
+    """Mean cross-entropy of the answers at their positions (``logits``: ``[N, L, V]``)."""
+    rows = torch.arange(len(batch))
+    return F.cross_entropy(logits[rows, batch.answer_pos], batch.answer_id)
+
+
+def batch_loss(model: TransformerLM, batch: ProbeBatch) -> torch.Tensor:
+    return query_loss(model(batch.ids), batch)
+
+
+def gradients(model: TransformerLM, loss_fn: Callable[[], torch.Tensor]) -> tuple[float, Grads]:
+    """``(loss, {param name: gradient})`` of a closure, without touching ``.grad``."""
+    names, params = zip(*model.named_parameters(), strict=True)
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return loss.item(), {
+        n: (g if g is not None else torch.zeros_like(p)).detach()
+        for n, p, g in zip(names, params, grads, strict=True)
+    }
+
+
+def _group_cosines(a: Grads, b: Grads, lead: int) -> dict[str, torch.Tensor]:
+    """Cosines per group and over ``all`` from per-parameter dot products and squared norms.
+
+    ``lead`` leading dimensions are kept (1 for per-example gradients ``[N, *shape]``). Working
+    parameter by parameter avoids concatenating the gradients (tens of MB per probe); each
+    parameter's sums are float32 ``vecdot`` reductions, accumulated across parameters in float64.
+    """
+    sums: dict[str, list[torch.Tensor]] = {}
+    for name in a:
+        x, y = a[name].flatten(lead), b[name].flatten(lead)
+        terms = [torch.linalg.vecdot(x, y).double(), torch.linalg.vecdot(x, x).double(),
+                 torch.linalg.vecdot(y, y).double()]  # fmt: skip
+        for key in (param_group(name), "all"):
+            acc = sums.setdefault(key, [torch.zeros_like(t) for t in terms])
+            for total, term in zip(acc, terms, strict=True):
+                total += term
+    out = {}
+    for key, (dot, xx, yy) in sums.items():
+        denom = (xx * yy).sqrt()
+        out[key] = torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))
+    return out
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last dimension; 0 where either vector is 0."""
+    denom = x.norm(dim=-1) * y.norm(dim=-1)
+    return torch.where(denom > 0, (x * y).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+
+
+def group_cosines(a: Grads, b: Grads) -> dict[str, float]:
+    """Cosine between two gradients, per parameter group and over all parameters."""
+    return {k: float(v) for k, v in _group_cosines(a, b, lead=0).items()}
+
+
+def inner(a: Grads, b: Grads) -> float:
+    """<a, b> over all parameters (float64)."""
+    return float(sum((a[n].double() * b[n].double()).sum() for n in a))
+
+
+def per_example_gradients(model: TransformerLM, batch: ProbeBatch) -> Grads:
+    """Per-fact gradients ``{name: [N, *param.shape]}`` via ``vmap(grad(.))`` (torch.func)."""
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def one(p: dict[str, torch.Tensor], ids, pos, ans) -> torch.Tensor:
+        logits = functional_call(model, (p, buffers), (ids[None],))  # [1, L, V]
+        # index_select, not logits[0, pos]: vmap cannot index with a batched scalar tensor
+        return F.cross_entropy(logits[0].index_select(0, pos.reshape(1)), ans.reshape(1))
+
+    return vmap(grad(one), in_dims=(None, 0, 0, 0))(
+        params, batch.ids, batch.answer_pos, batch.answer_id
+    )
+
+
+def per_example_gradients_loop(model: TransformerLM, batch: ProbeBatch) -> Grads:
+    """The same as :func:`per_example_gradients` with one backward pass per fact (a reference)."""
+    per: dict[str, list[torch.Tensor]] = {n: [] for n, _ in model.named_parameters()}
+    for i in range(len(batch)):
+        one = ProbeBatch(batch.ids[i : i + 1], batch.answer_pos[i : i + 1],
+                         batch.answer_id[i : i + 1], batch.entity_pos[i : i + 1])  # fmt: skip
+        _, g = gradients(model, lambda one=one: batch_loss(model, one))
+        for n, v in g.items():
+            per[n].append(v)
+    return {n: torch.stack(v) for n, v in per.items()}
+
+
+def per_example_cosines(a: Grads, b: Grads) -> dict[str, torch.Tensor]:
+    """Per-fact cosines ``{group: [N]}`` between two per-example gradients of the same facts."""
+    return _group_cosines(a, b, lead=1)
+
+
+def first_order_check(
+    model: TransformerLM, g_step: Grads, g_rev: Grads, rev_batch: ProbeBatch, lr: float
+) -> dict[str, float]:
+    """Predicted (-lr <g_step, g_rev>) vs actual change of L_rev after one SGD step along g_step."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    stepped = {n: (p - lr * g_step[n]).detach() for n, p in params.items()}
+    with torch.no_grad():
+        before = query_loss(model(rev_batch.ids), rev_batch).double().item()
+        logits = functional_call(model, (stepped, buffers), (rev_batch.ids,))
+        after = query_loss(logits, rev_batch).double().item()
+    return {"predicted": -lr * inner(g_step, g_rev), "actual": after - before, "lr": lr}
+
+
+def alignment(
+    model: TransformerLM,
+    batches: dict[str, ProbeBatch],
+    train_loss: Callable[[], torch.Tensor],
+    lr: float,
+    per_example: bool,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Losses, gradient cosines and the first-order check; per-fact cosine tensors if asked.
+
+    ``batches`` holds ``forward`` and ``reverse`` (and ``mirror`` for an MDM). Returns a JSON-able
+    summary and a dict of tensors to save.
+    """
+    losses: dict[str, float] = {}
+    grads: dict[str, Grads] = {}
+    per_fact: dict[str, Grads] = {}
+    for name, batch in batches.items():
+        if per_example:
+            # The batch gradient of a mean loss is the mean of the per-example gradients.
+            per_fact[name] = per_example_gradients(model, batch)
+            grads[name] = {n: g.mean(0) for n, g in per_fact[name].items()}
+            with torch.no_grad():
+                losses[name] = batch_loss(model, batch).item()
+        else:
+            losses[name], grads[name] = gradients(model, lambda b=batch: batch_loss(model, b))
+    losses["train"], grads["train"] = gradients(model, train_loss)
+    summary: dict[str, Any] = {
+        "loss": losses,
+        "cos_fwd_rev": group_cosines(grads["forward"], grads["reverse"]),
+        "cos_train_rev": group_cosines(grads["train"], grads["reverse"]),
+        "first_order": first_order_check(model, grads["train"], grads["reverse"],
+                                         batches["reverse"], lr),  # fmt: skip
+    }
+    if "mirror" in grads:
+        summary["cos_mirror_rev"] = group_cosines(grads["mirror"], grads["reverse"])
+    tensors: dict[str, torch.Tensor] = {}
+    for label, other in [("fwd_rev", "forward"), ("mirror_rev", "mirror")]:
+        if other not in per_fact:
+            continue
+        cos = per_example_cosines(per_fact[other], per_fact["reverse"])
+        for group, values in cos.items():
+            tensors[f"per_fact_cos_{label}.{group}"] = values
+        values = cos["all"]
+        summary[f"per_fact_cos_{label}"] = {
+            "mean": float(values.mean()),
+            "q10": float(values.quantile(0.1)),
+            "median": float(values.median()),
+            "q90": float(values.quantile(0.9)),
+            "frac_positive": float((values > 0).double().mean()),
+        }
+    return summary, tensors

@@ -1,0 +1,142 @@
+"""Run the mechanism probes on a model, as a training callback or on a saved checkpoint.
+
+Each probe writes ``probes/step-<N>.safetensors`` (S_fwd, S_rev per layer/head/fact; per-fact
+gradient cosines) and appends one JSON record to ``probes/probes.jsonl`` (correlations, cosines per
+parameter group, losses, the first-order check, signal alignment; at the final step also the
+coupling as a function of distance). Probes draw no randomness from the training generator, so a run
+trains identically with and without them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revcurse import files
+from revcurse.config import RunConfig
+from revcurse.data.tokenize import Vocab
+from revcurse.data.toy import build_toy
+from revcurse.models.transformer import TransformerLM
+from revcurse.objectives import training_loss
+from revcurse.probes.attention import coupling, coupling_vs_distance
+from revcurse.probes.gradients import alignment
+from revcurse.probes.inputs import ProbeBatch, probe_batch
+from revcurse.probes.signals import backprop_signals, signal_alignment
+
+
+class ProbeRunner:
+    """Probes one run's model at chosen steps; records go to ``out_dir/probes`` if given."""
+
+    def __init__(
+        self, cfg: RunConfig, vocab: Vocab, train_ids: torch.Tensor, out_dir: Path | None
+    ) -> None:
+        self.cfg = cfg
+        self.vocab = vocab
+        self.train_ids = train_ids  # [N, L] the training statements
+        self.dir = out_dir / "probes" if out_dir is not None else None
+        causal = cfg.model.causal
+        dataset = build_toy(cfg.data)
+        directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
+        self.batches: dict[str, ProbeBatch] = {
+            d: probe_batch(dataset, vocab, d, causal) for d in directions
+        }
+        self.records: list[dict[str, Any]] = []
+        self.seconds = 0.0
+        if self.dir is not None:
+            (self.dir / "probes.jsonl").unlink(missing_ok=True)
+
+    def due(self, step: int) -> bool:
+        """Whether the cadence asks for a probe after ``step`` optimizer steps."""
+        every = self.cfg.probe.every
+        return self.cfg.probe.enabled and every > 0 and step % every == 0
+
+    def __call__(self, model: TransformerLM, step: int, final: bool = False) -> dict[str, Any]:
+        start = time.perf_counter()
+        pc = self.cfg.probe
+        was_training = model.training
+        model.eval()
+        record: dict[str, Any] = {"step": step, "final": final}
+        tensors: dict[str, torch.Tensor] = {}
+        if pc.attention:
+            c = coupling(model, self.cfg, self.vocab)
+            record["attention"] = {
+                "delta": c["delta"],
+                "pearson": c["pearson"].tolist(),  # [layers][heads]
+                "spearman": c["spearman"].tolist(),
+                "mean_pearson": float(c["pearson"].mean()),
+                "mean_spearman": float(c["spearman"].mean()),
+            }
+            tensors["s_fwd"], tensors["s_rev"] = c["s_fwd"], c["s_rev"]
+            if final and pc.distances:
+                record["distance"] = [
+                    {"n_filler": d["n_filler"], "delta": d["delta"],
+                     "pearson": d["pearson"].tolist(), "spearman": d["spearman"].tolist()}
+                    for d in coupling_vs_distance(model, self.cfg, self.vocab, pc.distances)
+                ]  # fmt: skip
+        if pc.gradients:
+            every = pc.per_example_every
+            per_example = pc.per_example and (final or (every > 0 and step % every == 0))
+            summary, extra = alignment(
+                model, self.batches, lambda: self._train_loss(model), pc.first_order_lr,
+                per_example,
+            )  # fmt: skip
+            record["gradients"] = summary
+            tensors.update(extra)
+        if pc.signals:
+            fwd = backprop_signals(model, self.batches["forward"])
+            rev = backprop_signals(model, self.batches["reverse"])
+            record["signals"] = signal_alignment(fwd, rev)
+        model.train(was_training)
+        record["seconds"] = time.perf_counter() - start
+        self.seconds += record["seconds"]
+        self.records.append(record)
+        if self.dir is not None:
+            if tensors:
+                files.save_tensors(self.dir / f"step-{step:07d}.safetensors", tensors,
+                                   {"step": str(step)})  # fmt: skip
+            files.append_jsonl(self.dir / "probes.jsonl", record)
+        return record
+
+    def _train_loss(self, model: TransformerLM) -> torch.Tensor:
+        # A fixed mask draw: the probed training loss is a deterministic function of the weights.
+        generator = torch.Generator().manual_seed(self.cfg.probe.seed)
+        return training_loss(
+            self.cfg.objective, model, self.train_ids, self.vocab.mask_id, self.vocab.pad_id,
+            self.cfg.train.diffusion_eps, generator,
+        )  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: final values and means over all probed steps."""
+        out: dict[str, Any] = {"n_probes": len(self.records), "probe_seconds": self.seconds}
+        if not self.records:
+            return out
+        last = self.records[-1]
+
+        def series(path: tuple[str, ...]) -> list[float]:
+            values = []
+            for r in self.records:
+                node: Any = r
+                for key in path:
+                    node = node.get(key) if isinstance(node, dict) else None
+                if node is not None:
+                    values.append(float(node))
+            return values
+
+        for label, path in {
+            "attention_pearson": ("attention", "mean_pearson"),
+            "attention_spearman": ("attention", "mean_spearman"),
+            "grad_cos_fwd_rev": ("gradients", "cos_fwd_rev", "all"),
+            "grad_cos_train_rev": ("gradients", "cos_train_rev", "all"),
+            "grad_cos_mirror_rev": ("gradients", "cos_mirror_rev", "all"),
+            "signal_u_cosine": ("signals", "u", "cosine"),
+        }.items():
+            values = series(path)
+            if values:
+                out[f"{label}_final"] = values[-1]
+                out[f"{label}_mean"] = sum(values) / len(values)
+        if "gradients" in last:
+            out["reverse_loss_final"] = last["gradients"]["loss"]["reverse"]
+        return out

@@ -1,0 +1,214 @@
+"""Mechanism probes against independent references: closed forms, plain loops, manual scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_run_config
+
+from revcurse.config import apply_overrides
+from revcurse.data.tokenize import Vocab, encode_statements
+from revcurse.data.toy import build_toy
+from revcurse.models.transformer import TransformerLM
+from revcurse.probes import gradients as G
+from revcurse.probes.attention import coupling, pearson, spearman
+from revcurse.probes.inputs import coupled_directions, probe_batch
+from revcurse.probes.runner import ProbeRunner
+from revcurse.probes.signals import backprop_signals, signal_alignment
+from revcurse.probes.theory import rope_score_correlation, rope_score_correlation_mc
+from revcurse.training import train
+
+
+def setup(causal: bool, **overrides):
+    cfg = tiny_run_config(causal=causal)
+    cfg = apply_overrides(cfg, [f"{k}={v}" for k, v in overrides.items()])
+    dataset = build_toy(cfg.data)
+    vocab = Vocab.from_dataset(dataset)
+    torch.manual_seed(0)
+    model = TransformerLM(apply_overrides(cfg, ["model.init_std=0.3"]).model, len(vocab))
+    return cfg, dataset, vocab, model
+
+
+# ---------------------------------------------------------------- theory
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "base", "delta"),
+    [(8, 10000.0, 1), (16, 100.0, 3), (64, 10000.0, 10), (32, 1e6, 33)],
+)
+def test_theory_closed_form_matches_monte_carlo(head_dim, base, delta):
+    g = torch.Generator().manual_seed(head_dim + delta)
+    exact = rope_score_correlation(head_dim, base, delta)
+    estimate, stderr = rope_score_correlation_mc(head_dim, base, delta, 400_000, g)
+    assert abs(estimate - exact) < 5 * stderr + 1e-4
+
+
+def test_theory_closed_form_by_hand():
+    # d = 2: one plane with w = 1, corr = cos(2 D).
+    assert rope_score_correlation(2, 10000.0, 0.7) == pytest.approx(math.cos(1.4))
+    # D = 0: the two scores are the same random variable.
+    assert rope_score_correlation(64, 10000.0, 0) == pytest.approx(1.0)
+    # d = 4, base b: frequencies 1 and b^-1/2.
+    expected = (math.cos(2 * 3) + math.cos(2 * 3 / 10.0)) / 2
+    assert rope_score_correlation(4, 100.0, 3) == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- attention
+
+
+def test_pearson_and_spearman_against_numpy_style_reference():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0, 10.0]], dtype=torch.float64)
+    y = torch.tensor([[2.0, 1.0, 4.0, 3.0, 5.0]], dtype=torch.float64)
+    ref = torch.corrcoef(torch.cat([x, y]))[0, 1]
+    assert pearson(x, y).item() == pytest.approx(ref.item(), rel=1e-12)
+    assert spearman(x, y).item() == pytest.approx(0.8)  # ranks 01234 vs 10324
+    assert spearman(x, -x).item() == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_entity_scores_match_manual_rope_scores(causal):
+    """S_fwd/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer)."""
+    cfg, dataset, vocab, model = setup(causal, **{"model.n_layers": 1, "data.n_filler": 2})
+    result = coupling(model, cfg, vocab)
+    trained, reverse = coupled_directions(causal)
+    attn = model.model.layers[0].self_attn
+    for direction, scores in ((trained, result["s_fwd"]), (reverse, result["s_rev"])):
+        batch = probe_batch(dataset, vocab, direction, causal)
+        with torch.no_grad():
+            x = model.model.layers[0].input_layernorm(model.model.embed_tokens(batch.ids))
+            n, length = batch.ids.shape
+            q = attn.q_proj(x).view(n, length, 2, 8).transpose(1, 2)
+            k = attn.k_proj(x).view(n, length, 2, 8).transpose(1, 2)
+            cos, sin = model.model.rotary_emb(length)
+            from revcurse.models.positional import apply_rope
+
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        for i in range(n):
+            a, e = batch.answer_pos[i], batch.entity_pos[i]
+            expected = (q[i, :, a] * k[i, :, e]).sum(-1) / math.sqrt(8)
+            torch.testing.assert_close(scores[0, :, i].float(), expected, atol=1e-5, rtol=1e-5)
+    assert result["delta"] == 4
+    assert result["pearson"].shape == (1, 2)
+
+
+def test_mdm_pairing_is_same_entity_opposite_offsets():
+    cfg, dataset, vocab, _ = setup(False, **{"data.n_filler": 3})
+    mirror = probe_batch(dataset, vocab, "mirror", causal=False)
+    reverse = probe_batch(dataset, vocab, "reverse", causal=False)
+    # same key token (the entity b) and same answer (a) ...
+    rows = torch.arange(len(mirror))
+    assert torch.equal(mirror.ids[rows, mirror.entity_pos], reverse.ids[rows, reverse.entity_pos])
+    assert torch.equal(mirror.answer_id, reverse.answer_id)
+    # ... at offsets +Delta and -Delta from the mask
+    assert ((mirror.entity_pos - mirror.answer_pos) == 5).all()
+    assert ((reverse.entity_pos - reverse.answer_pos) == -5).all()
+
+
+def test_position_free_model_couples_perfectly():
+    """Without positions the two configurations give identical scores: correlation 1."""
+    cfg, _, vocab, model = setup(False, **{"model.positional": "none", "model.n_layers": 1})
+    assert coupling(model, cfg, vocab)["pearson"].min().item() == pytest.approx(1.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_per_example_gradients_match_loop_of_backward_passes(causal):
+    cfg, dataset, vocab, model = setup(causal)
+    batch = probe_batch(dataset, vocab, "reverse", causal)
+    fast = G.per_example_gradients(model, batch)
+    slow = G.per_example_gradients_loop(model, batch)
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        torch.testing.assert_close(fast[name], slow[name], atol=1e-6, rtol=1e-4)
+
+
+def test_group_cosines_against_flat_float64_reference():
+    cfg, dataset, vocab, model = setup(False)
+    fwd = probe_batch(dataset, vocab, "forward", False)
+    rev = probe_batch(dataset, vocab, "reverse", False)
+    _, ga = G.gradients(model, lambda: G.batch_loss(model, fwd))
+    _, gb = G.gradients(model, lambda: G.batch_loss(model, rev))
+    cos = G.group_cosines(ga, gb)
+    a = torch.cat([g.flatten().double() for g in ga.values()])
+    b = torch.cat([g.flatten().double() for g in gb.values()])
+    assert cos["all"] == pytest.approx((a @ b / (a.norm() * b.norm())).item(), rel=1e-5)
+    qk = [n for n in ga if n.endswith(("q_proj.weight", "k_proj.weight"))]
+    a = torch.cat([ga[n].flatten().double() for n in qk])
+    b = torch.cat([gb[n].flatten().double() for n in qk])
+    assert cos["qk"] == pytest.approx((a @ b / (a.norm() * b.norm())).item(), rel=1e-5)
+    assert set(cos) == {"embeddings", "qk", "vo", "mlp", "norms", "unembedding", "all"}
+
+
+def test_per_example_cosines_average_to_batch_gradient():
+    cfg, dataset, vocab, model = setup(True)
+    batch = probe_batch(dataset, vocab, "forward", True)
+    per = G.per_example_gradients(model, batch)
+    _, full = G.gradients(model, lambda: G.batch_loss(model, batch))
+    for name in full:
+        torch.testing.assert_close(per[name].mean(0), full[name], atol=1e-6, rtol=1e-4)
+    cos = G.per_example_cosines(per, per)
+    torch.testing.assert_close(cos["all"], torch.ones(len(batch), dtype=torch.float64))
+
+
+def test_first_order_prediction_matches_actual_change_for_small_steps():
+    cfg, dataset, vocab, model = setup(False)
+    fwd = probe_batch(dataset, vocab, "forward", False)
+    rev = probe_batch(dataset, vocab, "reverse", False)
+    _, g_fwd = G.gradients(model, lambda: G.batch_loss(model, fwd))
+    _, g_rev = G.gradients(model, lambda: G.batch_loss(model, rev))
+    check = G.first_order_check(model, g_fwd, g_rev, rev, lr=1e-3)
+    assert check["actual"] == pytest.approx(check["predicted"], rel=0.05)
+    # ... and along the reverse gradient itself the loss must go down by lr * |g_rev|^2
+    down = G.first_order_check(model, g_rev, g_rev, rev, lr=1e-3)
+    assert down["predicted"] < 0 and down["actual"] == pytest.approx(down["predicted"], rel=0.05)
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_error_and_hidden_signals_match_autograd_and_closed_form():
+    cfg, dataset, vocab, model = setup(False)
+    batch = probe_batch(dataset, vocab, "forward", False)
+    sig = backprop_signals(model, batch)
+    rows = torch.arange(len(batch))
+    logits = model(batch.ids)[rows, batch.answer_pos].detach().double().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(logits, batch.answer_id, reduction="sum")
+    (e_ref,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(sig["e"], e_ref)
+    # u = W_U^T e: the signal entering the unembedding
+    u_ref = sig["e"] @ model.lm_head.weight.double()
+    torch.testing.assert_close(sig["u"], u_ref, atol=1e-5, rtol=1e-4)
+    assert sig["z.0"].shape == (len(batch), 16)
+    al = signal_alignment(sig, sig)
+    assert al["u"]["cosine"] == pytest.approx(1.0)
+    assert al["e"]["inner"] == pytest.approx(float((sig["e"] ** 2).sum(-1).mean()))
+
+
+# ---------------------------------------------------------------- runner
+
+
+def test_probes_do_not_change_training_and_are_recorded(tmp_path):
+    cfg = apply_overrides(
+        tiny_run_config(causal=False), ["probe.every=10", "probe.distances=[0, 3]"]
+    )
+    off = train(apply_overrides(cfg, ["probe.enabled=false"]))
+    on = train(cfg, tmp_path / "run")
+    assert on["final_loss"] == off["final_loss"]
+    records = (tmp_path / "run" / "probes" / "probes.jsonl").read_text().splitlines()
+    assert len(records) == 3  # steps 0, 10, 20
+    assert (tmp_path / "run" / "probes" / "step-0000020.safetensors").is_file()
+    assert on["probe"]["n_probes"] == 3 and "attention_pearson_mean" in on["probe"]
+    assert "grad_cos_mirror_rev_mean" in on["probe"]  # MDM only
+
+
+def test_runner_final_record_has_distance_curve():
+    cfg, dataset, vocab, model = setup(True, **{"probe.distances": "[0, 2, 5]"})
+    runner = ProbeRunner(cfg, vocab, encode_statements(vocab, dataset.train), None)
+    record = runner(model, 7, final=True)
+    assert [d["delta"] for d in record["distance"]] == [2, 4, 7]
+    assert "cos_mirror_rev" not in record["gradients"]  # ARM has no mirror configuration
+    assert "per_fact_cos_fwd_rev" in record["gradients"]
