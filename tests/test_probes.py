@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -212,3 +213,33 @@ def test_runner_final_record_has_distance_curve():
     assert [d["delta"] for d in record["distance"]] == [2, 4, 7]
     assert "cos_mirror_rev" not in record["gradients"]  # ARM has no mirror configuration
     assert "per_fact_cos_fwd_rev" in record["gradients"]
+
+
+def test_explicit_probe_steps(tmp_path):
+    cfg = apply_overrides(
+        tiny_run_config(causal=True),
+        ["probe.steps=[3, 7]", "probe.distances=[]", "probe.per_example=false"],
+    )
+    summary = train(cfg, tmp_path / "run")
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "run" / "probes" / "probes.jsonl").read_text().splitlines()]  # fmt: skip
+    assert steps == [3, 7, 20]
+    assert summary["probe"]["n_probes"] == 3
+
+
+def test_probe_command_on_a_saved_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    train(tiny_run_config(causal=False), tmp_path / "run")
+    result = CliRunner().invoke(
+        app, ["probe", str(tmp_path / "run"), "--set", "probe.distances=[0]"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "attention r=" in result.stdout
+    record = json.loads((tmp_path / "run" / "probes" / "posthoc-probes.jsonl").read_text())
+    assert record["final"] and record["step"] == 20
+    assert (tmp_path / "run" / "probes" / "probes.jsonl").is_file()  # training records kept
+    bad = CliRunner().invoke(app, ["probe", str(tmp_path / "run"), "--set", "train.lr=1"])
+    assert bad.exit_code == 2 and "probe.*" in bad.stderr

@@ -180,6 +180,42 @@ def evaluate(
     _guard(run)
 
 
+@app.command()
+def probe(
+    path: Annotated[
+        Path, typer.Argument(help="A model run directory or a toy experiment directory.")
+    ],
+    set_: SetOpt = None,
+) -> None:
+    """Run the mechanism probes on saved final checkpoints (writes probes/posthoc-*)."""
+
+    def run() -> None:
+        from revcurse.data.tokenize import encode_statements
+        from revcurse.probes.runner import ProbeRunner
+        from revcurse.training import build_dataset, load_checkpoint
+
+        overrides = list(set_ or [])
+        if any(not o.startswith("probe.") for o in overrides):
+            raise RevcurseError("revcurse probe only takes probe.* overrides")
+        run_dirs = sorted((path / "models").iterdir()) if (path / "models").is_dir() else [path]
+        for run_dir in run_dirs:
+            model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
+            cfg = apply_overrides(cfg, overrides)
+            dataset, _ = build_dataset(cfg)
+            runner = ProbeRunner(
+                cfg, vocab, encode_statements(vocab, dataset.train), run_dir, prefix="posthoc-"
+            )
+            record = runner(model, step, final=True)
+            parts = [f"{run_dir.name}: step {step}"]
+            if "attention" in record:
+                parts.append(f"attention r={record['attention']['mean_pearson']:+.3f}")
+            if "gradients" in record:
+                parts.append(f"grad cos fwd/rev={record['gradients']['cos_fwd_rev']['all']:+.3f}")
+            typer.echo("  ".join(parts) + f"  -> {run_dir / 'probes'}")
+
+    _guard(run)
+
+
 @app.command("config")
 def show_config(
     kind: Annotated[str, typer.Argument(help="toy (experiment) or run (one model).")] = "toy",

@@ -206,6 +206,8 @@ class ProbeConfig:
 
     every: int = 0
     """Probe every this many steps, plus at step 0 and at the end (0: only at the end)."""
+    steps: list[int] = field(default_factory=list)
+    """Further steps to probe at, besides the cadence (e.g. [10, 50] to catch early dynamics)."""
     enabled: bool = True
     """Run the probes at all (false: no probes/ directory)."""
     attention: bool = True
@@ -227,6 +229,7 @@ class ProbeConfig:
 
     def validate(self, where: str) -> None:
         _check(self.every >= 0, where, "every", "an integer >= 0", self.every)
+        _check(all(s >= 0 for s in self.steps), where, "steps", "steps >= 0", self.steps)
         _check(
             self.per_example_every >= 0, where, "per_example_every", "an integer >= 0",
             self.per_example_every,
@@ -235,7 +238,9 @@ class ProbeConfig:
             all(k >= 0 for k in self.distances), where, "distances", "filler counts >= 0",
             self.distances,
         )  # fmt: skip
-        _check(self.first_order_lr > 0, where, "first_order_lr", "a number > 0", self.first_order_lr)
+        _check(
+            self.first_order_lr > 0, where, "first_order_lr", "a number > 0", self.first_order_lr
+        )
 
 
 @dataclass
@@ -266,7 +271,9 @@ class RunConfig:
                 f"length), got {self.model.max_seq_len}"
             )
         if self.probe.enabled and self.probe.distances:
-            longest = toy_sequence_length(self.data) - self.data.n_filler + max(self.probe.distances)
+            longest = (
+                toy_sequence_length(self.data) - self.data.n_filler + max(self.probe.distances)
+            )
             if longest > self.model.max_seq_len:
                 raise ConfigError(
                     f"{where}: field 'probe.distances': expected filler counts that fit "

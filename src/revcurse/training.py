@@ -193,7 +193,7 @@ def train(
     n = data.shape[0]
     batch_size = n if tc.batch_size == 0 else min(tc.batch_size, n)
     loss_sum, loss_count = torch.zeros(()), 0
-    if probes is not None and cfg.probe.every > 0:
+    if probes is not None and (cfg.probe.every > 0 or 0 in cfg.probe.steps):
         probes(model, 0)
     start = time.perf_counter()
     model.train()

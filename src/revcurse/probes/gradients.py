@@ -93,7 +93,9 @@ def _group_cosines(a: Grads, b: Grads, lead: int) -> dict[str, torch.Tensor]:
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine along the last dimension; 0 where either vector is 0."""
     denom = x.norm(dim=-1) * y.norm(dim=-1)
-    return torch.where(denom > 0, (x * y).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom))
+    return torch.where(
+        denom > 0, (x * y).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom)
+    )
 
 
 def group_cosines(a: Grads, b: Grads) -> dict[str, float]:
@@ -181,8 +183,9 @@ def alignment(
         "loss": losses,
         "cos_fwd_rev": group_cosines(grads["forward"], grads["reverse"]),
         "cos_train_rev": group_cosines(grads["train"], grads["reverse"]),
-        "first_order": first_order_check(model, grads["train"], grads["reverse"],
-                                         batches["reverse"], lr),  # fmt: skip
+        "first_order": first_order_check(
+            model, grads["train"], grads["reverse"], batches["reverse"], lr
+        ),  # fmt: skip
     }
     if "mirror" in grads:
         summary["cos_mirror_rev"] = group_cosines(grads["mirror"], grads["reverse"])

@@ -31,8 +31,15 @@ class ProbeRunner:
     """Probes one run's model at chosen steps; records go to ``out_dir/probes`` if given."""
 
     def __init__(
-        self, cfg: RunConfig, vocab: Vocab, train_ids: torch.Tensor, out_dir: Path | None
+        self,
+        cfg: RunConfig,
+        vocab: Vocab,
+        train_ids: torch.Tensor,
+        out_dir: Path | None,
+        prefix: str = "",
     ) -> None:
+        """``prefix`` names the files (``posthoc-`` for ``revcurse probe`` on a saved run), so
+        probing a finished run never overwrites the records written during its training."""
         self.cfg = cfg
         self.vocab = vocab
         self.train_ids = train_ids  # [N, L] the training statements
@@ -45,13 +52,14 @@ class ProbeRunner:
         }
         self.records: list[dict[str, Any]] = []
         self.seconds = 0.0
+        self.prefix = prefix
         if self.dir is not None:
-            (self.dir / "probes.jsonl").unlink(missing_ok=True)
+            (self.dir / f"{prefix}probes.jsonl").unlink(missing_ok=True)
 
     def due(self, step: int) -> bool:
-        """Whether the cadence asks for a probe after ``step`` optimizer steps."""
-        every = self.cfg.probe.every
-        return self.cfg.probe.enabled and every > 0 and step % every == 0
+        """Whether the cadence or the explicit steps ask for a probe after ``step`` optimizer steps."""
+        pc = self.cfg.probe
+        return pc.enabled and ((pc.every > 0 and step % pc.every == 0) or step in pc.steps)
 
     def __call__(self, model: TransformerLM, step: int, final: bool = False) -> dict[str, Any]:
         start = time.perf_counter()
@@ -95,9 +103,9 @@ class ProbeRunner:
         self.records.append(record)
         if self.dir is not None:
             if tensors:
-                files.save_tensors(self.dir / f"step-{step:07d}.safetensors", tensors,
-                                   {"step": str(step)})  # fmt: skip
-            files.append_jsonl(self.dir / "probes.jsonl", record)
+                path = self.dir / f"{self.prefix}step-{step:07d}.safetensors"
+                files.save_tensors(path, tensors, {"step": str(step)})
+            files.append_jsonl(self.dir / f"{self.prefix}probes.jsonl", record)
         return record
 
     def _train_loss(self, model: TransformerLM) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
-from revcurse.report import figures
+from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
     Check,
@@ -42,6 +42,103 @@ def targets(summary: dict[str, Any]) -> list[Check]:
         )
         checks.append(Check("ARM forward >= 0.99 (mean over seeds)", f"{fwd:.3f}", fwd >= 0.99))
     return checks
+
+
+PROBE_COLUMNS = [
+    ("attention_pearson_mean", "attention r (mean over training)"),
+    ("attention_pearson_final", "attention r (final)"),
+    ("attention_spearman_mean", "attention Spearman (mean)"),
+    ("grad_cos_fwd_rev_mean", "grad cos fwd/rev (mean)"),
+    ("grad_cos_mirror_rev_mean", "grad cos [M]-REL-b/rev (mean)"),
+    ("grad_cos_train_rev_mean", "grad cos train/rev (mean)"),
+    ("signal_u_cosine_mean", "signal u cos (mean)"),
+    ("reverse_loss_final", "reverse loss (final)"),
+]
+
+
+def probe_means(rows: list[dict[str, Any]], family: str) -> dict[str, float]:
+    """Mean over seeds of each probe headline number of one family."""
+    probes = [r["probe"] for r in rows if r["family"] == family and r.get("probe")]
+    return {
+        key: sum(p[key] for p in probes) / len(probes)
+        for key, _ in PROBE_COLUMNS
+        if probes and all(key in p for p in probes)
+    }
+
+
+def probe_checks(rows: list[dict[str, Any]]) -> list[Check]:
+    """The probe targets of the project (issue #3), on the measured means over seeds."""
+    mdm = probe_means(rows, "mdm")
+    checks = []
+    if "attention_pearson_mean" in mdm:
+        value = mdm["attention_pearson_mean"]
+        checks.append(Check("MDM mean attention-score correlation over training > 0",
+                            f"{value:+.3f}", value > 0))  # fmt: skip
+    if "grad_cos_fwd_rev_mean" in mdm:
+        value = mdm["grad_cos_fwd_rev_mean"]
+        checks.append(Check("MDM mean forward/reverse gradient cosine over training > 0",
+                            f"{value:+.3f}", value > 0))  # fmt: skip
+    return checks
+
+
+def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]) -> list[Block]:
+    """The mechanism-probe section: checks, a table and the probe figures."""
+    models = [
+        m
+        for r in rows
+        if (
+            m := probe_figures.load_probed(
+                out / "models" / f"{r['family']}-seed{r['seed']}", r["family"], r["seed"]
+            )
+        )
+        is not None  # fmt: skip
+    ]
+    if not models:
+        return []
+    fig_dir = out / "figures"
+    head_dim = cfg.model.d_model // cfg.model.n_heads
+    base = cfg.model.rope_base if cfg.model.positional == "rope" else None
+    blocks: list[Block] = [
+        Heading("Mechanism probes"),
+        Para(
+            f"Probed every {cfg.probe.every} steps (and at steps 0 and the end). Attention coupling: "
+            "for every fact, the pre-softmax score from the answer position to the context entity "
+            "in the trained configuration (S_fwd) and in the reverse query (S_rev), correlated "
+            "across facts and averaged over layers and heads. For the MDM the trained configuration "
+            "is '[M] REL b' (recover a from b with b after the mask) and the reverse query "
+            "'b REL [M]': the same query and key at offsets +Delta and -Delta. For the ARM it is "
+            "the forward query 'a REL ->' vs the reverse query 'b REL ->' (same offset, other "
+            "entity). Gradient cosines compare the gradients of the forward-query (or '[M] REL b', "
+            "or actual training) loss and the reverse-query loss."
+        ),
+        *probe_checks(rows),
+        Table(
+            ["family", *(label for _, label in PROBE_COLUMNS)],
+            [
+                [fam.upper(), *(probe_means(rows, fam).get(key, "n/a") for key, _ in PROBE_COLUMNS)]
+                for fam in cfg.families
+            ],
+        ),
+    ]
+    figs = [
+        (probe_figures.attention_scatter(models, fig_dir / "attention_scatter.png"),
+         "S_fwd vs S_rev over facts at the end of training (layer 0, head 0)."),
+        (probe_figures.attention_vs_step(models, fig_dir / "attention_vs_step.png"),
+         "Correlation of S_fwd and S_rev across facts during training."),
+        (probe_figures.attention_vs_distance(models, head_dim, base,
+                                             fig_dir / "attention_vs_distance.png"),
+         "Coupling against relative distance (final models; fillers inserted at probe time) and "
+         "the closed-form RoPE correlation for isotropic q, k."),
+        (probe_figures.gradient_cosines(models, fig_dir / "gradient_cosines.png"),
+         "Cosine between forward and reverse loss gradients per parameter group."),
+        (probe_figures.reverse_loss(models, fig_dir / "reverse_loss.png"),
+         "Reverse-query loss during training, and predicted vs actual reverse-loss change of one "
+         "SGD step on the training loss."),
+        (probe_figures.signal_cosines(models, fig_dir / "signal_cosines.png"),
+         "Cosine between the forward and reverse back-propagated signals of the same fact."),
+    ]  # fmt: skip
+    blocks += [Figure(path, caption) for path, caption in figs if path is not None]
+    return blocks
 
 
 def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -> None:
@@ -130,6 +227,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
             "entities of its type but still prefers a token of the other type."
         ),
         Figure(fig_train, "Training loss and accuracy evaluated during training."),
+        *probe_blocks(out, cfg, rows),
         Heading("Provenance"),
         Para(
             f"Models trained in {summary['train_wall_seconds']:.1f} s wall time with "

@@ -1,0 +1,214 @@
+"""Figures of the mechanism probes (probes/probes.jsonl and the final probe tensors of each model).
+
+Each function takes ``models``: a list of ``ProbedModel`` (family, seed, records, final tensors),
+so the figures do not care where the numbers came from.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.ticker import SymmetricalLogLocator
+
+from revcurse import files
+from revcurse.probes.gradients import GROUPS
+from revcurse.probes.theory import rope_score_correlation
+from revcurse.report.figures import FAMILY_COLORS, plt, save
+
+
+@dataclass
+class ProbedModel:
+    family: str
+    seed: int
+    records: list[dict[str, Any]]
+    final: dict[str, Any]  # tensors of the final probe (s_fwd, s_rev, per-fact cosines)
+
+    @property
+    def label(self) -> str:
+        return f"{self.family}-seed{self.seed}"
+
+
+def load_probed(run_dir: Path, family: str, seed: int) -> ProbedModel | None:
+    """The probe records of one model run, or None when it was trained without probes."""
+    path = run_dir / "probes" / "probes.jsonl"
+    if not path.is_file():
+        return None
+    records = files.read_jsonl(path)
+    last = records[-1]["step"]
+    tensors_path = run_dir / "probes" / f"step-{last:07d}.safetensors"
+    final = files.load_tensors(tensors_path) if tensors_path.is_file() else {}
+    return ProbedModel(family, seed, records, final)
+
+
+def _series(records: Sequence[dict[str, Any]], *path: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for r in records:
+        node: Any = r
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            steps.append(r["step"])
+            values.append(float(node))
+    return steps, values
+
+
+def attention_scatter(models: Sequence[ProbedModel], path: Path) -> Path | None:
+    """S_fwd vs S_rev over facts (layer 0, head 0) for the first seed of each family."""
+    firsts = {}
+    for m in models:
+        if "s_fwd" in m.final:
+            firsts.setdefault(m.family, m)
+    if not firsts:
+        return None
+    fig, axes = plt.subplots(1, len(firsts), figsize=(4.2 * len(firsts), 3.8), squeeze=False)
+    for ax, (family, m) in zip(axes[0], firsts.items(), strict=True):
+        x, y = m.final["s_fwd"][0, 0].numpy(), m.final["s_rev"][0, 0].numpy()
+        r = np.corrcoef(x, y)[0, 1]
+        ax.scatter(x, y, s=10, color=FAMILY_COLORS.get(family, "gray"), alpha=0.7)
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls=":")
+        trained = "[M] REL b" if family == "mdm" else "a REL ->"
+        ax.set_xlabel(f"S_fwd (trained: {trained})")
+        ax.set_ylabel("S_rev (reverse query)")
+        ax.set_title(f"{family.upper()} seed {m.seed}, layer 0 head 0: r = {r:+.2f}", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def attention_vs_step(models: Sequence[ProbedModel], path: Path) -> Path:
+    """Mean (over layers and heads) Pearson correlation of S_fwd and S_rev against step."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for m in models:
+        steps, values = _series(m.records, "attention", "mean_pearson")
+        ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), alpha=0.8, lw=1,
+                label=m.label)  # fmt: skip
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("Pearson r(S_fwd, S_rev) over facts")
+    ax.set_title("Attention-score coupling during training", fontsize=10)
+    ax.legend(fontsize=6, ncol=2)
+    return save(fig, path)
+
+
+def attention_vs_distance(
+    models: Sequence[ProbedModel], head_dim: int, rope_base: float | None, path: Path
+) -> Path | None:
+    """Final coupling against relative distance Delta, per family, with the RoPE theory curve."""
+    curves: dict[str, list[tuple[list[int], list[float]]]] = defaultdict(list)
+    for m in models:
+        dist = m.records[-1].get("distance")
+        if dist:
+            curves[m.family].append(
+                ([d["delta"] for d in dist], [float(np.mean(d["pearson"])) for d in dist])
+            )
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    all_deltas = sorted({d for runs in curves.values() for xs, _ in runs for d in xs})
+    for family, runs in curves.items():
+        color = FAMILY_COLORS.get(family, "gray")
+        for xs, ys in runs:
+            ax.plot(xs, ys, color=color, alpha=0.35, lw=1, marker="o", ms=2)
+        mean = np.mean([ys for _, ys in runs], axis=0)
+        ax.plot(runs[0][0], mean, color=color, lw=2, label=f"{family.upper()} (mean over seeds)")
+    if rope_base is not None:
+        grid = np.linspace(min(all_deltas), max(all_deltas), 400)
+        theory = [rope_score_correlation(head_dim, rope_base, d) for d in grid]
+        ax.plot(grid, theory, color="black", ls="--", lw=1.2,
+                label=f"RoPE theory, isotropic q,k (d={head_dim}, base={rope_base:g})")  # fmt: skip
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_xscale("symlog", linthresh=4)
+    ax.set_xlabel("relative distance Delta = fillers + 2")
+    ax.set_ylabel("Pearson r(S_fwd, S_rev)")
+    ax.set_title("Coupling vs distance (fillers inserted at probe time)", fontsize=10)
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def gradient_cosines(models: Sequence[ProbedModel], path: Path) -> Path:
+    """Cosine of forward- and reverse-loss gradients per parameter group against step."""
+    panels = [
+        ("mdm", "cos_mirror_rev", "MDM: [M] REL b vs reverse (paper's pairing)"),
+        ("mdm", "cos_fwd_rev", "MDM: forward query vs reverse query"),
+        ("arm", "cos_fwd_rev", "ARM: forward query vs reverse query"),
+    ]
+    panels = [p for p in panels if any(m.family == p[0] for m in models)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False,
+                             sharey=True)  # fmt: skip
+    cmap = plt.get_cmap("tab10")
+    for ax, (family, key, title) in zip(axes[0], panels, strict=True):
+        fam = [m for m in models if m.family == family]
+        for i, group in enumerate((*GROUPS, "all")):
+            runs = [_series(m.records, "gradients", key, group) for m in fam]
+            runs = [r for r in runs if r[0]]
+            if not runs:
+                continue
+            n = min(len(r[1]) for r in runs)
+            mean = np.mean([r[1][:n] for r in runs], axis=0)
+            ax.plot(runs[0][0][:n], mean, lw=2.2 if group == "all" else 1,
+                    color="black" if group == "all" else cmap(i), label=group)  # fmt: skip
+        ax.axhline(0, color="gray", lw=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("cos(g_fwd, g_rev), mean over seeds")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def reverse_loss(models: Sequence[ProbedModel], path: Path) -> Path:
+    """Reverse loss while training on forward data only, and the first-order check."""
+    fig, (ax_loss, ax_fo) = plt.subplots(1, 2, figsize=(10.5, 3.8))
+    predicted, actual, colors = [], [], []
+    for m in models:
+        color = FAMILY_COLORS.get(m.family, "gray")
+        steps, values = _series(m.records, "gradients", "loss", "reverse")
+        ax_loss.plot(steps, values, color=color, lw=1, alpha=0.8, label=m.label)
+        for r in m.records:
+            fo = r.get("gradients", {}).get("first_order")
+            if fo:
+                predicted.append(fo["predicted"])
+                actual.append(fo["actual"])
+                colors.append(color)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("reverse-query loss (CE)")
+    ax_loss.set_title("Reverse loss, training on forward statements only", fontsize=10)
+    ax_loss.legend(fontsize=6, ncol=2)
+    if predicted:
+        ax_fo.scatter(predicted, actual, s=8, c=colors, alpha=0.7)
+        lim = max(max(map(abs, predicted)), max(map(abs, actual)))
+        ax_fo.plot([-lim, lim], [-lim, lim], color="gray", ls=":", lw=0.8)
+        linthresh = lim / 1e4
+        for axis, set_scale in ((ax_fo.xaxis, ax_fo.set_xscale), (ax_fo.yaxis, ax_fo.set_yscale)):
+            set_scale("symlog", linthresh=linthresh)
+            # every second decade only: symlog's default ticks collide around zero
+            axis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=100))
+        ax_fo.tick_params(labelsize=7)
+    ax_fo.set_xlabel("predicted  -lr <g_train, g_rev>")
+    ax_fo.set_ylabel("actual change of reverse loss")
+    ax_fo.set_title("First-order check of one SGD step on the training loss", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def signal_cosines(models: Sequence[ProbedModel], path: Path) -> Path:
+    """Mean per-fact cosine of forward and reverse back-propagated signals against step."""
+    names = ("e", "u", "z.0")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), sharey=True)
+    for ax, name in zip(axes, names, strict=True):
+        for m in models:
+            steps, values = _series(m.records, "signals", name, "cosine")
+            ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), lw=1, alpha=0.8)
+        ax.axhline(0, color="gray", lw=0.6)
+        ax.set_title({"e": "output error e = p - onehot", "u": "hidden signal u = W_U^T e",
+                      "z.0": "signal at o_proj input (layer 0)"}[name], fontsize=9)  # fmt: skip
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("mean cos(fwd, rev) over facts")
+    fig.tight_layout()
+    return save(fig, path)
