@@ -40,7 +40,7 @@ def test_same_config_same_summary(causal):
 
 def test_run_directory_and_checkpoint_round_trip(tmp_path):
     cfg = tiny_run_config(causal=False)
-    cfg = apply_overrides(cfg, ["train.checkpoint_every=10"])
+    cfg = apply_overrides(cfg, ["train.checkpoint_every=10", "train.keep_checkpoints=true"])
     summary = train(cfg, tmp_path / "run", command="test")
     run = tmp_path / "run"
     for name in ["config.yaml", "command.txt", "env.json", "metrics.jsonl", "summary.json",
@@ -97,3 +97,65 @@ def test_non_finite_loss_stops_with_a_clear_message():
     cfg = apply_overrides(tiny_run_config(causal=True), ["train.lr=1e30", "train.grad_clip=0"])
     with pytest.raises(RevcurseError, match="non-finite loss"):
         train(cfg)
+
+
+def _deterministic(summary: dict) -> dict:
+    """A summary without its wall-clock timings (the only fields a rerun may change)."""
+    out = {k: v for k, v in summary.items() if not k.endswith("_seconds")}
+    if out.get("probe"):
+        out["probe"] = {k: v for k, v in out["probe"].items() if not k.endswith("_seconds")}
+    return out
+
+
+def _interrupt_at(monkeypatch, step: int) -> None:
+    """Make training raise (like a Ctrl-C) when it reaches optimizer step ``step``."""
+    from revcurse import training
+
+    original = training.lr_factor
+
+    def lr_factor(s, tc):
+        if s == step:
+            raise KeyboardInterrupt
+        return original(s, tc)
+
+    monkeypatch.setattr(training, "lr_factor", lr_factor)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal):
+    cfg = apply_overrides(
+        tiny_run_config(causal=causal),
+        ["train.steps=30", "train.checkpoint_every=10", "train.log_every=4", "probe.every=6",
+         "probe.distances=[0]"],
+    )  # fmt: skip
+    full = train(cfg, tmp_path / "full")
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 25)  # after the checkpoint at 20, with records up to 24 written
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, run)
+    assert (run / "checkpoints" / "last.safetensors").is_file()
+    assert '"step": 24' in (run / "metrics.jsonl").read_text()  # stale records to be redone
+    resumed = train(cfg, run, resume=True)
+    assert _deterministic(resumed) == _deterministic(full)
+    for name in ("metrics.jsonl", "probes/probes.jsonl"):
+        strip = [
+            {k: v for k, v in r.items() if k != "seconds"} for r in files.read_jsonl(run / name)
+        ]
+        ref = [{k: v for k, v in r.items() if k != "seconds"}
+               for r in files.read_jsonl(tmp_path / "full" / name)]  # fmt: skip
+        assert strip == ref, name
+    a = files.load_tensors(run / "checkpoints" / "final.safetensors")
+    b = files.load_tensors(tmp_path / "full" / "checkpoints" / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (run / "checkpoints" / "last.safetensors").exists()
+
+
+def test_resume_refuses_another_config(tmp_path, monkeypatch):
+    cfg = apply_overrides(tiny_run_config(causal=False), ["train.checkpoint_every=10"])
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 15)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "run")
+    with pytest.raises(RevcurseError, match="another config"):
+        train(apply_overrides(cfg, ["train.lr=0.5"]), tmp_path / "run", resume=True)

@@ -30,7 +30,7 @@ T = TypeVar("T")
 Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
-Objective = Literal["auto", "masked_diffusion", "next_token"]
+Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -57,6 +57,8 @@ class ToyDataConfig:
     """Prepend a BOS token to every statement and query."""
     eos: bool = False
     """Append an EOS token to every training statement."""
+    reverse_augment: bool = False
+    """Also train on the reversed statements ``B_i REL a_i`` (reverse training, a control)."""
     shuffle_pairs: bool = True
     """Pair a_i with B_pi(i) for a seeded random permutation pi (else with B_i)."""
     seed: int = 0
@@ -131,7 +133,10 @@ class TrainConfig:
     """Optimisation: objective, AdamW, warmup + decay schedule, logging and checkpoints."""
 
     objective: Objective = "auto"
-    """masked_diffusion (MDM), next_token (ARM), or auto: chosen from model.causal."""
+    """masked_diffusion (MDM), next_token (ARM), mlm (fixed ratio), answer_only (mask only the
+    answer entity), or auto: masked_diffusion or next_token from model.causal."""
+    mlm_ratio: float = 0.15
+    """Masking ratio of the mlm objective."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
@@ -159,7 +164,9 @@ class TrainConfig:
     eval_every: int = 100
     """Evaluate forward/reverse accuracy every this many steps (0: only at the end)."""
     checkpoint_every: int = 0
-    """Save a checkpoint every this many steps (0: only the final one)."""
+    """Save checkpoints/last.safetensors every this many steps for resuming (0: only the final)."""
+    keep_checkpoints: bool = False
+    """Also keep checkpoints/step-N.safetensors at every checkpoint (else only the latest)."""
     seed: int = 0
     """Seed of the initialisation and of every random draw during training."""
     threads: int = 1
@@ -167,6 +174,7 @@ class TrainConfig:
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
+        _check(0 < self.mlm_ratio <= 1, where, "mlm_ratio", "a number in (0, 1]", self.mlm_ratio)
         _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0", self.batch_size)
         _check(self.lr > 0, where, "lr", "a number > 0", self.lr)
         _check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
@@ -259,6 +267,11 @@ class RunConfig:
                 f"{where}: field 'train.objective': masked_diffusion needs a bidirectional model "
                 "(model.causal=false)"
             )
+        if objective in ("mlm", "answer_only") and self.model.causal:
+            raise ConfigError(
+                f"{where}: field 'train.objective': {objective} needs a bidirectional model "
+                "(model.causal=false)"
+            )
         if objective == "next_token" and not self.model.causal:
             raise ConfigError(
                 f"{where}: field 'train.objective': next_token needs a causal model "
@@ -328,6 +341,78 @@ class ToyExperimentConfig:
         )
 
 
+@dataclass
+class SweepConfig:
+    """A grid of runs: every combination of the ``grid`` values and ``variants``, for each seed.
+
+    ``grid`` maps dotted config keys to the values to try (``model.positional: [rope, alibi]``);
+    ``variants`` maps names to lists of overrides applied together (``arm-reverse:
+    [model.causal=true, data.reverse_augment=true]``). Both are crossed with each other and with
+    ``seeds``; each resulting run is identified by the hash of its resolved config.
+    """
+
+    name: str = "sweep"
+    """Experiment name (the store's experiment column and the report's title)."""
+    data: ToyDataConfig = field(default_factory=ToyDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=500))
+    """Shared optimisation; checkpoints every 500 steps so interrupted runs resume."""
+    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(every=100))
+    grid: dict[str, list[Any]] = field(default_factory=lambda: {"model.causal": [False, True]})
+    """Dotted key -> values; every combination is run."""
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Name -> overrides applied together; crossed with the grid (empty: no variants)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds (train.seed)."""
+    workers: int = 2
+    """Parallel worker processes (local backend) or Ray tasks in flight."""
+    backend: Literal["local", "ray"] = "local"
+    """local: worker processes on this machine; ray: tasks on a Ray cluster (RAY_ADDRESS)."""
+
+    def validate(self, where: str) -> None:
+        _check(len(self.seeds) >= 1, where, "seeds", "a non-empty list", self.seeds)
+        _check(
+            len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", self.seeds
+        )
+        _check(self.workers >= 1, where, "workers", "an integer >= 1", self.workers)
+        for key, values in self.grid.items():
+            _check(isinstance(values, list) and len(values) >= 1, where, f"grid.{key}",
+                   "a non-empty list of values", values)  # fmt: skip
+        self.expand(where)  # every combination must be a valid RunConfig
+
+    def base(self) -> RunConfig:
+        return RunConfig(
+            data=dataclasses.replace(self.data),
+            model=dataclasses.replace(self.model),
+            train=dataclasses.replace(self.train),
+            probe=dataclasses.replace(self.probe),
+        )
+
+    def expand(self, where: str = "sweep") -> list[tuple[dict[str, Any], RunConfig]]:
+        """Every run of the sweep as ``(labels, config)``; labels name the swept values."""
+        import itertools
+
+        variants = self.variants.items() if self.variants else [(None, [])]
+        keys = list(self.grid)
+        runs = []
+        for (variant, extra), values, seed in itertools.product(
+            variants, itertools.product(*self.grid.values()), self.seeds
+        ):
+            overrides = [*extra] + [
+                f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)
+            ]
+            try:
+                cfg = apply_overrides(self.base(), [*overrides, f"train.seed={seed}"])
+            except ConfigError as err:
+                part = f"variant {variant!r}" if variant else "grid"
+                raise ConfigError(f"{where}: in the sweep {part}, {err}") from None
+            labels: dict[str, Any] = {"variant": variant} if variant else {}
+            labels |= dict(zip(keys, values, strict=True))
+            labels |= {"family": cfg.model.family, "seed": seed}
+            runs.append((labels, cfg))
+        return runs
+
+
 def toy_sequence_length(data: ToyDataConfig) -> int:
     """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
     return int(data.bos) + 3 + data.n_filler + int(data.eos)
@@ -360,6 +445,10 @@ def _type_name(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of names to {_type_name(get_args(tp)[1])}"
+    if tp is Any:
+        return "a value"
     if tp is bool:
         return "true or false"
     if tp is int:
@@ -378,6 +467,10 @@ def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
         raise ConfigError(f"{where}: field '{name}': expected {_type_name(tp)}, got {value!r}")
 
     origin = get_origin(tp)
+    if tp is Any:  # a YAML scalar or list, checked later by whoever uses it (e.g. sweep grids)
+        if not isinstance(value, str | int | float | bool | list) or value is None:
+            fail()
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail()
@@ -397,6 +490,11 @@ def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
             fail()
         (item_tp,) = get_args(tp)
         return [_coerce(v, item_tp, f"{name}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            fail()
+        _, item_tp = get_args(tp)
+        return {k: _coerce(v, item_tp, f"{name}.{k}", where) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             fail()
@@ -524,7 +622,7 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
                 prefix = "".join(p + "." for p in path[:depth])
                 raise _unknown_key(part, list(node), prefix, f"override {text!r}")
             if depth == len(path) - 1:
-                if isinstance(node[part], dict):
+                if isinstance(node[part], dict) and not isinstance(value, dict):
                     raise ConfigError(
                         f"override {text!r}: '{'.'.join(path)}' is a section; set one of its "
                         f"fields, e.g. {'.'.join(path)}.{next(iter(node[part]))}=..."

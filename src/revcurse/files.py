@@ -73,6 +73,19 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def truncate_jsonl(path: str | Path, step: int) -> list[dict[str, Any]]:
+    """Keep the records of a step-keyed JSONL file up to ``step`` (atomic rewrite); return them.
+
+    Used when a run resumes from a checkpoint: records written after it are recomputed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept = [r for r in read_jsonl(path) if r["step"] <= step]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file with a one-line error naming the file when it is missing or malformed."""
     path = Path(path)

@@ -8,6 +8,12 @@ ratio ``t ~ U(eps, 1)`` per sequence, replace each token by ``[MASK]`` independe
 
 an upper bound on the negative log-likelihood. ``L`` is the number of maskable tokens of the
 sequence. The ARM minimises the usual next-token cross-entropy.
+
+Two ablations of the any-order objective (the ``objective`` experiment):
+
+* ``mlm``: a BERT-style fixed masking ratio r instead of t ~ U(eps, 1) (same estimator with t = r);
+* ``answer_only``: a bidirectional encoder that only ever sees ``a REL [M]``: the answer entity of
+  each statement is masked, nothing else (no any-order masking at all).
 """
 
 from __future__ import annotations
@@ -91,6 +97,35 @@ def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
     return None if bool(real.all()) else real
 
 
+def fixed_ratio_step_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,  # [B, L]
+    ratio: float,
+    mask_id: int,
+    pad_id: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """MLM with a fixed masking ratio: the masked diffusion estimator at constant t = ratio."""
+    maskable = tokens != pad_id
+    t = torch.full((tokens.shape[0],), ratio)
+    noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
+    logits = model(noisy, attention_mask=_key_mask(maskable))
+    return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
+
+
+def answer_only_step_loss(
+    model: torch.nn.Module,
+    tokens: torch.Tensor,  # [B, L]
+    answer_mask: torch.Tensor,  # [B, L] bool: the answer entity of each statement
+    mask_id: int,
+    pad_id: int,
+) -> torch.Tensor:
+    """Mask exactly the answer entity; mean cross-entropy over its tokens."""
+    noisy = tokens.masked_fill(answer_mask, mask_id)
+    logits = model(noisy, attention_mask=_key_mask(tokens != pad_id))
+    return F.cross_entropy(logits[answer_mask], tokens[answer_mask])
+
+
 def training_loss(
     objective: str,
     model: torch.nn.Module,
@@ -99,10 +134,20 @@ def training_loss(
     pad_id: int,
     eps: float,
     generator: torch.Generator,
+    *,
+    mlm_ratio: float = 0.15,
+    answer_mask: torch.Tensor | None = None,  # [B, L], for answer_only
 ) -> torch.Tensor:
-    """The loss a run optimises (``objective``: masked_diffusion or next_token) on one batch."""
+    """The loss a run optimises on one batch (``objective``: masked_diffusion, next_token, mlm or
+    answer_only)."""
     if objective == "masked_diffusion":
         return masked_diffusion_step_loss(model, batch, mask_id, pad_id, eps, generator)
     if objective == "next_token":
         return next_token_step_loss(model, batch, pad_id)
+    if objective == "mlm":
+        return fixed_ratio_step_loss(model, batch, mlm_ratio, mask_id, pad_id, generator)
+    if objective == "answer_only":
+        if answer_mask is None:
+            raise ValueError("answer_only needs the answer positions of the batch")
+        return answer_only_step_loss(model, batch, answer_mask, mask_id, pad_id)
     raise ValueError(f"unknown objective {objective!r}")

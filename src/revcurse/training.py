@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from revcurse import files
 from revcurse.config import RunConfig, TrainConfig, config_hash, dump_yaml, from_dict, to_dict
 from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_statements
+from revcurse.data.tokenize import Vocab, encode_statements, span_mask
 from revcurse.data.toy import build_toy
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate
@@ -90,8 +91,10 @@ def save_checkpoint(
     step: int,
     cfg: RunConfig,
     vocab: Vocab,
+    loop_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Model weights, AdamW moments and the generator state in one safetensors file."""
+    """Model weights, AdamW moments, the generator state and the loop's own state (``loop.*``:
+    the running loss sum since the last log line, ...) in one safetensors file."""
     tensors: dict[str, torch.Tensor] = {
         f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"
     }
@@ -104,6 +107,8 @@ def save_checkpoint(
                 tensors[f"optimizer.{names[id(param)]}.{key}"] = torch.as_tensor(value)
     if generator is not None:
         tensors["rng.generator"] = generator.get_state()
+    for key, value in (loop_state or {}).items():
+        tensors[f"loop.{key}"] = value
     meta = {
         "format": "revcurse-checkpoint-1",
         "step": str(step),
@@ -142,6 +147,27 @@ def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, 
     return model, cfg, vocab, step
 
 
+def restore_training_state(
+    path: Path,
+    model: TransformerLM,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """Load weights, AdamW moments and generator state saved by :func:`save_checkpoint` into live
+    objects; returns the step and the loop state."""
+    loaded, _, _, step = load_checkpoint(path)
+    model.load_state_dict(loaded.state_dict())
+    tensors = files.load_tensors(path)
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            name, _, field = key.removeprefix("optimizer.").rpartition(".")
+            optimizer.state[params[name]][field] = value
+    generator.set_state(tensors["rng.generator"])
+    loop = {k.removeprefix("loop."): v for k, v in tensors.items() if k.startswith("loop.")}
+    return step, loop
+
+
 # --------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------
@@ -160,16 +186,26 @@ def train(
     *,
     progress: bool = False,
     command: str | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says; write its run directory (if ``out_dir``); return its summary.
 
     Everything random (initialisation, batch order, mask ratios and masks) is drawn from generators
-    seeded by ``cfg.train.seed``, so the same config gives the same summary.
+    seeded by ``cfg.train.seed``, so the same config gives the same summary. With ``resume`` and a
+    ``checkpoints/last.safetensors`` of the same config in ``out_dir``, training continues from it
+    and ends bit-identical to an uninterrupted run (metrics and probe records after the checkpoint
+    are dropped and recomputed).
     """
     tc = cfg.train
     torch.set_num_threads(tc.threads)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    last = out / "checkpoints" / "last.safetensors" if out is not None else None
+    resuming = bool(resume and last is not None and last.is_file())
+    if resuming:
+        saved = from_dict(RunConfig, yaml.safe_load((out / "config.yaml").read_text()), "resume")
+        if saved != cfg:
+            raise RevcurseError(f"{out}: holds a run of another config; cannot resume it")
+    elif out is not None:
         _write_run_header(out, cfg, command)
 
     dataset, vocab = build_dataset(cfg)
@@ -177,14 +213,17 @@ def train(
     model = build_model(cfg, len(vocab))
     generator = seed_everything(tc.seed)
     optimizer = make_optimizer(model, tc)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, tc))
     objective = cfg.objective
-    probes = ProbeRunner(cfg, vocab, data, out) if cfg.probe.enabled else None
+    probes = ProbeRunner(cfg, vocab, data, out, keep=resuming) if cfg.probe.enabled else None
 
-    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+    answers = span_mask(dataset.answer_spans, tuple(data.shape))  # [N, L], for answer_only
+
+    def step_loss(rows: torch.Tensor | None) -> torch.Tensor:
+        batch = data if rows is None else data[rows]
         return training_loss(
-            objective, model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator
-        )
+            objective, model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator,
+            mlm_ratio=tc.mlm_ratio, answer_mask=answers if rows is None else answers[rows],
+        )  # fmt: skip
 
     def log(record: dict[str, Any]) -> None:
         if out is not None:
@@ -192,23 +231,31 @@ def train(
 
     n = data.shape[0]
     batch_size = n if tc.batch_size == 0 else min(tc.batch_size, n)
-    loss_sum, loss_count = torch.zeros(()), 0
-    if probes is not None and (cfg.probe.every > 0 or 0 in cfg.probe.steps):
+    loss_sum, loss_count, mean_loss = torch.zeros(()), torch.zeros((), dtype=torch.long), math.nan
+    first = 0
+    if resuming:
+        first, loop = restore_training_state(last, model, optimizer, generator)
+        loss_sum, loss_count, mean_loss = loop["loss_sum"], loop["loss_count"], loop["mean_loss"]
+        mean_loss = float(mean_loss)
+        files.truncate_jsonl(out / "metrics.jsonl", first)
+        if probes is not None:
+            probes.truncate(first)
+    elif probes is not None and (cfg.probe.every > 0 or 0 in cfg.probe.steps):
         probes(model, 0)
     start = time.perf_counter()
     model.train()
     bar = tqdm(
-        range(tc.steps),
+        range(first, tc.steps),
+        initial=first,
+        total=tc.steps,
         desc=f"{cfg.model.family} seed {tc.seed}",
         disable=not progress,
         leave=False,
         mininterval=0.5,
     )
     for step in bar:
-        batch = (
-            data if batch_size == n else data[torch.randperm(n, generator=generator)[:batch_size]]
-        )
-        loss = step_loss(batch)
+        rows = None if batch_size == n else torch.randperm(n, generator=generator)[:batch_size]
+        loss = step_loss(rows)
         if not torch.isfinite(loss):
             raise RevcurseError(
                 f"non-finite loss ({loss.item()}) at step {step}; lower train.lr or check the data"
@@ -217,16 +264,18 @@ def train(
         loss.backward()
         max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+        # The schedule is a pure function of the step, so a resumed run needs no scheduler state.
+        for group in optimizer.param_groups:
+            group["lr"] = tc.lr * lr_factor(step, tc)
         optimizer.step()
-        scheduler.step()
         loss_sum += loss.detach()
         loss_count += 1
 
         done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             mean_loss = (loss_sum / loss_count).item()
-            loss_sum.zero_()
-            loss_count = 0
+            loss_sum = torch.zeros(())
+            loss_count = torch.zeros((), dtype=torch.long)
             lr = optimizer.param_groups[0]["lr"]
             log({"kind": "train", "step": done, "loss": mean_loss, "lr": lr,
                  "grad_norm": grad_norm.item()})  # fmt: skip
@@ -238,8 +287,12 @@ def train(
         if probes is not None and probes.due(done) and done != tc.steps:
             probes(model, done)
         if out is not None and tc.checkpoint_every and done % tc.checkpoint_every == 0:
-            ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
-            save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab)
+            loop = {"loss_sum": loss_sum, "loss_count": loss_count,
+                    "mean_loss": torch.tensor(mean_loss, dtype=torch.float64)}  # fmt: skip
+            save_checkpoint(last, model, optimizer, generator, done, cfg, vocab, loop)
+            if tc.keep_checkpoints:
+                ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
+                save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab, loop)
     bar.close()
     if probes is not None:
         probes(model, tc.steps, final=True)
@@ -267,6 +320,7 @@ def train(
         save_checkpoint(ckpt, model, optimizer, generator, tc.steps, cfg, vocab)
         files.write_json(out / "predictions.json", predictions)
         files.write_json(out / "summary.json", summary)
+        last.unlink(missing_ok=True)  # the final checkpoint supersedes it
     return summary
 
 

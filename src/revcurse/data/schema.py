@@ -57,6 +57,8 @@ class ReversalDataset:
     """The answers a query of each direction can have; chance accuracy is 1 / len(candidates)."""
     extra_tokens: list[str] = field(default_factory=list)
     """Tokens the vocabulary needs beyond those in statements and queries (e.g. all fillers)."""
+    answer_spans: list[tuple[int, int]] = field(default_factory=list)
+    """Per training statement, the [start, end) token span of its answer entity (answer_only)."""
 
     def chance(self, direction: Direction) -> float:
         """Accuracy of a uniform guess among the candidate answers of ``direction``."""

@@ -68,6 +68,14 @@ def encode_statements(vocab: Vocab, statements: Sequence[Tokens]) -> torch.Tenso
     return pad_batch([vocab.encode(s) for s in statements], vocab.pad_id)
 
 
+def span_mask(spans: Sequence[tuple[int, int]], shape: tuple[int, int]) -> torch.Tensor:
+    """A ``[n, L]`` bool mask that is True on each row's ``[start, end)`` span."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for i, (start, end) in enumerate(spans):
+        mask[i, start:end] = True
+    return mask
+
+
 def encode_queries(
     vocab: Vocab, queries: Sequence[Query], causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -12,6 +12,9 @@ move the two entities apart so the relative distance Delta = k + 2 can be varied
 Every filler token is in the vocabulary even when ``n_filler = 0``, so probes can move the entities
 apart at test time.
 
+With ``reverse_augment`` the reversed statements ``B_pi(i) REL f.. a_i`` are trained too (reverse
+training, a control in which the reverse query is in the training distribution).
+
 The dataset is a pure function of :class:`~revcurse.config.ToyDataConfig` (numpy PCG64 draws).
 """
 
@@ -37,13 +40,17 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
 
     bos = (BOS,) if cfg.bos else ()
     eos = (EOS,) if cfg.eos else ()
-    facts, train = [], []
+    facts, train, answer_spans = [], [], []
     queries: dict = {"forward": [], "reverse": [], "mirror": []}
     for i in range(n):
         a, b = (a_tokens[i],), (b_tokens[int(partner[i])],)
         relation = (REL, *(f"<f{int(j)}>" for j in filler_ids[i]))
         facts.append(Fact(a=a, relation=relation, b=b))
         train.append(bos + a + relation + b + eos)
+        answer_spans.append((len(bos) + 1 + len(relation), len(bos) + 2 + len(relation)))
+        if cfg.reverse_augment:
+            train.append(bos + b + relation + a + eos)
+            answer_spans.append(answer_spans[-1])
         queries["forward"].append(Query(i, "forward", bos + a + relation, b, eos))
         queries["reverse"].append(Query(i, "reverse", bos + b + relation, a, eos))
         queries["mirror"].append(Query(i, "mirror", bos, a, relation + b + eos))
@@ -53,4 +60,6 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
         "mirror": [(t,) for t in a_tokens],
     }
     fillers = [f"<f{j}>" for j in range(cfg.filler_vocab)]
-    return ReversalDataset("toy", facts, train, queries, candidates, extra_tokens=fillers)
+    return ReversalDataset(
+        "toy", facts, train, queries, candidates, extra_tokens=fillers, answer_spans=answer_spans
+    )

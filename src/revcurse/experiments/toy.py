@@ -9,26 +9,26 @@ Output directory::
 
     config.yaml  command.txt  env.json       the experiment's resolved config and provenance
     models/<family>-seed<k>/                 one run directory per trained model (training.py)
-    summary.json                             one row per model + per-family aggregates
+    summary.json                             one row per model + per-family aggregates (no timings,
+                                             so reruns compare equal); timings.json: wall times
+    index.sqlite                             the run index (``revcurse runs list``)
     figures/accuracy.png, figures/training.png
     report.html, report.md                   self-contained (figures embedded, no network)
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from revcurse import files
-from revcurse.config import RunConfig, ToyExperimentConfig, apply_overrides, dump_yaml
+from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
 from revcurse.experiments.stats import aggregate
+from revcurse.experiments.sweep import deterministic, execute, make_jobs, timings
 from revcurse.repro import environment
+from revcurse.store import Store
 
 QUICK_OVERRIDES = ("train.steps=1500",)
 """``--quick``: half the optimisation budget (same task and model); enough to see the effect."""
@@ -48,13 +48,6 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _train_one(cfg: RunConfig, run_dir: str, command: str, progress: bool) -> dict[str, Any]:
-    # Imported here so spawned workers pay for torch only once, at their first job.
-    from revcurse.training import train
-
-    return train(cfg, run_dir, progress=progress, command=command)
-
-
 def run_toy(
     cfg: ToyExperimentConfig,
     out: str | Path,
@@ -72,55 +65,42 @@ def run_toy(
     files.write_text(out / "command.txt", command + "\n")
     files.write_json(out / "env.json", environment())
 
-    jobs = {
-        (family, seed): cfg.run_config(family, seed)
+    runs = [
+        ({"family": family, "seed": seed}, cfg.run_config(family, seed))
         for family in cfg.families
         for seed in cfg.seeds
-    }
+    ]
+    jobs = make_jobs(
+        runs, lambda _, labels: out / "models" / f"{labels['family']}-seed{labels['seed']}"
+    )
     start = time.perf_counter()
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), desc="toy models", unit="model", disable=not progress)
-    workers = min(cfg.workers, len(jobs))
-    if workers == 1:
-        for (family, seed), run_cfg in jobs.items():
-            run_dir = out / "models" / f"{family}-seed{seed}"
-            rows[family, seed] = _train_one(run_cfg, str(run_dir), command, progress)
-            bar.update()
-    else:
-        # spawn (not fork): torch's thread pools do not survive a fork safely.
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(
-                    _train_one, run_cfg, str(out / "models" / f"{f}-seed{s}"), command, False
-                ): (f, s)
-                for (f, s), run_cfg in jobs.items()
-            }
-            for future in as_completed(futures):
-                key = futures[future]
-                rows[key] = future.result()
-                bar.update()
-                bar.set_postfix_str(
-                    f"{key[0]} seed {key[1]}: fwd {rows[key]['forward_accuracy']:.2f} "
-                    f"rev {rows[key]['reverse_accuracy']:.2f}"
-                )
-    bar.close()
-
-    ordered = [rows[key] for key in jobs]  # families, then seeds, as configured
+    outcomes = execute(jobs, Store(out / "index.sqlite"), "toy", workers=cfg.workers,
+                       command=command, progress=progress)  # fmt: skip
+    failed = [(j, outcomes[j.run_id]) for j in jobs if outcomes[j.run_id].status != "done"]
+    if failed:
+        job, outcome = failed[0]
+        raise RevcurseError(f"{job.run_dir}: training failed: {outcome.error}")
+    summaries = [outcomes[j.run_id].summary for j in jobs]
+    rows = [deterministic(s) for s in summaries]
     summary = {
         "experiment": "toy",
-        "rows": ordered,
+        "rows": rows,
         "aggregate": {
-            family: aggregate([r for r in ordered if r["family"] == family])
-            for family in cfg.families
+            family: aggregate([r for r in rows if r["family"] == family]) for family in cfg.families
         },
-        "chance": {
-            "forward": ordered[0]["forward_chance"],
-            "reverse": ordered[0]["reverse_chance"],
-        },
-        "train_wall_seconds": time.perf_counter() - start,
-        "workers": workers,
+        "chance": {"forward": rows[0]["forward_chance"], "reverse": rows[0]["reverse_chance"]},
     }
     files.write_json(out / "summary.json", summary)
+    files.write_json(
+        out / "timings.json",
+        {
+            "train_wall_seconds": time.perf_counter() - start,
+            "workers": min(cfg.workers, len(jobs)),
+            "runs": {
+                f"{r['family']}-seed{r['seed']}": timings(s)
+                for r, s in zip(rows, summaries, strict=True)
+            },
+        },
+    )
     write_report(out, cfg, summary)
     return summary

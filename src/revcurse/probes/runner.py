@@ -17,7 +17,7 @@ import torch
 
 from revcurse import files
 from revcurse.config import RunConfig
-from revcurse.data.tokenize import Vocab
+from revcurse.data.tokenize import Vocab, span_mask
 from revcurse.data.toy import build_toy
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
@@ -37,15 +37,18 @@ class ProbeRunner:
         train_ids: torch.Tensor,
         out_dir: Path | None,
         prefix: str = "",
+        keep: bool = False,
     ) -> None:
         """``prefix`` names the files (``posthoc-`` for ``revcurse probe`` on a saved run), so
-        probing a finished run never overwrites the records written during its training."""
+        probing a finished run never overwrites the records written during its training. ``keep``
+        keeps the records already on disk (a resumed run; see :meth:`truncate`)."""
         self.cfg = cfg
         self.vocab = vocab
         self.train_ids = train_ids  # [N, L] the training statements
         self.dir = out_dir / "probes" if out_dir is not None else None
         causal = cfg.model.causal
         dataset = build_toy(cfg.data)
+        self.answer_mask = span_mask(dataset.answer_spans, tuple(train_ids.shape))
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
         self.batches: dict[str, ProbeBatch] = {
             d: probe_batch(dataset, vocab, d, causal) for d in directions
@@ -53,8 +56,13 @@ class ProbeRunner:
         self.records: list[dict[str, Any]] = []
         self.seconds = 0.0
         self.prefix = prefix
-        if self.dir is not None:
+        if self.dir is not None and not keep:
             (self.dir / f"{prefix}probes.jsonl").unlink(missing_ok=True)
+
+    def truncate(self, step: int) -> None:
+        """Resume after ``step``: keep (and reload) only the records up to it."""
+        if self.dir is not None:
+            self.records = files.truncate_jsonl(self.dir / f"{self.prefix}probes.jsonl", step)
 
     def due(self, step: int) -> bool:
         """Whether the cadence or the explicit steps ask for a probe after ``step`` optimizer steps."""
@@ -113,7 +121,8 @@ class ProbeRunner:
         generator = torch.Generator().manual_seed(self.cfg.probe.seed)
         return training_loss(
             self.cfg.objective, model, self.train_ids, self.vocab.mask_id, self.vocab.pad_id,
-            self.cfg.train.diffusion_eps, generator,
+            self.cfg.train.diffusion_eps, generator, mlm_ratio=self.cfg.train.mlm_ratio,
+            answer_mask=self.answer_mask,
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:

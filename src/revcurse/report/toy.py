@@ -57,12 +57,12 @@ PROBE_COLUMNS = [
 
 
 def probe_means(rows: list[dict[str, Any]], family: str) -> dict[str, float]:
-    """Mean over seeds of each probe headline number of one family."""
-    probes = [r["probe"] for r in rows if r["family"] == family and r.get("probe")]
+    """Mean over seeds of each probe headline number (``probe.*`` row keys) of one family."""
+    fam = [r for r in rows if r["family"] == family]
     return {
-        key: sum(p[key] for p in probes) / len(probes)
+        key: sum(r[f"probe.{key}"] for r in fam) / len(fam)
         for key, _ in PROBE_COLUMNS
-        if probes and all(key in p for p in probes)
+        if fam and all(f"probe.{key}" in r for r in fam)
     }
 
 
@@ -144,6 +144,8 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
 def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -> None:
     """Write figures/, report.html and report.md into the experiment directory ``out``."""
     rows = summary["rows"]
+    times = files.read_json(out / "timings.json")
+    seconds = {name: t["train_seconds"] for name, t in times["runs"].items()}
     fig_acc = figures.accuracy_by_family(
         rows, cfg.families, summary["chance"], out / "figures" / "accuracy.png"
     )
@@ -216,7 +218,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
                     r["reverse_candidate_accuracy"],
                     r["reverse_answer_logprob"],
                     r["final_loss"],
-                    f"{r['train_seconds']:.1f}",
+                    f"{seconds[r['family'] + '-seed' + str(r['seed'])]:.1f}",
                 ]  # fmt: skip
                 for r in rows
             ],
@@ -230,8 +232,8 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
         *probe_blocks(out, cfg, rows),
         Heading("Provenance"),
         Para(
-            f"Models trained in {summary['train_wall_seconds']:.1f} s wall time with "
-            f"{summary['workers']} worker process(es). Each model's run directory is under "
+            f"Models trained in {times['train_wall_seconds']:.1f} s wall time with "
+            f"{times['workers']} worker process(es). Each model's run directory is under "
             "models/ (config.yaml, metrics.jsonl, checkpoints/*.safetensors, predictions.json)."
         ),
         Pre(dump_yaml(cfg)),
