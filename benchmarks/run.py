@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import probe_overhead  # noqa: E402
+import sweep_overhead  # noqa: E402
 from common import machine  # noqa: E402
 
 
@@ -33,6 +34,8 @@ def main() -> None:
         f"Machine: {machine()}.",
         "",
         probe_overhead.run(repeats=repeats),
+        "",
+        sweep_overhead.run(),
     ]
     args.out.write_text("\n".join(sections) + "\n")
     print(f"wrote {args.out}")

@@ -135,3 +135,6 @@ def test_shipped_configs_load():
     assert load_yaml(ToyExperimentConfig, root / "toy.yaml") == ToyExperimentConfig()
     assert load_yaml(RunConfig, root / "run-mdm.yaml").objective == "masked_diffusion"
     assert load_yaml(RunConfig, root / "run-arm.yaml").objective == "next_token"
+    from revcurse.config import SweepConfig
+
+    assert len(load_yaml(SweepConfig, root / "sweep-example.yaml").expand()) == 24

@@ -21,6 +21,7 @@ import typer
 
 from revcurse.config import (
     RunConfig,
+    SweepConfig,
     ToyExperimentConfig,
     apply_overrides,
     dump_yaml,
@@ -36,7 +37,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXPERIMENTS = ("toy",)
+EXPERIMENTS = ("toy", "pe-ablation", "depth", "objective", "distance", "scale")
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -48,6 +49,11 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Dotted override, e.g. --set model.d_model=128 (repeatable)."),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
+BackendOpt = Annotated[
+    str | None, typer.Option("--backend", help="local (worker processes, default) or ray.")
+]
+
+
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty output directory.")]
 
 
@@ -89,14 +95,18 @@ def reproduce(
         int | None, typer.Option("--seeds", help="Train seeds 0..N-1 (default: config's seeds).")
     ] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
+    backend: BackendOpt = None,
     force: ForceOpt = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Run a named experiment end to end and write its report."""
+    """Run a named experiment end to end and write its report (sweeps resume in their --out)."""
     if name not in EXPERIMENTS:
         close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
+    if name != "toy":
+        _sweep(name, config, set_, quick, out, seeds, workers, backend, force, progress)
+        return
 
     def run() -> dict[str, Any]:
         from revcurse.experiments.toy import quick as make_quick
@@ -126,6 +136,124 @@ def reproduce(
         typer.echo(f"chance (reverse): {summary['chance']['reverse']:.3f}")
         typer.echo(f"report: {target / 'report.html'}   ({elapsed:.1f} s)")
         return summary
+
+    _guard(run)
+
+
+def _sweep(
+    name: str | None,
+    config: Path | None,
+    set_: list[str] | None,
+    quick: bool,
+    out: Path | None,
+    seeds: int | None,
+    workers: int | None,
+    backend: str | None,
+    force: bool,
+    progress: bool,
+) -> None:
+    def run() -> None:
+        from revcurse.experiments.sweep import load_sweep_config, run_sweep
+
+        extra = list(set_ or [])
+        if seeds is not None:
+            extra.append(f"seeds={list(range(seeds))}")
+        if workers is not None:
+            extra.append(f"workers={workers}")
+        if backend is not None:
+            extra.append(f"backend={backend}")
+        cfg, named = load_sweep_config(name, config, extra, quick)
+        target = out or _default_out(cfg.name)
+        start = time.perf_counter()
+        summary = run_sweep(cfg, target, command=_command_line(), progress=progress,
+                            force=force, named=named)  # fmt: skip
+        for agg in summary["aggregates"]:
+            labels = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items())
+            fwd, rev = agg.get("forward_accuracy"), agg.get("reverse_accuracy")
+            if fwd and rev:
+                typer.echo(f"{labels}: forward {fwd['mean']:.3f}  reverse {rev['mean']:.3f} "
+                           f"± {rev['std']:.3f}  (n={agg['n']})")  # fmt: skip
+        typer.echo(
+            f"{summary['n_runs']} runs, {summary['n_failed']} failed; "
+            f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)"
+        )
+
+    _guard(run)
+
+
+@app.command()
+def sweep(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    quick: Annotated[bool, typer.Option("--quick", help="One seed, 1500 steps.")] = False,
+    out: OutOpt = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", help="Train seeds 0..N-1.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
+    backend: BackendOpt = None,
+    force: ForceOpt = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run (or resume) a sweep from a YAML SweepConfig: a grid x variants x seeds."""
+    _sweep(None, config, set_, quick, out, seeds, workers, backend, force, progress)
+
+
+runs_app = typer.Typer(
+    help="Query the run index of a sweep or experiment folder.", no_args_is_help=True
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("list")
+def runs_list(
+    folder: Annotated[Path, typer.Argument(help="A sweep or experiment output folder.")],
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+) -> None:
+    """One line per run: id, status, swept values, forward and reverse accuracy."""
+
+    def run() -> None:
+        from revcurse.store import Store
+
+        for row in Store(folder / "index.sqlite", create=False).rows(status=status):
+            labels = " ".join(f"{k.split('.')[-1]}={v}" for k, v in row["labels"].items())
+            result = ""
+            if row["summary"]:
+                result = (f"fwd {row['summary']['forward_accuracy']:.3f} "
+                          f"rev {row['summary']['reverse_accuracy']:.3f}")  # fmt: skip
+            elif row["error"]:
+                result = row["error"]
+            typer.echo(f"{row['run_id']}  {row['status']:<7}  {labels}  {result}")
+
+    _guard(run)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    folder: Annotated[Path, typer.Argument(help="A sweep or experiment output folder.")],
+    by: Annotated[str, typer.Option(help="The swept label to group by, e.g. model.positional.")],
+    metric: Annotated[str, typer.Option(help="A summary field.")] = "reverse_accuracy",
+) -> None:
+    """Mean, std and 95% bootstrap interval of a metric per value of a label, per family."""
+
+    def run() -> None:
+        from revcurse.experiments.stats import aggregate
+        from revcurse.store import Store
+
+        rows = Store(folder / "index.sqlite", create=False).rows(status="done")
+        known = sorted({k for r in rows for k in r["labels"]})
+        if by not in known:
+            close = difflib.get_close_matches(by, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+            raise RevcurseError(f"no runs are labelled by {by!r}{hint}")
+        groups: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if metric not in r["summary"]:
+                raise RevcurseError(f"unknown metric {metric!r}; e.g. forward_accuracy")
+            groups.setdefault((r["labels"][by], r["labels"]["family"]), []).append(r["summary"])
+        typer.echo(f"{by:<24} family  n   {metric} mean ± std   [95% CI]")
+        for (value, family), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            a = aggregate(members, [metric])[metric]
+            typer.echo(f"{value!s:<24} {family:<6} {len(members):<3} {a['mean']:.3f} ± "
+                       f"{a['std']:.3f}   [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]")  # fmt: skip
 
     _guard(run)
 
@@ -218,12 +346,14 @@ def probe(
 
 @app.command("config")
 def show_config(
-    kind: Annotated[str, typer.Argument(help="toy (experiment) or run (one model).")] = "toy",
+    kind: Annotated[
+        str, typer.Argument(help="toy (experiment), run (one model) or sweep.")
+    ] = "toy",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Print a resolved config as YAML (defaults, a file, and overrides applied)."""
-    kinds = {"toy": ToyExperimentConfig, "run": RunConfig}
+    kinds = {"toy": ToyExperimentConfig, "run": RunConfig, "sweep": SweepConfig}
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")
     cfg = _guard(lambda: _load(kinds[kind], config, set_))

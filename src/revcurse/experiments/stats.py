@@ -34,9 +34,12 @@ def bootstrap_ci(
 
 
 def aggregate(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, Any]:
-    """``{metric: {mean, std, ci95, values}}`` over the rows (one row per seed)."""
+    """``{metric: {mean, std, ci95, values}}`` over the rows (one row per seed); metrics that not
+    every row has are left out."""
     out: dict[str, Any] = {"n": len(rows)}
     for metric in metrics:
+        if not rows or any(metric not in r or r[metric] is None for r in rows):
+            continue
         values = [float(r[metric]) for r in rows]
         arr = np.asarray(values)
         out[metric] = {

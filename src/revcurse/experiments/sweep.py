@@ -1,206 +1,238 @@
-"""Execute many runs: parallel worker processes (default) or a Ray cluster, resumable and indexed.
+"""Sweeps and the named experiments that answer the paper's open questions.
 
-Every run has a directory and a row in the store (:mod:`revcurse.store`), keyed by the hash of its
-resolved config. Executing a set of runs
+``run_sweep`` expands a :class:`~revcurse.config.SweepConfig` into runs, executes them
+(:mod:`.executor`: parallel, resumable, failures recorded), and writes into the output folder::
 
-* skips runs whose ``summary.json`` exists (finished earlier),
-* resumes interrupted runs from ``checkpoints/last.safetensors`` (``train(..., resume=True)``),
-* records a failing run's one-line error in the store and ``error.json`` and goes on with the rest.
+    config.yaml command.txt env.json   the sweep and its provenance
+    index.sqlite                       one row per run (``revcurse runs list|compare``)
+    runs/<run-id>/                     one run directory per config hash
+    summary.json                       rows (labels + deterministic metrics) and aggregates per
+                                       group (mean, std, 95% bootstrap interval over seeds)
+    timings.json                       wall-clock times (kept out of summary.json so that a resumed
+                                       sweep's summary equals an uninterrupted one's)
+    figures/  report.html  report.md
 
-Workers are spawned (not forked: torch's thread pools do not survive a fork) and die with the sweep
-process (``PR_SET_PDEATHSIG`` on Linux), and each run holds an exclusive ``flock`` on its directory
-while it trains, so a restarted sweep never trains a run twice at once. The Ray backend runs the same
-function as Ray tasks; the run directories must then be on a filesystem every node sees.
+Named experiments (``revcurse reproduce NAME``) are sweep presets:
+
+* ``pe-ablation``: rope / sinusoidal / learned / alibi / none, MDM and ARM;
+* ``depth``: 1, 2, 4 layers x 1 or 4 heads;
+* ``objective``: masked diffusion vs fixed-ratio MLM (15%, 50%) vs an encoder trained only on
+  ``a REL [M]`` vs ARM vs ARM with reverse training: which ingredient gives reversal?
+* ``distance``: fillers 0..32 between the entities x RoPE base 100, 1e4, 1e6;
+* ``scale``: number of pairs (26 .. 2000) x d_model, minibatches of 256.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import multiprocessing
-import os
-import signal
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from revcurse import files
-from revcurse.config import RunConfig, config_hash, to_dict
+from revcurse.config import SweepConfig, TrainConfig, apply_overrides, dump_yaml, load_yaml
+from revcurse.errors import RevcurseError
+from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
+from revcurse.experiments.stats import METRICS, aggregate
+from revcurse.repro import environment
 from revcurse.store import Store
 
-
-@dataclass
-class Job:
-    """One run to execute: its id, the swept values that label it, its config and directory."""
-
-    run_id: str
-    labels: dict[str, Any]
-    config: RunConfig
-    run_dir: Path
+PROBE_METRICS = (
+    "probe.attention_pearson_mean",
+    "probe.attention_pearson_final",
+    "probe.grad_cos_fwd_rev_mean",
+    "probe.grad_cos_mirror_rev_mean",
+    "probe.grad_cos_train_rev_mean",
+)
 
 
 @dataclass
-class Outcome:
-    status: str  # done | failed
-    summary: dict[str, Any] | None
-    error: str | None
+class Named:
+    """A named experiment: its sweep and how its report lays the results out."""
+
+    sweep: SweepConfig
+    x: str
+    """The label on the x axis of the report's figures."""
+    hue: str | None = None
+    """A second swept label drawn as separate lines."""
+    quick: list[str] = field(default_factory=lambda: ["seeds=[0]", "train.steps=1500"])
+    """Overrides of ``--quick``."""
+    question: str = ""
 
 
-def make_jobs(
-    runs: list[tuple[dict[str, Any], RunConfig]], run_dir: Callable[[str, dict[str, Any]], Path]
-) -> list[Job]:
-    """Jobs from ``(labels, config)`` pairs; ``run_dir(run_id, labels)`` places each run."""
-    jobs = []
-    for labels, cfg in runs:
-        run_id = config_hash(cfg)
-        jobs.append(Job(run_id, labels, cfg, run_dir(run_id, labels)))
-    return jobs
+CAUSAL = {"model.causal": [False, True]}
+OBJECTIVES = {
+    "masked-diffusion": ["model.causal=false", "train.objective=masked_diffusion"],
+    "mlm-15%": ["model.causal=false", "train.objective=mlm", "train.mlm_ratio=0.15"],
+    "mlm-50%": ["model.causal=false", "train.objective=mlm", "train.mlm_ratio=0.5"],
+    "encoder-answer-only": ["model.causal=false", "train.objective=answer_only"],
+    "arm": ["model.causal=true", "train.objective=next_token"],
+    "arm-reverse-training": [
+        "model.causal=true",
+        "train.objective=next_token",
+        "data.reverse_augment=true",
+    ],
+}
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run directory (blocks while another process trains it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def named_experiments() -> dict[str, Named]:
+    """The registry of ``revcurse reproduce NAME`` sweeps (fresh objects on every call)."""
+    return {
+        "pe-ablation": Named(
+            SweepConfig(
+                name="pe-ablation",
+                grid={"model.positional": ["rope", "sinusoidal", "learned", "alibi", "none"]}
+                | CAUSAL,
+            ),
+            x="model.positional",
+            question="Does the MDM's reversal need RoPE, or any positional encoding at all?",
+        ),
+        "depth": Named(
+            SweepConfig(
+                name="depth", grid={"model.n_layers": [1, 2, 4], "model.n_heads": [1, 4]} | CAUSAL
+            ),
+            x="model.n_layers",
+            hue="model.n_heads",
+            question="Does the one-layer mechanism survive depth and more heads?",
+        ),
+        "objective": Named(
+            SweepConfig(name="objective", grid={}, variants=OBJECTIVES),
+            x="variant",
+            question="Which ingredient gives reversal: bidirectional attention, any-order "
+            "masking, the masking schedule, or reversed data?",
+        ),
+        "distance": Named(
+            SweepConfig(
+                name="distance",
+                grid={"data.n_filler": [0, 2, 8, 32], "model.rope_base": [100.0, 1e4, 1e6]}
+                | CAUSAL,
+            ),
+            x="data.n_filler",
+            hue="model.rope_base",
+            question="How does the coupling, and reversal, depend on the distance between the "
+            "entities and on the RoPE base, compared with the closed-form theory?",
+        ),
+        "scale": Named(
+            SweepConfig(
+                name="scale",
+                grid={"data.n_pairs": [26, 100, 500, 2000], "model.d_model": [32, 128]} | CAUSAL,
+                # 2000 pairs full-batch would cost ~20x the toy per step; minibatches keep it
+                # comparable (steps stay fixed, so large sets see fewer epochs).
+                train=TrainConfig(checkpoint_every=500, batch_size=256),
+            ),
+            x="data.n_pairs",
+            hue="model.d_model",
+            question="Where does capacity run out, and does reversal fail before memorisation?",
+        ),
+    }
 
 
-def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
-    """Train (or resume, or just read back) one run; never raises for a failing run."""
-    from revcurse.training import train  # imported in the worker, not at spawn
-
-    path = Path(run_dir)
-    try:
-        with run_lock(path):
-            done = path / "summary.json"
-            if done.is_file():
-                return Outcome("done", files.read_json(done), None)
-            (path / "error.json").unlink(missing_ok=True)
-            summary = train(cfg, path, command=command, resume=True, progress=progress)
-        return Outcome("done", summary, None)
-    except Exception as err:  # a failing run is recorded, the others go on
-        message = " ".join(f"{type(err).__name__}: {err}".split())
-        files.write_json(
-            path / "error.json", {"error": message, "traceback": traceback.format_exc()}
-        )
-        return Outcome("failed", None, message)
+def get_named(name: str) -> Named:
+    named = named_experiments()
+    if name not in named:
+        raise KeyError(name)
+    return named[name]
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: receive SIGKILL when the sweep process dies (Linux), so a killed sweep
-    leaves no orphan trainers behind."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before prctl took effect
-            os._exit(1)
-
-
-def _run_local(jobs: list[Job], workers: int, command: str, on_done, progress: bool) -> None:
-    if workers == 1:
-        for job in jobs:
-            on_done(job, execute_one(job.config, str(job.run_dir), command, progress))
-        return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
-        futures = {
-            pool.submit(execute_one, job.config, str(job.run_dir), command): job for job in jobs
-        }
-        for future in as_completed(futures):
-            on_done(futures[future], future.result())
+def prepare_sweep_dir(out: Path, name: str, force: bool) -> None:
+    """A sweep may write into an empty folder or resume its own; anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise RevcurseError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        index = out / "index.sqlite"
+        if not index.is_file():
+            raise RevcurseError(
+                f"{out}: directory is not empty and holds no sweep; choose another --out or pass "
+                "--force"
+            )
+        names = {r["experiment"] for r in Store(index, create=False).rows()}
+        if names and names != {name}:
+            raise RevcurseError(
+                f"{out}: holds sweep {sorted(names)[0]!r}, not {name!r}; choose another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
 
 
-def _run_ray(jobs: list[Job], workers: int, command: str, on_done) -> None:
-    try:
-        import ray
-    except ImportError:
-        from revcurse.errors import RevcurseError
+def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
+    """Deterministic rows and per-group aggregates (a group: the labels without the seed)."""
+    rows = []
+    for job in jobs:
+        outcome = outcomes[job.run_id]
+        row = {"run_id": job.run_id, **job.labels, "status": outcome.status}
+        if outcome.summary is not None:
+            row |= {k: v for k, v in deterministic(outcome.summary).items() if k not in row}
+        if outcome.error is not None:
+            row["error"] = outcome.error
+        rows.append(row)
+    label_keys = [k for k in jobs[0].labels if k != "seed"] if jobs else []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            groups.setdefault(tuple(repr(row[k]) for k in label_keys), []).append(row)
+    aggregates = []
+    for members in groups.values():
+        agg = aggregate(members, [*METRICS, *PROBE_METRICS])
+        aggregates.append({"labels": {k: members[0][k] for k in label_keys}, **agg})
+    return {
+        "experiment": name,
+        "rows": rows,
+        "aggregates": aggregates,
+        "n_runs": len(rows),
+        "n_failed": sum(r["status"] == "failed" for r in rows),
+    }
 
-        raise RevcurseError("--backend ray needs Ray: pip install 'revcurse[ray]'") from None
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:  # a local instance sized like the local backend
-            kwargs["num_cpus"] = workers
-        ray.init(address=address, **kwargs)
-    remote = ray.remote(num_cpus=1)(execute_one)
-    pending = {remote.remote(job.config, str(job.run_dir), command): job for job in jobs}
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        for ref in ready:
-            on_done(pending.pop(ref), ray.get(ref))
 
-
-def execute(
-    jobs: list[Job],
-    store: Store,
-    experiment: str,
+def run_sweep(
+    cfg: SweepConfig,
+    out: str | Path,
     *,
-    workers: int = 2,
-    backend: str = "local",
     command: str = "(library call)",
     progress: bool = True,
-) -> dict[str, Outcome]:
-    """Run every job not finished yet; returns the outcome of every job (finished ones included)."""
-    store.register(experiment, [(j.run_id, j.labels, to_dict(j.config)) for j in jobs])
-    outcomes: dict[str, Outcome] = {}
-    todo = []
-    for job in jobs:
-        done = job.run_dir / "summary.json"
-        if done.is_file():
-            outcomes[job.run_id] = Outcome("done", files.read_json(done), None)
-            store.set_status(job.run_id, "done", outcomes[job.run_id].summary)
-        else:
-            todo.append(job)
+    force: bool = False,
+    named: Named | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a sweep into ``out``; write summary, timings and report; return summary."""
+    from revcurse.report.sweep import write_report  # matplotlib only when reporting
 
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=experiment, unit="run",
-               disable=not progress)  # fmt: skip
+    out = Path(out)
+    runs = cfg.expand()
+    prepare_sweep_dir(out, cfg.name, force)
+    files.write_text(out / "config.yaml", dump_yaml(cfg))
+    files.write_text(out / "command.txt", command + "\n")
+    files.write_json(out / "env.json", environment())
+    jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
+    start = time.perf_counter()
+    outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
+                       backend=cfg.backend, command=command, progress=progress)  # fmt: skip
+    summary = summarize(cfg.name, jobs, outcomes)
+    files.write_json(out / "summary.json", summary)
+    files.write_json(
+        out / "timings.json",
+        {
+            "wall_seconds": time.perf_counter() - start,
+            "workers": cfg.workers,
+            "backend": cfg.backend,
+            "runs": {j.run_id: timings(outcomes[j.run_id].summary or {}) for j in jobs},
+        },
+    )
+    write_report(out, cfg, summary, named)
+    return summary
 
-    def on_done(job: Job, outcome: Outcome) -> None:
-        outcomes[job.run_id] = outcome
-        store.set_status(job.run_id, outcome.status, outcome.summary, outcome.error)
-        bar.update()
-        if outcome.status == "failed":
-            bar.write(f"run {job.run_id} {job.labels} failed: {outcome.error}")
 
-    for job in todo:
-        store.set_status(job.run_id, "running")
-    workers = max(1, min(workers, len(todo) or 1))
-    if backend == "ray":
-        _run_ray(todo, workers, command, on_done)
+def load_sweep_config(
+    name: str | None, config: Path | None, overrides: list[str], quick: bool
+) -> tuple[SweepConfig, Named | None]:
+    """The sweep of a named experiment or a YAML file, with ``--quick`` and overrides applied."""
+    named = None
+    if name is not None:
+        named = get_named(name)
+        cfg = named.sweep
+        if config is not None:
+            raise RevcurseError("pass either an experiment name or --config, not both")
+    elif config is not None:
+        cfg = load_yaml(SweepConfig, config)
     else:
-        _run_local(todo, workers, command, on_done, progress and workers == 1)
-    bar.close()
-    return outcomes
-
-
-def deterministic(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run summary flattened for tables (``probe.*`` keys) without wall-clock timings, which are
-    the only fields that differ between reruns of the same config."""
-    flat = {k: v for k, v in summary.items() if k != "probe" and not k.endswith("_seconds")}
-    for key, value in (summary.get("probe") or {}).items():
-        if not key.endswith("_seconds"):
-            flat[f"probe.{key}"] = value
-    return flat
-
-
-def timings(summary: dict[str, Any]) -> dict[str, float]:
-    """The wall-clock fields of a run summary."""
-    out = {k: v for k, v in summary.items() if k.endswith("_seconds")}
-    out |= {
-        f"probe.{k}": v for k, v in (summary.get("probe") or {}).items() if k.endswith("_seconds")
-    }
-    return out
+        raise RevcurseError("a sweep needs --config FILE (see configs/sweep-example.yaml)")
+    if quick:
+        cfg = apply_overrides(cfg, named.quick if named else ["seeds=[0]", "train.steps=1500"])
+    return apply_overrides(cfg, overrides), named

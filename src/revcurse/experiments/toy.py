@@ -25,8 +25,8 @@ from typing import Any
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
+from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.experiments.stats import aggregate
-from revcurse.experiments.sweep import deterministic, execute, make_jobs, timings
 from revcurse.repro import environment
 from revcurse.store import Store
 

@@ -1,0 +1,206 @@
+"""Execute many runs: parallel worker processes (default) or a Ray cluster, resumable and indexed.
+
+Every run has a directory and a row in the store (:mod:`revcurse.store`), keyed by the hash of its
+resolved config. Executing a set of runs
+
+* skips runs whose ``summary.json`` exists (finished earlier),
+* resumes interrupted runs from ``checkpoints/last.safetensors`` (``train(..., resume=True)``),
+* records a failing run's one-line error in the store and ``error.json`` and goes on with the rest.
+
+Workers are spawned (not forked: torch's thread pools do not survive a fork) and die with the sweep
+process (``PR_SET_PDEATHSIG`` on Linux), and each run holds an exclusive ``flock`` on its directory
+while it trains, so a restarted sweep never trains a run twice at once. The Ray backend runs the same
+function as Ray tasks; the run directories must then be on a filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from revcurse import files
+from revcurse.config import RunConfig, config_hash, to_dict
+from revcurse.store import Store
+
+
+@dataclass
+class Job:
+    """One run to execute: its id, the swept values that label it, its config and directory."""
+
+    run_id: str
+    labels: dict[str, Any]
+    config: RunConfig
+    run_dir: Path
+
+
+@dataclass
+class Outcome:
+    status: str  # done | failed
+    summary: dict[str, Any] | None
+    error: str | None
+
+
+def make_jobs(
+    runs: list[tuple[dict[str, Any], RunConfig]], run_dir: Callable[[str, dict[str, Any]], Path]
+) -> list[Job]:
+    """Jobs from ``(labels, config)`` pairs; ``run_dir(run_id, labels)`` places each run."""
+    jobs = []
+    for labels, cfg in runs:
+        run_id = config_hash(cfg)
+        jobs.append(Job(run_id, labels, cfg, run_dir(run_id, labels)))
+    return jobs
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory (blocks while another process trains it)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
+    """Train (or resume, or just read back) one run; never raises for a failing run."""
+    from revcurse.training import train  # imported in the worker, not at spawn
+
+    path = Path(run_dir)
+    try:
+        with run_lock(path):
+            done = path / "summary.json"
+            if done.is_file():
+                return Outcome("done", files.read_json(done), None)
+            (path / "error.json").unlink(missing_ok=True)
+            summary = train(cfg, path, command=command, resume=True, progress=progress)
+        return Outcome("done", summary, None)
+    except Exception as err:  # a failing run is recorded, the others go on
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        files.write_json(
+            path / "error.json", {"error": message, "traceback": traceback.format_exc()}
+        )
+        return Outcome("failed", None, message)
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: receive SIGKILL when the sweep process dies (Linux), so a killed sweep
+    leaves no orphan trainers behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _run_local(jobs: list[Job], workers: int, command: str, on_done, progress: bool) -> None:
+    if workers == 1:
+        for job in jobs:
+            on_done(job, execute_one(job.config, str(job.run_dir), command, progress))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+        futures = {
+            pool.submit(execute_one, job.config, str(job.run_dir), command): job for job in jobs
+        }
+        for future in as_completed(futures):
+            on_done(futures[future], future.result())
+
+
+def _run_ray(jobs: list[Job], workers: int, command: str, on_done) -> None:
+    try:
+        import ray
+    except ImportError:
+        from revcurse.errors import RevcurseError
+
+        raise RevcurseError("--backend ray needs Ray: pip install 'revcurse[ray]'") from None
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:  # a local instance sized like the local backend
+            kwargs["num_cpus"] = workers
+        ray.init(address=address, **kwargs)
+    remote = ray.remote(num_cpus=1)(execute_one)
+    pending = {remote.remote(job.config, str(job.run_dir), command): job for job in jobs}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            on_done(pending.pop(ref), ray.get(ref))
+
+
+def execute(
+    jobs: list[Job],
+    store: Store,
+    experiment: str,
+    *,
+    workers: int = 2,
+    backend: str = "local",
+    command: str = "(library call)",
+    progress: bool = True,
+) -> dict[str, Outcome]:
+    """Run every job not finished yet; returns the outcome of every job (finished ones included)."""
+    store.register(experiment, [(j.run_id, j.labels, to_dict(j.config)) for j in jobs])
+    outcomes: dict[str, Outcome] = {}
+    todo = []
+    for job in jobs:
+        done = job.run_dir / "summary.json"
+        if done.is_file():
+            outcomes[job.run_id] = Outcome("done", files.read_json(done), None)
+            store.set_status(job.run_id, "done", outcomes[job.run_id].summary)
+        else:
+            todo.append(job)
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=experiment, unit="run",
+               disable=not progress)  # fmt: skip
+
+    def on_done(job: Job, outcome: Outcome) -> None:
+        outcomes[job.run_id] = outcome
+        store.set_status(job.run_id, outcome.status, outcome.summary, outcome.error)
+        bar.update()
+        if outcome.status == "failed":
+            bar.write(f"run {job.run_id} {job.labels} failed: {outcome.error}")
+
+    for job in todo:
+        store.set_status(job.run_id, "running")
+    workers = max(1, min(workers, len(todo) or 1))
+    if backend == "ray":
+        _run_ray(todo, workers, command, on_done)
+    else:
+        _run_local(todo, workers, command, on_done, progress and workers == 1)
+    bar.close()
+    return outcomes
+
+
+def deterministic(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run summary flattened for tables (``probe.*`` keys) without wall-clock timings, which are
+    the only fields that differ between reruns of the same config."""
+    flat = {k: v for k, v in summary.items() if k != "probe" and not k.endswith("_seconds")}
+    for key, value in (summary.get("probe") or {}).items():
+        if not key.endswith("_seconds"):
+            flat[f"probe.{key}"] = value
+    return flat
+
+
+def timings(summary: dict[str, Any]) -> dict[str, float]:
+    """The wall-clock fields of a run summary."""
+    out = {k: v for k, v in summary.items() if k.endswith("_seconds")}
+    out |= {
+        f"probe.{k}": v for k, v in (summary.get("probe") or {}).items() if k.endswith("_seconds")
+    }
+    return out

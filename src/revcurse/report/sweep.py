@@ -1,0 +1,214 @@
+"""The report of a sweep or named experiment: aggregates per group, figures against the swept
+value, failures, and (distance, depth) the probe views those experiments are about."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from revcurse import files
+from revcurse.config import SweepConfig, dump_yaml
+from revcurse.probes.theory import rope_score_correlation
+from revcurse.report.figures import FAMILY_COLORS, plt, save
+from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_html, to_markdown
+
+PANELS = [
+    ("forward_accuracy", "forward accuracy"),
+    ("reverse_accuracy", "reverse accuracy"),
+    ("probe.attention_pearson_mean", "attention r(S_fwd, S_rev), mean over training"),
+    ("probe.grad_cos_fwd_rev_mean", "grad cos fwd/rev, mean over training"),
+]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def _x_key(cfg: SweepConfig, named: Any) -> str:
+    if named is not None:
+        return named.x
+    if cfg.variants:
+        return "variant"
+    keys = [k for k in cfg.grid if k != "model.causal"]
+    return keys[0] if keys else "family"
+
+
+def _hue_key(cfg: SweepConfig, named: Any, x: str) -> str | None:
+    if named is not None:
+        return named.hue
+    keys = [k for k in cfg.grid if k not in (x, "model.causal")]
+    return keys[0] if keys else None
+
+
+def metrics_figure(
+    rows: list[dict[str, Any]], x: str, hue: str | None, path: Path, theory: dict | None = None
+) -> Path:
+    """Each headline metric against ``x``: one line per (family, hue), mean +- std, seed dots."""
+    done = [r for r in rows if r["status"] == "done"]
+    xs = list(dict.fromkeys(r[x] for r in done))
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
+    position = {v: (v if numeric else i) for i, v in enumerate(xs)}
+    hues = list(dict.fromkeys(r[hue] for r in done)) if hue else [None]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (metric, title) in zip(axes.flat, PANELS, strict=True):
+        for family in dict.fromkeys(r["family"] for r in done):
+            for h_i, h in enumerate(hues):
+                sel = [r for r in done if r["family"] == family and (hue is None or r[hue] == h)]
+                pts = defaultdict(list)
+                for r in sel:
+                    if r.get(metric) is not None:
+                        pts[r[x]].append(r[metric])
+                if not pts:
+                    continue
+                keys = [k for k in xs if k in pts]
+                px = np.array([position[k] for k in keys], dtype=float)
+                mean = np.array([np.mean(pts[k]) for k in keys])
+                std = np.array([np.std(pts[k], ddof=1) if len(pts[k]) > 1 else 0 for k in keys])
+                label = family.upper() + (f", {hue.split('.')[-1]}={h}" if hue else "")
+                ax.errorbar(px, mean, yerr=std, color=FAMILY_COLORS.get(family, "gray"),
+                            ls=LINESTYLES[h_i % 4], marker="o", ms=3, capsize=2, label=label)  # fmt: skip
+                for k in keys:
+                    ax.scatter([position[k]] * len(pts[k]), pts[k], s=6, color="black", alpha=0.4)
+        if metric == "probe.attention_pearson_mean" and theory:
+            for (label, tx, ty), ls in zip(theory["curves"], LINESTYLES, strict=False):
+                ax.plot(tx, ty, color="black", lw=1, ls=ls, label=label)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(x)
+        if metric.endswith("accuracy"):
+            ax.set_ylim(-0.05, 1.05)
+        if not numeric:
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=20, fontsize=8)
+        elif max(xs) / max(min(xs), 1e-9) > 50:
+            ax.set_xscale("symlog", linthresh=1)
+        ax.axhline(0, color="gray", lw=0.5)
+    axes[0][1].legend(fontsize=7)
+    axes[1][0].legend(fontsize=6)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def distance_theory(cfg: SweepConfig, rows: list[dict[str, Any]]) -> dict:
+    """Theory curves for the distance experiment, on the n_filler axis (Delta = n_filler + 2)."""
+    head_dim = cfg.model.d_model // cfg.model.n_heads
+    fillers = sorted({r["data.n_filler"] for r in rows})
+    grid = np.linspace(min(fillers), max(fillers), 300)
+    bases = sorted({r.get("model.rope_base", cfg.model.rope_base) for r in rows})
+    return {
+        "curves": [
+            (
+                f"theory, base {b:g}",
+                grid,
+                [rope_score_correlation(head_dim, b, g + 2) for g in grid],
+            )
+            for b in bases
+        ]
+    }
+
+
+def per_layer_figure(out: Path, rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Final attention coupling per layer (mean over heads and seeds), MDM and ARM panels."""
+    curves: dict[tuple[str, int, int], list[list[float]]] = defaultdict(list)
+    for r in rows:
+        if r["status"] != "done":
+            continue
+        probes = out / "runs" / r["run_id"] / "probes" / "probes.jsonl"
+        if not probes.is_file():
+            continue
+        final = files.read_jsonl(probes)[-1].get("attention")
+        if final:
+            key = (r["family"], r["n_layers"], r["n_heads"])
+            curves[key].append([float(np.mean(layer)) for layer in final["pearson"]])
+    if not curves:
+        return None
+    families = sorted({k[0] for k in curves}, reverse=True)
+    fig, axes = plt.subplots(1, len(families), figsize=(5 * len(families), 3.6), squeeze=False)
+    for ax, family in zip(axes[0], families, strict=True):
+        for (fam, n_layers, n_heads), values in sorted(curves.items()):
+            if fam != family:
+                continue
+            mean = np.mean(values, axis=0)
+            ax.plot(range(n_layers), mean, marker="o",
+                    label=f"{n_layers} layer(s), {n_heads} head(s)")  # fmt: skip
+        ax.axhline(0, color="gray", lw=0.5)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("final r(S_fwd, S_rev), mean over heads and seeds")
+        ax.set_title(f"{family.upper()}: coupling per layer", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: Any = None) -> None:
+    """Write figures/, report.html and report.md of a sweep into ``out``."""
+    rows = summary["rows"]
+    x = _x_key(cfg, named)
+    hue = _hue_key(cfg, named, x)
+    theory = distance_theory(cfg, rows) if cfg.name == "distance" else None
+    blocks: list[Block] = []
+    if named is not None and named.question:
+        blocks.append(Para(f"Question: {named.question}"))
+    blocks.append(
+        Para(
+            f"{summary['n_runs']} runs ({summary['n_failed']} failed), seeds {cfg.seeds}. Accuracy "
+            "is top-1 over the vocabulary; intervals are 95% percentile-bootstrap intervals of "
+            "the mean over seeds (narrow and optimistic with 3 seeds; the std is beside them)."
+        )
+    )
+    header = ["group", "n", "forward", "reverse", "reverse std", "reverse 95% CI",
+              "attention r", "grad cos fwd/rev"]  # fmt: skip
+    table = []
+    for agg in summary["aggregates"]:
+        rev = agg.get("reverse_accuracy", {})
+        table.append(
+            [
+                ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items()),
+                agg["n"],
+                agg.get("forward_accuracy", {}).get("mean", "n/a"),
+                rev.get("mean", "n/a"),
+                rev.get("std", "n/a"),
+                "[{:.3f}, {:.3f}]".format(*rev["ci95"]) if rev else "n/a",
+                agg.get("probe.attention_pearson_mean", {}).get("mean", "n/a"),
+                agg.get("probe.grad_cos_fwd_rev_mean", {}).get("mean", "n/a"),
+            ]
+        )
+    blocks += [Heading("Results per group (mean over seeds)"), Table(header, table)]
+    fig = metrics_figure(rows, x, hue, out / "figures" / "metrics.png", theory)
+    blocks.append(Figure(fig, f"Headline metrics against {x}; error bars: std over seeds."))
+    if theory is not None:
+        blocks.append(
+            Para(
+                "Black lines: the closed-form correlation of q.R(D)k and q.R(-D)k for isotropic "
+                "q, k at D = n_filler + 2; the points are the learned models' mean coupling."
+            )
+        )
+    if cfg.name == "depth":
+        layer_fig = per_layer_figure(out, rows, out / "figures" / "coupling_per_layer.png")
+        if layer_fig is not None:
+            blocks.append(Figure(layer_fig, "Final attention coupling per layer."))
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        blocks += [
+            Heading("Failed runs"),
+            Table(
+                ["run", "labels", "error"],
+                [
+                    [
+                        r["run_id"],
+                        {k: r[k] for k in r if "." in k or k in ("family", "seed", "variant")},
+                        r["error"],
+                    ]
+                    for r in failed
+                ],
+            ),  # fmt: skip
+        ]
+    blocks += [
+        Heading("Provenance"),
+        Para(
+            "Run directories: runs/<run-id>/ (run-id = hash of the resolved config); index: "
+            "index.sqlite (revcurse runs list / compare)."
+        ),  # fmt: skip
+        Pre(dump_yaml(cfg)),
+    ]
+    title = f"revcurse: {cfg.name}"
+    files.write_text(out / "report.html", to_html(title, blocks))
+    files.write_text(out / "report.md", to_markdown(title, blocks, out))

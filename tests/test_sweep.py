@@ -1,0 +1,209 @@
+"""Sweeps: grid expansion, the run index, failure isolation, resume after SIGKILL, Ray backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from revcurse.config import SweepConfig, apply_overrides, config_hash, dump_yaml
+from revcurse.errors import ConfigError
+from revcurse.experiments.sweep import get_named, named_experiments, run_sweep
+from revcurse.store import Store
+
+TINY = [
+    "data.n_pairs=6", "model.d_model=16", "train.steps=40", "train.warmup_steps=2",
+    "train.log_every=10", "train.eval_every=20", "train.checkpoint_every=10",
+    "probe.every=20", "probe.distances=[0]", "probe.per_example=false", "workers=1",
+]  # fmt: skip
+
+
+def tiny_sweep(**grid) -> SweepConfig:
+    cfg = apply_overrides(SweepConfig(name="t"), TINY)
+    return apply_overrides(cfg, [f"grid={json.dumps(grid)}", "seeds=[0, 1]"])
+
+
+def test_grid_expansion_labels_and_unique_ids():
+    cfg = tiny_sweep(**{"model.positional": ["rope", "alibi"], "model.causal": [False, True]})
+    runs = cfg.expand()
+    assert len(runs) == 2 * 2 * 2
+    labels = [lab for lab, _ in runs]
+    assert labels[0] == {
+        "model.positional": "rope",
+        "model.causal": False,
+        "family": "mdm",
+        "seed": 0,
+    }
+    assert len({config_hash(c) for _, c in runs}) == 8
+    assert {c.model.positional for _, c in runs} == {"rope", "alibi"}
+
+
+def test_variants_cross_the_grid():
+    cfg = apply_overrides(
+        tiny_sweep(**{"model.n_layers": [1, 2]}),
+        ['variants={"a": ["train.lr=0.01"], "b": ["model.causal=true"]}'],
+    )
+    runs = cfg.expand()
+    assert len(runs) == 2 * 2 * 2
+    assert {(lab["variant"], c.train.lr, c.model.causal) for lab, c in runs} >= {
+        ("a", 0.01, False), ("b", cfg.train.lr, True)
+    }  # fmt: skip
+
+
+def test_bad_grid_key_is_a_config_error():
+    with pytest.raises(ConfigError, match="did you mean 'model.d_model'"):
+        tiny_sweep(**{"model.d_modle": [8]})
+    with pytest.raises(ConfigError, match="non-empty list"):
+        tiny_sweep(**{"model.d_model": []})
+
+
+def test_named_experiments_expand_to_valid_configs():
+    sizes = {name: len(n.sweep.expand()) for name, n in named_experiments().items()}
+    assert sizes == {"pe-ablation": 30, "depth": 36, "objective": 18, "distance": 72, "scale": 48}
+    assert get_named("scale").sweep.train.batch_size == 256
+
+
+def test_store_never_duplicates_and_records_status(tmp_path):
+    store = Store(tmp_path / "index.sqlite")
+    store.register("e", [("a", {"seed": 0}, {}), ("b", {"seed": 1}, {})])
+    store.register("e", [("a", {"seed": 0}, {})])
+    store.set_status("a", "done", {"reverse_accuracy": 1.0})
+    store.set_status("b", "failed", error="boom")
+    rows = store.rows()
+    assert [(r["run_id"], r["status"]) for r in rows] == [("a", "done"), ("b", "failed")]
+    assert rows[0]["summary"] == {"reverse_accuracy": 1.0} and rows[1]["error"] == "boom"
+    assert store.integrity() == "ok"
+    with pytest.raises(KeyError):
+        store.set_status("zzz", "done")
+
+
+def test_failing_run_is_recorded_and_others_finish(tmp_path):
+    cfg = apply_overrides(
+        tiny_sweep(**{"model.causal": [False]}),
+        ['variants={"ok": [], "diverges": ["train.lr=1e30", "train.grad_clip=0"]}', "seeds=[0]"],
+    )
+    summary = run_sweep(cfg, tmp_path / "s", progress=False)
+    status = {r["variant"]: r["status"] for r in summary["rows"]}
+    assert status == {"ok": "done", "diverges": "failed"}
+    failed = next(r for r in summary["rows"] if r["status"] == "failed")
+    assert "non-finite loss" in failed["error"]
+    assert (tmp_path / "s" / "runs" / failed["run_id"] / "error.json").is_file()
+    assert summary["n_failed"] == 1 and len(summary["aggregates"]) == 1
+    assert "Failed runs" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_rerun_skips_finished_runs(tmp_path):
+    cfg = tiny_sweep(**{"model.causal": [False, True]})
+    first = run_sweep(cfg, tmp_path / "s", progress=False)
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "runs").rglob("summary.json")}
+    second = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert first == second
+    assert stamp == {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "runs").rglob("summary.json")
+    }
+
+
+def _sweep_cmd(config, out):
+    return [sys.executable, "-m", "revcurse", "sweep", "--config", str(config), "--out", str(out),
+            "--no-progress"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume_gives_the_uninterrupted_summary(tmp_path):
+    cfg = apply_overrides(
+        tiny_sweep(**{"model.positional": ["rope", "learned"], "model.causal": [False, True]}),
+        ["train.steps=300", "train.checkpoint_every=25", "workers=2"],
+    )
+    config = tmp_path / "sweep.yaml"
+    config.write_text(dump_yaml(cfg))
+    reference = subprocess.run(_sweep_cmd(config, tmp_path / "ref"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_sweep_cmd(config, out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    # Wait until some runs are finished and others are mid-training (a checkpoint, no summary).
+    while time.time() < deadline:
+        done = list(out.glob("runs/*/summary.json"))
+        mid = [p for p in out.glob("runs/*/checkpoints/last.safetensors")]
+        if done and mid:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers
+    proc.wait()
+    assert done and mid, "the sweep finished before it could be killed mid-way"
+    assert not (out / "summary.json").exists()
+
+    resumed = subprocess.run(_sweep_cmd(config, out), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (out / "summary.json").read_text() == (tmp_path / "ref" / "summary.json").read_text()
+    store = Store(out / "index.sqlite", create=False)
+    assert store.integrity() == "ok"
+    rows = store.rows()
+    assert len(rows) == len({r["run_id"] for r in rows}) == 8
+    assert all(r["status"] == "done" for r in rows)
+    assert not list(out.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_ray_backend_with_a_local_instance(tmp_path):
+    ray = pytest.importorskip("ray")
+    cfg = apply_overrides(
+        tiny_sweep(**{"model.causal": [False, True]}), ["backend=ray", "seeds=[0]"]
+    )
+    try:
+        summary = run_sweep(cfg, tmp_path / "ray", progress=False)
+    finally:
+        ray.shutdown()
+    local = run_sweep(apply_overrides(cfg, ["backend=local"]), tmp_path / "local", progress=False)
+    assert summary["n_failed"] == 0 and summary["rows"] == local["rows"]
+
+
+def test_sweep_yaml_round_trip(tmp_path):
+    cfg = tiny_sweep(**{"model.positional": ["rope", "none"]})
+    path = tmp_path / "s.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert yaml.safe_load(path.read_text())["grid"] == {"model.positional": ["rope", "none"]}
+    from revcurse.config import load_yaml
+
+    assert load_yaml(SweepConfig, path) == cfg
+
+
+def test_sweep_and_runs_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    config = tmp_path / "s.yaml"
+    config.write_text(dump_yaml(tiny_sweep(**{"model.causal": [False, True]})))
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["sweep", "--config", str(config), "--out", str(out), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 runs, 0 failed" in result.stdout
+    listed = runner.invoke(app, ["runs", "list", str(out)])
+    assert listed.exit_code == 0 and listed.stdout.count(" done ") == 4
+    compared = runner.invoke(app, ["runs", "compare", str(out), "--by", "model.causal"])
+    assert compared.exit_code == 0 and "mdm" in compared.stdout and "arm" in compared.stdout
+    for args, fragment in [
+        (["runs", "compare", str(out), "--by", "model.caussal"], "did you mean 'model.causal'"),
+        (
+            ["runs", "compare", str(out), "--by", "model.causal", "--metric", "nope"],
+            "unknown metric",
+        ),
+        (["runs", "list", str(tmp_path)], "no run index here"),
+        (["sweep", "--out", str(tmp_path / "x")], "needs --config"),
+        (["reproduce", "depth", "--out", str(out)], "holds sweep 't', not 'depth'"),
+    ]:
+        bad = runner.invoke(app, args)
+        assert bad.exit_code == 2, args
+        assert fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
