@@ -344,6 +344,48 @@ def probe(
     _guard(run)
 
 
+DATASETS = ("person-description", "parent-child", "trex")
+
+
+@app.command()
+def data(
+    name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(DATASETS)}.")],
+    path: Annotated[
+        Path | None,
+        typer.Option("--path", help="A file (parent-child) or folder (person-description, trex)."),
+    ] = None,
+    show: Annotated[int, typer.Option(help="Print this many examples of each split.")] = 1,
+) -> None:
+    """Load and validate a reversal dataset; print its splits, sizes, licence and examples."""
+
+    def run() -> None:
+        from revcurse.data.parent_child import load_parent_child
+        from revcurse.data.person_description import load_person_description
+        from revcurse.data.trex import load_trex, reversal_split
+
+        if name not in DATASETS:
+            close = difflib.get_close_matches(name, DATASETS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RevcurseError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)}){hint}")
+        if name == "trex" and path is None:
+            raise RevcurseError("trex needs --path FOLDER (LAMA format; the data is not shipped)")
+        if name == "person-description":
+            ds = load_person_description(path)
+        elif name == "parent-child":
+            ds = load_parent_child(path)
+        else:
+            ds = reversal_split(load_trex(path))
+        typer.echo(f"{ds.name}: {len(ds.train)} training statements; licence: {ds.licence}")
+        for split, pairs in ds.tests.items():
+            typer.echo(f"  {split:<24} {ds.directions[split]:<8} {len(pairs)} queries")
+            for pair in pairs[:show]:
+                typer.echo(f"      {pair.prompt!r} -> {pair.completion!r}")
+        for key, value in ds.notes.items():
+            typer.echo(f"  {key}: {value}")
+
+    _guard(run)
+
+
 @app.command("config")
 def show_config(
     kind: Annotated[

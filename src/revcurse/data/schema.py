@@ -63,3 +63,32 @@ class ReversalDataset:
     def chance(self, direction: Direction) -> float:
         """Accuracy of a uniform guess among the candidate answers of ``direction``."""
         return 1.0 / len(self.candidates[direction])
+
+
+@dataclass(frozen=True)
+class TextPair:
+    """A natural-language prompt and its expected completion (a statement is prompt + completion)."""
+
+    prompt: str
+    completion: str
+    alternatives: tuple[str, ...] = ()
+    """Other completions that also count as correct (e.g. any child of a parent)."""
+    source: str = ""
+    """Where it came from: ``file:line``."""
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.completion, *self.alternatives)
+
+
+@dataclass
+class TextDataset:
+    """A natural-language reversal dataset: training statements and named test splits."""
+
+    name: str
+    train: list[TextPair]
+    tests: dict[str, list[TextPair]]
+    directions: dict[str, Direction]
+    """Per test split: ``forward`` (the trained direction) or ``reverse``."""
+    licence: str
+    notes: dict[str, str] = field(default_factory=dict)

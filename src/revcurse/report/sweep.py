@@ -81,8 +81,9 @@ def metrics_figure(
         elif max(xs) / max(min(xs), 1e-9) > 50:
             ax.set_xscale("symlog", linthresh=1)
         ax.axhline(0, color="gray", lw=0.5)
-    axes[0][1].legend(fontsize=7)
-    axes[1][0].legend(fontsize=6)
+    for ax, size in ((axes[0][1], 7), (axes[1][0], 6)):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=size)
     fig.tight_layout()
     return save(fig, path)
 

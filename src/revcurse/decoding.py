@@ -1,0 +1,198 @@
+"""Decoding and answer likelihoods for MDMs and ARMs.
+
+MDM sampler (LLaDA, Nie et al. 2025, Alg. 4-5 "low-confidence remasking" with semi-autoregressive
+blocks): the answer region starts fully masked and is split into ``gen_length / block_length``
+blocks filled left to right. Each block gets ``steps / n_blocks`` steps; at each step the model
+predicts every masked position of the block, and the ``k`` most confident predictions are kept
+(``k`` spreads the block's tokens evenly over its steps, earlier steps taking the remainder). With
+temperature 0 predictions are argmaxes; with temperature T > 0 they are Gumbel-max samples of
+``logits / T``. With ``steps = gen_length`` one token is committed per step.
+
+ARM: greedy next-token decoding.
+
+Likelihoods of a given answer (the decoding-free comparison):
+
+* ARM, exact: ``log p(a | prompt) = sum_j log p(a_j | prompt, a_<j)``.
+* MDM, a Monte-Carlo lower bound (LLaDA Eq. 6, the low-variance form): for an answer of length L,
+  draw ``l in {1..L}``, mask ``l`` answer tokens uniformly at random and score
+  ``(L / l) * sum_{masked j} log p(a_j | prompt, a_unmasked)``; its expectation is <= log p(a|prompt).
+  The ``l`` of the ``n`` draws are stratified (evenly spread over 1..L) to cut the variance.
+
+Every function takes ``model``: a callable ``ids [B, L] (+ attention_mask) -> logits [B, L, V]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+Model = Callable[..., torch.Tensor]
+
+
+def transfer_counts(n_tokens: int, steps: int) -> list[int]:
+    """How many tokens each of ``steps`` steps commits (LLaDA ``get_num_transfer_tokens``)."""
+    base, extra = divmod(n_tokens, steps)
+    return [base + (1 if s < extra else 0) for s in range(steps)]
+
+
+def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_(1e-20, 1.0)
+    gumbel = -torch.log(-torch.log(u))
+    return (logits.double() / temperature + gumbel).argmax(dim=-1)
+
+
+@torch.no_grad()
+def mdm_generate(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    gen_length: int,
+    *,
+    mask_id: int,
+    pad_id: int,
+    steps: int | None = None,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    suffix: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+    trace: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Fill ``gen_length`` masked tokens after each prompt; returns the answers ``[B, gen_length]``.
+
+    ``steps`` defaults to ``gen_length`` (one token per step) and ``block_length`` to
+    ``gen_length`` (one block: pure low-confidence remasking). ``suffix`` tokens (e.g. EOS) follow
+    the answer region, as in training. If ``trace`` is a list, the state after every step is
+    appended to it (tests use it to check the unmasking order).
+    """
+    steps = gen_length if steps is None else steps
+    block_length = gen_length if block_length is None else block_length
+    if gen_length % block_length:
+        raise ValueError(
+            f"gen_length {gen_length} is not a multiple of block_length {block_length}"
+        )
+    n_blocks = gen_length // block_length
+    if steps % n_blocks or steps < n_blocks:
+        raise ValueError(f"steps {steps} must be a positive multiple of the {n_blocks} blocks")
+    steps_per_block = steps // n_blocks
+
+    batch = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts])
+    total = int(lengths.max()) + gen_length + len(suffix)
+    x = torch.full((batch, total), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        row = list(p) + [mask_id] * gen_length + list(suffix)
+        x[i, : len(row)] = torch.tensor(row)
+    real = x != pad_id  # [B, L]: padding only ever follows the suffix
+    columns = torch.arange(total)[None, :]  # [1, L]
+    start = lengths[:, None]  # [B, 1] first answer position of each row
+
+    for b in range(n_blocks):
+        lo, hi = start + b * block_length, start + (b + 1) * block_length
+        in_block = (columns >= lo) & (columns < hi)  # [B, L]
+        for k in transfer_counts(block_length, steps_per_block):
+            if k == 0:
+                continue
+            logits = model(x, attention_mask=real)  # [B, L, V]
+            pred = _gumbel_argmax(logits, temperature, generator)  # [B, L]
+            conf = torch.softmax(logits.double(), dim=-1).gather(-1, pred[..., None])[..., 0]
+            candidate = in_block & (x == mask_id)
+            conf = conf.masked_fill(~candidate, -math.inf)
+            chosen = conf.topk(k, dim=-1).indices  # [B, k]
+            x.scatter_(1, chosen, pred.gather(1, chosen))
+            if trace is not None:
+                trace.append(x.clone())
+    return torch.stack([x[i, int(lengths[i]) : int(lengths[i]) + gen_length] for i in range(batch)])
+
+
+@torch.no_grad()
+def arm_generate(
+    model: Model, prompts: Sequence[Sequence[int]], gen_length: int, *, eos_id: int | None = None
+) -> torch.Tensor:
+    """Greedy continuation of each prompt by ``gen_length`` tokens ``[B, gen_length]``.
+
+    Prompts of equal length are decoded together (no padding inside a causal context); a row that
+    produced ``eos_id`` is filled with ``eos_id`` from there on.
+    """
+    out = torch.empty(len(prompts), gen_length, dtype=torch.long)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    for rows in by_length.values():
+        x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long)
+        done = torch.zeros(len(rows), dtype=torch.bool)
+        for j in range(gen_length):
+            nxt = model(x)[:, -1].argmax(dim=-1)  # [b]
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out[rows, j] = nxt
+            x = torch.cat([x, nxt[:, None]], dim=1)
+    return out
+
+
+def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """The tokens before the first of ``stop_ids`` (EOS, padding)."""
+    out = []
+    for i in ids:
+        if i in stop_ids:
+            break
+        out.append(int(i))
+    return out
+
+
+@torch.no_grad()
+def arm_answer_logprob(
+    model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Exact ``log p(answer | prompt)`` of a causal model, one value per pair ``[B]`` (float64)."""
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        ids = torch.tensor([list(p) + list(a)])
+        logp = torch.log_softmax(model(ids)[0].double(), dim=-1)  # [L, V]
+        positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+        out[i] = logp[positions, torch.tensor(list(a))].sum()
+    return out
+
+
+def stratified_mask_counts(length: int, n_samples: int) -> list[int]:
+    """``n_samples`` mask counts spread evenly over ``1..length`` (stratified sampling of l)."""
+    return [1 + (k * length) // n_samples for k in range(n_samples)]
+
+
+@torch.no_grad()
+def mdm_answer_logprob(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    n_samples: int = 16,
+    suffix: Sequence[int] = (),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Monte-Carlo lower bound on ``log p(answer | prompt)`` of a masked diffusion model ``[B]``.
+
+    For a single-token answer every draw masks that token, so the bound is exact:
+    ``log p(a | prompt [MASK] suffix)``.
+    """
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+        length = len(a)
+        counts = stratified_mask_counts(length, n_samples)
+        clean = torch.tensor(list(p) + list(a) + list(suffix))
+        rows, masks = [], []
+        for count in counts:
+            chosen = torch.randperm(length, generator=generator)[:count] + len(p)
+            mask = torch.zeros(len(clean), dtype=torch.bool)
+            mask[chosen] = True
+            rows.append(clean.masked_fill(mask, mask_id))
+            masks.append(mask)
+        noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
+        logp = torch.log_softmax(model(noisy).double(), dim=-1)  # [n, L, V]
+        token_logp = logp.gather(-1, clean.expand_as(noisy)[..., None])[..., 0]  # [n, L]
+        per_draw = (token_logp * mask).sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
+        out[i] = per_draw.mean()
+    return out

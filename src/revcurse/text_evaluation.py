@@ -1,0 +1,135 @@
+"""Evaluation on natural-language reversal data: decode, match, and rank by likelihood.
+
+For each query of a split: the model's generation (MDM sampler or ARM greedy, cut at EOS), its
+exact / prefix / substring match against every accepted answer, the answer's log-likelihood (exact
+for an ARM, the Monte-Carlo bound for an MDM) and its rank among ``n_distractors`` answers of other
+queries of the same split (a decoding-free comparison that is always available). Every record is
+kept, so a split can be re-scored from its saved generations without the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revcurse import files
+from revcurse.data.schema import TextPair
+from revcurse.decoding import (
+    arm_answer_logprob,
+    arm_generate,
+    mdm_answer_logprob,
+    mdm_generate,
+    truncate_at,
+)
+from revcurse.metrics import exact_match, likelihood_rank, prefix_match, substring_match
+
+
+@dataclass
+class DecodeSettings:
+    """How answers are generated and scored."""
+
+    gen_length: int = 16
+    steps: int | None = None  # MDM: default gen_length (one token per step)
+    block_length: int | None = None  # MDM: default gen_length (one block)
+    temperature: float = 0.0
+    n_distractors: int = 9
+    n_mc: int = 8  # MDM likelihood draws per answer
+
+
+def score(record: dict[str, Any]) -> dict[str, Any]:
+    """(Re-)compute the match fields of a saved generation record."""
+    answers = record["answers"]
+    gen = record["generation"]
+    return record | {
+        "exact": exact_match(gen, answers),
+        "prefix": prefix_match(gen, answers),
+        "substring": substring_match(gen, answers),
+    }
+
+
+def _logprob(model, tokenizer, causal: bool, prompts, answers, generator, n_mc) -> torch.Tensor:
+    if causal:
+        return arm_answer_logprob(model, prompts, answers)
+    return mdm_answer_logprob(model, prompts, answers, mask_id=tokenizer.mask_id, n_samples=n_mc,
+                              generator=generator)  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[TextPair],
+    causal: bool,
+    settings: DecodeSettings,
+    generator: torch.Generator,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Aggregate metrics and one record per query."""
+    eos = tokenizer.eos_id
+    prompts = [tokenizer.encode(p.prompt) for p in pairs]
+    if causal:
+        out = arm_generate(model, prompts, settings.gen_length, eos_id=eos)
+    else:
+        out = mdm_generate(
+            model, prompts, settings.gen_length, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
+            steps=settings.steps, block_length=settings.block_length,
+            temperature=settings.temperature, generator=generator,
+        )  # fmt: skip
+    generations = [
+        tokenizer.decode(truncate_at(row.tolist(), [eos, tokenizer.pad_id])) for row in out
+    ]
+
+    # Likelihood of the right answer vs answers of other queries (column 0 = correct).
+    answers = [tokenizer.encode(p.completion) + [eos] for p in pairs]
+    k = min(settings.n_distractors, len(pairs) - 1)
+    columns = [torch.arange(len(pairs))]
+    for _ in range(k):
+        shift = torch.randint(1, len(pairs), (len(pairs),), generator=generator)
+        columns.append((torch.arange(len(pairs)) + shift) % len(pairs))
+    index = torch.stack(columns, dim=1)  # [Q, 1 + k]
+    scores = torch.empty(index.shape, dtype=torch.float64)
+    for j in range(index.shape[1]):
+        cand = [answers[int(i)] for i in index[:, j]]
+        scores[:, j] = _logprob(model, tokenizer, causal, prompts, cand, generator, settings.n_mc)
+    ranks = likelihood_rank(scores)
+
+    records = [
+        score(
+            {
+                "prompt": p.prompt,
+                "answers": list(p.answers),
+                "generation": g,
+                "logprob": float(scores[i, 0]),
+                "rank": int(ranks[i]),
+                "n_candidates": 1 + k,
+                "source": p.source,
+            }
+        )
+        for i, (p, g) in enumerate(zip(pairs, generations, strict=True))
+    ]
+    n = max(1, len(records))
+    metrics = {
+        "n": len(records),
+        "exact": sum(r["exact"] for r in records) / n,
+        "prefix": sum(r["prefix"] for r in records) / n,
+        "substring": sum(r["substring"] for r in records) / n,
+        "likelihood_top1": sum(r["rank"] == 1 for r in records) / n,
+        "mean_rank": sum(r["rank"] for r in records) / n,
+        "chance_top1": 1.0 / (1 + k),
+    }
+    return metrics, records
+
+
+def save_generations(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Raw generations and scores as JSONL (atomically)."""
+    import json
+
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def rescore(path: str | Path) -> list[dict[str, Any]]:
+    """Re-score saved generations with the current metrics (no model needed)."""
+    return [score(r) for r in files.read_jsonl(path)]

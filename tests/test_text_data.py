@@ -1,0 +1,189 @@
+"""Real reversal datasets: shipped files load, malformed lines are refused with file:line and the
+field; T-REx reversal split; tokenizers; match metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from revcurse.data.parent_child import load_parent_child
+from revcurse.data.person_description import default_root, load_pairs, load_person_description
+from revcurse.data.schema import TextPair
+from revcurse.data.text import CharTokenizer, HFTokenizer, WordTokenizer, encode_pairs
+from revcurse.data.trex import load_trex, reversal_split
+from revcurse.errors import RevcurseError
+from revcurse.metrics import exact_match, likelihood_rank, normalize, prefix_match, substring_match
+
+TREX = Path(__file__).parent / "data" / "trex"
+
+
+def test_person_description_ships_with_provenance_and_expected_sizes():
+    ds = load_person_description()
+    assert len(ds.train) == 3600  # 900 p2d + 900 d2p + 1800 both, as all_prompts_train.jsonl
+    assert {k: len(v) for k, v in ds.tests.items()} == {
+        "p2d_same": 300, "p2d_reverse": 300, "d2p_same": 300, "d2p_reverse": 300, "both": 600,
+        "p2d_reverse_randomized": 300, "d2p_reverse_randomized": 300,
+    }  # fmt: skip
+    assert ds.directions["p2d_reverse"] == "reverse" and "MIT" in ds.licence
+    assert (default_root() / "PROVENANCE.md").is_file()
+    first = ds.tests["p2d_reverse"][0]
+    assert (
+        first.completion == " Daphne Barrington"
+        and first.source == "p2d_reverse_prompts_test.jsonl:1"
+    )
+    assert len(load_person_description(groups=("p2d",)).train) == 900
+
+
+def test_parent_child_forward_and_reverse():
+    ds = load_parent_child()
+    assert len(ds.train) == 1513
+    fwd = ds.tests["forward"][0]
+    assert fwd.prompt == "Who is Sasha Calle's mother?" and fwd.completion == " Samira Calle"
+    # a parent with several children accepts any of them
+    multi = [p for p in ds.tests["reverse"] if p.alternatives]
+    assert multi and all(p.prompt.startswith("Name a child of ") for p in multi)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ('{"prompt": "a", "completion": " b"', "bad.jsonl:2: invalid JSON"),
+        ('{"prompt": "a"}', "bad.jsonl:2: missing field 'completion'"),
+        (
+            '{"prompt": "a", "completion": "   "}',
+            "bad.jsonl:2: field 'completion': expected a non-empty",
+        ),
+        ('{"prompt": 3, "completion": " b"}', "bad.jsonl:2: field 'prompt': expected a string"),
+        ('["prompt", "completion"]', "bad.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_malformed_jsonl_lines_are_refused(tmp_path, line, fragment):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "completion": " fine"}\n' + line + "\n")
+    with pytest.raises(RevcurseError) as err:
+        load_pairs(bad)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("row", "fragment"),
+    [
+        ("Kid,,mother,,False", "line 3? field 'parent'"),
+        ("Kid,Mum,aunt,,False", "field 'parent_type': expected mother or father"),
+        ("Kid,Mum,mother,,maybe", "field 'can_reverse'"),
+        ("Kid,Mum", "expected 5 columns"),
+    ],
+)
+def test_malformed_csv_rows_are_refused(tmp_path, row, fragment):
+    bad = tmp_path / "pc.csv"
+    bad.write_text(
+        "child,parent,parent_type,child_prediction,can_reverse\nA,B,father,,True\n" + row + "\n"
+    )
+    with pytest.raises(RevcurseError) as err:
+        load_parent_child(bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}:3:")
+    assert fragment.split("? ")[-1] in message
+
+
+def test_missing_dataset_file():
+    with pytest.raises(RevcurseError, match="dataset file not found"):
+        load_pairs("/nonexistent/file.jsonl")
+
+
+def test_trex_reversal_split_keeps_one_to_one_relations():
+    relations = load_trex(TREX)
+    assert set(relations) == {"P36", "P19", "P1376"}  # P999 has no fact file
+    assert relations["P19"].one_to_one() < 0.9 <= relations["P36"].one_to_one()
+    ds = reversal_split(relations)
+    assert ds.notes["relations"] == "P1376,P36" and ds.notes["dropped"] == "P19"
+    assert ds.notes["generic_inverse_template"] == "P1376"
+    assert "CC BY-NC" in ds.licence
+    fwd = ds.tests["forward"][0]
+    assert (fwd.prompt, fwd.completion) == ("Velmora is the capital of", " Astrand")
+    rev = ds.tests["reverse"][0]
+    assert (rev.prompt, rev.completion) == ("The capital of Astrand is", " Velmora")
+    seat = [p for p in ds.tests["reverse"] if "seat" in p.prompt][0]
+    assert seat.prompt == "Fenmark County is the seat of" and seat.completion == " Harrowgate"
+
+
+def test_trex_bad_template_is_refused(tmp_path):
+    (tmp_path / "relations.jsonl").write_text('{"relation": "P1", "template": "[X] and [X] [Y]"}\n')
+    (tmp_path / "P1.jsonl").write_text('{"sub_label": "a", "obj_label": "b"}\n')
+    with pytest.raises(RevcurseError, match=r"relations.jsonl:1: field 'template'"):
+        load_trex(tmp_path)
+    (tmp_path / "relations.jsonl").write_text('{"relation": "P1", "template": "[X] is [Y]"}\n')
+    (tmp_path / "P1.jsonl").write_text('{"sub_label": "a", "obj_label": ""}\n')
+    with pytest.raises(RevcurseError, match=r"P1.jsonl:1: field 'obj_label'"):
+        load_trex(tmp_path)
+
+
+def test_word_and_char_tokenizers_round_trip_and_unknowns():
+    word = WordTokenizer.fit(['Daphne Barrington directed "A Journey".'])
+    ids = word.encode("Daphne directed Zorro.")
+    assert word.decode(ids) == f"Daphne directed {'<unk>'} ."
+    char = CharTokenizer.fit(["abc"])
+    assert char.decode(char.encode("cab")) == "cab"
+    assert char.encode("z") == [char.unk_id]
+
+
+def test_encode_pairs_marks_prompt_and_multi_token_answer():
+    tok = WordTokenizer.fit(["Who is A's mother? Mary Ann Smith"])
+    batch = encode_pairs(tok, [TextPair("Who is A's mother?", " Mary Ann Smith"),
+                               TextPair("Who is A?", " Mary")])  # fmt: skip
+    # "Who is A ' s mother ?" is 7 tokens; the answer 3 words + EOS
+    assert batch.ids.shape == (2, 11)
+    assert batch.prompt_mask[0].sum() == 7 and batch.answer_mask[0].sum() == 4
+    assert tok.decode(batch.ids[0][batch.answer_mask[0]].tolist()[:-1]) == "Mary Ann Smith"
+    assert batch.ids[0][batch.answer_mask[0]][-1] == tok.eos_id
+    assert not (batch.prompt_mask & batch.answer_mask).any()
+    assert (batch.attention_mask[1] == torch.tensor([True] * 6 + [False] * 5)).all()
+
+
+def test_hf_tokenizer_wrapper_offline():
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[MASK]": 1, "[EOS]": 2, "[UNK]": 3, "mary": 4, "ann": 5, "who": 6}
+    model = tokenizers.models.WordLevel(vocab, unk_token="[UNK]")
+    raw = tokenizers.Tokenizer(model)
+    raw.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    hf = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", mask_token="[MASK]",
+                                 eos_token="[EOS]", unk_token="[UNK]")  # fmt: skip
+    tok = HFTokenizer(hf)
+    assert (tok.mask_id, tok.pad_id, tok.eos_id) == (1, 0, 2)
+    assert tok.encode("who mary") == [6, 4]
+    batch = encode_pairs(tok, [TextPair("who", " mary ann")])
+    assert batch.ids.tolist() == [[6, 4, 5, 2]]
+
+
+def test_match_metrics():
+    assert normalize('  The "Journey" Time.') == 'the " journey " time .'
+    assert exact_match("Daphne Barrington.", [" daphne barrington ."])
+    assert prefix_match("Daphne Barrington directed it", [" Daphne Barrington"])
+    assert not prefix_match("Daphne Barringtons", ["Daphne Barrington"])
+    assert not prefix_match("It was Daphne Barrington", ["Daphne Barrington"])
+    assert substring_match("It was Daphne Barrington", ["Daphne Barrington"])
+    assert substring_match("x", ["y", "x"])  # any accepted answer
+    assert not exact_match("", ["a"]) and not prefix_match("abc", [""])
+
+
+def test_likelihood_rank():
+    scores = torch.tensor([[-1.0, -2.0, -3.0], [-2.0, -1.0, -3.0], [-1.0, -1.0, -0.5]])
+    assert likelihood_rank(scores).tolist() == [1, 2, 3]
+
+
+def test_data_command_validates_and_exits_2_on_a_malformed_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    ok = CliRunner().invoke(app, ["data", "trex", "--path", str(TREX)])
+    assert ok.exit_code == 0 and "trex-reversal: 5 training statements" in ok.stdout
+    bad = tmp_path / "pc.csv"
+    bad.write_text("child,parent,parent_type,child_prediction,can_reverse\nKid,,mother,,False\n")
+    result = CliRunner().invoke(app, ["data", "parent-child", "--path", str(bad)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {bad}:2: field 'parent': expected a non-empty value"
