@@ -264,6 +264,9 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     force: ForceOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one model (a RunConfig) and write its run directory."""
@@ -273,8 +276,11 @@ def train(
         from revcurse.training import train as train_run
 
         cfg = _load(RunConfig, config, set_)
-        prepare_out_dir(out, force)
-        summary = train_run(cfg, out, progress=progress, command=_command_line())
+        if not resume:
+            prepare_out_dir(out, force)
+        elif (out / "summary.json").is_file():
+            raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
+        summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
         typer.echo(
             f"{summary['family'].upper()} seed {summary['seed']}: "
             f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"

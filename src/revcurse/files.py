@@ -73,6 +73,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def truncate_jsonl(path: str | Path, step: int) -> list[dict[str, Any]]:
     """Keep the records of a step-keyed JSONL file up to ``step`` (atomic rewrite); return them.
 
@@ -81,7 +89,16 @@ def truncate_jsonl(path: str | Path, step: int) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         return []
-    kept = [r for r in read_jsonl(path) if r["step"] <= step]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines and not _parses(lines[-1]):
+        # A process killed while appending can leave a torn last line; it is redone on resume.
+        lines = lines[:-1]
+    records = []
+    for lineno, line in enumerate(lines, start=1):
+        if not _parses(line):
+            raise RevcurseError(f"{path}:{lineno}: invalid JSON")
+        records.append(json.loads(line))
+    kept = [r for r in records if r["step"] <= step]
     write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 

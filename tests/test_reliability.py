@@ -1,0 +1,447 @@
+"""Reliability and security: bad inputs refused, SIGKILL survived, determinism, NaN, safe loading.
+
+The bad-input catalogue below is also the table in docs/reliability.md (a test keeps them in sync).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from revcurse import files
+from revcurse.cli import app
+from revcurse.data.parent_child import load_parent_child
+from revcurse.data.person_description import load_pairs
+from revcurse.errors import RevcurseError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "data.n_pairs=6", "--set", "model.d_model=16", "--set", "train.steps=30",
+        "--set", "train.warmup_steps=2", "--set", "train.log_every=5", "--set", "train.eval_every=10",
+        "--set", "train.checkpoint_every=10", "--set", "probe.every=10",
+        "--set", "probe.distances=[0]"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run to tamper with."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    result = CliRunner().invoke(app, ["train", "--out", str(out), "--no-progress", *TINY])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The catalogue of bad inputs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    id: str
+    what: str
+    setup: Callable[[Path, Path], list[str]]  # (tmp, trained run) -> CLI args
+    expect: str  # a fragment of the one-line error
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _pd_folder(tmp: Path, bad_line: str) -> Path:
+    folder = tmp / "pd"
+    src = ROOT / "src" / "revcurse" / "datasets" / "person_description"
+    for f in src.glob("*.jsonl"):
+        _write(folder / f.name, f.read_text())
+    with (folder / "p2d_prompts_train.jsonl").open("a") as fh:
+        fh.write(bad_line + "\n")
+    return folder
+
+
+def _pc(
+    tmp: Path, body: str, header: str = "child,parent,parent_type,child_prediction,can_reverse"
+):
+    return _write(tmp / "pc.csv", header + "\n" + body + "\n")
+
+
+def _copy_run(tmp: Path, run: Path) -> Path:
+    import shutil
+
+    dst = tmp / "copy"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _tamper_checkpoint(tmp: Path, run: Path, how: str) -> Path:
+    path = _copy_run(tmp, run) / "checkpoints" / "final.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "header":
+        data = bytearray(path.read_bytes())
+        data[8:20] = b"not json!!!!"
+        path.write_bytes(bytes(data))
+    elif how == "pickle":
+        torch.save({"model.lm_head.weight": torch.zeros(2)}, path)
+    else:
+        tensors = files.load_tensors(path)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        if how == "shape":
+            tensors["model.model.norm.weight"] = torch.ones(7)
+        elif how == "no-meta":
+            meta = {}
+        elif how == "bad-meta":
+            meta["config"] = "{not json"
+        save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+CASES = [
+    # configs and overrides
+    Case("cfg-unknown-key", "override with a misspelt key",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "model.d_modle=8"],
+         "did you mean 'model.d_model'"),
+    Case("cfg-int-type", "integer field given text",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "train.steps=many"],
+         "field 'train.steps': expected an integer"),
+    Case("cfg-bool-type", "boolean field given text",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "model.mlp=sometimes"],
+         "field 'model.mlp': expected true or false"),
+    Case("cfg-literal", "unknown choice",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "model.norm=batchnorm"],
+         "field 'model.norm': expected one of"),
+    Case("cfg-heads", "heads do not divide d_model",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "model.n_heads=3"],
+         "expected a divisor of d_model=64"),
+    Case("cfg-negative-lr", "negative learning rate",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "train.lr=-0.1"],
+         "field 'train.lr': expected a number > 0"),
+    Case("cfg-dup-seeds", "duplicate seeds",
+         lambda t, r: ["reproduce", "toy", "--out", str(t / "o"), "--set", "seeds=[1, 1]"],
+         "expected distinct seeds"),
+    Case("cfg-objective", "next-token objective on a bidirectional model",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "train.objective=next_token"],
+         "field 'train.objective'"),
+    Case("cfg-seq-len", "fillers longer than the model's positions",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "data.n_filler=80"],
+         "field 'model.max_seq_len'"),
+    Case("cfg-probe-distance", "probe distance beyond the model's positions",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "probe.distances=[100]"],
+         "field 'probe.distances'"),
+    Case("cfg-rope-odd", "RoPE with an odd head dimension",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "model.d_model=6",
+                       "--set", "model.n_heads=2"],
+         "even head dimension"),
+    Case("cfg-mlm-ratio", "masking ratio above 1",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "train.mlm_ratio=1.5"],
+         "field 'train.mlm_ratio'"),
+    Case("cfg-no-equals", "override without '='",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "train.lr"],
+         "expected KEY=VALUE"),
+    Case("cfg-section", "override that sets a whole section",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "model=3"],
+         "is a section"),
+    Case("yaml-syntax", "YAML syntax error",
+         lambda t, r: ["train", "--out", str(t / "o"), "--config",
+                       str(_write(t / "c.yaml", "model:\n  d_model: [1\n"))],
+         "c.yaml:"),
+    Case("yaml-unknown", "YAML with an unknown key",
+         lambda t, r: ["train", "--out", str(t / "o"), "--config",
+                       str(_write(t / "c.yaml", "model:\n  n_layer: 2\n"))],
+         "unknown key 'model.n_layer'"),
+    Case("yaml-scalar", "YAML that is not a mapping",
+         lambda t, r: ["train", "--out", str(t / "o"), "--config", str(_write(t / "c.yaml", "7\n"))],
+         "expected a mapping"),
+    Case("yaml-missing", "config file that does not exist",
+         lambda t, r: ["train", "--out", str(t / "o"), "--config", str(t / "nope.yaml")],
+         "config file not found"),
+    Case("sweep-grid-key", "sweep grid with a misspelt key",
+         lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
+                       str(_write(t / "s.yaml", "grid:\n  model.posional: [rope]\n"))],
+         "did you mean 'model.positional'"),
+    Case("sweep-grid-empty", "sweep grid with no values",
+         lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
+                       str(_write(t / "s.yaml", "grid:\n  model.positional: []\n"))],
+         "non-empty list"),
+    # datasets
+    Case("data-bad-json", "dataset line that is not JSON",
+         lambda t, r: ["data", "person-description", "--path", str(_pd_folder(t, '{"prompt": "x"'))],
+         "p2d_prompts_train.jsonl:901: invalid JSON"),
+    Case("data-missing-field", "dataset line without its completion",
+         lambda t, r: ["data", "person-description", "--path",
+                       str(_pd_folder(t, '{"prompt": "x"}'))],
+         "p2d_prompts_train.jsonl:901: missing field 'completion'"),
+    Case("data-empty-answer", "dataset line with an empty answer",
+         lambda t, r: ["data", "person-description", "--path",
+                       str(_pd_folder(t, '{"prompt": "x", "completion": " "}'))],
+         "field 'completion': expected a non-empty string"),
+    Case("data-parent-type", "parent-child row with an unknown parent type",
+         lambda t, r: ["data", "parent-child", "--path", str(_pc(t, "Kid,Mum,aunt,,False"))],
+         "pc.csv:2: field 'parent_type'"),
+    Case("data-header", "parent-child file without a 'parent' column",
+         lambda t, r: ["data", "parent-child", "--path",
+                       str(_pc(t, "Kid,mother", header="child,parent_type"))],
+         "header lacks column 'parent'"),
+    Case("data-trex-template", "T-REx template with two [X] slots",
+         lambda t, r: ["data", "trex", "--path", str(
+             _write(t / "tr" / "relations.jsonl",
+                    '{"relation": "P1", "template": "[X] [X] [Y]"}\n').parent)],
+         "field 'template'"),
+    Case("data-trex-missing", "T-REx folder without relations.jsonl",
+         lambda t, r: ["data", "trex", "--path", str(t)], "dataset file not found"),
+    Case("data-unknown", "unknown dataset name",
+         lambda t, r: ["data", "person-descripton"], "did you mean 'person-description'"),
+    # commands and run directories
+    Case("cli-experiment", "unknown experiment name",
+         lambda t, r: ["reproduce", "pe-ablaton", "--out", str(t / "o")],
+         "did you mean 'pe-ablation'"),
+    Case("dir-not-empty", "training into a non-empty folder",
+         lambda t, r: ["train", "--out", str(_write(t / "busy" / "notes.txt", "mine").parent)],
+         "directory is not empty"),
+    Case("dir-other-sweep", "sweep into a folder that is not a sweep",
+         lambda t, r: ["reproduce", "depth", "--out",
+                       str(_write(t / "busy" / "notes.txt", "mine").parent)],
+         "holds no sweep"),
+    Case("resume-finished", "resuming a finished run",
+         lambda t, r: ["train", "--out", str(_copy_run(t, r)), "--resume", *TINY],
+         "this run is finished"),
+    Case("evaluate-missing", "evaluating a run directory that does not exist",
+         lambda t, r: ["evaluate", str(t / "ghost")], "checkpoint not found"),
+    Case("runs-not-sweep", "listing runs of a folder without an index",
+         lambda t, r: ["runs", "list", str(t)], "no run index here"),
+    Case("probe-overrides", "probe command given a non-probe override",
+         lambda t, r: ["probe", str(r), "--set", "train.lr=1"], "only takes probe.*"),
+    # checkpoints
+    Case("ckpt-pickle", "a pickle file in place of a checkpoint",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "pickle"))],
+         "not a valid safetensors file"),
+    Case("ckpt-truncated", "a truncated checkpoint",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "truncate"))],
+         "not a valid safetensors file"),
+    Case("ckpt-header", "a checkpoint with a tampered header",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "header"))],
+         "not a valid safetensors file"),
+    Case("ckpt-shape", "a checkpoint with a wrongly shaped tensor",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "shape"))],
+         "weights do not match the config"),
+    Case("ckpt-no-meta", "a safetensors file without revcurse metadata",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "no-meta"))],
+         "not a revcurse checkpoint"),
+    Case("ckpt-bad-meta", "a checkpoint whose config metadata is not JSON",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "bad-meta"))],
+         "corrupt checkpoint metadata"),
+]  # fmt: skip
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_catalogue_has_at_least_30_distinct_cases():
+    assert len(CASES) >= 30 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_with_one_line_and_nothing_changes(tmp_path, trained, case):
+    args = case.setup(tmp_path, trained)
+    before = _snapshot(tmp_path)
+    trained_before = _snapshot(trained)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (case.id, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), (case.id, result.stderr)
+    assert case.expect in lines[0], (case.id, lines[0])
+    assert _snapshot(tmp_path) == before, f"{case.id}: files were written or changed"
+    assert _snapshot(trained) == trained_before
+
+
+def test_reliability_doc_lists_every_case():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
+    assert not missing, f"docs/reliability.md lacks {missing}"
+
+
+# --------------------------------------------------------------------------------------------------
+# SIGKILL, determinism, NaN
+# --------------------------------------------------------------------------------------------------
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "revcurse", "train", "--out", str(out), "--no-progress",
+            *TINY, "--set", "train.steps=400", *extra]  # fmt: skip
+
+
+def _without_timings(summary: dict) -> dict:
+    out = {k: v for k, v in summary.items() if not k.endswith("_seconds")}
+    if out.get("probe"):
+        out["probe"] = {k: v for k, v in out["probe"].items() if not k.endswith("_seconds")}
+    return out
+
+
+def _metrics_without_timings(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in files.read_jsonl(path)]
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_is_identical(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference), check=True, capture_output=True)
+    ref_ckpt = files.load_tensors(reference / "checkpoints" / "final.safetensors")
+    rng = random.Random(0)
+    mid_training = 0
+    for trial in range(10):
+        out = tmp_path / f"trial{trial}"
+        proc = subprocess.Popen(_train_cmd(out), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        # Kill somewhere between start-up and the end of training (start-up is ~2-3 s).
+        deadline = time.time() + rng.uniform(2.0, 6.0)
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # Whatever the kill left behind is never a truncated file.
+        for path in out.rglob("*"):
+            if path.suffix == ".safetensors":
+                files.load_tensors(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+        mid_training += (out / "checkpoints" / "last.safetensors").is_file()
+        resume = ["--resume"] if (out / "config.yaml").is_file() else []
+        if (out / "summary.json").is_file():
+            continue  # it finished before the kill
+        done = subprocess.run(_train_cmd(out, *resume), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert _without_timings(files.read_json(out / "summary.json")) == _without_timings(
+            files.read_json(reference / "summary.json")
+        )
+        ckpt = files.load_tensors(out / "checkpoints" / "final.safetensors")
+        assert (
+            all(torch.equal(ckpt[k], ref_ckpt[k]) for k in ref_ckpt)
+            and ckpt.keys() == ref_ckpt.keys()
+        )
+        for name in ("metrics.jsonl", "probes/probes.jsonl"):
+            assert _metrics_without_timings(out / name) == _metrics_without_timings(
+                reference / name
+            )
+        assert not list(out.rglob("*.tmp"))
+    assert mid_training >= 3, "too few kills landed mid-training to test resuming"
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_bitwise_identical_results_across_processes(tmp_path):
+    for name in ("a", "b"):
+        subprocess.run(_train_cmd(tmp_path / name, "--set", "train.steps=60"), check=True,
+                       capture_output=True)  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _without_timings(files.read_json(a / "summary.json")) == _without_timings(
+        files.read_json(b / "summary.json")
+    )
+    # Every tensor bitwise equal and the same metadata. (Not the raw bytes: safetensors writes the
+    # metadata map in hash order, so headers of equal checkpoints can differ in key order.)
+    from safetensors import safe_open
+
+    ta, tb = (files.load_tensors(p / "checkpoints" / "final.safetensors") for p in (a, b))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    metas = []
+    for p in (a, b):
+        with safe_open(str(p / "checkpoints" / "final.safetensors"), framework="pt") as fh:
+            metas.append(fh.metadata())
+    assert metas[0] == metas[1]
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from revcurse import training
+    from revcurse.config import RunConfig, apply_overrides
+
+    calls = {"n": 0}
+    original = training.training_loss
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 15 else loss
+
+    monkeypatch.setattr(training, "training_loss", poisoned)
+    cfg = apply_overrides(RunConfig(), [a for a in TINY if a != "--set"])
+    with pytest.raises(RevcurseError, match="non-finite loss .* at step 14"):
+        training.train(cfg, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    _, _, _, step = training.load_checkpoint(last)
+    assert step == 10  # the last checkpoint before the NaN, intact
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing fuzz and safe loading
+# --------------------------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=40), st.builds(json.dumps, st.dictionaries(
+    st.sampled_from(["prompt", "completion", "x"]),
+    st.one_of(st.text(max_size=10), st.integers(), st.none()), max_size=3))), max_size=5))  # fmt: skip
+def test_fuzz_jsonl_dataset_parsing(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("fuzz") / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        pairs = load_pairs(path)
+    except RevcurseError as err:
+        assert re.match(rf"{re.escape(str(path))}(:\d+)?: ", str(err)) and "\n" not in str(err)
+    else:
+        assert all(p.completion.strip() for p in pairs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.text(alphabet="abcXYZ ,\"'\n", max_size=8), min_size=1, max_size=6),
+                max_size=5))  # fmt: skip
+def test_fuzz_csv_dataset_parsing(tmp_path_factory, rows):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["child", "parent", "parent_type", "child_prediction", "can_reverse"])
+    writer.writerows(rows)
+    path = tmp_path_factory.mktemp("fuzz") / "pc.csv"
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    try:
+        ds = load_parent_child(path)
+    except RevcurseError as err:
+        assert str(err).startswith(str(path)) and "\n" not in str(err)
+    else:
+        assert len(ds.train) == len(rows)
+
+
+def test_source_never_uses_unsafe_loaders():
+    """Only safetensors, JSON and YAML (safe_load) are read; no pickle, no remote code by default."""
+    offenders = []
+    for path in (ROOT / "src" / "revcurse").rglob("*.py"):
+        text = path.read_text()
+        for pattern in (r"torch\.load\(", r"\bimport pickle\b", r"pickle\.load", r"yaml\.load\(",
+                        r"yaml\.unsafe_load", r"trust_remote_code\s*=\s*True", r"(?<![.\w])eval\("):  # fmt: skip
+            if re.search(pattern, text):
+                offenders.append(f"{path.name}: {pattern}")
+    assert not offenders, offenders
