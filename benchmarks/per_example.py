@@ -33,7 +33,8 @@ def run(repeats: int = 5, n_facts: int = 256) -> str:
     batch = probe_batch(build_toy(cfg.data), vocab, "reverse", causal=False)
     fast = per_example_gradients(model, batch)
     slow = per_example_gradients_loop(model, batch)
-    assert all(torch.allclose(fast[k], slow[k], atol=1e-6, rtol=1e-4) for k in fast)
+    # float32: agreement to ~1e-6 of each tensor's scale (batched vs single matmuls round differently)
+    assert all((fast[k] - slow[k]).abs().max() <= 1e-5 * slow[k].abs().max() for k in fast)
     t_vmap = _median_seconds(lambda: per_example_gradients(model, batch), repeats)
     t_loop = _median_seconds(lambda: per_example_gradients_loop(model, batch), repeats)
     ratio = t_loop / t_vmap
@@ -45,6 +46,9 @@ def run(repeats: int = 5, n_facts: int = 256) -> str:
         f"| {t_vmap:.4f} | {t_loop:.4f} | {ratio:.1f}x | {'met' if ratio >= 10 else 'NOT met'} |",
         "",
         "Both give the same gradients (checked in the benchmark and in tests/test_probes.py).",
+        "Most of the vmap time is spent creating the dense per-fact gradients of the embedding and",
+        "unembedding, [256, vocab, d_model] each (tens of MB, zero-filled or written on fresh pages",
+        "every call), not in arithmetic; the loop builds them one small [vocab, d_model] at a time.",
     ])  # fmt: skip
 
 

@@ -151,15 +151,16 @@ class TransformerModel(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,  # [B, L]
+        input_ids: torch.Tensor | None,  # [B, L]
         attention_mask: torch.Tensor | None = None,  # [B, L], True/1 = real token (keys)
+        inputs_embeds: torch.Tensor | None = None,  # [B, L, D] instead of input_ids
     ) -> torch.Tensor:
-        B, L = input_ids.shape
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
+        B, L = x.shape[:2]
         if L > self.cfg.max_seq_len:
             raise ValueError(
                 f"sequence length {L} exceeds model.max_seq_len={self.cfg.max_seq_len}"
             )
-        x = self.embed_tokens(input_ids)  # [B, L, D]
         if self.cfg.positional == "learned":
             x = x + self.embed_positions.weight[:L]
         elif self.cfg.positional == "sinusoidal":
@@ -210,10 +211,13 @@ class TransformerLM(nn.Module):
         return self.cfg.causal
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``[B, L, vocab]``."""
-        return self.lm_head(self.model(input_ids, attention_mask))
+        """Logits ``[B, L, vocab]`` (from token ids, or from ``inputs_embeds`` ``[B, L, D]``)."""
+        return self.lm_head(self.model(input_ids, attention_mask, inputs_embeds))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -109,13 +109,43 @@ def inner(a: Grads, b: Grads) -> float:
 
 
 def per_example_gradients(model: TransformerLM, batch: ProbeBatch) -> Grads:
-    """Per-fact gradients ``{name: [N, *param.shape]}`` via ``vmap(grad(.))`` (torch.func)."""
+    """Per-fact gradients ``{name: [N, *param.shape]}`` via ``vmap(grad(.))`` (torch.func).
+
+    The embedding is looked up outside the transform and differentiated through its output: the
+    per-fact gradient of the embedded inputs is scattered into embedding rows in one batched
+    ``scatter_add_``. (Differentiating ``embed_tokens.weight`` inside ``vmap`` falls back to one
+    ``index_add`` per fact and dominates the cost.) Tied embeddings use the direct route.
+    """
+    embed_name = "model.embed_tokens.weight"
+    names = [n for n, _ in model.named_parameters()]
+    if model.cfg.tie_embeddings or embed_name not in names:
+        return _per_example_direct(model, batch)
+    params = {n: p.detach() for n, p in model.named_parameters() if n != embed_name}
+    buffers = dict(model.named_buffers())
+    weight = model.model.embed_tokens.weight.detach()
+    embeds = weight[batch.ids]  # [N, L, D]
+
+    def one(p: dict[str, torch.Tensor], x, pos, ans) -> torch.Tensor:
+        logits = functional_call(model, (p, buffers), (None,), {"inputs_embeds": x[None]})
+        # index_select, not logits[0, pos]: vmap cannot index with a batched scalar tensor
+        return F.cross_entropy(logits[0].index_select(0, pos.reshape(1)), ans.reshape(1))
+
+    grads, d_embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(
+        params, embeds, batch.answer_pos, batch.answer_id
+    )  # d_embeds: [N, L, D]
+    n, length, d = d_embeds.shape
+    per_row = torch.zeros(n, weight.shape[0], d, dtype=d_embeds.dtype)  # [N, V, D]
+    per_row.scatter_add_(1, batch.ids[:, :, None].expand(n, length, d), d_embeds)
+    grads[embed_name] = per_row
+    return {name: grads[name] for name in names}
+
+
+def _per_example_direct(model: TransformerLM, batch: ProbeBatch) -> Grads:
     params = {n: p.detach() for n, p in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
     def one(p: dict[str, torch.Tensor], ids, pos, ans) -> torch.Tensor:
         logits = functional_call(model, (p, buffers), (ids[None],))  # [1, L, V]
-        # index_select, not logits[0, pos]: vmap cannot index with a batched scalar tensor
         return F.cross_entropy(logits[0].index_select(0, pos.reshape(1)), ans.reshape(1))
 
     return vmap(grad(one), in_dims=(None, 0, 0, 0))(
