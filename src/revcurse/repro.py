@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import revcurse
+from revcurse import files
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -59,3 +60,10 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
+
+
+def write_provenance(out: Path, config_yaml: str, command: str | None) -> None:
+    """``config.yaml``, ``command.txt`` and ``env.json``: what every run folder starts with."""
+    files.write_text(out / "config.yaml", config_yaml)
+    files.write_text(out / "command.txt", (command or "(library call)") + "\n")
+    files.write_json(out / "env.json", environment())

@@ -35,7 +35,7 @@ from revcurse.evaluation import evaluate
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.runner import ProbeRunner
-from revcurse.repro import environment, seed_everything
+from revcurse.repro import seed_everything, write_provenance
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -174,9 +174,7 @@ def restore_training_state(
 
 
 def _write_run_header(out_dir: Path, cfg: RunConfig, command: str | None) -> None:
-    files.write_text(out_dir / "config.yaml", dump_yaml(cfg))
-    files.write_text(out_dir / "command.txt", (command or "(library call)") + "\n")
-    files.write_json(out_dir / "env.json", environment())
+    write_provenance(out_dir, dump_yaml(cfg), command)
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
 

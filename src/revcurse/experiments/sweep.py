@@ -34,7 +34,7 @@ from revcurse.config import SweepConfig, TrainConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.experiments.stats import METRICS, aggregate
-from revcurse.repro import environment
+from revcurse.repro import write_provenance
 from revcurse.store import Store
 
 PROBE_METRICS = (
@@ -197,9 +197,7 @@ def run_sweep(
     out = Path(out)
     runs = cfg.expand()
     prepare_sweep_dir(out, cfg.name, force)
-    files.write_text(out / "config.yaml", dump_yaml(cfg))
-    files.write_text(out / "command.txt", command + "\n")
-    files.write_json(out / "env.json", environment())
+    write_provenance(out, dump_yaml(cfg), command)
     jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
     start = time.perf_counter()
     outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,

@@ -27,7 +27,7 @@ from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.experiments.stats import aggregate
-from revcurse.repro import environment
+from revcurse.repro import write_provenance
 from revcurse.store import Store
 
 QUICK_OVERRIDES = ("train.steps=1500",)
@@ -61,9 +61,7 @@ def run_toy(
 
     out = Path(out)
     prepare_out_dir(out, force)
-    files.write_text(out / "config.yaml", dump_yaml(cfg))
-    files.write_text(out / "command.txt", command + "\n")
-    files.write_json(out / "env.json", environment())
+    write_provenance(out, dump_yaml(cfg), command)
 
     runs = [
         ({"family": family, "seed": seed}, cfg.run_config(family, seed))
