@@ -207,3 +207,29 @@ def test_sweep_and_runs_commands(tmp_path):
         bad = runner.invoke(app, args)
         assert bad.exit_code == 2, args
         assert fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _dies_for_seed_1(cfg, run_dir, command, progress=False):
+    """A worker that is SIGKILLed (like an OOM kill) when it gets the seed-1 run."""
+    from revcurse.experiments.executor import Outcome
+
+    if cfg.train.seed == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return Outcome("done", {"seed": cfg.train.seed}, None)
+
+
+def test_a_worker_killed_by_the_os_fails_its_run_only(tmp_path):
+    from revcurse.experiments.executor import DIED, _run_local, make_jobs
+
+    cfg = apply_overrides(tiny_sweep(**{"model.causal": [False]}), ["seeds=[0, 1, 2, 3]"])
+    jobs = make_jobs(cfg.expand(), lambda run_id, _: tmp_path / run_id)
+    outcomes = {}
+    _run_local(jobs, 2, "test", lambda job, out: outcomes.__setitem__(job.labels["seed"], out),
+               False, worker=_dies_for_seed_1)  # fmt: skip
+    assert outcomes[1].status == "failed" and outcomes[1].error == DIED
+    assert {s: o.status for s, o in outcomes.items()} == {
+        0: "done",
+        1: "failed",
+        2: "done",
+        3: "done",
+    }

@@ -226,6 +226,9 @@ class ProbeConfig:
     """Per-fact gradient cosines via torch.func (the distribution over facts)."""
     per_example_every: int = 500
     """Cadence of the per-fact cosines (costlier than the rest); 0: only at the end."""
+    per_example_max_facts: int = 128
+    """Per-fact cosines use the first this many facts: per-fact gradients are dense
+    [facts, vocab, d_model] tensors, gigabytes for thousands of facts. Batch cosines use all."""
     signals: bool = True
     """Back-propagated error vectors e and hidden signals u for forward and reverse queries."""
     distances: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 8, 16, 32])

@@ -24,6 +24,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,18 +110,40 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-def _run_local(jobs: list[Job], workers: int, command: str, on_done, progress: bool) -> None:
+DIED = "the worker process died (killed by the OS: out of memory?)"
+
+
+def _run_local(
+    jobs: list[Job], workers: int, command: str, on_done, progress: bool, worker=execute_one
+) -> None:
+    """Run ``worker(config, run_dir, command)`` for every job in spawned processes."""
     if workers == 1:
         for job in jobs:
-            on_done(job, execute_one(job.config, str(job.run_dir), command, progress))
+            on_done(job, worker(job.config, str(job.run_dir), command, progress))
         return
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
-        futures = {
-            pool.submit(execute_one, job.config, str(job.run_dir), command): job for job in jobs
-        }
-        for future in as_completed(futures):
-            on_done(futures[future], future.result())
+    remaining = {job.run_id: job for job in jobs}
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+            futures = {
+                pool.submit(worker, job.config, str(job.run_dir), command): job for job in jobs
+            }
+            for future in as_completed(futures):
+                job = futures[future]
+                on_done(job, future.result())
+                del remaining[job.run_id]
+    except BrokenProcessPool:
+        # A worker died (SIGKILL, OOM) and took the pool down without saying which run it was
+        # training. Run what is left one per fresh single-worker pool: the culprit fails alone,
+        # the others resume from their checkpoints.
+        for job in remaining.values():
+            try:
+                with ProcessPoolExecutor(1, mp_context=ctx, initializer=_die_with_parent) as solo:
+                    outcome = solo.submit(worker, job.config, str(job.run_dir), command).result()
+            except BrokenProcessPool:
+                files.write_json(job.run_dir / "error.json", {"error": DIED})
+                outcome = Outcome("failed", None, DIED)
+            on_done(job, outcome)
 
 
 def _run_ray(jobs: list[Job], workers: int, command: str, on_done) -> None:

@@ -190,8 +190,10 @@ def alignment(
     train_loss: Callable[[], torch.Tensor],
     lr: float,
     per_example: bool,
+    max_facts: int = 128,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Losses, gradient cosines and the first-order check; per-fact cosine tensors if asked.
+    """Losses, gradient cosines and the first-order check; per-fact cosine tensors (of the first
+    ``max_facts`` facts) if asked.
 
     ``batches`` holds ``forward`` and ``reverse`` (and ``mirror`` for an MDM). Returns a JSON-able
     summary and a dict of tensors to save.
@@ -201,8 +203,10 @@ def alignment(
     per_fact: dict[str, Grads] = {}
     for name, batch in batches.items():
         if per_example:
+            subset = batch.head(max_facts)
+            per_fact[name] = per_example_gradients(model, subset)
+        if per_example and len(subset) == len(batch):
             # The batch gradient of a mean loss is the mean of the per-example gradients.
-            per_fact[name] = per_example_gradients(model, batch)
             grads[name] = {n: g.mean(0) for n, g in per_fact[name].items()}
             with torch.no_grad():
                 losses[name] = batch_loss(model, batch).item()

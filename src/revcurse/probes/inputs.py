@@ -38,6 +38,12 @@ class ProbeBatch:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def head(self, n: int) -> ProbeBatch:
+        """The first ``n`` queries."""
+        return ProbeBatch(
+            self.ids[:n], self.answer_pos[:n], self.answer_id[:n], self.entity_pos[:n]
+        )
+
 
 def coupled_directions(causal: bool) -> tuple[Direction, Direction]:
     """(trained configuration, reverse query) compared by the probes (module docstring)."""

@@ -97,7 +97,7 @@ class ProbeRunner:
             per_example = pc.per_example and (final or (every > 0 and step % every == 0))
             summary, extra = alignment(
                 model, self.batches, lambda: self._train_loss(model), pc.first_order_lr,
-                per_example,
+                per_example, pc.per_example_max_facts,
             )  # fmt: skip
             record["gradients"] = summary
             tensors.update(extra)
