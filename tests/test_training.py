@@ -159,3 +159,15 @@ def test_resume_refuses_another_config(tmp_path, monkeypatch):
             train(cfg, tmp_path / "run")
     with pytest.raises(RevcurseError, match="another config"):
         train(apply_overrides(cfg, ["train.lr=0.5"]), tmp_path / "run", resume=True)
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, monkeypatch):
+    cfg = apply_overrides(tiny_run_config(causal=False), ["train.checkpoint_every=10"])
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 15)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, tmp_path / "run")
+    stale = tmp_path / "run" / "checkpoints" / ".last.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    train(cfg, tmp_path / "run", resume=True)
+    assert not stale.exists() and not list((tmp_path / "run").rglob("*.tmp"))

@@ -33,6 +33,16 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def remove_temporaries(root: str | Path) -> int:
+    """Delete the temporary files a killed writer left under ``root`` (``.NAME.XXXX.tmp``); the
+    files they were meant to replace are intact. Only call it where no other process writes."""
+    removed = 0
+    for tmp in Path(root).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     _atomic(Path(path), lambda tmp: tmp.write_text(text))

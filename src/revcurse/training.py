@@ -199,6 +199,8 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
     resuming = bool(resume and last is not None and last.is_file())
+    if out is not None and out.is_dir():
+        files.remove_temporaries(out)  # a previous writer killed mid-write
     if resuming:
         saved = from_dict(RunConfig, yaml.safe_load((out / "config.yaml").read_text()), "resume")
         if saved != cfg:

@@ -197,6 +197,7 @@ def run_sweep(
     out = Path(out)
     runs = cfg.expand()
     prepare_sweep_dir(out, cfg.name, force)
+    files.remove_temporaries(out)  # left by a sweep killed mid-write; no one writes now
     write_provenance(out, dump_yaml(cfg), command)
     jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
     start = time.perf_counter()

@@ -61,6 +61,7 @@ def run_toy(
 
     out = Path(out)
     prepare_out_dir(out, force)
+    files.remove_temporaries(out)  # left by a sweep killed mid-write; no one writes now
     write_provenance(out, dump_yaml(cfg), command)
 
     runs = [
