@@ -107,8 +107,8 @@ def _deterministic(summary: dict) -> dict:
     return out
 
 
-def _interrupt_at(monkeypatch, step: int) -> None:
-    """Make training raise (like a Ctrl-C) when it reaches optimizer step ``step``."""
+def _train_interrupted(monkeypatch, cfg, out, step: int) -> None:
+    """Train ``cfg`` into ``out`` and stop it (like a Ctrl-C) when it reaches optimizer ``step``."""
     from revcurse import training
 
     original = training.lr_factor
@@ -118,7 +118,10 @@ def _interrupt_at(monkeypatch, step: int) -> None:
             raise KeyboardInterrupt
         return original(s, tc)
 
-    monkeypatch.setattr(training, "lr_factor", lr_factor)
+    with monkeypatch.context() as m:
+        m.setattr(training, "lr_factor", lr_factor)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, out)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -130,10 +133,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal):
     )  # fmt: skip
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 25)  # after the checkpoint at 20, with records up to 24 written
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, run)
+    _train_interrupted(monkeypatch, cfg, run, 25)  # after the checkpoint at 20; records to 24
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert '"step": 24' in (run / "metrics.jsonl").read_text()  # stale records to be redone
     resumed = train(cfg, run, resume=True)
@@ -153,20 +153,14 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal):
 
 def test_resume_refuses_another_config(tmp_path, monkeypatch):
     cfg = apply_overrides(tiny_run_config(causal=False), ["train.checkpoint_every=10"])
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 15)
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, tmp_path / "run")
+    _train_interrupted(monkeypatch, cfg, tmp_path / "run", 15)
     with pytest.raises(RevcurseError, match="another config"):
         train(apply_overrides(cfg, ["train.lr=0.5"]), tmp_path / "run", resume=True)
 
 
 def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, monkeypatch):
     cfg = apply_overrides(tiny_run_config(causal=False), ["train.checkpoint_every=10"])
-    with monkeypatch.context() as m:
-        _interrupt_at(m, 15)
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg, tmp_path / "run")
+    _train_interrupted(monkeypatch, cfg, tmp_path / "run", 15)
     stale = tmp_path / "run" / "checkpoints" / ".last.safetensors.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
     train(cfg, tmp_path / "run", resume=True)
