@@ -118,8 +118,8 @@ def save_checkpoint(
     files.save_tensors(path, tensors, meta)
 
 
-def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, int]:
-    """Rebuild a model from a checkpoint file alone (safetensors; never pickle)."""
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig, Vocab, int]:
+    """The tensors of a checkpoint and the config, vocabulary and step in its metadata (checked)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -134,9 +134,13 @@ def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, 
         step = int(meta["step"])
     except (KeyError, ValueError, TypeError) as err:
         raise RevcurseError(f"{path}: corrupt checkpoint metadata ({err})") from None
-    model = TransformerLM(cfg.model, len(vocab))
+    return tensors, cfg, vocab, step
+
+
+def _load_weights(model: TransformerLM, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Load the ``model.*`` tensors of a checkpoint into ``model`` (strict: shapes must match)."""
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    if cfg.model.tie_embeddings:
+    if model.cfg.tie_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     try:
         model.load_state_dict(state, strict=True)
@@ -144,6 +148,13 @@ def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, 
         first = str(err).strip().splitlines()
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise RevcurseError(f"{path}: weights do not match the config ({detail})") from None
+
+
+def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, int]:
+    """Rebuild a model from a checkpoint file alone (safetensors; never pickle)."""
+    tensors, cfg, vocab, step = read_checkpoint(path)
+    model = TransformerLM(cfg.model, len(vocab))
+    _load_weights(model, tensors, Path(path))
     return model, cfg, vocab, step
 
 
@@ -155,9 +166,8 @@ def restore_training_state(
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Load weights, AdamW moments and generator state saved by :func:`save_checkpoint` into live
     objects; returns the step and the loop state."""
-    loaded, _, _, step = load_checkpoint(path)
-    model.load_state_dict(loaded.state_dict())
-    tensors = files.load_tensors(path)
+    tensors, _, _, step = read_checkpoint(path)
+    _load_weights(model, tensors, path)
     params = dict(model.named_parameters())
     for key, value in tensors.items():
         if key.startswith("optimizer."):
