@@ -10,12 +10,11 @@ spacing (``"Time ."`` vs ``"Time."``) never decides a match.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import torch
 
-WORD = re.compile(r"\w+|[^\w\s]")
+from revcurse.data.text import WORD  # the word tokenizer's split, so matches agree with it
 
 
 def normalize(text: str) -> str:
