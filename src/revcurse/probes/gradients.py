@@ -83,19 +83,18 @@ def _group_cosines(a: Grads, b: Grads, lead: int) -> dict[str, torch.Tensor]:
             acc = sums.setdefault(key, [torch.zeros_like(t) for t in terms])
             for total, term in zip(acc, terms, strict=True):
                 total += term
-    out = {}
-    for key, (dot, xx, yy) in sums.items():
-        denom = (xx * yy).sqrt()
-        out[key] = torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))
-    return out
+    return {key: _cosine_from_sums(dot, xx, yy) for key, (dot, xx, yy) in sums.items()}
+
+
+def _cosine_from_sums(dot: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """``<x,y> / sqrt(|x|^2 |y|^2)``, 0 where either vector is 0."""
+    denom = (xx * yy).sqrt()
+    return torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(dot))
 
 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine along the last dimension; 0 where either vector is 0."""
-    denom = x.norm(dim=-1) * y.norm(dim=-1)
-    return torch.where(
-        denom > 0, (x * y).sum(-1) / denom.clamp_min(1e-300), torch.zeros_like(denom)
-    )
+    return _cosine_from_sums((x * y).sum(-1), (x * x).sum(-1), (y * y).sum(-1))
 
 
 def group_cosines(a: Grads, b: Grads) -> dict[str, float]:
