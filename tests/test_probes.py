@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_run_config
 
 from revcurse.config import apply_overrides
-from revcurse.data.tokenize import Vocab, encode_statements
+from revcurse.data.tokenize import Vocab
 from revcurse.data.toy import build_toy
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes import gradients as G
@@ -208,7 +208,7 @@ def test_probes_do_not_change_training_and_are_recorded(tmp_path):
 
 def test_runner_final_record_has_distance_curve():
     cfg, dataset, vocab, model = setup(True, **{"probe.distances": "[0, 2, 5]"})
-    runner = ProbeRunner(cfg, vocab, encode_statements(vocab, dataset.train), None)
+    runner = ProbeRunner(cfg, dataset, vocab, None)
     record = runner(model, 7, final=True)
     assert [d["delta"] for d in record["distance"]] == [2, 4, 7]
     assert "cos_mirror_rev" not in record["gradients"]  # ARM has no mirror configuration

@@ -324,7 +324,6 @@ def probe(
     """Run the mechanism probes on saved final checkpoints (writes probes/posthoc-*)."""
 
     def run() -> None:
-        from revcurse.data.tokenize import encode_statements
         from revcurse.probes.runner import ProbeRunner
         from revcurse.training import build_dataset, load_checkpoint
 
@@ -336,9 +335,7 @@ def probe(
             model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
             cfg = apply_overrides(cfg, overrides)
             dataset, _ = build_dataset(cfg)
-            runner = ProbeRunner(
-                cfg, vocab, encode_statements(vocab, dataset.train), run_dir, prefix="posthoc-"
-            )
+            runner = ProbeRunner(cfg, dataset, vocab, run_dir, prefix="posthoc-")
             record = runner(model, step, final=True)
             parts = [f"{run_dir.name}: step {step}"]
             if "attention" in record:

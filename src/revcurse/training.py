@@ -224,7 +224,7 @@ def train(
     generator = seed_everything(tc.seed)
     optimizer = make_optimizer(model, tc)
     objective = cfg.objective
-    probes = ProbeRunner(cfg, vocab, data, out, keep=resuming) if cfg.probe.enabled else None
+    probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
 
     answers = span_mask(dataset.answer_spans, tuple(data.shape))  # [N, L], for answer_only
 

@@ -17,8 +17,8 @@ import torch
 
 from revcurse import files
 from revcurse.config import RunConfig
-from revcurse.data.tokenize import Vocab, span_mask
-from revcurse.data.toy import build_toy
+from revcurse.data.schema import ReversalDataset
+from revcurse.data.tokenize import Vocab, encode_statements, span_mask
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.attention import coupling, coupling_vs_distance
@@ -33,8 +33,8 @@ class ProbeRunner:
     def __init__(
         self,
         cfg: RunConfig,
+        dataset: ReversalDataset,
         vocab: Vocab,
-        train_ids: torch.Tensor,
         out_dir: Path | None,
         prefix: str = "",
         keep: bool = False,
@@ -44,11 +44,10 @@ class ProbeRunner:
         keeps the records already on disk (a resumed run; see :meth:`truncate`)."""
         self.cfg = cfg
         self.vocab = vocab
-        self.train_ids = train_ids  # [N, L] the training statements
+        self.train_ids = encode_statements(vocab, dataset.train)  # [N, L]
         self.dir = out_dir / "probes" if out_dir is not None else None
         causal = cfg.model.causal
-        dataset = build_toy(cfg.data)
-        self.answer_mask = span_mask(dataset.answer_spans, tuple(train_ids.shape))
+        self.answer_mask = span_mask(dataset.answer_spans, tuple(self.train_ids.shape))
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
         self.batches: dict[str, ProbeBatch] = {
             d: probe_batch(dataset, vocab, d, causal) for d in directions
