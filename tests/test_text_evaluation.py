@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from revcurse.config import DecodeConfig
 from revcurse.data.schema import TextPair
 from revcurse.data.text import WordTokenizer
-from revcurse.text_evaluation import DecodeSettings, evaluate_split, rescore, save_generations
+from revcurse.text_evaluation import evaluate_split, rescore, save_generations
 
 PAIRS = [
     TextPair("Who is A's mother?", " Mary Ann"),
@@ -42,7 +43,7 @@ class Oracle:
 def test_oracle_gets_everything_right_and_records_round_trip(tmp_path):
     tok = WordTokenizer.fit([p.prompt + p.completion for p in PAIRS])
     metrics, records = evaluate_split(Oracle(tok), tok, PAIRS, causal=False,
-                                      settings=DecodeSettings(gen_length=4, n_distractors=2, n_mc=4),
+                                      settings=DecodeConfig(gen_length=4, n_distractors=2, n_mc=4),
                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert [r["generation"] for r in records] == ["Mary Ann", "Jo Lee", "Kim Wu"]
     assert metrics["exact"] == metrics["prefix"] == metrics["substring"] == 1.0
@@ -58,7 +59,7 @@ def test_uninformed_model_scores_low():
         return torch.zeros(*ids.shape, len(tok))
 
     metrics, records = evaluate_split(uniform, tok, PAIRS, causal=True,
-                                      settings=DecodeSettings(gen_length=3, n_distractors=2),
+                                      settings=DecodeConfig(gen_length=3, n_distractors=2),
                                       generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert metrics["exact"] == 0.0
     # equal likelihoods: ties count against the correct answer, so it is never ranked first

@@ -416,6 +416,158 @@ class SweepConfig:
         return runs
 
 
+# --------------------------------------------------------------------------------------------------
+# Natural-language runs: LoRA fine-tuning of Hugging Face models, from-scratch text models
+# --------------------------------------------------------------------------------------------------
+
+HFFamily = Literal["llada", "dream", "llama", "qwen2"]
+TextDatasetName = Literal["parent-child", "person-description", "trex"]
+
+
+@dataclass
+class HFModelConfig:
+    """The Hugging Face model to fine-tune."""
+
+    family: HFFamily = "llama"
+    """llada (native module, MDM), dream (remote code, MDM), llama or qwen2 (ARMs)."""
+    path: str = ""
+    """Local directory or hub id of the published weights and tokenizer. Empty: a tiny random
+    model of the shape below with a word-level tokenizer fitted on the data (offline smoke runs)."""
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 128
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bfloat16 weights on GPU, float32 on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def validate(self, where: str) -> None:
+        _check(self.n_layers >= 1, where, "n_layers", "an integer >= 1", self.n_layers)
+        _check(self.n_heads >= 1 and self.hidden_size % self.n_heads == 0, where, "n_heads",
+               f"a divisor of hidden_size={self.hidden_size}", self.n_heads)  # fmt: skip
+        _check(self.n_kv_heads >= 1 and self.n_heads % self.n_kv_heads == 0, where, "n_kv_heads",
+               f"a divisor of n_heads={self.n_heads}", self.n_kv_heads)  # fmt: skip
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft)."""
+
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: str = ""
+    """A regex over module names (full match); empty: the family's attention projections, whose
+    number is then checked (4 per layer)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.r >= 1, where, "r", "an integer >= 1", self.r)
+        _check(0.0 <= self.dropout < 1.0, where, "dropout", "a number in [0, 1)", self.dropout)
+
+
+@dataclass
+class TextDataConfig:
+    """Which natural-language reversal dataset, and how much of it."""
+
+    dataset: TextDatasetName = "parent-child"
+    path: str = ""
+    """A file (parent-child CSV) or directory (person-description files, T-REx LAMA root); empty:
+    the copy shipped with revcurse (T-REx has none: it needs a path)."""
+    max_train: int = 0
+    """Training statements used (0: all)."""
+    max_eval: int = 64
+    """Queries evaluated per test split (0: all)."""
+    splits: list[str] = field(default_factory=list)
+    """Test splits to evaluate (empty: all of the dataset's)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.max_train >= 0, where, "max_train", "an integer >= 0", self.max_train)
+        _check(self.max_eval >= 0, where, "max_eval", "an integer >= 0", self.max_eval)
+        _check(self.dataset != "trex" or bool(self.path), where, "path",
+               "the T-REx LAMA directory (relations.jsonl + one file per relation)",
+               self.path)  # fmt: skip
+
+
+@dataclass
+class TextTrainConfig:
+    """Optimisation of a text run (LoRA parameters, or all parameters from scratch)."""
+
+    steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Schedule = "constant"
+    """Decay after warmup: cosine, linear or constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine, linear)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip (0: none)."""
+    eps: float = 1e-3
+    """MDM: smallest mask ratio t."""
+    seed: int = 0
+    log_every: int = 10
+
+    def validate(self, where: str) -> None:
+        _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
+        _check(self.batch_size >= 1, where, "batch_size", "an integer >= 1", self.batch_size)
+        _check(self.lr > 0, where, "lr", "a positive number", self.lr)
+        _check(0 < self.eps < 1, where, "eps", "a number in (0, 1)", self.eps)
+        _check(self.log_every >= 1, where, "log_every", "an integer >= 1", self.log_every)
+
+
+@dataclass
+class DecodeConfig:
+    """How answers are generated and scored (MDM sampler / ARM greedy, likelihood ranks)."""
+
+    gen_length: int = 16
+    steps: int | None = None
+    """MDM sampling steps (null: gen_length, one token per step)."""
+    block_length: int | None = None
+    """MDM semi-autoregressive block length (null: gen_length, one block)."""
+    temperature: float = 0.0
+    n_distractors: int = 9
+    """Answers of other queries the correct one is ranked against by likelihood."""
+    n_mc: int = 8
+    """MDM likelihood: Monte-Carlo draws per answer (stratified mask counts)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.gen_length >= 1, where, "gen_length", "an integer >= 1", self.gen_length)
+        _check(self.temperature >= 0, where, "temperature", "a number >= 0", self.temperature)
+        _check(self.n_mc >= 1, where, "n_mc", "an integer >= 1", self.n_mc)
+
+
+@dataclass
+class TextProbeConfig:
+    """Attention coupling and gradient alignment on (forward, reverse) query pairs."""
+
+    enabled: bool = True
+    every: int = 0
+    """Probe every this many steps during training (0: only before and after)."""
+    n_facts: int = 16
+    layers: list[int] = field(default_factory=list)
+    """Layers whose attention is reported (empty: all)."""
+
+    def validate(self, where: str) -> None:
+        _check(self.every >= 0, where, "every", "an integer >= 0", self.every)
+        _check(self.n_facts >= 3, where, "n_facts", "an integer >= 3 (a correlation)",
+               self.n_facts)  # fmt: skip
+
+
+@dataclass
+class FinetuneConfig:
+    """``revcurse finetune``: LoRA fine-tuning of a Hugging Face MDM or ARM on reversal data,
+    evaluated (and probed) before and after."""
+
+    model: HFModelConfig = field(default_factory=HFModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
+    eval: DecodeConfig = field(default_factory=DecodeConfig)
+    probe: TextProbeConfig = field(default_factory=TextProbeConfig)
+
+
 def toy_sequence_length(data: ToyDataConfig) -> int:
     """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
     return int(data.bos) + 3 + data.n_filler + int(data.eos)

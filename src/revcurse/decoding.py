@@ -31,6 +31,13 @@ import torch
 Model = Callable[..., torch.Tensor]
 
 
+def model_device(model: Model) -> torch.device:
+    """Where ``model``'s parameters live (CPU for plain callables); inputs are moved there."""
+    params = getattr(model, "parameters", None)
+    first = next(params(), None) if params is not None else None
+    return first.device if first is not None else torch.device("cpu")
+
+
 def transfer_counts(n_tokens: int, steps: int) -> list[int]:
     """How many tokens each of ``steps`` steps commits (LLaDA ``get_num_transfer_tokens``)."""
     base, extra = divmod(n_tokens, steps)
@@ -41,7 +48,7 @@ def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Ge
     if temperature <= 0:
         return logits.argmax(dim=-1)
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_(1e-20, 1.0)
-    gumbel = -torch.log(-torch.log(u))
+    gumbel = -torch.log(-torch.log(u)).to(logits.device)
     return (logits.double() / temperature + gumbel).argmax(dim=-1)
 
 
@@ -85,9 +92,11 @@ def mdm_generate(
     for i, p in enumerate(prompts):
         row = list(p) + [mask_id] * gen_length + list(suffix)
         x[i, : len(row)] = torch.tensor(row)
+    device = model_device(model)
+    x = x.to(device)
     real = x != pad_id  # [B, L]: padding only ever follows the suffix
-    columns = torch.arange(total)[None, :]  # [1, L]
-    start = lengths[:, None]  # [B, 1] first answer position of each row
+    columns = torch.arange(total, device=device)[None, :]  # [1, L]
+    start = lengths.to(device)[:, None]  # [B, 1] first answer position of each row
 
     for b in range(n_blocks):
         lo, hi = start + b * block_length, start + (b + 1) * block_length
@@ -104,6 +113,7 @@ def mdm_generate(
             x.scatter_(1, chosen, pred.gather(1, chosen))
             if trace is not None:
                 trace.append(x.clone())
+    x = x.cpu()
     return torch.stack([x[i, int(lengths[i]) : int(lengths[i]) + gen_length] for i in range(batch)])
 
 
@@ -117,18 +127,19 @@ def arm_generate(
     produced ``eos_id`` is filled with ``eos_id`` from there on.
     """
     out = torch.empty(len(prompts), gen_length, dtype=torch.long)
+    device = model_device(model)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
     for rows in by_length.values():
-        x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long)
-        done = torch.zeros(len(rows), dtype=torch.bool)
+        x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
         for j in range(gen_length):
             nxt = model(x)[:, -1].argmax(dim=-1)  # [b]
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-            out[rows, j] = nxt
+            out[rows, j] = nxt.cpu()
             x = torch.cat([x, nxt[:, None]], dim=1)
     return out
 
@@ -149,9 +160,10 @@ def arm_answer_logprob(
 ) -> torch.Tensor:
     """Exact ``log p(answer | prompt)`` of a causal model, one value per pair ``[B]`` (float64)."""
     out = torch.empty(len(prompts), dtype=torch.float64)
+    device = model_device(model)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        ids = torch.tensor([list(p) + list(a)])
-        logp = torch.log_softmax(model(ids)[0].double(), dim=-1)  # [L, V]
+        ids = torch.tensor([list(p) + list(a)], device=device)
+        logp = torch.log_softmax(model(ids)[0].double(), dim=-1).cpu()  # [L, V]
         positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
         out[i] = logp[positions, torch.tensor(list(a))].sum()
     return out
@@ -191,7 +203,8 @@ def mdm_answer_logprob(
             rows.append(clean.masked_fill(mask, mask_id))
             masks.append(mask)
         noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
-        logp = torch.log_softmax(model(noisy).double(), dim=-1)  # [n, L, V]
+        logits = model(noisy.to(model_device(model))).cpu()  # [n, L, V]
+        logp = torch.log_softmax(logits.double(), dim=-1)
         token_logp = logp.gather(-1, clean.expand_as(noisy)[..., None])[..., 0]  # [n, L]
         per_draw = (token_logp * mask).sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
         out[i] = per_draw.mean()

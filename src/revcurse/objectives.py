@@ -151,3 +151,59 @@ def training_loss(
             raise ValueError("answer_only needs the answer positions of the batch")
         return answer_only_step_loss(model, batch, answer_mask, mask_id, pad_id)
     raise ValueError(f"unknown objective {objective!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Supervised fine-tuning on (prompt, answer) pairs (Hugging Face models and natural-language data)
+# --------------------------------------------------------------------------------------------------
+
+
+def sft_masked_diffusion_loss(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L] prompt + answer (+ EOS), right-padded
+    answer_mask: torch.Tensor,  # [B, L] bool: the tokens that may be masked
+    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
+    mask_id: int,
+    eps: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """LLaDA's SFT loss (Nie et al. 2025, Eq. 5): the prompt is never masked; each answer token is
+    masked with probability ``t ~ U(eps, 1)``; ``sum CE / t`` over masked tokens is normalised by
+    the answer length and averaged over the batch. With ``answer_mask = attention_mask`` it is the
+    pre-training loss of Eq. 3."""
+    t = sample_mask_ratio(ids.shape[0], eps, generator)
+    draw = torch.rand(ids.shape, generator=generator) < t[:, None]  # [B, L], on the CPU generator
+    masked = draw.to(ids.device) & answer_mask
+    logits = model(ids.masked_fill(masked, mask_id), attention_mask=_key_mask(attention_mask))
+    return masked_diffusion_loss(
+        logits.float(), ids, masked, t.to(ids.device), answer_mask.sum(dim=1)
+    )
+
+
+def sft_next_token_loss(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L]
+    answer_mask: torch.Tensor,  # [B, L] bool: the tokens that are predicted
+    attention_mask: torch.Tensor,  # [B, L] bool
+) -> torch.Tensor:
+    """The ARM's SFT loss: next-token cross-entropy on answer tokens only (prompt tokens ignored),
+    averaged over the answer tokens of the batch."""
+    logits = model(ids, attention_mask=_key_mask(attention_mask))  # [B, L, V]
+    targets = ids[:, 1:].masked_fill(~answer_mask[:, 1:], -100)  # [B, L-1]
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten())
+
+
+def sft_answer_loss(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L]
+    answer_mask: torch.Tensor,  # [B, L] bool
+    attention_mask: torch.Tensor,  # [B, L] bool
+    causal: bool,
+    mask_id: int,
+) -> torch.Tensor:
+    """A deterministic query loss for the probes: mean CE of the answer tokens given the prompt,
+    with every answer token masked (MDM, the t = 1 term of the SFT loss) or teacher-forced (ARM)."""
+    if causal:
+        return sft_next_token_loss(model, ids, answer_mask, attention_mask)
+    logits = model(ids.masked_fill(answer_mask, mask_id), attention_mask=_key_mask(attention_mask))
+    return F.cross_entropy(logits[answer_mask].float(), ids[answer_mask])

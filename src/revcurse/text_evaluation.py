@@ -10,13 +10,13 @@ kept, so a split can be re-scored from its saved generations without the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from revcurse import files
+from revcurse.config import DecodeConfig
 from revcurse.data.schema import TextPair
 from revcurse.decoding import (
     arm_answer_logprob,
@@ -26,18 +26,6 @@ from revcurse.decoding import (
     truncate_at,
 )
 from revcurse.metrics import exact_match, likelihood_rank, prefix_match, substring_match
-
-
-@dataclass
-class DecodeSettings:
-    """How answers are generated and scored."""
-
-    gen_length: int = 16
-    steps: int | None = None  # MDM: default gen_length (one token per step)
-    block_length: int | None = None  # MDM: default gen_length (one block)
-    temperature: float = 0.0
-    n_distractors: int = 9
-    n_mc: int = 8  # MDM likelihood draws per answer
 
 
 def score(record: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +52,7 @@ def evaluate_split(
     tokenizer: Any,
     pairs: Sequence[TextPair],
     causal: bool,
-    settings: DecodeSettings,
+    settings: DecodeConfig,
     generator: torch.Generator,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Aggregate metrics and one record per query."""

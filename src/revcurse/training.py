@@ -26,7 +26,15 @@ import yaml
 from tqdm.auto import tqdm
 
 from revcurse import files
-from revcurse.config import RunConfig, TrainConfig, config_hash, dump_yaml, from_dict, to_dict
+from revcurse.config import (
+    RunConfig,
+    TextTrainConfig,
+    TrainConfig,
+    config_hash,
+    dump_yaml,
+    from_dict,
+    to_dict,
+)
 from revcurse.data.schema import ReversalDataset
 from revcurse.data.tokenize import Vocab, encode_statements, span_mask
 from revcurse.data.toy import build_toy
@@ -38,7 +46,7 @@ from revcurse.probes.runner import ProbeRunner
 from revcurse.repro import seed_everything, write_provenance
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, cfg: TrainConfig | TextTrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based): linear warmup, then decay to
     ``min_lr_ratio`` at the last step (cosine, linear) or none (constant)."""
     if step < cfg.warmup_steps:

@@ -1,0 +1,219 @@
+"""``revcurse finetune``: LoRA fine-tuning of a Hugging Face MDM or ARM on a reversal dataset.
+
+The large-scale experiment of arXiv 2602.02133 (Sec. 5): fine-tune LLaDA / Dream (MDMs) and Llama /
+Qwen (ARMs) with LoRA on forward statements (Parent–Child, Person–Description, T-REx), then compare
+forward and reverse accuracy; the later version also checks the one-layer signatures (attention
+coupling, gradient alignment) in these models. Each run evaluates every test split before and
+after fine-tuning (generations saved for re-scoring), probes before, during (``probe.every``) and
+after, and saves the adapters in peft format.
+
+Run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``metrics.jsonl`` (loss, lr),
+``probes.jsonl``, ``generations/{before,after}/<split>.jsonl``, ``adapter/``, ``summary.json``,
+``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revcurse import files
+from revcurse.config import FinetuneConfig, dump_yaml
+from revcurse.data.text import WordTokenizer, encode_pairs
+from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
+from revcurse.errors import RevcurseError
+from revcurse.experiments.toy import prepare_out_dir
+from revcurse.models import hf
+from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+from revcurse.repro import seed_everything, write_provenance
+from revcurse.text_evaluation import evaluate_split, save_generations
+from revcurse.text_training import make_accelerator, train_text
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RevcurseError("model.device: cuda requested but no GPU is visible")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, requested)
+
+
+def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
+    """``(model, tokenizer)``: published weights, or a tiny random model + word tokenizer."""
+    device = resolve_device(cfg.model.device)
+    dtype = resolve_dtype(cfg.model.dtype, device)
+    if cfg.model.path:
+        tokenizer = hf.load_tokenizer(cfg.model.family, cfg.model.path, trust_remote_code)
+        model = hf.load_pretrained(
+            cfg.model.family, cfg.model.path, dtype, device, trust_remote_code
+        )
+    else:
+        tokenizer = WordTokenizer.fit(texts)
+        m = cfg.model
+        shape = hf.TinyShape(m.hidden_size, m.n_layers, m.n_heads, m.n_kv_heads,
+                             m.intermediate_size)  # fmt: skip
+        model = hf.build_tiny(cfg.model.family, len(tokenizer), shape, seed=cfg.train.seed)
+        model = model.to(device=device, dtype=dtype)
+    return model, tokenizer
+
+
+def run_finetune(
+    cfg: FinetuneConfig,
+    out: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    command: str = "(library call)",
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune, evaluate and probe; returns the summary written to ``out/summary.json``."""
+    out = Path(out)
+    dataset = load_text_dataset(cfg.data)
+    splits = cfg.data.splits or list(dataset.tests)
+    unknown = [s for s in splits if s not in dataset.tests]
+    if unknown:
+        raise RevcurseError(
+            f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
+            f"expected some of {sorted(dataset.tests)}"
+        )
+    prepare_out_dir(out, force)
+    write_provenance(out, dump_yaml(cfg), command)
+    seed_everything(cfg.train.seed)
+
+    train_pairs = dataset.train[: cfg.data.max_train or None]
+    tests = {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
+    texts = [p.prompt + p.completion for p in train_pairs]
+    texts += [p.prompt + a for pairs in dataset.tests.values() for p in pairs for a in p.answers]
+    model, tokenizer = build_model(cfg, texts, trust_remote_code)
+    spec = model.spec
+    adapted = hf.add_lora(
+        model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None
+    )
+    trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
+    total = sum(p.numel() for p in model.parameters())
+    mask_id = tokenizer.mask_id
+
+    fwd_split, rev_split = PROBE_SPLITS[cfg.data.dataset]
+    facts = encode_facts(
+        tokenizer,
+        paired_queries(dataset.tests[fwd_split], dataset.tests[rev_split], cfg.probe.n_facts),
+    )
+    probes_path = out / "probes.jsonl"
+
+    def probe(step: int) -> dict[str, Any] | None:
+        if not cfg.probe.enabled or len(facts) < 3:
+            return None
+        was_training = model.training
+        model.eval()
+        record = {
+            "step": step,
+            "n_facts": len(facts),
+            "attention": attention_coupling(
+                model, facts, causal=spec.causal, mask_id=mask_id, layers=cfg.probe.layers or None
+            ),
+            "gradients": gradient_alignment(model, facts, causal=spec.causal, mask_id=mask_id),
+        }
+        model.train(was_training)
+        files.append_jsonl(probes_path, record)
+        return record
+
+    def evaluate(stage: str) -> dict[str, dict[str, float]]:
+        model.eval()
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        results = {}
+        for name, pairs in tests.items():
+            metrics, records = evaluate_split(model, tokenizer, pairs, spec.causal, cfg.eval, gen)
+            save_generations(out / "generations" / stage / f"{name}.jsonl", records)
+            results[name] = metrics | {"direction": dataset.directions[name]}
+        return results
+
+    before = evaluate("before")
+    first_probe = probe(0)
+    metrics_path = out / "metrics.jsonl"
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            files.append_jsonl(metrics_path, {"step": step, "loss": loss, "lr": lr})
+        if cfg.probe.every and step % cfg.probe.every == 0 and step != cfg.train.steps:
+            probe(step)
+
+    data = encode_pairs(tokenizer, train_pairs)
+    speed = train_text(
+        model, data, causal=spec.causal, mask_id=mask_id, settings=cfg.train,
+        accelerator=make_accelerator(resolve_device(cfg.model.device)), on_step=on_step,
+        progress=progress,
+    )  # fmt: skip
+    last_probe = probe(cfg.train.steps)
+    after = evaluate("after")
+    hf.save_adapter(model, out / "adapter")
+
+    summary = {
+        "family": spec.name,
+        "causal": spec.causal,
+        "dataset": dataset.name,
+        "licence": dataset.licence,
+        "model_path": cfg.model.path or "(tiny random model)",
+        "lora_modules": adapted,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "n_train": len(train_pairs),
+        "before": before,
+        "after": after,
+        "probes": {
+            stage: None if rec is None else {
+                "attention_r_mean": rec["attention"]["r_mean"],
+                "cos_fwd_rev_mean": rec["gradients"]["cos_fwd_rev_mean"],
+            }
+            for stage, rec in (("before", first_probe), ("after", last_probe))
+        },
+    }  # fmt: skip
+    files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
+    files.write_text(out / "report.md", render_report(summary, speed))
+    return summary
+
+
+def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
+    """A Markdown page: accuracy before/after per split, probe signatures, throughput."""
+    lines = [
+        f"# LoRA fine-tuning: {summary['family']} on {summary['dataset']}",
+        "",
+        f"Model: `{summary['model_path']}` ({'ARM' if summary['causal'] else 'MDM'}); "
+        f"{summary['lora_modules']} LoRA modules, {summary['trainable_parameters']:,} trainable of "
+        f"{summary['total_parameters']:,} parameters; {summary['n_train']} training statements. "
+        f"Data licence: {summary['licence']}.",
+        "",
+        "| split | direction | stage | exact | prefix | substring | likelihood top-1 | chance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in summary["before"]:
+        for stage in ("before", "after"):
+            m = summary[stage][split]
+            lines.append(
+                f"| {split} | {m['direction']} | {stage} | {m['exact']:.3f} | {m['prefix']:.3f} | "
+                f"{m['substring']:.3f} | {m['likelihood_top1']:.3f} | {m['chance_top1']:.3f} |"
+            )
+    lines += ["", "| probe | before | after |", "|---|---|---|"]
+    probes = summary["probes"]
+    if probes["before"] is not None:
+        for layer in probes["before"]["attention_r_mean"]:
+            b = probes["before"]["attention_r_mean"][layer]
+            a = probes["after"]["attention_r_mean"][layer]
+            lines.append(f"| attention r(S_fwd, S_rev), layer {layer} | {b:+.3f} | {a:+.3f} |")
+        lines.append(
+            f"| gradient cos(fwd, rev) on LoRA parameters | "
+            f"{probes['before']['cos_fwd_rev_mean']:+.3f} | "
+            f"{probes['after']['cos_fwd_rev_mean']:+.3f} |"
+        )
+    lines += ["", f"Training: {speed['tokens_per_second']:.0f} tokens/s, "
+              f"{speed['train_seconds']:.1f} s.", ""]  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,315 @@
+"""Hugging Face model families for LoRA fine-tuning: specs, loading, tiny random builds, LoRA.
+
+The paper's large-scale runs fine-tune LLaDA-8B-Instruct (MDM), Dream-7B (MDM) and
+LLaMA-3.1-8B / Qwen2.5-7B-Instruct (ARMs) with LoRA. Each family has a :class:`FamilySpec`: whether
+it is causal, its ``[MASK]`` id, whether its logits are shifted (Dream, adapted from an ARM,
+predicts token i at position i - 1), how it is loaded, and the explicit LoRA target modules.
+
+* LLaDA: :mod:`revcurse.models.llada` (native module, published key layout, strict load, no
+  remote code);
+* Dream: ``transformers.AutoModel`` with remote code, only when the user passes
+  ``--trust-remote-code`` (it is not part of transformers);
+* Llama, Qwen2: ``transformers.AutoModelForCausalLM``.
+
+Every model is wrapped in :class:`LogitsModel`, a ``ids [B, L] (+ attention_mask) -> logits
+[B, L, V]`` callable, which is what the objectives, the decoders and the probes take. Transformers
+models run with a *recording* attention function (see :func:`recording_scores`): it calls the
+stock SDPA kernel and, only while a probe records, also keeps the pre-softmax scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from revcurse.errors import RevcurseError
+from revcurse.models.llada import MASK_TOKEN_ID, LLaDAConfig, LLaDAModelLM, load_llada
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What revcurse needs to know about one model family."""
+
+    name: str
+    causal: bool
+    lora_targets: str
+    """A peft ``target_modules`` regex (full match on module names): the adapted projections."""
+    modules_per_layer: int
+    """How many modules :attr:`lora_targets` adapts in each layer (checked after wrapping)."""
+    mask_id: int | None = None
+    """``[MASK]`` of the published tokenizer (MDMs); None: take the tokenizer's mask token."""
+    shift_logits: bool = False
+    remote_code: bool = False
+    """Loading the published weights needs the checkpoint's own code (``--trust-remote-code``)."""
+    example: str = ""
+
+
+_ATTENTION = "(q_proj|k_proj|v_proj|o_proj)"
+FAMILIES: dict[str, FamilySpec] = {
+    "llada": FamilySpec(
+        "llada", causal=False, lora_targets=r".*blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out)",
+        modules_per_layer=4, mask_id=MASK_TOKEN_ID, example="GSAI-ML/LLaDA-8B-Instruct",
+    ),
+    "dream": FamilySpec(
+        "dream", causal=False, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
+        modules_per_layer=4, mask_id=151666, shift_logits=True, remote_code=True,
+        example="Dream-org/Dream-v0-Instruct-7B",
+    ),
+    "llama": FamilySpec(
+        "llama", causal=True, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
+        modules_per_layer=4, example="meta-llama/Llama-3.1-8B-Instruct",
+    ),
+    "qwen2": FamilySpec(
+        "qwen2", causal=True, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
+        modules_per_layer=4, example="Qwen/Qwen2.5-7B-Instruct",
+    ),
+}  # fmt: skip
+
+
+def family(name: str) -> FamilySpec:
+    if name not in FAMILIES:
+        raise RevcurseError(f"unknown model family {name!r}; expected one of {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Recording attention (transformers models)
+# --------------------------------------------------------------------------------------------------
+
+RECORDING = "revcurse_recording"
+_recorder: dict[int, torch.Tensor] | None = None
+
+
+def _recording_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA, plus the pre-softmax scores ``q.k * scaling`` ``[B, H, Lq, Lk]`` while recording."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if _recorder is not None:
+        groups = query.shape[1] // key.shape[1]  # grouped-query attention
+        k = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+        _recorder[module.layer_idx] = torch.matmul(query, k.transpose(-1, -2)) * kwargs.get(
+            "scaling", query.shape[-1] ** -0.5
+        )
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
+def _register_recording_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(RECORDING, _recording_attention)
+    # Without a registered mask builder transformers would pass no padding mask at all.
+    AttentionMaskInterface.register(RECORDING, sdpa_mask)
+
+
+@contextlib.contextmanager
+def recording_scores(model: LogitsModel) -> Iterator[dict[int, torch.Tensor]]:
+    """Pre-softmax attention scores per layer ``{layer: [B, H, Lq, Lk]}`` of forwards run inside."""
+    global _recorder
+    if isinstance(model.base, LLaDAModelLM):
+        handles, cache = [], {}
+        for n, block in enumerate(model.base.model.transformer.blocks):
+            handles.append(
+                block.hook_scores.register_forward_hook(
+                    lambda _m, _i, out, n=n: cache.__setitem__(n, out)
+                )
+            )
+        try:
+            yield cache
+        finally:
+            for h in handles:
+                h.remove()
+        return
+    previous, _recorder = _recorder, {}
+    try:
+        yield _recorder
+    finally:
+        _recorder = previous
+
+
+# --------------------------------------------------------------------------------------------------
+# The logits interface
+# --------------------------------------------------------------------------------------------------
+
+
+class LogitsModel(nn.Module):
+    """``ids [B, L] (+ attention_mask [B, L]) -> logits [B, L, V]`` for any family."""
+
+    def __init__(self, inner: nn.Module, spec: FamilySpec) -> None:
+        super().__init__()
+        self.inner = inner
+        self.spec = spec
+        self.causal = spec.causal
+
+    @property
+    def base(self) -> nn.Module:
+        """The model under any peft wrapper."""
+        inner = self.inner
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
+        logits = out if isinstance(out, torch.Tensor) else out.logits  # [B, L, V]
+        if self.spec.shift_logits:
+            # Dream predicts token i from position i - 1 (its ARM initialisation); realign.
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    @property
+    def n_layers(self) -> int:
+        base = self.base
+        if isinstance(base, LLaDAModelLM):
+            return base.config.n_layers
+        return base.config.num_hidden_layers
+
+
+# --------------------------------------------------------------------------------------------------
+# Building and loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TinyShape:
+    """The size of a tiny random model (tests, CPU benchmarks, GPU smoke runs)."""
+
+    hidden_size: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    intermediate_size: int = 128
+    max_positions: int = 256
+
+
+def build_tiny(name: str, vocab_size: int, shape: TinyShape, seed: int = 0) -> LogitsModel:
+    """A randomly initialised model of family ``name`` with the given shape (offline, no weights)."""
+    spec = family(name)
+    torch.manual_seed(seed)
+    if name == "llada":
+        cfg = LLaDAConfig(
+            d_model=shape.hidden_size, n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
+            n_layers=shape.n_layers, mlp_hidden_size=shape.intermediate_size,
+            vocab_size=vocab_size, embedding_size=vocab_size,
+        )  # fmt: skip
+        model = LLaDAModelLM(cfg)
+        model.init_weights(generator=torch.Generator().manual_seed(seed))
+        return LogitsModel(model, spec)
+    if spec.remote_code:
+        raise RevcurseError(
+            f"family {name!r}: its architecture lives in the checkpoint's remote code, so no tiny "
+            "random model can be built offline; use model.path with --trust-remote-code"
+        )
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    _register_recording_attention()
+    cls, model_cls = (
+        (LlamaConfig, LlamaForCausalLM) if name == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
+    cfg = cls(
+        vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.n_layers,
+        num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads,
+        intermediate_size=shape.intermediate_size, max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    cfg._attn_implementation = RECORDING
+    return LogitsModel(model_cls(cfg), spec)
+
+
+def load_pretrained(
+    name: str, path: str, dtype: torch.dtype, device: str, trust_remote_code: bool = False
+) -> LogitsModel:
+    """Published weights of family ``name`` from a local directory or a hub id."""
+    spec = family(name)
+    if name == "llada":
+        if not Path(path).is_dir():
+            raise RevcurseError(
+                f"model.path {path!r}: LLaDA loads from a local directory holding config.json and "
+                "*.safetensors (e.g. `huggingface-cli download GSAI-ML/LLaDA-8B-Instruct`)"
+            )
+        return LogitsModel(load_llada(path, dtype, device), spec)
+    if spec.remote_code and not trust_remote_code:
+        raise RevcurseError(
+            f"family {name!r} needs the checkpoint's own code; pass --trust-remote-code if you "
+            f"trust {path!r}"
+        )
+    import transformers
+
+    _register_recording_attention()
+    auto = transformers.AutoModel if spec.remote_code else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=RECORDING
+    )
+    return LogitsModel(model.to(device), spec)
+
+
+def load_tokenizer(name: str, path: str, trust_remote_code: bool = False) -> Any:
+    """The published tokenizer behind revcurse's tokenizer interface (mask id from the spec)."""
+    from transformers import AutoTokenizer
+
+    from revcurse.data.text import HFTokenizer
+
+    spec = family(name)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    mask_id = spec.mask_id if not spec.causal else (tok.mask_token_id or tok.eos_token_id)
+    return HFTokenizer(tok, mask_id=mask_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA
+# --------------------------------------------------------------------------------------------------
+
+
+def add_lora(
+    model: LogitsModel, r: int, alpha: float, dropout: float, targets: str | None = None
+) -> int:
+    """Wrap the model's inner module with peft LoRA adapters; returns the number adapted.
+
+    Raises if the count differs from ``modules_per_layer * n_layers`` of the family (with the
+    family's own targets): a silently mis-targeted LoRA is the classic failure of this step.
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    spec = model.spec
+    n_layers = model.n_layers
+    cfg = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or spec.lora_targets,
+        bias="none",
+    )  # fmt: skip
+    model.inner = get_peft_model(model.inner, cfg)
+    adapted = sum(isinstance(m, LoraLayer) for m in model.inner.modules())
+    expected = spec.modules_per_layer * n_layers
+    if targets is None and adapted != expected:
+        raise RevcurseError(
+            f"LoRA adapted {adapted} modules of {spec.name}, expected {expected} "
+            f"({spec.modules_per_layer} per layer x {n_layers} layers)"
+        )
+    if adapted == 0:
+        raise RevcurseError(f"lora.target_modules {targets!r} matched no module of {spec.name}")
+    return adapted
+
+
+def lora_parameters(model: nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The trainable (adapter) parameters by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_adapter(model: LogitsModel, path: str | Path) -> None:
+    """The adapters in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    model.inner.save_pretrained(str(path), safe_serialization=True)
+
+
+def load_adapter(model: LogitsModel, path: str | Path) -> None:
+    """Attach saved adapters to a freshly built base model (weights from safetensors only)."""
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_model.safetensors").is_file():
+        raise RevcurseError(f"{path}: no adapter_model.safetensors (peft adapter directory)")
+    model.inner = PeftModel.from_pretrained(model.inner, str(path))
