@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from revcurse.config import (
+    FinetuneConfig,
     RunConfig,
     SweepConfig,
     ToyExperimentConfig,
@@ -291,6 +292,46 @@ def train(
 
 
 @app.command()
+def finetune(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Let transformers run the checkpoint's own Python code (needed for Dream). "
+            "Off unless you pass it.",
+        ),
+    ] = False,
+    force: ForceOpt = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """LoRA fine-tuning of a Hugging Face MDM/ARM (a FinetuneConfig); evaluates and probes before
+    and after. Multi-GPU: `accelerate launch --config_file configs/accelerate/ddp.yaml -m revcurse
+    finetune ...`."""
+
+    def run() -> None:
+        from revcurse.experiments.finetune import run_finetune
+
+        cfg = _load(FinetuneConfig, config, set_)
+        target = out or _default_out(f"finetune-{cfg.model.family}-{cfg.data.dataset}")
+        summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
+                               command=_command_line(), force=force, progress=progress)  # fmt: skip
+        if not summary:  # a non-main process of a distributed launch: the main one reports
+            return
+        for split, m in summary["after"].items():
+            b = summary["before"][split]
+            typer.echo(
+                f"{split} ({m['direction']}): exact {b['exact']:.3f} -> {m['exact']:.3f}   "
+                f"likelihood top-1 {b['likelihood_top1']:.3f} -> {m['likelihood_top1']:.3f}"
+            )
+        typer.echo(f"report: {target / 'report.md'}   adapter: {target / 'adapter'}")
+
+    _guard(run)
+
+
+@app.command()
 def evaluate(
     checkpoint: Annotated[
         Path, typer.Argument(help="A run directory or a .safetensors checkpoint.")
@@ -392,13 +433,18 @@ def data(
 @app.command("config")
 def show_config(
     kind: Annotated[
-        str, typer.Argument(help="toy (experiment), run (one model) or sweep.")
+        str, typer.Argument(help="toy (experiment), run (one model), sweep or finetune.")
     ] = "toy",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Print a resolved config as YAML (defaults, a file, and overrides applied)."""
-    kinds = {"toy": ToyExperimentConfig, "run": RunConfig, "sweep": SweepConfig}
+    kinds = {
+        "toy": ToyExperimentConfig,
+        "run": RunConfig,
+        "sweep": SweepConfig,
+        "finetune": FinetuneConfig,
+    }
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")
     cfg = _guard(lambda: _load(kinds[kind], config, set_))

@@ -90,9 +90,7 @@ def train_text(
     if not params:
         raise ValueError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, settings)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, settings))
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
     gen = torch.Generator().manual_seed(settings.seed + accelerator.process_index)

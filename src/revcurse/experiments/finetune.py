@@ -52,10 +52,11 @@ def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     if cfg.model.path:
-        tokenizer = hf.load_tokenizer(cfg.model.family, cfg.model.path, trust_remote_code)
+        # Weights first: their checks (remote code, local directory) fail before any download.
         model = hf.load_pretrained(
             cfg.model.family, cfg.model.path, dtype, device, trust_remote_code
         )
+        tokenizer = hf.load_tokenizer(cfg.model.family, cfg.model.path, trust_remote_code)
     else:
         tokenizer = WordTokenizer.fit(texts)
         m = cfg.model
@@ -85,10 +86,10 @@ def run_finetune(
             f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
             f"expected some of {sorted(dataset.tests)}"
         )
-    prepare_out_dir(out, force)
-    write_provenance(out, dump_yaml(cfg), command)
+    if out.is_dir() and any(out.iterdir()) and not force:  # fail before loading a large model
+        prepare_out_dir(out, force)
+    accelerator = make_accelerator(resolve_device(cfg.model.device))
     seed_everything(cfg.train.seed)
-
     train_pairs = dataset.train[: cfg.data.max_train or None]
     tests = {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
     texts = [p.prompt + p.completion for p in train_pairs]
@@ -98,6 +99,12 @@ def run_finetune(
     adapted = hf.add_lora(
         model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None
     )
+    # Only now, with data, model and adapters in hand, is anything written. Under `accelerate
+    # launch` every process trains; only the main one writes, evaluates and probes.
+    main = accelerator.is_main_process
+    if main:
+        prepare_out_dir(out, force)
+        write_provenance(out, dump_yaml(cfg), command)
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id
@@ -110,7 +117,7 @@ def run_finetune(
     probes_path = out / "probes.jsonl"
 
     def probe(step: int) -> dict[str, Any] | None:
-        if not cfg.probe.enabled or len(facts) < 3:
+        if not (main and cfg.probe.enabled and len(facts) >= 3):
             return None
         was_training = model.training
         model.eval()
@@ -127,6 +134,8 @@ def run_finetune(
         return record
 
     def evaluate(stage: str) -> dict[str, dict[str, float]]:
+        if not main:
+            return {}
         model.eval()
         gen = torch.Generator().manual_seed(cfg.train.seed)
         results = {}
@@ -141,7 +150,7 @@ def run_finetune(
     metrics_path = out / "metrics.jsonl"
 
     def on_step(step: int, loss: float, lr: float) -> None:
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
             files.append_jsonl(metrics_path, {"step": step, "loss": loss, "lr": lr})
         if cfg.probe.every and step % cfg.probe.every == 0 and step != cfg.train.steps:
             probe(step)
@@ -149,11 +158,14 @@ def run_finetune(
     data = encode_pairs(tokenizer, train_pairs)
     speed = train_text(
         model, data, causal=spec.causal, mask_id=mask_id, settings=cfg.train,
-        accelerator=make_accelerator(resolve_device(cfg.model.device)), on_step=on_step,
+        accelerator=accelerator, on_step=on_step,
         progress=progress,
     )  # fmt: skip
     last_probe = probe(cfg.train.steps)
     after = evaluate("after")
+    if not main:
+        accelerator.wait_for_everyone()
+        return {}
     hf.save_adapter(model, out / "adapter")
 
     summary = {
@@ -166,6 +178,7 @@ def run_finetune(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "n_train": len(train_pairs),
+        "vocab_size": len(tokenizer),
         "before": before,
         "after": after,
         "probes": {
@@ -179,6 +192,7 @@ def run_finetune(
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
     files.write_text(out / "report.md", render_report(summary, speed))
+    accelerator.wait_for_everyone()
     return summary
 
 

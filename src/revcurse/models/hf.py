@@ -283,7 +283,12 @@ def add_lora(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or spec.lora_targets,
         bias="none",
     )  # fmt: skip
-    model.inner = get_peft_model(model.inner, cfg)
+    try:
+        model.inner = get_peft_model(model.inner, cfg)
+    except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
+        raise RevcurseError(
+            f"lora.target_modules {targets!r} matched no module of {spec.name} ({err})"
+        ) from None
     adapted = sum(isinstance(m, LoraLayer) for m in model.inner.modules())
     expected = spec.modules_per_layer * n_layers
     if targets is None and adapted != expected:

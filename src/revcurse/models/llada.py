@@ -65,6 +65,17 @@ class LLaDAConfig:
     def from_json(cls, path: str | Path) -> LLaDAConfig:
         """Read the known fields of a published ``config.json`` (other keys are ignored)."""
         data = json.loads(Path(path).read_text())
+        # Variants this module does not implement must not load silently into the wrong maths.
+        unsupported = {
+            "block_type": data.get("block_type", "llama") != "llama",
+            "input_emb_norm": bool(data.get("input_emb_norm")),
+            "scale_logits": bool(data.get("scale_logits")),
+            "alibi": bool(data.get("alibi")),
+            "rope": data.get("rope", True) is not True,
+        }
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise ValueError(f"{path}: field {bad[0]!r} = {data.get(bad[0])!r} is not supported")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known and v is not None})
 

@@ -65,9 +65,11 @@ def encode_query(tokenizer: Any, pair: TextPair, entity: str) -> Encoded:
     if at < 0:  # not verbatim in the prompt: the whole prompt is the given information
         pre, ent, post = "", pair.prompt, ""
     else:
-        pre, ent, post = pair.prompt[:at], pair.prompt[at : at + len(entity)], pair.prompt[
-            at + len(entity) :
-        ]
+        pre, ent, post = (
+            pair.prompt[:at],
+            pair.prompt[at : at + len(entity)],
+            pair.prompt[at + len(entity) :],
+        )
     parts = [tokenizer.encode(s) if s else [] for s in (pre, ent, post)]
     answer = tokenizer.encode(pair.completion)
     ids = parts[0] + parts[1] + parts[2] + answer

@@ -1,0 +1,127 @@
+"""``revcurse finetune`` end to end on tiny random models (offline, CPU), and its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+pytest.importorskip("accelerate")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from revcurse.cli import app  # noqa: E402
+from revcurse.config import FinetuneConfig, apply_overrides, load_yaml  # noqa: E402
+from revcurse.experiments.finetune import run_finetune  # noqa: E402
+from revcurse.models import hf  # noqa: E402
+
+TINY = ["train.steps=12", "train.lr=3e-3", "data.max_eval=8", "data.max_train=64",
+        "probe.n_facts=6", "probe.every=6", "eval.gen_length=4", "eval.n_distractors=3",
+        "eval.n_mc=2", "train.log_every=4"]  # fmt: skip
+
+
+def revcurse(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("family", ["llada", "llama"])
+def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path):
+    cfg = apply_overrides(FinetuneConfig(), [f"model.family={family}", *TINY])
+    out = tmp_path / family
+    summary = run_finetune(cfg, out, progress=False)
+    for name in ["config.yaml", "command.txt", "env.json", "metrics.jsonl", "probes.jsonl",
+                 "summary.json", "report.md", "timings.json", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "generations/before/forward.jsonl",
+                 "generations/after/reverse.jsonl"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    assert summary["lora_modules"] == 4 * cfg.model.n_layers
+    assert summary["causal"] == (family == "llama")
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12]
+    probes = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probes] == [0, 6, 12]  # before, during, after
+    assert probes[0]["n_facts"] == 6
+    for split in ("forward", "reverse"):
+        assert summary["after"][split]["n"] == 8
+        lines = (out / "generations" / "after" / f"{split}.jsonl").read_text().splitlines()
+        assert len(lines) == 8
+    record = json.loads((out / "generations/after/forward.jsonl").read_text().splitlines()[0])
+    assert record["prompt"].startswith("Who is")
+    assert load_yaml(FinetuneConfig, out / "config.yaml") == cfg
+    # The saved adapter attaches to a fresh base model and carries trained (non-zero) B factors.
+    m = cfg.model
+    shape = hf.TinyShape(m.hidden_size, m.n_layers, m.n_heads, m.n_kv_heads, m.intermediate_size)
+    fresh = hf.build_tiny(family, summary["vocab_size"], shape, seed=cfg.train.seed)
+    hf.load_adapter(fresh, out / "adapter")
+    b = [p for n, p in fresh.named_parameters() if "lora_B" in n]
+    assert len(b) == summary["lora_modules"] and all(p.abs().sum() > 0 for p in b)
+
+
+def test_finetune_cli_and_its_refusals(tmp_path):
+    out = tmp_path / "run"
+    sets = [x for s in ["model.family=qwen2", *TINY] for x in ("--set", s)]
+    ok = revcurse("finetune", "--out", str(out), "--no-progress", *sets)
+    assert ok.returncode == 0, ok.stderr
+    assert "reverse (reverse): exact" in ok.stdout
+
+    again = revcurse("finetune", "--out", str(out), *sets)  # non-empty directory
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+    cases = [
+        (["--set", "model.family=gpt9"], "model.family"),
+        (["--set", "data.splits=[nope]"], "unknown split 'nope'"),
+        (["--set", "model.family=dream"], "remote code"),
+        (["--set", "model.family=dream", "--set", "model.path=Dream-org/Dream-v0-Instruct-7B"],
+         "--trust-remote-code"),
+        (["--set", "model.family=llada", "--set", "model.path=/no/such/dir"], "local directory"),
+        (["--set", "lora.target_modules=.*nothing"], "matched no module"),
+        (["--set", "data.dataset=trex"], "data.path"),
+        (["--set", "model.n_kv_heads=3"], "model.n_kv_heads"),
+    ]  # fmt: skip
+    runner = CliRunner()
+    for args, fragment in cases:  # in-process: each would otherwise pay a fresh interpreter
+        target = tmp_path / "bad"
+        result = runner.invoke(app, ["finetune", "--out", str(target), *args])
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+        assert not target.exists(), args  # nothing written
+
+
+def test_shipped_finetune_and_accelerate_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    recipes = sorted((root / "finetune").glob("*.yaml"))
+    assert len(recipes) >= 7
+    families = {load_yaml(FinetuneConfig, p).model.family for p in recipes}
+    assert families == set(hf.FAMILIES)
+    kinds = {load_config_from_file(str(p)).distributed_type.value
+             for p in (root / "accelerate").glob("*.yaml")}  # fmt: skip
+    assert {"MULTI_GPU", "FSDP", "DEEPSPEED", "NO"} <= kinds
+
+
+@pytest.mark.slow
+def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
+    """The accelerate code path with two CPU processes (gloo): the main one writes the run."""
+    out = tmp_path / "ddp"
+    sets = [x for s in ["model.family=llada", *TINY] for x in ("--set", s)]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "revcurse",
+         "finetune", "--out", str(out), "--no-progress", *sets],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("report:") == 1  # only the main process reports
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (
+        torch.cuda.is_available() or json.loads((out / "summary.json").read_text())["n_train"] == 64
+    )

@@ -1,0 +1,358 @@
+"""The Hugging Face path: native LLaDA, family specs, LoRA, SFT losses, probes, ``revcurse finetune``.
+
+Every model is a tiny random one built from a config, offline, on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.nn import functional as F
+
+from revcurse.data.schema import TextPair
+from revcurse.data.text import WordTokenizer, encode_pairs
+from revcurse.decoding import arm_generate, mdm_generate
+from revcurse.errors import RevcurseError
+from revcurse.models import hf
+from revcurse.models.llada import LLaDAConfig, LLaDAModelLM, load_llada, published_keys
+from revcurse.objectives import sft_masked_diffusion_loss, sft_next_token_loss
+from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+
+pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+FAMILIES = ["llada", "llama", "qwen2"]
+SHAPE = hf.TinyShape(hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=48)
+
+
+def tiny_llada_config(**kw) -> LLaDAConfig:
+    base = dict(d_model=32, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=48,
+                vocab_size=40, embedding_size=40)  # fmt: skip
+    return LLaDAConfig(**(base | kw))
+
+
+# --------------------------------------------------------------------------------------------------
+# Native LLaDA
+# --------------------------------------------------------------------------------------------------
+
+
+def test_llada_parameters_are_exactly_the_published_key_layout():
+    cfg = tiny_llada_config()
+    # Written out by hand from the published LLaDA-8B checkpoint's tensor names.
+    expected = {"model.transformer.wte.weight", "model.transformer.ln_f.weight",
+                "model.transformer.ff_out.weight"}  # fmt: skip
+    for n in range(2):
+        for name in ["attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm",
+                     "ff_proj", "up_proj", "ff_out"]:  # fmt: skip
+            expected.add(f"model.transformer.blocks.{n}.{name}.weight")
+    assert set(LLaDAModelLM(cfg).state_dict()) == expected
+    assert set(published_keys(cfg)) == expected
+
+
+def test_llada_loads_a_published_layout_checkpoint_strictly(tmp_path):
+    cfg = tiny_llada_config(n_kv_heads=2)
+    shapes = {k: v.shape for k, v in LLaDAModelLM(cfg).state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(shape, generator=gen) for k, shape in shapes.items()}
+    # Two shards, as the published checkpoint is split, plus its flat config.json.
+    keys = sorted(state)
+    save_file(
+        {k: state[k] for k in keys[: len(keys) // 2]}, tmp_path / "model-00001-of-00002.safetensors"
+    )
+    save_file(
+        {k: state[k] for k in keys[len(keys) // 2 :]}, tmp_path / "model-00002-of-00002.safetensors"
+    )
+    config = cfg.to_dict() | {"model_type": "llada", "architectures": ["LLaDAModelLM"],
+                              "block_type": "llama", "rope": True, "alibi": False}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = load_llada(tmp_path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    ids = torch.randint(0, 40, (2, 7), generator=gen)
+    assert torch.isfinite(model(ids)).all()
+
+    del state[keys[0]]  # a missing tensor must fail the strict load
+    (tmp_path / "model-00001-of-00002.safetensors").unlink()
+    save_file(
+        {k: state[k] for k in keys[1 : len(keys) // 2]},
+        tmp_path / "model-00001-of-00002.safetensors",
+    )
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_llada(tmp_path)
+
+
+def test_llada_refuses_config_variants_it_does_not_implement(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps(tiny_llada_config().to_dict() | {"alibi": True})
+    )
+    with pytest.raises(ValueError, match="alibi"):
+        LLaDAConfig.from_json(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+def test_llada_matches_a_bidirectional_transformers_llama(n_kv_heads):
+    """LLaDA's block is Llama's maths without the causal mask: map the weights onto
+    LlamaForCausalLM, give it an all-visible 4D mask, and every logit must agree."""
+    cfg = tiny_llada_config(n_kv_heads=n_kv_heads, rope_theta=10000.0, rms_norm_eps=1e-5)
+    llada = LLaDAModelLM(cfg)
+    llada.init_weights(std=0.2, generator=torch.Generator().manual_seed(1))
+    for m in llada.modules():  # non-trivial norm weights, so a skipped norm would show
+        if isinstance(m, torch.nn.RMSNorm):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    llama_cfg = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=n_kv_heads, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_word_embeddings=False, attn_implementation="eager",
+    )  # fmt: skip
+    llama = transformers.LlamaForCausalLM(llama_cfg).eval()
+    t = llada.model.transformer
+    mapping = {"model.embed_tokens.weight": t.wte.weight, "model.norm.weight": t.ln_f.weight,
+               "lm_head.weight": t.ff_out.weight}  # fmt: skip
+    for n, b in enumerate(t.blocks):
+        p = f"model.layers.{n}."
+        mapping |= {
+            p + "input_layernorm.weight": b.attn_norm.weight,
+            p + "self_attn.q_proj.weight": b.q_proj.weight,
+            p + "self_attn.k_proj.weight": b.k_proj.weight,
+            p + "self_attn.v_proj.weight": b.v_proj.weight,
+            p + "self_attn.o_proj.weight": b.attn_out.weight,
+            p + "post_attention_layernorm.weight": b.ff_norm.weight,
+            p + "mlp.gate_proj.weight": b.ff_proj.weight,
+            p + "mlp.up_proj.weight": b.up_proj.weight,
+            p + "mlp.down_proj.weight": b.ff_out.weight,
+        }
+    llama.load_state_dict({k: v.detach().clone() for k, v in mapping.items()}, strict=True)
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours = llada(ids)
+        ref = llama(ids, attention_mask=torch.zeros(2, 1, 9, 9)).logits
+        # padding: the last 3 keys of row 1 are hidden from every query
+        pad = torch.ones(2, 9, dtype=torch.bool)
+        pad[1, 6:] = False
+        ours_pad = llada(ids, attention_mask=pad)
+        bias = torch.zeros(2, 1, 9, 9).masked_fill(~pad[:, None, None, :], float("-inf"))
+        ref_pad = llama(ids, attention_mask=bias).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours_pad, ref_pad, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Families, LoRA, adapters
+# --------------------------------------------------------------------------------------------------
+
+
+def test_recorded_scores_are_the_eager_attention_logits():
+    """softmax(recorded scores + causal mask) must equal transformers' own eager probabilities."""
+    model = hf.build_tiny("llama", 30, SHAPE, seed=0).eval()
+    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), hf.recording_scores(model) as cache:
+        model(ids)
+    eager = hf.build_tiny("llama", 30, SHAPE, seed=0).eval()
+    eager.inner.set_attn_implementation("eager")
+    with torch.no_grad():
+        probs = eager.inner(ids, output_attentions=True).attentions
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    for n in range(SHAPE.n_layers):
+        ours = torch.softmax(cache[n].masked_fill(~causal, float("-inf")), dim=-1)
+        torch.testing.assert_close(ours, probs[n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_lora_step_trains_only_adapters_and_adapters_round_trip(name, tmp_path):
+    model = hf.build_tiny(name, 30, SHAPE, seed=0)
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert hf.add_lora(model, r=4, alpha=8, dropout=0.0) == 4 * SHAPE.n_layers
+    params = hf.lora_parameters(model)
+    assert params and all("lora_" in n for n in params)
+    opt = torch.optim.AdamW(params.values(), lr=1e-2)
+    ids = torch.randint(0, 30, (4, 8), generator=torch.Generator().manual_seed(1))
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[:, 5:] = True
+    real = torch.ones_like(answer)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):  # a few steps so both LoRA factors move off their zero/random init
+        if model.causal:
+            loss = sft_next_token_loss(model, ids, answer, real)
+        else:
+            loss = sft_masked_diffusion_loss(model, ids, answer, real, 29, 1e-3, gen)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    # The base weights are untouched; only LoRA tensors changed.
+    merged = {k.replace("base_model.model.", "").replace("base_layer.", ""): v
+              for k, v in model.state_dict().items() if "lora_" not in k}  # fmt: skip
+    for k, v in base_before.items():
+        assert torch.equal(merged[k], v), k
+    model.eval()
+    with torch.no_grad():
+        trained = model(ids)
+    hf.save_adapter(model, tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    fresh = hf.build_tiny(name, 30, SHAPE, seed=0)
+    with torch.no_grad():
+        assert not torch.allclose(fresh(ids), trained)
+    hf.load_adapter(fresh, tmp_path / "adapter")
+    fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids), trained)
+
+
+def test_lora_count_is_checked_and_bad_targets_refused():
+    model = hf.build_tiny("llama", 30, SHAPE)
+    with pytest.raises(RevcurseError, match="matched no module"):
+        hf.add_lora(model, 4, 8, 0.0, targets=r".*no_such_proj")
+    wrong = hf.FamilySpec("llama", True, hf.FAMILIES["llama"].lora_targets, modules_per_layer=3)
+    with pytest.raises(RevcurseError, match="adapted 8 modules of llama, expected 6"):
+        hf.add_lora(hf.LogitsModel(hf.build_tiny("llama", 30, SHAPE).inner, wrong), 4, 8, 0.0)
+
+
+def test_dream_needs_remote_code_explicitly():
+    with pytest.raises(RevcurseError, match="--trust-remote-code"):
+        hf.load_pretrained("dream", "Dream-org/Dream-v0-Instruct-7B", torch.float32, "cpu")
+    with pytest.raises(RevcurseError, match="remote code"):
+        hf.build_tiny("dream", 30, SHAPE)
+    with pytest.raises(RevcurseError, match="unknown model family"):
+        hf.family("gpt9")
+
+
+def test_dream_logits_are_realigned_by_one_position():
+    inner = hf.build_tiny("llama", 30, SHAPE).inner.eval()
+    model = hf.LogitsModel(inner, hf.FAMILIES["dream"])
+    ids = torch.randint(0, 30, (1, 5))
+    with torch.no_grad():
+        raw, shifted = inner(ids).logits, model(ids)
+    torch.testing.assert_close(shifted[:, 1:], raw[:, :-1])
+    torch.testing.assert_close(shifted[:, 0], raw[:, 0])
+
+
+# --------------------------------------------------------------------------------------------------
+# SFT losses against float64 loops
+# --------------------------------------------------------------------------------------------------
+
+
+class Recorder(torch.nn.Module):
+    """A fixed random-logits 'model' that records the inputs it was given."""
+
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.table = torch.nn.Parameter(
+            torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(3))
+        )
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, ids, attention_mask=None):
+        self.seen.append(ids.clone())
+        return self.table[ids]
+
+
+def test_mdm_sft_loss_never_masks_the_prompt_and_normalises_by_answer_length():
+    vocab, mask_id = 12, 11
+    ids = torch.tensor([[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 10, 4]])
+    answer = torch.tensor([[0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    real = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    model = Recorder(vocab)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    loss = sft_masked_diffusion_loss(model, ids, answer, real, mask_id, 1e-3, gen)
+    noisy = model.seen[-1]
+    assert ((noisy == mask_id) <= answer).all()  # only answer tokens are ever masked
+    # Recompute with the same draws in float64: sum CE / t over masked, / answer length, mean.
+    gen.set_state(state)
+    t = 1e-3 + (1 - 1e-3) * torch.rand(2, generator=gen)
+    logp = torch.log_softmax(model.table.double()[noisy], dim=-1)
+    expected = 0.0
+    for b in range(2):
+        total = sum(-logp[b, i, ids[b, i]] for i in range(6) if noisy[b, i] == mask_id)
+        expected += total / t[b].double() / answer[b].sum()
+    assert loss.item() == pytest.approx(float(expected) / 2, rel=1e-5)
+
+    for seed in range(20):  # over many draws the prompt stays visible
+        sft_masked_diffusion_loss(
+            model, ids, answer, real, mask_id, 1e-3, torch.Generator().manual_seed(seed)
+        )
+        assert ((model.seen[-1] == mask_id) <= answer).all()
+
+
+def test_arm_sft_loss_ignores_prompt_tokens():
+    model = Recorder(12)
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    answer = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    loss = sft_next_token_loss(model, ids, answer, torch.ones_like(answer))
+    logp = torch.log_softmax(model.table.double()[ids], dim=-1)
+    terms = [-logp[b, i - 1, ids[b, i]] for b in range(2) for i in range(1, 5) if answer[b, i]]
+    assert loss.item() == pytest.approx(float(sum(terms) / len(terms)), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoding and probes on HF models
+# --------------------------------------------------------------------------------------------------
+
+FACTS = [("Alice Smith", "Bob Smith"), ("Carol Jones", "Dan Jones"), ("Eve Brown", "Fay Brown"),
+         ("Gus White", "Hal White"), ("Ivy Black", "Jon Black")]  # fmt: skip
+
+
+def facts_and_tokenizer():
+    fwd = [TextPair(f"Who is {c}'s mother?", f" {p}") for c, p in FACTS]
+    rev = [TextPair(f"Name a child of {p}.", f" {c}") for c, p in FACTS]
+    tok = WordTokenizer.fit([x.prompt + x.completion for x in fwd + rev])
+    return fwd, rev, tok
+
+
+def test_probe_facts_locate_entities_by_token_span():
+    fwd, rev, tok = facts_and_tokenizer()
+    pairs = paired_queries(fwd, rev, limit=10)
+    assert [(f.completion, r.completion) for f, r in pairs] == [
+        (f" {p}", f" {c}") for c, p in FACTS
+    ]
+    (qf, qr), *_ = encode_facts(tok, pairs)
+    assert tok.decode(qf.ids[slice(*qf.entity)]) == "Alice Smith"
+    assert tok.decode(qf.ids[slice(*qf.answer)]) == "Bob Smith"
+    assert tok.decode(qr.ids[slice(*qr.entity)]) == "Bob Smith"
+    assert tok.decode(qr.ids[slice(*qr.answer)]) == "Alice Smith"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_decode_and_probe_tiny_hf_models(name):
+    fwd, rev, tok = facts_and_tokenizer()
+    model = hf.build_tiny(name, len(tok), SHAPE, seed=0)
+    hf.add_lora(model, 4, 8, 0.0)
+    model.eval()
+    prompts = [tok.encode(p.prompt) for p in fwd]
+    if model.causal:
+        out = arm_generate(model, prompts, 3, eos_id=tok.eos_id)
+        with torch.no_grad():  # greedy: the first token is the argmax after the prompt
+            first = model(torch.tensor([prompts[0]]))[0, -1].argmax()
+        assert out[0, 0] == first
+    else:
+        out = mdm_generate(model, prompts, 3, mask_id=tok.mask_id, pad_id=tok.pad_id)
+        assert (out != tok.mask_id).all()  # every masked position was filled
+    assert out.shape == (len(fwd), 3)
+
+    facts = encode_facts(tok, paired_queries(fwd, rev, 10))
+    att = attention_coupling(model, facts, causal=model.causal, mask_id=tok.mask_id)
+    assert set(att["r"]) == {"0", "1"} and len(att["r"]["0"]) == SHAPE.n_heads
+    # S_fwd recomputed by hand for fact 0, layer 0 from the recorded scores.
+    q = facts[0][0]
+    ids = torch.tensor([q.ids])
+    if not model.causal:
+        ids[0, q.answer[0] : q.answer[1]] = tok.mask_id
+    with torch.no_grad(), hf.recording_scores(model) as cache:
+        model(ids)
+    lo, hi = (q.answer[0] - 1, q.answer[1] - 1) if model.causal else q.answer
+    expected = cache[0][0, :, lo:hi, q.entity[0] : q.entity[1]].mean(dim=(-1, -2))
+    torch.testing.assert_close(torch.tensor(att["s_fwd"]["0"][0]), expected.float())
+
+    grads = gradient_alignment(model, facts, causal=model.causal, mask_id=tok.mask_id)
+    assert len(grads["cos_fwd_rev"]) == len(FACTS)
+    assert all(-1.0 <= c <= 1.0 for c in grads["cos_fwd_rev"])
+    assert not any(p.grad is not None for p in model.parameters())  # probes leave no gradients
+
+
+def test_training_batches_mask_prompt_and_answer():
+    fwd, _, tok = facts_and_tokenizer()
+    batch = encode_pairs(tok, fwd[:2])
+    assert tok.decode(batch.ids[0][batch.answer_mask[0]].tolist()[:-1]) == "Bob Smith"
+    assert not (batch.prompt_mask & batch.answer_mask).any()
