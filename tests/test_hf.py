@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch.nn import functional as F
 
 from revcurse.data.schema import TextPair
 from revcurse.data.text import WordTokenizer, encode_pairs
