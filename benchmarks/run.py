@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import lora_step  # noqa: E402
 import per_example  # noqa: E402
 import probe_overhead  # noqa: E402
 import sweep_overhead  # noqa: E402
@@ -39,6 +40,8 @@ def main() -> None:
         train_step.run(repeats=repeats + 2),
         "",
         per_example.run(repeats=repeats + 2),
+        "",
+        lora_step.run(repeats=repeats + 2),
         "",
         probe_overhead.run(repeats=repeats),
         "",

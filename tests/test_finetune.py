@@ -125,3 +125,16 @@ def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
     assert (
         torch.cuda.is_available() or json.loads((out / "summary.json").read_text())["n_train"] == 64
     )
+
+
+def test_gpu_smoke_script_checks_pass_on_cpu():
+    """The script a lent GPU machine runs; here its checks on CPU in float32 (2 steps)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("gpu_smoke", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.smoke("llada", "cpu", torch.float32, steps=2, batch_size=4)
+    assert result["ok"] and result["tokens_per_second"] > 0
