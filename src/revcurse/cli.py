@@ -21,6 +21,7 @@ import typer
 
 from revcurse.config import (
     FinetuneConfig,
+    PersonDescriptionConfig,
     RunConfig,
     SweepConfig,
     ToyExperimentConfig,
@@ -38,7 +39,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-EXPERIMENTS = ("toy", "pe-ablation", "depth", "objective", "distance", "scale")
+EXPERIMENTS = (
+    "toy", "pe-ablation", "depth", "objective", "distance", "scale", "person-description"
+)  # fmt: skip
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -105,6 +108,9 @@ def reproduce(
         close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
+    if name == "person-description":
+        _person_description(config, set_, quick, out, seeds, workers, force, progress)
+        return
     if name != "toy":
         _sweep(name, config, set_, quick, out, seeds, workers, backend, force, progress)
         return
@@ -137,6 +143,44 @@ def reproduce(
         typer.echo(f"chance (reverse): {summary['chance']['reverse']:.3f}")
         typer.echo(f"report: {target / 'report.html'}   ({elapsed:.1f} s)")
         return summary
+
+    _guard(run)
+
+
+def _person_description(
+    config: Path | None,
+    set_: list[str] | None,
+    quick: bool,
+    out: Path | None,
+    seeds: int | None,
+    workers: int | None,
+    force: bool,
+    progress: bool,
+) -> None:
+    def run() -> None:
+        from revcurse.experiments import person_description as pd
+
+        cfg = load_yaml(PersonDescriptionConfig, config) if config else PersonDescriptionConfig()
+        if quick:
+            cfg = pd.quick(cfg)
+        extra = list(set_ or [])
+        if seeds is not None:
+            extra.append(f"seeds={list(range(seeds))}")
+        if workers is not None:
+            extra.append(f"workers={workers}")
+        cfg = apply_overrides(cfg, extra)
+        target = out or _default_out("person-description")
+        start = time.perf_counter()
+        summary = pd.run_person_description(cfg, target, command=_command_line(),
+                                            progress=progress, force=force)  # fmt: skip
+        metric = summary["headline_metric"]
+        for family, agg in summary["aggregate"].items():
+            cells = "  ".join(
+                f"{split} {agg[f'{split}.{metric}']['mean']:.3f}"
+                for split in ("p2d_same_train", "p2d_reverse_train", "p2d_same", "p2d_reverse")
+            )
+            typer.echo(f"{family.upper()} ({metric}, n={agg['n']}): {cells}")
+        typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
 
     _guard(run)
 
@@ -433,7 +477,7 @@ def data(
 @app.command("config")
 def show_config(
     kind: Annotated[
-        str, typer.Argument(help="toy (experiment), run (one model), sweep or finetune.")
+        str, typer.Argument(help="toy, run, sweep, finetune or person-description.")
     ] = "toy",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -444,6 +488,7 @@ def show_config(
         "run": RunConfig,
         "sweep": SweepConfig,
         "finetune": FinetuneConfig,
+        "person-description": PersonDescriptionConfig,
     }
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")

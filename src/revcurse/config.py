@@ -568,6 +568,66 @@ class FinetuneConfig:
     probe: TextProbeConfig = field(default_factory=TextProbeConfig)
 
 
+@dataclass
+class TextRunConfig:
+    """One from-scratch model on Person–Description (a run of ``reproduce person-description``)."""
+
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=80)
+    )
+    """Architecture; model.causal picks MDM (false) or ARM (true)."""
+    train: TextTrainConfig = field(
+        default_factory=lambda: TextTrainConfig(
+            steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, schedule="cosine", log_every=50
+        )
+    )
+    eval: DecodeConfig = field(
+        default_factory=lambda: DecodeConfig(gen_length=24, n_distractors=9, n_mc=4)
+    )
+    probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=30))
+    n_people: int = 30
+    """People per group (p2d, d2p, both) whose statements are trained on (30: the whole file)."""
+    max_eval: int = 60
+    """Queries evaluated per split (spread over the people; 0: all)."""
+    threads: int = 1
+    """torch intra-op threads of the run."""
+
+    def validate(self, where: str) -> None:
+        _check(1 <= self.n_people <= 30, where, "n_people", "an integer in 1..30", self.n_people)
+        _check(self.max_eval >= 0, where, "max_eval", "an integer >= 0", self.max_eval)
+        _check(self.threads >= 1, where, "threads", "an integer >= 1", self.threads)
+
+    @property
+    def family(self) -> str:
+        return "arm" if self.model.causal else "mdm"
+
+
+@dataclass
+class PersonDescriptionConfig:
+    """``revcurse reproduce person-description``: from-scratch MDMs and ARMs on the
+    Person–Description training file, several seeds, evaluated in training and held-out templates."""
+
+    run: TextRunConfig = field(default_factory=TextRunConfig)
+    """Shared settings; run.model.causal and run.train.seed are set per model."""
+    families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    workers: int = 2
+    """Parallel worker processes (one model each)."""
+
+    def validate(self, where: str) -> None:
+        _check(len(self.families) >= 1, where, "families", "a non-empty list", self.families)
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), where, "seeds",
+               "a non-empty list of distinct seeds", self.seeds)  # fmt: skip
+        _check(self.workers >= 1, where, "workers", "an integer >= 1", self.workers)
+
+    def run_config(self, family: Family, seed: int) -> TextRunConfig:
+        return dataclasses.replace(
+            self.run,
+            model=dataclasses.replace(self.run.model, causal=(family == "arm")),
+            train=dataclasses.replace(self.run.train, seed=seed),
+        )
+
+
 def toy_sequence_length(data: ToyDataConfig) -> int:
     """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
     return int(data.bos) + 3 + data.n_filler + int(data.eos)

@@ -54,10 +54,13 @@ def evaluate_split(
     causal: bool,
     settings: DecodeConfig,
     generator: torch.Generator,
+    bos: bool = False,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Aggregate metrics and one record per query."""
+    """Aggregate metrics and one record per query (``bos``: prompts start with BOS, as the
+    statements of from-scratch models do)."""
     eos = tokenizer.eos_id
-    prompts = [tokenizer.encode(p.prompt) for p in pairs]
+    start = [tokenizer.bos_id] if bos else []
+    prompts = [start + tokenizer.encode(p.prompt) for p in pairs]
     if causal:
         out = arm_generate(model, prompts, settings.gen_length, eos_id=eos)
     else:

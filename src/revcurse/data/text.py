@@ -107,11 +107,16 @@ class TextBatch:
     attention_mask: torch.Tensor  # [B, L] True on real tokens
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[TextPair], eos: bool = True) -> TextBatch:
-    """Tokenize prompt and completion separately (so the boundary is exact) and mark each part."""
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[TextPair], eos: bool = True, bos: bool = False
+) -> TextBatch:
+    """Tokenize prompt and completion separately (so the boundary is exact) and mark each part.
+
+    ``bos`` starts every prompt with BOS; a statement to pre-train on whole is then
+    ``TextPair("", statement)``: BOS is its prompt, every other token its answer."""
     rows, n_prompt = [], []
     for pair in pairs:
-        prompt = tokenizer.encode(pair.prompt)
+        prompt = ([tokenizer.bos_id] if bos else []) + tokenizer.encode(pair.prompt)
         answer = tokenizer.encode(pair.completion) + ([tokenizer.eos_id] if eos else [])
         if not answer:
             raise ValueError(f"{pair.source or pair.prompt!r}: empty answer after tokenization")

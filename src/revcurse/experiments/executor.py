@@ -42,7 +42,7 @@ class Job:
 
     run_id: str
     labels: dict[str, Any]
-    config: RunConfig
+    config: Any  # a RunConfig, or the config the executing worker function takes
     run_dir: Path
 
 
@@ -54,7 +54,7 @@ class Outcome:
 
 
 def make_jobs(
-    runs: list[tuple[dict[str, Any], RunConfig]], run_dir: Callable[[str, dict[str, Any]], Path]
+    runs: list[tuple[dict[str, Any], Any]], run_dir: Callable[[str, dict[str, Any]], Path]
 ) -> list[Job]:
     """Jobs from ``(labels, config)`` pairs; ``run_dir(run_id, labels)`` places each run."""
     jobs = []
@@ -77,9 +77,17 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
-    """Train (or resume, or just read back) one run; never raises for a failing run."""
+    """Train (or resume, or just read back) one toy run; never raises for a failing run."""
     from revcurse.training import train  # imported in the worker, not at spawn
 
+    return guarded(
+        lambda path: train(cfg, path, command=command, resume=True, progress=progress), run_dir
+    )
+
+
+def guarded(run: Callable[[Path], dict[str, Any]], run_dir: str) -> Outcome:
+    """``run(path)`` under the run's lock, unless its summary exists; a failure is recorded in
+    ``error.json`` and returned, never raised, so the other runs go on."""
     path = Path(run_dir)
     try:
         with run_lock(path):
@@ -87,7 +95,7 @@ def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = Fal
             if done.is_file():
                 return Outcome("done", files.read_json(done), None)
             (path / "error.json").unlink(missing_ok=True)
-            summary = train(cfg, path, command=command, resume=True, progress=progress)
+            summary = run(path)
         return Outcome("done", summary, None)
     except Exception as err:  # a failing run is recorded, the others go on
         message = " ".join(f"{type(err).__name__}: {err}".split())
@@ -146,7 +154,7 @@ def _run_local(
             on_done(job, outcome)
 
 
-def _run_ray(jobs: list[Job], workers: int, command: str, on_done) -> None:
+def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execute_one) -> None:
     try:
         import ray
     except ImportError:
@@ -159,7 +167,7 @@ def _run_ray(jobs: list[Job], workers: int, command: str, on_done) -> None:
         if address is None:  # a local instance sized like the local backend
             kwargs["num_cpus"] = workers
         ray.init(address=address, **kwargs)
-    remote = ray.remote(num_cpus=1)(execute_one)
+    remote = ray.remote(num_cpus=1)(worker)
     pending = {remote.remote(job.config, str(job.run_dir), command): job for job in jobs}
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -176,8 +184,12 @@ def execute(
     backend: str = "local",
     command: str = "(library call)",
     progress: bool = True,
+    worker: Callable[..., Outcome] = execute_one,
 ) -> dict[str, Outcome]:
-    """Run every job not finished yet; returns the outcome of every job (finished ones included)."""
+    """Run every job not finished yet; returns the outcome of every job (finished ones included).
+
+    ``worker(config, run_dir, command)`` executes one job (a module-level function, so spawned
+    processes and Ray can import it); the default trains a toy :class:`RunConfig`."""
     store.register(experiment, [(j.run_id, j.labels, to_dict(j.config)) for j in jobs])
     outcomes: dict[str, Outcome] = {}
     todo = []
@@ -203,9 +215,9 @@ def execute(
         store.set_status(job.run_id, "running")
     workers = max(1, min(workers, len(todo) or 1))
     if backend == "ray":
-        _run_ray(todo, workers, command, on_done)
+        _run_ray(todo, workers, command, on_done, worker)
     else:
-        _run_local(todo, workers, command, on_done, progress and workers == 1)
+        _run_local(todo, workers, command, on_done, progress and workers == 1, worker)
     bar.close()
     return outcomes
 

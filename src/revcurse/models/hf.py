@@ -109,17 +109,20 @@ def _register_recording_attention() -> None:
 
 
 @contextlib.contextmanager
-def recording_scores(model: LogitsModel) -> Iterator[dict[int, torch.Tensor]]:
-    """Pre-softmax attention scores per layer ``{layer: [B, H, Lq, Lk]}`` of forwards run inside."""
+def recording_scores(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
+    """Pre-softmax attention scores per layer ``{layer: [B, H, Lq, Lk]}`` of forwards run inside.
+
+    Models with ``hook_scores`` hook points (native LLaDA, revcurse's own Transformer) are read
+    through them; transformers models through the recording attention function.
+    """
     global _recorder
-    if isinstance(model.base, LLaDAModelLM):
-        handles, cache = [], {}
-        for n, block in enumerate(model.base.model.transformer.blocks):
-            handles.append(
-                block.hook_scores.register_forward_hook(
-                    lambda _m, _i, out, n=n: cache.__setitem__(n, out)
-                )
-            )
+    points = [m for name, m in model.named_modules() if name.endswith("hook_scores")]
+    if points:
+        cache: dict[int, torch.Tensor] = {}
+        handles = [
+            point.register_forward_hook(lambda _m, _i, out, n=n: cache.__setitem__(n, out))
+            for n, point in enumerate(points)
+        ]
         try:
             yield cache
         finally:

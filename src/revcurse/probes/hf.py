@@ -57,10 +57,10 @@ def paired_queries(
     return pairs
 
 
-def encode_query(tokenizer: Any, pair: TextPair, entity: str) -> Encoded:
+def encode_query(tokenizer: Any, pair: TextPair, entity: str, bos: bool = False) -> Encoded:
     """``prompt + answer`` with the entity's token span (segments are tokenized separately so the
-    span is exact)."""
-    entity = entity.strip()
+    span is exact); ``bos`` prepends BOS. A final period of the entity is not part of it."""
+    entity = entity.strip().removesuffix(".")
     at = pair.prompt.find(entity) if entity else -1
     if at < 0:  # not verbatim in the prompt: the whole prompt is the given information
         pre, ent, post = "", pair.prompt, ""
@@ -71,6 +71,8 @@ def encode_query(tokenizer: Any, pair: TextPair, entity: str) -> Encoded:
             pair.prompt[at + len(entity) :],
         )
     parts = [tokenizer.encode(s) if s else [] for s in (pre, ent, post)]
+    if bos:
+        parts[0] = [tokenizer.bos_id, *parts[0]]
     answer = tokenizer.encode(pair.completion)
     ids = parts[0] + parts[1] + parts[2] + answer
     n_prompt = len(ids) - len(answer)
@@ -80,11 +82,14 @@ def encode_query(tokenizer: Any, pair: TextPair, entity: str) -> Encoded:
 
 
 def encode_facts(
-    tokenizer: Any, facts: Sequence[tuple[TextPair, TextPair]]
+    tokenizer: Any, facts: Sequence[tuple[TextPair, TextPair]], bos: bool = False
 ) -> list[tuple[Encoded, Encoded]]:
     """Both queries of each fact, each with the other's answer as its given entity."""
     return [
-        (encode_query(tokenizer, f, r.completion), encode_query(tokenizer, r, f.completion))
+        (
+            encode_query(tokenizer, f, r.completion, bos),
+            encode_query(tokenizer, r, f.completion, bos),
+        )
         for f, r in facts
     ]
 
@@ -111,7 +116,7 @@ def attention_coupling(
     layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Per layer and head, ``S_fwd``/``S_rev`` per fact and their correlation over facts."""
-    from revcurse.models.hf import recording_scores
+    from revcurse.models.hf import recording_scores  # transformers only when an HF model runs
 
     device = next(model.parameters()).device
     s = {"fwd": [], "rev": []}  # each: per fact, [n_layers, H]

@@ -1,0 +1,246 @@
+"""``revcurse reproduce person-description``: from-scratch MDMs vs ARMs on Person–Description.
+
+Berglund et al.'s Experiment 1 data, trained from scratch instead of fine-tuned (arXiv 2602.02133
+runs its natural-language comparison the same way at small scale): a multi-layer bidirectional
+Transformer with the masked-diffusion loss (MDM) and the same Transformer, causal, with the
+next-token loss (ARM), pre-trained on the whole statements of ``all_prompts_train.jsonl`` (each
+``[BOS] statement [EOS]``, word vocabulary), several seeds each. Every model is evaluated on
+
+* the **training templates** (``*_train`` splits, :func:`training_template_splits`): the same
+  direction (memorisation) and the reverse direction written in templates the model has read;
+* the **held-out templates** of the released test files (10 templates never trained on),
+  reported separately: a word-level model trained from scratch has never seen their wording;
+
+with prefix / substring / exact match of the MDM sampler's or the ARM's greedy generations and the
+likelihood rank of the right answer among 9 other people's (decoding-free). The attention and
+gradient probes of :mod:`revcurse.probes.hf` run on (p2d same, p2d reverse) training-template pairs,
+whose entities are multi-token names and descriptions, before and after training.
+
+Models are trained in parallel worker processes by the sweep executor; each run writes its own
+directory (config, metrics, probes, generations, safetensors weights, summary).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revcurse import files
+from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml
+from revcurse.data.person_description import (
+    TESTS,
+    TRAIN_TEMPLATE_SPLITS,
+    load_person_description,
+    people,
+    training_statements,
+    training_template_splits,
+)
+from revcurse.data.schema import TextPair
+from revcurse.data.text import WordTokenizer, encode_pairs
+from revcurse.errors import RevcurseError
+from revcurse.experiments.executor import Outcome, execute, guarded, make_jobs
+from revcurse.experiments.stats import aggregate
+from revcurse.experiments.toy import prepare_out_dir
+from revcurse.models.transformer import TransformerLM
+from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+from revcurse.repro import seed_everything, write_provenance
+from revcurse.store import Store
+from revcurse.text_evaluation import evaluate_split, save_generations
+from revcurse.text_training import make_accelerator, train_text
+
+HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
+SPLITS: dict[str, str] = dict(TRAIN_TEMPLATE_SPLITS) | {s: TESTS[s][1] for s in HELD_OUT}
+"""Every evaluated split and its direction (forward = the trained one)."""
+HEADLINE = "prefix"
+"""Berglund's metric: the generation starts with the answer (names are followed by template text)."""
+
+
+def _spread(pairs: list[TextPair], n: int) -> list[TextPair]:
+    """``n`` queries evenly spaced over the split (so every person and many templates appear)."""
+    if n == 0 or len(pairs) <= n:
+        return list(pairs)
+    return [pairs[(i * len(pairs)) // n] for i in range(n)]
+
+
+def build_data(cfg: TextRunConfig) -> tuple[list[str], dict[str, list[TextPair]]]:
+    """Training statements of the first ``n_people`` of each group, and the evaluation splits
+    (about those people only), each cut to ``max_eval`` evenly spread queries."""
+    dataset = load_person_description()
+    statements = [p.prompt + p.completion for p in training_statements(n_people=cfg.n_people)]
+    kept = {p.name for g in people().values() for p in g[: cfg.n_people]}
+    splits = training_template_splits(n_people=cfg.n_people)
+    for name in HELD_OUT:
+        splits[name] = [p for p in dataset.tests[name] if any(n in p.prompt + p.completion
+                                                               for n in kept)]  # fmt: skip
+    return statements, {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
+
+
+def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") -> dict[str, Any]:
+    """Train, evaluate and probe one from-scratch model; writes its run directory."""
+    torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    files.remove_temporaries(out)
+    write_provenance(out, dump_yaml(cfg), command)
+    statements, splits = build_data(cfg)
+    # The vocabulary covers the held-out templates' words too (untrained embeddings), so their
+    # prompts are read as words rather than as <unk>.
+    tokenizer = WordTokenizer.fit(
+        statements + [p.prompt + a for v in splits.values() for p in v for a in p.answers]
+    )
+    causal = cfg.model.causal
+    seed_everything(cfg.train.seed)
+    model = TransformerLM(cfg.model, len(tokenizer))
+    data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
+    longest = int(data.attention_mask.sum(dim=1).max())
+    if longest > cfg.model.max_seq_len:
+        raise RevcurseError(
+            f"model.max_seq_len: expected >= {longest} (the longest statement), "
+            f"got {cfg.model.max_seq_len}"
+        )
+    facts = encode_facts(
+        tokenizer,
+        paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),
+        bos=True,
+    )
+
+    def probe(step: int) -> dict[str, Any]:
+        model.eval()
+        record = {
+            "step": step,
+            "n_facts": len(facts),
+            "attention": attention_coupling(model, facts, causal=causal, mask_id=tokenizer.mask_id),
+            "gradients": gradient_alignment(model, facts, causal=causal, mask_id=tokenizer.mask_id),
+        }
+        files.append_jsonl(out / "probes.jsonl", record)
+        model.train()
+        return record
+
+    (out / "probes.jsonl").unlink(missing_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    probes = {"before": probe(0) if cfg.probe.enabled else None}
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            files.append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss, "lr": lr})
+        every = cfg.probe.every if cfg.probe.enabled else 0
+        if every and step % every == 0 and step != cfg.train.steps:
+            probe(step)
+
+    speed = train_text(model, data, causal=causal, mask_id=tokenizer.mask_id, settings=cfg.train,
+                       accelerator=make_accelerator("cpu"), on_step=on_step)  # fmt: skip
+    probes["after"] = probe(cfg.train.steps) if cfg.probe.enabled else None
+    model.eval()
+    start = time.perf_counter()
+    results = {}
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    for name, pairs in splits.items():
+        metrics, records = evaluate_split(model, tokenizer, pairs, causal, cfg.eval, gen, bos=True)
+        save_generations(out / "generations" / f"{name}.jsonl", records)
+        results[name] = metrics
+    files.save_tensors(
+        out / "model.safetensors",
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        {"vocab": json.dumps(tokenizer.vocab.tokens), "config": json.dumps(cfg.model.__dict__)},
+    )
+    summary = {
+        "family": cfg.family,
+        "seed": cfg.train.seed,
+        "n_statements": len(statements),
+        "vocab_size": len(tokenizer),
+        "parameters": model.num_parameters(),
+        "final_loss": _last_loss(out / "metrics.jsonl"),
+        "splits": results,
+        "probes": {
+            stage: None if rec is None else {
+                "attention_r_mean": rec["attention"]["r_mean"],
+                "cos_fwd_rev_mean": rec["gradients"]["cos_fwd_rev_mean"],
+            }
+            for stage, rec in probes.items()
+        },
+        "train_seconds": speed["train_seconds"],
+        "eval_seconds": time.perf_counter() - start,
+    }  # fmt: skip
+    files.write_json(out / "summary.json", summary)
+    return summary
+
+
+def _last_loss(path: Path) -> float:
+    return files.read_jsonl(path)[-1]["loss"]
+
+
+def execute_run(cfg: TextRunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
+    """The executor's worker: one run, its failure recorded rather than raised."""
+    return guarded(lambda path: train_run(cfg, path, command), run_dir)
+
+
+def quick(cfg: PersonDescriptionConfig) -> PersonDescriptionConfig:
+    """``--quick``: 10 people per group, 1500 steps, 30 queries per split."""
+    import dataclasses
+
+    run = dataclasses.replace(
+        cfg.run, n_people=10, max_eval=30,
+        train=dataclasses.replace(cfg.run.train, steps=1500),
+    )  # fmt: skip
+    return dataclasses.replace(cfg, run=run)
+
+
+def run_person_description(
+    cfg: PersonDescriptionConfig,
+    out: str | Path,
+    *,
+    command: str = "(library call)",
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Train every (family, seed) model, then aggregate and write the report."""
+    from revcurse.report.person_description import write_report
+
+    out = Path(out)
+    prepare_out_dir(out, force)
+    write_provenance(out, dump_yaml(cfg), command)
+    runs = [
+        ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
+    ]
+    jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
+    start = time.perf_counter()
+    outcomes = execute(jobs, Store(out / "index.sqlite"), "person-description",
+                       workers=cfg.workers, command=command, progress=progress,
+                       worker=execute_run)  # fmt: skip
+    failed = [(j, outcomes[j.run_id]) for j in jobs if outcomes[j.run_id].status != "done"]
+    if failed:
+        job, outcome = failed[0]
+        raise RevcurseError(f"{job.run_dir}: training failed: {outcome.error}")
+    rows = []
+    for job in jobs:
+        s = outcomes[job.run_id].summary
+        row = {"family": s["family"], "seed": s["seed"], "final_loss": s["final_loss"]}
+        for split, m in s["splits"].items():
+            for metric in ("prefix", "substring", "exact", "likelihood_top1"):
+                row[f"{split}.{metric}"] = m[metric]
+        for stage in ("before", "after"):
+            p = s["probes"][stage]
+            if p is not None:
+                row[f"probe.{stage}.cos_fwd_rev"] = p["cos_fwd_rev_mean"]
+                for layer, r in p["attention_r_mean"].items():
+                    row[f"probe.{stage}.attention_r.layer{layer}"] = r
+        rows.append(row)
+    metrics = [k for k in rows[0] if k not in ("family", "seed")]
+    summary = {
+        "experiment": "person-description",
+        "n_statements": outcomes[jobs[0].run_id].summary["n_statements"],
+        "splits": SPLITS,
+        "headline_metric": HEADLINE,
+        "chance_top1": outcomes[jobs[0].run_id].summary["splits"]["p2d_reverse"]["chance_top1"],
+        "rows": rows,
+        "aggregate": {
+            f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families
+        },
+    }
+    files.write_json(out / "summary.json", summary)
+    files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
+    write_report(out, cfg, summary)
+    return summary

@@ -1,0 +1,99 @@
+"""Report of ``reproduce person-description``: accuracy per split (training vs held-out templates),
+MDM vs ARM over seeds with intervals, a bar chart, and the probe signatures on multi-token facts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from revcurse import files
+from revcurse.config import PersonDescriptionConfig
+from revcurse.report.figures import FAMILY_COLORS, plt, save
+from revcurse.report.render import Block, Check, Figure, Heading, Para, Table, to_html, to_markdown
+
+TITLE = "Person–Description from scratch: masked diffusion vs autoregressive"
+GROUPS = (
+    ("training templates", ("p2d_same_train", "p2d_reverse_train", "d2p_same_train",
+                            "d2p_reverse_train")),
+    ("held-out templates", ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")),
+)  # fmt: skip
+
+
+def _cell(agg: dict[str, Any], key: str) -> str:
+    m = agg.get(key)
+    if m is None:
+        return "–"
+    lo, hi = m["ci95"]
+    return f"{m['mean']:.3f} ± {m['std']:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def figure(out: Path, summary: dict[str, Any], metric: str) -> Path:
+    splits = [s for _, group in GROUPS for s in group]
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    families = list(summary["aggregate"])
+    width = 0.8 / len(families)
+    x = np.arange(len(splits))
+    for i, family in enumerate(families):
+        agg = summary["aggregate"][family]
+        means = [agg[f"{s}.{metric}"]["mean"] for s in splits]
+        stds = [agg[f"{s}.{metric}"]["std"] for s in splits]
+        ax.bar(x + (i - (len(families) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
+               label=family.upper(), color=FAMILY_COLORS.get(family))  # fmt: skip
+    ax.set_xticks(x, [s.replace("_", "\n", 1) for s in splits], fontsize=8)
+    ax.axvline(3.5, color="#999", lw=0.8, ls="--")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"{metric} accuracy")
+    ax.set_title("left: training templates   |   right: held-out templates (mean ± sd over seeds)")
+    ax.legend()
+    return save(fig, out / "figures" / f"accuracy_{metric}.png")
+
+
+def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any]) -> None:
+    agg = summary["aggregate"]
+    metric = summary["headline_metric"]
+    run = cfg.run
+    blocks: list[Block] = [
+        Para(
+            f"{len(cfg.seeds)} seeds per family; {summary['n_statements']} training statements "
+            f"({run.n_people} people per group); {run.model.n_layers} layers, d_model "
+            f"{run.model.d_model}, {run.model.n_heads} heads, {run.model.positional}; "
+            f"{run.train.steps} steps of batch {run.train.batch_size}. Cells: mean ± sd "
+            "[95% bootstrap interval of the mean]. Likelihood top-1 ranks the right answer among "
+            f"{round(1 / summary['chance_top1'])} candidates (chance {summary['chance_top1']:.2f})."
+        ),
+    ]
+    if "mdm" in agg and "arm" in agg:
+        mdm = agg["mdm"][f"p2d_reverse_train.{metric}"]["mean"]
+        arm = agg["arm"][f"p2d_reverse_train.{metric}"]["mean"]
+        blocks.append(Check("MDM > ARM on reverse queries in training templates (p2d, "
+                            f"{metric})", f"MDM {mdm:.3f} vs ARM {arm:.3f}", mdm > arm))  # fmt: skip
+    for title, splits in GROUPS:
+        blocks.append(Heading(f"Accuracy, {title}"))
+        header = ["split", "direction"] + [
+            f"{f.upper()} {m}" for f in agg for m in (metric, "likelihood_top1")
+        ]
+        rows = [
+            [s, summary["splits"][s]]
+            + [_cell(agg[f], f"{s}.{m}") for f in agg for m in (metric, "likelihood_top1")]
+            for s in splits
+        ]
+        blocks.append(Table(header, rows))
+    blocks.append(Figure(figure(out, summary, metric), f"{metric} accuracy per split"))
+    blocks.append(Heading("Mechanism probes on multi-token facts (p2d name <-> description)"))
+    probe_keys = sorted({k for r in summary["rows"] for k in r if k.startswith("probe.")})
+    blocks.append(
+        Table(
+            ["probe"] + [f.upper() for f in agg],
+            [[k] + [_cell(agg[f], k) for f in agg] for k in probe_keys],
+        )  # fmt: skip
+    )
+    blocks.append(Para(
+        "Attention r: Pearson correlation over facts of S_fwd (answer positions of the p2d query "
+        "to the name) and S_rev (answer positions of the reverse query to the description), "
+        "averaged over heads. cos_fwd_rev: cosine of the forward- and reverse-query loss "
+        "gradients over all parameters, averaged over facts."
+    ))  # fmt: skip
+    files.write_text(out / "report.html", to_html(TITLE, blocks))
+    files.write_text(out / "report.md", to_markdown(TITLE, blocks, out))

@@ -1,0 +1,90 @@
+"""Person–Description from scratch: training subsets, training-template queries, the experiment."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from revcurse.config import PersonDescriptionConfig, apply_overrides
+from revcurse.data.person_description import (
+    default_root,
+    load_pairs,
+    people,
+    training_statements,
+    training_template_splits,
+)
+
+
+def test_all_training_statements_are_the_shipped_all_prompts_file():
+    ours = sorted(p.prompt + p.completion for p in training_statements(n_people=30))
+    shipped = sorted(
+        p.prompt + p.completion for p in load_pairs(default_root() / "all_prompts_train.jsonl")
+    )
+    assert ours == shipped
+
+
+def test_a_subset_keeps_whole_people():
+    groups = people()
+    names = [p.name for g in groups.values() for p in g]
+    subset = training_statements(n_people=3)
+    assert len(subset) == 3 * 30 * 4  # p2d, d2p, and both in two directions
+    kept = {p.name for g in groups.values() for p in g[:3]}
+    for pair in subset[: 2 * 90]:  # the p2d and d2p blocks
+        mentioned = {n for n in names if n in pair.prompt + pair.completion}
+        assert mentioned and mentioned <= kept
+
+
+def test_training_template_queries_use_trained_wording_but_reverse_order():
+    root = default_root()
+    p2d_prompts = {p.prompt for p in load_pairs(root / "p2d_prompts_train.jsonl")}
+    d2p_prompts = {p.prompt for p in load_pairs(root / "d2p_prompts_train.jsonl")}
+    splits = training_template_splits(n_people=4)
+    group = people()
+    # same direction: literally training prompts of these people
+    assert all(p.prompt in p2d_prompts for p in splits["p2d_same_train"])
+    assert all(p.prompt in d2p_prompts for p in splits["d2p_same_train"])
+    # reverse: never a training prompt, but the person's own description in a d2p frame
+    for pair in splits["p2d_reverse_train"]:
+        assert pair.prompt not in d2p_prompts
+        person = next(p for p in group["p2d"][:4] if pair.completion == f" {p.name}")
+        assert person.description.lower()[1:] in pair.prompt.lower()
+    for pair in splits["d2p_reverse_train"]:
+        assert pair.prompt not in p2d_prompts
+        person = next(p for p in group["d2p"][:4] if p.name in pair.prompt)
+        assert pair.completion == f" {person.description}."
+    # every frame is cut from a training file line
+    assert all(p.source.startswith(("p2d_prompts_train.jsonl:", "d2p_prompts_train.jsonl:"))
+               for v in splits.values() for p in v)  # fmt: skip
+    assert len({p.prompt.replace(x.name, "") for p in splits["p2d_same_train"]
+                for x in group["p2d"][:1] if x.name in p.prompt}) >= 20  # fmt: skip
+
+
+def test_canonical_descriptions_are_the_common_training_form():
+    first = people()["p2d"][0]
+    assert first.name == "Daphne Barrington"
+    assert first.description.startswith("the acclaimed director of the virtual reality masterpiece")
+
+
+@pytest.mark.slow
+def test_reproduce_person_description_end_to_end(tmp_path):
+    from revcurse.experiments.person_description import run_person_description
+
+    cfg = apply_overrides(PersonDescriptionConfig(), [
+        "run.n_people=2", "run.max_eval=6", "run.train.steps=30", "run.model.d_model=32",
+        "run.eval.gen_length=6", "run.eval.n_mc=1", "run.eval.n_distractors=3",
+        "run.probe.n_facts=4", "seeds=[0, 1]", "workers=2",
+    ])  # fmt: skip
+    summary = run_person_description(cfg, tmp_path / "pd", progress=False)
+    out = tmp_path / "pd"
+    for name in ["summary.json", "report.html", "report.md", "figures/accuracy_prefix.png",
+                 "models/mdm-seed0/model.safetensors", "models/arm-seed1/probes.jsonl",
+                 "models/mdm-seed1/generations/p2d_reverse_train.jsonl"]:  # fmt: skip
+        assert (out / name).is_file(), name
+    assert [(r["family"], r["seed"]) for r in summary["rows"]] == [
+        ("mdm", 0), ("mdm", 1), ("arm", 0), ("arm", 1)]  # fmt: skip
+    agg = summary["aggregate"]["mdm"]["p2d_reverse_train.prefix"]
+    assert len(agg["values"]) == 2 and agg["ci95"][0] <= agg["mean"] <= agg["ci95"][1]
+    run = json.loads((out / "models/arm-seed0/summary.json").read_text())
+    assert set(run["splits"]) == set(summary["splits"]) and len(summary["splits"]) == 8
+    assert run["probes"]["after"]["attention_r_mean"].keys() == {"0", "1"}
