@@ -187,3 +187,17 @@ def test_data_command_validates_and_exits_2_on_a_malformed_line(tmp_path):
     result = CliRunner().invoke(app, ["data", "parent-child", "--path", str(bad)])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: {bad}:2: field 'parent': expected a non-empty value"
+
+
+def test_pad_with_eos_makes_the_tail_visible_answer_tokens():
+    from revcurse.data.schema import TextPair
+    from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
+
+    pairs = [TextPair("", "a b c"), TextPair("", "a")]
+    tok = WordTokenizer.fit(["a b c"])
+    batch = pad_with_eos(encode_pairs(tok, pairs, bos=True), 7, tok.eos_id)
+    a, b, c, eos, bos = (*tok.encode("a b c"), tok.eos_id, tok.bos_id)
+    assert batch.ids.tolist() == [[bos, a, b, c, eos, eos, eos], [bos, a, eos, eos, eos, eos, eos]]
+    assert batch.attention_mask.all()
+    assert batch.prompt_mask[:, 0].all() and not batch.prompt_mask[:, 1:].any()
+    assert (batch.answer_mask == ~batch.prompt_mask).all()

@@ -64,3 +64,18 @@ def test_uninformed_model_scores_low():
     assert metrics["exact"] == 0.0
     # equal likelihoods: ties count against the correct answer, so it is never ranked first
     assert metrics["likelihood_top1"] == 0.0 and all(r["rank"] == 3 for r in records)
+
+
+def test_distractors_are_other_answers_never_a_copy_of_the_right_one():
+    """Two queries share an answer: ranking it against itself would be a tie (counted as a loss)
+    and sink a perfect model's likelihood score."""
+    pairs = [*PAIRS, TextPair("Who is D's mother?", " Mary Ann")]
+    tok = WordTokenizer.fit([p.prompt + p.completion for p in pairs])
+    oracle = Oracle(tok)
+    oracle.answers[tuple(tok.encode(pairs[3].prompt))] = tok.encode(" Mary Ann") + [tok.eos_id]
+    for seed in range(5):
+        metrics, records = evaluate_split(oracle, tok, pairs, causal=False,
+                                          settings=DecodeConfig(gen_length=4, n_distractors=9),
+                                          generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert metrics["likelihood_top1"] == 1.0
+        assert all(r["n_candidates"] == 3 for r in records)  # 3 distinct answers in the split

@@ -83,6 +83,16 @@ def _load(cls: type[T], config: Path | None, overrides: list[str] | None) -> T:
     return apply_overrides(cfg, overrides or [])
 
 
+def _overrides(set_: list[str] | None, seeds: int | None, workers: int | None) -> list[str]:
+    """``--set`` values plus the ``--seeds N`` / ``--workers N`` shorthands as overrides."""
+    extra = list(set_ or [])
+    if seeds is not None:
+        extra.append(f"seeds={list(range(seeds))}")
+    if workers is not None:
+        extra.append(f"workers={workers}")
+    return extra
+
+
 def _default_out(name: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / name / stamp
@@ -124,12 +134,7 @@ def reproduce(
             cfg = load_yaml(ToyExperimentConfig, config)
         if quick:
             cfg = make_quick(cfg)
-        extra = list(set_ or [])
-        if seeds is not None:
-            extra.append(f"seeds={list(range(seeds))}")
-        if workers is not None:
-            extra.append(f"workers={workers}")
-        cfg = apply_overrides(cfg, extra)
+        cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
         target = out or _default_out(name)
         start = time.perf_counter()
         summary = run_toy(cfg, target, command=_command_line(), progress=progress, force=force)
@@ -163,12 +168,7 @@ def _person_description(
         cfg = load_yaml(PersonDescriptionConfig, config) if config else PersonDescriptionConfig()
         if quick:
             cfg = pd.quick(cfg)
-        extra = list(set_ or [])
-        if seeds is not None:
-            extra.append(f"seeds={list(range(seeds))}")
-        if workers is not None:
-            extra.append(f"workers={workers}")
-        cfg = apply_overrides(cfg, extra)
+        cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
         target = out or _default_out("person-description")
         start = time.perf_counter()
         summary = pd.run_person_description(cfg, target, command=_command_line(),
@@ -200,11 +200,7 @@ def _sweep(
     def run() -> None:
         from revcurse.experiments.sweep import load_sweep_config, run_sweep
 
-        extra = list(set_ or [])
-        if seeds is not None:
-            extra.append(f"seeds={list(range(seeds))}")
-        if workers is not None:
-            extra.append(f"workers={workers}")
+        extra = _overrides(set_, seeds, workers)
         if backend is not None:
             extra.append(f"backend={backend}")
         cfg, named = load_sweep_config(name, config, extra, quick)

@@ -573,17 +573,17 @@ class TextRunConfig:
     """One from-scratch model on Person–Description (a run of ``reproduce person-description``)."""
 
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=80)
+        default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=52)
     )
-    """Architecture; model.causal picks MDM (false) or ARM (true)."""
+    """Architecture; model.causal picks MDM (false) or ARM (true). The MDM's statements are
+    padded with EOS to max_seq_len, which must also hold the longest query + its answer."""
     train: TextTrainConfig = field(
         default_factory=lambda: TextTrainConfig(
             steps=3000, batch_size=64, lr=1e-3, warmup_steps=100, schedule="cosine", log_every=50
         )
     )
-    eval: DecodeConfig = field(
-        default_factory=lambda: DecodeConfig(gen_length=24, n_distractors=9, n_mc=4)
-    )
+    eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=4))
+    """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=30))
     n_people: int = 30
     """People per group (p2d, d2p, both) whose statements are trained on (30: the whole file)."""

@@ -66,13 +66,16 @@ def mdm_generate(
     suffix: Sequence[int] = (),
     generator: torch.Generator | None = None,
     trace: list[torch.Tensor] | None = None,
+    fill: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Fill ``gen_length`` masked tokens after each prompt; returns the answers ``[B, gen_length]``.
 
     ``steps`` defaults to ``gen_length`` (one token per step) and ``block_length`` to
     ``gen_length`` (one block: pure low-confidence remasking). ``suffix`` tokens (e.g. EOS) follow
     the answer region, as in training. If ``trace`` is a list, the state after every step is
-    appended to it (tests use it to check the unmasking order).
+    appended to it (tests use it to check the unmasking order). ``fill = (token, length)`` extends
+    every row with ``token`` up to ``length`` tokens, for models trained on sequences padded that
+    way (an MDM pre-trained with EOS padding sees its usual EOS tail).
     """
     steps = gen_length if steps is None else steps
     block_length = gen_length if block_length is None else block_length
@@ -87,10 +90,10 @@ def mdm_generate(
 
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
-    total = int(lengths.max()) + gen_length + len(suffix)
+    rows = [_filled(list(p) + [mask_id] * gen_length + list(suffix), fill) for p in prompts]
+    total = max(len(r) for r in rows)
     x = torch.full((batch, total), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        row = list(p) + [mask_id] * gen_length + list(suffix)
+    for i, row in enumerate(rows):
         x[i, : len(row)] = torch.tensor(row)
     device = model_device(model)
     x = x.to(device)
@@ -144,6 +147,13 @@ def arm_generate(
     return out
 
 
+def _filled(row: list[int], fill: tuple[int, int] | None) -> list[int]:
+    if fill is None:
+        return row
+    token, length = fill
+    return row + [token] * max(0, length - len(row))
+
+
 def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     """The tokens before the first of ``stop_ids`` (EOS, padding)."""
     out = []
@@ -184,8 +194,10 @@ def mdm_answer_logprob(
     n_samples: int = 16,
     suffix: Sequence[int] = (),
     generator: torch.Generator | None = None,
+    fill: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Monte-Carlo lower bound on ``log p(answer | prompt)`` of a masked diffusion model ``[B]``.
+    """Monte-Carlo lower bound on ``log p(answer | prompt)`` of a masked diffusion model ``[B]``
+    (``fill`` as in :func:`mdm_generate`).
 
     For a single-token answer every draw masks that token, so the bound is exact:
     ``log p(a | prompt [MASK] suffix)``.
@@ -194,7 +206,7 @@ def mdm_answer_logprob(
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         length = len(a)
         counts = stratified_mask_counts(length, n_samples)
-        clean = torch.tensor(list(p) + list(a) + list(suffix))
+        clean = torch.tensor(_filled(list(p) + list(a) + list(suffix), fill))
         rows, masks = [], []
         for count in counts:
             chosen = torch.randperm(length, generator=generator)[:count] + len(p)

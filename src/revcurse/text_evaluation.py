@@ -25,7 +25,13 @@ from revcurse.decoding import (
     mdm_generate,
     truncate_at,
 )
-from revcurse.metrics import exact_match, likelihood_rank, prefix_match, substring_match
+from revcurse.metrics import (
+    exact_match,
+    likelihood_rank,
+    normalize,
+    prefix_match,
+    substring_match,
+)
 
 
 def score(record: dict[str, Any]) -> dict[str, Any]:
@@ -39,11 +45,11 @@ def score(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _logprob(model, tokenizer, causal: bool, prompts, answers, generator, n_mc) -> torch.Tensor:
+def _logprob(model, tokenizer, causal, prompts, answers, generator, n_mc, fill) -> torch.Tensor:
     if causal:
         return arm_answer_logprob(model, prompts, answers)
     return mdm_answer_logprob(model, prompts, answers, mask_id=tokenizer.mask_id, n_samples=n_mc,
-                              generator=generator)  # fmt: skip
+                              generator=generator, fill=fill)  # fmt: skip
 
 
 @torch.no_grad()
@@ -55,11 +61,14 @@ def evaluate_split(
     settings: DecodeConfig,
     generator: torch.Generator,
     bos: bool = False,
+    eos_fill_to: int | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Aggregate metrics and one record per query (``bos``: prompts start with BOS, as the
-    statements of from-scratch models do)."""
+    statements of from-scratch models do; ``eos_fill_to``: an MDM trained on statements padded
+    with EOS to that length sees every query padded the same way)."""
     eos = tokenizer.eos_id
     start = [tokenizer.bos_id] if bos else []
+    fill = None if eos_fill_to is None else (eos, eos_fill_to)
     prompts = [start + tokenizer.encode(p.prompt) for p in pairs]
     if causal:
         out = arm_generate(model, prompts, settings.gen_length, eos_id=eos)
@@ -67,24 +76,29 @@ def evaluate_split(
         out = mdm_generate(
             model, prompts, settings.gen_length, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
             steps=settings.steps, block_length=settings.block_length,
-            temperature=settings.temperature, generator=generator,
+            temperature=settings.temperature, generator=generator, fill=fill,
         )  # fmt: skip
     generations = [
         tokenizer.decode(truncate_at(row.tolist(), [eos, tokenizer.pad_id])) for row in out
     ]
 
-    # Likelihood of the right answer vs answers of other queries (column 0 = correct).
-    answers = [tokenizer.encode(p.completion) + [eos] for p in pairs]
-    k = min(settings.n_distractors, len(pairs) - 1)
-    columns = [torch.arange(len(pairs))]
-    for _ in range(k):
-        shift = torch.randint(1, len(pairs), (len(pairs),), generator=generator)
-        columns.append((torch.arange(len(pairs)) + shift) % len(pairs))
-    index = torch.stack(columns, dim=1)  # [Q, 1 + k]
-    scores = torch.empty(index.shape, dtype=torch.float64)
-    for j in range(index.shape[1]):
-        cand = [answers[int(i)] for i in index[:, j]]
-        scores[:, j] = _logprob(model, tokenizer, causal, prompts, cand, generator, settings.n_mc)
+    # Likelihood of the right answer vs distinct answers of other queries (column 0 = correct);
+    # a distractor is never one of the query's own accepted answers.
+    distinct = list(dict.fromkeys(p.completion for p in pairs))
+    encoded = {a: tokenizer.encode(a) + [eos] for a in distinct}
+    k = min(settings.n_distractors, len(distinct) - 1)
+    candidates = []
+    for p in pairs:
+        others = [a for a in distinct if normalize(a) not in {normalize(x) for x in p.answers}]
+        order = torch.randperm(len(others), generator=generator)[:k].tolist()
+        candidates.append([p.completion] + [others[i] for i in order])
+    k = min(len(c) for c in candidates) - 1
+    scores = torch.empty(len(pairs), 1 + k, dtype=torch.float64)
+    for j in range(1 + k):
+        cand = [encoded.get(c[j]) or tokenizer.encode(c[j]) + [eos] for c in candidates]
+        scores[:, j] = _logprob(
+            model, tokenizer, causal, prompts, cand, generator, settings.n_mc, fill
+        )
     ranks = likelihood_rank(scores)
 
     records = [

@@ -131,3 +131,20 @@ def encode_pairs(
     columns = torch.arange(length)[None]
     prompt_mask = columns < torch.tensor(n_prompt)[:, None]
     return TextBatch(ids, prompt_mask, real & ~prompt_mask, real)
+
+
+def pad_with_eos(batch: TextBatch, length: int, eos_id: int) -> TextBatch:
+    """Pad every row to ``length`` with EOS tokens that are part of the answer and visible.
+
+    LLaDA's recipe for variable-length answers: an MDM trained this way learns to fill the masked
+    positions after its answer with EOS, so the sampler can be given more masks than the answer
+    needs (plain padding keys are hidden in training, so the model never learns what follows).
+    """
+    B, L = batch.ids.shape
+    if L > length:
+        raise ValueError(f"a row has {L} tokens, more than the padded length {length}")
+    ids = torch.full((B, length), eos_id, dtype=torch.long)
+    ids[:, :L] = batch.ids.masked_fill(~batch.attention_mask, eos_id)
+    prompt = torch.zeros(B, length, dtype=torch.bool)
+    prompt[:, :L] = batch.prompt_mask
+    return TextBatch(ids, prompt, ~prompt, torch.ones(B, length, dtype=torch.bool))

@@ -222,6 +222,18 @@ def execute(
     return outcomes
 
 
+def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -> list[dict]:
+    """:func:`execute`, for experiments that need every run: the summaries in job order, or a
+    :class:`RevcurseError` naming the first run that failed."""
+    from revcurse.errors import RevcurseError
+
+    outcomes = execute(jobs, store, experiment, **kwargs)
+    for job in jobs:
+        if outcomes[job.run_id].status != "done":
+            raise RevcurseError(f"{job.run_dir}: training failed: {outcomes[job.run_id].error}")
+    return [outcomes[j.run_id].summary for j in jobs]
+
+
 def deterministic(summary: dict[str, Any]) -> dict[str, Any]:
     """A run summary flattened for tables (``probe.*`` keys) without wall-clock timings, which are
     the only fields that differ between reruns of the same config."""

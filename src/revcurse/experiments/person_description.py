@@ -22,6 +22,7 @@ directory (config, metrics, probes, generations, safetensors weights, summary).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -40,9 +41,9 @@ from revcurse.data.person_description import (
     training_template_splits,
 )
 from revcurse.data.schema import TextPair
-from revcurse.data.text import WordTokenizer, encode_pairs
+from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
-from revcurse.experiments.executor import Outcome, execute, guarded, make_jobs
+from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
 from revcurse.experiments.stats import aggregate
 from revcurse.experiments.toy import prepare_out_dir
 from revcurse.models.transformer import TransformerLM
@@ -95,12 +96,19 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
     data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
-    longest = int(data.attention_mask.sum(dim=1).max())
+    gen_lengths = {k: 2 + max(len(tokenizer.encode(p.completion)) for p in v)
+                   for k, v in splits.items()}  # fmt: skip
+    longest_query = max(
+        1 + len(tokenizer.encode(p.prompt)) + gen_lengths[k] for k, v in splits.items() for p in v
+    )
+    longest = max(int(data.attention_mask.sum(dim=1).max()), longest_query)
     if longest > cfg.model.max_seq_len:
         raise RevcurseError(
-            f"model.max_seq_len: expected >= {longest} (the longest statement), "
+            f"model.max_seq_len: expected >= {longest} (the longest statement or query), "
             f"got {cfg.model.max_seq_len}"
         )
+    if not causal:  # the MDM learns to end its answers: EOS fills every statement to full length
+        data = pad_with_eos(data, cfg.model.max_seq_len, tokenizer.eos_id)
     facts = encode_facts(
         tokenizer,
         paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),
@@ -138,7 +146,11 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     results = {}
     gen = torch.Generator().manual_seed(cfg.train.seed)
     for name, pairs in splits.items():
-        metrics, records = evaluate_split(model, tokenizer, pairs, causal, cfg.eval, gen, bos=True)
+        settings = dataclasses.replace(cfg.eval, gen_length=gen_lengths[name])
+        metrics, records = evaluate_split(
+            model, tokenizer, pairs, causal, settings, gen, bos=True,
+            eos_fill_to=None if causal else cfg.model.max_seq_len,
+        )  # fmt: skip
         save_generations(out / "generations" / f"{name}.jsonl", records)
         results[name] = metrics
     files.save_tensors(
@@ -179,8 +191,6 @@ def execute_run(cfg: TextRunConfig, run_dir: str, command: str, progress: bool =
 
 def quick(cfg: PersonDescriptionConfig) -> PersonDescriptionConfig:
     """``--quick``: 10 people per group, 1500 steps, 30 queries per split."""
-    import dataclasses
-
     run = dataclasses.replace(
         cfg.run, n_people=10, max_eval=30,
         train=dataclasses.replace(cfg.run.train, steps=1500),
@@ -207,16 +217,11 @@ def run_person_description(
     ]
     jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
     start = time.perf_counter()
-    outcomes = execute(jobs, Store(out / "index.sqlite"), "person-description",
-                       workers=cfg.workers, command=command, progress=progress,
-                       worker=execute_run)  # fmt: skip
-    failed = [(j, outcomes[j.run_id]) for j in jobs if outcomes[j.run_id].status != "done"]
-    if failed:
-        job, outcome = failed[0]
-        raise RevcurseError(f"{job.run_dir}: training failed: {outcome.error}")
+    summaries = execute_all(jobs, Store(out / "index.sqlite"), "person-description",
+                            workers=cfg.workers, command=command, progress=progress,
+                            worker=execute_run)  # fmt: skip
     rows = []
-    for job in jobs:
-        s = outcomes[job.run_id].summary
+    for s in summaries:
         row = {"family": s["family"], "seed": s["seed"], "final_loss": s["final_loss"]}
         for split, m in s["splits"].items():
             for metric in ("prefix", "substring", "exact", "likelihood_top1"):
@@ -231,10 +236,10 @@ def run_person_description(
     metrics = [k for k in rows[0] if k not in ("family", "seed")]
     summary = {
         "experiment": "person-description",
-        "n_statements": outcomes[jobs[0].run_id].summary["n_statements"],
+        "n_statements": summaries[0]["n_statements"],
         "splits": SPLITS,
         "headline_metric": HEADLINE,
-        "chance_top1": outcomes[jobs[0].run_id].summary["splits"]["p2d_reverse"]["chance_top1"],
+        "chance_top1": summaries[0]["splits"]["p2d_reverse"]["chance_top1"],
         "rows": rows,
         "aggregate": {
             f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families

@@ -25,7 +25,7 @@ from typing import Any
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
-from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
+from revcurse.experiments.executor import deterministic, execute_all, make_jobs, timings
 from revcurse.experiments.stats import aggregate
 from revcurse.repro import write_provenance
 from revcurse.store import Store
@@ -73,13 +73,8 @@ def run_toy(
         runs, lambda _, labels: out / "models" / f"{labels['family']}-seed{labels['seed']}"
     )
     start = time.perf_counter()
-    outcomes = execute(jobs, Store(out / "index.sqlite"), "toy", workers=cfg.workers,
-                       command=command, progress=progress)  # fmt: skip
-    failed = [(j, outcomes[j.run_id]) for j in jobs if outcomes[j.run_id].status != "done"]
-    if failed:
-        job, outcome = failed[0]
-        raise RevcurseError(f"{job.run_dir}: training failed: {outcome.error}")
-    summaries = [outcomes[j.run_id].summary for j in jobs]
+    summaries = execute_all(jobs, Store(out / "index.sqlite"), "toy", workers=cfg.workers,
+                            command=command, progress=progress)  # fmt: skip
     rows = [deterministic(s) for s in summaries]
     summary = {
         "experiment": "toy",
