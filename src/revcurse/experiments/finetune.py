@@ -22,7 +22,7 @@ import torch
 
 from revcurse import files
 from revcurse.config import FinetuneConfig, dump_yaml
-from revcurse.data.text import WordTokenizer, encode_pairs
+from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
 from revcurse.errors import RevcurseError
 from revcurse.experiments.toy import prepare_out_dir
@@ -108,11 +108,14 @@ def run_finetune(
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id
+    # Pretrained models saw BOS at the start of every document (Llama, LLaDA); Qwen has none.
+    bos = getattr(tokenizer, "bos_id", None) is not None
 
     fwd_split, rev_split = PROBE_SPLITS[cfg.data.dataset]
     facts = encode_facts(
         tokenizer,
         paired_queries(dataset.tests[fwd_split], dataset.tests[rev_split], cfg.probe.n_facts),
+        bos=bos,
     )
     probes_path = out / "probes.jsonl"
 
@@ -140,7 +143,9 @@ def run_finetune(
         gen = torch.Generator().manual_seed(cfg.train.seed)
         results = {}
         for name, pairs in tests.items():
-            metrics, records = evaluate_split(model, tokenizer, pairs, spec.causal, cfg.eval, gen)
+            metrics, records = evaluate_split(
+                model, tokenizer, pairs, spec.causal, cfg.eval, gen, bos=bos
+            )
             save_generations(out / "generations" / stage / f"{name}.jsonl", records)
             results[name] = metrics | {"direction": dataset.directions[name]}
         return results
@@ -155,7 +160,9 @@ def run_finetune(
         if cfg.probe.every and step % cfg.probe.every == 0 and step != cfg.train.steps:
             probe(step)
 
-    data = encode_pairs(tokenizer, train_pairs)
+    data = encode_pairs(tokenizer, train_pairs, bos=bos)
+    if not spec.causal:  # LLaDA's SFT recipe: answers padded with EOS that are trained on too
+        data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
     speed = train_text(
         model, data, causal=spec.causal, mask_id=mask_id, settings=cfg.train,
         accelerator=accelerator, on_step=on_step,

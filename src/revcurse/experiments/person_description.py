@@ -190,9 +190,9 @@ def execute_run(cfg: TextRunConfig, run_dir: str, command: str, progress: bool =
 
 
 def quick(cfg: PersonDescriptionConfig) -> PersonDescriptionConfig:
-    """``--quick``: 10 people per group, 1500 steps, 30 queries per split."""
+    """``--quick``: 5 people per group, 1500 steps, 30 queries per split."""
     run = dataclasses.replace(
-        cfg.run, n_people=10, max_eval=30,
+        cfg.run, n_people=5, max_eval=30,
         train=dataclasses.replace(cfg.run.train, steps=1500),
     )  # fmt: skip
     return dataclasses.replace(cfg, run=run)

@@ -110,28 +110,50 @@ def inner(a: Grads, b: Grads) -> float:
 def per_example_gradients(model: TransformerLM, batch: ProbeBatch) -> Grads:
     """Per-fact gradients ``{name: [N, *param.shape]}`` via ``vmap(grad(.))`` (torch.func).
 
-    The embedding is looked up outside the transform and differentiated through its output: the
-    per-fact gradient of the embedded inputs is scattered into embedding rows in one batched
-    ``scatter_add_``. (Differentiating ``embed_tokens.weight`` inside ``vmap`` falls back to one
-    ``index_add`` per fact and dominates the cost.) Tied embeddings use the direct route.
+    Three things keep the per-fact work batched. The embedding is looked up outside the transform
+    and differentiated through its output; the per-fact gradient of the embedded inputs is
+    scattered into embedding rows in one batched ``scatter_add_`` (differentiating
+    ``embed_tokens.weight`` inside ``vmap`` falls back to one ``index_add`` per fact). The answer
+    position and token are selected by one-hot products (indexing has the same fallback in its
+    backward). The unembedding's gradient is formed in closed form outside ``vmap``. Tied
+    embeddings (or an unembedding bias) use the direct route.
     """
     embed_name = "model.embed_tokens.weight"
     names = [n for n, _ in model.named_parameters()]
-    if model.cfg.tie_embeddings or embed_name not in names:
+    if model.cfg.tie_embeddings or embed_name not in names or model.lm_head.bias is not None:
         return _per_example_direct(model, batch)
-    params = {n: p.detach() for n, p in model.named_parameters() if n != embed_name}
-    buffers = dict(model.named_buffers())
+    head_name = "lm_head.weight"
+    # Only the body (model.model) runs under vmap, and the unembedding is applied at the answer
+    # position alone: unembedding all L positions would make vmap write dense [N, L, vocab] logit
+    # gradients that are zero but for one row. The unembedding's own per-fact gradient is then
+    # the outer product (softmax - onehot) x h, formed outside vmap in one broadcasted multiply
+    # (as a vmapped matmul with inner size 1 it was half of the probe's time).
+    params = {
+        n.removeprefix("model."): p.detach()
+        for n, p in model.named_parameters()
+        if n not in (embed_name, head_name)
+    }
+    buffers = {n.removeprefix("model."): b for n, b in model.named_buffers()}
+    head = model.lm_head.weight.detach()  # [V, D]
     weight = model.model.embed_tokens.weight.detach()
     embeds = weight[batch.ids]  # [N, L, D]
 
-    def one(p: dict[str, torch.Tensor], x, pos, ans) -> torch.Tensor:
-        logits = functional_call(model, (p, buffers), (None,), {"inputs_embeds": x[None]})
-        # index_select, not logits[0, pos]: vmap cannot index with a batched scalar tensor
-        return F.cross_entropy(logits[0].index_select(0, pos.reshape(1)), ans.reshape(1))
+    def one(p: dict[str, torch.Tensor], x, at, target):
+        h = functional_call(model.model, (p, buffers), (None,), {"inputs_embeds": x[None]})
+        # Position and answer are picked with one-hot products, not indexing: under vmap the
+        # backward of an index op falls back to one index_add per fact.
+        h_pos = at @ h[0]  # [D]
+        logits = F.linear(h_pos, head)  # [V]
+        return -(torch.log_softmax(logits, dim=-1) * target).sum(), (h_pos, logits)
 
-    grads, d_embeds = vmap(grad(one, argnums=(0, 1)), in_dims=(None, 0, 0, 0))(
-        params, embeds, batch.answer_pos, batch.answer_id
-    )  # d_embeds: [N, L, D]
+    at = F.one_hot(batch.answer_pos, embeds.shape[1]).to(embeds.dtype)  # [N, L]
+    target = F.one_hot(batch.answer_id, head.shape[0]).to(embeds.dtype)  # [N, V]
+    (body, d_embeds), (h_pos, logits) = vmap(
+        grad(one, argnums=(0, 1), has_aux=True), in_dims=(None, 0, 0, 0)
+    )(params, embeds, at, target)  # d_embeds: [N, L, D]
+    grads = {f"model.{n}": g for n, g in body.items()}
+    error = torch.softmax(logits, dim=-1) - target  # [N, V]: dCE/dlogits
+    grads[head_name] = error[:, :, None] * h_pos[:, None, :]  # [N, V, D]
     n, length, d = d_embeds.shape
     per_row = torch.zeros(n, weight.shape[0], d, dtype=d_embeds.dtype)  # [N, V, D]
     per_row.scatter_add_(1, batch.ids[:, :, None].expand(n, length, d), d_embeds)
