@@ -88,3 +88,23 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     run = json.loads((out / "models/arm-seed0/summary.json").read_text())
     assert set(run["splits"]) == set(summary["splits"]) and len(summary["splits"]) == 8
     assert run["probes"]["after"]["attention_r_mean"].keys() == {"0", "1"}
+
+
+def test_bad_person_description_settings_are_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    runner = CliRunner()
+    for args, fragment in [
+        (["--set", "run.n_people=50"], "run.n_people"),
+        (["--set", "run.model.max_seq_len=20", "--set", "run.train.steps=1"], "max_seq_len"),
+        (["--set", "run.nope=1"], "unknown key 'run.nope'"),
+    ]:
+        out = tmp_path / "pd"
+        result = runner.invoke(app, ["reproduce", "person-description", "--out", str(out),
+                                     "--no-progress", "--workers", "1", *args])  # fmt: skip
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], result.stderr
+        assert not out.exists()  # nothing written

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,33 +81,53 @@ def build_data(cfg: TextRunConfig) -> tuple[list[str], dict[str, list[TextPair]]
     return statements, {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
 
 
-def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") -> dict[str, Any]:
-    """Train, evaluate and probe one from-scratch model; writes its run directory."""
-    torch.set_num_threads(cfg.threads)
-    out.mkdir(parents=True, exist_ok=True)
-    files.remove_temporaries(out)
-    write_provenance(out, dump_yaml(cfg), command)
+@dataclass
+class Prepared:
+    """What a run trains on and is evaluated with, checked against the model's length."""
+
+    statements: list[str]
+    splits: dict[str, list[TextPair]]
+    tokenizer: WordTokenizer
+    gen_lengths: dict[str, int]
+
+
+def prepare(cfg: TextRunConfig) -> Prepared:
+    """Data, vocabulary and per-split generation lengths; refuses a max_seq_len too short for the
+    longest statement or query + answer (checked before any directory is written)."""
     statements, splits = build_data(cfg)
     # The vocabulary covers the held-out templates' words too (untrained embeddings), so their
     # prompts are read as words rather than as <unk>.
     tokenizer = WordTokenizer.fit(
         statements + [p.prompt + a for v in splits.values() for p in v for a in p.answers]
     )
-    causal = cfg.model.causal
-    seed_everything(cfg.train.seed)
-    model = TransformerLM(cfg.model, len(tokenizer))
-    data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
     gen_lengths = {k: 2 + max(len(tokenizer.encode(p.completion)) for p in v)
                    for k, v in splits.items()}  # fmt: skip
-    longest_query = max(
-        1 + len(tokenizer.encode(p.prompt)) + gen_lengths[k] for k, v in splits.items() for p in v
-    )
-    longest = max(int(data.attention_mask.sum(dim=1).max()), longest_query)
+    longest = max(
+        [2 + len(tokenizer.encode(s)) for s in statements]
+        + [1 + len(tokenizer.encode(p.prompt)) + gen_lengths[k] for k, v in splits.items()
+           for p in v]
+    )  # fmt: skip
     if longest > cfg.model.max_seq_len:
         raise RevcurseError(
             f"model.max_seq_len: expected >= {longest} (the longest statement or query), "
             f"got {cfg.model.max_seq_len}"
         )
+    return Prepared(statements, splits, tokenizer, gen_lengths)
+
+
+def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") -> dict[str, Any]:
+    """Train, evaluate and probe one from-scratch model; writes its run directory."""
+    torch.set_num_threads(cfg.threads)
+    prepared = prepare(cfg)
+    statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
+    gen_lengths = prepared.gen_lengths
+    out.mkdir(parents=True, exist_ok=True)
+    files.remove_temporaries(out)
+    write_provenance(out, dump_yaml(cfg), command)
+    causal = cfg.model.causal
+    seed_everything(cfg.train.seed)
+    model = TransformerLM(cfg.model, len(tokenizer))
+    data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
     if not causal:  # the MDM learns to end its answers: EOS fills every statement to full length
         data = pad_with_eos(data, cfg.model.max_seq_len, tokenizer.eos_id)
     facts = encode_facts(
@@ -210,6 +231,7 @@ def run_person_description(
     from revcurse.report.person_description import write_report
 
     out = Path(out)
+    prepare(cfg.run_config(cfg.families[0], cfg.seeds[0]))  # bad settings fail before any write
     prepare_out_dir(out, force)
     write_provenance(out, dump_yaml(cfg), command)
     runs = [
