@@ -355,3 +355,21 @@ def test_training_batches_mask_prompt_and_answer():
     batch = encode_pairs(tok, fwd[:2])
     assert tok.decode(batch.ids[0][batch.answer_mask[0]].tolist()[:-1]) == "Bob Smith"
     assert not (batch.prompt_mask & batch.answer_mask).any()
+
+
+def test_mask_4d_families_get_a_bidirectional_pair_mask():
+    inner = hf.build_tiny("llama", 30, SHAPE).inner.eval()
+    spec = hf.FamilySpec("dreamlike", False, "", 4, mask_4d=True)
+    model = hf.LogitsModel(inner, spec)
+    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(0))
+    keys = torch.ones(2, 6, dtype=torch.bool)
+    keys[1, 4:] = False
+    pair = keys[:, None, None, :] & keys[:, None, :, None]  # what Dream's own sampler passes
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(ids, attention_mask=keys), inner(ids, attention_mask=pair).logits
+        )
+        # no padding: no mask at all
+        torch.testing.assert_close(
+            model(ids, attention_mask=torch.ones_like(keys)), inner(ids).logits
+        )

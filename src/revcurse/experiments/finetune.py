@@ -129,7 +129,9 @@ def run_finetune(
             "n_facts": len(facts),
             "attention": attention_coupling(
                 model, facts, causal=spec.causal, mask_id=mask_id, layers=cfg.probe.layers or None
-            ),
+            )
+            if spec.records_scores
+            else None,
             "gradients": gradient_alignment(model, facts, causal=spec.causal, mask_id=mask_id),
         }
         model.train(was_training)
@@ -190,7 +192,7 @@ def run_finetune(
         "after": after,
         "probes": {
             stage: None if rec is None else {
-                "attention_r_mean": rec["attention"]["r_mean"],
+                "attention_r_mean": rec["attention"]["r_mean"] if rec["attention"] else {},
                 "cos_fwd_rev_mean": rec["gradients"]["cos_fwd_rev_mean"],
             }
             for stage, rec in (("before", first_probe), ("after", last_probe))

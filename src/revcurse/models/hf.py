@@ -47,6 +47,12 @@ class FamilySpec:
     shift_logits: bool = False
     remote_code: bool = False
     """Loading the published weights needs the checkpoint's own code (``--trust-remote-code``)."""
+    mask_4d: bool = False
+    """The model takes a padding mask as a bidirectional ``[B, 1, L, L]`` bool mask (Dream's own
+    sampler builds it so), not as ``[B, L]``."""
+    records_scores: bool = True
+    """Attention scores can be recorded (revcurse's hooks or transformers' attention interface);
+    remote code brings its own attention classes, which neither reaches."""
     example: str = ""
 
 
@@ -58,8 +64,8 @@ FAMILIES: dict[str, FamilySpec] = {
     ),
     "dream": FamilySpec(
         "dream", causal=False, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
-        modules_per_layer=4, mask_id=151666, shift_logits=True, remote_code=True,
-        example="Dream-org/Dream-v0-Instruct-7B",
+        modules_per_layer=4, mask_id=151666, shift_logits=True, remote_code=True, mask_4d=True,
+        records_scores=False, example="Dream-org/Dream-v0-Instruct-7B",
     ),
     "llama": FamilySpec(
         "llama", causal=True, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
@@ -157,6 +163,11 @@ class LogitsModel(nn.Module):
         return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: let the model take its unmasked fast path
+        if attention_mask is not None and self.spec.mask_4d:
+            keys = attention_mask.bool()  # [B, L]
+            attention_mask = keys[:, None, None, :] & keys[:, None, :, None]  # [B, 1, L, L]
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
         logits = out if isinstance(out, torch.Tensor) else out.logits  # [B, L, V]
         if self.spec.shift_logits:
@@ -244,8 +255,10 @@ def load_pretrained(
 
     _register_recording_attention()
     auto = transformers.AutoModel if spec.remote_code else transformers.AutoModelForCausalLM
+    # Remote code keys its own attention classes by implementation name: give it a stock one.
+    attention = "sdpa" if spec.remote_code else RECORDING
     model = auto.from_pretrained(
-        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=RECORDING
+        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attention
     )
     return LogitsModel(model.to(device), spec)
 
