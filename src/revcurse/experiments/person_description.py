@@ -46,7 +46,7 @@ from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
 from revcurse.experiments.stats import aggregate
-from revcurse.experiments.toy import prepare_out_dir
+from revcurse.experiments.toy import start_experiment
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
 from revcurse.repro import seed_everything, write_provenance
@@ -230,10 +230,8 @@ def run_person_description(
     """Train every (family, seed) model, then aggregate and write the report."""
     from revcurse.report.person_description import write_report
 
-    out = Path(out)
     prepare(cfg.run_config(cfg.families[0], cfg.seeds[0]))  # bad settings fail before any write
-    prepare_out_dir(out, force)
-    write_provenance(out, dump_yaml(cfg), command)
+    out = start_experiment(out, cfg, command, force)
     runs = [
         ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
     ]

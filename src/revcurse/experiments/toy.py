@@ -48,6 +48,16 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def start_experiment(out: str | Path, cfg: Any, command: str, force: bool) -> Path:
+    """Claim the output directory (refusing a non-empty one unless ``force``), clear temporaries a
+    killed writer left, and write the resolved config, command and environment."""
+    out = Path(out)
+    prepare_out_dir(out, force)
+    files.remove_temporaries(out)  # left by a run killed mid-write; no one writes now
+    write_provenance(out, dump_yaml(cfg), command)
+    return out
+
+
 def run_toy(
     cfg: ToyExperimentConfig,
     out: str | Path,
@@ -59,10 +69,7 @@ def run_toy(
     """Train every (family, seed) model, then write summary, figures and report into ``out``."""
     from revcurse.report.toy import write_report  # report depends on matplotlib; keep it late
 
-    out = Path(out)
-    prepare_out_dir(out, force)
-    files.remove_temporaries(out)  # left by a sweep killed mid-write; no one writes now
-    write_provenance(out, dump_yaml(cfg), command)
+    out = start_experiment(out, cfg, command, force)
 
     runs = [
         ({"family": family, "seed": seed}, cfg.run_config(family, seed))
