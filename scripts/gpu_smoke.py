@@ -13,6 +13,7 @@ prints tokens/s. Exits 1 if any check fails. The output is meant to be pasted in
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -50,7 +51,7 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
     att = attention_coupling(model, facts, causal=model.causal, mask_id=tok.mask_id)
     grads = gradient_alignment(model, facts, causal=model.causal, mask_id=tok.mask_id)
     probe_s = time.perf_counter() - start
-    ok = all(map(lambda x: x == x and abs(x) != float("inf"), losses)) and moved
+    ok = all(math.isfinite(x) for x in losses) and moved
     ok = ok and all(abs(c) <= 1 for c in grads["cos_fwd_rev"])
     return {
         "family": name,

@@ -203,6 +203,7 @@ def mdm_answer_logprob(
     ``log p(a | prompt [MASK] suffix)``.
     """
     out = torch.empty(len(prompts), dtype=torch.float64)
+    device = model_device(model)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         length = len(a)
         counts = stratified_mask_counts(length, n_samples)
@@ -215,7 +216,7 @@ def mdm_answer_logprob(
             rows.append(clean.masked_fill(mask, mask_id))
             masks.append(mask)
         noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
-        logits = model(noisy.to(model_device(model))).cpu()  # [n, L, V]
+        logits = model(noisy.to(device)).cpu()  # [n, L, V]
         logp = torch.log_softmax(logits.double(), dim=-1)
         token_logp = logp.gather(-1, clean.expand_as(noisy)[..., None])[..., 0]  # [n, L]
         per_draw = (token_logp * mask).sum(-1) * length / torch.tensor(counts, dtype=torch.float64)

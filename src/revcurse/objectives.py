@@ -77,12 +77,10 @@ def masked_diffusion_step_loss(
     eps: float,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """One Monte-Carlo draw of the masked diffusion loss for a batch of clean sequences."""
+    """One Monte-Carlo draw of the masked diffusion loss for a batch of clean sequences: the SFT
+    loss with every real token maskable (the same draws, so the same value)."""
     maskable = tokens != pad_id  # [B, L]
-    t = sample_mask_ratio(tokens.shape[0], eps, generator)
-    noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
-    logits = model(noisy, attention_mask=_key_mask(maskable))
-    return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
+    return sft_masked_diffusion_loss(model, tokens, maskable, maskable, mask_id, eps, generator)
 
 
 def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:

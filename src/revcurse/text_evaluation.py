@@ -86,16 +86,18 @@ def evaluate_split(
     # a distractor is never one of the query's own accepted answers.
     distinct = list(dict.fromkeys(p.completion for p in pairs))
     encoded = {a: tokenizer.encode(a) + [eos] for a in distinct}
+    normal = {a: normalize(a) for a in distinct}
     k = min(settings.n_distractors, len(distinct) - 1)
     candidates = []
     for p in pairs:
-        others = [a for a in distinct if normalize(a) not in {normalize(x) for x in p.answers}]
+        own = {normalize(x) for x in p.answers}
+        others = [a for a in distinct if normal[a] not in own]
         order = torch.randperm(len(others), generator=generator)[:k].tolist()
         candidates.append([p.completion] + [others[i] for i in order])
     k = min(len(c) for c in candidates) - 1
     scores = torch.empty(len(pairs), 1 + k, dtype=torch.float64)
     for j in range(1 + k):
-        cand = [encoded.get(c[j]) or tokenizer.encode(c[j]) + [eos] for c in candidates]
+        cand = [encoded[c[j]] for c in candidates]  # every candidate is a split's completion
         scores[:, j] = _logprob(
             model, tokenizer, causal, prompts, cand, generator, settings.n_mc, fill
         )

@@ -136,12 +136,13 @@ def training_template_splits(
     group = {g: ps[:n_people] for g, ps in everyone.items()}
     # frame -> the file:line it was first cut from
     p2d_frames: dict[str, str] = {}
-    for p in load_pairs(root / "p2d_prompts_train.jsonl"):
+    train = {g: load_pairs(root / f"{g}_prompts_train.jsonl") for g in ("p2d", "d2p")}
+    for p in train["p2d"]:
         for person in everyone["p2d"]:
             if person.name in p.prompt and p.completion.strip() == person.description + ".":
                 p2d_frames.setdefault(p.prompt.replace(person.name, "{N}"), p.source)
     d2p_frames: dict[str, str] = {}
-    for p in load_pairs(root / "d2p_prompts_train.jsonl"):
+    for p in train["d2p"]:
         for person in everyone["d2p"]:
             if not p.completion.strip().startswith(person.name):
                 continue
@@ -160,9 +161,7 @@ def training_template_splits(
 
     # Same direction: only the prompts each person was trained with (memorisation). Reverse: every
     # frame of the other direction (all were read in training, with other people).
-    trained = {
-        p.prompt for f in ("p2d", "d2p") for p in load_pairs(root / f"{f}_prompts_train.jsonl")
-    }
+    trained = {p.prompt for pairs in train.values() for p in pairs}
     return {
         "p2d_same_train": [q for x in group["p2d"] for f, src in p2d_frames.items()
                            if (q := to_description(f, x, src)).prompt in trained],

@@ -27,7 +27,7 @@ from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
 from revcurse.errors import RevcurseError
 from revcurse.experiments.toy import prepare_out_dir
 from revcurse.models import hf
-from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.text_evaluation import evaluate_split, save_generations
 from revcurse.text_training import make_accelerator, train_text
@@ -122,19 +122,8 @@ def run_finetune(
     def probe(step: int) -> dict[str, Any] | None:
         if not (main and cfg.probe.enabled and len(facts) >= 3):
             return None
-        was_training = model.training
-        model.eval()
-        record = {
-            "step": step,
-            "n_facts": len(facts),
-            "attention": attention_coupling(
-                model, facts, causal=spec.causal, mask_id=mask_id, layers=cfg.probe.layers or None
-            )
-            if spec.records_scores
-            else None,
-            "gradients": gradient_alignment(model, facts, causal=spec.causal, mask_id=mask_id),
-        }
-        model.train(was_training)
+        record = probe_record(model, facts, step=step, causal=spec.causal, mask_id=mask_id,
+                              layers=cfg.probe.layers or None, attention=spec.records_scores)  # fmt: skip
         files.append_jsonl(probes_path, record)
         return record
 
@@ -190,14 +179,8 @@ def run_finetune(
         "vocab_size": len(tokenizer),
         "before": before,
         "after": after,
-        "probes": {
-            stage: None if rec is None else {
-                "attention_r_mean": rec["attention"]["r_mean"] if rec["attention"] else {},
-                "cos_fwd_rev_mean": rec["gradients"]["cos_fwd_rev_mean"],
-            }
-            for stage, rec in (("before", first_probe), ("after", last_probe))
-        },
-    }  # fmt: skip
+        "probes": {"before": probe_summary(first_probe), "after": probe_summary(last_probe)},
+    }
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
     files.write_text(out / "report.md", render_report(summary, speed))
@@ -207,36 +190,48 @@ def run_finetune(
 
 def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
     """A Markdown page: accuracy before/after per split, probe signatures, throughput."""
-    lines = [
-        f"# LoRA fine-tuning: {summary['family']} on {summary['dataset']}",
-        "",
-        f"Model: `{summary['model_path']}` ({'ARM' if summary['causal'] else 'MDM'}); "
-        f"{summary['lora_modules']} LoRA modules, {summary['trainable_parameters']:,} trainable of "
-        f"{summary['total_parameters']:,} parameters; {summary['n_train']} training statements. "
-        f"Data licence: {summary['licence']}.",
-        "",
-        "| split | direction | stage | exact | prefix | substring | likelihood top-1 | chance |",
-        "|---|---|---|---|---|---|---|---|",
+    from revcurse.report.render import Para, Table, to_markdown
+
+    rows = [
+        [split, summary[stage][split]["direction"], stage]
+        + [f"{summary[stage][split][m]:.3f}" for m in
+           ("exact", "prefix", "substring", "likelihood_top1", "chance_top1")]
+        for split in summary["before"]
+        for stage in ("before", "after")
+    ]  # fmt: skip
+    blocks = [
+        Para(
+            f"Model: `{summary['model_path']}` ({'ARM' if summary['causal'] else 'MDM'}); "
+            f"{summary['lora_modules']} LoRA modules, {summary['trainable_parameters']:,} "
+            f"trainable of {summary['total_parameters']:,} parameters; {summary['n_train']} "
+            f"training statements. Data licence: {summary['licence']}."
+        ),
+        Table(
+            [
+                "split",
+                "direction",
+                "stage",
+                "exact",
+                "prefix",
+                "substring",
+                "likelihood top-1",
+                "chance",
+            ],
+            rows,
+        ),  # fmt: skip
     ]
-    for split in summary["before"]:
-        for stage in ("before", "after"):
-            m = summary[stage][split]
-            lines.append(
-                f"| {split} | {m['direction']} | {stage} | {m['exact']:.3f} | {m['prefix']:.3f} | "
-                f"{m['substring']:.3f} | {m['likelihood_top1']:.3f} | {m['chance_top1']:.3f} |"
-            )
-    lines += ["", "| probe | before | after |", "|---|---|---|"]
-    probes = summary["probes"]
-    if probes["before"] is not None:
-        for layer in probes["before"]["attention_r_mean"]:
-            b = probes["before"]["attention_r_mean"][layer]
-            a = probes["after"]["attention_r_mean"][layer]
-            lines.append(f"| attention r(S_fwd, S_rev), layer {layer} | {b:+.3f} | {a:+.3f} |")
-        lines.append(
-            f"| gradient cos(fwd, rev) on LoRA parameters | "
-            f"{probes['before']['cos_fwd_rev_mean']:+.3f} | "
-            f"{probes['after']['cos_fwd_rev_mean']:+.3f} |"
-        )
-    lines += ["", f"Training: {speed['tokens_per_second']:.0f} tokens/s, "
-              f"{speed['train_seconds']:.1f} s.", ""]  # fmt: skip
-    return "\n".join(lines)
+    before, after = summary["probes"]["before"], summary["probes"]["after"]
+    if before is not None:
+        probe_rows = [
+            [f"attention r(S_fwd, S_rev), layer {layer}", f"{r:+.3f}",
+             f"{after['attention_r_mean'][layer]:+.3f}"]
+            for layer, r in before["attention_r_mean"].items()
+        ]  # fmt: skip
+        probe_rows.append(["gradient cos(fwd, rev) on LoRA parameters",
+                           f"{before['cos_fwd_rev_mean']:+.3f}",
+                           f"{after['cos_fwd_rev_mean']:+.3f}"])  # fmt: skip
+        blocks.append(Table(["probe", "before", "after"], probe_rows))
+    blocks.append(Para(f"Training: {speed['tokens_per_second']:.0f} tokens/s, "
+                       f"{speed['train_seconds']:.1f} s."))  # fmt: skip
+    title = f"LoRA fine-tuning: {summary['family']} on {summary['dataset']}"
+    return to_markdown(title, blocks, Path("."))

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from revcurse import files
-from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml
+from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, to_dict
 from revcurse.data.person_description import (
     TESTS,
     TRAIN_TEMPLATE_SPLITS,
@@ -48,7 +48,7 @@ from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jo
 from revcurse.experiments.stats import aggregate
 from revcurse.experiments.toy import start_experiment
 from revcurse.models.transformer import TransformerLM
-from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.store import Store
 from revcurse.text_evaluation import evaluate_split, save_generations
@@ -137,15 +137,8 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     )
 
     def probe(step: int) -> dict[str, Any]:
-        model.eval()
-        record = {
-            "step": step,
-            "n_facts": len(facts),
-            "attention": attention_coupling(model, facts, causal=causal, mask_id=tokenizer.mask_id),
-            "gradients": gradient_alignment(model, facts, causal=causal, mask_id=tokenizer.mask_id),
-        }
+        record = probe_record(model, facts, step=step, causal=causal, mask_id=tokenizer.mask_id)
         files.append_jsonl(out / "probes.jsonl", record)
-        model.train()
         return record
 
     (out / "probes.jsonl").unlink(missing_ok=True)
@@ -176,8 +169,8 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
         results[name] = metrics
     files.save_tensors(
         out / "model.safetensors",
-        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
-        {"vocab": json.dumps(tokenizer.vocab.tokens), "config": json.dumps(cfg.model.__dict__)},
+        model.state_dict(),
+        {"vocab": json.dumps(tokenizer.vocab.tokens), "config": json.dumps(to_dict(cfg.model))},
     )
     summary = {
         "family": cfg.family,
@@ -187,13 +180,7 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
         "parameters": model.num_parameters(),
         "final_loss": _last_loss(out / "metrics.jsonl"),
         "splits": results,
-        "probes": {
-            stage: None if rec is None else {
-                "attention_r_mean": rec["attention"]["r_mean"],
-                "cos_fwd_rev_mean": rec["gradients"]["cos_fwd_rev_mean"],
-            }
-            for stage, rec in probes.items()
-        },
+        "probes": {stage: probe_summary(rec) for stage, rec in probes.items()},
         "train_seconds": speed["train_seconds"],
         "eval_seconds": time.perf_counter() - start,
     }  # fmt: skip

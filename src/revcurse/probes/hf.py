@@ -27,6 +27,7 @@ import torch
 
 from revcurse.data.schema import TextPair
 from revcurse.objectives import sft_answer_loss
+from revcurse.probes.attention import pearson
 from revcurse.probes.gradients import cosine
 
 
@@ -132,7 +133,7 @@ def attention_coupling(
             s[key].append(torch.stack(per_layer).cpu())
     fwd, rev = torch.stack(s["fwd"]), torch.stack(s["rev"])  # [F, n_layers, H]
     chosen = list(range(fwd.shape[1])) if layers is None else list(layers)
-    r = _pearson(fwd, rev)  # [n_layers, H]
+    r = pearson(fwd.movedim(0, -1), rev.movedim(0, -1))  # over facts: [n_layers, H]
     return {
         "layers": chosen,
         "r": {str(n): r[n].tolist() for n in chosen},
@@ -140,12 +141,6 @@ def attention_coupling(
         "s_fwd": {str(n): fwd[:, n].tolist() for n in chosen},
         "s_rev": {str(n): rev[:, n].tolist() for n in chosen},
     }
-
-
-def _pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Correlation over the first dimension (NaN where either side is constant)."""
-    x, y = x.double() - x.double().mean(0), y.double() - y.double().mean(0)
-    return (x * y).sum(0) / (x.square().sum(0).sqrt() * y.square().sum(0).sqrt())
 
 
 def gradient_alignment(
@@ -167,3 +162,39 @@ def gradient_alignment(
             grads.append(torch.cat([g.reshape(-1).float() for g in flat]))
         cosines.append(float(cosine(grads[0], grads[1])))
     return {"cos_fwd_rev": cosines, "cos_fwd_rev_mean": sum(cosines) / max(1, len(cosines))}
+
+
+def probe_record(
+    model: Any,
+    facts: Sequence[tuple[Encoded, Encoded]],
+    *,
+    step: int,
+    causal: bool,
+    mask_id: int,
+    layers: Sequence[int] | None = None,
+    attention: bool = True,
+) -> dict[str, Any]:
+    """Both probes at one training step (``attention=False`` skips the coupling, for models whose
+    scores cannot be recorded), in eval mode; the model's training mode is restored."""
+    was_training = model.training
+    model.eval()
+    record = {
+        "step": step,
+        "n_facts": len(facts),
+        "attention": attention_coupling(
+            model, facts, causal=causal, mask_id=mask_id, layers=layers
+        ) if attention else None,
+        "gradients": gradient_alignment(model, facts, causal=causal, mask_id=mask_id),
+    }  # fmt: skip
+    model.train(was_training)
+    return record
+
+
+def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The headline numbers of a :func:`probe_record` for run summaries."""
+    if record is None:
+        return None
+    return {
+        "attention_r_mean": record["attention"]["r_mean"] if record["attention"] else {},
+        "cos_fwd_rev_mean": record["gradients"]["cos_fwd_rev_mean"],
+    }
