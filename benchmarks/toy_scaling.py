@@ -65,6 +65,10 @@ def run(end_to_end: bool = True) -> str:
         "| d_model (100 pairs) | s / step | s / model (3000 steps) |", "|---|---|---|",
         *[f"| {d} | {widths[d] * 1e3:.2f} ms | {widths[d] * 3000:.1f} |" for d in WIDTHS],
         "",
+        "Past a few hundred pairs the time per step grows with the square of the pairs: the",
+        "default full batch and the vocabulary (two entities per pair) both grow with them, so",
+        "the unembedding and its softmax cost O(pairs^2); set `train.batch_size` for large sets.",
+        "",
         "![scaling](benchmarks/toy_scaling.png)",
     ]  # fmt: skip
     return "\n".join(lines)

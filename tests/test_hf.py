@@ -227,6 +227,59 @@ def test_dream_logits_are_realigned_by_one_position():
     torch.testing.assert_close(shifted[:, 0], raw[:, 0])
 
 
+SPECS = {name: hf.FAMILIES[name] for name in FAMILIES} | {
+    # Llama weights behind Dream's logit shift, through the decoder path and the indexing path.
+    "shifted": hf.FamilySpec("shifted", False, "", 4, shift_logits=True),
+    "shifted-remote": hf.FamilySpec("shifted-remote", False, "", 4, shift_logits=True,
+                                    remote_code=True, mask_4d=True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_selected_positions_are_the_full_logits_rows(name):
+    base = "llada" if name == "llada" else "llama"
+    model = hf.LogitsModel(hf.build_tiny(base, 30, SHAPE, seed=0).inner, SPECS[name]).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 30, (3, 7), generator=g)
+    real = torch.ones_like(ids, dtype=torch.bool)
+    real[2, 5:] = False
+    where = torch.rand(ids.shape, generator=g) < 0.4
+    with torch.no_grad():
+        full = model(ids, attention_mask=real)
+        torch.testing.assert_close(model(ids, attention_mask=real, where=where), full[where])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sft_losses_with_selected_positions_match_full_logits(name):
+    """The LoRA gradients of an SFT loss are the same whether the model unembeds only the read
+    positions or a plain callable returns every logit (same draws)."""
+    model = hf.build_tiny(name, 30, SHAPE, seed=0)
+    hf.add_lora(model, r=4, alpha=8, dropout=0.0)
+    params = list(hf.lora_parameters(model).values())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 30, (4, 8), generator=g)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[:, 4:7] = True
+    real = torch.ones_like(answer)
+    real[3, 7:] = False
+
+    def grads(m):
+        gen = torch.Generator().manual_seed(2)
+        if model.causal:
+            loss = sft_next_token_loss(m, ids, answer, real)
+        else:
+            loss = sft_masked_diffusion_loss(m, ids, answer, real, 29, 1e-3, gen)
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    def full(ids, attention_mask=None):
+        return model(ids, attention_mask=attention_mask)
+
+    (loss_sel, g_sel), (loss_full, g_full) = grads(model), grads(full)
+    torch.testing.assert_close(loss_sel, loss_full)
+    for a, b in zip(g_sel, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------------
 # SFT losses against float64 loops
 # --------------------------------------------------------------------------------------------------

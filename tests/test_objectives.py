@@ -11,8 +11,9 @@ from torch.nn import functional as F
 from revcurse.objectives import (
     mask_tokens,
     masked_diffusion_loss,
-    next_token_loss,
+    next_token_step_loss,
     sample_mask_ratio,
+    training_loss,
 )
 
 
@@ -96,6 +97,42 @@ def test_next_token_loss_matches_loop_and_ignores_padding():
         for i in range(4)
         if tokens[b, i + 1] != 0
     ]
-    assert next_token_loss(logits, tokens, pad_id=0).item() == pytest.approx(
+
+    def model(ids, attention_mask=None):  # fixed logits; no ``where``: indexed by the loss
+        return logits
+
+    assert next_token_step_loss(model, tokens, pad_id=0).item() == pytest.approx(
         sum(terms) / len(terms), rel=1e-10
     )
+
+
+@pytest.mark.parametrize("objective", ["masked_diffusion", "next_token", "mlm", "answer_only"])
+def test_unembedding_only_the_read_positions_changes_nothing(objective):
+    """TransformerLM unembeds only the positions a loss reads (``where``); the same model behind a
+    plain ``ids -> logits`` callable gets its full logits indexed. Same draws, same loss and
+    gradients."""
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(causal=objective == "next_token"), 20).double()
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randint(3, 20, (6, 5), generator=g)
+    batch[4:, 3:] = 0  # padding (pad_id 0)
+    answers = torch.zeros_like(batch, dtype=torch.bool)
+    answers[:, 2] = True
+
+    def loss_and_grads(m):
+        model.zero_grad()
+        gen = torch.Generator().manual_seed(2)
+        loss = training_loss(objective, m, batch, 1, 0, 1e-3, gen, answer_mask=answers)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    def full(ids, attention_mask=None):
+        return model(ids, attention_mask=attention_mask)
+
+    selected, full_logits = loss_and_grads(model), loss_and_grads(full)
+    assert selected[0].item() == pytest.approx(full_logits[0].item(), rel=1e-12)
+    for a, b in zip(selected[1], full_logits[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -14,12 +14,37 @@ Two ablations of the any-order objective (the ``objective`` experiment):
 * ``mlm``: a BERT-style fixed masking ratio r instead of t ~ U(eps, 1) (same estimator with t = r);
 * ``answer_only``: a bidirectional encoder that only ever sees ``a REL [M]``: the answer entity of
   each statement is masked, nothing else (no any-order masking at all).
+
+Every loss reads the logits of a few positions only (the masked tokens, the answer, the positions
+that have a next token). :func:`logits_at` asks the model for exactly those rows: models that take a
+``where`` keyword (:class:`~revcurse.models.transformer.TransformerLM`,
+:class:`~revcurse.models.hf.LogitsModel`) run the unembedding on them alone, which for a 126k-152k
+vocabulary removes the largest tensor of a fine-tuning step; any other ``ids -> logits`` callable
+gets its full logits indexed, with the same result.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+
+def logits_at(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor | None,  # [B, L]
+    where: torch.Tensor,  # [B, L] bool
+) -> torch.Tensor:
+    """The logits at the positions ``where``: ``[N, V]``, rows in row-major order of ``where``."""
+    inner = getattr(model, "module", model)  # under a DistributedDataParallel wrapper
+    if getattr(inner, "selects_positions", False):
+        return model(ids, attention_mask=attention_mask, where=where)
+    return model(ids, attention_mask=attention_mask)[where]
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits (autocast) upcast for the softmax; float32 and float64 kept as they are."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def sample_mask_ratio(batch: int, eps: float, generator: torch.Generator) -> torch.Tensor:
@@ -45,28 +70,20 @@ def mask_tokens(
 
 
 def masked_diffusion_loss(
-    logits: torch.Tensor,  # [B, L, V]
+    logits: torch.Tensor,  # [B, L, V], or [N, V] at the masked positions only
     targets: torch.Tensor,  # [B, L] clean tokens
     masked: torch.Tensor,  # [B, L] bool
     t: torch.Tensor,  # [B]
     n_maskable: torch.Tensor,  # [B] number of maskable tokens per sequence
 ) -> torch.Tensor:
     """``mean_b  sum_{i masked} CE(logits_bi, x_bi) / (t_b * n_b)`` (the estimator of Eq. 3)."""
-    ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    ce = ce.view_as(targets) * masked  # [B, L], zero on visible tokens
-    per_seq = ce.sum(dim=1) / (t * n_maskable.clamp(min=1))  # [B]
+    if logits.dim() == 3:
+        logits = logits[masked]
+    ce = F.cross_entropy(logits, targets[masked], reduction="none")  # [N]
+    per_token = torch.zeros(targets.shape, dtype=ce.dtype, device=ce.device)
+    per_token = per_token.masked_scatter(masked, ce)  # [B, L], zero on visible tokens
+    per_seq = per_token.sum(dim=1) / (t * n_maskable.clamp(min=1))  # [B]
     return per_seq.mean()
-
-
-def next_token_loss(
-    logits: torch.Tensor,  # [B, L, V]
-    tokens: torch.Tensor,  # [B, L]
-    pad_id: int,
-) -> torch.Tensor:
-    """Mean CE of predicting ``tokens[:, 1:]`` from positions ``0 .. L-2`` (padding ignored)."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), ignore_index=pad_id
-    )
 
 
 def masked_diffusion_step_loss(
@@ -84,10 +101,22 @@ def masked_diffusion_step_loss(
 
 
 def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """The next-token loss of a batch of sequences."""
-    return next_token_loss(
-        model(tokens, attention_mask=_key_mask(tokens != pad_id)), tokens, pad_id
-    )
+    """Mean CE of predicting ``tokens[:, 1:]`` from positions ``0 .. L-2``, padding ignored (only
+    the positions that have a next token are unembedded)."""
+    real = tokens != pad_id  # [B, L]
+    return _next_token_ce(model, tokens, real[:, 1:], _key_mask(real))
+
+
+def _next_token_ce(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L]
+    predicted: torch.Tensor,  # [B, L-1] bool: which of ids[:, 1:] are predicted
+    attention_mask: torch.Tensor | None,  # [B, L]
+) -> torch.Tensor:
+    """Mean CE of ``ids[:, 1:][predicted]`` given the positions before them."""
+    where = F.pad(predicted, (0, 1))  # [B, L]: position i predicts token i + 1
+    logits = logits_at(model, ids, attention_mask, where)  # [N, V]
+    return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted])
 
 
 def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
@@ -107,7 +136,7 @@ def fixed_ratio_step_loss(
     maskable = tokens != pad_id
     t = torch.full((tokens.shape[0],), ratio)
     noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
-    logits = model(noisy, attention_mask=_key_mask(maskable))
+    logits = logits_at(model, noisy, _key_mask(maskable), masked)  # [N, V]
     return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
 
 
@@ -120,8 +149,8 @@ def answer_only_step_loss(
 ) -> torch.Tensor:
     """Mask exactly the answer entity; mean cross-entropy over its tokens."""
     noisy = tokens.masked_fill(answer_mask, mask_id)
-    logits = model(noisy, attention_mask=_key_mask(tokens != pad_id))
-    return F.cross_entropy(logits[answer_mask], tokens[answer_mask])
+    logits = logits_at(model, noisy, _key_mask(tokens != pad_id), answer_mask)  # [N, V]
+    return F.cross_entropy(logits, tokens[answer_mask])
 
 
 def training_loss(
@@ -172,9 +201,10 @@ def sft_masked_diffusion_loss(
     t = sample_mask_ratio(ids.shape[0], eps, generator)
     draw = torch.rand(ids.shape, generator=generator) < t[:, None]  # [B, L], on the CPU generator
     masked = draw.to(ids.device) & answer_mask
-    logits = model(ids.masked_fill(masked, mask_id), attention_mask=_key_mask(attention_mask))
+    noisy = ids.masked_fill(masked, mask_id)
+    logits = logits_at(model, noisy, _key_mask(attention_mask), masked)  # [N, V]
     return masked_diffusion_loss(
-        logits.float(), ids, masked, t.to(ids.device), answer_mask.sum(dim=1)
+        _at_least_float32(logits), ids, masked, t.to(ids.device), answer_mask.sum(dim=1)
     )
 
 
@@ -186,9 +216,7 @@ def sft_next_token_loss(
 ) -> torch.Tensor:
     """The ARM's SFT loss: next-token cross-entropy on answer tokens only (prompt tokens ignored),
     averaged over the answer tokens of the batch."""
-    logits = model(ids, attention_mask=_key_mask(attention_mask))  # [B, L, V]
-    targets = ids[:, 1:].masked_fill(~answer_mask[:, 1:], -100)  # [B, L-1]
-    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten())
+    return _next_token_ce(model, ids, answer_mask[:, 1:], _key_mask(attention_mask))
 
 
 def sft_answer_loss(
@@ -203,5 +231,6 @@ def sft_answer_loss(
     with every answer token masked (MDM, the t = 1 term of the SFT loss) or teacher-forced (ARM)."""
     if causal:
         return sft_next_token_loss(model, ids, answer_mask, attention_mask)
-    logits = model(ids.masked_fill(answer_mask, mask_id), attention_mask=_key_mask(attention_mask))
-    return F.cross_entropy(logits[answer_mask].float(), ids[answer_mask])
+    noisy = ids.masked_fill(answer_mask, mask_id)
+    logits = logits_at(model, noisy, _key_mask(attention_mask), answer_mask)  # [N, V]
+    return F.cross_entropy(_at_least_float32(logits), ids[answer_mask])

@@ -162,18 +162,39 @@ class LogitsModel(nn.Module):
         inner = self.inner
         return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    selects_positions = True
+    """``forward`` takes ``where`` (see :func:`revcurse.objectives.logits_at`)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L]
+        attention_mask: torch.Tensor | None = None,  # [B, L]
+        where: torch.Tensor | None = None,  # [B, L] bool
+    ) -> torch.Tensor:
+        """Logits ``[B, L, V]``; with ``where``, only those positions' ``[N, V]``: LLaDA, Llama and
+        Qwen2 then unembed only those rows (a remote-code model's full logits are indexed)."""
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: let the model take its unmasked fast path
         if attention_mask is not None and self.spec.mask_4d:
             keys = attention_mask.bool()  # [B, L]
             attention_mask = keys[:, None, None, :] & keys[:, None, :, None]  # [B, 1, L, L]
+        base = self.base
+        if where is not None and isinstance(base, LLaDAModelLM):
+            return base(input_ids=input_ids, attention_mask=attention_mask, where=where)
+        if where is not None and not self.spec.remote_code:
+            # The LoRA layers live inside the base model's modules, so its decoder and head are
+            # the adapted model; calling them directly skips only the full-vocabulary logits.
+            decoder, head = base.get_decoder(), base.get_output_embeddings()
+            out = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            return head(self._shift(out.last_hidden_state)[where])  # [N, V]
         out = self.inner(input_ids=input_ids, attention_mask=attention_mask)
-        logits = out if isinstance(out, torch.Tensor) else out.logits  # [B, L, V]
-        if self.spec.shift_logits:
-            # Dream predicts token i from position i - 1 (its ARM initialisation); realign.
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        logits = self._shift(out if isinstance(out, torch.Tensor) else out.logits)  # [B, L, V]
+        return logits if where is None else logits[where]
+
+    def _shift(self, x: torch.Tensor) -> torch.Tensor:
+        """Dream predicts token i from position i - 1 (its ARM initialisation): realign ``x``
+        ``[B, L, ...]`` so that row i holds position i's prediction."""
+        return torch.cat([x[:, :1], x[:, :-1]], dim=1) if self.spec.shift_logits else x
 
     @property
     def n_layers(self) -> int:

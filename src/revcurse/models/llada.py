@@ -191,7 +191,9 @@ class LLaDAModelLM(nn.Module):
         input_ids: torch.Tensor | None = None,  # [B, L]
         attention_mask: torch.Tensor | None = None,  # [B, L], 1 = real token
         inputs_embeds: torch.Tensor | None = None,  # [B, L, D]
+        where: torch.Tensor | None = None,  # [B, L] bool: unembed only these positions
     ) -> torch.Tensor:
+        """Logits ``[B, L, V]``, or ``[N, V]`` at the positions ``where``."""
         t = self.model.transformer
         x = t.wte(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
         cos, sin = self.rope(x.shape[1], x.device)
@@ -200,7 +202,9 @@ class LLaDAModelLM(nn.Module):
             keys = attention_mask.bool()[:, None, None, :]
         for block in t.blocks:
             x = block(x, cos, sin, keys)
-        x = t.ln_f(x)
+        x = t.ln_f(x)  # [B, L, D]
+        if where is not None:
+            x = x[where]  # [N, D]
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return F.linear(x, head)
 

@@ -210,14 +210,20 @@ class TransformerLM(nn.Module):
     def causal(self) -> bool:
         return self.cfg.causal
 
+    selects_positions = True
+    """``forward`` takes ``where`` (see :func:`revcurse.objectives.logits_at`)."""
+
     def forward(
         self,
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        where: torch.Tensor | None = None,  # [B, L] bool
     ) -> torch.Tensor:
-        """Logits ``[B, L, vocab]`` (from token ids, or from ``inputs_embeds`` ``[B, L, D]``)."""
-        return self.lm_head(self.model(input_ids, attention_mask, inputs_embeds))
+        """Logits ``[B, L, vocab]`` (from token ids, or from ``inputs_embeds`` ``[B, L, D]``); with
+        ``where``, only those positions' ``[N, vocab]``, unembedding only those rows."""
+        hidden = self.model(input_ids, attention_mask, inputs_embeds)  # [B, L, D]
+        return self.lm_head(hidden if where is None else hidden[where])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
