@@ -364,6 +364,13 @@ def test_probe_facts_locate_entities_by_token_span():
     assert tok.decode(qf.ids[slice(*qf.answer)]) == "Bob Smith"
     assert tok.decode(qr.ids[slice(*qr.entity)]) == "Bob Smith"
     assert tok.decode(qr.ids[slice(*qr.answer)]) == "Alice Smith"
+    # The EOS fill of an MDM trained on padded statements: appended after the answer, spans kept.
+    (ff, fr), *_ = encode_facts(tok, pairs, bos=True, fill=(tok.eos_id, 16))
+    assert len(ff.ids) == len(fr.ids) == 16
+    assert ff.ids[: len(qf.ids) + 1] == [tok.bos_id, *qf.ids]
+    assert set(ff.ids[len(qf.ids) + 1 :]) == {tok.eos_id}
+    assert tok.decode(ff.ids[slice(*ff.entity)]) == "Alice Smith"
+    assert tok.decode(ff.ids[slice(*ff.answer)]) == "Bob Smith"
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from revcurse.data.text import fill_row
+
 Model = Callable[..., torch.Tensor]
 
 
@@ -90,7 +92,7 @@ def mdm_generate(
 
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
-    rows = [_filled(list(p) + [mask_id] * gen_length + list(suffix), fill) for p in prompts]
+    rows = [fill_row(list(p) + [mask_id] * gen_length + list(suffix), fill) for p in prompts]
     total = max(len(r) for r in rows)
     x = torch.full((batch, total), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -147,13 +149,6 @@ def arm_generate(
     return out
 
 
-def _filled(row: list[int], fill: tuple[int, int] | None) -> list[int]:
-    if fill is None:
-        return row
-    token, length = fill
-    return row + [token] * max(0, length - len(row))
-
-
 def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     """The tokens before the first of ``stop_ids`` (EOS, padding)."""
     out = []
@@ -207,7 +202,7 @@ def mdm_answer_logprob(
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         length = len(a)
         counts = stratified_mask_counts(length, n_samples)
-        clean = torch.tensor(_filled(list(p) + list(a) + list(suffix), fill))
+        clean = torch.tensor(fill_row(list(p) + list(a) + list(suffix), fill))
         rows, masks = [], []
         for count in counts:
             chosen = torch.randperm(length, generator=generator)[:count] + len(p)

@@ -133,6 +133,15 @@ def encode_pairs(
     return TextBatch(ids, prompt_mask, real & ~prompt_mask, real)
 
 
+def fill_row(row: list[int], fill: tuple[int, int] | None) -> list[int]:
+    """``row`` extended with ``token`` up to ``length`` for ``fill = (token, length)`` (the EOS fill
+    of an MDM trained on :func:`pad_with_eos` statements); unchanged for ``None``."""
+    if fill is None:
+        return row
+    token, length = fill
+    return row + [token] * max(0, length - len(row))
+
+
 def pad_with_eos(batch: TextBatch, length: int, eos_id: int) -> TextBatch:
     """Pad every row to ``length`` with EOS tokens that are part of the answer and visible.
 

@@ -128,12 +128,14 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
     data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
-    if not causal:  # the MDM learns to end its answers: EOS fills every statement to full length
-        data = pad_with_eos(data, cfg.model.max_seq_len, tokenizer.eos_id)
+    fill_to = None if causal else cfg.model.max_seq_len
+    if fill_to is not None:  # the MDM learns to end its answers: EOS fills every statement
+        data = pad_with_eos(data, fill_to, tokenizer.eos_id)
     facts = encode_facts(
         tokenizer,
         paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),
         bos=True,
+        fill=None if fill_to is None else (tokenizer.eos_id, fill_to),  # as in training
     )
 
     def probe(step: int) -> dict[str, Any]:
@@ -163,7 +165,7 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
         settings = dataclasses.replace(cfg.eval, gen_length=gen_lengths[name])
         metrics, records = evaluate_split(
             model, tokenizer, pairs, causal, settings, gen, bos=True,
-            eos_fill_to=None if causal else cfg.model.max_seq_len,
+            eos_fill_to=fill_to,
         )  # fmt: skip
         save_generations(out / "generations" / f"{name}.jsonl", records)
         results[name] = metrics

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from revcurse.data.schema import TextPair
+from revcurse.data.text import fill_row
 from revcurse.objectives import sft_answer_loss
 from revcurse.probes.attention import pearson
 from revcurse.probes.gradients import cosine
@@ -58,9 +59,17 @@ def paired_queries(
     return pairs
 
 
-def encode_query(tokenizer: Any, pair: TextPair, entity: str, bos: bool = False) -> Encoded:
+def encode_query(
+    tokenizer: Any,
+    pair: TextPair,
+    entity: str,
+    bos: bool = False,
+    fill: tuple[int, int] | None = None,
+) -> Encoded:
     """``prompt + answer`` with the entity's token span (segments are tokenized separately so the
-    span is exact); ``bos`` prepends BOS. A final period of the entity is not part of it."""
+    span is exact); ``bos`` prepends BOS; ``fill = (token, length)`` appends ``token`` up to
+    ``length`` (the EOS fill the MDM was trained with). A final period of the entity is not part
+    of it."""
     entity = entity.strip().removesuffix(".")
     at = pair.prompt.find(entity) if entity else -1
     if at < 0:  # not verbatim in the prompt: the whole prompt is the given information
@@ -75,21 +84,24 @@ def encode_query(tokenizer: Any, pair: TextPair, entity: str, bos: bool = False)
     if bos:
         parts[0] = [tokenizer.bos_id, *parts[0]]
     answer = tokenizer.encode(pair.completion)
-    ids = parts[0] + parts[1] + parts[2] + answer
-    n_prompt = len(ids) - len(answer)
+    n_prompt = len(parts[0]) + len(parts[1]) + len(parts[2])
+    ids = fill_row(parts[0] + parts[1] + parts[2] + answer, fill)
     return Encoded(
         ids, (len(parts[0]), len(parts[0]) + len(parts[1])), (n_prompt, n_prompt + len(answer))
     )
 
 
 def encode_facts(
-    tokenizer: Any, facts: Sequence[tuple[TextPair, TextPair]], bos: bool = False
+    tokenizer: Any,
+    facts: Sequence[tuple[TextPair, TextPair]],
+    bos: bool = False,
+    fill: tuple[int, int] | None = None,
 ) -> list[tuple[Encoded, Encoded]]:
     """Both queries of each fact, each with the other's answer as its given entity."""
     return [
         (
-            encode_query(tokenizer, f, r.completion, bos),
-            encode_query(tokenizer, r, f.completion, bos),
+            encode_query(tokenizer, f, r.completion, bos, fill),
+            encode_query(tokenizer, r, f.completion, bos, fill),
         )
         for f, r in facts
     ]
