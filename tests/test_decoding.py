@@ -155,3 +155,26 @@ def test_mdm_elbo_is_unbiased_for_position_independent_model():
 def test_stratified_counts_cover_every_ratio():
     assert stratified_mask_counts(4, 4) == [1, 2, 3, 4]
     assert sorted(set(stratified_mask_counts(3, 9))) == [1, 2, 3]
+
+
+def test_likelihoods_unembedding_only_the_read_positions_match_full_logits():
+    """TransformerLM unembeds only the answer positions (``where``); behind a plain callable the
+    same model's full logits are indexed. Same values (and, for the MDM, the same draws)."""
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+
+    prompts, answers = [[3, 4, 5], [6, 7]], [[8, 9], [10, 11, 12]]
+    for causal in (True, False):
+        torch.manual_seed(0)
+        model = TransformerLM(ModelConfig(causal=causal), 20).double().eval()
+
+        def full(ids, attention_mask=None, model=model):
+            return model(ids, attention_mask=attention_mask)
+
+        if causal:
+            got = [arm_answer_logprob(m, prompts, answers) for m in (model, full)]
+        else:
+            got = [mdm_answer_logprob(m, prompts, answers, mask_id=1, n_samples=6,
+                                      generator=torch.Generator().manual_seed(1), fill=(2, 9))
+                   for m in (model, full)]  # fmt: skip
+        torch.testing.assert_close(got[0], got[1], rtol=1e-12, atol=1e-12)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from revcurse.data.text import fill_row
+from revcurse.objectives import logits_at
 
 Model = Callable[..., torch.Tensor]
 
@@ -168,9 +169,11 @@ def arm_answer_logprob(
     device = model_device(model)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         ids = torch.tensor([list(p) + list(a)], device=device)
-        logp = torch.log_softmax(model(ids)[0].double(), dim=-1).cpu()  # [L, V]
-        positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
-        out[i] = logp[positions, torch.tensor(list(a))].sum()
+        where = torch.zeros(ids.shape, dtype=torch.bool, device=device)  # [1, L]
+        where[0, len(p) - 1 : len(p) + len(a) - 1] = True  # the positions predicting the answer
+        logits = logits_at(model, ids, None, where)  # [len(a), V]
+        logp = torch.log_softmax(logits.double(), dim=-1).cpu()
+        out[i] = logp[torch.arange(len(a)), torch.tensor(list(a))].sum()
     return out
 
 
@@ -211,9 +214,10 @@ def mdm_answer_logprob(
             rows.append(clean.masked_fill(mask, mask_id))
             masks.append(mask)
         noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
-        logits = model(noisy.to(device)).cpu()  # [n, L, V]
+        logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
         logp = torch.log_softmax(logits.double(), dim=-1)
-        token_logp = logp.gather(-1, clean.expand_as(noisy)[..., None])[..., 0]  # [n, L]
-        per_draw = (token_logp * mask).sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
+        token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
+        per_token = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+        per_draw = per_token.sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
         out[i] = per_draw.mean()
     return out

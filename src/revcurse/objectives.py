@@ -70,15 +70,13 @@ def mask_tokens(
 
 
 def masked_diffusion_loss(
-    logits: torch.Tensor,  # [B, L, V], or [N, V] at the masked positions only
+    logits: torch.Tensor,  # [N, V] at the masked positions (row-major order)
     targets: torch.Tensor,  # [B, L] clean tokens
     masked: torch.Tensor,  # [B, L] bool
     t: torch.Tensor,  # [B]
     n_maskable: torch.Tensor,  # [B] number of maskable tokens per sequence
 ) -> torch.Tensor:
     """``mean_b  sum_{i masked} CE(logits_bi, x_bi) / (t_b * n_b)`` (the estimator of Eq. 3)."""
-    if logits.dim() == 3:
-        logits = logits[masked]
     ce = F.cross_entropy(logits, targets[masked], reduction="none")  # [N]
     per_token = torch.zeros(targets.shape, dtype=ce.dtype, device=ce.device)
     per_token = per_token.masked_scatter(masked, ce)  # [B, L], zero on visible tokens
