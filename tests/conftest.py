@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -21,3 +24,17 @@ def tiny_run_config(**model_kw) -> RunConfig:
         model=ModelConfig(d_model=16, n_heads=2, **model_kw),
         train=TrainConfig(steps=20, warmup_steps=2, log_every=5, eval_every=10),
     )
+
+
+# A bound on any one subprocess a test starts, there only so that a deadlock (a collective that never
+# returns, say) fails the suite instead of hanging CI. It is no speed assumption: it sits far above
+# any command's time even with both cores busy, and inside CI's own limit.
+HANG_GUARD_S = 1800
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m revcurse ARGS`` in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True,
+        timeout=HANG_GUARD_S,
+    )  # fmt: skip

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from conftest import run_cli
 
 TINY = [
     "--set", "data.n_pairs=10", "--set", "model.d_model=16", "--set", "train.steps=60",
@@ -14,10 +13,7 @@ TINY = [
 ]  # fmt: skip
 
 
-def revcurse(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True, timeout=timeout
-    )
+revcurse = run_cli
 
 
 @pytest.mark.slow

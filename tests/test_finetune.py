@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import HANG_GUARD_S, run_cli
 
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
@@ -24,10 +25,7 @@ TINY = ["train.steps=12", "train.lr=3e-3", "data.max_eval=8", "data.max_train=64
         "eval.n_mc=2", "train.log_every=4"]  # fmt: skip
 
 
-def revcurse(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True, timeout=timeout
-    )
+revcurse = run_cli
 
 
 @pytest.mark.parametrize("family", ["llada", "llama"])
@@ -117,7 +115,7 @@ def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "revcurse",
          "finetune", "--out", str(out), "--no-progress", *sets],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("report:") == 1  # only the main process reports

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -305,33 +304,41 @@ def _metrics_without_timings(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in files.read_jsonl(path)]
 
 
+def _killed_at(out: Path, kill_at: int, *extra: str) -> subprocess.CompletedProcess:
+    """Run ``train`` into ``out`` and SIGKILL it at its ``kill_at``-th write (0: never)."""
+    count = out.parent / f"{out.name}.events"
+    cmd = [sys.executable, str(ROOT / "tests" / "progress_kill.py"), str(kill_at), str(count), "--",
+           *_train_cmd(out, *extra)[3:]]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    done.events = int(count.read_text()) if count.is_file() else 0
+    return done
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_identical(tmp_path):
+    # Kill points are write events of the run itself (a metrics line, a checkpoint, a summary),
+    # each killed mid-write, so where a kill lands does not depend on the machine's speed.
     reference = tmp_path / "reference"
-    subprocess.run(_train_cmd(reference), check=True, capture_output=True)
+    ref = _killed_at(reference, 0)
+    assert ref.returncode == 0, ref.stderr
     ref_ckpt = files.load_tensors(reference / "checkpoints" / "final.safetensors")
     rng = random.Random(0)
+    points = sorted(rng.sample(range(1, ref.events + 1), 10))
     mid_training = 0
-    for trial in range(10):
+    for trial, kill_at in enumerate(points):
         out = tmp_path / f"trial{trial}"
-        proc = subprocess.Popen(_train_cmd(out), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
-        # Kill somewhere between start-up and the end of training (start-up is ~2-3 s).
-        deadline = time.time() + rng.uniform(2.0, 6.0)
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        # Whatever the kill left behind is never a truncated file.
+        killed = _killed_at(out, kill_at)
+        assert killed.returncode == -signal.SIGKILL and killed.events == kill_at, killed.stderr
+        # Whatever the kill left behind is never a truncated file in place.
         for path in out.rglob("*"):
+            if path.name.endswith(".tmp"):
+                continue
             if path.suffix == ".safetensors":
                 files.load_tensors(path)
             elif path.suffix == ".json":
                 json.loads(path.read_text())
         mid_training += (out / "checkpoints" / "last.safetensors").is_file()
         resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        if (out / "summary.json").is_file():
-            continue  # it finished before the kill
         done = subprocess.run(_train_cmd(out, *resume), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert _without_timings(files.read_json(out / "summary.json")) == _without_timings(
@@ -347,7 +354,7 @@ def test_sigkill_at_random_points_then_resume_is_identical(tmp_path):
                 reference / name
             )
         assert not list(out.rglob("*.tmp"))
-    assert mid_training >= 3, "too few kills landed mid-training to test resuming"
+    assert mid_training >= 3, f"too few of the kill points {points} landed mid-training"
 
 
 @pytest.mark.slow

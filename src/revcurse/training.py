@@ -307,7 +307,11 @@ def train(
         if out is not None and tc.checkpoint_every and done % tc.checkpoint_every == 0:
             loop = {"loss_sum": loss_sum, "loss_count": loss_count,
                     "mean_loss": torch.tensor(mean_loss, dtype=torch.float64)}  # fmt: skip
-            save_checkpoint(last, model, optimizer, generator, done, cfg, vocab, loop)
+            # No resume point at the last step: the records written after the loop (final probe,
+            # final evaluation) carry that step too, so truncating to it on resume would keep them
+            # and then write them again. Resuming from the previous checkpoint redoes the tail.
+            if done != tc.steps:
+                save_checkpoint(last, model, optimizer, generator, done, cfg, vocab, loop)
             if tc.keep_checkpoints:
                 ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
                 save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab, loop)
