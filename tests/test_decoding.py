@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -155,6 +156,75 @@ def test_mdm_elbo_is_unbiased_for_position_independent_model():
 def test_stratified_counts_cover_every_ratio():
     assert stratified_mask_counts(4, 4) == [1, 2, 3, 4]
     assert sorted(set(stratified_mask_counts(3, 9))) == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("length", "n"), [(5, 8), (12, 8), (3, 8), (7, 2)])
+def test_stratified_counts_follow_the_uniform_law_when_length_does_not_divide_n(length, n):
+    # The law of one count picked among the n draws of one call, over many calls, is exactly
+    # uniform on 1..length: an estimator averaging the draws is then unbiased.
+    g = torch.Generator().manual_seed(0)
+    counts = torch.tensor([stratified_mask_counts(length, n, g) for _ in range(20_000)])
+    freq = torch.bincount(counts.flatten(), minlength=length + 1)[1:].double() / counts.numel()
+    assert freq.sub(1 / length).abs().max() < 0.01, freq
+
+
+class BayesOptimal:
+    """Exact conditionals of one joint distribution over answers of length L in tokens {4, 5}.
+
+    Given a query ``prompt a_1..a_L`` with some ``a_j`` masked, the logits at a masked position are
+    ``log p(a_j = v | visible answer tokens)`` under the joint: the prediction depends on how much
+    (and which) context is visible, which is where a biased law of the mask count shows. For such a
+    model the any-order chain rule makes the masked-diffusion bound's expectation exactly
+    ``log p(a)``.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.length = length
+        self.seqs = torch.tensor(list(itertools.product([0, 1], repeat=length)))  # [2^L, L]
+        w = torch.rand(2**length, generator=g, dtype=torch.float64) ** 3 + 1e-3
+        self.p = w / w.sum()  # [2^L]
+
+    def logp(self, answer: list[int]) -> float:
+        row = (self.seqs + 4 == torch.tensor(answer)).all(1)
+        return math.log(float(self.p[row]))
+
+    def __call__(self, ids, attention_mask=None):
+        out = torch.zeros(*ids.shape, V, dtype=torch.float64)
+        out[:] = -1e30  # only the tokens 4 and 5 are possible answers
+        for b in range(ids.shape[0]):
+            answer = ids[b, 1 : 1 + self.length]
+            visible = answer != MASK
+            weight = self.p * (self.seqs[:, visible] + 4 == answer[visible]).all(1)  # [2^L]
+            p5 = (weight[:, None] * self.seqs).sum(0) / weight.sum()  # [L] P(a_j = 5 | visible)
+            out[b, 1 : 1 + self.length, 4] = torch.log1p(-p5)
+            out[b, 1 : 1 + self.length, 5] = torch.log(p5)
+        return out
+
+
+@pytest.mark.parametrize(("length", "seed"), [(3, 0), (5, 1), (6, 2)])
+def test_mdm_likelihood_is_unbiased_for_a_bayes_optimal_model(length, seed):
+    model = BayesOptimal(length, seed)
+    answer = torch.randint(4, 6, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+    exact = model.logp(answer)
+    # The reference: the estimator's expectation by enumerating every mask count and every masked
+    # subset, in float64. It equals log p(a) (the chain-rule identity), a check on the model above.
+    total = 0.0
+    for l in range(1, length + 1):
+        subsets = list(itertools.combinations(range(length), l))
+        for subset in subsets:
+            ids = torch.tensor([[9, *answer]])
+            ids[0, [1 + j for j in subset]] = MASK
+            logp = torch.log_softmax(model(ids)[0], -1)
+            term = sum(float(logp[1 + j, answer[j]]) for j in subset)
+            total += (length / l) * term / len(subsets) / length
+    assert total == pytest.approx(exact, abs=1e-9)
+    # The estimator, 8 draws a call (length never divides 8 here), averaged over many calls.
+    g = torch.Generator().manual_seed(seed)
+    est = torch.cat([mdm_answer_logprob(model, [[9]], [answer], mask_id=MASK, n_samples=8,
+                                        generator=g) for _ in range(300)])  # fmt: skip
+    stderr = float(est.std()) / math.sqrt(len(est))
+    assert abs(float(est.mean()) - exact) < 4 * stderr + 1e-3, (float(est.mean()), exact, stderr)
 
 
 def test_likelihoods_unembedding_only_the_read_positions_match_full_logits():

@@ -14,9 +14,12 @@ Likelihoods of a given answer (the decoding-free comparison):
 
 * ARM, exact: ``log p(a | prompt) = sum_j log p(a_j | prompt, a_<j)``.
 * MDM, a Monte-Carlo lower bound (LLaDA Eq. 6, the low-variance form): for an answer of length L,
-  draw ``l in {1..L}``, mask ``l`` answer tokens uniformly at random and score
-  ``(L / l) * sum_{masked j} log p(a_j | prompt, a_unmasked)``; its expectation is <= log p(a|prompt).
-  The ``l`` of the ``n`` draws are stratified (evenly spread over 1..L) to cut the variance.
+  draw ``l`` uniformly from ``{1..L}``, mask ``l`` answer tokens uniformly at random and score
+  ``(L / l) * sum_{masked j} log p(a_j | prompt, a_unmasked)``. For a model whose conditionals are
+  those of one joint distribution its expectation is exactly ``log p(a | prompt)`` (the any-order
+  chain rule); for any other model it is the bound LLaDA evaluates with. The ``l`` of the ``n``
+  draws are stratified with one shared random offset (:func:`stratified_mask_counts`), so their mean
+  is unbiased for every ``L`` and ``n`` and has less variance than independent draws.
 
 Every function takes ``model``: a callable ``ids [B, L] (+ attention_mask) -> logits [B, L, V]``.
 """
@@ -177,9 +180,19 @@ def arm_answer_logprob(
     return out
 
 
-def stratified_mask_counts(length: int, n_samples: int) -> list[int]:
-    """``n_samples`` mask counts spread evenly over ``1..length`` (stratified sampling of l)."""
-    return [1 + (k * length) // n_samples for k in range(n_samples)]
+def stratified_mask_counts(
+    length: int, n_samples: int, generator: torch.Generator | None = None
+) -> list[int]:
+    """``n_samples`` mask counts for the uniform law on ``1..length``, stratified.
+
+    Draw ``k`` takes ``l_k = 1 + floor(length * (k + U) / n_samples)`` with one ``U ~ U[0, 1)``
+    shared by all draws (systematic sampling). ``(k + U) / n`` then covers ``[0, 1)`` exactly once
+    over the draws, so ``mean_k f(l_k)`` has expectation ``(1 / length) * sum_l f(l)`` whether or not
+    ``length`` divides ``n_samples``. (Without the offset, ``1 + floor(k length / n)`` over-weights
+    some counts unless ``length`` divides ``n``: a biased estimate.)
+    """
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return [min(length, 1 + int(length * (k + u) / n_samples)) for k in range(n_samples)]
 
 
 @torch.no_grad()
@@ -204,7 +217,7 @@ def mdm_answer_logprob(
     device = model_device(model)
     for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
         length = len(a)
-        counts = stratified_mask_counts(length, n_samples)
+        counts = stratified_mask_counts(length, n_samples, generator)
         clean = torch.tensor(fill_row(list(p) + list(a) + list(suffix), fill))
         rows, masks = [], []
         for count in counts:
