@@ -46,13 +46,14 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
     speed = train_text(model, data, causal=model.causal, mask_id=tok.mask_id, settings=timed,
                        accelerator=accelerator, on_step=lambda s, loss, lr: losses.append(loss))  # fmt: skip
     moved = any(not torch.equal(p, before[n]) for n, p in hf.lora_parameters(model).items())
-    facts = encode_facts(tok, paired_queries(dataset.tests["forward"], dataset.tests["reverse"], 8))
+    pairs = paired_queries(dataset.tests["forward"], dataset.tests["reverse"], 8)
+    facts = encode_facts(tok, pairs, ["forward"])["forward"]  # the pairing every family has
     start = time.perf_counter()
     att = attention_coupling(model, facts, causal=model.causal, mask_id=tok.mask_id)
     grads = gradient_alignment(model, facts, causal=model.causal, mask_id=tok.mask_id)
     probe_s = time.perf_counter() - start
     ok = all(math.isfinite(x) for x in losses) and moved
-    ok = ok and all(abs(c) <= 1 for c in grads["cos_fwd_rev"])
+    ok = ok and all(abs(c) <= 1 for c in grads["cos_pair_rev"])
     return {
         "family": name,
         "ok": ok,
@@ -60,7 +61,7 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "attention_r_layer0": att["r_mean"]["0"],
-        "cos_fwd_rev_mean": grads["cos_fwd_rev_mean"],
+        "cos_fwd_rev_mean": grads["cos_pair_rev_mean"],
         "probe_seconds": probe_s,
     }
 

@@ -44,7 +44,10 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
     assert steps == [4, 8, 12]
     probes = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probes] == [0, 6, 12]  # before, during, after
-    assert probes[0]["n_facts"] == 6
+    # Every pairing the family has, each named: the MDM's mirror too, the ARM's forward only.
+    expected = {"forward"} if family == "llama" else {"forward", "mirror"}
+    assert set(probes[0]["pairings"]) == expected
+    assert all(p["n_facts"] == 6 for p in probes[0]["pairings"].values())
     for split in ("forward", "reverse"):
         assert summary["after"][split]["n"] == 8
         lines = (out / "generations" / "after" / f"{split}.jsonl").read_text().splitlines()

@@ -359,13 +359,13 @@ def test_probe_facts_locate_entities_by_token_span():
     assert [(f.completion, r.completion) for f, r in pairs] == [
         (f" {p}", f" {c}") for c, p in FACTS
     ]
-    (qf, qr), *_ = encode_facts(tok, pairs)
+    (qf, qr), *_ = encode_facts(tok, pairs, ["forward"])["forward"]
     assert tok.decode(qf.ids[slice(*qf.entity)]) == "Alice Smith"
     assert tok.decode(qf.ids[slice(*qf.answer)]) == "Bob Smith"
     assert tok.decode(qr.ids[slice(*qr.entity)]) == "Bob Smith"
     assert tok.decode(qr.ids[slice(*qr.answer)]) == "Alice Smith"
     # The EOS fill of an MDM trained on padded statements: appended after the answer, spans kept.
-    (ff, fr), *_ = encode_facts(tok, pairs, bos=True, fill=(tok.eos_id, 16))
+    (ff, fr), *_ = encode_facts(tok, pairs, ["forward"], bos=True, fill=(tok.eos_id, 16))["forward"]
     assert len(ff.ids) == len(fr.ids) == 16
     assert ff.ids[: len(qf.ids) + 1] == [tok.bos_id, *qf.ids]
     assert set(ff.ids[len(qf.ids) + 1 :]) == {tok.eos_id}
@@ -390,7 +390,7 @@ def test_decode_and_probe_tiny_hf_models(name):
         assert (out != tok.mask_id).all()  # every masked position was filled
     assert out.shape == (len(fwd), 3)
 
-    facts = encode_facts(tok, paired_queries(fwd, rev, 10))
+    facts = encode_facts(tok, paired_queries(fwd, rev, 10), ["forward"])["forward"]
     att = attention_coupling(model, facts, causal=model.causal, mask_id=tok.mask_id)
     assert set(att["r"]) == {"0", "1"} and len(att["r"]["0"]) == SHAPE.n_heads
     # S_fwd recomputed by hand for fact 0, layer 0 from the recorded scores.
@@ -402,11 +402,12 @@ def test_decode_and_probe_tiny_hf_models(name):
         model(ids)
     lo, hi = (q.answer[0] - 1, q.answer[1] - 1) if model.causal else q.answer
     expected = cache[0][0, :, lo:hi, q.entity[0] : q.entity[1]].mean(dim=(-1, -2))
-    torch.testing.assert_close(torch.tensor(att["s_fwd"]["0"][0]), expected.float())
+    got = torch.tensor(att["s_pair"]["0"][0], dtype=torch.float64)
+    torch.testing.assert_close(got, expected.double())
 
     grads = gradient_alignment(model, facts, causal=model.causal, mask_id=tok.mask_id)
-    assert len(grads["cos_fwd_rev"]) == len(FACTS)
-    assert all(-1.0 <= c <= 1.0 for c in grads["cos_fwd_rev"])
+    assert len(grads["cos_pair_rev"]) == len(FACTS)
+    assert all(-1.0 <= c <= 1.0 for c in grads["cos_pair_rev"])
     assert not any(p.grad is not None for p in model.parameters())  # probes leave no gradients
 
 

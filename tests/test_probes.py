@@ -15,7 +15,7 @@ from revcurse.data.toy import build_toy
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes import gradients as G
 from revcurse.probes.attention import coupling, pearson, spearman
-from revcurse.probes.inputs import coupled_directions, probe_batch
+from revcurse.probes.inputs import probe_batch
 from revcurse.probes.runner import ProbeRunner
 from revcurse.probes.signals import backprop_signals, signal_alignment
 from revcurse.probes.theory import rope_score_correlation, rope_score_correlation_mc
@@ -68,14 +68,16 @@ def test_pearson_and_spearman_against_numpy_style_reference():
     assert spearman(x, -x).item() == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_entity_scores_match_manual_rope_scores(causal):
-    """S_fwd/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer)."""
+@pytest.mark.parametrize(
+    ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
+)
+def test_entity_scores_match_manual_rope_scores(causal, pairing):
+    """S_pair/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer)."""
     cfg, dataset, vocab, model = setup(causal, **{"model.n_layers": 1, "data.n_filler": 2})
-    result = coupling(model, cfg, vocab)
-    trained, reverse = coupled_directions(causal)
+    result = coupling(model, cfg, vocab, pairing)
+    assert result["pairing"] == pairing
     attn = model.model.layers[0].self_attn
-    for direction, scores in ((trained, result["s_fwd"]), (reverse, result["s_rev"])):
+    for direction, scores in ((pairing, result["s_pair"]), ("reverse", result["s_rev"])):
         batch = probe_batch(dataset, vocab, direction, causal)
         with torch.no_grad():
             x = model.model.layers[0].input_layernorm(model.model.embed_tokens(batch.ids))
@@ -110,7 +112,54 @@ def test_mdm_pairing_is_same_entity_opposite_offsets():
 def test_position_free_model_couples_perfectly():
     """Without positions the two configurations give identical scores: correlation 1."""
     cfg, _, vocab, model = setup(False, **{"model.positional": "none", "model.n_layers": 1})
-    assert coupling(model, cfg, vocab)["pearson"].min().item() == pytest.approx(1.0, abs=1e-9)
+    assert coupling(model, cfg, vocab, "mirror")["pearson"].min().item() == pytest.approx(
+        1.0, abs=1e-9
+    )
+
+
+class ToyWords:
+    """The text-probe tokenizer interface over a toy vocabulary: space-separated toy tokens."""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab, self.bos_id, self.eos_id = vocab, vocab.bos_id, vocab.eos_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.vocab.encode(text.split())
+
+
+@pytest.mark.parametrize(
+    ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
+)
+def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
+    """One name, one quantity: the toy probe and the natural-language probe (probes.hf), run on the
+    same model, the same facts and the same pairing, give the same scores and correlations."""
+    from revcurse.data.schema import TextPair
+    from revcurse.probes.hf import attention_coupling, encode_facts
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 12, "data.n_filler": 1})
+    toy = coupling(model, cfg, vocab, pairing)
+    facts = [
+        (TextPair(" ".join(f.a + f.relation), " " + " ".join(f.b)),
+         TextPair(" ".join(f.b + f.relation), " " + " ".join(f.a)))
+        for f in dataset.facts
+    ]  # fmt: skip
+    length = cfg.data.bos + 3 + cfg.data.n_filler + cfg.data.eos  # toy queries end with EOS
+    fill = (vocab.eos_id, length) if cfg.data.eos and not causal else None
+    encoded = encode_facts(ToyWords(vocab), facts, [pairing], bos=cfg.data.bos, fill=fill)[pairing]
+    text = attention_coupling(model, encoded, causal=causal, mask_id=vocab.mask_id)
+    torch.testing.assert_close(
+        torch.tensor(text["s_pair"]["0"], dtype=torch.float64).T, toy["s_pair"][0]
+    )
+    torch.testing.assert_close(
+        torch.tensor(text["s_rev"]["0"], dtype=torch.float64).T, toy["s_rev"][0]
+    )
+    torch.testing.assert_close(torch.tensor(text["r"]["0"], dtype=torch.float64), toy["pearson"][0])
+
+
+def test_a_causal_model_has_no_mirror_pairing():
+    cfg, _, vocab, model = setup(True)
+    with pytest.raises(ValueError, match="pairing 'mirror' is not defined for a causal model"):
+        coupling(model, cfg, vocab, "mirror")
 
 
 # ---------------------------------------------------------------- gradients
@@ -202,7 +251,8 @@ def test_probes_do_not_change_training_and_are_recorded(tmp_path):
     records = (tmp_path / "run" / "probes" / "probes.jsonl").read_text().splitlines()
     assert len(records) == 3  # steps 0, 10, 20
     assert (tmp_path / "run" / "probes" / "step-0000020.safetensors").is_file()
-    assert on["probe"]["n_probes"] == 3 and "attention_pearson_mean" in on["probe"]
+    assert on["probe"]["n_probes"] == 3
+    assert {"attention_pearson_mirror_mean", "attention_pearson_forward_mean"} <= set(on["probe"])
     assert "grad_cos_mirror_rev_mean" in on["probe"]  # MDM only
 
 
@@ -210,7 +260,8 @@ def test_runner_final_record_has_distance_curve():
     cfg, dataset, vocab, model = setup(True, **{"probe.distances": "[0, 2, 5]"})
     runner = ProbeRunner(cfg, dataset, vocab, None)
     record = runner(model, 7, final=True)
-    assert [d["delta"] for d in record["distance"]] == [2, 4, 7]
+    assert list(record["distance"]) == ["forward"]  # the only pairing of a causal model
+    assert [d["delta"] for d in record["distance"]["forward"]] == [2, 4, 7]
     assert "cos_mirror_rev" not in record["gradients"]  # ARM has no mirror configuration
     assert "per_fact_cos_fwd_rev" in record["gradients"]
 
@@ -237,7 +288,8 @@ def test_probe_command_on_a_saved_run(tmp_path):
         app, ["probe", str(tmp_path / "run"), "--set", "probe.distances=[0]"]
     )
     assert result.exit_code == 0, result.output
-    assert "attention r=" in result.stdout
+    assert "attention r (mirror pairing)=" in result.stdout
+    assert "attention r (forward pairing)=" in result.stdout
     record = json.loads((tmp_path / "run" / "probes" / "posthoc-probes.jsonl").read_text())
     assert record["final"] and record["step"] == 20
     assert (tmp_path / "run" / "probes" / "probes.jsonl").is_file()  # training records kept

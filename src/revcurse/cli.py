@@ -389,7 +389,7 @@ def evaluate(
         model, cfg, vocab, step = load_checkpoint(path)
         dataset, _ = build_dataset(cfg)
         metrics = evaluate_model(model, dataset, vocab)
-        metrics.pop("predictions")
+        metrics.pop("predictions"), metrics.pop("correct")
         typer.echo(json.dumps({"checkpoint": str(path), "step": step, **metrics}, indent=2))
 
     _guard(run)
@@ -420,7 +420,8 @@ def probe(
             record = runner(model, step, final=True)
             parts = [f"{run_dir.name}: step {step}"]
             if "attention" in record:
-                parts.append(f"attention r={record['attention']['mean_pearson']:+.3f}")
+                parts += [f"attention r ({pairing} pairing)={a['mean_pearson']:+.3f}"
+                          for pairing, a in record["attention"].items()]  # fmt: skip
             if "gradients" in record:
                 parts.append(f"grad cos fwd/rev={record['gradients']['cos_fwd_rev']['all']:+.3f}")
             typer.echo("  ".join(parts) + f"  -> {run_dir / 'probes'}")

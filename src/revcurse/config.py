@@ -317,7 +317,7 @@ class ToyExperimentConfig:
     """Mechanism probes, run as training callbacks."""
     families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
     """Model families to train: mdm (bidirectional, masked diffusion), arm (causal, next token)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training seeds; each family is trained once per seed."""
     workers: int = 2
     """Parallel worker processes (one model each); 1 runs everything in this process."""
@@ -365,7 +365,7 @@ class SweepConfig:
     """Dotted key -> values; every combination is run."""
     variants: dict[str, list[str]] = field(default_factory=dict)
     """Name -> overrides applied together; crossed with the grid (empty: no variants)."""
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training seeds (train.seed)."""
     workers: int = 2
     """Parallel worker processes (local backend) or Ray tasks in flight."""
@@ -612,7 +612,7 @@ class PersonDescriptionConfig:
     run: TextRunConfig = field(default_factory=TextRunConfig)
     """Shared settings; run.model.causal and run.train.seed are set per model."""
     families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = 2
     """Parallel worker processes (one model each)."""
 

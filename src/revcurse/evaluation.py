@@ -1,4 +1,4 @@
-"""Forward and reverse accuracy of single-token answers (the toy task).
+"""Forward, mirror and reverse accuracy of single-token answers (the toy task).
 
 A bidirectional model (MDM) fills the ``[MASK]`` of ``prompt [MASK] suffix`` in one forward pass; a
 causal model (ARM) predicts the token after ``prompt``. Both are scored at that one position:
@@ -8,6 +8,9 @@ causal model (ARM) predicts the token after ``prompt``. Both are scored at that 
 * ``chance``: ``1 / n_candidates``, the accuracy of a uniform guess among the candidates (an upper
   bound on what a model that learned nothing about the direction scores on either metric);
 * ``answer_logprob``: mean log-probability of the correct answer.
+
+Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has no mirror
+query, so its ``mirror_*`` metrics are ``None``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import torch
 
-from revcurse.data.schema import DIRECTIONS, Direction, ReversalDataset
+from revcurse.data.schema import DIRECTIONS, Direction, ReversalDataset, directions_for
 from revcurse.data.tokenize import Vocab, encode_queries
 from revcurse.models.transformer import TransformerLM
 
@@ -33,12 +36,20 @@ def answer_logits(
 
 @torch.no_grad()
 def evaluate(model: TransformerLM, dataset: ReversalDataset, vocab: Vocab) -> dict[str, Any]:
-    """Accuracy metrics for both directions, plus the per-query predictions."""
+    """Accuracy metrics for every direction the model can be asked, plus the per-query
+    predictions (``predictions[direction]``) and per-query correctness (``correct[direction]``,
+    the units of the paired tests)."""
     was_training = model.training
     model.eval()
     out: dict[str, Any] = {}
     predictions: dict[str, list[str]] = {}
+    correct: dict[str, list[bool]] = {}
+    asked = directions_for(model.causal)
     for direction in DIRECTIONS:
+        if direction not in asked or direction not in dataset.queries:
+            for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
+                out[f"{direction}_{metric}"] = None
+            continue
         logits, answers = answer_logits(model, dataset, vocab, direction)
         cand = torch.tensor([vocab.encode(c)[0] for c in dataset.candidates[direction]])
         pred = logits.argmax(dim=-1)
@@ -49,6 +60,8 @@ def evaluate(model: TransformerLM, dataset: ReversalDataset, vocab: Vocab) -> di
         out[f"{direction}_answer_logprob"] = logp.mean().item()
         out[f"{direction}_chance"] = dataset.chance(direction)
         predictions[direction] = list(vocab.decode(pred.tolist()))
+        correct[direction] = (pred == answers).tolist()
     out["predictions"] = predictions
+    out["correct"] = correct
     model.train(was_training)
     return out

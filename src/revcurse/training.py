@@ -9,7 +9,7 @@ A run directory written by :func:`train` holds::
     checkpoints/       final.safetensors (+ step-N.safetensors): model and AdamW state, generator
                        state; the metadata carries the config and vocabulary, so a checkpoint alone
                        rebuilds its model (load_checkpoint)
-    predictions.json   the model's answer to every forward and reverse query
+    predictions.json   per direction, the model's answer to every query and whether it is right
     summary.json       final metrics and config essentials
 """
 
@@ -300,7 +300,7 @@ def train(
             bar.set_postfix(loss=f"{mean_loss:.3f}")
         if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
             metrics = evaluate(model, dataset, vocab)
-            metrics.pop("predictions")
+            metrics.pop("predictions"), metrics.pop("correct")
             log({"kind": "eval", "step": done, **metrics})
         if probes is not None and probes.due(done) and done != tc.steps:
             probes(model, done)
@@ -322,7 +322,7 @@ def train(
     probe_seconds = probes.seconds if probes is not None else 0.0
 
     metrics = evaluate(model, dataset, vocab)
-    predictions = metrics.pop("predictions")
+    predictions = {"answers": metrics.pop("predictions"), "correct": metrics.pop("correct")}
     log({"kind": "eval", "step": tc.steps, **metrics})
     summary = {
         "family": cfg.model.family,

@@ -12,10 +12,22 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Direction = Literal["forward", "reverse", "mirror"]
-DIRECTIONS: tuple[Direction, Direction] = ("forward", "reverse")
-"""The two directions every dataset is evaluated on. ``mirror`` queries (where a dataset has them)
-ask for the reverse answer in the *trained* positional configuration, ``[M] REL b -> a``: the
-masked-diffusion training signal that the mechanism probes compare the reverse query with."""
+DIRECTIONS: tuple[Direction, Direction, Direction] = ("forward", "mirror", "reverse")
+"""The directions a model is evaluated on.
+
+* ``forward`` ``a REL [M] -> b``: the trained direction;
+* ``mirror`` ``[M] REL b -> a``: the reverse *answer* in the trained positional configuration (a
+  masked-diffusion training example). Only a bidirectional model can be asked it; a reverse failure
+  means something only where the model has fitted forward *and* mirror;
+* ``reverse`` ``b REL [M] -> a``: never trained.
+"""
+
+
+def directions_for(causal: bool) -> tuple[Direction, ...]:
+    """The directions a model can be asked: a causal model sees no context right of its answer, so
+    the mirror query (answer first) has nothing to condition on and is not asked."""
+    return tuple(d for d in DIRECTIONS if not (causal and d == "mirror"))
+
 
 Tokens = tuple[str, ...]
 

@@ -28,6 +28,7 @@ from revcurse.errors import RevcurseError
 from revcurse.experiments.toy import prepare_out_dir
 from revcurse.models import hf
 from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
+from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.text_evaluation import evaluate_split, save_generations
 from revcurse.text_training import make_accelerator, train_text
@@ -115,12 +116,13 @@ def run_finetune(
     facts = encode_facts(
         tokenizer,
         paired_queries(dataset.tests[fwd_split], dataset.tests[rev_split], cfg.probe.n_facts),
+        pairings_for(spec.causal),
         bos=bos,
     )
     probes_path = out / "probes.jsonl"
 
     def probe(step: int) -> dict[str, Any] | None:
-        if not (main and cfg.probe.enabled and len(facts) >= 3):
+        if not (main and cfg.probe.enabled and any(len(f) >= 3 for f in facts.values())):
             return None
         record = probe_record(model, facts, step=step, causal=spec.causal, mask_id=mask_id,
                               layers=cfg.probe.layers or None, attention=spec.records_scores)  # fmt: skip
@@ -221,16 +223,19 @@ def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
         ),  # fmt: skip
     ]
     before, after = summary["probes"]["before"], summary["probes"]["after"]
-    if before is not None:
-        probe_rows = [
-            [f"attention r(S_fwd, S_rev), layer {layer}", f"{r:+.3f}",
-             f"{after['attention_r_mean'][layer]:+.3f}"]
-            for layer, r in before["attention_r_mean"].items()
-        ]  # fmt: skip
-        probe_rows.append(["gradient cos(fwd, rev) on LoRA parameters",
-                           f"{before['cos_fwd_rev_mean']:+.3f}",
-                           f"{after['cos_fwd_rev_mean']:+.3f}"])  # fmt: skip
-        blocks.append(Table(["probe", "before", "after"], probe_rows))
+    if before is not None and after is not None:
+        probe_rows = []
+        for pairing, b in before.items():
+            a = after[pairing]
+            probe_rows += [
+                [f"attention r(S_{pairing}, S_rev), layer {layer}", f"{r:+.3f}",
+                 f"{a['attention_r_mean'][layer]:+.3f}"]
+                for layer, r in b["attention_r_mean"].items()
+            ]  # fmt: skip
+            probe_rows.append([f"gradient cos({pairing}, rev) on LoRA parameters",
+                               f"{b['cos_pair_rev_mean']:+.3f}",
+                               f"{a['cos_pair_rev_mean']:+.3f}"])  # fmt: skip
+        blocks.append(Table(["probe (pairing named)", "before", "after"], probe_rows))
     blocks.append(Para(f"Training: {speed['tokens_per_second']:.0f} tokens/s, "
                        f"{speed['train_seconds']:.1f} s."))  # fmt: skip
     title = f"LoRA fine-tuning: {summary['family']} on {summary['dataset']}"

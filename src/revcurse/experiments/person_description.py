@@ -49,6 +49,7 @@ from revcurse.experiments.stats import aggregate
 from revcurse.experiments.toy import start_experiment
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
+from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.store import Store
 from revcurse.text_evaluation import evaluate_split, save_generations
@@ -134,6 +135,7 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     facts = encode_facts(
         tokenizer,
         paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),
+        pairings_for(causal),
         bos=True,
         fill=None if fill_to is None else (tokenizer.eos_id, fill_to),  # as in training
     )
@@ -237,10 +239,10 @@ def run_person_description(
                 row[f"{split}.{metric}"] = m[metric]
         for stage in ("before", "after"):
             p = s["probes"][stage]
-            if p is not None:
-                row[f"probe.{stage}.cos_fwd_rev"] = p["cos_fwd_rev_mean"]
-                for layer, r in p["attention_r_mean"].items():
-                    row[f"probe.{stage}.attention_r.layer{layer}"] = r
+            for pairing, q in (p or {}).items():
+                row[f"probe.{stage}.{pairing}.cos_pair_rev"] = q["cos_pair_rev_mean"]
+                for layer, r in q["attention_r_mean"].items():
+                    row[f"probe.{stage}.{pairing}.attention_r.layer{layer}"] = r
         rows.append(row)
     metrics = [k for k in rows[0] if k not in ("family", "seed")]
     summary = {

@@ -38,8 +38,10 @@ from revcurse.repro import write_provenance
 from revcurse.store import Store
 
 PROBE_METRICS = (
-    "probe.attention_pearson_mean",
-    "probe.attention_pearson_final",
+    "probe.attention_pearson_mirror_mean",
+    "probe.attention_pearson_mirror_final",
+    "probe.attention_pearson_forward_mean",
+    "probe.attention_pearson_forward_final",
     "probe.grad_cos_fwd_rev_mean",
     "probe.grad_cos_mirror_rev_mean",
     "probe.grad_cos_train_rev_mean",

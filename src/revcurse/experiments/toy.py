@@ -9,8 +9,9 @@ Output directory::
 
     config.yaml  command.txt  env.json       the experiment's resolved config and provenance
     models/<family>-seed<k>/                 one run directory per trained model (training.py)
-    summary.json                             one row per model + per-family aggregates (no timings,
-                                             so reruns compare equal); timings.json: wall times
+    summary.json                             one row per model, per-family aggregates and the paired
+                                             MDM-vs-ARM comparison per direction (no timings, so
+                                             reruns compare equal); timings.json: wall times
     index.sqlite                             the run index (``revcurse runs list``)
     figures/accuracy.png, figures/training.png
     report.html, report.md                   self-contained (figures embedded, no network)
@@ -26,7 +27,7 @@ from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute_all, make_jobs, timings
-from revcurse.experiments.stats import aggregate
+from revcurse.experiments.stats import aggregate, paired_comparison
 from revcurse.repro import write_provenance
 from revcurse.store import Store
 
@@ -90,6 +91,7 @@ def run_toy(
             family: aggregate([r for r in rows if r["family"] == family]) for family in cfg.families
         },
         "chance": {"forward": rows[0]["forward_chance"], "reverse": rows[0]["reverse_chance"]},
+        "comparison": compare_families(out, cfg),
     }
     files.write_json(out / "summary.json", summary)
     files.write_json(
@@ -105,3 +107,25 @@ def run_toy(
     )
     write_report(out, cfg, summary)
     return summary
+
+
+def compare_families(out: Path, cfg: ToyExperimentConfig) -> dict[str, Any]:
+    """The paired MDM-vs-ARM test per direction both families are asked (forward, reverse): the
+    per-query correctness of the two models of each seed, paired by (seed, fact)."""
+    if not {"mdm", "arm"} <= set(cfg.families):
+        return {}
+
+    def correct(family: str, direction: str) -> list[list[bool]]:
+        return [
+            files.read_json(out / "models" / f"{family}-seed{seed}" / "predictions.json")[
+                "correct"
+            ][direction]
+            for seed in cfg.seeds
+        ]
+
+    return {
+        f"{direction}_accuracy": paired_comparison(
+            correct("mdm", direction), correct("arm", direction)
+        )
+        for direction in ("forward", "reverse")
+    }

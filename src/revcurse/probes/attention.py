@@ -1,9 +1,10 @@
 """Attention-score coupling (arXiv 2602.02133, one-layer analysis of the forward/reverse scores).
 
 For every fact, layer and head: the pre-softmax score from the answer position to the context
-entity's key in the trained configuration (S_fwd) and in the reverse query (S_rev), read from the
-``hook_scores`` hook points; their Pearson and Spearman correlation across facts; and the same as a
-function of the relative distance Delta = n_filler + 2 (fillers inserted at probe time).
+entity's key in the paired query (S_pair: the mirror or the forward query, see
+:mod:`revcurse.probes.inputs`) and in the reverse query (S_rev), read from the ``hook_scores`` hook
+points; their Pearson and Spearman correlation across facts; and the same as a function of the
+relative distance Delta = n_filler + 2 (fillers inserted at probe time).
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from revcurse.config import RunConfig
 from revcurse.data.tokenize import Vocab
 from revcurse.models.hooks import capture
 from revcurse.models.transformer import TransformerLM
-from revcurse.probes.inputs import ProbeBatch, coupled_directions, dataset_at_distance, probe_batch
+from revcurse.probes.inputs import (
+    Pairing,
+    ProbeBatch,
+    check_pairing,
+    dataset_at_distance,
+    probe_batch,
+)
 
 
 @torch.no_grad()
@@ -50,31 +57,37 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def coupling(
-    model: TransformerLM, cfg: RunConfig, vocab: Vocab, n_filler: int | None = None
+    model: TransformerLM,
+    cfg: RunConfig,
+    vocab: Vocab,
+    pairing: Pairing,
+    n_filler: int | None = None,
 ) -> dict[str, Any]:
-    """S_fwd, S_rev ``[layers, heads, N]`` and their correlations ``[layers, heads]`` at one distance."""
+    """S_pair, S_rev ``[layers, heads, N]`` and their correlations ``[layers, heads]`` at one
+    distance, for the named ``pairing``."""
     k = cfg.data.n_filler if n_filler is None else n_filler
     dataset = dataset_at_distance(cfg, k)
-    trained, reverse = coupled_directions(model.causal)
-    s_fwd = entity_scores(model, probe_batch(dataset, vocab, trained, model.causal))
-    s_rev = entity_scores(model, probe_batch(dataset, vocab, reverse, model.causal))
+    check_pairing(pairing, model.causal)
+    s_pair = entity_scores(model, probe_batch(dataset, vocab, pairing, model.causal))
+    s_rev = entity_scores(model, probe_batch(dataset, vocab, "reverse", model.causal))
     return {
+        "pairing": pairing,
         "n_filler": k,
         "delta": k + 2,
-        "s_fwd": s_fwd,
+        "s_pair": s_pair,
         "s_rev": s_rev,
-        "pearson": pearson(s_fwd, s_rev),
-        "spearman": spearman(s_fwd, s_rev),
+        "pearson": pearson(s_pair, s_rev),
+        "spearman": spearman(s_pair, s_rev),
     }
 
 
 def coupling_vs_distance(
-    model: TransformerLM, cfg: RunConfig, vocab: Vocab, distances: list[int]
+    model: TransformerLM, cfg: RunConfig, vocab: Vocab, pairing: Pairing, distances: list[int]
 ) -> list[dict[str, Any]]:
     """Pearson/Spearman ``[layers, heads]`` for each filler count in ``distances``."""
     out = []
     for k in distances:
-        c = coupling(model, cfg, vocab, k)
+        c = coupling(model, cfg, vocab, pairing, k)
         out.append({"n_filler": k, "delta": c["delta"], "pearson": c["pearson"],
                     "spearman": c["spearman"]})  # fmt: skip
     return out

@@ -1,20 +1,29 @@
 """Mechanism probes on Hugging Face models (arXiv 2602.02133, the large-model checks of Sec. 5).
 
-The one-layer signatures of the toy probes, measured on multi-token natural-language facts:
+The one-layer signatures of the toy probes, measured on multi-token natural-language facts, for each
+**pairing** the model allows (:mod:`revcurse.probes.inputs`: ``mirror`` and ``forward`` for a
+bidirectional model, ``forward`` for a causal one). A fact is a (forward, reverse) pair of test
+queries about the same two entities (:func:`paired_queries`); the reverse query is compared with
 
-* **attention coupling**: for each fact, ``S_fwd`` is the mean pre-softmax score from the answer
-  positions of the forward query to the tokens of the given entity in its prompt, ``S_rev`` the
-  same in the reverse query; the Pearson correlation of ``S_fwd`` and ``S_rev`` over facts is
-  reported per layer and head. Answer positions are the masked answer tokens for an MDM and the
-  positions that *predict* answer tokens for an ARM. Scores come from
-  :func:`revcurse.models.hf.recording_scores`.
-* **gradient alignment**: the cosine between the gradients, on the LoRA parameters, of the forward
-  query's loss and the reverse query's loss (:func:`revcurse.objectives.sft_answer_loss`: the
-  answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean.
+* ``forward``: the forward query itself (answer b, the entity a given in the prompt);
+* ``mirror``: the forward *statement* with the reverse answer a masked where it stands and b
+  visible after it: the configuration a masked-diffusion model trains on. Facts whose entity a does
+  not occur verbatim in the forward prompt have no mirror and are left out of that pairing.
 
-A *fact* is a (forward, reverse) pair of test queries about the same two entities
-(:func:`paired_queries`). The given entity is located in each prompt by the other query's answer;
-when it is not found verbatim (paraphrased descriptions) the whole prompt stands in for it.
+Per pairing:
+
+* **attention coupling**: for each fact, ``S_pair`` is the mean pre-softmax score from the answer
+  positions of the paired query to the tokens of its given entity, ``S_rev`` the same in the reverse
+  query; the Pearson correlation of ``S_pair`` and ``S_rev`` over facts is reported per layer and
+  head. Answer positions are the masked answer tokens for an MDM and the positions that *predict*
+  answer tokens for an ARM. Scores come from :func:`revcurse.models.hf.recording_scores`. On a toy
+  model and toy facts this is exactly :func:`revcurse.probes.attention.coupling` (tested).
+* **gradient alignment**: the cosine between the gradients, on the trainable (LoRA) parameters, of
+  the paired query's loss and the reverse query's loss (:func:`revcurse.objectives.sft_answer_loss`:
+  the answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean.
+
+The given entity is located in each prompt by the other query's answer; when it is not found
+verbatim (paraphrased descriptions) the whole prompt stands in for it.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from revcurse.data.text import fill_row
 from revcurse.objectives import sft_answer_loss
 from revcurse.probes.attention import pearson
 from revcurse.probes.gradients import cosine
+from revcurse.probes.inputs import Pairing, pairings_for
 
 
 @dataclass(frozen=True)
@@ -91,20 +101,52 @@ def encode_query(
     )
 
 
+def encode_mirror(
+    tokenizer: Any,
+    pair: TextPair,
+    answer: str,
+    bos: bool = False,
+    fill: tuple[int, int] | None = None,
+) -> Encoded | None:
+    """The forward statement ``prompt + completion`` with ``answer`` (the reverse query's answer,
+    found verbatim in the prompt) as the answer span and the completion as the given entity; None
+    when ``answer`` is not in the prompt."""
+    answer = answer.strip().removesuffix(".")
+    at = pair.prompt.find(answer) if answer else -1
+    if at < 0:
+        return None
+    pre, ans, post = pair.prompt[:at], answer, pair.prompt[at + len(answer) :]
+    parts = [tokenizer.encode(s) if s else [] for s in (pre, ans, post)]
+    if bos:
+        parts[0] = [tokenizer.bos_id, *parts[0]]
+    entity = tokenizer.encode(pair.completion)
+    lo, hi = len(parts[0]), len(parts[0]) + len(parts[1])
+    n_prompt = hi + len(parts[2])
+    ids = fill_row(parts[0] + parts[1] + parts[2] + entity, fill)
+    return Encoded(ids, (n_prompt, n_prompt + len(entity)), (lo, hi))
+
+
 def encode_facts(
     tokenizer: Any,
     facts: Sequence[tuple[TextPair, TextPair]],
+    pairings: Sequence[Pairing],
     bos: bool = False,
     fill: tuple[int, int] | None = None,
-) -> list[tuple[Encoded, Encoded]]:
-    """Both queries of each fact, each with the other's answer as its given entity."""
-    return [
-        (
-            encode_query(tokenizer, f, r.completion, bos, fill),
-            encode_query(tokenizer, r, f.completion, bos, fill),
-        )
-        for f, r in facts
-    ]
+) -> dict[str, list[tuple[Encoded, Encoded]]]:
+    """Per pairing, ``(paired query, reverse query)`` of each fact, each query with the other's
+    answer as its given entity (``mirror``: facts without a verbatim entity are left out)."""
+    out: dict[str, list[tuple[Encoded, Encoded]]] = {}
+    for pairing in pairings:
+        encoded = []
+        for f, r in facts:
+            if pairing == "forward":
+                first = encode_query(tokenizer, f, r.completion, bos, fill)
+            else:
+                first = encode_mirror(tokenizer, f, r.completion, bos, fill)
+            if first is not None:
+                encoded.append((first, encode_query(tokenizer, r, f.completion, bos, fill)))
+        out[pairing] = encoded
+    return out
 
 
 def _model_input(q: Encoded, causal: bool, mask_id: int, device) -> torch.Tensor:
@@ -128,29 +170,29 @@ def attention_coupling(
     mask_id: int,
     layers: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Per layer and head, ``S_fwd``/``S_rev`` per fact and their correlation over facts."""
+    """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts."""
     from revcurse.models.hf import recording_scores  # transformers only when an HF model runs
 
     device = next(model.parameters()).device
-    s = {"fwd": [], "rev": []}  # each: per fact, [n_layers, H]
+    s = {"pair": [], "rev": []}  # each: per fact, [n_layers, H]
     for pair in facts:
-        for key, q in zip(("fwd", "rev"), pair, strict=True):
+        for key, q in zip(("pair", "rev"), pair, strict=True):
             with recording_scores(model) as cache:
                 model(_model_input(q, causal, mask_id, device))
             rows = _query_positions(q, causal)
             e0, e1 = q.entity
             per_layer = [
-                cache[n][0, :, rows, e0:e1].float().mean(dim=(-1, -2)) for n in sorted(cache)
+                cache[n][0, :, rows, e0:e1].double().mean(dim=(-1, -2)) for n in sorted(cache)
             ]  # each [H]
             s[key].append(torch.stack(per_layer).cpu())
-    fwd, rev = torch.stack(s["fwd"]), torch.stack(s["rev"])  # [F, n_layers, H]
-    chosen = list(range(fwd.shape[1])) if layers is None else list(layers)
-    r = pearson(fwd.movedim(0, -1), rev.movedim(0, -1))  # over facts: [n_layers, H]
+    first, rev = torch.stack(s["pair"]), torch.stack(s["rev"])  # [F, n_layers, H]
+    chosen = list(range(first.shape[1])) if layers is None else list(layers)
+    r = pearson(first.movedim(0, -1), rev.movedim(0, -1))  # over facts: [n_layers, H]
     return {
         "layers": chosen,
         "r": {str(n): r[n].tolist() for n in chosen},
         "r_mean": {str(n): float(r[n].nanmean()) for n in chosen},
-        "s_fwd": {str(n): fwd[:, n].tolist() for n in chosen},
+        "s_pair": {str(n): first[:, n].tolist() for n in chosen},
         "s_rev": {str(n): rev[:, n].tolist() for n in chosen},
     }
 
@@ -158,8 +200,8 @@ def attention_coupling(
 def gradient_alignment(
     model: Any, facts: Sequence[tuple[Encoded, Encoded]], *, causal: bool, mask_id: int
 ) -> dict[str, Any]:
-    """Cosine between forward-query and reverse-query loss gradients on the trainable (LoRA)
-    parameters, per fact, and its mean."""
+    """Cosine between the paired query's and the reverse query's loss gradients on the trainable
+    (LoRA) parameters, per fact, and its mean."""
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device
     cosines = []
@@ -173,12 +215,12 @@ def gradient_alignment(
             flat = torch.autograd.grad(loss, params)
             grads.append(torch.cat([g.reshape(-1).float() for g in flat]))
         cosines.append(float(cosine(grads[0], grads[1])))
-    return {"cos_fwd_rev": cosines, "cos_fwd_rev_mean": sum(cosines) / max(1, len(cosines))}
+    return {"cos_pair_rev": cosines, "cos_pair_rev_mean": sum(cosines) / max(1, len(cosines))}
 
 
 def probe_record(
     model: Any,
-    facts: Sequence[tuple[Encoded, Encoded]],
+    facts: dict[str, Sequence[tuple[Encoded, Encoded]]],
     *,
     step: int,
     causal: bool,
@@ -186,27 +228,36 @@ def probe_record(
     layers: Sequence[int] | None = None,
     attention: bool = True,
 ) -> dict[str, Any]:
-    """Both probes at one training step (``attention=False`` skips the coupling, for models whose
-    scores cannot be recorded), in eval mode; the model's training mode is restored."""
+    """Both probes at one training step for each pairing in ``facts`` (from :func:`encode_facts`;
+    a pairing with fewer than 3 facts has no correlation and is skipped); ``attention=False`` skips
+    the coupling, for models whose scores cannot be recorded. Runs in eval mode; the model's
+    training mode is restored."""
     was_training = model.training
     model.eval()
-    record = {
-        "step": step,
-        "n_facts": len(facts),
-        "attention": attention_coupling(
-            model, facts, causal=causal, mask_id=mask_id, layers=layers
-        ) if attention else None,
-        "gradients": gradient_alignment(model, facts, causal=causal, mask_id=mask_id),
-    }  # fmt: skip
+    record: dict[str, Any] = {"step": step, "pairings": {}}
+    for pairing, encoded in facts.items():
+        if pairing not in pairings_for(causal) or len(encoded) < 3:
+            continue
+        record["pairings"][pairing] = {
+            "n_facts": len(encoded),
+            "attention": attention_coupling(
+                model, encoded, causal=causal, mask_id=mask_id, layers=layers
+            ) if attention else None,
+            "gradients": gradient_alignment(model, encoded, causal=causal, mask_id=mask_id),
+        }  # fmt: skip
     model.train(was_training)
     return record
 
 
 def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The headline numbers of a :func:`probe_record` for run summaries."""
+    """The headline numbers of a :func:`probe_record`, per pairing, for run summaries."""
     if record is None:
         return None
     return {
-        "attention_r_mean": record["attention"]["r_mean"] if record["attention"] else {},
-        "cos_fwd_rev_mean": record["gradients"]["cos_fwd_rev_mean"],
+        pairing: {
+            "n_facts": p["n_facts"],
+            "attention_r_mean": p["attention"]["r_mean"] if p["attention"] else {},
+            "cos_pair_rev_mean": p["gradients"]["cos_pair_rev_mean"],
+        }
+        for pairing, p in record["pairings"].items()
     }

@@ -1,22 +1,26 @@
-"""The inputs every probe reads: per-fact prompts in the two positional configurations it compares.
+"""The inputs every probe reads: per-fact queries in the two configurations a probe compares.
 
-For each fact the probes compare the configuration the model is *trained* in with the *reverse*
-query, at the position that predicts the answer and the key of the context entity:
+A probe compares the *reverse* query ``b REL f.. [M] -> a`` with one other query of the same fact;
+which one is the **pairing**, an explicit choice named in every record and table:
 
-* MDM: trained = ``[M] REL f.. b -> a`` (the ``mirror`` query: a masked-diffusion training example
-  that recovers ``a`` from ``b``), reverse = ``b REL f.. [M] -> a``. The mask attends to ``b`` at
-  relative offset +Delta in one and -Delta in the other: S_fwd = q.R(Delta)k, S_rev = q.R(-Delta)k
-  with the same q (the mask) and k (the entity ``b``), the pairing of the paper.
-* ARM: trained = ``a REL f.. -> b`` (forward query), reverse = ``b REL f.. -> a``; the score is
-  from the answer-predicting (last prompt) position to the context entity. A causal model never
-  sees an entity after the predicting position, so the two configurations share the offset and
-  differ in the entity.
+* ``mirror``: ``[M] REL f.. b -> a``, the reverse answer in the trained positional configuration (a
+  masked-diffusion training example). The mask attends to ``b`` at relative offset +Delta here and
+  -Delta in the reverse query: S_mirror = q.R(Delta)k, S_rev = q.R(-Delta)k with the same query
+  (the mask) and key (the entity ``b``): the pairing of the paper's one-layer analysis. Only a
+  bidirectional model can be asked it.
+* ``forward``: ``a REL f.. [M] -> b``, the trained query. The score is from the answer position to
+  the context entity (``a`` here, ``b`` in the reverse query): same offset, other entity. The only
+  pairing a causal model has (it never sees an entity after the predicting position).
+
+The same pairings are built for natural-language facts in :mod:`revcurse.probes.hf`; on the same
+model and facts both paths give the same values (a test holds them to it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -45,9 +49,22 @@ class ProbeBatch:
         )
 
 
-def coupled_directions(causal: bool) -> tuple[Direction, Direction]:
-    """(trained configuration, reverse query) compared by the probes (module docstring)."""
-    return ("forward", "reverse") if causal else ("mirror", "reverse")
+Pairing = Literal["mirror", "forward"]
+PAIRINGS: tuple[Pairing, ...] = ("mirror", "forward")
+
+
+def pairings_for(causal: bool) -> tuple[Pairing, ...]:
+    """The pairings a model can be probed with (module docstring): a causal model has no mirror."""
+    return ("forward",) if causal else PAIRINGS
+
+
+def check_pairing(pairing: str, causal: bool) -> Pairing:
+    """``pairing`` if the model allows it; a clear error otherwise."""
+    if pairing not in pairings_for(causal):
+        kind = "a causal" if causal else "a bidirectional"
+        raise ValueError(f"pairing {pairing!r} is not defined for {kind} model; "
+                         f"choose one of {list(pairings_for(causal))}")  # fmt: skip
+    return pairing  # type: ignore[return-value]
 
 
 def probe_batch(

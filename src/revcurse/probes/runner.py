@@ -1,10 +1,12 @@
 """Run the mechanism probes on a model, as a training callback or on a saved checkpoint.
 
-Each probe writes ``probes/step-<N>.safetensors`` (S_fwd, S_rev per layer/head/fact; per-fact
-gradient cosines) and appends one JSON record to ``probes/probes.jsonl`` (correlations, cosines per
+Each probe writes ``probes/step-<N>.safetensors`` (``s_<pairing>`` and ``s_rev_<pairing>`` per
+layer/head/fact for every pairing; per-fact gradient cosines) and appends one JSON record to
+``probes/probes.jsonl``: the attention coupling per pairing (``record["attention"][pairing]``; the
+pairings are those the model allows, :func:`~revcurse.probes.inputs.pairings_for`), cosines per
 parameter group, losses, the first-order check, signal alignment; at the final step also the
-coupling as a function of distance). Probes draw no randomness from the training generator, so a run
-trains identically with and without them.
+coupling as a function of distance, per pairing. Probes draw no randomness from the training
+generator, so a run trains identically with and without them.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import alignment
-from revcurse.probes.inputs import ProbeBatch, probe_batch
+from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, probe_batch
 from revcurse.probes.signals import backprop_signals, signal_alignment
 
 
@@ -76,21 +78,28 @@ class ProbeRunner:
         record: dict[str, Any] = {"step": step, "final": final}
         tensors: dict[str, torch.Tensor] = {}
         if pc.attention:
-            c = coupling(model, self.cfg, self.vocab)
-            record["attention"] = {
-                "delta": c["delta"],
-                "pearson": c["pearson"].tolist(),  # [layers][heads]
-                "spearman": c["spearman"].tolist(),
-                "mean_pearson": float(c["pearson"].mean()),
-                "mean_spearman": float(c["spearman"].mean()),
-            }
-            tensors["s_fwd"], tensors["s_rev"] = c["s_fwd"], c["s_rev"]
-            if final and pc.distances:
-                record["distance"] = [
-                    {"n_filler": d["n_filler"], "delta": d["delta"],
-                     "pearson": d["pearson"].tolist(), "spearman": d["spearman"].tolist()}
-                    for d in coupling_vs_distance(model, self.cfg, self.vocab, pc.distances)
-                ]  # fmt: skip
+            record["attention"], record["distance"] = {}, {}
+            for pairing in pairings_for(model.causal):
+                c = coupling(model, self.cfg, self.vocab, pairing)
+                record["attention"][pairing] = {
+                    "delta": c["delta"],
+                    "pearson": c["pearson"].tolist(),  # [layers][heads]
+                    "spearman": c["spearman"].tolist(),
+                    "mean_pearson": float(c["pearson"].mean()),
+                    "mean_spearman": float(c["spearman"].mean()),
+                }
+                tensors[f"s_{pairing}"], tensors[f"s_rev_{pairing}"] = c["s_pair"], c["s_rev"]
+                if final and pc.distances:
+                    by_distance = coupling_vs_distance(
+                        model, self.cfg, self.vocab, pairing, pc.distances
+                    )
+                    record["distance"][pairing] = [
+                        {"n_filler": d["n_filler"], "delta": d["delta"],
+                         "pearson": d["pearson"].tolist(), "spearman": d["spearman"].tolist()}
+                        for d in by_distance
+                    ]  # fmt: skip
+            if not record["distance"]:
+                del record["distance"]
         if pc.gradients:
             every = pc.per_example_every
             per_example = pc.per_example and (final or (every > 0 and step % every == 0))
@@ -141,9 +150,12 @@ class ProbeRunner:
                     values.append(float(node))
             return values
 
+        paths = {}
+        for pairing in PAIRINGS:
+            paths[f"attention_pearson_{pairing}"] = ("attention", pairing, "mean_pearson")
+            paths[f"attention_spearman_{pairing}"] = ("attention", pairing, "mean_spearman")
         for label, path in {
-            "attention_pearson": ("attention", "mean_pearson"),
-            "attention_spearman": ("attention", "mean_spearman"),
+            **paths,
             "grad_cos_fwd_rev": ("gradients", "cos_fwd_rev", "all"),
             "grad_cos_train_rev": ("gradients", "cos_train_rev", "all"),
             "grad_cos_mirror_rev": ("gradients", "cos_mirror_rev", "all"),

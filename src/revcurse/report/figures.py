@@ -31,32 +31,30 @@ def save(fig: plt.Figure, path: Path) -> Path:
 def accuracy_by_family(
     rows: Sequence[dict[str, Any]], families: Sequence[str], chance: dict[str, float], path: Path
 ) -> Path:
-    """Forward and reverse accuracy per family: bars at the seed mean, one dot per seed."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    width = 0.36
+    """Forward, mirror and reverse accuracy per family: bars at the seed mean, one dot per seed
+    (no mirror bar for a family that cannot be asked it)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    width = 0.27
+    style = {"forward": (0.8, None), "mirror": (0.55, ".."), "reverse": (0.35, "//")}
     rng = np.random.default_rng(0)  # jitter of the per-seed dots only
     for i, family in enumerate(families):
         fam_rows = [r for r in rows if r["family"] == family]
-        for j, direction in enumerate(("forward", "reverse")):
+        for j, direction in enumerate(("forward", "mirror", "reverse")):
+            if any(r.get(f"{direction}_accuracy") is None for r in fam_rows):
+                continue
             values = np.array([r[f"{direction}_accuracy"] for r in fam_rows])
-            x = i + (j - 0.5) * width
-            ax.bar(
-                x,
-                values.mean(),
-                width * 0.9,
-                color=FAMILY_COLORS.get(family, "gray"),
-                alpha=0.35 if direction == "reverse" else 0.8,
-                edgecolor="black",
-                hatch="//" if direction == "reverse" else None,
-                label=f"{family.upper()} {direction}",
-            )
+            x = i + (j - 1) * width
+            alpha, hatch = style[direction]
+            ax.bar(x, values.mean(), width * 0.9, color=FAMILY_COLORS.get(family, "gray"),
+                   alpha=alpha, edgecolor="black", hatch=hatch,
+                   label=f"{family.upper()} {direction}")  # fmt: skip
             jitter = rng.uniform(-width * 0.2, width * 0.2, size=len(values))
             ax.scatter(x + jitter, values, color="black", s=14, zorder=3)
     ax.axhline(chance["reverse"], color="gray", ls="--", lw=1, label="chance (1/N)")
     ax.set_xticks(range(len(families)), [f.upper() for f in families])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title("Forward vs reverse accuracy (bars: mean over seeds; dots: seeds)")
+    ax.set_title("Forward, mirror, reverse accuracy (bars: seed mean; dots: seeds)", fontsize=10)
     ax.legend(fontsize=7, loc="center right", bbox_to_anchor=(1.38, 0.5))
     return save(fig, path)
 

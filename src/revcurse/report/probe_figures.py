@@ -17,6 +17,7 @@ from matplotlib.ticker import SymmetricalLogLocator
 
 from revcurse import files
 from revcurse.probes.gradients import GROUPS
+from revcurse.probes.inputs import PAIRINGS
 from revcurse.probes.theory import rope_score_correlation
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 
@@ -26,7 +27,7 @@ class ProbedModel:
     family: str
     seed: int
     records: list[dict[str, Any]]
-    final: dict[str, Any]  # tensors of the final probe (s_fwd, s_rev, per-fact cosines)
+    final: dict[str, Any]  # tensors of the final probe (s_<pairing>, s_rev_<pairing>, cosines)
 
     @property
     def label(self) -> str:
@@ -57,76 +58,88 @@ def _series(records: Sequence[dict[str, Any]], *path: str) -> tuple[list[int], l
     return steps, values
 
 
+PAIRING_STYLE = {"mirror": "-", "forward": "--"}
+PAIRING_QUERY = {"mirror": "[M] REL b", "forward": "a REL [M]"}
+
+
 def attention_scatter(models: Sequence[ProbedModel], path: Path) -> Path | None:
-    """S_fwd vs S_rev over facts (layer 0, head 0) for the first seed of each family."""
-    firsts = {}
+    """S_pair vs S_rev over facts (layer 0, head 0), one panel per (family, pairing), first seed."""
+    firsts: dict[tuple[str, str], ProbedModel] = {}
     for m in models:
-        if "s_fwd" in m.final:
-            firsts.setdefault(m.family, m)
+        for pairing in PAIRINGS:
+            if f"s_{pairing}" in m.final:
+                firsts.setdefault((m.family, pairing), m)
     if not firsts:
         return None
     fig, axes = plt.subplots(1, len(firsts), figsize=(4.2 * len(firsts), 3.8), squeeze=False)
-    for ax, (family, m) in zip(axes[0], firsts.items(), strict=True):
-        x, y = m.final["s_fwd"][0, 0].numpy(), m.final["s_rev"][0, 0].numpy()
+    for ax, ((family, pairing), m) in zip(axes[0], firsts.items(), strict=True):
+        x = m.final[f"s_{pairing}"][0, 0].numpy()
+        y = m.final[f"s_rev_{pairing}"][0, 0].numpy()
         r = np.corrcoef(x, y)[0, 1]
         ax.scatter(x, y, s=10, color=FAMILY_COLORS.get(family, "gray"), alpha=0.7)
         lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
         ax.plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls=":")
-        trained = "[M] REL b" if family == "mdm" else "a REL ->"
-        ax.set_xlabel(f"S_fwd (trained: {trained})")
-        ax.set_ylabel("S_rev (reverse query)")
-        ax.set_title(f"{family.upper()} seed {m.seed}, layer 0 head 0: r = {r:+.2f}", fontsize=10)
+        ax.set_xlabel(f"S_{pairing} ({PAIRING_QUERY[pairing]})")
+        ax.set_ylabel("S_rev (b REL [M])")
+        ax.set_title(f"{family.upper()} seed {m.seed}, {pairing} pairing, L0 H0: r = {r:+.2f}",
+                     fontsize=9)  # fmt: skip
     fig.tight_layout()
     return save(fig, path)
 
 
 def attention_vs_step(models: Sequence[ProbedModel], path: Path) -> Path:
-    """Mean (over layers and heads) Pearson correlation of S_fwd and S_rev against step."""
+    """Mean (over layers and heads) Pearson correlation of S_pair and S_rev against step, one line
+    per model and pairing (solid: mirror, dashed: forward)."""
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for m in models:
-        steps, values = _series(m.records, "attention", "mean_pearson")
-        ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), alpha=0.8, lw=1,
-                label=m.label)  # fmt: skip
+        for pairing in PAIRINGS:
+            steps, values = _series(m.records, "attention", pairing, "mean_pearson")
+            if steps:
+                ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), alpha=0.8,
+                        lw=1, ls=PAIRING_STYLE[pairing], label=f"{m.label} {pairing}")  # fmt: skip
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel("Pearson r(S_fwd, S_rev) over facts")
-    ax.set_title("Attention-score coupling during training", fontsize=10)
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_ylabel("Pearson r(S_pair, S_rev) over facts")
+    ax.set_title("Attention-score coupling during training (solid: mirror, dashed: forward)",
+                 fontsize=9)  # fmt: skip
+    ax.legend(fontsize=5, ncol=2)
     return save(fig, path)
 
 
 def attention_vs_distance(
     models: Sequence[ProbedModel], head_dim: int, rope_base: float | None, path: Path
 ) -> Path | None:
-    """Final coupling against relative distance Delta, per family, with the RoPE theory curve."""
-    curves: dict[str, list[tuple[list[int], list[float]]]] = defaultdict(list)
+    """Final coupling against relative distance Delta, per family and pairing, with the RoPE theory
+    curve (which is for the mirror pairing: same query and key at offsets +Delta and -Delta)."""
+    curves: dict[tuple[str, str], list[tuple[list[int], list[float]]]] = defaultdict(list)
     for m in models:
-        dist = m.records[-1].get("distance")
-        if dist:
-            curves[m.family].append(
+        for pairing, dist in (m.records[-1].get("distance") or {}).items():
+            curves[(m.family, pairing)].append(
                 ([d["delta"] for d in dist], [float(np.mean(d["pearson"])) for d in dist])
             )
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     all_deltas = sorted({d for runs in curves.values() for xs, _ in runs for d in xs})
-    for family, runs in curves.items():
-        color = FAMILY_COLORS.get(family, "gray")
+    for (family, pairing), runs in curves.items():
+        color, ls = FAMILY_COLORS.get(family, "gray"), PAIRING_STYLE[pairing]
         for xs, ys in runs:
-            ax.plot(xs, ys, color=color, alpha=0.35, lw=1, marker="o", ms=2)
+            ax.plot(xs, ys, color=color, alpha=0.3, lw=1, ls=ls, marker="o", ms=2)
         mean = np.mean([ys for _, ys in runs], axis=0)
-        ax.plot(runs[0][0], mean, color=color, lw=2, label=f"{family.upper()} (mean over seeds)")
+        ax.plot(runs[0][0], mean, color=color, lw=2, ls=ls,
+                label=f"{family.upper()} {pairing} (mean over seeds)")  # fmt: skip
     if rope_base is not None:
         grid = np.linspace(min(all_deltas), max(all_deltas), 400)
         theory = [rope_score_correlation(head_dim, rope_base, d) for d in grid]
-        ax.plot(grid, theory, color="black", ls="--", lw=1.2,
-                label=f"RoPE theory, isotropic q,k (d={head_dim}, base={rope_base:g})")  # fmt: skip
+        ax.plot(grid, theory, color="black", ls=":", lw=1.2,
+                label=f"RoPE theory (mirror pairing), isotropic q,k (d={head_dim}, "
+                      f"base={rope_base:g})")  # fmt: skip
     ax.axhline(0, color="gray", lw=0.6)
     ax.set_xscale("symlog", linthresh=4)
     ax.set_xlabel("relative distance Delta = fillers + 2")
-    ax.set_ylabel("Pearson r(S_fwd, S_rev)")
+    ax.set_ylabel("Pearson r(S_pair, S_rev)")
     ax.set_title("Coupling vs distance (fillers inserted at probe time)", fontsize=10)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     return save(fig, path)
 
 

@@ -17,8 +17,10 @@ from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_
 
 PANELS = [
     ("forward_accuracy", "forward accuracy"),
+    ("mirror_accuracy", "mirror accuracy ([M] REL b, bidirectional models)"),
     ("reverse_accuracy", "reverse accuracy"),
-    ("probe.attention_pearson_mean", "attention r(S_fwd, S_rev), mean over training"),
+    ("probe.attention_pearson_mirror_mean", "attention r(S_mirror, S_rev), mean over training"),
+    ("probe.attention_pearson_forward_mean", "attention r(S_forward, S_rev), mean over training"),
     ("probe.grad_cos_fwd_rev_mean", "grad cos fwd/rev, mean over training"),
 ]
 LINESTYLES = ["-", "--", ":", "-."]
@@ -49,7 +51,7 @@ def metrics_figure(
     numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in xs)
     position = {v: (v if numeric else i) for i, v in enumerate(xs)}
     hues = list(dict.fromkeys(r[hue] for r in done)) if hue else [None]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = plt.subplots(3, 2, figsize=(11, 10))
     for ax, (metric, title) in zip(axes.flat, PANELS, strict=True):
         for family in dict.fromkeys(r["family"] for r in done):
             for h_i, h in enumerate(hues):
@@ -69,7 +71,7 @@ def metrics_figure(
                             ls=LINESTYLES[h_i % 4], marker="o", ms=3, capsize=2, label=label)  # fmt: skip
                 for k in keys:
                     ax.scatter([position[k]] * len(pts[k]), pts[k], s=6, color="black", alpha=0.4)
-        if metric == "probe.attention_pearson_mean" and theory:
+        if metric == "probe.attention_pearson_mirror_mean" and theory:
             for (label, tx, ty), ls in zip(theory["curves"], LINESTYLES, strict=False):
                 ax.plot(tx, ty, color="black", lw=1, ls=ls, label=label)
         ax.set_title(title, fontsize=9)
@@ -156,7 +158,8 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
         )
     )
     header = ["group", "n", "forward", "reverse", "reverse std", "reverse 95% CI",
-              "attention r", "grad cos fwd/rev"]  # fmt: skip
+              "attention r (mirror pairing)", "attention r (forward pairing)",
+              "grad cos fwd/rev"]  # fmt: skip
     table = []
     for agg in summary["aggregates"]:
         rev = agg.get("reverse_accuracy", {})
@@ -168,7 +171,8 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
                 rev.get("mean", "n/a"),
                 rev.get("std", "n/a"),
                 "[{:.3f}, {:.3f}]".format(*rev["ci95"]) if rev else "n/a",
-                agg.get("probe.attention_pearson_mean", {}).get("mean", "n/a"),
+                agg.get("probe.attention_pearson_mirror_mean", {}).get("mean", "n/a"),
+                agg.get("probe.attention_pearson_forward_mean", {}).get("mean", "n/a"),
                 agg.get("probe.grad_cos_fwd_rev_mean", {}).get("mean", "n/a"),
             ]
         )

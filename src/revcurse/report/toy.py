@@ -24,13 +24,20 @@ TITLE = "revcurse: the reversal curse on the toy task (MDM vs ARM)"
 
 
 def targets(summary: dict[str, Any]) -> list[Check]:
-    """The toy targets of the project (issue #2), evaluated on the measured aggregates."""
+    """The toy targets of the project (issue #2), evaluated on the measured aggregates, and the
+    paired MDM-vs-ARM test on the reverse direction. The fit checks come first: a reverse result
+    means something only where the model fitted what it was trained on (forward, and for the MDM
+    the mirror configuration)."""
     agg, chance = summary["aggregate"], summary["chance"]["reverse"]
     checks = []
     if "mdm" in agg:
         fwd, rev = agg["mdm"]["forward_accuracy"]["mean"], agg["mdm"]["reverse_accuracy"]["mean"]
-        checks.append(Check("MDM reverse >= 0.90 (mean over seeds)", f"{rev:.3f}", rev >= 0.90))
         checks.append(Check("MDM forward >= 0.99 (mean over seeds)", f"{fwd:.3f}", fwd >= 0.99))
+        if "mirror_accuracy" in agg["mdm"]:
+            mirror = agg["mdm"]["mirror_accuracy"]["mean"]
+            checks.append(Check("MDM mirror ([M] REL b) >= 0.99 (mean over seeds)",
+                                f"{mirror:.3f}", mirror >= 0.99))  # fmt: skip
+        checks.append(Check("MDM reverse >= 0.90 (mean over seeds)", f"{rev:.3f}", rev >= 0.90))
     if "arm" in agg:
         fwd, rev = agg["arm"]["forward_accuracy"]["mean"], agg["arm"]["reverse_accuracy"]["mean"]
         checks.append(
@@ -41,13 +48,23 @@ def targets(summary: dict[str, Any]) -> list[Check]:
             )  # fmt: skip
         )
         checks.append(Check("ARM forward >= 0.99 (mean over seeds)", f"{fwd:.3f}", fwd >= 0.99))
+    test = summary.get("comparison", {}).get("reverse_accuracy")
+    if test is not None:
+        checks.append(Check(
+            "MDM > ARM on reverse accuracy (paired permutation test over seed x fact, p < 0.05, "
+            "95% interval of the difference above 0)",
+            f"difference {test['effect']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}], "
+            f"p = {test['p']:.2g}, {test['n_seeds']} seeds x {test['n_queries']} facts",
+            test["gap"],
+        ))  # fmt: skip
     return checks
 
 
 PROBE_COLUMNS = [
-    ("attention_pearson_mean", "attention r (mean over training)"),
-    ("attention_pearson_final", "attention r (final)"),
-    ("attention_spearman_mean", "attention Spearman (mean)"),
+    ("attention_pearson_mirror_mean", "attention r, mirror pairing (mean over training)"),
+    ("attention_pearson_mirror_final", "attention r, mirror pairing (final)"),
+    ("attention_pearson_forward_mean", "attention r, forward pairing (mean over training)"),
+    ("attention_pearson_forward_final", "attention r, forward pairing (final)"),
     ("grad_cos_fwd_rev_mean", "grad cos fwd/rev (mean)"),
     ("grad_cos_mirror_rev_mean", "grad cos [M]-REL-b/rev (mean)"),
     ("grad_cos_train_rev_mean", "grad cos train/rev (mean)"),
@@ -70,9 +87,9 @@ def probe_checks(rows: list[dict[str, Any]]) -> list[Check]:
     """The probe targets of the project (issue #3), on the measured means over seeds."""
     mdm = probe_means(rows, "mdm")
     checks = []
-    if "attention_pearson_mean" in mdm:
-        value = mdm["attention_pearson_mean"]
-        checks.append(Check("MDM mean attention-score correlation over training > 0",
+    if "attention_pearson_mirror_mean" in mdm:
+        value = mdm["attention_pearson_mirror_mean"]
+        checks.append(Check("MDM mean attention-score correlation over training, mirror pairing, > 0",
                             f"{value:+.3f}", value > 0))  # fmt: skip
     if "grad_cos_fwd_rev_mean" in mdm:
         value = mdm["grad_cos_fwd_rev_mean"]
@@ -103,13 +120,13 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
         Para(
             f"Probed every {cfg.probe.every} steps (and at steps 0 and the end). Attention coupling: "
             "for every fact, the pre-softmax score from the answer position to the context entity "
-            "in the trained configuration (S_fwd) and in the reverse query (S_rev), correlated "
-            "across facts and averaged over layers and heads. For the MDM the trained configuration "
-            "is '[M] REL b' (recover a from b with b after the mask) and the reverse query "
-            "'b REL [M]': the same query and key at offsets +Delta and -Delta. For the ARM it is "
-            "the forward query 'a REL ->' vs the reverse query 'b REL ->' (same offset, other "
-            "entity). Gradient cosines compare the gradients of the forward-query (or '[M] REL b', "
-            "or actual training) loss and the reverse-query loss."
+            "in a paired query (S_pair) and in the reverse query 'b REL [M]' (S_rev), correlated "
+            "across facts and averaged over layers and heads. The pairing is named with every "
+            "number: 'mirror' pairs '[M] REL b' (recover a from b with b after the mask: the same "
+            "query and key at offsets +Delta and -Delta, the paper's pairing; bidirectional models "
+            "only); 'forward' pairs the trained query 'a REL [M]' (same offset, other entity; the "
+            "only pairing of a causal model). Gradient cosines compare the gradients of the "
+            "forward-query (or '[M] REL b', or actual training) loss and the reverse-query loss."
         ),
         *probe_checks(rows),
         Table(
@@ -141,6 +158,43 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
     return blocks
 
 
+def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
+    """The paired MDM-vs-ARM tests: effect, interval, p, per direction."""
+    tests = summary.get("comparison") or {}
+    if not tests:
+        return []
+    return [
+        Heading("MDM minus ARM, paired by seed and fact"),
+        Table(
+            [
+                "accuracy",
+                "MDM - ARM",
+                "95% interval (crossed bootstrap)",
+                "p (paired permutation)",
+                "seeds x facts",
+                "gap",
+            ],
+            [
+                [
+                    metric.removesuffix("_accuracy"),
+                    f"{t['effect']:+.3f}",
+                    f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
+                    f"{t['p']:.2g}",
+                    f"{t['n_seeds']} x {t['n_queries']}",
+                    "yes" if t["gap"] else "no",
+                ]
+                for metric, t in tests.items()
+            ],
+        ),  # fmt: skip
+        Para(
+            "Each (seed, fact) pairs the MDM and the ARM trained with that seed on the same query. "
+            "The interval resamples seeds and facts independently (both vary between reruns); the "
+            "p-value swaps the two outcomes of randomly chosen pairs. 'gap' needs p < 0.05 and the "
+            "interval above 0."
+        ),
+    ]
+
+
 def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -> None:
     """Write figures/, report.html and report.md into the experiment directory ``out``."""
     rows = summary["rows"]
@@ -166,7 +220,9 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
             f"{m.positional} positions, {cfg.train.steps} steps). The MDM is a bidirectional "
             "encoder trained with the masked diffusion loss; the ARM is the same network with a "
             "causal mask trained on next-token prediction. Forward query 'a_i REL [M]' -> B_i; "
-            "reverse query 'B_i REL [M]' -> a_i, never seen in training. Accuracy is top-1 over "
+            "mirror query '[M] REL B_i' -> a_i (the reverse answer in the trained configuration, "
+            "which only the MDM can be asked); reverse query 'B_i REL [M]' -> a_i, never seen in "
+            "training. Accuracy is top-1 over "
             f"the whole vocabulary; chance (uniform guess among the {cfg.data.n_pairs} candidate "
             f"answers) is {chance:.3f}."
         ),
@@ -178,6 +234,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
                 "family",
                 "seeds",
                 "forward",
+                "mirror",
                 "reverse",
                 "reverse std",
                 "reverse 95% CI",
@@ -188,6 +245,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
                     fam.upper(),
                     a["n"],
                     a["forward_accuracy"]["mean"],
+                    a["mirror_accuracy"]["mean"] if "mirror_accuracy" in a else "n/a",
                     a["reverse_accuracy"]["mean"],
                     a["reverse_accuracy"]["std"],
                     "[{:.3f}, {:.3f}]".format(*a["reverse_accuracy"]["ci95"]),
@@ -196,13 +254,17 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
                 for fam, a in summary["aggregate"].items()
             ],
         ),
-        Figure(fig_acc, "Forward and reverse accuracy per family; dots are individual seeds."),
+        Figure(
+            fig_acc, "Forward, mirror and reverse accuracy per family; dots are individual seeds."
+        ),
+        *comparison_blocks(summary),
         Heading("Every model"),
         Table(
             [
                 "family",
                 "seed",
                 "forward",
+                "mirror",
                 "reverse",
                 "reverse (candidates)",
                 "reverse log p(answer)",
@@ -214,6 +276,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
                     r["family"].upper(),
                     r["seed"],
                     r["forward_accuracy"],
+                    "n/a" if r["mirror_accuracy"] is None else r["mirror_accuracy"],
                     r["reverse_accuracy"],
                     r["reverse_candidate_accuracy"],
                     r["reverse_answer_logprob"],
