@@ -136,3 +136,83 @@ def test_unembedding_only_the_read_positions_changes_nothing(objective):
     assert selected[0].item() == pytest.approx(full_logits[0].item(), rel=1e-12)
     for a, b in zip(selected[1], full_logits[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+class RecordingTable:
+    """Fixed float64 logits that depend on the input ids (so a wrongly masked input changes the
+    loss), recording every input it is given."""
+
+    def __init__(self, vocab: int, length: int) -> None:
+        g = torch.Generator().manual_seed(7)
+        self.table = torch.randn(vocab, length, vocab, generator=g, dtype=torch.float64)
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, ids, attention_mask=None):
+        self.inputs.append(ids.clone())
+        return self.table[ids, torch.arange(ids.shape[1])]  # [B, L, V]
+
+
+@pytest.mark.parametrize("objective", ["masked_diffusion", "mlm"])
+@pytest.mark.parametrize("choice", ["all", "entities", "no_fillers"])
+def test_step_losses_match_a_float64_loop_on_the_input_they_built(objective, choice):
+    """The loss of one step, recomputed by hand from the noisy input the objective built: only
+    the chosen roles are ever masked, the mask ratio is the objective's (t ~ U(eps, 1) drawn first
+    from the generator, or the fixed MLM ratio), and the normaliser is the maskable count."""
+    from revcurse.config import ToyDataConfig
+    from revcurse.data.tokenize import MASKABLE_ROLES, Vocab, encode_statements, maskable_mask
+    from revcurse.data.toy import build_toy
+
+    dataset = build_toy(ToyDataConfig(n_pairs=40, n_filler=2, filler_vocab=3, bos=True, eos=True))
+    vocab = Vocab.from_dataset(dataset)
+    batch = encode_statements(vocab, dataset.train)  # [B, L]
+    maskable = maskable_mask(dataset, choice, tuple(batch.shape))
+    allowed = torch.tensor(
+        [[r in MASKABLE_ROLES[choice] for r in roles] for roles in dataset.roles]
+    )
+    assert torch.equal(maskable, allowed)
+    model = RecordingTable(len(vocab), batch.shape[1])
+    ratio, eps = 0.4, 0.05
+    got = training_loss(objective, model, batch, vocab.mask_id, vocab.pad_id, eps,
+                        torch.Generator().manual_seed(3), mlm_ratio=ratio, maskable=maskable)  # fmt: skip
+    (noisy,) = model.inputs
+    masked = noisy == vocab.mask_id
+    assert not (masked & ~maskable).any() and masked.any()
+    if objective == "mlm":
+        t = torch.full((batch.shape[0],), ratio, dtype=torch.float64)
+    else:
+        t = sample_mask_ratio(batch.shape[0], eps, torch.Generator().manual_seed(3)).double()
+    expected = 0.0
+    for b in range(batch.shape[0]):
+        logits = model.table[noisy[b], torch.arange(batch.shape[1])]  # [L, V]
+        total = sum(
+            -torch.log_softmax(logits[i], 0)[batch[b, i]].item()
+            for i in range(batch.shape[1]) if masked[b, i]
+        )  # fmt: skip
+        expected += total / (t[b].item() * maskable[b].sum().item())
+    # rel 1e-6: the objective forms t * n in float32 (t is drawn in float32)
+    assert got.item() == pytest.approx(expected / batch.shape[0], rel=1e-6)
+
+
+def test_answer_only_masks_exactly_the_answer_and_scores_it():
+    from revcurse.config import ToyDataConfig
+    from revcurse.data.tokenize import Vocab, encode_statements, span_mask
+    from revcurse.data.toy import build_toy
+
+    dataset = build_toy(ToyDataConfig(n_pairs=12, n_filler=1))
+    vocab = Vocab.from_dataset(dataset)
+    batch = encode_statements(vocab, dataset.train)
+    answers = span_mask(dataset.answer_spans, tuple(batch.shape))
+    model = RecordingTable(len(vocab), batch.shape[1])
+    got = training_loss("answer_only", model, batch, vocab.mask_id, vocab.pad_id, 1e-3,
+                        torch.Generator().manual_seed(0), answer_mask=answers)  # fmt: skip
+    (noisy,) = model.inputs
+    assert torch.equal(noisy == vocab.mask_id, answers)  # the answer entity, nothing else
+    terms = [
+        -torch.log_softmax(model.table[noisy[b], torch.arange(batch.shape[1])][i], 0)[
+            batch[b, i]
+        ].item()
+        for b in range(batch.shape[0])
+        for i in range(batch.shape[1])
+        if answers[b, i]
+    ]
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)

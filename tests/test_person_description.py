@@ -108,3 +108,23 @@ def test_bad_person_description_settings_are_refused(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and fragment in lines[0], result.stderr
         assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("maskable", ["all", "answer"])
+def test_maskable_choice_decides_which_statement_tokens_the_mdm_may_mask(maskable):
+    from revcurse.config import TextRunConfig, apply_overrides
+    from revcurse.experiments.person_description import prepare, training_batch
+
+    cfg = apply_overrides(TextRunConfig(), ["n_people=1", f"maskable={maskable}"])
+    prepared = prepare(cfg)
+    tok, statements = prepared.tokenizer, prepared.statements
+    batch = training_batch(cfg, statements, tok)
+    for row, s in zip(range(len(statements)), statements, strict=True):
+        n_prompt, n_completion = len(tok.encode(s.prompt)), len(tok.encode(s.completion))
+        maskable_ids = batch.ids[row][batch.answer_mask[row]].tolist()
+        eos_tail = [tok.eos_id] * (cfg.model.max_seq_len - 1 - n_prompt - n_completion)
+        if maskable == "all":
+            assert maskable_ids == tok.encode(s.prompt + s.completion) + eos_tail
+        else:  # the prompt part and BOS stay visible
+            assert maskable_ids == tok.encode(s.completion) + eos_tail
+            assert batch.ids[row, 1 : 1 + n_prompt].tolist() == tok.encode(s.prompt)

@@ -31,6 +31,8 @@ Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
 Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
+Maskable = Literal["all", "entities", "no_fillers"]
+TextMaskable = Literal["all", "answer"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -137,6 +139,10 @@ class TrainConfig:
     answer entity), or auto: masked_diffusion or next_token from model.causal."""
     mlm_ratio: float = 0.15
     """Masking ratio of the mlm objective."""
+    maskable: Maskable = "all"
+    """Which tokens of a statement the masked_diffusion and mlm objectives may mask: all (every
+    token: BOS, entities, relation, fillers, EOS), entities (the two entity slots only), or
+    no_fillers (every token but the fillers). The loss is normalised by the maskable count."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
@@ -585,6 +591,10 @@ class TextRunConfig:
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=4))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=30))
+    maskable: TextMaskable = "all"
+    """Which tokens of a training statement the MDM may mask: all (the whole statement, LLaDA's
+    pre-training loss) or answer (only the statement's completion, e.g. the description after
+    "{name}, known for being"; the prompt part is never masked, LLaDA's SFT loss)."""
     n_people: int = 10
     """People per group (p2d, d2p, both) whose statements are trained on: 10 gives 1200 of the
     3600 statements, which 3000 steps memorise on a 2-core CPU in ~12 min per model; 30 is the

@@ -9,6 +9,9 @@ ratio ``t ~ U(eps, 1)`` per sequence, replace each token by ``[MASK]`` independe
 an upper bound on the negative log-likelihood. ``L`` is the number of maskable tokens of the
 sequence. The ARM minimises the usual next-token cross-entropy.
 
+Which tokens may be masked is the caller's choice (``maskable``: every real token by default; the
+toy runs offer entities only, or all but fillers, ``train.maskable``).
+
 Two ablations of the any-order objective (the ``objective`` experiment):
 
 * ``mlm``: a BERT-style fixed masking ratio r instead of t ~ U(eps, 1) (same estimator with t = r);
@@ -91,11 +94,13 @@ def masked_diffusion_step_loss(
     pad_id: int,
     eps: float,
     generator: torch.Generator,
+    maskable: torch.Tensor | None = None,  # [B, L] bool; default: every real token
 ) -> torch.Tensor:
     """One Monte-Carlo draw of the masked diffusion loss for a batch of clean sequences: the SFT
-    loss with every real token maskable (the same draws, so the same value)."""
-    maskable = tokens != pad_id  # [B, L]
-    return sft_masked_diffusion_loss(model, tokens, maskable, maskable, mask_id, eps, generator)
+    loss with the ``maskable`` tokens as its answer (the same draws, so the same value)."""
+    real = tokens != pad_id  # [B, L]
+    maskable = real if maskable is None else maskable & real
+    return sft_masked_diffusion_loss(model, tokens, maskable, real, mask_id, eps, generator)
 
 
 def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
@@ -129,12 +134,14 @@ def fixed_ratio_step_loss(
     mask_id: int,
     pad_id: int,
     generator: torch.Generator,
+    maskable: torch.Tensor | None = None,  # [B, L] bool; default: every real token
 ) -> torch.Tensor:
     """MLM with a fixed masking ratio: the masked diffusion estimator at constant t = ratio."""
-    maskable = tokens != pad_id
+    real = tokens != pad_id
+    maskable = real if maskable is None else maskable & real
     t = torch.full((tokens.shape[0],), ratio)
     noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
-    logits = logits_at(model, noisy, _key_mask(maskable), masked)  # [N, V]
+    logits = logits_at(model, noisy, _key_mask(real), masked)  # [N, V]
     return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
 
 
@@ -162,15 +169,16 @@ def training_loss(
     *,
     mlm_ratio: float = 0.15,
     answer_mask: torch.Tensor | None = None,  # [B, L], for answer_only
+    maskable: torch.Tensor | None = None,  # [B, L], for masked_diffusion and mlm
 ) -> torch.Tensor:
     """The loss a run optimises on one batch (``objective``: masked_diffusion, next_token, mlm or
-    answer_only)."""
+    answer_only; ``maskable``: the tokens the first two may mask, default every real token)."""
     if objective == "masked_diffusion":
-        return masked_diffusion_step_loss(model, batch, mask_id, pad_id, eps, generator)
+        return masked_diffusion_step_loss(model, batch, mask_id, pad_id, eps, generator, maskable)
     if objective == "next_token":
         return next_token_step_loss(model, batch, pad_id)
     if objective == "mlm":
-        return fixed_ratio_step_loss(model, batch, mlm_ratio, mask_id, pad_id, generator)
+        return fixed_ratio_step_loss(model, batch, mlm_ratio, mask_id, pad_id, generator, maskable)
     if objective == "answer_only":
         if answer_mask is None:
             raise ValueError("answer_only needs the answer positions of the batch")

@@ -36,7 +36,7 @@ from revcurse.config import (
     to_dict,
 )
 from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_statements, span_mask
+from revcurse.data.tokenize import Vocab, encode_statements, maskable_mask, span_mask
 from revcurse.data.toy import build_toy
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate
@@ -235,12 +235,14 @@ def train(
     probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
 
     answers = span_mask(dataset.answer_spans, tuple(data.shape))  # [N, L], for answer_only
+    maskable = maskable_mask(dataset, tc.maskable, tuple(data.shape))  # [N, L]
 
     def step_loss(rows: torch.Tensor | None) -> torch.Tensor:
         batch = data if rows is None else data[rows]
         return training_loss(
             objective, model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator,
             mlm_ratio=tc.mlm_ratio, answer_mask=answers if rows is None else answers[rows],
+            maskable=maskable if rows is None else maskable[rows],
         )  # fmt: skip
 
     def log(record: dict[str, Any]) -> None:
@@ -362,4 +364,5 @@ def config_essentials(cfg: RunConfig) -> dict[str, Any]:
         "steps": t.steps,
         "lr": t.lr,
         "batch_size": t.batch_size,
+        "maskable": t.maskable,
     }

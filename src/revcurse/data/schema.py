@@ -71,6 +71,9 @@ class ReversalDataset:
     """Tokens the vocabulary needs beyond those in statements and queries (e.g. all fillers)."""
     answer_spans: list[tuple[int, int]] = field(default_factory=list)
     """Per training statement, the [start, end) token span of its answer entity (answer_only)."""
+    roles: list[tuple[str, ...]] = field(default_factory=list)
+    """Per training statement, the role of each token: ``special`` (BOS, EOS), ``entity``,
+    ``relation`` or ``filler``; which of them may be masked is the run's ``train.maskable``."""
 
     def chance(self, direction: Direction) -> float:
         """Accuracy of a uniform guess among the candidate answers of ``direction``."""

@@ -76,6 +76,24 @@ def span_mask(spans: Sequence[tuple[int, int]], shape: tuple[int, int]) -> torch
     return mask
 
 
+MASKABLE_ROLES: dict[str, frozenset[str]] = {
+    "all": frozenset({"special", "entity", "relation", "filler"}),
+    "entities": frozenset({"entity"}),
+    "no_fillers": frozenset({"special", "entity", "relation"}),
+}
+"""The token roles (:attr:`ReversalDataset.roles`) each ``train.maskable`` choice may mask."""
+
+
+def maskable_mask(dataset: ReversalDataset, choice: str, shape: tuple[int, int]) -> torch.Tensor:
+    """``[n, L]`` bool: the tokens of each training statement that ``choice`` lets the objective
+    mask (padding never)."""
+    allowed = MASKABLE_ROLES[choice]
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for i, roles in enumerate(dataset.roles):
+        mask[i, : len(roles)] = torch.tensor([r in allowed for r in roles])
+    return mask
+
+
 def encode_queries(
     vocab: Vocab, queries: Sequence[Query], causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

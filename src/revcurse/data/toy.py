@@ -40,7 +40,11 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
 
     bos = (BOS,) if cfg.bos else ()
     eos = (EOS,) if cfg.eos else ()
-    facts, train, answer_spans = [], [], []
+    facts, train, answer_spans, roles = [], [], [], []
+    statement_roles = (
+        ("special",) * len(bos) + ("entity", "relation") + ("filler",) * cfg.n_filler
+        + ("entity",) + ("special",) * len(eos)
+    )  # fmt: skip
     queries: dict = {"forward": [], "reverse": [], "mirror": []}
     for i in range(n):
         a, b = (a_tokens[i],), (b_tokens[int(partner[i])],)
@@ -48,9 +52,11 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
         facts.append(Fact(a=a, relation=relation, b=b))
         train.append(bos + a + relation + b + eos)
         answer_spans.append((len(bos) + 1 + len(relation), len(bos) + 2 + len(relation)))
+        roles.append(statement_roles)
         if cfg.reverse_augment:
             train.append(bos + b + relation + a + eos)
             answer_spans.append(answer_spans[-1])
+            roles.append(statement_roles)
         queries["forward"].append(Query(i, "forward", bos + a + relation, b, eos))
         queries["reverse"].append(Query(i, "reverse", bos + b + relation, a, eos))
         queries["mirror"].append(Query(i, "mirror", bos, a, relation + b + eos))
@@ -61,5 +67,6 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     }
     fillers = [f"<f{j}>" for j in range(cfg.filler_vocab)]
     return ReversalDataset(
-        "toy", facts, train, queries, candidates, extra_tokens=fillers, answer_spans=answer_spans
-    )
+        "toy", facts, train, queries, candidates, extra_tokens=fillers, answer_spans=answer_spans,
+        roles=roles,
+    )  # fmt: skip

@@ -42,7 +42,7 @@ from revcurse.data.person_description import (
     training_template_splits,
 )
 from revcurse.data.schema import TextPair
-from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
+from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
 from revcurse.experiments.stats import aggregate
@@ -69,11 +69,11 @@ def _spread(pairs: list[TextPair], n: int) -> list[TextPair]:
     return [pairs[(i * len(pairs)) // n] for i in range(n)]
 
 
-def build_data(cfg: TextRunConfig) -> tuple[list[str], dict[str, list[TextPair]]]:
+def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
     """Training statements of the first ``n_people`` of each group, and the evaluation splits
     (about those people only), each cut to ``max_eval`` evenly spread queries."""
     dataset = load_person_description()
-    statements = [p.prompt + p.completion for p in training_statements(n_people=cfg.n_people)]
+    statements = training_statements(n_people=cfg.n_people)
     kept = {p.name for g in people().values() for p in g[: cfg.n_people]}
     splits = training_template_splits(n_people=cfg.n_people)
     for name in HELD_OUT:
@@ -86,7 +86,9 @@ def build_data(cfg: TextRunConfig) -> tuple[list[str], dict[str, list[TextPair]]
 class Prepared:
     """What a run trains on and is evaluated with, checked against the model's length."""
 
-    statements: list[str]
+    statements: list[TextPair]
+    """Training statements as (prompt, completion): the completion is what ``maskable: answer``
+    lets the MDM mask."""
     splits: dict[str, list[TextPair]]
     tokenizer: WordTokenizer
     gen_lengths: dict[str, int]
@@ -99,12 +101,13 @@ def prepare(cfg: TextRunConfig) -> Prepared:
     # The vocabulary covers the held-out templates' words too (untrained embeddings), so their
     # prompts are read as words rather than as <unk>.
     tokenizer = WordTokenizer.fit(
-        statements + [p.prompt + a for v in splits.values() for p in v for a in p.answers]
+        [s.prompt + s.completion for s in statements]
+        + [p.prompt + a for v in splits.values() for p in v for a in p.answers]
     )
     gen_lengths = {k: 2 + max(len(tokenizer.encode(p.completion)) for p in v)
                    for k, v in splits.items()}  # fmt: skip
     longest = max(
-        [2 + len(tokenizer.encode(s)) for s in statements]
+        [2 + len(tokenizer.encode(s.prompt + s.completion)) for s in statements]
         + [1 + len(tokenizer.encode(p.prompt)) + gen_lengths[k] for k, v in splits.items()
            for p in v]
     )  # fmt: skip
@@ -114,6 +117,23 @@ def prepare(cfg: TextRunConfig) -> Prepared:
             f"got {cfg.model.max_seq_len}"
         )
     return Prepared(statements, splits, tokenizer, gen_lengths)
+
+
+def training_batch(
+    cfg: TextRunConfig, statements: list[TextPair], tokenizer: WordTokenizer
+) -> TextBatch:
+    """The statements as ``[BOS] statement`` rows whose ``answer_mask`` is what the MDM may mask:
+    the whole statement (``maskable: all``, the pre-training loss) or only its completion
+    (``answer``: the prompt part stays visible, the SFT loss). The MDM's rows are then filled with
+    EOS to ``max_seq_len`` (maskable, so it learns to end its answers). An ARM's next-token loss
+    reads every statement token either way."""
+    causal = cfg.model.causal
+    if cfg.maskable == "all" or causal:
+        statements = [TextPair("", s.prompt + s.completion) for s in statements]
+    data = encode_pairs(tokenizer, statements, bos=True)
+    if not causal:
+        data = pad_with_eos(data, cfg.model.max_seq_len, tokenizer.eos_id)
+    return data
 
 
 def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") -> dict[str, Any]:
@@ -128,10 +148,8 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     causal = cfg.model.causal
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
-    data = encode_pairs(tokenizer, [TextPair("", s) for s in statements], bos=True)
+    data = training_batch(cfg, statements, tokenizer)
     fill_to = None if causal else cfg.model.max_seq_len
-    if fill_to is not None:  # the MDM learns to end its answers: EOS fills every statement
-        data = pad_with_eos(data, fill_to, tokenizer.eos_id)
     facts = encode_facts(
         tokenizer,
         paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),

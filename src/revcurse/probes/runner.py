@@ -20,7 +20,7 @@ import torch
 from revcurse import files
 from revcurse.config import RunConfig
 from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_statements, span_mask
+from revcurse.data.tokenize import Vocab, encode_statements, maskable_mask, span_mask
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.attention import coupling, coupling_vs_distance
@@ -50,6 +50,7 @@ class ProbeRunner:
         self.dir = out_dir / "probes" if out_dir is not None else None
         causal = cfg.model.causal
         self.answer_mask = span_mask(dataset.answer_spans, tuple(self.train_ids.shape))
+        self.maskable = maskable_mask(dataset, cfg.train.maskable, tuple(self.train_ids.shape))
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
         self.batches: dict[str, ProbeBatch] = {
             d: probe_batch(dataset, vocab, d, causal) for d in directions
@@ -130,7 +131,7 @@ class ProbeRunner:
         return training_loss(
             self.cfg.objective, model, self.train_ids, self.vocab.mask_id, self.vocab.pad_id,
             self.cfg.train.diffusion_eps, generator, mlm_ratio=self.cfg.train.mlm_ratio,
-            answer_mask=self.answer_mask,
+            answer_mask=self.answer_mask, maskable=self.maskable,
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
