@@ -85,9 +85,22 @@ def test_reproduce_person_description_end_to_end(tmp_path):
         ("mdm", 0), ("mdm", 1), ("arm", 0), ("arm", 1)]  # fmt: skip
     agg = summary["aggregate"]["mdm"]["p2d_reverse_train.prefix"]
     assert len(agg["values"]) == 2 and agg["ci95"][0] <= agg["mean"] <= agg["ci95"][1]
-    run = json.loads((out / "models/arm-seed0/summary.json").read_text())
-    assert set(run["splits"]) == set(summary["splits"]) and len(summary["splits"]) == 8
-    assert run["probes"]["after"]["attention_r_mean"].keys() == {"0", "1"}
+    arm = json.loads((out / "models/arm-seed0/summary.json").read_text())
+    mdm = json.loads((out / "models/mdm-seed0/summary.json").read_text())
+    mirrors = {"p2d_mirror_train", "d2p_mirror_train"}
+    assert len(summary["splits"]) == 10 and set(mdm["splits"]) == set(summary["splits"])
+    assert set(arm["splits"]) == set(summary["splits"]) - mirrors  # no mirror query for an ARM
+    assert arm["probes"]["after"]["forward"]["attention_r_mean"].keys() == {"0", "1"}
+    assert set(mdm["probes"]["after"]) == {"forward", "mirror"}
+    # The mirror query: the forward statement with the reverse answer (the name) to fill.
+    record = json.loads((out / "models/mdm-seed0/generations/p2d_mirror_train.jsonl")
+                        .read_text().splitlines()[0])  # fmt: skip
+    assert record["answer_length_given"] and record["suffix"].startswith(",")
+    # The paired MDM-vs-ARM tests: every reverse split, both metrics, 2 seeds x 6 queries.
+    tests = summary["comparison"]
+    assert {k.split(".")[0] for k in tests} == {"p2d_reverse_train", "p2d_reverse",
+                                                "d2p_reverse_train", "d2p_reverse"}  # fmt: skip
+    assert all(t["n_seeds"] == 2 and t["n_queries"] == 6 for t in tests.values())
 
 
 def test_bad_person_description_settings_are_refused(tmp_path):

@@ -35,6 +35,17 @@ from revcurse.data.text import fill_row
 from revcurse.objectives import logits_at
 
 Model = Callable[..., torch.Tensor]
+Suffix = Sequence[int] | Sequence[Sequence[int]]
+"""Tokens after the answer region: one sequence for every row, or one per row."""
+
+
+def per_row(suffix: Suffix, n: int) -> list[list[int]]:
+    """``suffix`` as one list of ids per row."""
+    if len(suffix) and not isinstance(suffix[0], int):
+        if len(suffix) != n:
+            raise ValueError(f"{len(suffix)} suffixes for {n} rows")
+        return [list(s) for s in suffix]  # type: ignore[arg-type]
+    return [list(suffix)] * n  # type: ignore[arg-type]
 
 
 def model_device(model: Model) -> torch.device:
@@ -69,7 +80,7 @@ def mdm_generate(
     steps: int | None = None,
     block_length: int | None = None,
     temperature: float = 0.0,
-    suffix: Sequence[int] = (),
+    suffix: Suffix = (),
     generator: torch.Generator | None = None,
     trace: list[torch.Tensor] | None = None,
     fill: tuple[int, int] | None = None,
@@ -77,8 +88,9 @@ def mdm_generate(
     """Fill ``gen_length`` masked tokens after each prompt; returns the answers ``[B, gen_length]``.
 
     ``steps`` defaults to ``gen_length`` (one token per step) and ``block_length`` to
-    ``gen_length`` (one block: pure low-confidence remasking). ``suffix`` tokens (e.g. EOS) follow
-    the answer region, as in training. If ``trace`` is a list, the state after every step is
+    ``gen_length`` (one block: pure low-confidence remasking). ``suffix`` tokens follow the answer
+    region: EOS as in training, or the rest of a statement for an infilling (mirror) query, one
+    per row. If ``trace`` is a list, the state after every step is
     appended to it (tests use it to check the unmasking order). ``fill = (token, length)`` extends
     every row with ``token`` up to ``length`` tokens, for models trained on sequences padded that
     way (an MDM pre-trained with EOS padding sees its usual EOS tail).
@@ -96,7 +108,11 @@ def mdm_generate(
 
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts])
-    rows = [fill_row(list(p) + [mask_id] * gen_length + list(suffix), fill) for p in prompts]
+    suffixes = per_row(suffix, batch)
+    rows = [
+        fill_row(list(p) + [mask_id] * gen_length + s, fill)
+        for p, s in zip(prompts, suffixes, strict=True)
+    ]
     total = max(len(r) for r in rows)
     x = torch.full((batch, total), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -203,22 +219,23 @@ def mdm_answer_logprob(
     *,
     mask_id: int,
     n_samples: int = 16,
-    suffix: Sequence[int] = (),
+    suffix: Suffix = (),
     generator: torch.Generator | None = None,
     fill: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Monte-Carlo lower bound on ``log p(answer | prompt)`` of a masked diffusion model ``[B]``
-    (``fill`` as in :func:`mdm_generate`).
+    """Monte-Carlo lower bound on ``log p(answer | prompt, suffix)`` of a masked diffusion model
+    ``[B]`` (``suffix`` and ``fill`` as in :func:`mdm_generate`).
 
     For a single-token answer every draw masks that token, so the bound is exact:
     ``log p(a | prompt [MASK] suffix)``.
     """
     out = torch.empty(len(prompts), dtype=torch.float64)
     device = model_device(model)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
+    suffixes = per_row(suffix, len(prompts))
+    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
         length = len(a)
         counts = stratified_mask_counts(length, n_samples, generator)
-        clean = torch.tensor(fill_row(list(p) + list(a) + list(suffix), fill))
+        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
         rows, masks = [], []
         for count in counts:
             chosen = torch.randperm(length, generator=generator)[:count] + len(p)

@@ -90,10 +90,29 @@ class TextPair:
     """Other completions that also count as correct (e.g. any child of a parent)."""
     source: str = ""
     """Where it came from: ``file:line``."""
+    suffix: str = ""
+    """Text after the completion, for infilling queries (the mirror query ``[M..M] REL b``): a
+    bidirectional model sees ``prompt [MASK]* suffix``; a causal model cannot be asked them."""
 
     @property
     def answers(self) -> tuple[str, ...]:
         return (self.completion, *self.alternatives)
+
+
+def mirror_query(forward: TextPair, answer: str) -> TextPair | None:
+    """The mirror query of a fact: the forward statement ``forward.prompt + forward.completion``
+    with ``answer`` (the reverse query's answer, found verbatim in the forward prompt) as the part
+    to fill, everything after it as the suffix. None when ``answer`` is not in the prompt."""
+    answer = answer.strip().removesuffix(".")
+    at = forward.prompt.find(answer) if answer else -1
+    if at < 0:
+        return None
+    return TextPair(
+        prompt=forward.prompt[:at],
+        completion=answer,
+        source=forward.source,
+        suffix=forward.prompt[at + len(answer) :] + forward.completion,
+    )
 
 
 @dataclass

@@ -41,11 +41,11 @@ from revcurse.data.person_description import (
     training_statements,
     training_template_splits,
 )
-from revcurse.data.schema import TextPair
+from revcurse.data.schema import TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
-from revcurse.experiments.stats import aggregate
+from revcurse.experiments.stats import aggregate, paired_comparison
 from revcurse.experiments.toy import start_experiment
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
@@ -56,7 +56,15 @@ from revcurse.text_evaluation import evaluate_split, save_generations
 from revcurse.text_training import make_accelerator, train_text
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
-SPLITS: dict[str, str] = dict(TRAIN_TEMPLATE_SPLITS) | {s: TESTS[s][1] for s in HELD_OUT}
+MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
+           "d2p_mirror_train": ("d2p_same_train", "d2p_reverse_train")}  # fmt: skip
+"""Mirror split -> (the forward split whose statements it masks, the reverse split it mirrors):
+``p2d_mirror_train`` asks "[M..M], known for being {D}." -> name, the reverse answer of
+``p2d_reverse_train`` in the configuration the MDM trained on (bidirectional models only)."""
+SPLITS: dict[str, str] = (
+    dict(TRAIN_TEMPLATE_SPLITS) | dict.fromkeys(MIRRORS, "mirror")
+    | {s: TESTS[s][1] for s in HELD_OUT}
+)  # fmt: skip
 """Every evaluated split and its direction (forward = the trained one)."""
 HEADLINE = "prefix"
 """Berglund's metric: the generation starts with the answer (names are followed by template text)."""
@@ -79,7 +87,12 @@ def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextP
     for name in HELD_OUT:
         splits[name] = [p for p in dataset.tests[name] if any(n in p.prompt + p.completion
                                                                for n in kept)]  # fmt: skip
-    return statements, {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
+    splits = {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
+    for name, (forward, reverse) in MIRRORS.items():
+        facts = paired_queries(splits[forward], splits[reverse], len(splits[reverse]))
+        mirrors = (mirror_query(f, r.completion) for f, r in facts)
+        splits[name] = [m for m in mirrors if m is not None]
+    return statements, splits
 
 
 @dataclass
@@ -182,6 +195,8 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
     results = {}
     gen = torch.Generator().manual_seed(cfg.train.seed)
     for name, pairs in splits.items():
+        if causal and SPLITS[name] == "mirror":
+            continue  # a causal model cannot be asked to fill text before its context
         settings = dataclasses.replace(cfg.eval, gen_length=gen_lengths[name])
         metrics, records = evaluate_split(
             model, tokenizer, pairs, causal, settings, gen, bos=True,
@@ -273,8 +288,38 @@ def run_person_description(
         "aggregate": {
             f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families
         },
+        "comparison": compare_families(out, cfg),
     }
     files.write_json(out / "summary.json", summary)
     files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
     write_report(out, cfg, summary)
     return summary
+
+
+COMPARED = ("p2d_reverse_train", "p2d_reverse", "d2p_reverse_train", "d2p_reverse")
+"""The reverse splits on which the MDM-vs-ARM gap is tested."""
+
+
+def compare_families(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
+    """Paired MDM-vs-ARM tests per reverse split and metric (generation prefix match, likelihood
+    top-1): the two models of each seed on the same query (same candidates), from the saved
+    per-query records."""
+    if not {"mdm", "arm"} <= set(cfg.families):
+        return {}
+
+    def outcomes(family: str, split: str, metric: str) -> list[list[float]]:
+        per_seed = []
+        for seed in cfg.seeds:
+            path = out / "models" / f"{family}-seed{seed}" / "generations" / f"{split}.jsonl"
+            records = files.read_jsonl(path)
+            per_seed.append([float(r["prefix"] if metric == "prefix" else r["rank"] == 1)
+                             for r in records])  # fmt: skip
+        return per_seed
+
+    return {
+        f"{split}.{metric}": paired_comparison(
+            outcomes("mdm", split, metric), outcomes("arm", split, metric)
+        )
+        for split in COMPARED
+        for metric in (HEADLINE, "likelihood_top1")
+    }

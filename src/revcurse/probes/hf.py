@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from revcurse.data.schema import TextPair
+from revcurse.data.schema import TextPair, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import sft_answer_loss
 from revcurse.probes.attention import pearson
@@ -58,7 +58,7 @@ def paired_queries(
     entity of the forward prompt (each query used once)."""
     pairs, used = [], set()
     for rev in reverse:
-        names = [a.strip() for a in rev.answers if a.strip()]
+        names = [a.strip().removesuffix(".") for a in rev.answers if a.strip().removesuffix(".")]
         for i, fwd in enumerate(forward):
             if i not in used and any(n in fwd.prompt for n in names):
                 pairs.append((fwd, rev))
@@ -108,15 +108,13 @@ def encode_mirror(
     bos: bool = False,
     fill: tuple[int, int] | None = None,
 ) -> Encoded | None:
-    """The forward statement ``prompt + completion`` with ``answer`` (the reverse query's answer,
-    found verbatim in the prompt) as the answer span and the completion as the given entity; None
-    when ``answer`` is not in the prompt."""
-    answer = answer.strip().removesuffix(".")
-    at = pair.prompt.find(answer) if answer else -1
-    if at < 0:
+    """The mirror query (:func:`~revcurse.data.schema.mirror_query`) with its answer span and the
+    forward completion as the given entity; None when ``answer`` is not in the prompt."""
+    mirror = mirror_query(pair, answer)
+    if mirror is None:
         return None
-    pre, ans, post = pair.prompt[:at], answer, pair.prompt[at + len(answer) :]
-    parts = [tokenizer.encode(s) if s else [] for s in (pre, ans, post)]
+    post = mirror.suffix[: len(mirror.suffix) - len(pair.completion)]
+    parts = [tokenizer.encode(s) if s else [] for s in (mirror.prompt, mirror.completion, post)]
     if bos:
         parts[0] = [tokenizer.bos_id, *parts[0]]
     entity = tokenizer.encode(pair.completion)
