@@ -233,9 +233,30 @@ def test_error_and_hidden_signals_match_autograd_and_closed_form():
     u_ref = sig["e"] @ model.lm_head.weight.double()
     torch.testing.assert_close(sig["u"], u_ref, atol=1e-5, rtol=1e-4)
     assert sig["z.0"].shape == (len(batch), 16)
-    al = signal_alignment(sig, sig)
-    assert al["u"]["cosine"] == pytest.approx(1.0)
-    assert al["e"]["inner"] == pytest.approx(float((sig["e"] ** 2).sum(-1).mean()))
+
+
+def test_signal_cosines_in_a_hand_derived_case_and_why_forward_pairing_is_negative():
+    """All weights zero except an unembedding with orthonormal rows (V <= D): the final state is 0,
+    the softmax uniform, e = 1/V - onehot(y), u = W_U^T e and |u| = |e|. Then by hand
+    cos(u_fwd, u_rev) = <e_b, e_a> / |e|^2 = (1/V - 2/V) / (1 - 1/V) = -1/(V - 1) (answers b != a),
+    and cos(u_mirror, u_rev) = 1 (same answer a); inner products -1/V and 1 - 1/V."""
+    cfg, dataset, vocab, model = setup(False, **{"model.norm": "none", "model.d_model": 64})
+    model = model.double()
+    V = len(vocab)
+    assert V <= 64
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        q, _ = torch.linalg.qr(torch.randn(64, V, dtype=torch.float64))  # orthonormal columns
+        model.lm_head.weight.copy_(q.T)  # [V, D], orthonormal rows
+    batches = {d: probe_batch(dataset, vocab, d, False) for d in ("forward", "mirror", "reverse")}
+    sig = {d: backprop_signals(model, b) for d, b in batches.items()}
+    fwd = signal_alignment(sig["forward"], sig["reverse"])
+    mirror = signal_alignment(sig["mirror"], sig["reverse"])
+    assert fwd["u"]["cosine"] == pytest.approx(-1 / (V - 1), rel=1e-9)
+    assert fwd["u"]["inner"] == pytest.approx(-1 / V, rel=1e-9)
+    assert mirror["u"]["cosine"] == pytest.approx(1.0, rel=1e-9)
+    assert mirror["u"]["inner"] == pytest.approx(1 - 1 / V, rel=1e-9)
 
 
 # ---------------------------------------------------------------- runner

@@ -111,9 +111,11 @@ class ProbeRunner:
             record["gradients"] = summary
             tensors.update(extra)
         if pc.signals:
-            fwd = backprop_signals(model, self.batches["forward"])
             rev = backprop_signals(model, self.batches["reverse"])
-            record["signals"] = signal_alignment(fwd, rev)
+            record["signals"] = {
+                pairing: signal_alignment(backprop_signals(model, self.batches[pairing]), rev)
+                for pairing in pairings_for(model.causal)
+            }
         model.train(was_training)
         record["seconds"] = time.perf_counter() - start
         self.seconds += record["seconds"]
@@ -155,12 +157,12 @@ class ProbeRunner:
         for pairing in PAIRINGS:
             paths[f"attention_pearson_{pairing}"] = ("attention", pairing, "mean_pearson")
             paths[f"attention_spearman_{pairing}"] = ("attention", pairing, "mean_spearman")
+            paths[f"signal_u_cosine_{pairing}"] = ("signals", pairing, "u", "cosine")
         for label, path in {
             **paths,
             "grad_cos_fwd_rev": ("gradients", "cos_fwd_rev", "all"),
             "grad_cos_train_rev": ("gradients", "cos_train_rev", "all"),
             "grad_cos_mirror_rev": ("gradients", "cos_mirror_rev", "all"),
-            "signal_u_cosine": ("signals", "u", "cosine"),
         }.items():
             values = series(path)
             if values:

@@ -1,12 +1,23 @@
-"""Back-propagated error signals of the forward and reverse queries (arXiv 2602.02133).
+"""Back-propagated error signals of a paired query and the reverse query (arXiv 2602.02133).
 
 For query i with answer y_i the cross-entropy's gradient with respect to the answer logits is the
 output error ``e_i = softmax(z_i) - onehot(y_i)``. Propagated back it becomes the hidden signal
-``u_i = dL_i/dh_i``, the gradient at the input of the unembedding (``W_U^T e_i``), and, per layer,
-``dL_i/dz_i`` at the input of ``o_proj`` (the heads' outputs). Every weight gradient is an outer
-product of such a signal with an activation, so aligned forward/reverse signals mean aligned
-updates. Reported per fact: the inner products and cosines between the forward and reverse signals
-of the same fact, averaged over facts.
+``u_i = dL_i/dh_i``, the gradient at the input of the unembedding (``W_U^T e_i`` for the normed
+final state h), and, per layer, ``dL_i/dz_i`` at the input of ``o_proj`` (the heads' outputs).
+Reported per pairing (:mod:`revcurse.probes.inputs`): the mean over facts of the inner products and
+cosines between the paired query's and the reverse query's signals of the same fact.
+
+What these vectors are, and what they are not. The two queries of the **forward** pairing have
+*different* answers (b and a), so ``e_fwd ~ p - onehot(b)`` and ``e_rev ~ p - onehot(a)``, and
+``cos(u_fwd, u_rev)`` is governed by ``<W_U[a], W_U[b]>``: how the unembedding rows of the two entities
+relate. Training pushes the rows of the two entity types apart, so this cosine is typically
+*negative* for MDM and ARM alike; with all weights zero and orthonormal unembedding rows it is
+exactly ``-1 / (V - 1)`` (the uniform softmax; tested). The paper claims aligned *parameter
+gradients* (outer products of these signals with activations, :mod:`revcurse.probes.gradients`),
+not aligned ``u``, so the forward-pairing ``u``-cosine is no test of it. The **mirror** pairing's two
+queries share the answer a, so their output errors share the ``-onehot(a)`` term (cosine exactly 1
+in the zero-weight case); it measures whether the model routes the same error back through the
+trained and the reverse configuration.
 """
 
 from __future__ import annotations

@@ -211,17 +211,21 @@ def reverse_loss(models: Sequence[ProbedModel], path: Path) -> Path:
 
 
 def signal_cosines(models: Sequence[ProbedModel], path: Path) -> Path:
-    """Mean per-fact cosine of forward and reverse back-propagated signals against step."""
+    """Mean per-fact cosine of the paired and the reverse query's back-propagated signals against
+    step (solid: mirror pairing, same answer; dashed: forward pairing, different answers)."""
     names = ("e", "u", "z.0")
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), sharey=True)
     for ax, name in zip(axes, names, strict=True):
         for m in models:
-            steps, values = _series(m.records, "signals", name, "cosine")
-            ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), lw=1, alpha=0.8)
+            for pairing in PAIRINGS:
+                steps, values = _series(m.records, "signals", pairing, name, "cosine")
+                if steps:
+                    ax.plot(steps, values, color=FAMILY_COLORS.get(m.family, "gray"), lw=1,
+                            alpha=0.8, ls=PAIRING_STYLE[pairing])  # fmt: skip
         ax.axhline(0, color="gray", lw=0.6)
         ax.set_title({"e": "output error e = p - onehot", "u": "hidden signal u = W_U^T e",
                       "z.0": "signal at o_proj input (layer 0)"}[name], fontsize=9)  # fmt: skip
         ax.set_xlabel("step")
-    axes[0].set_ylabel("mean cos(fwd, rev) over facts")
+    axes[0].set_ylabel("mean cos(pair, rev) over facts")
     fig.tight_layout()
     return save(fig, path)

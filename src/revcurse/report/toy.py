@@ -68,7 +68,8 @@ PROBE_COLUMNS = [
     ("grad_cos_fwd_rev_mean", "grad cos fwd/rev (mean)"),
     ("grad_cos_mirror_rev_mean", "grad cos [M]-REL-b/rev (mean)"),
     ("grad_cos_train_rev_mean", "grad cos train/rev (mean)"),
-    ("signal_u_cosine_mean", "signal u cos (mean)"),
+    ("signal_u_cosine_mirror_mean", "signal u cos, mirror pairing (mean)"),
+    ("signal_u_cosine_forward_mean", "signal u cos, forward pairing (mean)"),
     ("reverse_loss_final", "reverse loss (final)"),
 ]
 
