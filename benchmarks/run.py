@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import evaluation  # noqa: E402
 import lora_step  # noqa: E402
 import per_example  # noqa: E402
 import probe_overhead  # noqa: E402
@@ -44,6 +45,8 @@ def main() -> None:
         lora_step.run(repeats=repeats + 2),
         "",
         probe_overhead.run(repeats=repeats),
+        "",
+        evaluation.run(repeats=repeats),
         "",
         sweep_overhead.run(),
         "",

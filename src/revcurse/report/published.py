@@ -1,0 +1,290 @@
+"""Published numbers: README and docs tables rendered from the results files under docs/results/.
+
+A measured number appears in README.md or docs/*.md only inside a marked block::
+
+    <!-- results: toy accuracy -->
+    ...rendered table...
+    <!-- /results -->
+
+whose body is rendered here from ``docs/results/<experiment>/summary.json`` (and the command that
+wrote it, ``command.txt``). :func:`check` re-renders every block and reports each one that differs
+from the text (a test runs it); ``python -m revcurse.report.published --write`` rewrites them after
+a rerun. :func:`publish` copies a finished experiment directory's results (summary, config,
+command, report, figures; no model weights) into ``docs/results/<experiment>/``.
+
+Prose around the blocks carries no measured number; when a rerun changes a claim, the prose is
+rewritten in words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from revcurse import files
+
+ROOT = Path(__file__).resolve().parents[3]
+RESULTS = ROOT / "docs" / "results"
+DOCUMENTS = ("README.md", "docs/*.md")
+BLOCK = re.compile(
+    r"(?P<open><!-- results: (?P<name>[\w-]+) (?P<view>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)",
+    re.S,
+)
+PUBLISHED_FILES = ("summary.json", "config.yaml", "command.txt", "report.md", "timings.json")
+
+
+def _pm(metric: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean ± std`` of an aggregate, or n/a."""
+    if not metric:
+        return "n/a"
+    return f"{metric['mean']:.{digits}f} ± {metric['std']:.{digits}f}"
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f}"
+
+
+def _test(t: dict[str, Any]) -> str:
+    return (f"{t['effect']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p = {t['p']:.2g}"
+            f"{' (gap)' if t['gap'] else ''}")  # fmt: skip
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean_over_seeds(rows: list[dict[str, Any]], family: str, key: str) -> float | None:
+    values = [r[key] for r in rows if r["family"] == family and r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Views: (experiment, view) -> markdown
+# --------------------------------------------------------------------------------------------------
+
+
+def toy_accuracy(s: dict[str, Any]) -> str:
+    agg, n = s["aggregate"], {f: a["n"] for f, a in s["aggregate"].items()}
+    rows = [
+        [f.upper(), n[f], _pm(a.get("forward_accuracy")), _pm(a.get("mirror_accuracy")),
+         _pm(a.get("reverse_accuracy"))]
+        for f, a in agg.items()
+    ]  # fmt: skip
+    text = _table(["family", "seeds", "forward", "mirror", "reverse"], rows)
+    test = s.get("comparison", {}).get("reverse_accuracy")
+    if test:
+        text += (
+            f"\n\nMDM − ARM reverse accuracy, paired by seed and fact ({test['n_seeds']} seeds × "
+            f"{test['n_queries']} facts): {_test(test)}. Chance is {s['chance']['reverse']:.3f}."
+        )
+    return text
+
+
+PROBE_VIEW = [
+    ("probe.attention_pearson_mirror_mean", "attention r, mirror pairing"),
+    ("probe.attention_pearson_forward_mean", "attention r, forward pairing"),
+    ("probe.grad_cos_fwd_rev_mean", "grad cos forward/reverse"),
+    ("probe.grad_cos_mirror_rev_mean", "grad cos mirror/reverse"),
+    ("probe.grad_cos_train_rev_mean", "grad cos train/reverse"),
+    ("probe.signal_u_cosine_mirror_mean", "signal u cos, mirror pairing"),
+    ("probe.signal_u_cosine_forward_mean", "signal u cos, forward pairing"),
+]
+
+
+def toy_probes(s: dict[str, Any]) -> str:
+    rows = [
+        [f.upper(), *(_signed(_mean_over_seeds(s["rows"], f, k)) for k, _ in PROBE_VIEW)]
+        for f in s["aggregate"]
+    ]
+    note = (f"\n\nEach probe's mean over training, then over the "
+            f"{min(a['n'] for a in s['aggregate'].values())} seeds.")  # fmt: skip
+    return _table(["family", *(label for _, label in PROBE_VIEW)], rows) + note
+
+
+def _sweep_rows(s: dict[str, Any], label: str) -> dict[Any, dict[str, dict[str, Any]]]:
+    """Sweep aggregates as {label value: {family: aggregate}}."""
+    out: dict[Any, dict[str, dict[str, Any]]] = {}
+    for agg in s["aggregates"]:
+        labels = agg["labels"]
+        family = "arm" if labels.get("model.causal") else "mdm"
+        out.setdefault(labels[label], {})[family] = agg
+    return out
+
+
+def pe_ablation_table(s: dict[str, Any]) -> str:
+    rows = []
+    for value, fam in _sweep_rows(s, "model.positional").items():
+        mdm, arm = fam.get("mdm", {}), fam.get("arm", {})
+        rows.append([
+            value, _pm(mdm.get("forward_accuracy")), _pm(mdm.get("mirror_accuracy")),
+            _pm(mdm.get("reverse_accuracy")), _pm(arm.get("forward_accuracy")),
+            _pm(arm.get("reverse_accuracy")),
+            _signed((mdm.get("probe.attention_pearson_mirror_mean") or {}).get("mean")),
+            _signed((mdm.get("probe.grad_cos_fwd_rev_mean") or {}).get("mean")),
+        ])  # fmt: skip
+    n = min(a["n"] for a in s["aggregates"])
+    header = ["positional encoding", "MDM forward", "MDM mirror", "MDM reverse", "ARM forward",
+              "ARM reverse", "MDM attention r (mirror pairing)", "MDM grad cos fwd/rev"]  # fmt: skip
+    return _table(header, rows) + f"\n\nMean ± sd over {n} seeds."
+
+
+def objective_table(s: dict[str, Any]) -> str:
+    rows = [
+        [a["labels"]["variant"], _pm(a.get("forward_accuracy")), _pm(a.get("mirror_accuracy")),
+         _pm(a.get("reverse_accuracy"))]
+        for a in s["aggregates"]
+    ]  # fmt: skip
+    n = min(a["n"] for a in s["aggregates"])
+    return (_table(["variant", "forward", "mirror", "reverse"], rows)
+            + f"\n\nMean ± sd over {n} seeds; mirror is n/a for causal models.")  # fmt: skip
+
+
+PD_SPLITS = (
+    ("p2d_same_train", "training", "forward"), ("p2d_mirror_train", "training", "mirror"),
+    ("p2d_reverse_train", "training", "reverse"), ("d2p_same_train", "training", "forward"),
+    ("d2p_mirror_train", "training", "mirror"), ("d2p_reverse_train", "training", "reverse"),
+    ("p2d_same", "held-out", "forward"), ("p2d_reverse", "held-out", "reverse"),
+    ("d2p_same", "held-out", "forward"), ("d2p_reverse", "held-out", "reverse"),
+)  # fmt: skip
+
+
+def person_description_splits(s: dict[str, Any]) -> str:
+    agg, metric = s["aggregate"], s["headline_metric"]
+    rows = [
+        [split, templates, direction,
+         *(_pm(agg[f].get(f"{split}.{m}"), 2) for m in (metric, "likelihood_top1") for f in agg)]
+        for split, templates, direction in PD_SPLITS
+    ]  # fmt: skip
+    header = ["split", "templates", "direction",
+              *(f"{f.upper()} {label}" for label in (metric, "likelihood top-1") for f in agg)]  # fmt: skip
+    n = min(a["n"] for a in agg.values())
+    return _table(header, rows) + (
+        f"\n\nMean ± sd over {n} seeds; likelihood top-1 ranks the right answer among candidates (chance "
+        f"{s['chance_top1']:.2f}). Mirror splits are asked of the MDM only."
+    )
+
+
+def person_description_tests(s: dict[str, Any]) -> str:
+    rows = [
+        [key.split(".")[0], key.split(".")[1], f"{t['effect']:+.3f}",
+         f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]", f"{t['p']:.2g}",
+         f"{t['n_seeds']} × {t['n_queries']}", "yes" if t["gap"] else "no"]
+        for key, t in s["comparison"].items()
+    ]  # fmt: skip
+    header = ["reverse split", "metric", "MDM − ARM", "95% interval", "p", "seeds × queries", "gap"]
+    return _table(header, rows)
+
+
+def person_description_probes(s: dict[str, Any]) -> str:
+    agg = s["aggregate"]
+    keys = sorted({k for a in agg.values() for k in a if k.startswith("probe.")})
+    rows = [[k.removeprefix("probe."), *(_pm(agg[f].get(k)) for f in agg)] for k in keys]
+    return _table(["probe (stage.pairing.quantity)", *(f.upper() for f in agg)], rows)
+
+
+VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
+    ("toy", "accuracy"): toy_accuracy,
+    ("toy", "probes"): toy_probes,
+    ("pe-ablation", "table"): pe_ablation_table,
+    ("objective", "table"): objective_table,
+    ("person-description", "splits"): person_description_splits,
+    ("person-description", "tests"): person_description_tests,
+    ("person-description", "probes"): person_description_probes,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering, checking, publishing
+# --------------------------------------------------------------------------------------------------
+
+
+def render_block(name: str, view: str, results: Path = RESULTS) -> str:
+    """The body of one marked block: the view's table and the command that wrote its numbers."""
+    if (name, view) not in VIEWS:
+        known = ", ".join(f"{n} {v}" for n, v in VIEWS)
+        raise ValueError(f"no published view '{name} {view}' (known: {known})")
+    folder = results / name
+    summary = files.read_json(folder / "summary.json")
+    command = (folder / "command.txt").read_text().strip()
+    source = f"docs/results/{name}/summary.json"
+    return f"{VIEWS[name, view](summary)}\n\n<sub>From `{source}`, written by `{command}`.</sub>\n"
+
+
+def render(text: str, results: Path = RESULTS) -> str:
+    """``text`` with every marked block re-rendered."""
+    return BLOCK.sub(
+        lambda m: m["open"] + render_block(m["name"], m["view"], results) + m["close"], text
+    )
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    return sorted({p for pattern in DOCUMENTS for p in root.glob(pattern)})
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """One line per marked block whose text differs from what its results file renders."""
+    stale = []
+    for path in documents(root):
+        text = path.read_text()
+        for m in BLOCK.finditer(text):
+            if m["body"] != render_block(m["name"], m["view"], root / "docs" / "results"):
+                line = text[: m.start()].count("\n") + 1
+                stale.append(f"{path.relative_to(root)}:{line}: block '{m['name']} {m['view']}' "
+                             "differs from its results file")  # fmt: skip
+    return stale
+
+
+def write(root: Path = ROOT) -> list[Path]:
+    """Re-render every marked block in place; returns the documents that changed."""
+    changed = []
+    for path in documents(root):
+        text = path.read_text()
+        new = render(text, root / "docs" / "results")
+        if new != text:
+            files.write_text(path, new)
+            changed.append(path)
+    return changed
+
+
+def publish(run_dir: Path, name: str, root: Path = ROOT) -> Path:
+    """Copy an experiment directory's results (no weights) to ``docs/results/<name>/``."""
+    dest = root / "docs" / "results" / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "figures").mkdir(parents=True)
+    for f in PUBLISHED_FILES:
+        if (run_dir / f).is_file():
+            shutil.copy2(run_dir / f, dest / f)
+    for png in sorted((run_dir / "figures").glob("*.png")):
+        shutil.copy2(png, dest / "figures" / png.name)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Published results: check, rewrite or publish.")
+    parser.add_argument("--write", action="store_true", help="re-render every marked block")
+    parser.add_argument("--publish", nargs=2, metavar=("RUN_DIR", "NAME"),
+                        help="copy a finished experiment's results to docs/results/NAME")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.publish:
+        print(f"published {publish(Path(args.publish[0]), args.publish[1])}")
+        return 0
+    if args.write:
+        for path in write():
+            print(f"rewrote {path}")
+        return 0
+    stale = check()
+    for line in stale:
+        print(line)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
