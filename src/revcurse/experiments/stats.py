@@ -117,3 +117,15 @@ def paired_comparison(
         "n_queries": n_queries,
         "gap": bool(p < 1.0 - level and lo > 0),
     }
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table: below 0.001 it is printed as a bound, since a permutation p with
+    10,000 resamples cannot go below about 2e-4 and more digits would only show that floor."""
+    return "< 0.001" if p < 0.001 else f"{p:.2g}"
+
+
+def p_clause(p: float) -> str:
+    """``p = 0.03`` or ``p < 0.001`` for running text."""
+    text = format_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"

@@ -10,6 +10,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
+from revcurse.experiments.stats import format_p
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Check, Figure, Heading, Para, Table, to_html, to_markdown
 
@@ -91,7 +92,7 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
                     *key.split("."),
                     f"{t['effect']:+.3f}",
                     f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
-                    f"{t['p']:.2g}",
+                    format_p(t["p"]),
                     f"{t['n_seeds']} x {t['n_queries']}",
                     "yes" if t["gap"] else "no",
                 ]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
+from revcurse.experiments.stats import format_p, p_clause
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -50,7 +51,7 @@ def _signed(value: float | None) -> str:
 
 
 def _test(t: dict[str, Any]) -> str:
-    return (f"{t['effect']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p = {t['p']:.2g}"
+    return (f"{t['effect']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], {p_clause(t['p'])}"
             f"{' (gap)' if t['gap'] else ''}")  # fmt: skip
 
 
@@ -174,7 +175,7 @@ def person_description_splits(s: dict[str, Any]) -> str:
 def person_description_tests(s: dict[str, Any]) -> str:
     rows = [
         [key.split(".")[0], key.split(".")[1], f"{t['effect']:+.3f}",
-         f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]", f"{t['p']:.2g}",
+         f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]", format_p(t["p"]),
          f"{t['n_seeds']} × {t['n_queries']}", "yes" if t["gap"] else "no"]
         for key, t in s["comparison"].items()
     ]  # fmt: skip

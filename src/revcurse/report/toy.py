@@ -7,6 +7,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
+from revcurse.experiments.stats import format_p, p_clause
 from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
@@ -54,7 +55,7 @@ def targets(summary: dict[str, Any]) -> list[Check]:
             "MDM > ARM on reverse accuracy (paired permutation test over seed x fact, p < 0.05, "
             "95% interval of the difference above 0)",
             f"difference {test['effect']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}], "
-            f"p = {test['p']:.2g}, {test['n_seeds']} seeds x {test['n_queries']} facts",
+            f"{p_clause(test['p'])}, {test['n_seeds']} seeds x {test['n_queries']} facts",
             test["gap"],
         ))  # fmt: skip
     return checks
@@ -180,7 +181,7 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
                     metric.removesuffix("_accuracy"),
                     f"{t['effect']:+.3f}",
                     f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
-                    f"{t['p']:.2g}",
+                    format_p(t["p"]),
                     f"{t['n_seeds']} x {t['n_queries']}",
                     "yes" if t["gap"] else "no",
                 ]
