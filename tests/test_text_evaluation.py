@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from revcurse.config import DecodeConfig
@@ -79,3 +80,65 @@ def test_distractors_are_other_answers_never_a_copy_of_the_right_one():
                                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
         assert metrics["likelihood_top1"] == 1.0
         assert all(r["n_candidates"] == 3 for r in records)  # 3 distinct answers in the split
+
+
+def test_likelihood_scores_and_ranks_against_an_exact_bigram_model():
+    """A causal bigram model: the logits after token t are row t of a fixed table, so the log-prob
+    of any answer is a sum written out by hand. Every candidate's score, and each query's rank
+    among its candidates, is checked against that reference (ranks 1..4 all occur)."""
+    pairs = [TextPair(f"Who is {c}'s mother?", f" {m}") for c, m in
+             [("A", "Mary Ann"), ("B", "Jo Lee"), ("C", "Kim Wu"), ("D", "Ed Po"), ("E", "Al Ng")]]  # fmt: skip
+    tok = WordTokenizer.fit([p.prompt + p.completion for p in pairs])
+    table = torch.randn(len(tok), len(tok), generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64) * 3  # fmt: skip
+
+    def bigram(ids, attention_mask=None):
+        return table[ids]  # [B, L, V]: logits after each token
+
+    metrics, records = evaluate_split(bigram, tok, pairs, causal=True,
+                                      settings=DecodeConfig(gen_length=2, n_distractors=3),
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    def exact(prompt: str, answer: str) -> float:
+        ids = tok.encode(prompt) + tok.encode(answer) + [tok.eos_id]
+        n = len(tok.encode(prompt))
+        logp = torch.log_softmax(table, dim=-1)
+        return sum(float(logp[ids[j - 1], ids[j]]) for j in range(n, len(ids)))
+
+    ranks = set()
+    for p, r in zip(pairs, records, strict=True):
+        assert r["candidates"][0] == p.completion and len(set(r["candidates"])) == 4
+        want = [exact(p.prompt, c) for c in r["candidates"]]
+        assert r["candidate_logprobs"] == [pytest.approx(w, abs=1e-9) for w in want]
+        assert r["rank"] == 1 + sum(w >= want[0] for w in want[1:])
+        ranks.add(r["rank"])
+    assert len(ranks) >= 2  # not only the extremes
+    assert metrics["likelihood_top1"] == sum(r["rank"] == 1 for r in records) / len(records)
+
+
+def test_infilling_queries_fill_between_prompt_and_suffix():
+    """Mirror queries: the oracle below knows each answer only from the text *after* it."""
+    tok = WordTokenizer.fit(["x Mary Ann is the mother of A .", "x Jo Lee is the mother of B .",
+                             "x Kim Wu is the mother of C ."])  # fmt: skip
+    pairs = [TextPair("x", f" {m}", suffix=f" is the mother of {c} .")
+             for m, c in [("Mary Ann", "A"), ("Jo Lee", "B"), ("Kim Wu", "C")]]  # fmt: skip
+    by_child = {tok.encode(c)[0]: tok.encode(m) for m, c in
+                [("Mary Ann", "A"), ("Jo Lee", "B"), ("Kim Wu", "C")]}  # fmt: skip
+
+    def oracle(ids, attention_mask=None):
+        logits = torch.zeros(*ids.shape, len(tok))
+        for b, row in enumerate(ids.tolist()):
+            child = next(t for t in row if t in by_child)
+            for j, t in enumerate(by_child[child]):
+                logits[b, 1 + j, t] = 8.0
+        return logits
+
+    metrics, records = evaluate_split(oracle, tok, pairs, causal=False,
+                                      settings=DecodeConfig(gen_length=6, n_distractors=2, n_mc=2),
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [r["generation"] for r in records] == ["Mary Ann", "Jo Lee", "Kim Wu"]
+    assert all(r["answer_length_given"] for r in records)
+    assert metrics["exact"] == 1.0 and metrics["likelihood_top1"] == 1.0
+    with pytest.raises(ValueError, match="causal model cannot be asked infilling"):
+        evaluate_split(oracle, tok, pairs, causal=True, settings=DecodeConfig(),
+                       generator=torch.Generator())  # fmt: skip

@@ -140,6 +140,8 @@ def evaluate_split(
                 "logprob": float(scores[i, 0]),
                 "rank": int(ranks[i]),
                 "n_candidates": 1 + k,
+                "candidates": candidates[i][: 1 + k],  # the right answer first
+                "candidate_logprobs": scores[i].tolist(),
                 "source": p.source,
             }
         )
