@@ -114,6 +114,47 @@ def _tamper_checkpoint(tmp: Path, run: Path, how: str) -> Path:
     return path
 
 
+def _resumable(tmp: Path, run: Path, how: str = "") -> Path:
+    """A copy of ``run`` made to look interrupted (a ``last`` checkpoint, no summary), then
+    tampered as ``how`` says; returns the run directory."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    copy = _copy_run(tmp, run)
+    (copy / "summary.json").unlink()
+    final = copy / "checkpoints" / "final.safetensors"
+    tensors = files.load_tensors(final)
+    with safe_open(str(final), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors |= {"loop.loss_sum": torch.zeros(()), "loop.loss_count": torch.zeros((), dtype=torch.long),
+                "loop.mean_loss": torch.zeros((), dtype=torch.float64)}  # fmt: skip
+    if how == "other-config":  # same shapes, another positional encoding
+        cfg = json.loads(meta["config"])
+        cfg["model"]["positional"] = "none"
+        meta["config"] = json.dumps(cfg)
+    elif how == "moment-shape":
+        key = next(k for k in tensors if k.endswith(".exp_avg"))
+        tensors[key] = torch.zeros(3)
+    elif how == "no-loop":
+        del tensors["loop.mean_loss"]
+    elif how == "rng-size":
+        tensors["rng.generator"] = tensors["rng.generator"][:10]
+    elif how == "garbage-config":
+        (copy / "config.yaml").write_text("model: [unclosed\n")
+    save_file(tensors, str(copy / "checkpoints" / "last.safetensors"), metadata=meta)
+    return copy
+
+
+def _foreign_folder(tmp: Path) -> Path:
+    """A user's folder that is not a revcurse run, with files a careless resume would clobber."""
+    folder = tmp / "mine"
+    _write(folder / "config.yaml", "my: own settings\n")
+    _write(folder / "command.txt", "my notes\n")
+    _write(folder / "metrics.jsonl", '{"mine": 1}\n')
+    _write(folder / "drafts" / ".essay.tmp", "do not delete\n")
+    return folder
+
+
 CASES = [
     # configs and overrides
     Case("cfg-unknown-key", "override with a misspelt key",
@@ -227,6 +268,33 @@ CASES = [
          lambda t, r: ["evaluate", str(t / "ghost")], "checkpoint not found"),
     Case("runs-not-sweep", "listing runs of a folder without an index",
          lambda t, r: ["runs", "list", str(t)], "no run index here"),
+    Case("resume-not-a-run", "resuming in a folder that is not a revcurse run",
+         lambda t, r: ["train", "--out", str(_foreign_folder(t)), "--resume"],
+         "nothing to resume"),
+    Case("resume-other-config-ckpt", "a last checkpoint copied from a run of another config",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "other-config")), "--resume", *TINY],
+         "written by a run of another config (field 'model.positional'"),
+    Case("resume-other-config", "resuming with another config than the run's",
+         lambda t, r: ["train", "--out", str(_resumable(t, r)), "--resume", *TINY,
+                       "--set", "train.lr=0.5"],
+         "holds a run of another config (field 'train.lr'"),
+    Case("resume-moment-shape", "optimizer moments of the wrong shape in the last checkpoint",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "moment-shape")), "--resume", *TINY],
+         "optimizer state"),
+    Case("resume-no-loop-key", "a resume checkpoint missing a loop key",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "no-loop")), "--resume", *TINY],
+         "loop state 'mean_loss' missing"),
+    Case("resume-rng-size", "a resume checkpoint whose generator state has the wrong size",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "rng-size")), "--resume", *TINY],
+         "generator state"),
+    Case("resume-garbage-config", "a run directory whose config.yaml is garbage",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "garbage-config")), "--resume",
+                       *TINY],
+         "not a resumable run"),
+    Case("yaml-alias", "a YAML alias (the alias bomb's building block)",
+         lambda t, r: ["sweep", "--out", str(t / "o"), "--config", str(_write(
+             t / "s.yaml", "grid:\n  model.positional: &a [rope]\n  model.norm: *a\n"))],
+         "aliases (*name) are not allowed"),
     Case("probe-overrides", "probe command given a non-probe override",
          lambda t, r: ["probe", str(r), "--set", "train.lr=1"], "only takes probe.*"),
     # checkpoints
@@ -281,6 +349,7 @@ def test_reliability_doc_lists_every_case():
     doc = (ROOT / "docs" / "reliability.md").read_text()
     missing = [c.id for c in CASES if f"`{c.id}`" not in doc]
     assert not missing, f"docs/reliability.md lacks {missing}"
+    assert f"{len(CASES)} bad inputs" in (ROOT / "README.md").read_text()  # the README's count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,9 +406,11 @@ def test_sigkill_at_random_points_then_resume_is_identical(tmp_path):
                 files.load_tensors(path)
             elif path.suffix == ".json":
                 json.loads(path.read_text())
-        mid_training += (out / "checkpoints" / "last.safetensors").is_file()
-        resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        done = subprocess.run(_train_cmd(out, *resume), capture_output=True, text=True)
+        has_checkpoint = (out / "checkpoints" / "last.safetensors").is_file()
+        mid_training += has_checkpoint
+        # What a user does: resume from the checkpoint, or start over where there is none yet.
+        again = ["--resume"] if has_checkpoint else ["--force"]
+        done = subprocess.run(_train_cmd(out, *again), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert _without_timings(files.read_json(out / "summary.json")) == _without_timings(
             files.read_json(reference / "summary.json")
@@ -452,3 +523,16 @@ def test_source_never_uses_unsafe_loaders():
             if re.search(pattern, text):
                 offenders.append(f"{path.name}: {pattern}")
     assert not offenders, offenders
+
+
+def test_a_second_train_on_a_run_being_trained_is_refused(tmp_path, trained):
+    """Two `train --resume` on one run used to both run (and duplicate 105 metric records): the
+    second now finds the run's lock held and stops with one line, changing nothing."""
+    run = _resumable(tmp_path, trained)
+    before = _snapshot(run)
+    with files.run_lock(run):  # another process training it
+        after_lock = _snapshot(run)
+        result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", *TINY])
+    assert result.exit_code == 2
+    assert "another process is training this run" in result.stderr
+    assert _snapshot(run) == after_lock and set(after_lock) <= set(before) | {".lock"}

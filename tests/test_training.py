@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,7 +164,13 @@ def test_resume_refuses_another_config(tmp_path, monkeypatch):
 def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, monkeypatch):
     cfg = apply_overrides(tiny_run_config(causal=False), ["train.checkpoint_every=10"])
     _train_interrupted(monkeypatch, cfg, tmp_path / "run", 15)
-    stale = tmp_path / "run" / "checkpoints" / ".last.safetensors.abc123.tmp"
-    stale.write_bytes(b"half a checkpoint")
+    # named as files._atomic names its temporaries (mkstemp in the target's folder)
+    fd, name = tempfile.mkstemp(dir=tmp_path / "run" / "checkpoints", prefix=".last.safetensors.",
+                                suffix=".tmp")  # fmt: skip
+    os.write(fd, b"half a checkpoint")
+    os.close(fd)
+    stale = Path(name)
+    theirs = tmp_path / "run" / ".my-notes.tmp"  # not ours: never deleted
+    theirs.write_text("mine")
     train(cfg, tmp_path / "run", resume=True)
-    assert not stale.exists() and not list((tmp_path / "run").rglob("*.tmp"))
+    assert not stale.exists() and theirs.read_text() == "mine"

@@ -314,6 +314,8 @@ def train(
 
     def run() -> None:
         from revcurse.experiments.toy import prepare_out_dir
+        from revcurse.files import run_lock
+        from revcurse.training import check_resumable
         from revcurse.training import train as train_run
 
         cfg = _load(RunConfig, config, set_)
@@ -321,7 +323,10 @@ def train(
             prepare_out_dir(out, force)
         elif (out / "summary.json").is_file():
             raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
-        summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
+        else:  # read-only checks first: nothing in a folder that is not this run is touched
+            check_resumable(out, cfg, require_checkpoint=True)
+        with run_lock(out, blocking=False):  # the lock the sweep executor's workers hold
+            summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
         typer.echo(
             f"{summary['family'].upper()} seed {summary['seed']}: "
             f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"

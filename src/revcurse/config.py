@@ -801,13 +801,35 @@ def validate(cfg: Any, where: str = "config") -> None:
     walk(cfg, "")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without anchors and aliases: configs never need them, and a few hundred
+    bytes of nested aliases (an alias bomb) expand to gigabytes."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in revcurse files", mark
+            )
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML text the way every revcurse read does: safe types only, no aliases."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Read a YAML config file (safe_load) into a validated ``cls``."""
+    """Read a YAML config file (:func:`safe_yaml`) into a validated ``cls``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -830,7 +852,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. model.d_model=128")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value

@@ -7,10 +7,13 @@ version or the new one. JSONL metrics are appended whole lines at a time.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +36,44 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+"""The names :func:`_atomic` gives its temporary files (``.NAME.`` + mkstemp's 8 characters)."""
+
+
 def remove_temporaries(root: str | Path) -> int:
-    """Delete the temporary files a killed writer left under ``root`` (``.NAME.XXXX.tmp``); the
-    files they were meant to replace are intact. Only call it where no other process writes."""
+    """Delete the temporary files a killed writer of ours left under ``root``; the files they were
+    meant to replace are intact. Only files named as :func:`_atomic` names them are touched, and
+    only call it on a directory that is provably a revcurse run or experiment, where no other
+    process writes."""
     removed = 0
     for tmp in Path(root).rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed += 1
+        if TEMPORARY.match(tmp.name) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
+
+
+class Busy(RevcurseError):
+    """Another process holds the lock of a run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on a run directory's ``.lock`` file while training it.
+
+    ``blocking`` waits for another holder (the sweep executor's workers); otherwise a held lock is
+    a one-line error (two ``revcurse train --resume`` on one run). The lock dies with its process.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"{run_dir}: another process is training this run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
 from revcurse import files
@@ -33,6 +32,7 @@ from revcurse.config import (
     config_hash,
     dump_yaml,
     from_dict,
+    load_yaml,
     to_dict,
 )
 from revcurse.data.schema import ReversalDataset
@@ -175,6 +175,7 @@ def restore_training_state(
     """Load weights, AdamW moments and generator state saved by :func:`save_checkpoint` into live
     objects; returns the step and the loop state."""
     tensors, _, _, step = read_checkpoint(path)
+    _check_training_state(tensors, model, generator, path)
     _load_weights(model, tensors, path)
     params = dict(model.named_parameters())
     for key, value in tensors.items():
@@ -184,6 +185,90 @@ def restore_training_state(
     generator.set_state(tensors["rng.generator"])
     loop = {k.removeprefix("loop."): v for k, v in tensors.items() if k.startswith("loop.")}
     return step, loop
+
+
+LOOP_STATE = {"loss_sum": torch.float32, "loss_count": torch.int64, "mean_loss": torch.float64}
+"""The loop's own state in a resume checkpoint, with the dtype each is saved in."""
+
+
+def _check_training_state(
+    tensors: dict[str, torch.Tensor], model: TransformerLM, generator: torch.Generator, path: Path
+) -> None:
+    """Refuse a resume checkpoint whose parts are missing or do not fit the live objects, before
+    anything is loaded: weight dtypes, every AdamW moment's shape and dtype, the generator state's
+    size, the loop state. (Wrongly shaped moments fed to fused AdamW turn into NaN, not an error.)"""
+
+    def refuse(what: str) -> None:
+        raise RevcurseError(f"{path}: not a resumable checkpoint of this run ({what})")
+
+    params = dict(model.named_parameters())
+    for name, p in params.items():
+        saved = tensors.get(f"model.{name}")
+        if saved is not None and saved.dtype != p.dtype:
+            refuse(f"weight {name} is {saved.dtype}, expected {p.dtype}")
+        for field in ("exp_avg", "exp_avg_sq"):
+            moment = tensors.get(f"optimizer.{name}.{field}")
+            if moment is None:
+                refuse(f"optimizer state '{name}.{field}' missing")
+            elif moment.shape != p.shape or moment.dtype != p.dtype:
+                refuse(f"optimizer state '{name}.{field}' is {tuple(moment.shape)} "
+                       f"{moment.dtype}, expected {tuple(p.shape)} {p.dtype}")  # fmt: skip
+        if f"optimizer.{name}.step" not in tensors:
+            refuse(f"optimizer state '{name}.step' missing")
+    rng = tensors.get("rng.generator")
+    expected = generator.get_state()
+    if rng is None or rng.shape != expected.shape or rng.dtype != expected.dtype:
+        refuse("generator state missing or of the wrong size")
+    for key, dtype in LOOP_STATE.items():
+        value = tensors.get(f"loop.{key}")
+        if value is None or value.dtype != dtype or value.numel() != 1:
+            refuse(f"loop state '{key}' missing or malformed")
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    """The first dotted field where two config dicts differ, with both values."""
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found = _first_difference(x, y, f"{prefix}{key}.")
+            if found:
+                return found
+        elif x != y:
+            return f"field '{prefix}{key}': {x!r} there, {y!r} here"
+    return ""
+
+
+def check_resumable(out: Path, cfg: RunConfig, require_checkpoint: bool) -> bool:
+    """Whether ``out`` holds a resumable run of exactly ``cfg``; refuses anything else without
+    touching it. A run directory is proven ours by its ``config.yaml`` (equal to ``cfg``) and, when
+    there is one, by its last checkpoint's own config metadata (equal too): a checkpoint copied
+    from a run of another config with the same shapes is refused. ``require_checkpoint``: no
+    checkpoint is an error (``revcurse train --resume``) rather than a fresh start (the executor,
+    whose run directories are named by the config's hash)."""
+    last = out / "checkpoints" / "last.safetensors"
+    has_checkpoint = last.is_file()
+    if not has_checkpoint:
+        if require_checkpoint:
+            raise RevcurseError(
+                f"{out}: nothing to resume (no checkpoints/last.safetensors; train.checkpoint_every "
+                f"is {cfg.train.checkpoint_every}); start it over with --force instead of --resume"
+            )
+        return False
+    config = out / "config.yaml"
+    if not config.is_file():
+        raise RevcurseError(f"{out}: not a revcurse run (no config.yaml); refusing to resume here")
+    try:
+        saved = load_yaml(RunConfig, config)
+    except RevcurseError as err:
+        raise RevcurseError(f"{out}: not a resumable run ({err})") from None
+    if saved != cfg:
+        diff = _first_difference(to_dict(saved), to_dict(cfg))
+        raise RevcurseError(f"{out}: holds a run of another config ({diff}); cannot resume it")
+    _, ckpt_cfg, _, _ = read_checkpoint(last)
+    if ckpt_cfg != cfg:
+        diff = _first_difference(to_dict(ckpt_cfg), to_dict(cfg))
+        raise RevcurseError(f"{last}: written by a run of another config ({diff}); cannot resume")
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,14 +301,10 @@ def train(
     torch.set_num_threads(tc.threads)
     out = Path(out_dir) if out_dir is not None else None
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
-    resuming = bool(resume and last is not None and last.is_file())
+    resuming = bool(resume and out is not None and check_resumable(out, cfg, False))
     if out is not None and out.is_dir():
-        files.remove_temporaries(out)  # a previous writer killed mid-write
-    if resuming:
-        saved = from_dict(RunConfig, yaml.safe_load((out / "config.yaml").read_text()), "resume")
-        if saved != cfg:
-            raise RevcurseError(f"{out}: holds a run of another config; cannot resume it")
-    elif out is not None:
+        files.remove_temporaries(out)  # a previous writer of this run killed mid-write
+    if out is not None and not resuming:
         _write_run_header(out, cfg, command)
 
     dataset, vocab = build_dataset(cfg)

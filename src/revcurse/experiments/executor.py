@@ -15,14 +15,12 @@ function as Ray tasks; the run directories must then be on a filesystem every no
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import multiprocessing
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -64,18 +62,6 @@ def make_jobs(
     return jobs
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run directory (blocks while another process trains it)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
     """Train (or resume, or just read back) one toy run; never raises for a failing run."""
     from revcurse.training import train  # imported in the worker, not at spawn
@@ -90,7 +76,7 @@ def guarded(run: Callable[[Path], dict[str, Any]], run_dir: str) -> Outcome:
     ``error.json`` and returned, never raised, so the other runs go on."""
     path = Path(run_dir)
     try:
-        with run_lock(path):
+        with files.run_lock(path):
             done = path / "summary.json"
             if done.is_file():
                 return Outcome("done", files.read_json(done), None)
