@@ -123,3 +123,15 @@ def test_capture_removes_hooks_on_error():
     assert all(not m._forward_hooks for m in model.modules())
     with pytest.raises(KeyError), capture(model, ["model.layers.0.nope"]):
         pass
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"norm": "layernorm", "n_layers": 3}, {"norm": "none", "mlp": False},
+     {"tie_embeddings": True, "positional": "learned", "mlp_ratio": 2.5},
+     {"d_model": 48, "n_heads": 4, "positional": "sinusoidal"}],
+)  # fmt: skip
+def test_parameter_count_from_the_config_matches_the_built_model(overrides):
+    cfg = ModelConfig(**overrides)
+    model = TransformerLM(cfg, vocab_size=37)
+    assert cfg.parameter_count(37) == sum(p.numel() for p in model.parameters())

@@ -110,6 +110,10 @@ def _tamper_checkpoint(tmp: Path, run: Path, how: str) -> Path:
             meta = {}
         elif how == "bad-meta":
             meta["config"] = "{not json"
+        elif how == "huge-meta":
+            cfg = json.loads(meta["config"])
+            cfg["model"]["d_model"] = 1_000_000_000
+            meta["config"] = json.dumps(cfg)
         save_file(tensors, str(path), metadata=meta)
     return path
 
@@ -194,6 +198,22 @@ CASES = [
     Case("cfg-mlm-ratio", "masking ratio above 1",
          lambda t, r: ["train", "--out", str(t / "o"), "--set", "train.mlm_ratio=1.5"],
          "field 'train.mlm_ratio'"),
+    Case("cfg-inf", "an infinite value where a number is expected",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "model.mlp_ratio=.inf"],
+         "field 'model.mlp_ratio': expected a finite number"),
+    Case("cfg-rope-inf", "an infinite RoPE base",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "model.rope_base=.inf"],
+         "field 'model.rope_base': expected a finite number"),
+    Case("cfg-huge-seed", "a 30-digit seed",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set",
+                       "train.seed=123456789012345678901234567890"],
+         "field 'train.seed': expected an integer that fits in 64 bits"),
+    Case("cfg-too-big", "a model that cannot fit in the machine's memory",
+         lambda t, r: ["train", "--out", str(t / "o"), "--set", "model.d_model=1000000000"],
+         "for weights, gradients and AdamW state; this machine has"),
+    Case("ckpt-too-big", "a small checkpoint whose metadata claims a huge model",
+         lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "huge-meta"))],
+         "this machine has"),
     Case("cfg-no-equals", "override without '='",
          lambda t, r: ["train", "--out", str(t / "o"), "--set", "train.lr"],
          "expected KEY=VALUE"),

@@ -15,6 +15,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -128,6 +130,31 @@ class ModelConfig:
     @property
     def family(self) -> Family:
         return "arm" if self.causal else "mdm"
+
+    def parameter_count(self, vocab_size: int) -> int:
+        """Parameters of :class:`~revcurse.models.transformer.TransformerLM` with this config,
+        from the config alone (tested against the built model)."""
+        d = self.d_model
+        norm = {"rmsnorm": d, "layernorm": 2 * d, "none": 0}[self.norm]
+        hidden = max(1, round(d * self.mlp_ratio))
+        layer = 4 * d * d + norm + ((2 * d * hidden + norm) if self.mlp else 0)
+        embeddings = vocab_size * d * (1 if self.tie_embeddings else 2)
+        positions = self.max_seq_len * d if self.positional == "learned" else 0
+        return embeddings + positions + self.n_layers * layer + norm
+
+    def check_fits(self, vocab_size: int, where: str) -> None:
+        """Refuse a model whose training state cannot fit in this machine's memory, before
+        anything is allocated: float32 weights, gradients and two AdamW moments, 16 bytes per
+        parameter (activations come on top)."""
+        params = self.parameter_count(vocab_size)
+        need = 16 * params
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise ConfigError(
+                f"{where}: field 'model': {params:,} parameters (d_model {self.d_model}, "
+                f"{self.n_layers} layers, vocabulary {vocab_size:,}) need ~{need / 2**30:,.1f} GiB "
+                f"for weights, gradients and AdamW state; this machine has {have / 2**30:,.1f} GiB"
+            )
 
 
 @dataclass
@@ -286,6 +313,7 @@ class RunConfig:
                 f"{where}: field 'train.objective': next_token needs a causal model "
                 "(model.causal=true)"
             )
+        self.model.check_fits(toy_vocab_size(self.data), where)
         seq_len = toy_sequence_length(self.data)
         if seq_len > self.model.max_seq_len:
             raise ConfigError(
@@ -640,6 +668,11 @@ class PersonDescriptionConfig:
         )
 
 
+def toy_vocab_size(data: ToyDataConfig) -> int:
+    """The toy vocabulary's size: 4 specials, the relation token, a_i and B_i, every filler."""
+    return 4 + 1 + 2 * data.n_pairs + data.filler_vocab
+
+
 def toy_sequence_length(data: ToyDataConfig) -> int:
     """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
     return int(data.bos) + 3 + data.n_filler + int(data.eos)
@@ -690,8 +723,9 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
     """Check ``value`` against annotation ``tp`` and return it converted (int -> float, ...)."""
 
-    def fail() -> typing.NoReturn:
-        raise ConfigError(f"{where}: field '{name}': expected {_type_name(tp)}, got {value!r}")
+    def fail(expected: str | None = None) -> typing.NoReturn:
+        expected = expected or _type_name(tp)
+        raise ConfigError(f"{where}: field '{name}': expected {expected}, got {value!r}")
 
     origin = get_origin(tp)
     if tp is Any:  # a YAML scalar or list, checked later by whoever uses it (e.g. sweep grids)
@@ -727,20 +761,23 @@ def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
             fail()
         return value
     if tp is int:
+        # Seeds, sizes and steps all reach torch, which takes 64-bit integers.
         if isinstance(value, bool) or not isinstance(value, int):
             fail()
+        if not -(2**63) <= value < 2**63:
+            fail("an integer that fits in 64 bits")
         return value
     if tp is float:
-        if isinstance(value, bool):
+        # No setting is meaningful at inf or NaN (YAML's .inf, .nan), and they pass `> 0` checks.
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             fail()
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                fail()
-        fail()
+        try:
+            number = float(value)  # YAML 1.1 reads "3e-3" as a string
+        except (ValueError, OverflowError):
+            fail()
+        if not math.isfinite(number):
+            fail("a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             fail()
