@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import signal
@@ -238,6 +239,9 @@ CASES = [
          lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
                        str(_write(t / "s.yaml", "grid:\n  model.posional: [rope]\n"))],
          "did you mean 'model.positional'"),
+    Case("sweep-name-path", "a sweep name that is a path (it would write outside runs/)",
+         lambda t, r: ["sweep", "--config", str(_write(t / "s.yaml", "name: ../../x\n"))],
+         "field 'name': expected a plain name"),
     Case("sweep-grid-empty", "sweep grid with no values",
          lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
                        str(_write(t / "s.yaml", "grid:\n  model.positional: []\n"))],
@@ -556,3 +560,49 @@ def test_a_second_train_on_a_run_being_trained_is_refused(tmp_path, trained):
     assert result.exit_code == 2
     assert "another process is training this run" in result.stderr
     assert _snapshot(run) == after_lock and set(after_lock) <= set(before) | {".lock"}
+
+
+def test_files_follow_the_umask_like_any_other_program(tmp_path):
+    """mkstemp creates 0600 files; revcurse's atomic writes used to keep that mode, so a shared
+    results folder was unreadable to the group. Written files now get 0666 & ~umask."""
+    path = tmp_path / "summary.json"
+    files.write_json(path, {"a": 1})
+    files.save_tensors(tmp_path / "w.safetensors", {"x": torch.zeros(2)}, {})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what the umask gives an ordinary file
+    for p in (path, tmp_path / "w.safetensors"):
+        assert p.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == files.FILE_MODE
+
+
+def test_disk_full_and_read_only_filesystems_are_one_line_errors(tmp_path, monkeypatch):
+    import errno
+
+    for code, words in ((errno.ENOSPC, "No space left on device"),
+                        (errno.EROFS, "Read-only file system")):  # fmt: skip
+
+        def failing(path, write, code=code):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(files, "_atomic", failing)
+        result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / f"o{code}"), *TINY])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "config.yaml" in lines[0], lines
+
+
+def test_run_index_is_never_written_when_read_and_bad_rows_are_one_line(tmp_path):
+    import sqlite3
+
+    empty = tmp_path / "index.sqlite"
+    empty.write_bytes(b"")
+    result = CliRunner().invoke(app, ["runs", "list", str(tmp_path)])
+    assert result.exit_code == 2 and "not a revcurse run index" in result.stderr
+    assert empty.read_bytes() == b""  # no schema written into the user's file
+    from revcurse.store import Store
+
+    store = Store(tmp_path / "good" / "index.sqlite")
+    store.register("x", [("r1", {"a": 1}, {"b": 2})])
+    with sqlite3.connect(store.path) as conn:
+        conn.execute("UPDATE runs SET labels = '{broken'")
+    result = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "good")])
+    assert result.exit_code == 2 and "column 'labels' is not valid JSON" in result.stderr

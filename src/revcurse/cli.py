@@ -71,11 +71,15 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a :class:`RevcurseError` becomes a one-line message and exit code 2."""
+    """Run ``fn``; a :class:`RevcurseError`, or an error of the operating system (disk full,
+    read-only filesystem, no permission), becomes a one-line message and exit code 2."""
     try:
         return fn()
     except RevcurseError as err:
         raise _fail(str(err)) from None
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise _fail(f"{where}{err.strerror or err}") from None
 
 
 def _load(cls: type[T], config: Path | None, overrides: list[str] | None) -> T:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -407,6 +408,11 @@ class SweepConfig:
     """local: worker processes on this machine; ray: tasks on a Ray cluster (RAY_ADDRESS)."""
 
     def validate(self, where: str) -> None:
+        _check(
+            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, where, "name",
+            "a plain name (letters, digits, '.', '_', '-'; it names a folder under runs/)",
+            self.name,
+        )  # fmt: skip
         _check(len(self.seeds) >= 1, where, "seeds", "a non-empty list", self.seeds)
         _check(
             len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", self.seeds

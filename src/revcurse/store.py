@@ -39,8 +39,19 @@ class Store:
 
     def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise RevcurseError(f"{self.path}: no run index here (not a sweep output folder?)")
+        if not create:  # reading an existing index: never write to it (not even the schema)
+            if not self.path.is_file():
+                raise RevcurseError(f"{self.path}: no run index here (not a sweep output folder?)")
+            try:
+                with self._connect() as conn:
+                    found = conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+                    ).fetchone()
+            except sqlite3.DatabaseError as err:
+                raise RevcurseError(f"{self.path}: not a revcurse run index ({err})") from None
+            if found is None:
+                raise RevcurseError(f"{self.path}: not a revcurse run index (no 'runs' table)")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._connect() as conn:
@@ -104,14 +115,22 @@ class Store:
         if status is not None:
             query += " AND status = ?"
             args.append(status)
-        with self._connect() as conn:
-            conn.row_factory = sqlite3.Row
-            records = conn.execute(query + " ORDER BY run_id", args).fetchall()
+        try:
+            with self._connect() as conn:
+                conn.row_factory = sqlite3.Row
+                records = conn.execute(query + " ORDER BY run_id", args).fetchall()
+        except sqlite3.DatabaseError as err:  # a table of another shape
+            raise RevcurseError(f"{self.path}: not a revcurse run index ({err})") from None
         out = []
         for r in records:
             row = dict(r)
             for key in ("labels", "config", "summary"):
-                row[key] = json.loads(row[key]) if row[key] is not None else None
+                try:
+                    row[key] = json.loads(row[key]) if row[key] is not None else None
+                except (json.JSONDecodeError, TypeError):
+                    raise RevcurseError(
+                        f"{self.path}: run {row.get('run_id')!r}: column '{key}' is not valid JSON"
+                    ) from None
             out.append(row)
         return out
 
