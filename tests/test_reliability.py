@@ -64,6 +64,12 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def _write_bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
 def _pd_folder(tmp: Path, bad_line: str) -> Path:
     folder = tmp / "pd"
     src = ROOT / "src" / "revcurse" / "datasets" / "person_description"
@@ -265,6 +271,11 @@ CASES = [
          lambda t, r: ["data", "parent-child", "--path",
                        str(_pc(t, "Kid,mother", header="child,parent_type"))],
          "header lacks column 'parent'"),
+    Case("data-csv-latin1", "a Parent–Child CSV that is not UTF-8 (a traceback before)",
+         lambda t, r: ["data", "parent-child", "--path", str(_write_bytes(
+             t / "pc.csv", "child,parent,parent_type,child_prediction,can_reverse\n"
+             "Zoë,Mum,mother,,False\n".encode("latin-1")))],
+         "pc.csv: not UTF-8 text"),
     Case("data-trex-template", "T-REx template with two [X] slots",
          lambda t, r: ["data", "trex", "--path", str(
              _write(t / "tr" / "relations.jsonl",
@@ -606,3 +617,14 @@ def test_run_index_is_never_written_when_read_and_bad_rows_are_one_line(tmp_path
         conn.execute("UPDATE runs SET labels = '{broken'")
     result = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "good")])
     assert result.exit_code == 2 and "column 'labels' is not valid JSON" in result.stderr
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    """Spreadsheet programs write a BOM; it used to glue itself to the first column's name and the
+    loader reported a misleading missing column 'child'."""
+    body = "child,parent,parent_type,child_prediction,can_reverse\nKid,Mum,mother,,False\n"
+    plain = load_parent_child(_write_bytes(tmp_path / "a.csv", body.encode()))
+    bom = load_parent_child(_write_bytes(tmp_path / "b.csv", b"\xef\xbb\xbf" + body.encode()))
+    assert (
+        [p.prompt for p in bom.train] == [p.prompt for p in plain.train] == ["Who is Kid's mother?"]
+    )

@@ -25,7 +25,7 @@ def read_jsonl_records(
     path = Path(path)
     _require_file(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is dropped
     except UnicodeDecodeError as err:
         raise RevcurseError(f"{path}: not UTF-8 text ({err.reason})") from None
     for lineno, line in enumerate(lines, start=1):
@@ -55,10 +55,20 @@ def read_jsonl_records(
 def read_csv_records(
     path: str | Path, required: Sequence[str], nonempty: Sequence[str] = ()
 ) -> Iterator[tuple[int, dict[str, str]]]:
-    """``(line number, row)`` for each data row of a CSV file with a header naming ``required``."""
+    """``(line number, row)`` for each data row of a CSV file with a header naming ``required``
+    (UTF-8; a byte-order mark, as spreadsheet programs write, is dropped)."""
     path = Path(path)
     _require_file(path)
-    with path.open(newline="", encoding="utf-8") as fh:
+    try:
+        yield from _csv_rows(path, required, nonempty)
+    except UnicodeDecodeError as err:
+        raise RevcurseError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _csv_rows(
+    path: Path, required: Sequence[str], nonempty: Sequence[str]
+) -> Iterator[tuple[int, dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in required if c not in (reader.fieldnames or [])]
         if missing:
