@@ -628,3 +628,17 @@ def test_a_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     assert (
         [p.prompt for p in bom.train] == [p.prompt for p in plain.train] == ["Who is Kid's mother?"]
     )
+
+
+def test_report_markdown_escapes_text_that_comes_from_data(tmp_path):
+    """Dataset strings reach report tables (generations, prompts); Markdown viewers render raw
+    HTML, and a '|' or a newline breaks a table row. Both are escaped now."""
+    from revcurse.report.render import Check, Para, Pre, Table, to_markdown
+
+    evil = "<script>alert(1)</script> a|b\nc"
+    text = to_markdown("t", [Para(evil), Table(["prompt"], [[evil]]), Check(evil, evil, True),
+                             Pre("```\nfenced\n```")], tmp_path)  # fmt: skip
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    row = next(line for line in text.splitlines() if line.startswith("| &lt;script"))
+    assert row.count(" | ") == 0 and "a\\|b c" in row  # one cell, on one line
+    assert "````\n```\nfenced\n```\n````" in text  # a longer fence around a fenced text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,21 +104,36 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
     )
 
 
+def md_text(text: str) -> str:
+    """Text for Markdown: HTML special characters as entities (Markdown viewers render raw HTML,
+    and report text can carry dataset strings)."""
+    return html.escape(str(text), quote=False)
+
+
+def md_cell(value: Any) -> str:
+    """A table cell: :func:`md_text`, pipes escaped, on one line."""
+    return md_text(fmt(value)).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def to_markdown(title: str, blocks: Sequence[Block], root: Path) -> str:
-    parts = [f"# {title}"]
+    parts = [f"# {md_text(title)}"]
     for b in blocks:
         if isinstance(b, Heading):
-            parts.append("#" * b.level + " " + b.text)
+            parts.append("#" * b.level + " " + md_text(b.text))
         elif isinstance(b, Para):
-            parts.append(b.text)
+            parts.append(md_text(b.text))
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
-            lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in b.rows]
+            lines = ["| " + " | ".join(md_cell(h) for h in b.header) + " |",
+                     "|" + "---|" * len(b.header)]  # fmt: skip
+            lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in b.rows]
             parts.append("\n".join(lines))
         elif isinstance(b, Figure):
-            parts.append(f"![{b.caption}]({b.path.relative_to(root).as_posix()})\n\n*{b.caption}*")
+            caption = md_text(b.caption).replace("]", "\\]")
+            parts.append(f"![{caption}]({b.path.relative_to(root).as_posix()})\n\n*{caption}*")
         elif isinstance(b, Pre):
-            parts.append(f"```\n{b.text.rstrip()}\n```")
+            fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", b.text)), default=0))
+            parts.append(f"{fence}\n{b.text.rstrip()}\n{fence}")
         elif isinstance(b, Check):
-            parts.append(f"- {b.label}: measured {b.measured} — **{'met' if b.ok else 'NOT met'}**")
+            parts.append(f"- {md_text(b.label)}: measured {md_text(b.measured)} — "
+                         f"**{'met' if b.ok else 'NOT met'}**")  # fmt: skip
     return "\n\n".join(parts) + "\n"
