@@ -80,6 +80,12 @@ def _pd_folder(tmp: Path, bad_line: str) -> Path:
     return folder
 
 
+def _pd_emptied(tmp: Path) -> Path:
+    folder = _pd_folder(tmp, "")
+    (folder / "p2d_reverse_prompts_test.jsonl").write_text("")
+    return folder
+
+
 def _pc(
     tmp: Path, body: str, header: str = "child,parent,parent_type,child_prediction,can_reverse"
 ):
@@ -276,6 +282,9 @@ CASES = [
              t / "pc.csv", "child,parent,parent_type,child_prediction,can_reverse\n"
              "Zoë,Mum,mother,,False\n".encode("latin-1")))],
          "pc.csv: not UTF-8 text"),
+    Case("data-empty-split", "a Person–Description folder whose test file is empty",
+         lambda t, r: ["data", "person-description", "--path", str(_pd_emptied(t))],
+         "split 'p2d_reverse' is empty"),
     Case("data-trex-template", "T-REx template with two [X] slots",
          lambda t, r: ["data", "trex", "--path", str(
              _write(t / "tr" / "relations.jsonl",
@@ -642,3 +651,16 @@ def test_report_markdown_escapes_text_that_comes_from_data(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| &lt;script"))
     assert row.count(" | ") == 0 and "a\\|b c" in row  # one cell, on one line
     assert "````\n```\nfenced\n```\n````" in text  # a longer fence around a fenced text
+
+
+def test_repeated_and_conflicting_records_are_named_in_warnings(tmp_path):
+    body = ("Kid,Mum,mother,,False\nKid,Mum,mother,,False\nKid,Ann,mother,,False\n"
+            "Tot,Dad,father,,False\n")  # fmt: skip
+    result = CliRunner().invoke(app, ["data", "parent-child", "--path", str(_pc(tmp_path, body))])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: pc.csv:3: repeats pc.csv:2 (split 'train')",
+        "warning: pc.csv:4: conflicts with pc.csv:2: same prompt, answer 'Ann' vs 'Mum' (split "
+        "'train')",
+    ]

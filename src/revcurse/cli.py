@@ -453,9 +453,9 @@ def data(
     """Load and validate a reversal dataset; print its splits, sizes, licence and examples."""
 
     def run() -> None:
-        from revcurse.data.parent_child import load_parent_child
-        from revcurse.data.person_description import load_person_description
-        from revcurse.data.trex import load_trex, reversal_split
+        from revcurse.config import TextDataConfig
+        from revcurse.data.schema import audit
+        from revcurse.data.text_datasets import load_text_dataset
 
         if name not in DATASETS:
             close = difflib.get_close_matches(name, DATASETS, n=1)
@@ -463,12 +463,9 @@ def data(
             raise RevcurseError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)}){hint}")
         if name == "trex" and path is None:
             raise RevcurseError("trex needs --path FOLDER (LAMA format; the data is not shipped)")
-        if name == "person-description":
-            ds = load_person_description(path)
-        elif name == "parent-child":
-            ds = load_parent_child(path)
-        else:
-            ds = reversal_split(load_trex(path))
+        ds = load_text_dataset(TextDataConfig(dataset=name, path="" if path is None else str(path)))
+        for warning in audit(ds):
+            typer.echo(f"warning: {warning}", err=True)
         typer.echo(f"{ds.name}: {len(ds.train)} training statements; licence: {ds.licence}")
         for split, pairs in ds.tests.items():
             typer.echo(f"  {split:<24} {ds.directions[split]:<8} {len(pairs)} queries")

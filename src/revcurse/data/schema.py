@@ -126,3 +126,32 @@ class TextDataset:
     """Per test split: ``forward`` (the trained direction) or ``reverse``."""
     licence: str
     notes: dict[str, str] = field(default_factory=dict)
+
+
+def audit(dataset: TextDataset) -> list[str]:
+    """Refuse a dataset with an empty split; return one warning per repeated record (same prompt
+    and completion twice in a split) and per conflicting one (same prompt, an answer the first
+    record does not accept), each naming where both come from."""
+    from revcurse.errors import RevcurseError  # errors is a leaf module; kept local to schema
+
+    warnings: list[str] = []
+    splits = {"train": dataset.train, **dataset.tests}
+    seen_lists: set[int] = set()
+    for name, pairs in splits.items():
+        if not pairs:
+            raise RevcurseError(f"{dataset.name}: split '{name}' is empty")
+        if id(pairs) in seen_lists:  # a split that is the training list itself: reported once
+            continue
+        seen_lists.add(id(pairs))
+        first: dict[str, TextPair] = {}
+        for pair in pairs:
+            earlier = first.setdefault(pair.prompt, pair)
+            if earlier is pair:
+                continue
+            if pair.completion == earlier.completion:
+                warnings.append(f"{pair.source}: repeats {earlier.source} (split '{name}')")
+            elif pair.completion.strip() not in {a.strip() for a in earlier.answers}:
+                warnings.append(f"{pair.source}: conflicts with {earlier.source}: same prompt, "
+                                f"answer {pair.completion.strip()!r} vs "
+                                f"{earlier.completion.strip()!r} (split '{name}')")  # fmt: skip
+    return warnings

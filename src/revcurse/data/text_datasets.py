@@ -5,7 +5,7 @@ from __future__ import annotations
 from revcurse.config import TextDataConfig
 from revcurse.data.parent_child import load_parent_child
 from revcurse.data.person_description import load_person_description
-from revcurse.data.schema import TextDataset
+from revcurse.data.schema import TextDataset, audit
 from revcurse.data.trex import load_trex, reversal_split
 
 PROBE_SPLITS: dict[str, tuple[str, str]] = {
@@ -17,10 +17,15 @@ PROBE_SPLITS: dict[str, tuple[str, str]] = {
 
 
 def load_text_dataset(cfg: TextDataConfig) -> TextDataset:
-    """The dataset ``cfg.dataset`` from ``cfg.path`` (or the shipped copy)."""
+    """The dataset ``cfg.dataset`` from ``cfg.path`` (or the shipped copy); a dataset with an empty
+    split is refused (:func:`~revcurse.data.schema.audit`, which also lists repeated and
+    conflicting records for the caller to show)."""
     path = cfg.path or None
     if cfg.dataset == "parent-child":
-        return load_parent_child(path)
-    if cfg.dataset == "person-description":
-        return load_person_description(path)
-    return reversal_split(load_trex(cfg.path))
+        dataset = load_parent_child(path)
+    elif cfg.dataset == "person-description":
+        dataset = load_person_description(path)
+    else:
+        dataset = reversal_split(load_trex(cfg.path))
+    audit(dataset)
+    return dataset
