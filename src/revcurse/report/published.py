@@ -262,9 +262,9 @@ def publish(run_dir: Path, name: str, root: Path = ROOT) -> Path:
     (dest / "figures").mkdir(parents=True)
     for f in PUBLISHED_FILES:
         if (run_dir / f).is_file():
-            shutil.copy2(run_dir / f, dest / f)
+            shutil.copyfile(run_dir / f, dest / f)
     for png in sorted((run_dir / "figures").glob("*.png")):
-        shutil.copy2(png, dest / "figures" / png.name)
+        shutil.copyfile(png, dest / "figures" / png.name)
     return dest
 
 
