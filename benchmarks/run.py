@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -24,35 +26,64 @@ import train_step  # noqa: E402
 from common import machine  # noqa: E402
 
 
+def sections(repeats: int, quick: bool) -> dict[str, Callable[[], str]]:
+    """Each benchmark's section of BENCHMARKS.md, by module name, in file order."""
+    return {
+        "train_step": lambda: train_step.run(repeats=repeats + 2),
+        "per_example": lambda: per_example.run(repeats=repeats + 2),
+        "lora_step": lambda: lora_step.run(repeats=repeats + 2),
+        "probe_overhead": lambda: probe_overhead.run(repeats=repeats),
+        "evaluation": lambda: evaluation.run(repeats=repeats),
+        "sweep_overhead": lambda: sweep_overhead.run(),
+        "toy_scaling": lambda: toy_scaling.run(end_to_end=not quick),
+    }
+
+
+def splice(text: str, section: str) -> str:
+    """``text`` with the section that has ``section``'s heading replaced (appended if new)."""
+    heading = section.splitlines()[0]
+    parts = re.split(r"(?m)^(?=## )", text)
+    for i, part in enumerate(parts):
+        if part.splitlines()[0] == heading:
+            parts[i] = section.rstrip("\n") + "\n\n"
+            return "".join(parts).rstrip("\n") + "\n"
+    return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no end-to-end toy run")
     parser.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    parser.add_argument("--only", default="",
+                        help="comma-separated benchmarks to re-measure; their sections are "
+                             "replaced in --out, the rest kept (a note says when each ran)")  # fmt: skip
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [
+    runners = sections(repeats, args.quick)
+    if args.only:
+        chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in runners]
+        if unknown:
+            raise SystemExit(f"unknown benchmark(s) {unknown}; known: {list(runners)}")
+        text = args.out.read_text()
+        for name in chosen:
+            body = runners[name]().rstrip("\n")
+            text = splice(text, f"{body}\n\n(Re-measured alone on {stamp}: `python benchmarks/"
+                                f"run.py --only {name}`; machine: {machine()}.)")  # fmt: skip
+        args.out.write_text(text)
+        print(f"rewrote {', '.join(chosen)} in {args.out}")
+        return
+    body = [
         "# Benchmarks",
         "",
         f"Written by `python benchmarks/run.py` on {stamp}.",
         "",
         f"Machine: {machine()}.",
-        "",
-        train_step.run(repeats=repeats + 2),
-        "",
-        per_example.run(repeats=repeats + 2),
-        "",
-        lora_step.run(repeats=repeats + 2),
-        "",
-        probe_overhead.run(repeats=repeats),
-        "",
-        evaluation.run(repeats=repeats),
-        "",
-        sweep_overhead.run(),
-        "",
-        toy_scaling.run(end_to_end=not args.quick),
     ]
-    args.out.write_text("\n".join(sections) + "\n")
+    for run in runners.values():
+        body += ["", run()]
+    args.out.write_text("\n".join(body) + "\n")
     print(f"wrote {args.out}")
 
 

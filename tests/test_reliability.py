@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,3 +665,54 @@ def test_repeated_and_conflicting_records_are_named_in_warnings(tmp_path):
         "warning: pc.csv:4: conflicts with pc.csv:2: same prompt, answer 'Ann' vs 'Mum' (split "
         "'train')",
     ]
+
+
+def _group_running(pgid: int) -> list[str]:
+    """Processes of a process group that are still running (zombies excluded)."""
+    out = subprocess.run(["ps", "-eo", "pgid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines()
+            if line.split()[0] == str(pgid) and not line.split()[1].startswith("Z")]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c twice", "sigterm"])
+def test_interrupting_a_multi_run_job_stops_everything_and_it_resumes(tmp_path, how):
+    """Ctrl-C used to stop only the running models while queued ones went on training, a second
+    Ctrl-C hung, and SIGTERM likewise. The interrupt is sent when the job's first run has written
+    metrics (its own progress, not the clock)."""
+    from conftest import HANG_GUARD_S
+
+    from revcurse.store import Store
+
+    out = tmp_path / "toy"
+    cmd = [sys.executable, "-m", "revcurse", "reproduce", "toy", "--out", str(out), "--seeds", "4",
+           "--workers", "2", "--no-progress", "--set", "data.n_pairs=10", "--set",
+           "model.d_model=16", "--set", "train.steps=1000", "--set", "train.warmup_steps=5",
+           "--set", "train.eval_every=0", "--set", "train.checkpoint_every=50",
+           "--set", "probe.enabled=false"]  # fmt: skip
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = out / "models" / "mdm-seed0" / "metrics.jsonl"
+    while proc.poll() is None and not first.is_file():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    else:  # a terminal's Ctrl-C goes to the whole process group
+        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == (143 if how == "sigterm" else 130), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err, err
+    assert not _group_running(proc.pid), "a worker outlived the interrupt"
+    # Queued runs never started; the index holds no run as 'running'.
+    started = {p.name for p in (out / "models").iterdir()}
+    assert started <= {"mdm-seed0", "mdm-seed1"}, started
+    statuses = [r["status"] for r in Store(out / "index.sqlite", create=False).rows()]
+    assert "running" not in statuses and len(statuses) == 8
+    # The printed command resumes it to the end.
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(files.read_json(out / "summary.json")["rows"]) == 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -65,6 +66,21 @@ def _command_line() -> str:
     return "revcurse " + shlex.join(sys.argv[1:])
 
 
+def _resume_command() -> str:
+    """The command line that continues an interrupted one: the same arguments with ``--resume``."""
+    args = [a for a in sys.argv[1:] if a != "--force"]
+    if _out_dir is not None and not {"--out", "-o"} & set(args):
+        args += ["--out", str(_out_dir)]
+    return "revcurse " + shlex.join(args + ([] if "--resume" in args else ["--resume"]))
+
+
+def _interrupted(signum: int) -> typer.Exit:
+    """Ctrl-C or SIGTERM: everything is stopped; say how to go on, exit 128 + the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing now
+    typer.echo(f"interrupted; finished runs are kept, resume with: {_resume_command()}", err=True)
+    return typer.Exit(128 + signum)
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(EXIT_USAGE)
@@ -75,6 +91,8 @@ def _guard(fn: Callable[[], T]) -> T:
     read-only filesystem, no permission), becomes a one-line message and exit code 2."""
     try:
         return fn()
+    except KeyboardInterrupt:
+        raise _interrupted(_signal_received or signal.SIGINT) from None
     except RevcurseError as err:
         raise _fail(str(err)) from None
     except OSError as err:
@@ -97,9 +115,15 @@ def _overrides(set_: list[str] | None, seeds: int | None, workers: int | None) -
     return extra
 
 
-def _default_out(name: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / name / stamp
+_out_dir: Path | None = None
+"""The output folder of the command running now (for the resume hint of an interrupt)."""
+
+
+def _target(out: Path | None, name: str) -> Path:
+    """``out``, or a fresh ``runs/<name>/<UTC stamp>``; remembered for the resume hint."""
+    global _out_dir
+    _out_dir = out or Path("runs") / name / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return _out_dir
 
 
 @app.command()
@@ -115,6 +139,14 @@ def reproduce(
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
     backend: BackendOpt = None,
     force: ForceOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run of this experiment in --out "
+            "(finished models are kept, interrupted ones resume from checkpoints).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run a named experiment end to end and write its report (sweeps resume in their --out)."""
@@ -123,7 +155,7 @@ def reproduce(
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     if name == "person-description":
-        _person_description(config, set_, quick, out, seeds, workers, force, progress)
+        _person_description(config, set_, quick, out, seeds, workers, force, resume, progress)
         return
     if name != "toy":
         _sweep(name, config, set_, quick, out, seeds, workers, backend, force, progress)
@@ -139,9 +171,10 @@ def reproduce(
         if quick:
             cfg = make_quick(cfg)
         cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
-        target = out or _default_out(name)
+        target = _target(out, name)
         start = time.perf_counter()
-        summary = run_toy(cfg, target, command=_command_line(), progress=progress, force=force)
+        summary = run_toy(cfg, target, command=_command_line(), progress=progress, force=force,
+                          resume=resume)  # fmt: skip
         elapsed = time.perf_counter() - start
         for family, agg in summary["aggregate"].items():
             fwd, rev = agg["forward_accuracy"], agg["reverse_accuracy"]
@@ -164,6 +197,7 @@ def _person_description(
     seeds: int | None,
     workers: int | None,
     force: bool,
+    resume: bool,
     progress: bool,
 ) -> None:
     def run() -> None:
@@ -173,10 +207,10 @@ def _person_description(
         if quick:
             cfg = pd.quick(cfg)
         cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
-        target = out or _default_out("person-description")
+        target = _target(out, "person-description")
         start = time.perf_counter()
         summary = pd.run_person_description(cfg, target, command=_command_line(),
-                                            progress=progress, force=force)  # fmt: skip
+                                            progress=progress, force=force, resume=resume)  # fmt: skip
         metric = summary["headline_metric"]
         for family, agg in summary["aggregate"].items():
             cells = "  ".join(
@@ -208,7 +242,7 @@ def _sweep(
         if backend is not None:
             extra.append(f"backend={backend}")
         cfg, named = load_sweep_config(name, config, extra, quick)
-        target = out or _default_out(cfg.name)
+        target = _target(out, cfg.name)
         start = time.perf_counter()
         summary = run_sweep(cfg, target, command=_command_line(), progress=progress,
                             force=force, named=named)  # fmt: skip
@@ -236,6 +270,9 @@ def sweep(
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes.")] = None,
     backend: BackendOpt = None,
     force: ForceOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the sweep in --out (a sweep always does).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run (or resume) a sweep from a YAML SweepConfig: a grid x variants x seeds."""
@@ -364,7 +401,7 @@ def finetune(
         from revcurse.experiments.finetune import run_finetune
 
         cfg = _load(FinetuneConfig, config, set_)
-        target = out or _default_out(f"finetune-{cfg.model.family}-{cfg.data.dataset}")
+        target = _target(out, f"finetune-{cfg.model.family}-{cfg.data.dataset}")
         summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
                                command=_command_line(), force=force, progress=progress)  # fmt: skip
         if not summary:  # a non-main process of a distributed launch: the main one reports
@@ -499,7 +536,21 @@ def show_config(
     typer.echo(dump_yaml(cfg), nl=False)
 
 
+_signal_received: int | None = None
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    """SIGTERM (a scheduler, ``kill``) stops a job the way Ctrl-C does."""
+    global _signal_received
+    _signal_received = signum
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGINT always stops a job, even one started where it was ignored (a script's background job
+    # inherits SIGINT ignored, and Python keeps an inherited ignore); SIGTERM does the same.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

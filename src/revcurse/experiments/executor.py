@@ -93,7 +93,9 @@ def guarded(run: Callable[[Path], dict[str, Any]], run_dir: str) -> Outcome:
 
 def _die_with_parent() -> None:
     """Worker initializer: receive SIGKILL when the sweep process dies (Linux), so a killed sweep
-    leaves no orphan trainers behind."""
+    leaves no orphan trainers behind; ignore SIGINT, which a terminal's Ctrl-C sends to the whole
+    process group: the parent alone decides (it stops the workers, see :func:`_run_local`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -116,9 +118,11 @@ def _run_local(
             on_done(job, worker(job.config, str(job.run_dir), command, progress))
         return
     ctx = multiprocessing.get_context("spawn")
+    _quiet_resource_tracker()
     remaining = {job.run_id: job for job in jobs}
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent)
+        try:
             futures = {
                 pool.submit(worker, job.config, str(job.run_dir), command): job for job in jobs
             }
@@ -126,6 +130,10 @@ def _run_local(
                 job = futures[future]
                 on_done(job, future.result())
                 del remaining[job.run_id]
+        except BaseException:  # KeyboardInterrupt (Ctrl-C, SIGTERM) above all
+            _stop(pool)
+            raise
+        pool.shutdown()
     except BrokenProcessPool:
         # A worker died (SIGKILL, OOM) and took the pool down without saying which run it was
         # training. Run what is left one per fresh single-worker pool: the culprit fails alone,
@@ -138,6 +146,35 @@ def _run_local(
                 files.write_json(job.run_dir / "error.json", {"error": DIED})
                 outcome = Outcome("failed", None, DIED)
             on_done(job, outcome)
+
+
+def _quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on /dev/null. Workers stopped
+    mid-run (Ctrl-C) leave their queues' semaphores to it; it unlinks them and reports each as
+    "leaked", lines that would bury the one-line message telling the user how to resume."""
+    from multiprocessing import resource_tracker
+
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: queued runs never start, running ones are killed where they are (their
+    files are written atomically and they resume from their last checkpoint). A second Ctrl-C
+    while this runs is ignored, so stopping can never hang or be cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # No public API kills a pool's workers before Python 3.14 (terminate_workers); shutdown alone
+    # would wait for every running run to finish.
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execute_one) -> None:
@@ -200,11 +237,20 @@ def execute(
     for job in todo:
         store.set_status(job.run_id, "running")
     workers = max(1, min(workers, len(todo) or 1))
-    if backend == "ray":
-        _run_ray(todo, workers, command, on_done, worker)
-    else:
-        _run_local(todo, workers, command, on_done, progress and workers == 1, worker)
-    bar.close()
+    try:
+        if backend == "ray":
+            _run_ray(todo, workers, command, on_done, worker)
+        else:
+            _run_local(todo, workers, command, on_done, progress and workers == 1, worker)
+    except KeyboardInterrupt:
+        # The index stays consistent: a run that did not finish is pending again, to be resumed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for job in todo:
+            if job.run_id not in outcomes:
+                store.set_status(job.run_id, "pending")
+        raise
+    finally:
+        bar.close()
     return outcomes
 
 

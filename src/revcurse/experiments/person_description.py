@@ -250,12 +250,14 @@ def run_person_description(
     command: str = "(library call)",
     progress: bool = True,
     force: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train every (family, seed) model, then aggregate and write the report."""
+    """Train every (family, seed) model, then aggregate and write the report (``resume``:
+    continue an interrupted run of it in ``out``)."""
     from revcurse.report.person_description import write_report
 
     prepare(cfg.run_config(cfg.families[0], cfg.seeds[0]))  # bad settings fail before any write
-    out = start_experiment(out, cfg, command, force)
+    out = start_experiment(out, cfg, command, force, resume)
     runs = [
         ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
     ]

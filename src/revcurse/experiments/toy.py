@@ -49,11 +49,24 @@ def prepare_out_dir(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def start_experiment(out: str | Path, cfg: Any, command: str, force: bool) -> Path:
-    """Claim the output directory (refusing a non-empty one unless ``force``), clear temporaries a
-    killed writer left, and write the resolved config, command and environment."""
+def start_experiment(
+    out: str | Path, cfg: Any, command: str, force: bool, resume: bool = False
+) -> Path:
+    """Claim the output directory (refusing a non-empty one unless ``force``; with ``resume``, it
+    must hold this experiment with exactly this config), clear temporaries a killed writer left,
+    and write the resolved config, command and environment."""
     out = Path(out)
-    prepare_out_dir(out, force)
+    if resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise RevcurseError(f"{out}: nothing to resume (no config.yaml); run without --resume")
+        if saved.read_text() != dump_yaml(cfg):
+            raise RevcurseError(
+                f"{out}: holds this experiment with other settings (config.yaml); resume with the "
+                "same options, or choose another --out"
+            )
+    else:
+        prepare_out_dir(out, force)
     files.remove_temporaries(out)  # left by a run killed mid-write; no one writes now
     write_provenance(out, dump_yaml(cfg), command)
     return out
@@ -66,11 +79,13 @@ def run_toy(
     command: str = "(library call)",
     progress: bool = True,
     force: bool = False,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Train every (family, seed) model, then write summary, figures and report into ``out``."""
+    """Train every (family, seed) model, then write summary, figures and report into ``out``
+    (``resume``: continue an interrupted run of it there)."""
     from revcurse.report.toy import write_report  # report depends on matplotlib; keep it late
 
-    out = start_experiment(out, cfg, command, force)
+    out = start_experiment(out, cfg, command, force, resume)
 
     runs = [
         ({"family": family, "seed": seed}, cfg.run_config(family, seed))
