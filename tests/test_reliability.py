@@ -159,6 +159,8 @@ def _resumable(tmp: Path, run: Path, how: str = "") -> Path:
         tensors["rng.generator"] = tensors["rng.generator"][:10]
     elif how == "garbage-config":
         (copy / "config.yaml").write_text("model: [unclosed\n")
+    elif how == "no-config":
+        (copy / "config.yaml").unlink()
     save_file(tensors, str(copy / "checkpoints" / "last.safetensors"), metadata=meta)
     return copy
 
@@ -336,6 +338,9 @@ CASES = [
          lambda t, r: ["train", "--out", str(_resumable(t, r, "garbage-config")), "--resume",
                        *TINY],
          "not a resumable run"),
+    Case("resume-no-config", "a run directory whose config.yaml was deleted",
+         lambda t, r: ["train", "--out", str(_resumable(t, r, "no-config")), "--resume", *TINY],
+         "not a revcurse run (no config.yaml)"),
     Case("yaml-alias", "a YAML alias (the alias bomb's building block)",
          lambda t, r: ["sweep", "--out", str(t / "o"), "--config", str(_write(
              t / "s.yaml", "grid:\n  model.positional: &a [rope]\n  model.norm: *a\n"))],
@@ -627,6 +632,13 @@ def test_run_index_is_never_written_when_read_and_bad_rows_are_one_line(tmp_path
         conn.execute("UPDATE runs SET labels = '{broken'")
     result = CliRunner().invoke(app, ["runs", "list", str(tmp_path / "good")])
     assert result.exit_code == 2 and "column 'labels' is not valid JSON" in result.stderr
+    other = tmp_path / "other" / "index.sqlite"  # a 'runs' table of another shape
+    other.parent.mkdir()
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE runs (run_id TEXT)")
+        conn.execute("INSERT INTO runs VALUES ('y')")
+    result = CliRunner().invoke(app, ["runs", "list", str(other.parent)])
+    assert result.exit_code == 2 and "no column 'status'" in result.stderr
 
 
 def test_a_csv_with_a_byte_order_mark_reads_like_one_without(tmp_path):

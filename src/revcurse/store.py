@@ -124,6 +124,11 @@ class Store:
         out = []
         for r in records:
             row = dict(r)
+            for key in ("run_id", "status", "labels", "config", "summary"):
+                if key not in row:
+                    raise RevcurseError(
+                        f"{self.path}: not a revcurse run index (no column '{key}')"
+                    )
             for key in ("labels", "config", "summary"):
                 try:
                     row[key] = json.loads(row[key]) if row[key] is not None else None
