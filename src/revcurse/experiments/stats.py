@@ -129,3 +129,15 @@ def p_clause(p: float) -> str:
     """``p = 0.03`` or ``p < 0.001`` for running text."""
     text = format_p(p)
     return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
+COMPARISON_HEADER = ["MDM - ARM", "95% interval (crossed bootstrap)", "p (paired permutation)",
+                     "seeds x queries", "gap"]  # fmt: skip
+"""Column names of :func:`comparison_cells`."""
+
+
+def comparison_cells(test: dict[str, Any]) -> list[str]:
+    """A :func:`paired_comparison` result as table cells (see :data:`COMPARISON_HEADER`)."""
+    lo, hi = test["ci"]
+    return [f"{test['effect']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", format_p(test["p"]),
+            f"{test['n_seeds']} x {test['n_queries']}", "yes" if test["gap"] else "no"]  # fmt: skip

@@ -90,15 +90,22 @@ def encode_query(
             pair.prompt[at : at + len(entity)],
             pair.prompt[at + len(entity) :],
         )
-    parts = [tokenizer.encode(s) if s else [] for s in (pre, ent, post)]
-    if bos:
-        parts[0] = [tokenizer.bos_id, *parts[0]]
-    answer = tokenizer.encode(pair.completion)
-    n_prompt = len(parts[0]) + len(parts[1]) + len(parts[2])
-    ids = fill_row(parts[0] + parts[1] + parts[2] + answer, fill)
-    return Encoded(
-        ids, (len(parts[0]), len(parts[0]) + len(parts[1])), (n_prompt, n_prompt + len(answer))
-    )
+    ids, spans = _segments(tokenizer, (pre, ent, post, pair.completion), bos, fill)
+    return Encoded(ids, entity=spans[1], answer=spans[3])
+
+
+def _segments(
+    tokenizer: Any, texts: Sequence[str], bos: bool, fill: tuple[int, int] | None
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """``texts`` tokenized one by one (so every span is exact) and joined, BOS first if asked,
+    filled as :func:`~revcurse.data.text.fill_row` says; with each text's ``[start, end)``."""
+    ids: list[int] = [tokenizer.bos_id] if bos else []
+    spans = []
+    for text in texts:
+        start = len(ids)
+        ids += tokenizer.encode(text) if text else []
+        spans.append((start, len(ids)))
+    return fill_row(ids, fill), spans
 
 
 def encode_mirror(
@@ -114,14 +121,9 @@ def encode_mirror(
     if mirror is None:
         return None
     post = mirror.suffix[: len(mirror.suffix) - len(pair.completion)]
-    parts = [tokenizer.encode(s) if s else [] for s in (mirror.prompt, mirror.completion, post)]
-    if bos:
-        parts[0] = [tokenizer.bos_id, *parts[0]]
-    entity = tokenizer.encode(pair.completion)
-    lo, hi = len(parts[0]), len(parts[0]) + len(parts[1])
-    n_prompt = hi + len(parts[2])
-    ids = fill_row(parts[0] + parts[1] + parts[2] + entity, fill)
-    return Encoded(ids, (n_prompt, n_prompt + len(entity)), (lo, hi))
+    texts = (mirror.prompt, mirror.completion, post, pair.completion)
+    ids, spans = _segments(tokenizer, texts, bos, fill)
+    return Encoded(ids, entity=spans[3], answer=spans[1])
 
 
 def encode_facts(

@@ -10,7 +10,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
-from revcurse.experiments.stats import format_p
+from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Check, Figure, Heading, Para, Table, to_html, to_markdown
 
@@ -78,27 +78,9 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
     return [
         Heading("MDM minus ARM on the reverse splits, paired by seed and query"),
         Table(
-            [
-                "split",
-                "metric",
-                "MDM - ARM",
-                "95% interval (crossed bootstrap)",
-                "p (paired permutation)",
-                "seeds x queries",
-                "gap",
-            ],
-            [
-                [
-                    *key.split("."),
-                    f"{t['effect']:+.3f}",
-                    f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
-                    format_p(t["p"]),
-                    f"{t['n_seeds']} x {t['n_queries']}",
-                    "yes" if t["gap"] else "no",
-                ]
-                for key, t in tests.items()
-            ],
-        ),  # fmt: skip
+            ["split", "metric", *COMPARISON_HEADER],
+            [[*key.split("."), *comparison_cells(t)] for key, t in tests.items()],
+        ),
         Para(
             "Each (seed, query) pairs the MDM and the ARM trained with that seed on the same query "
             "and, for likelihood top-1, the same candidate answers. The interval resamples seeds "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.experiments.stats import format_p, p_clause
+from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells, p_clause
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -173,14 +173,8 @@ def person_description_splits(s: dict[str, Any]) -> str:
 
 
 def person_description_tests(s: dict[str, Any]) -> str:
-    rows = [
-        [key.split(".")[0], key.split(".")[1], f"{t['effect']:+.3f}",
-         f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]", format_p(t["p"]),
-         f"{t['n_seeds']} × {t['n_queries']}", "yes" if t["gap"] else "no"]
-        for key, t in s["comparison"].items()
-    ]  # fmt: skip
-    header = ["reverse split", "metric", "MDM − ARM", "95% interval", "p", "seeds × queries", "gap"]
-    return _table(header, rows)
+    rows = [[*key.split("."), *comparison_cells(t)] for key, t in s["comparison"].items()]
+    return _table(["reverse split", "metric", *COMPARISON_HEADER], rows)
 
 
 def person_description_probes(s: dict[str, Any]) -> str:

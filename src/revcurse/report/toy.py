@@ -7,7 +7,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
-from revcurse.experiments.stats import format_p, p_clause
+from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells, p_clause
 from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
@@ -168,26 +168,9 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
     return [
         Heading("MDM minus ARM, paired by seed and fact"),
         Table(
-            [
-                "accuracy",
-                "MDM - ARM",
-                "95% interval (crossed bootstrap)",
-                "p (paired permutation)",
-                "seeds x facts",
-                "gap",
-            ],
-            [
-                [
-                    metric.removesuffix("_accuracy"),
-                    f"{t['effect']:+.3f}",
-                    f"[{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}]",
-                    format_p(t["p"]),
-                    f"{t['n_seeds']} x {t['n_queries']}",
-                    "yes" if t["gap"] else "no",
-                ]
-                for metric, t in tests.items()
-            ],
-        ),  # fmt: skip
+            ["accuracy", *COMPARISON_HEADER],
+            [[m.removesuffix("_accuracy"), *comparison_cells(t)] for m, t in tests.items()],
+        ),
         Para(
             "Each (seed, fact) pairs the MDM and the ARM trained with that seed on the same query. "
             "The interval resamples seeds and facts independently (both vary between reruns); the "
