@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from revcurse.config import RunConfig, apply_overrides  # noqa: E402
+from revcurse.config import RunConfig, ToyExperimentConfig, apply_overrides  # noqa: E402
 from revcurse.training import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -43,9 +43,11 @@ def run(end_to_end: bool = True) -> str:
             subprocess.run([sys.executable, "-m", "revcurse", "reproduce", "toy", "--out",
                             f"{tmp}/toy", "--no-progress"], check=True, capture_output=True)  # fmt: skip
             wall = time.perf_counter() - start
-        lines += [f"Default command (6 models x 3000 steps, probes every 100, 2 workers, report): "
-                  f"**{wall:.1f} s** wall (target < 180 s: {'met' if wall < 180 else 'NOT met'}).",
-                  ""]  # fmt: skip
+        cfg = ToyExperimentConfig()
+        models = len(cfg.families) * len(cfg.seeds)
+        lines += [f"Default command ({models} models x {cfg.train.steps} steps, probes every "
+                  f"{cfg.probe.every}, {cfg.workers} workers, report): **{wall:.1f} s** wall "
+                  f"(target < 180 s: {'met' if wall < 180 else 'NOT met'}).", ""]  # fmt: skip
     pairs = {n: per_step([f"data.n_pairs={n}"]) for n in PAIRS}
     widths = {d: per_step([f"model.d_model={d}"]) for d in WIDTHS}
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
