@@ -52,6 +52,8 @@ def run(repeats: int = 3, steps: int = 3000) -> str:
         "",
         "The wall-clock ratio includes run-to-run noise of a few percent (it can come out negative);",
         "the in-run column times the probe calls themselves and is the more precise of the two.",
+        "The MDM is probed under both pairings (mirror and forward: attention and signals twice),",
+        "the ARM under the forward pairing only, which is most of the difference between them.",
     ]
     return "\n".join(lines)
 
