@@ -128,12 +128,21 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig, Vocab, int]:
     """The tensors of a checkpoint and the config, vocabulary and step in its metadata (checked)."""
-    from safetensors import safe_open
+    tensors = files.load_tensors(path)
+    return (tensors, *checkpoint_metadata(path))
+
+
+def checkpoint_metadata(path: str | Path) -> tuple[RunConfig, Vocab, int]:
+    """The config, vocabulary and step a checkpoint's header records (checked), without loading
+    its tensors."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
-    tensors = files.load_tensors(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise RevcurseError(f"{path}: not a valid safetensors file ({err})") from None
     if meta.get("format") != "revcurse-checkpoint-1":
         raise RevcurseError(f"{path}: not a revcurse checkpoint (metadata 'format' missing)")
     try:
@@ -142,7 +151,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfi
         step = int(meta["step"])
     except (KeyError, ValueError, TypeError) as err:
         raise RevcurseError(f"{path}: corrupt checkpoint metadata ({err})") from None
-    return tensors, cfg, vocab, step
+    return cfg, vocab, step
 
 
 def _load_weights(model: TransformerLM, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -264,7 +273,7 @@ def check_resumable(out: Path, cfg: RunConfig, require_checkpoint: bool) -> bool
     if saved != cfg:
         diff = _first_difference(to_dict(saved), to_dict(cfg))
         raise RevcurseError(f"{out}: holds a run of another config ({diff}); cannot resume it")
-    _, ckpt_cfg, _, _ = read_checkpoint(last)
+    ckpt_cfg, _, _ = checkpoint_metadata(last)
     if ckpt_cfg != cfg:
         diff = _first_difference(to_dict(ckpt_cfg), to_dict(cfg))
         raise RevcurseError(f"{last}: written by a run of another config ({diff}); cannot resume")
