@@ -491,7 +491,6 @@ def data(
 
     def run() -> None:
         from revcurse.config import TextDataConfig
-        from revcurse.data.schema import audit
         from revcurse.data.text_datasets import load_text_dataset
 
         if name not in DATASETS:
@@ -501,7 +500,7 @@ def data(
         if name == "trex" and path is None:
             raise RevcurseError("trex needs --path FOLDER (LAMA format; the data is not shipped)")
         ds = load_text_dataset(TextDataConfig(dataset=name, path="" if path is None else str(path)))
-        for warning in audit(ds):
+        for warning in ds.warnings:
             typer.echo(f"warning: {warning}", err=True)
         typer.echo(f"{ds.name}: {len(ds.train)} training statements; licence: {ds.licence}")
         for split, pairs in ds.tests.items():

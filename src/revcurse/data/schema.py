@@ -99,11 +99,17 @@ class TextPair:
         return (self.completion, *self.alternatives)
 
 
+def entity_text(answer: str) -> str:
+    """An answer as the entity it names, for finding it in another query's text: surrounding
+    space and a final period (descriptions end their sentence) are not part of it."""
+    return answer.strip().removesuffix(".")
+
+
 def mirror_query(forward: TextPair, answer: str) -> TextPair | None:
     """The mirror query of a fact: the forward statement ``forward.prompt + forward.completion``
     with ``answer`` (the reverse query's answer, found verbatim in the forward prompt) as the part
     to fill, everything after it as the suffix. None when ``answer`` is not in the prompt."""
-    answer = answer.strip().removesuffix(".")
+    answer = entity_text(answer)
     at = forward.prompt.find(answer) if answer else -1
     if at < 0:
         return None
@@ -126,6 +132,8 @@ class TextDataset:
     """Per test split: ``forward`` (the trained direction) or ``reverse``."""
     licence: str
     notes: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What :func:`audit` found when the dataset was loaded (repeated or conflicting records)."""
 
 
 def audit(dataset: TextDataset) -> list[str]:

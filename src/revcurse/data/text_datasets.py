@@ -18,8 +18,8 @@ PROBE_SPLITS: dict[str, tuple[str, str]] = {
 
 def load_text_dataset(cfg: TextDataConfig) -> TextDataset:
     """The dataset ``cfg.dataset`` from ``cfg.path`` (or the shipped copy); a dataset with an empty
-    split is refused (:func:`~revcurse.data.schema.audit`, which also lists repeated and
-    conflicting records for the caller to show)."""
+    split is refused, and repeated or conflicting records are listed in its ``warnings``
+    (:func:`~revcurse.data.schema.audit`) for the caller to show."""
     path = cfg.path or None
     if cfg.dataset == "parent-child":
         dataset = load_parent_child(path)
@@ -27,5 +27,5 @@ def load_text_dataset(cfg: TextDataConfig) -> TextDataset:
         dataset = load_person_description(path)
     else:
         dataset = reversal_split(load_trex(cfg.path))
-    audit(dataset)
+    dataset.warnings = audit(dataset)
     return dataset

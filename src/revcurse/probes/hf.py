@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from revcurse.data.schema import TextPair, mirror_query
+from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import sft_answer_loss
 from revcurse.probes.attention import pearson
@@ -58,7 +58,7 @@ def paired_queries(
     entity of the forward prompt (each query used once)."""
     pairs, used = [], set()
     for rev in reverse:
-        names = [a.strip().removesuffix(".") for a in rev.answers if a.strip().removesuffix(".")]
+        names = [entity_text(a) for a in rev.answers if entity_text(a)]
         for i, fwd in enumerate(forward):
             if i not in used and any(n in fwd.prompt for n in names):
                 pairs.append((fwd, rev))
@@ -80,7 +80,7 @@ def encode_query(
     span is exact); ``bos`` prepends BOS; ``fill = (token, length)`` appends ``token`` up to
     ``length`` (the EOS fill the MDM was trained with). A final period of the entity is not part
     of it."""
-    entity = entity.strip().removesuffix(".")
+    entity = entity_text(entity)
     at = pair.prompt.find(entity) if entity else -1
     if at < 0:  # not verbatim in the prompt: the whole prompt is the given information
         pre, ent, post = "", pair.prompt, ""
