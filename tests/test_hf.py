@@ -18,7 +18,13 @@ from revcurse.errors import RevcurseError
 from revcurse.models import hf
 from revcurse.models.llada import LLaDAConfig, LLaDAModelLM, load_llada, published_keys
 from revcurse.objectives import sft_masked_diffusion_loss, sft_next_token_loss
-from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
+from revcurse.probes.hf import (
+    attention_coupling,
+    encode_facts,
+    gradient_alignment,
+    paired_queries,
+    probe_record,
+)
 
 pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -457,3 +463,36 @@ def test_mask_4d_families_get_a_bidirectional_pair_mask():
         torch.testing.assert_close(
             model(ids, attention_mask=torch.ones_like(keys)), inner(ids).logits
         )
+
+
+def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
+    """Both pairings of an MDM give exactly what each pairing computed alone gives, while every
+    reverse query is differentiated once (not once per pairing)."""
+    from revcurse.probes import hf as probes_hf
+
+    fwd, rev, tok = facts_and_tokenizer()
+    model = hf.build_tiny("llada", len(tok), SHAPE, seed=0)
+    hf.add_lora(model, 4, 8, 0.0)
+    facts = encode_facts(tok, paired_queries(fwd, rev, 10), ["forward", "mirror"])
+    alone = {
+        pairing: (
+            attention_coupling(model, pairs, causal=False, mask_id=tok.mask_id),
+            gradient_alignment(model, pairs, causal=False, mask_id=tok.mask_id),
+        )
+        for pairing, pairs in facts.items()
+    }
+    calls = {"n": 0}
+    original = probes_hf.sft_answer_loss
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(probes_hf, "sft_answer_loss", counted)
+    record = probe_record(model, facts, step=0, causal=False, mask_id=tok.mask_id)
+    for pairing, (attention, gradients) in alone.items():
+        assert record["pairings"][pairing]["attention"] == attention
+        assert record["pairings"][pairing]["gradients"] == gradients
+    n_reverse = len({id(r) for pairs in facts.values() for _, r in pairs})
+    assert calls["n"] == n_reverse + sum(len(pairs) for pairs in facts.values())
+    assert n_reverse < sum(len(pairs) for pairs in facts.values())  # something was shared

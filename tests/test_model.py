@@ -135,3 +135,19 @@ def test_parameter_count_from_the_config_matches_the_built_model(overrides):
     cfg = ModelConfig(**overrides)
     model = TransformerLM(cfg, vocab_size=37)
     assert cfg.parameter_count(37) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"n_pairs": 7, "n_filler": 3, "filler_vocab": 5}, {"bos": True, "eos": False},
+     {"reverse_augment": True, "filler_vocab": 1}],
+)  # fmt: skip
+def test_toy_vocabulary_size_from_the_config_matches_the_built_vocabulary(data):
+    """The memory check sizes the model before the dataset exists; it must count what the
+    dataset builds."""
+    from revcurse.config import ToyDataConfig, toy_vocab_size
+    from revcurse.data.tokenize import Vocab
+    from revcurse.data.toy import build_toy
+
+    cfg = ToyDataConfig(**data)
+    assert toy_vocab_size(cfg) == len(Vocab.from_dataset(build_toy(cfg)))

@@ -134,17 +134,19 @@ def encode_facts(
     fill: tuple[int, int] | None = None,
 ) -> dict[str, list[tuple[Encoded, Encoded]]]:
     """Per pairing, ``(paired query, reverse query)`` of each fact, each query with the other's
-    answer as its given entity (``mirror``: facts without a verbatim entity are left out)."""
+    answer as its given entity (``mirror``: facts without a verbatim entity are left out). A fact's
+    reverse query is one object in every pairing, so the probes do its work once."""
+    reverse = [encode_query(tokenizer, r, f.completion, bos, fill) for f, r in facts]
     out: dict[str, list[tuple[Encoded, Encoded]]] = {}
     for pairing in pairings:
         encoded = []
-        for f, r in facts:
+        for (f, r), rev in zip(facts, reverse, strict=True):
             if pairing == "forward":
                 first = encode_query(tokenizer, f, r.completion, bos, fill)
             else:
                 first = encode_mirror(tokenizer, f, r.completion, bos, fill)
             if first is not None:
-                encoded.append((first, encode_query(tokenizer, r, f.completion, bos, fill)))
+                encoded.append((first, rev))
         out[pairing] = encoded
     return out
 
@@ -162,6 +164,19 @@ def _query_positions(q: Encoded, causal: bool) -> slice:
 
 
 @torch.no_grad()
+def _entity_scores(model: Any, q: Encoded, causal: bool, mask_id: int) -> torch.Tensor:
+    """Mean pre-softmax score from ``q``'s answer positions to its entity ``[n_layers, H]``."""
+    from revcurse.models.hf import recording_scores  # transformers only when an HF model runs
+
+    device = next(model.parameters()).device
+    with recording_scores(model) as cache:
+        model(_model_input(q, causal, mask_id, device))
+    rows = _query_positions(q, causal)
+    e0, e1 = q.entity
+    per_layer = [cache[n][0, :, rows, e0:e1].double().mean(dim=(-1, -2)) for n in sorted(cache)]
+    return torch.stack(per_layer).cpu()  # each [H] -> [n_layers, H]
+
+
 def attention_coupling(
     model: Any,
     facts: Sequence[tuple[Encoded, Encoded]],
@@ -169,23 +184,19 @@ def attention_coupling(
     causal: bool,
     mask_id: int,
     layers: Sequence[int] | None = None,
+    cache: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts."""
-    from revcurse.models.hf import recording_scores  # transformers only when an HF model runs
+    """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts.
+    ``cache`` (by query object) lets several pairings score a shared reverse query once."""
+    cache = {} if cache is None else cache
 
-    device = next(model.parameters()).device
-    s = {"pair": [], "rev": []}  # each: per fact, [n_layers, H]
-    for pair in facts:
-        for key, q in zip(("pair", "rev"), pair, strict=True):
-            with recording_scores(model) as cache:
-                model(_model_input(q, causal, mask_id, device))
-            rows = _query_positions(q, causal)
-            e0, e1 = q.entity
-            per_layer = [
-                cache[n][0, :, rows, e0:e1].double().mean(dim=(-1, -2)) for n in sorted(cache)
-            ]  # each [H]
-            s[key].append(torch.stack(per_layer).cpu())
-    first, rev = torch.stack(s["pair"]), torch.stack(s["rev"])  # [F, n_layers, H]
+    def scores(q: Encoded) -> torch.Tensor:
+        if id(q) not in cache:
+            cache[id(q)] = _entity_scores(model, q, causal, mask_id)
+        return cache[id(q)]
+
+    first = torch.stack([scores(pair) for pair, _ in facts])  # [F, n_layers, H]
+    rev = torch.stack([scores(rev) for _, rev in facts])  # [F, n_layers, H]
     chosen = list(range(first.shape[1])) if layers is None else list(layers)
     r = pearson(first.movedim(0, -1), rev.movedim(0, -1))  # over facts: [n_layers, H]
     return {
@@ -197,25 +208,47 @@ def attention_coupling(
     }
 
 
+def _query_gradient(model: Any, params: list[torch.Tensor], q: Encoded, causal: bool,
+                    mask_id: int) -> torch.Tensor:  # fmt: skip
+    """The gradient of ``q``'s answer loss on ``params``, flattened ``[P]``."""
+    ids = torch.tensor([q.ids], device=params[0].device)
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    answer[0, q.answer[0] : q.answer[1]] = True
+    loss = sft_answer_loss(model, ids, answer, torch.ones_like(answer), causal, mask_id)
+    return torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(loss, params)])
+
+
+def gradient_alignments(
+    model: Any, facts: dict[str, Sequence[tuple[Encoded, Encoded]]], *, causal: bool, mask_id: int
+) -> dict[str, dict[str, Any]]:
+    """Per pairing, the cosine between the paired query's and the reverse query's loss gradients
+    on the trainable (LoRA) parameters, per fact, and its mean. Facts are visited by reverse
+    query, so each reverse gradient is computed once for every pairing that uses it (a backward
+    pass of the whole model each) and at most three gradients are held at a time."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    uses: dict[int, list[tuple[str, Encoded]]] = {}  # reverse query -> (pairing, paired query)
+    reverse: dict[int, Encoded] = {}
+    for pairing, pairs in facts.items():
+        for first, rev in pairs:
+            uses.setdefault(id(rev), []).append((pairing, first))
+            reverse[id(rev)] = rev
+    cosines: dict[str, list[float]] = {pairing: [] for pairing in facts}
+    for key, rev in reverse.items():
+        g_rev = _query_gradient(model, params, rev, causal, mask_id)
+        for pairing, first in uses[key]:
+            g_first = _query_gradient(model, params, first, causal, mask_id)
+            cosines[pairing].append(float(cosine(g_first, g_rev)))
+    return {
+        pairing: {"cos_pair_rev": c, "cos_pair_rev_mean": sum(c) / max(1, len(c))}
+        for pairing, c in cosines.items()
+    }
+
+
 def gradient_alignment(
     model: Any, facts: Sequence[tuple[Encoded, Encoded]], *, causal: bool, mask_id: int
 ) -> dict[str, Any]:
-    """Cosine between the paired query's and the reverse query's loss gradients on the trainable
-    (LoRA) parameters, per fact, and its mean."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    cosines = []
-    for pair in facts:
-        grads = []
-        for q in pair:
-            ids = torch.tensor([q.ids], device=device)
-            answer = torch.zeros_like(ids, dtype=torch.bool)
-            answer[0, q.answer[0] : q.answer[1]] = True
-            loss = sft_answer_loss(model, ids, answer, torch.ones_like(answer), causal, mask_id)
-            flat = torch.autograd.grad(loss, params)
-            grads.append(torch.cat([g.reshape(-1).float() for g in flat]))
-        cosines.append(float(cosine(grads[0], grads[1])))
-    return {"cos_pair_rev": cosines, "cos_pair_rev_mean": sum(cosines) / max(1, len(cosines))}
+    """:func:`gradient_alignments` for one pairing's facts."""
+    return gradient_alignments(model, {"pair": facts}, causal=causal, mask_id=mask_id)["pair"]
 
 
 def probe_record(
@@ -230,20 +263,26 @@ def probe_record(
 ) -> dict[str, Any]:
     """Both probes at one training step for each pairing in ``facts`` (from :func:`encode_facts`;
     a pairing with fewer than 3 facts has no correlation and is skipped); ``attention=False`` skips
-    the coupling, for models whose scores cannot be recorded. Runs in eval mode; the model's
-    training mode is restored."""
+    the coupling, for models whose scores cannot be recorded. A reverse query shared by the
+    pairings is scored and differentiated once. Runs in eval mode; the model's training mode is
+    restored."""
     was_training = model.training
     model.eval()
+    probed = {
+        pairing: encoded
+        for pairing, encoded in facts.items()
+        if pairing in pairings_for(causal) and len(encoded) >= 3
+    }
+    scores: dict[int, torch.Tensor] = {}
+    gradients = gradient_alignments(model, probed, causal=causal, mask_id=mask_id)
     record: dict[str, Any] = {"step": step, "pairings": {}}
-    for pairing, encoded in facts.items():
-        if pairing not in pairings_for(causal) or len(encoded) < 3:
-            continue
+    for pairing, encoded in probed.items():
         record["pairings"][pairing] = {
             "n_facts": len(encoded),
             "attention": attention_coupling(
-                model, encoded, causal=causal, mask_id=mask_id, layers=layers
+                model, encoded, causal=causal, mask_id=mask_id, layers=layers, cache=scores
             ) if attention else None,
-            "gradients": gradient_alignment(model, encoded, causal=causal, mask_id=mask_id),
+            "gradients": gradients[pairing],
         }  # fmt: skip
     model.train(was_training)
     return record
