@@ -316,3 +316,14 @@ def test_probe_command_on_a_saved_run(tmp_path):
     assert (tmp_path / "run" / "probes" / "probes.jsonl").is_file()  # training records kept
     bad = CliRunner().invoke(app, ["probe", str(tmp_path / "run"), "--set", "train.lr=1"])
     assert bad.exit_code == 2 and "probe.*" in bad.stderr
+
+
+def test_runner_shares_the_reverse_scores_without_changing_any_value():
+    cfg, dataset, vocab, model = setup(False, **{"probe.distances": "[0, 3]"})
+    record = ProbeRunner(cfg, dataset, vocab, None)(model, 5, final=True)
+    for pairing in ("mirror", "forward"):
+        alone = coupling(model, cfg, vocab, pairing)
+        assert record["attention"][pairing]["pearson"] == alone["pearson"].tolist()
+        for d in record["distance"][pairing]:
+            far = coupling(model, cfg, vocab, pairing, d["n_filler"])
+            assert d["pearson"] == far["pearson"].tolist()

@@ -62,14 +62,22 @@ def coupling(
     vocab: Vocab,
     pairing: Pairing,
     n_filler: int | None = None,
+    cache: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """S_pair, S_rev ``[layers, heads, N]`` and their correlations ``[layers, heads]`` at one
-    distance, for the named ``pairing``."""
+    distance, for the named ``pairing``. ``cache`` (by direction and filler count) lets several
+    pairings of one model score the shared reverse queries once."""
     k = cfg.data.n_filler if n_filler is None else n_filler
-    dataset = dataset_at_distance(cfg, k)
     check_pairing(pairing, model.causal)
-    s_pair = entity_scores(model, probe_batch(dataset, vocab, pairing, model.causal))
-    s_rev = entity_scores(model, probe_batch(dataset, vocab, "reverse", model.causal))
+    cache = {} if cache is None else cache
+
+    def scores(direction: str) -> torch.Tensor:
+        if (direction, k) not in cache:
+            batch = probe_batch(dataset_at_distance(cfg, k), vocab, direction, model.causal)
+            cache[direction, k] = entity_scores(model, batch)
+        return cache[direction, k]
+
+    s_pair, s_rev = scores(pairing), scores("reverse")
     return {
         "pairing": pairing,
         "n_filler": k,
@@ -82,12 +90,17 @@ def coupling(
 
 
 def coupling_vs_distance(
-    model: TransformerLM, cfg: RunConfig, vocab: Vocab, pairing: Pairing, distances: list[int]
+    model: TransformerLM,
+    cfg: RunConfig,
+    vocab: Vocab,
+    pairing: Pairing,
+    distances: list[int],
+    cache: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """Pearson/Spearman ``[layers, heads]`` for each filler count in ``distances``."""
     out = []
     for k in distances:
-        c = coupling(model, cfg, vocab, pairing, k)
+        c = coupling(model, cfg, vocab, pairing, k, cache)
         out.append({"n_filler": k, "delta": c["delta"], "pearson": c["pearson"],
                     "spearman": c["spearman"]})  # fmt: skip
     return out

@@ -80,8 +80,9 @@ class ProbeRunner:
         tensors: dict[str, torch.Tensor] = {}
         if pc.attention:
             record["attention"], record["distance"] = {}, {}
+            scores: dict = {}  # the reverse queries' scores, shared by the pairings
             for pairing in pairings_for(model.causal):
-                c = coupling(model, self.cfg, self.vocab, pairing)
+                c = coupling(model, self.cfg, self.vocab, pairing, cache=scores)
                 record["attention"][pairing] = {
                     "delta": c["delta"],
                     "pearson": c["pearson"].tolist(),  # [layers][heads]
@@ -92,7 +93,7 @@ class ProbeRunner:
                 tensors[f"s_{pairing}"], tensors[f"s_rev_{pairing}"] = c["s_pair"], c["s_rev"]
                 if final and pc.distances:
                     by_distance = coupling_vs_distance(
-                        model, self.cfg, self.vocab, pairing, pc.distances
+                        model, self.cfg, self.vocab, pairing, pc.distances, scores
                     )
                     record["distance"][pairing] = [
                         {"n_filler": d["n_filler"], "delta": d["delta"],
