@@ -18,12 +18,13 @@ import time
 import torch
 
 from revcurse.config import RunConfig, TextRunConfig
+from revcurse.data.tokenize import training_batch
 from revcurse.evaluation import evaluate
 from revcurse.experiments.person_description import MIRRORS, SPLITS, prepare
+from revcurse.experiments.toy_run import build_dataset, build_model
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.text_evaluation import evaluate_split
-from revcurse.training import build_dataset, build_model
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import interleaved, median  # noqa: E402
@@ -36,13 +37,11 @@ def _toy(repeats: int) -> list[str]:
     without = dataclasses.replace(
         dataset, queries={d: q for d, q in dataset.queries.items() if d != "mirror"}
     )
-    data = torch.tensor([vocab.encode(s) for s in dataset.train])
+    data = training_batch(dataset, vocab, "masked_diffusion", "all")
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        loss = training_loss(
-            "masked_diffusion", model, data, vocab.mask_id, vocab.pad_id, 1e-3, gen
-        )
+        loss = training_loss("masked_diffusion", model, data, vocab.mask_id, gen)
         loss.backward()
 
     def many(fn, n=50):

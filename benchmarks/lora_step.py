@@ -3,8 +3,8 @@
 The same tiny random ``LlamaForCausalLM`` / ``Qwen2ForCausalLM`` (hidden 256, 4 layers, 8 heads,
 2 KV heads, word vocabulary of Parent–Child), the same LoRA adapters (r 8 on q/k/v/o), the same
 Parent–Child training statements in batches of 16, AdamW and gradient clipping at 1.0, float32 on
-CPU. revcurse runs :func:`revcurse.text_training.train_text` (accelerate, SFT loss with prompt
-tokens ignored, LR schedule, per-step loss logging); the baseline is the loop people write by hand:
+CPU. revcurse runs :func:`revcurse.training.fit`, the one loop of every run (accelerate, SFT loss
+with prompt tokens ignored, LR schedule, loss logging); the baseline is the loop people write by hand:
 ``model(input_ids, attention_mask, labels=labels).loss`` with prompt and padding labels at -100.
 Tokens/s counts real (non-padding) tokens; the two variants alternate so drift favours neither.
 """
@@ -17,13 +17,16 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
+import dataclasses  # noqa: E402
+
 from common import interleaved, median  # noqa: E402
 
-from revcurse.config import TextTrainConfig  # noqa: E402
+from revcurse.config import FinetuneConfig  # noqa: E402
 from revcurse.data.parent_child import load_parent_child  # noqa: E402
 from revcurse.data.text import WordTokenizer, encode_pairs  # noqa: E402
 from revcurse.models import hf  # noqa: E402
-from revcurse.text_training import batches, make_accelerator, select, train_text  # noqa: E402
+from revcurse.objectives import training_loss  # noqa: E402
+from revcurse.training import DataOrder, fit, make_accelerator, select  # noqa: E402
 
 SHAPE = hf.TinyShape(hidden_size=256, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=688)
 
@@ -37,7 +40,8 @@ def _data():
 def run(repeats: int = 3, steps: int = 30, batch_size: int = 16) -> str:
     torch.set_num_threads(2)
     tok, data = _data()
-    settings = TextTrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, log_every=1)
+    settings = dataclasses.replace(FinetuneConfig().train, steps=steps, batch_size=batch_size,
+                                   lr=1e-3, log_every=1)  # fmt: skip
     lines = [
         "## LoRA fine-tuning step: revcurse vs plain transformers + peft (CPU, float32)",
         "",
@@ -73,20 +77,20 @@ def _row(name, tok, data, settings, repeats: int, steps: int, batch_size: int) -
 
     def ours():
         model = fresh()
-        speed = train_text(model, data, causal=True, mask_id=tok.mask_id, settings=settings,
-                           accelerator=make_accelerator("cpu"), on_step=lambda *a: None)  # fmt: skip
-        tokens["revcurse"] = speed["tokens_per_second"] * speed["train_seconds"]
+        fitted = fit(model, data, lambda m, b, g: training_loss("next_token", m, b, tok.mask_id, g),
+                     settings, accelerator=make_accelerator("cpu"))  # fmt: skip
+        tokens["revcurse"] = fitted.tokens
 
     def plain():
         model = fresh()
         peft_model = model.inner  # the PeftModel around the transformers model
         params = [p for p in peft_model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-3)
-        order = batches(len(data.ids), batch_size, torch.Generator().manual_seed(0))
+        order = DataOrder(len(data.ids), batch_size, torch.Generator().manual_seed(0))
         peft_model.train()
         count = 0
         for _ in range(steps):
-            b = select(data, next(order), torch.device("cpu"))
+            b = select(data, order.next(), torch.device("cpu"))
             labels = b.ids.masked_fill(~b.answer_mask, -100)
             loss = peft_model(input_ids=b.ids, attention_mask=b.attention_mask.long(),
                               labels=labels).loss  # fmt: skip

@@ -10,9 +10,9 @@ import torch
 
 from revcurse.config import ModelConfig, RunConfig, ToyDataConfig
 from revcurse.data.toy import build_toy
+from revcurse.experiments.toy_run import build_dataset, build_model
 from revcurse.probes.gradients import per_example_gradients, per_example_gradients_loop
 from revcurse.probes.inputs import probe_batch
-from revcurse.training import build_dataset, build_model
 
 
 def _median_seconds(fn, repeats: int) -> float:

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from revcurse.config import RunConfig, apply_overrides
-from revcurse.training import train
+from revcurse.experiments.toy_run import train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import interleaved, median  # noqa: E402

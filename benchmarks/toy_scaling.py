@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from revcurse.config import RunConfig, ToyExperimentConfig, apply_overrides  # noqa: E402
-from revcurse.training import train  # noqa: E402
+from revcurse.experiments.toy_run import train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PAIRS = [26, 100, 400, 1600]

@@ -34,10 +34,10 @@ import torch
 import torch._inductor.config as inductor_config
 
 from revcurse.config import ModelConfig, RunConfig, ToyDataConfig
-from revcurse.data.tokenize import encode_statements
+from revcurse.data.tokenize import TextBatch, training_batch
+from revcurse.experiments.toy_run import build_dataset
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
-from revcurse.training import build_dataset
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
@@ -65,12 +65,14 @@ def _hf_forward(hf: torch.nn.Module, causal: bool) -> Callable[..., torch.Tensor
     return forward
 
 
-def _step_timer(params, forward, data, objective, vocab):
+def _step_timer(params, forward, ids, objective, vocab):
     opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     gen = torch.Generator().manual_seed(0)
+    real = ids != vocab.pad_id
+    data = TextBatch(ids, torch.zeros_like(real), real, real)  # every real token learned
 
     def step():
-        loss = training_loss(objective, forward, data, vocab.mask_id, vocab.pad_id, 1e-3, gen)
+        loss = training_loss(objective, forward, data, vocab.mask_id, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -128,7 +130,7 @@ def _row(family: str, causal: bool, n_pairs: int, n_filler: int, rate: float, re
     cfg = RunConfig(data=ToyDataConfig(n_pairs=n_pairs, n_filler=n_filler),
                     model=ModelConfig(causal=causal))  # fmt: skip
     dataset, vocab = build_dataset(cfg)
-    data = encode_statements(vocab, dataset.train)
+    data = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable).ids
     tokens, batch = data.numel(), f"{data.shape[0]} x {data.shape[1]}"
     n = max(20, tokens_per_block // tokens)
     floor = model_flops(TransformerLM(cfg.model, len(vocab)), tokens, data.shape[1]) / rate

@@ -5,7 +5,7 @@
 
 For each family with an offline tiny build (llada, llama, qwen2) it builds a random model
 (hidden 512, 4 layers), adds LoRA, runs warm-up + timed fine-tuning steps through
-``revcurse.text_training.train_text`` on Parent–Child statements (bf16 autocast on GPU), checks
+the one training loop (``revcurse.training.fit``) on Parent–Child statements (bf16 autocast on GPU), checks
 the loss is finite and the adapters moved, runs the attention and gradient probes on 8 facts, and
 prints tokens/s. Exits 1 if any check fails. The output is meant to be pasted into BENCHMARKS.md.
 """
@@ -13,18 +13,20 @@ prints tokens/s. Exits 1 if any check fails. The output is meant to be pasted in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
 
 import torch
 
-from revcurse.config import TextTrainConfig
+from revcurse.config import FinetuneConfig
 from revcurse.data.parent_child import load_parent_child
 from revcurse.data.text import WordTokenizer, encode_pairs
 from revcurse.models import hf
+from revcurse.objectives import training_loss
 from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
-from revcurse.text_training import make_accelerator, train_text
+from revcurse.training import fit, make_accelerator
 
 SHAPE = hf.TinyShape(hidden_size=512, n_layers=4, n_heads=8, n_kv_heads=4, intermediate_size=1376)
 
@@ -38,13 +40,20 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
     hf.add_lora(model, r=8, alpha=16, dropout=0.0)
     before = {n: p.detach().clone() for n, p in hf.lora_parameters(model).items()}
     accelerator = make_accelerator(device)
-    warm = TextTrainConfig(steps=3, batch_size=batch_size, lr=1e-3)
-    train_text(model, data, causal=model.causal, mask_id=tok.mask_id, settings=warm,
-               accelerator=accelerator)  # fmt: skip
+    objective = "next_token" if model.causal else "masked_diffusion"
     losses: list[float] = []
-    timed = TextTrainConfig(steps=steps, batch_size=batch_size, lr=1e-3, seed=1)
-    speed = train_text(model, data, causal=model.causal, mask_id=tok.mask_id, settings=timed,
-                       accelerator=accelerator, on_step=lambda s, loss, lr: losses.append(loss))  # fmt: skip
+
+    def loss_fn(m, batch, gen):
+        loss = training_loss(objective, m, batch, tok.mask_id, gen)
+        losses.append(loss.item())
+        return loss
+
+    settings = FinetuneConfig().train
+    warm = dataclasses.replace(settings, steps=3, batch_size=batch_size, lr=1e-3)
+    fit(model, data, loss_fn, warm, accelerator=accelerator)
+    losses.clear()
+    timed = dataclasses.replace(settings, steps=steps, batch_size=batch_size, lr=1e-3, seed=1)
+    fitted = fit(model, data, loss_fn, timed, accelerator=accelerator)
     moved = any(not torch.equal(p, before[n]) for n, p in hf.lora_parameters(model).items())
     pairs = paired_queries(dataset.tests["forward"], dataset.tests["reverse"], 8)
     facts = encode_facts(tok, pairs, ["forward"])["forward"]  # the pairing every family has
@@ -57,7 +66,7 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
     return {
         "family": name,
         "ok": ok,
-        "tokens_per_second": speed["tokens_per_second"],
+        "tokens_per_second": fitted.tokens_per_second,
         "first_loss": losses[0],
         "last_loss": losses[-1],
         "attention_r_layer0": att["r_mean"]["0"],

@@ -17,7 +17,7 @@ from revcurse.decoding import arm_generate, mdm_generate
 from revcurse.errors import RevcurseError
 from revcurse.models import hf
 from revcurse.models.llada import LLaDAConfig, LLaDAModelLM, load_llada, published_keys
-from revcurse.objectives import sft_masked_diffusion_loss, sft_next_token_loss
+from revcurse.objectives import masked_diffusion_loss, next_token_loss
 from revcurse.probes.hf import (
     attention_coupling,
     encode_facts,
@@ -180,9 +180,9 @@ def test_lora_step_trains_only_adapters_and_adapters_round_trip(name, tmp_path):
     gen = torch.Generator().manual_seed(0)
     for _ in range(3):  # a few steps so both LoRA factors move off their zero/random init
         if model.causal:
-            loss = sft_next_token_loss(model, ids, answer, real)
+            loss = next_token_loss(model, ids, answer, real)
         else:
-            loss = sft_masked_diffusion_loss(model, ids, answer, real, 29, 1e-3, gen)
+            loss = masked_diffusion_loss(model, ids, answer, real, 29, gen)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -272,9 +272,9 @@ def test_sft_losses_with_selected_positions_match_full_logits(name):
     def grads(m):
         gen = torch.Generator().manual_seed(2)
         if model.causal:
-            loss = sft_next_token_loss(m, ids, answer, real)
+            loss = next_token_loss(m, ids, answer, real)
         else:
-            loss = sft_masked_diffusion_loss(m, ids, answer, real, 29, 1e-3, gen)
+            loss = masked_diffusion_loss(m, ids, answer, real, 29, gen)
         return loss.detach(), torch.autograd.grad(loss, params)
 
     def full(ids, attention_mask=None):
@@ -314,7 +314,7 @@ def test_mdm_sft_loss_never_masks_the_prompt_and_normalises_by_answer_length():
     model = Recorder(vocab)
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    loss = sft_masked_diffusion_loss(model, ids, answer, real, mask_id, 1e-3, gen)
+    loss = masked_diffusion_loss(model, ids, answer, real, mask_id, gen)
     noisy = model.seen[-1]
     assert ((noisy == mask_id) <= answer).all()  # only answer tokens are ever masked
     # Recompute with the same draws in float64: sum CE / t over masked, / answer length, mean.
@@ -328,8 +328,8 @@ def test_mdm_sft_loss_never_masks_the_prompt_and_normalises_by_answer_length():
     assert loss.item() == pytest.approx(float(expected) / 2, rel=1e-5)
 
     for seed in range(20):  # over many draws the prompt stays visible
-        sft_masked_diffusion_loss(
-            model, ids, answer, real, mask_id, 1e-3, torch.Generator().manual_seed(seed)
+        masked_diffusion_loss(
+            model, ids, answer, real, mask_id, torch.Generator().manual_seed(seed)
         )
         assert ((model.seen[-1] == mask_id) <= answer).all()
 
@@ -338,7 +338,7 @@ def test_arm_sft_loss_ignores_prompt_tokens():
     model = Recorder(12)
     ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
     answer = torch.tensor([[0, 0, 1, 1, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
-    loss = sft_next_token_loss(model, ids, answer, torch.ones_like(answer))
+    loss = next_token_loss(model, ids, answer, torch.ones_like(answer))
     logp = torch.log_softmax(model.table.double()[ids], dim=-1)
     terms = [-logp[b, i - 1, ids[b, i]] for b in range(2) for i in range(1, 5) if answer[b, i]]
     assert loss.item() == pytest.approx(float(sum(terms) / len(terms)), rel=1e-6)
@@ -482,13 +482,13 @@ def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
         for pairing, pairs in facts.items()
     }
     calls = {"n": 0}
-    original = probes_hf.sft_answer_loss
+    original = probes_hf.answer_loss
 
     def counted(*args, **kwargs):
         calls["n"] += 1
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(probes_hf, "sft_answer_loss", counted)
+    monkeypatch.setattr(probes_hf, "answer_loss", counted)
     record = probe_record(model, facts, step=0, causal=False, mask_id=tok.mask_id)
     for pairing, (attention, gradients) in alone.items():
         assert record["pairings"][pairing]["attention"] == attention

@@ -8,13 +8,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from revcurse.data.tokenize import TextBatch
 from revcurse.objectives import (
+    _weighted_masked_ce,
     mask_tokens,
-    masked_diffusion_loss,
-    next_token_step_loss,
+    next_token_loss,
     sample_mask_ratio,
     training_loss,
 )
+
+
+def text_batch(objective: str, ids: torch.Tensor, answers: torch.Tensor, pad_id: int = 0):
+    """``ids`` as the loop's batch: every real token learned, or the answers for answer_only."""
+    real = ids != pad_id
+    learned = answers if objective == "answer_only" else real
+    return TextBatch(ids, torch.zeros_like(real), learned, real)
 
 
 def test_mask_ratio_is_uniform_on_eps_one():
@@ -72,7 +80,7 @@ def test_masked_diffusion_loss_matches_float64_loop():
                 total += -logp[targets[b, i]].item()
         expected += total / (t[b].item() * n[b].item())
     expected /= B
-    got = masked_diffusion_loss(logits[masked], targets, masked, t, n)
+    got = _weighted_masked_ce(logits[masked], targets, masked, t, n)
     assert got.item() == pytest.approx(expected, rel=1e-10)
 
 
@@ -82,8 +90,8 @@ def test_loss_weight_is_one_over_t():
     targets = torch.randint(0, 6, (1, 4))
     masked = torch.tensor([[True, False, True, False]])
     n = torch.tensor([4])
-    hi = masked_diffusion_loss(logits[masked], targets, masked, torch.tensor([0.8]), n)
-    lo = masked_diffusion_loss(logits[masked], targets, masked, torch.tensor([0.4]), n)
+    hi = _weighted_masked_ce(logits[masked], targets, masked, torch.tensor([0.8]), n)
+    lo = _weighted_masked_ce(logits[masked], targets, masked, torch.tensor([0.4]), n)
     assert lo.item() == pytest.approx(2 * hi.item(), rel=1e-12)
 
 
@@ -101,7 +109,8 @@ def test_next_token_loss_matches_loop_and_ignores_padding():
     def model(ids, attention_mask=None):  # fixed logits; no ``where``: indexed by the loss
         return logits
 
-    assert next_token_step_loss(model, tokens, pad_id=0).item() == pytest.approx(
+    real = tokens != 0
+    assert next_token_loss(model, tokens, real, real).item() == pytest.approx(
         sum(terms) / len(terms), rel=1e-10
     )
 
@@ -125,7 +134,7 @@ def test_unembedding_only_the_read_positions_changes_nothing(objective):
     def loss_and_grads(m):
         model.zero_grad()
         gen = torch.Generator().manual_seed(2)
-        loss = training_loss(objective, m, batch, 1, 0, 1e-3, gen, answer_mask=answers)
+        loss = training_loss(objective, m, text_batch(objective, batch, answers), 1, gen)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters()]
 
@@ -159,21 +168,21 @@ def test_step_losses_match_a_float64_loop_on_the_input_they_built(objective, cho
     the chosen roles are ever masked, the mask ratio is the objective's (t ~ U(eps, 1) drawn first
     from the generator, or the fixed MLM ratio), and the normaliser is the maskable count."""
     from revcurse.config import ToyDataConfig
-    from revcurse.data.tokenize import MASKABLE_ROLES, Vocab, encode_statements, maskable_mask
+    from revcurse.data.tokenize import MASKABLE_ROLES, Vocab, training_batch
     from revcurse.data.toy import build_toy
 
     dataset = build_toy(ToyDataConfig(n_pairs=40, n_filler=2, filler_vocab=3, bos=True, eos=True))
     vocab = Vocab.from_dataset(dataset)
-    batch = encode_statements(vocab, dataset.train)  # [B, L]
-    maskable = maskable_mask(dataset, choice, tuple(batch.shape))
+    data = training_batch(dataset, vocab, objective, choice)
+    batch, maskable = data.ids, data.answer_mask  # [B, L]
     allowed = torch.tensor(
         [[r in MASKABLE_ROLES[choice] for r in roles] for roles in dataset.roles]
     )
     assert torch.equal(maskable, allowed)
     model = RecordingTable(len(vocab), batch.shape[1])
     ratio, eps = 0.4, 0.05
-    got = training_loss(objective, model, batch, vocab.mask_id, vocab.pad_id, eps,
-                        torch.Generator().manual_seed(3), mlm_ratio=ratio, maskable=maskable)  # fmt: skip
+    got = training_loss(objective, model, data, vocab.mask_id, torch.Generator().manual_seed(3),
+                        eps=eps, mlm_ratio=ratio)  # fmt: skip
     (noisy,) = model.inputs
     masked = noisy == vocab.mask_id
     assert not (masked & ~maskable).any() and masked.any()
@@ -195,16 +204,17 @@ def test_step_losses_match_a_float64_loop_on_the_input_they_built(objective, cho
 
 def test_answer_only_masks_exactly_the_answer_and_scores_it():
     from revcurse.config import ToyDataConfig
-    from revcurse.data.tokenize import Vocab, encode_statements, span_mask
+    from revcurse.data.tokenize import Vocab, span_mask, training_batch
     from revcurse.data.toy import build_toy
 
     dataset = build_toy(ToyDataConfig(n_pairs=12, n_filler=1))
     vocab = Vocab.from_dataset(dataset)
-    batch = encode_statements(vocab, dataset.train)
+    data = training_batch(dataset, vocab, "answer_only", "all")
+    batch = data.ids
     answers = span_mask(dataset.answer_spans, tuple(batch.shape))
+    assert torch.equal(data.answer_mask, answers)
     model = RecordingTable(len(vocab), batch.shape[1])
-    got = training_loss("answer_only", model, batch, vocab.mask_id, vocab.pad_id, 1e-3,
-                        torch.Generator().manual_seed(0), answer_mask=answers)  # fmt: skip
+    got = training_loss("answer_only", model, data, vocab.mask_id, torch.Generator().manual_seed(0))
     (noisy,) = model.inputs
     assert torch.equal(noisy == vocab.mask_id, answers)  # the answer entity, nothing else
     terms = [

@@ -128,7 +128,7 @@ def test_maskable_choice_decides_which_statement_tokens_the_mdm_may_mask(maskabl
     from revcurse.config import TextRunConfig, apply_overrides
     from revcurse.experiments.person_description import prepare, training_batch
 
-    cfg = apply_overrides(TextRunConfig(), ["n_people=1", f"maskable={maskable}"])
+    cfg = apply_overrides(TextRunConfig(), ["n_people=1", f"train.maskable={maskable}"])
     prepared = prepare(cfg)
     tok, statements = prepared.tokenizer, prepared.statements
     batch = training_batch(cfg, statements, tok)

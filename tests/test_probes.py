@@ -12,6 +12,7 @@ from conftest import tiny_run_config
 from revcurse.config import apply_overrides
 from revcurse.data.tokenize import Vocab
 from revcurse.data.toy import build_toy
+from revcurse.experiments.toy_run import train
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes import gradients as G
 from revcurse.probes.attention import coupling, pearson, spearman
@@ -19,7 +20,6 @@ from revcurse.probes.inputs import probe_batch
 from revcurse.probes.runner import ProbeRunner
 from revcurse.probes.signals import backprop_signals, signal_alignment
 from revcurse.probes.theory import rope_score_correlation, rope_score_correlation_mc
-from revcurse.training import train
 
 
 def setup(causal: bool, **overrides):

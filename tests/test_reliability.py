@@ -359,7 +359,7 @@ CASES = [
          "not a valid safetensors file"),
     Case("ckpt-shape", "a checkpoint with a wrongly shaped tensor",
          lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "shape"))],
-         "weights do not match the config"),
+         "weights do not match the model"),
     Case("ckpt-no-meta", "a safetensors file without revcurse metadata",
          lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "no-meta"))],
          "not a revcurse checkpoint"),
@@ -501,23 +501,23 @@ def test_same_config_and_seed_give_bitwise_identical_results_across_processes(tm
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from revcurse import training
     from revcurse.config import RunConfig, apply_overrides
+    from revcurse.experiments import toy_run
 
     calls = {"n": 0}
-    original = training.training_loss
+    original = toy_run.training_loss
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 15 else loss
 
-    monkeypatch.setattr(training, "training_loss", poisoned)
+    monkeypatch.setattr(toy_run, "training_loss", poisoned)
     cfg = apply_overrides(RunConfig(), [a for a in TINY if a != "--set"])
     with pytest.raises(RevcurseError, match="non-finite loss .* at step 14"):
-        training.train(cfg, tmp_path / "run")
+        toy_run.train(cfg, tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.safetensors"
-    _, _, _, step = training.load_checkpoint(last)
+    _, _, _, step = toy_run.load_checkpoint(last)
     assert step == 10  # the last checkpoint before the NaN, intact
     assert not (tmp_path / "run" / "summary.json").exists()
 

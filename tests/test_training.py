@@ -15,7 +15,8 @@ from revcurse import files
 from revcurse.config import TrainConfig, apply_overrides
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate
-from revcurse.training import build_dataset, load_checkpoint, lr_factor, train
+from revcurse.experiments.toy_run import build_dataset, load_checkpoint, train
+from revcurse.training import lr_factor
 
 
 def test_schedule_warmup_then_cosine_to_min():
@@ -83,7 +84,7 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
     with safe_open(str(path), framework="pt") as fh:
         meta = fh.metadata()
     files.save_tensors(path, tensors, meta)
-    with pytest.raises(RevcurseError, match="do not match the config"):
+    with pytest.raises(RevcurseError, match="weights do not match the model"):
         load_checkpoint(path)
 
 

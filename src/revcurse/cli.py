@@ -354,10 +354,10 @@ def train(
     """Train one model (a RunConfig) and write its run directory."""
 
     def run() -> None:
-        from revcurse.experiments.toy import prepare_out_dir
+        from revcurse.experiments.rundir import prepare_out_dir
+        from revcurse.experiments.toy_run import train as train_run
         from revcurse.files import run_lock
         from revcurse.training import check_resumable
-        from revcurse.training import train as train_run
 
         cfg = _load(RunConfig, config, set_)
         if not resume:
@@ -391,6 +391,13 @@ def finetune(
         ),
     ] = False,
     force: ForceOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out from its last checkpoint (train.checkpoint_every > 0).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """LoRA fine-tuning of a Hugging Face MDM/ARM (a FinetuneConfig); evaluates and probes before
@@ -401,9 +408,12 @@ def finetune(
         from revcurse.experiments.finetune import run_finetune
 
         cfg = _load(FinetuneConfig, config, set_)
+        if resume and out is None:
+            raise _fail("--resume needs --out: the run directory to continue")
         target = _target(out, f"finetune-{cfg.model.family}-{cfg.data.dataset}")
         summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
-                               command=_command_line(), force=force, progress=progress)  # fmt: skip
+                               command=_command_line(), force=force, resume=resume,
+                               progress=progress)  # fmt: skip
         if not summary:  # a non-main process of a distributed launch: the main one reports
             return
         for split, m in summary["after"].items():
@@ -427,7 +437,7 @@ def evaluate(
 
     def run() -> None:
         from revcurse.evaluation import evaluate as evaluate_model
-        from revcurse.training import build_dataset, load_checkpoint
+        from revcurse.experiments.toy_run import build_dataset, load_checkpoint
 
         path = checkpoint
         if path.is_dir():
@@ -451,8 +461,8 @@ def probe(
     """Run the mechanism probes on saved final checkpoints (writes probes/posthoc-*)."""
 
     def run() -> None:
+        from revcurse.experiments.toy_run import build_dataset, load_checkpoint
         from revcurse.probes.runner import ProbeRunner
-        from revcurse.training import build_dataset, load_checkpoint
 
         overrides = list(set_ or [])
         if any(not o.startswith("probe.") for o in overrides):

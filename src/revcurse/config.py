@@ -34,8 +34,7 @@ Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
 Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
-Maskable = Literal["all", "entities", "no_fillers"]
-TextMaskable = Literal["all", "answer"]
+Maskable = Literal["all", "entities", "no_fillers", "answer"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -160,21 +159,25 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation: objective, AdamW, warmup + decay schedule, logging and checkpoints."""
+    """Optimisation of every run kind (toy, from-scratch text, LoRA fine-tuning): objective, AdamW,
+    warmup + decay schedule, logging and checkpoints. One loop reads it (:mod:`revcurse.training`)."""
 
     objective: Objective = "auto"
     """masked_diffusion (MDM), next_token (ARM), mlm (fixed ratio), answer_only (mask only the
-    answer entity), or auto: masked_diffusion or next_token from model.causal."""
+    answer entity), or auto: masked_diffusion or next_token from model.causal. Text runs: auto."""
     mlm_ratio: float = 0.15
     """Masking ratio of the mlm objective."""
     maskable: Maskable = "all"
-    """Which tokens of a statement the masked_diffusion and mlm objectives may mask: all (every
-    token: BOS, entities, relation, fillers, EOS), entities (the two entity slots only), or
-    no_fillers (every token but the fillers). The loss is normalised by the maskable count."""
+    """Which tokens of a statement the masked_diffusion and mlm objectives may mask (the loss is
+    normalised by their count). Toy runs: all (every token: BOS, entities, relation, fillers, EOS),
+    entities (the two entity slots only) or no_fillers (every token but the fillers). Text runs:
+    all (the whole statement, LLaDA's pre-training loss) or answer (only the statement's
+    completion, e.g. the description after "{name}, known for being": LLaDA's SFT loss)."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
-    """Sequences per step; 0 means the full training set every step."""
+    """Sequences per step; 0 (or the training set's size or more) means the whole training set,
+    in its order, every step; otherwise shuffled epochs (the last partial batch dropped)."""
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.0
@@ -196,7 +199,8 @@ class TrainConfig:
     log_every: int = 50
     """Write the training loss to metrics.jsonl every this many steps."""
     eval_every: int = 100
-    """Evaluate forward/reverse accuracy every this many steps (0: only at the end)."""
+    """Evaluate forward/reverse accuracy every this many steps (0: only at the end). Toy runs
+    only: text runs evaluate before and after training."""
     checkpoint_every: int = 0
     """Save checkpoints/last.safetensors every this many steps for resuming (0: only the final)."""
     keep_checkpoints: bool = False
@@ -240,6 +244,17 @@ class TrainConfig:
             self.checkpoint_every,
         )
         _check(self.threads >= 1, where, "threads", "an integer >= 1", self.threads)
+
+    def check_text(self, where: str) -> None:
+        """Refuse, in the config that holds this as ``train``, the settings only toy runs have (a
+        text run's loss follows model.causal)."""
+        _check(self.objective == "auto", where, "train.objective",
+               "auto (text runs train masked_diffusion or next_token by model.causal)",
+               self.objective)  # fmt: skip
+        _check(self.maskable in ("all", "answer"), where, "train.maskable",
+               "all or answer for a text run", self.maskable)  # fmt: skip
+        _check(self.eval_every == 0, where, "train.eval_every",
+               "0 (text runs evaluate before and after training)", self.eval_every)  # fmt: skip
 
 
 @dataclass
@@ -298,6 +313,11 @@ class RunConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self, where: str) -> None:
+        if self.train.maskable == "answer":
+            raise ConfigError(
+                f"{where}: field 'train.maskable': expected all, entities or no_fillers for a toy "
+                "run, got 'answer'"
+            )
         objective = self.objective
         if objective == "masked_diffusion" and self.model.causal:
             raise ConfigError(
@@ -530,34 +550,6 @@ class TextDataConfig:
 
 
 @dataclass
-class TextTrainConfig:
-    """Optimisation of a text run (LoRA parameters, or all parameters from scratch)."""
-
-    steps: int = 100
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: Schedule = "constant"
-    """Decay after warmup: cosine, linear or constant."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of lr (cosine, linear)."""
-    grad_clip: float = 1.0
-    """Gradient-norm clip (0: none)."""
-    eps: float = 1e-3
-    """MDM: smallest mask ratio t."""
-    seed: int = 0
-    log_every: int = 10
-
-    def validate(self, where: str) -> None:
-        _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
-        _check(self.batch_size >= 1, where, "batch_size", "an integer >= 1", self.batch_size)
-        _check(self.lr > 0, where, "lr", "a positive number", self.lr)
-        _check(0 < self.eps < 1, where, "eps", "a number in (0, 1)", self.eps)
-        _check(self.log_every >= 1, where, "log_every", "an integer >= 1", self.log_every)
-
-
-@dataclass
 class DecodeConfig:
     """How answers are generated and scored (MDM sampler / ARM greedy, likelihood ranks)."""
 
@@ -603,9 +595,17 @@ class FinetuneConfig:
     model: HFModelConfig = field(default_factory=HFModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: TextDataConfig = field(default_factory=TextDataConfig)
-    train: TextTrainConfig = field(default_factory=TextTrainConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=100, batch_size=8, lr=1e-4, beta2=0.999, warmup_steps=0, schedule="constant",
+            log_every=10, eval_every=0,
+        )
+    )  # fmt: skip
     eval: DecodeConfig = field(default_factory=DecodeConfig)
     probe: TextProbeConfig = field(default_factory=TextProbeConfig)
+
+    def validate(self, where: str) -> None:
+        self.train.check_text(where)
 
 
 @dataclass
@@ -617,31 +617,26 @@ class TextRunConfig:
     )
     """Architecture; model.causal picks MDM (false) or ARM (true). The MDM's statements are
     padded with EOS to max_seq_len, which must also hold the longest query + its answer."""
-    train: TextTrainConfig = field(
-        default_factory=lambda: TextTrainConfig(
-            steps=3000, batch_size=64, lr=3e-3, warmup_steps=100, schedule="cosine", log_every=50
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=3000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100, schedule="cosine",
+            log_every=50, eval_every=0, checkpoint_every=500,
         )
-    )
+    )  # fmt: skip
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=4))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=30))
-    maskable: TextMaskable = "all"
-    """Which tokens of a training statement the MDM may mask: all (the whole statement, LLaDA's
-    pre-training loss) or answer (only the statement's completion, e.g. the description after
-    "{name}, known for being"; the prompt part is never masked, LLaDA's SFT loss)."""
     n_people: int = 10
     """People per group (p2d, d2p, both) whose statements are trained on: 10 gives 1200 of the
     3600 statements, which 3000 steps memorise on a 2-core CPU in ~12 min per model; 30 is the
     whole file (needs several times the steps)."""
     max_eval: int = 60
     """Queries evaluated per split (spread over the people; 0: all)."""
-    threads: int = 1
-    """torch intra-op threads of the run."""
 
     def validate(self, where: str) -> None:
         _check(1 <= self.n_people <= 30, where, "n_people", "an integer in 1..30", self.n_people)
         _check(self.max_eval >= 0, where, "max_eval", "an integer >= 0", self.max_eval)
-        _check(self.threads >= 1, where, "threads", "an integer >= 1", self.threads)
+        self.train.check_text(where)
 
     @property
     def family(self) -> str:
@@ -798,13 +793,19 @@ def _unknown_key(key: str, valid: list[str], prefix: str, where: str) -> ConfigE
 
 
 def _from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "") -> T:
+    """``cls`` from ``data``; a section given in part keeps the defaults of the config that holds
+    it (a fine-tuning config's ``train`` keeps the fine-tuning defaults, not TrainConfig's)."""
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs = {}
     for key, value in data.items():
         if key not in names:
             raise _unknown_key(str(key), names, prefix, where)
-        kwargs[key] = _coerce(value, hints[key], prefix + key, where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            default = getattr(cls(), key)  # the holder's default for this section
+            value = to_dict(default) | value
+        kwargs[key] = _coerce(value, tp, prefix + key, where)
     return cls(**kwargs)
 
 

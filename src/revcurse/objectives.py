@@ -1,4 +1,4 @@
-"""Training objectives: masked diffusion (MDM) and next-token prediction (ARM).
+"""Training objectives: masked diffusion (MDM) and next-token prediction (ARM), for every run kind.
 
 Masked diffusion follows LLaDA (Nie et al. 2025, Eq. 3) / MDLM (Sahoo et al. 2024): draw a mask
 ratio ``t ~ U(eps, 1)`` per sequence, replace each token by ``[MASK]`` independently with probability
@@ -9,14 +9,23 @@ ratio ``t ~ U(eps, 1)`` per sequence, replace each token by ``[MASK]`` independe
 an upper bound on the negative log-likelihood. ``L`` is the number of maskable tokens of the
 sequence. The ARM minimises the usual next-token cross-entropy.
 
-Which tokens may be masked is the caller's choice (``maskable``: every real token by default; the
-toy runs offer entities only, or all but fillers, ``train.maskable``).
+:func:`masked_diffusion_loss` is the one implementation of that estimator. Which tokens may be
+masked is its ``maskable`` argument: every real token gives the pre-training loss of Eq. 3; the
+answer tokens of a (prompt, answer) pair, with the prompt never masked, give LLaDA's SFT loss
+(Eq. 5); the toy runs also offer entities only, or all but fillers (``train.maskable``).
 
-Two ablations of the any-order objective (the ``objective`` experiment):
+Two ablations of the any-order objective (the ``objective`` experiment) call the same pieces:
 
-* ``mlm``: a BERT-style fixed masking ratio r instead of t ~ U(eps, 1) (same estimator with t = r);
+* ``mlm``: a BERT-style fixed masking ratio r instead of t ~ U(eps, 1) (:func:`masked_diffusion_loss`
+  with ``ratio=r``);
 * ``answer_only``: a bidirectional encoder that only ever sees ``a REL [M]``: the answer entity of
-  each statement is masked, nothing else (no any-order masking at all).
+  each statement is masked, nothing else (:func:`answer_loss`, the deterministic t = 1 term, which
+  the probes also use as their query loss).
+
+:func:`training_loss` picks one of them for a run; every run kind (toy, from-scratch text, LoRA
+fine-tuning) calls it on a :class:`~revcurse.data.text.TextBatch` whose ``answer_mask`` holds the
+tokens the objective learns (masked_diffusion, mlm: the maskable ones; next_token: the predicted
+ones; answer_only: the answer entity).
 
 Every loss reads the logits of a few positions only (the masked tokens, the answer, the positions
 that have a next token). :func:`logits_at` asks the model for exactly those rows: models that take a
@@ -30,6 +39,8 @@ from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
+
+from revcurse.data.text import TextBatch
 
 
 def logits_at(
@@ -64,15 +75,17 @@ def mask_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The forward (noising) process: each maskable token becomes ``mask_id`` with probability t.
 
-    Returns ``(noisy [B, L], masked [B, L] bool)``.
+    The uniforms are drawn on the (CPU) generator and then moved, so a run draws the same masks on
+    any device. Returns ``(noisy [B, L], masked [B, L] bool)``.
     """
-    masked = torch.rand(tokens.shape, generator=generator) < t[:, None]
+    draw = torch.rand(tokens.shape, generator=generator) < t.cpu()[:, None]  # [B, L]
+    masked = draw.to(tokens.device)
     if maskable is not None:
         masked &= maskable
     return tokens.masked_fill(masked, mask_id), masked
 
 
-def masked_diffusion_loss(
+def _weighted_masked_ce(
     logits: torch.Tensor,  # [N, V] at the masked positions (row-major order)
     targets: torch.Tensor,  # [B, L] clean tokens
     masked: torch.Tensor,  # [B, L] bool
@@ -87,39 +100,47 @@ def masked_diffusion_loss(
     return per_seq.mean()
 
 
-def masked_diffusion_step_loss(
+def masked_diffusion_loss(
     model: torch.nn.Module,
-    tokens: torch.Tensor,  # [B, L]
+    ids: torch.Tensor,  # [B, L] clean sequences, right-padded
+    maskable: torch.Tensor,  # [B, L] bool: the tokens that may be masked (a subset of the real)
+    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
     mask_id: int,
-    pad_id: int,
-    eps: float,
     generator: torch.Generator,
-    maskable: torch.Tensor | None = None,  # [B, L] bool; default: every real token
+    *,
+    eps: float = 1e-3,
+    ratio: float | None = None,
 ) -> torch.Tensor:
-    """One Monte-Carlo draw of the masked diffusion loss for a batch of clean sequences: the SFT
-    loss with the ``maskable`` tokens as its answer (the same draws, so the same value)."""
-    real = tokens != pad_id  # [B, L]
-    maskable = real if maskable is None else maskable & real
-    return sft_masked_diffusion_loss(model, tokens, maskable, real, mask_id, eps, generator)
+    """One Monte-Carlo draw of the masked-diffusion loss (LLaDA Eq. 3; Eq. 5 for SFT):
+
+        L = mean_b  1/(t_b n_b)  sum_{i: x_t^i = [MASK]}  -log p(x_0^i | x_t),
+
+    with ``t_b ~ U(eps, 1)`` drawn first from ``generator`` (or ``t_b = ratio``, the fixed-ratio MLM
+    ablation, which draws nothing for t), each ``maskable`` token masked with probability ``t_b``,
+    and ``n_b`` the number of maskable tokens of sequence b. With every real token maskable it is
+    the pre-training loss; with only the answer tokens, the prompt is never masked (the SFT loss).
+    """
+    B = ids.shape[0]
+    t = sample_mask_ratio(B, eps, generator) if ratio is None else torch.full((B,), ratio)
+    noisy, masked = mask_tokens(ids, t, mask_id, generator, maskable)
+    logits = logits_at(model, noisy, _key_mask(attention_mask), masked)  # [N, V]
+    return _weighted_masked_ce(
+        _at_least_float32(logits), ids, masked, t.to(ids.device), maskable.sum(dim=1)
+    )
 
 
-def next_token_step_loss(model: torch.nn.Module, tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Mean CE of predicting ``tokens[:, 1:]`` from positions ``0 .. L-2``, padding ignored (only
-    the positions that have a next token are unembedded)."""
-    real = tokens != pad_id  # [B, L]
-    return _next_token_ce(model, tokens, real[:, 1:], _key_mask(real))
-
-
-def _next_token_ce(
+def next_token_loss(
     model: torch.nn.Module,
     ids: torch.Tensor,  # [B, L]
-    predicted: torch.Tensor,  # [B, L-1] bool: which of ids[:, 1:] are predicted
-    attention_mask: torch.Tensor | None,  # [B, L]
+    predicted: torch.Tensor,  # [B, L] bool: the tokens that are predicted (position 0 never is)
+    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
 ) -> torch.Tensor:
-    """Mean CE of ``ids[:, 1:][predicted]`` given the positions before them."""
-    where = F.pad(predicted, (0, 1))  # [B, L]: position i predicts token i + 1
-    logits = logits_at(model, ids, attention_mask, where)  # [N, V]
-    return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted])
+    """The ARM's loss: mean next-token cross-entropy over the ``predicted`` tokens (all real tokens
+    after the first for pre-training; the answer tokens for SFT, prompt tokens ignored). Only the
+    positions that predict one of them are unembedded."""
+    where = F.pad(predicted[:, 1:], (0, 1))  # [B, L]: position i predicts token i + 1
+    logits = logits_at(model, ids, _key_mask(attention_mask), where)  # [N, V]
+    return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted[:, 1:]])
 
 
 def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
@@ -127,105 +148,7 @@ def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
     return None if bool(real.all()) else real
 
 
-def fixed_ratio_step_loss(
-    model: torch.nn.Module,
-    tokens: torch.Tensor,  # [B, L]
-    ratio: float,
-    mask_id: int,
-    pad_id: int,
-    generator: torch.Generator,
-    maskable: torch.Tensor | None = None,  # [B, L] bool; default: every real token
-) -> torch.Tensor:
-    """MLM with a fixed masking ratio: the masked diffusion estimator at constant t = ratio."""
-    real = tokens != pad_id
-    maskable = real if maskable is None else maskable & real
-    t = torch.full((tokens.shape[0],), ratio)
-    noisy, masked = mask_tokens(tokens, t, mask_id, generator, maskable)
-    logits = logits_at(model, noisy, _key_mask(real), masked)  # [N, V]
-    return masked_diffusion_loss(logits, tokens, masked, t, maskable.sum(dim=1))
-
-
-def answer_only_step_loss(
-    model: torch.nn.Module,
-    tokens: torch.Tensor,  # [B, L]
-    answer_mask: torch.Tensor,  # [B, L] bool: the answer entity of each statement
-    mask_id: int,
-    pad_id: int,
-) -> torch.Tensor:
-    """Mask exactly the answer entity; mean cross-entropy over its tokens."""
-    noisy = tokens.masked_fill(answer_mask, mask_id)
-    logits = logits_at(model, noisy, _key_mask(tokens != pad_id), answer_mask)  # [N, V]
-    return F.cross_entropy(logits, tokens[answer_mask])
-
-
-def training_loss(
-    objective: str,
-    model: torch.nn.Module,
-    batch: torch.Tensor,  # [B, L]
-    mask_id: int,
-    pad_id: int,
-    eps: float,
-    generator: torch.Generator,
-    *,
-    mlm_ratio: float = 0.15,
-    answer_mask: torch.Tensor | None = None,  # [B, L], for answer_only
-    maskable: torch.Tensor | None = None,  # [B, L], for masked_diffusion and mlm
-) -> torch.Tensor:
-    """The loss a run optimises on one batch (``objective``: masked_diffusion, next_token, mlm or
-    answer_only; ``maskable``: the tokens the first two may mask, default every real token)."""
-    if objective == "masked_diffusion":
-        return masked_diffusion_step_loss(model, batch, mask_id, pad_id, eps, generator, maskable)
-    if objective == "next_token":
-        return next_token_step_loss(model, batch, pad_id)
-    if objective == "mlm":
-        return fixed_ratio_step_loss(model, batch, mlm_ratio, mask_id, pad_id, generator, maskable)
-    if objective == "answer_only":
-        if answer_mask is None:
-            raise ValueError("answer_only needs the answer positions of the batch")
-        return answer_only_step_loss(model, batch, answer_mask, mask_id, pad_id)
-    raise ValueError(f"unknown objective {objective!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Supervised fine-tuning on (prompt, answer) pairs (Hugging Face models and natural-language data)
-# --------------------------------------------------------------------------------------------------
-
-
-def sft_masked_diffusion_loss(
-    model: torch.nn.Module,
-    ids: torch.Tensor,  # [B, L] prompt + answer (+ EOS), right-padded
-    answer_mask: torch.Tensor,  # [B, L] bool: the tokens that may be masked
-    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
-    mask_id: int,
-    eps: float,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """LLaDA's SFT loss (Nie et al. 2025, Eq. 5): the prompt is never masked; each answer token is
-    masked with probability ``t ~ U(eps, 1)``; ``sum CE / t`` over masked tokens is normalised by
-    the answer length and averaged over the batch. With ``answer_mask = attention_mask`` it is the
-    pre-training loss of Eq. 3."""
-    t = sample_mask_ratio(ids.shape[0], eps, generator)
-    draw = torch.rand(ids.shape, generator=generator) < t[:, None]  # [B, L], on the CPU generator
-    masked = draw.to(ids.device) & answer_mask
-    noisy = ids.masked_fill(masked, mask_id)
-    logits = logits_at(model, noisy, _key_mask(attention_mask), masked)  # [N, V]
-    return masked_diffusion_loss(
-        _at_least_float32(logits), ids, masked, t.to(ids.device), answer_mask.sum(dim=1)
-    )
-
-
-def sft_next_token_loss(
-    model: torch.nn.Module,
-    ids: torch.Tensor,  # [B, L]
-    answer_mask: torch.Tensor,  # [B, L] bool: the tokens that are predicted
-    attention_mask: torch.Tensor,  # [B, L] bool
-) -> torch.Tensor:
-    """The ARM's SFT loss: next-token cross-entropy on answer tokens only (prompt tokens ignored),
-    averaged over the answer tokens of the batch."""
-    return _next_token_ce(model, ids, answer_mask[:, 1:], _key_mask(attention_mask))
-
-
-def sft_answer_loss(
+def answer_loss(
     model: torch.nn.Module,
     ids: torch.Tensor,  # [B, L]
     answer_mask: torch.Tensor,  # [B, L] bool
@@ -233,10 +156,41 @@ def sft_answer_loss(
     causal: bool,
     mask_id: int,
 ) -> torch.Tensor:
-    """A deterministic query loss for the probes: mean CE of the answer tokens given the prompt,
-    with every answer token masked (MDM, the t = 1 term of the SFT loss) or teacher-forced (ARM)."""
+    """The deterministic loss of a query's answer: mean CE of the answer tokens given the prompt,
+    with every answer token masked (MDM: the t = 1 term of the masked-diffusion loss, and the
+    ``answer_only`` objective) or teacher-forced (ARM). The probes' query loss."""
     if causal:
-        return sft_next_token_loss(model, ids, answer_mask, attention_mask)
+        return next_token_loss(model, ids, answer_mask, attention_mask)
     noisy = ids.masked_fill(answer_mask, mask_id)
     logits = logits_at(model, noisy, _key_mask(attention_mask), answer_mask)  # [N, V]
     return F.cross_entropy(_at_least_float32(logits), ids[answer_mask])
+
+
+OBJECTIVES = ("masked_diffusion", "next_token", "mlm", "answer_only")
+
+
+def training_loss(
+    objective: str,
+    model: torch.nn.Module,
+    batch: TextBatch,
+    mask_id: int,
+    generator: torch.Generator,
+    *,
+    eps: float = 1e-3,
+    mlm_ratio: float = 0.15,
+) -> torch.Tensor:
+    """The loss a run optimises on one batch; ``batch.answer_mask`` holds the tokens the objective
+    learns (see the module docstring)."""
+    if objective == "masked_diffusion":
+        return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
+                                     mask_id, generator, eps=eps)  # fmt: skip
+    if objective == "mlm":
+        return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
+                                     mask_id, generator, ratio=mlm_ratio)  # fmt: skip
+    if objective == "next_token":
+        return next_token_loss(model, batch.ids, batch.answer_mask, batch.attention_mask)
+    if objective == "answer_only":
+        return answer_loss(
+            model, batch.ids, batch.answer_mask, batch.attention_mask, False, mask_id
+        )
+    raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")

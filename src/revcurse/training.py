@@ -1,16 +1,31 @@
-"""The training loop: AdamW with warmup + decay, seeded draws, metrics.jsonl, safetensors checkpoints.
+"""THE training loop: every run kind (toy, from-scratch text, LoRA fine-tuning) trains through
+:func:`fit`, with exact resume from ``checkpoints/last.safetensors``.
 
-A run directory written by :func:`train` holds::
+The loop takes a model, its training data as a :class:`~revcurse.data.text.TextBatch` and a loss
+``loss_fn(model, batch, generator) -> scalar`` (one of :mod:`revcurse.objectives`), and builds
+neither. One policy for everything a run kind could otherwise do its own way:
 
-    config.yaml        the resolved RunConfig (a plain dump of the dataclasses)
-    command.txt        the command that produced it
-    env.json           versions, machine, git commit
-    metrics.jsonl      {"kind": "train", step, loss, lr, grad_norm} and {"kind": "eval", step, ...}
-    checkpoints/       final.safetensors (+ step-N.safetensors): model and AdamW state, generator
-                       state; the metadata carries the config and vocabulary, so a checkpoint alone
-                       rebuilds its model (load_checkpoint)
-    predictions.json   per direction, the model's answer to every query and whether it is right
-    summary.json       final metrics and config essentials
+* **optimizer**: AdamW (fused) over the trainable parameters (``requires_grad``: all of a model
+  trained from scratch, the adapters of a LoRA model), weight decay on matrices only (embeddings,
+  projections, LoRA factors; never norms or biases);
+* **schedule**: :func:`lr_factor`, a pure function of the step (linear warmup, then cosine / linear
+  decay or constant), so a resumed run needs no scheduler state; the logged ``lr`` is the one the
+  step used;
+* **data order**: the whole set every step (``batch_size`` 0 or >= its size, no draw), or shuffled
+  epochs drawn from the run's generator, each batch cut to its longest real row;
+* **randomness**: one CPU generator seeded ``seed + process index`` draws the epochs and every
+  mask of the loss;
+* **non-finite loss**: a :class:`~revcurse.errors.RevcurseError` naming the step, before the
+  update (nothing is written for that step);
+* **metrics**: ``{"kind": "train", step, loss, lr, grad_norm}`` to ``metrics.jsonl`` every
+  ``log_every`` steps, the loss averaged over the steps since the last line;
+* **checkpoints**: every ``checkpoint_every`` steps a resume point with the trainable weights, the
+  AdamW moments, the generator, the data order and the loop's own sums (``keep_checkpoints``: a
+  ``step-N`` copy too). Resuming loads them and ends bit-identical to an uninterrupted run on CPU.
+
+It runs through ``accelerate``: ``accelerate launch`` with a config of ``configs/accelerate/``
+spreads it over processes; a plain ``python`` call is the same code path in one process (bf16
+autocast on GPU with :func:`make_accelerator`, float32 on CPU).
 """
 
 from __future__ import annotations
@@ -18,35 +33,23 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from revcurse import files
-from revcurse.config import (
-    RunConfig,
-    TextTrainConfig,
-    TrainConfig,
-    config_hash,
-    dump_yaml,
-    from_dict,
-    load_yaml,
-    to_dict,
-)
-from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_statements, maskable_mask, span_mask
-from revcurse.data.toy import build_toy
+from revcurse.config import TrainConfig, from_dict, load_yaml, to_dict
+from revcurse.data.text import TextBatch
 from revcurse.errors import RevcurseError
-from revcurse.evaluation import evaluate
-from revcurse.models.transformer import TransformerLM
-from revcurse.objectives import training_loss
-from revcurse.probes.runner import ProbeRunner
-from revcurse.repro import seed_everything, write_provenance
+
+CHECKPOINT_FORMAT = "revcurse-checkpoint-1"
+LossFn = Callable[[torch.nn.Module, TextBatch, torch.Generator], torch.Tensor]
 
 
-def lr_factor(step: int, cfg: TrainConfig | TextTrainConfig) -> float:
+def lr_factor(step: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based): linear warmup, then decay to
     ``min_lr_ratio`` at the last step (cosine, linear) or none (constant)."""
     if step < cfg.warmup_steps:
@@ -62,54 +65,108 @@ def lr_factor(step: int, cfg: TrainConfig | TextTrainConfig) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * decay
 
 
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The parameters the loop optimises and checkpoints, by name (tied weights once)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (embeddings and projections), never on norms."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    """AdamW over the trainable parameters, weight decay on matrices only (never norms, biases)."""
+    params = list(trainable(model).values())
+    if not params:
+        raise RevcurseError("the model has no trainable parameters")
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    # fused: one kernel for all parameters; ~4x cheaper than foreach at toy sizes on CPU.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    # fused: one kernel for all parameters; ~4x cheaper than foreach at toy sizes on CPU, and one
+    # kernel instead of a loop over many small LoRA tensors.
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr,
+                             betas=(cfg.beta1, cfg.beta2), fused=True)  # fmt: skip
 
 
-def build_dataset(cfg: RunConfig) -> tuple[ReversalDataset, Vocab]:
-    """The dataset a run config describes, and its vocabulary."""
-    dataset = build_toy(cfg.data)
-    return dataset, Vocab.from_dataset(dataset)
+def make_accelerator(device: str = "auto") -> Any:
+    """An ``accelerate.Accelerator``: bf16 autocast on GPU, plain float32 on CPU."""
+    from accelerate import Accelerator
 
-
-def build_model(cfg: RunConfig, vocab_size: int) -> TransformerLM:
-    """A freshly initialised model, seeded by ``cfg.train.seed``."""
-    torch.manual_seed(cfg.train.seed)
-    return TransformerLM(cfg.model, vocab_size)
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints
+# Data order
 # --------------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(
+class DataOrder:
+    """Which rows each step trains on: all of them (no draw), or shuffled epochs of ``batch_size``
+    rows (the last partial batch dropped). Its state (the epoch's permutation and the position in
+    it) goes into resume checkpoints."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n = n
+        self.full = batch_size == 0 or batch_size >= n
+        self.batch_size = n if self.full else batch_size
+        self.generator = generator
+        self.order = torch.zeros(0, dtype=torch.long)  # [n] once an epoch is drawn
+        self.position = 0
+
+    def next(self) -> torch.Tensor | None:
+        """The next batch's row indices ``[batch_size]``; None for the whole set."""
+        if self.full:
+            return None
+        if self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        rows = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return rows
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"order": self.order, "position": torch.tensor(self.position)}
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        self.order, self.position = state["order"], int(state["position"])
+
+
+def select(data: TextBatch, rows: torch.Tensor | None, device: torch.device) -> TextBatch:
+    """Rows ``rows`` of ``data`` (all for None), cut to their longest real length and moved to
+    ``device``."""
+    if rows is None:
+        length = int(data.attention_mask.sum(dim=1).max())
+        parts = (data.ids, data.prompt_mask, data.answer_mask, data.attention_mask)
+        return TextBatch(*(x[:, :length].to(device) for x in parts))
+    real = data.attention_mask[rows]
+    length = int(real.sum(dim=1).max())
+    return TextBatch(
+        data.ids[rows, :length].to(device),
+        data.prompt_mask[rows, :length].to(device),
+        data.answer_mask[rows, :length].to(device),
+        real[:, :length].to(device),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume checkpoints
+# --------------------------------------------------------------------------------------------------
+
+
+def save_state(
     path: Path,
-    model: TransformerLM,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     generator: torch.Generator | None,
     step: int,
-    cfg: RunConfig,
-    vocab: Vocab,
+    meta: dict[str, str],
     loop_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Model weights, AdamW moments, the generator state and the loop's own state (``loop.*``:
-    the running loss sum since the last log line, ...) in one safetensors file."""
-    tensors: dict[str, torch.Tensor] = {
-        f"model.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"
-    }
-    if not cfg.model.tie_embeddings:
-        tensors["model.lm_head.weight"] = model.lm_head.weight
+    """The trainable weights (``model.*``), AdamW moments (``optimizer.<param>.<field>``), the
+    generator state and the loop's own state (``loop.*``) in one safetensors file; ``meta`` (the
+    run's config as JSON, and whatever rebuilds its model) goes into its header."""
+    params = trainable(model)
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in params.items()}
     if optimizer is not None:
-        names = {id(p): n for n, p in model.named_parameters()}
+        names = {id(p): n for n, p in params.items()}
         for param, state in optimizer.state.items():
             for key, value in state.items():
                 tensors[f"optimizer.{names[id(param)]}.{key}"] = torch.as_tensor(value)
@@ -117,91 +174,60 @@ def save_checkpoint(
         tensors["rng.generator"] = generator.get_state()
     for key, value in (loop_state or {}).items():
         tensors[f"loop.{key}"] = value
-    meta = {
-        "format": "revcurse-checkpoint-1",
-        "step": str(step),
-        "config": json.dumps(to_dict(cfg)),
-        "vocab": json.dumps(vocab.to_json()),
-    }
-    files.save_tensors(path, tensors, meta)
+    files.save_tensors(path, tensors, {"format": CHECKPOINT_FORMAT, "step": str(step), **meta})
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig, Vocab, int]:
-    """The tensors of a checkpoint and the config, vocabulary and step in its metadata (checked)."""
-    tensors = files.load_tensors(path)
-    return (tensors, *checkpoint_metadata(path))
-
-
-def checkpoint_metadata(path: str | Path) -> tuple[RunConfig, Vocab, int]:
-    """The config, vocabulary and step a checkpoint's header records (checked), without loading
-    its tensors."""
+def read_header(path: str | Path) -> dict[str, str]:
+    """The metadata of a revcurse checkpoint (format checked), without loading its tensors."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if not path.is_file():
+        raise RevcurseError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as err:
         raise RevcurseError(f"{path}: not a valid safetensors file ({err})") from None
-    if meta.get("format") != "revcurse-checkpoint-1":
+    if meta.get("format") != CHECKPOINT_FORMAT:
         raise RevcurseError(f"{path}: not a revcurse checkpoint (metadata 'format' missing)")
-    try:
-        cfg = from_dict(RunConfig, json.loads(meta["config"]), where=f"{path} (metadata config)")
-        vocab = Vocab(json.loads(meta["vocab"]))
-        step = int(meta["step"])
-    except (KeyError, ValueError, TypeError) as err:
-        raise RevcurseError(f"{path}: corrupt checkpoint metadata ({err})") from None
-    return cfg, vocab, step
+    if "config" not in meta or not meta.get("step", "").isdigit():
+        raise RevcurseError(f"{path}: corrupt checkpoint metadata (config or step missing)")
+    return meta
 
 
-def _load_weights(model: TransformerLM, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """Load the ``model.*`` tensors of a checkpoint into ``model`` (strict: shapes must match)."""
-    state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    if model.cfg.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
-        raise RevcurseError(f"{path}: weights do not match the config ({detail})") from None
+def read_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint was saved at."""
+    return int(read_header(path)["step"])
 
 
-def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, int]:
-    """Rebuild a model from a checkpoint file alone (safetensors; never pickle)."""
-    tensors, cfg, vocab, step = read_checkpoint(path)
-    model = TransformerLM(cfg.model, len(vocab))
-    _load_weights(model, tensors, Path(path))
-    return model, cfg, vocab, step
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy the ``model.*`` tensors of a checkpoint into the trainable parameters of ``model``
+    (every one present, shapes and dtypes equal)."""
+    params = trainable(model)
+    saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    if set(saved) != set(params):
+        extra = sorted(set(saved) - set(params))[:1] or sorted(set(params) - set(saved))[:1]
+        raise RevcurseError(f"{path}: weights do not match the model (parameter {extra[0]!r})")
+    with torch.no_grad():
+        for name, p in params.items():
+            if saved[name].shape != p.shape:
+                raise RevcurseError(f"{path}: weights do not match the model ({name} is "
+                                    f"{tuple(saved[name].shape)}, expected {tuple(p.shape)})")  # fmt: skip
+            p.copy_(saved[name])
 
 
-def restore_training_state(
-    path: Path,
-    model: TransformerLM,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-) -> tuple[int, dict[str, torch.Tensor]]:
-    """Load weights, AdamW moments and generator state saved by :func:`save_checkpoint` into live
-    objects; returns the step and the loop state."""
-    tensors, _, _, step = read_checkpoint(path)
-    _check_training_state(tensors, model, generator, path)
-    _load_weights(model, tensors, path)
-    params = dict(model.named_parameters())
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            name, _, field = key.removeprefix("optimizer.").rpartition(".")
-            optimizer.state[params[name]][field] = value
-    generator.set_state(tensors["rng.generator"])
-    loop = {k.removeprefix("loop."): v for k, v in tensors.items() if k.startswith("loop.")}
-    return step, loop
-
-
-LOOP_STATE = {"loss_sum": torch.float32, "loss_count": torch.int64, "mean_loss": torch.float64}
+LOOP_STATE = {"loss_sum": torch.float32, "loss_count": torch.int64, "mean_loss": torch.float64,
+              "order": torch.int64, "position": torch.int64}  # fmt: skip
 """The loop's own state in a resume checkpoint, with the dtype each is saved in."""
 
 
-def _check_training_state(
-    tensors: dict[str, torch.Tensor], model: TransformerLM, generator: torch.Generator, path: Path
+def _check_state(
+    tensors: dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    generator: torch.Generator,
+    order: DataOrder,
+    path: Path,
 ) -> None:
     """Refuse a resume checkpoint whose parts are missing or do not fit the live objects, before
     anything is loaded: weight dtypes, every AdamW moment's shape and dtype, the generator state's
@@ -210,8 +236,7 @@ def _check_training_state(
     def refuse(what: str) -> None:
         raise RevcurseError(f"{path}: not a resumable checkpoint of this run ({what})")
 
-    params = dict(model.named_parameters())
-    for name, p in params.items():
+    for name, p in trainable(model).items():
         saved = tensors.get(f"model.{name}")
         if saved is not None and saved.dtype != p.dtype:
             refuse(f"weight {name} is {saved.dtype}, expected {p.dtype}")
@@ -230,8 +255,35 @@ def _check_training_state(
         refuse("generator state missing or of the wrong size")
     for key, dtype in LOOP_STATE.items():
         value = tensors.get(f"loop.{key}")
-        if value is None or value.dtype != dtype or value.numel() != 1:
+        if value is None or value.dtype != dtype or (key != "order" and value.numel() != 1):
             refuse(f"loop state '{key}' missing or malformed")
+    saved_order = tensors["loop.order"]
+    if saved_order.numel() not in (0, order.n) or int(tensors["loop.position"]) > order.n:
+        refuse("data order of another training set")
+
+
+def restore_state(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    order: DataOrder,
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """Load what :func:`save_state` wrote into the live objects; returns the step and the loop's
+    sums. Everything is checked before anything is loaded."""
+    tensors = files.load_tensors(path)
+    step = read_step(path)
+    _check_state(tensors, model, generator, order, path)
+    load_weights(model, tensors, path)
+    params = trainable(model)
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            name, _, field = key.removeprefix("optimizer.").rpartition(".")
+            optimizer.state[params[name]][field] = value
+    generator.set_state(tensors["rng.generator"])
+    loop = {k.removeprefix("loop."): v for k, v in tensors.items() if k.startswith("loop.")}
+    order.load(loop)
+    return step, loop
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
@@ -247,33 +299,35 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return ""
 
 
-def check_resumable(out: Path, cfg: RunConfig, require_checkpoint: bool) -> bool:
-    """Whether ``out`` holds a resumable run of exactly ``cfg``; refuses anything else without
-    touching it. A run directory is proven ours by its ``config.yaml`` (equal to ``cfg``) and, when
-    there is one, by its last checkpoint's own config metadata (equal too): a checkpoint copied
-    from a run of another config with the same shapes is refused. ``require_checkpoint``: no
-    checkpoint is an error (``revcurse train --resume``) rather than a fresh start (the executor,
-    whose run directories are named by the config's hash)."""
+def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
+    """Whether ``out`` holds a resumable run of exactly ``cfg`` (any run config); refuses anything
+    else without touching it. A run directory is proven ours by its ``config.yaml`` (equal to
+    ``cfg``) and by its last checkpoint's own config metadata (equal too): a checkpoint copied from
+    a run of another config with the same shapes is refused. ``require_checkpoint``: no checkpoint
+    is an error (``--resume`` of one run) rather than a fresh start (an experiment's runs)."""
     last = out / "checkpoints" / "last.safetensors"
-    has_checkpoint = last.is_file()
-    if not has_checkpoint:
+    if not last.is_file():
         if require_checkpoint:
+            every = getattr(getattr(cfg, "train", None), "checkpoint_every", "?")
             raise RevcurseError(
                 f"{out}: nothing to resume (no checkpoints/last.safetensors; train.checkpoint_every "
-                f"is {cfg.train.checkpoint_every}); start it over with --force instead of --resume"
+                f"is {every}); start it over with --force instead of --resume"
             )
         return False
     config = out / "config.yaml"
     if not config.is_file():
         raise RevcurseError(f"{out}: not a revcurse run (no config.yaml); refusing to resume here")
     try:
-        saved = load_yaml(RunConfig, config)
+        saved = load_yaml(type(cfg), config)
     except RevcurseError as err:
         raise RevcurseError(f"{out}: not a resumable run ({err})") from None
     if saved != cfg:
         diff = _first_difference(to_dict(saved), to_dict(cfg))
         raise RevcurseError(f"{out}: holds a run of another config ({diff}); cannot resume it")
-    ckpt_cfg, _, _ = checkpoint_metadata(last)
+    try:
+        ckpt_cfg = from_dict(type(cfg), json.loads(read_header(last)["config"]), where=str(last))
+    except (ValueError, RevcurseError) as err:
+        raise RevcurseError(f"{last}: corrupt checkpoint metadata ({err})") from None
     if ckpt_cfg != cfg:
         diff = _first_difference(to_dict(ckpt_cfg), to_dict(cfg))
         raise RevcurseError(f"{last}: written by a run of another config ({diff}); cannot resume")
@@ -285,174 +339,117 @@ def check_resumable(out: Path, cfg: RunConfig, require_checkpoint: bool) -> bool
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_run_header(out_dir: Path, cfg: RunConfig, command: str | None) -> None:
-    write_provenance(out_dir, dump_yaml(cfg), command)
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves: the live optimizer and generator (a final checkpoint saves them),
+    the last logged mean loss and the loop's own wall time and token count."""
+
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    mean_loss: float
+    seconds: float
+    tokens: int
+    resumed_from: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / max(self.seconds, 1e-9)
 
 
-def train(
-    cfg: RunConfig,
-    out_dir: str | Path | None = None,
+def fit(
+    model: torch.nn.Module,
+    data: TextBatch,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
     *,
-    progress: bool = False,
-    command: str | None = None,
+    out: Path | None = None,
+    meta: dict[str, str] | None = None,
     resume: bool = False,
-) -> dict[str, Any]:
-    """Train one model as ``cfg`` says; write its run directory (if ``out_dir``); return its summary.
+    accelerator: Any = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> Fitted:
+    """Optimise the trainable parameters of ``model`` on ``data`` for ``cfg.steps`` steps.
 
-    Everything random (initialisation, batch order, mask ratios and masks) is drawn from generators
-    seeded by ``cfg.train.seed``, so the same config gives the same summary. With ``resume`` and a
-    ``checkpoints/last.safetensors`` of the same config in ``out_dir``, training continues from it
-    and ends bit-identical to an uninterrupted run (metrics and probe records after the checkpoint
-    are dropped and recomputed).
+    ``out``: the run directory (``metrics.jsonl`` and ``checkpoints/`` go there; None writes
+    nothing). ``meta``: the checkpoint header (the run's ``config`` JSON at least). ``resume``:
+    continue from ``out/checkpoints/last.safetensors`` (the caller has proven it ours with
+    :func:`check_resumable`); metrics after it are dropped and recomputed. ``on_step(done)`` runs
+    after every optimizer step but the last (evaluation, probes); the caller handles the end.
     """
-    tc = cfg.train
-    torch.set_num_threads(tc.threads)
-    out = Path(out_dir) if out_dir is not None else None
+    from tqdm.auto import tqdm
+
+    accelerator = accelerator or make_accelerator("cpu")
+    generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+    optimizer = make_optimizer(model, cfg)
+    order = DataOrder(len(data.ids), cfg.batch_size, generator)
+    metrics = out / "metrics.jsonl" if out is not None else None
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
-    resuming = bool(resume and out is not None and check_resumable(out, cfg, False))
-    if out is not None and out.is_dir():
-        files.remove_temporaries(out)  # a previous writer of this run killed mid-write
-    if out is not None and not resuming:
-        _write_run_header(out, cfg, command)
-
-    dataset, vocab = build_dataset(cfg)
-    data = encode_statements(vocab, dataset.train)  # [N, L]
-    model = build_model(cfg, len(vocab))
-    generator = seed_everything(tc.seed)
-    optimizer = make_optimizer(model, tc)
-    objective = cfg.objective
-    probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
-
-    answers = span_mask(dataset.answer_spans, tuple(data.shape))  # [N, L], for answer_only
-    maskable = maskable_mask(dataset, tc.maskable, tuple(data.shape))  # [N, L]
-
-    def step_loss(rows: torch.Tensor | None) -> torch.Tensor:
-        batch = data if rows is None else data[rows]
-        return training_loss(
-            objective, model, batch, vocab.mask_id, vocab.pad_id, tc.diffusion_eps, generator,
-            mlm_ratio=tc.mlm_ratio, answer_mask=answers if rows is None else answers[rows],
-            maskable=maskable if rows is None else maskable[rows],
-        )  # fmt: skip
-
-    def log(record: dict[str, Any]) -> None:
-        if out is not None:
-            files.append_jsonl(out / "metrics.jsonl", record)
-
-    n = data.shape[0]
-    batch_size = n if tc.batch_size == 0 else min(tc.batch_size, n)
+    main = accelerator.is_main_process
     loss_sum, loss_count, mean_loss = torch.zeros(()), torch.zeros((), dtype=torch.long), math.nan
     first = 0
-    if resuming:
-        first, loop = restore_training_state(last, model, optimizer, generator)
-        loss_sum, loss_count, mean_loss = loop["loss_sum"], loop["loss_count"], loop["mean_loss"]
-        mean_loss = float(mean_loss)
-        files.truncate_jsonl(out / "metrics.jsonl", first)
-        if probes is not None:
-            probes.truncate(first)
-    elif probes is not None and (cfg.probe.every > 0 or 0 in cfg.probe.steps):
-        probes(model, 0)
-    start = time.perf_counter()
+    if resume:
+        first, loop = restore_state(last, model, optimizer, generator, order)
+        loss_sum, loss_count = loop["loss_sum"], loop["loss_count"]
+        mean_loss = float(loop["mean_loss"])
+        if main:
+            files.truncate_jsonl(metrics, first)
+    elif metrics is not None and main:
+        metrics.unlink(missing_ok=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = list(trainable(model).values())
+    single = accelerator.num_processes == 1
     model.train()
-    bar = tqdm(
-        range(first, tc.steps),
-        initial=first,
-        total=tc.steps,
-        desc=f"{cfg.model.family} seed {tc.seed}",
-        disable=not progress,
-        leave=False,
-        mininterval=0.5,
-    )
+    tokens, start = 0, time.perf_counter()
+    bar = tqdm(range(first, cfg.steps), initial=first, total=cfg.steps, desc=desc,
+               disable=not progress, leave=False, mininterval=0.5)  # fmt: skip
     for step in bar:
-        rows = None if batch_size == n else torch.randperm(n, generator=generator)[:batch_size]
-        loss = step_loss(rows)
+        batch = select(data, order.next(), accelerator.device)
+        with accelerator.autocast():
+            loss = loss_fn(model, batch, generator)
         if not torch.isfinite(loss):
             raise RevcurseError(
                 f"non-finite loss ({loss.item()}) at step {step}; lower train.lr or check the data"
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-        # The schedule is a pure function of the step, so a resumed run needs no scheduler state.
+        accelerator.backward(loss)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        if single:  # foreach: one fused norm over all gradients (what a toy step can afford)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        else:  # sharded or replicated gradients: accelerate reduces the norm across processes
+            grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+        lr = cfg.lr * lr_factor(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = tc.lr * lr_factor(step, tc)
+            group["lr"] = lr
         optimizer.step()
-        loss_sum += loss.detach()
+        loss_sum += loss.detach().float().cpu()
         loss_count += 1
+        tokens += int(batch.attention_mask.sum())
 
         done = step + 1
-        if done % tc.log_every == 0 or done == tc.steps:
+        if done % cfg.log_every == 0 or done == cfg.steps:
             mean_loss = (loss_sum / loss_count).item()
-            loss_sum = torch.zeros(())
-            loss_count = torch.zeros((), dtype=torch.long)
-            lr = optimizer.param_groups[0]["lr"]
-            log({"kind": "train", "step": done, "loss": mean_loss, "lr": lr,
-                 "grad_norm": grad_norm.item()})  # fmt: skip
-            bar.set_postfix(loss=f"{mean_loss:.3f}")
-        if tc.eval_every and done % tc.eval_every == 0 and done != tc.steps:
-            metrics = evaluate(model, dataset, vocab)
-            metrics.pop("predictions"), metrics.pop("correct")
-            log({"kind": "eval", "step": done, **metrics})
-        if probes is not None and probes.due(done) and done != tc.steps:
-            probes(model, done)
-        if out is not None and tc.checkpoint_every and done % tc.checkpoint_every == 0:
+            loss_sum, loss_count = torch.zeros(()), torch.zeros((), dtype=torch.long)
+            if metrics is not None and main:
+                files.append_jsonl(metrics, {"kind": "train", "step": done, "loss": mean_loss,
+                                             "lr": lr, "grad_norm": float(grad_norm)})  # fmt: skip
+            bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
+        if on_step is not None and done != cfg.steps:
+            on_step(done)
+        if out is not None and main and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
             loop = {"loss_sum": loss_sum, "loss_count": loss_count,
-                    "mean_loss": torch.tensor(mean_loss, dtype=torch.float64)}  # fmt: skip
+                    "mean_loss": torch.tensor(mean_loss, dtype=torch.float64), **order.state()}  # fmt: skip
+            inner = accelerator.unwrap_model(model)
             # No resume point at the last step: the records written after the loop (final probe,
             # final evaluation) carry that step too, so truncating to it on resume would keep them
             # and then write them again. Resuming from the previous checkpoint redoes the tail.
-            if done != tc.steps:
-                save_checkpoint(last, model, optimizer, generator, done, cfg, vocab, loop)
-            if tc.keep_checkpoints:
-                ckpt = out / "checkpoints" / f"step-{done:07d}.safetensors"
-                save_checkpoint(ckpt, model, optimizer, generator, done, cfg, vocab, loop)
+            if done != cfg.steps:
+                save_state(last, inner, optimizer, generator, done, meta or {}, loop)
+            if cfg.keep_checkpoints:
+                kept = out / "checkpoints" / f"step-{done:07d}.safetensors"
+                save_state(kept, inner, optimizer, generator, done, meta or {}, loop)
     bar.close()
-    if probes is not None:
-        probes(model, tc.steps, final=True)
-    wall_seconds = time.perf_counter() - start
-    probe_seconds = probes.seconds if probes is not None else 0.0
-
-    metrics = evaluate(model, dataset, vocab)
-    predictions = {"answers": metrics.pop("predictions"), "correct": metrics.pop("correct")}
-    log({"kind": "eval", "step": tc.steps, **metrics})
-    summary = {
-        "family": cfg.model.family,
-        "seed": tc.seed,
-        "objective": objective,
-        **metrics,
-        "final_loss": mean_loss,
-        "train_seconds": wall_seconds - probe_seconds,
-        "probe_seconds": probe_seconds,
-        "probe": probes.summary() if probes is not None else None,
-        "n_params": model.num_parameters(),
-        "config_hash": config_hash(cfg),
-        **config_essentials(cfg),
-    }
-    if out is not None:
-        ckpt = out / "checkpoints" / "final.safetensors"
-        save_checkpoint(ckpt, model, optimizer, generator, tc.steps, cfg, vocab)
-        files.write_json(out / "predictions.json", predictions)
-        files.write_json(out / "summary.json", summary)
-        last.unlink(missing_ok=True)  # the final checkpoint supersedes it
-    return summary
-
-
-def config_essentials(cfg: RunConfig) -> dict[str, Any]:
-    """The config values a results table needs to tell runs apart."""
-    m, d, t = cfg.model, cfg.data, cfg.train
-    return {
-        "positional": m.positional,
-        "d_model": m.d_model,
-        "n_layers": m.n_layers,
-        "n_heads": m.n_heads,
-        "mlp": m.mlp,
-        "norm": m.norm,
-        "rope_base": m.rope_base,
-        "n_pairs": d.n_pairs,
-        "n_filler": d.n_filler,
-        "steps": t.steps,
-        "lr": t.lr,
-        "batch_size": t.batch_size,
-        "maskable": t.maskable,
-    }
+    model.eval()
+    seconds = time.perf_counter() - start
+    return Fitted(optimizer, generator, mean_loss, seconds, tokens, first)

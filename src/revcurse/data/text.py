@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from revcurse.data.schema import TextPair
-from revcurse.data.tokenize import Vocab
+from revcurse.data.tokenize import TextBatch, Vocab
 
 WORD = re.compile(r"\w+|[^\w\s]")
 UNK = "<unk>"
@@ -95,16 +94,6 @@ class HFTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-
-@dataclass
-class TextBatch:
-    """Encoded statements ``prompt + answer (+ EOS)``, right-padded."""
-
-    ids: torch.Tensor  # [B, L]
-    prompt_mask: torch.Tensor  # [B, L] True on prompt tokens
-    answer_mask: torch.Tensor  # [B, L] True on answer tokens (EOS included when added)
-    attention_mask: torch.Tensor  # [B, L] True on real tokens
 
 
 def encode_pairs(

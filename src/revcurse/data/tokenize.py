@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +55,18 @@ class Vocab:
         return list(self.tokens)
 
 
+@dataclass
+class TextBatch:
+    """Encoded statements ``prompt + answer (+ EOS)``, right-padded: what the training loop and the
+    objectives take. ``answer_mask`` marks the tokens an objective learns (the answer of a text
+    pair; for toy statements see :func:`training_batch`)."""
+
+    ids: torch.Tensor  # [B, L]
+    prompt_mask: torch.Tensor  # [B, L] True on prompt tokens
+    answer_mask: torch.Tensor  # [B, L] True on answer tokens (EOS included when added)
+    attention_mask: torch.Tensor  # [B, L] True on real tokens
+
+
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """Right-pad id sequences to one ``[batch, max_len]`` long tensor."""
     length = max(len(s) for s in seqs)
@@ -92,6 +105,24 @@ def maskable_mask(dataset: ReversalDataset, choice: str, shape: tuple[int, int])
     for i, roles in enumerate(dataset.roles):
         mask[i, : len(roles)] = torch.tensor([r in allowed for r in roles])
     return mask
+
+
+def training_batch(
+    dataset: ReversalDataset, vocab: Vocab, objective: str, maskable: str
+) -> TextBatch:
+    """The toy training statements as the loop's :class:`TextBatch`, whose ``answer_mask`` holds the
+    tokens ``objective`` learns: the ``maskable`` ones (masked_diffusion, mlm), every real token
+    (next_token), or the answer entity (answer_only)."""
+    ids = encode_statements(vocab, dataset.train)  # [N, L]
+    shape = tuple(ids.shape)
+    real = ids != vocab.pad_id
+    if objective == "answer_only":
+        learned = span_mask(dataset.answer_spans, shape)
+    elif objective == "next_token":
+        learned = real
+    else:
+        learned = maskable_mask(dataset, maskable, shape) & real
+    return TextBatch(ids, torch.zeros_like(real), learned, real)
 
 
 def encode_queries(

@@ -64,7 +64,7 @@ def make_jobs(
 
 def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
     """Train (or resume, or just read back) one toy run; never raises for a failing run."""
-    from revcurse.training import train  # imported in the worker, not at spawn
+    from revcurse.experiments.toy_run import train  # imported in the worker, not at spawn
 
     return guarded(
         lambda path: train(cfg, path, command=command, resume=True, progress=progress), run_dir

@@ -7,9 +7,12 @@ coupling, gradient alignment) in these models. Each run evaluates every test spl
 after fine-tuning (generations saved for re-scoring), probes before, during (``probe.every``) and
 after, and saves the adapters in peft format.
 
+It trains through the one loop (:func:`revcurse.training.fit`), so a run with
+``train.checkpoint_every`` resumes exactly (``revcurse finetune --resume``).
+
 Run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``metrics.jsonl`` (loss, lr),
-``probes.jsonl``, ``generations/{before,after}/<split>.jsonl``, ``adapter/``, ``summary.json``,
-``report.md``.
+``probes.jsonl``, ``before.json`` and ``generations/{before,after}/<split>.jsonl``,
+``checkpoints/last.safetensors`` (while it runs), ``adapter/``, ``summary.json``, ``report.md``.
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ from typing import Any
 
 import torch
 
-from revcurse import files
-from revcurse.config import FinetuneConfig, dump_yaml
-from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
+from revcurse import files, training
+from revcurse.config import FinetuneConfig, dump_yaml, to_dict
+from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
 from revcurse.errors import RevcurseError
-from revcurse.experiments.toy import prepare_out_dir
+from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
-from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
+from revcurse.objectives import training_loss
+from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.text_evaluation import evaluate_split, save_generations
-from revcurse.text_training import make_accelerator, train_text
 
 
 def resolve_device(requested: str) -> str:
@@ -75,9 +78,12 @@ def run_finetune(
     trust_remote_code: bool = False,
     command: str = "(library call)",
     force: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Fine-tune, evaluate and probe; returns the summary written to ``out/summary.json``."""
+    """Fine-tune, evaluate and probe; returns the summary written to ``out/summary.json``
+    (``resume``: continue the run in ``out`` from its last checkpoint: adapters, AdamW state,
+    schedule, data position and generator, so it ends as an uninterrupted run would)."""
     out = Path(out)
     dataset = load_text_dataset(cfg.data)
     splits = cfg.data.splits or list(dataset.tests)
@@ -87,9 +93,14 @@ def run_finetune(
             f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
             f"expected some of {sorted(dataset.tests)}"
         )
-    if out.is_dir() and any(out.iterdir()) and not force:  # fail before loading a large model
+    # Fail before loading a large model: a directory that is not empty, or not this run.
+    if resume:
+        if (out / "summary.json").is_file():
+            raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
+        training.check_resumable(out, cfg, require_checkpoint=True)
+    elif out.is_dir() and any(out.iterdir()) and not force:
         prepare_out_dir(out, force)
-    accelerator = make_accelerator(resolve_device(cfg.model.device))
+    accelerator = training.make_accelerator(resolve_device(cfg.model.device))
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     tests = {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
@@ -104,8 +115,11 @@ def run_finetune(
     # launch` every process trains; only the main one writes, evaluates and probes.
     main = accelerator.is_main_process
     if main:
-        prepare_out_dir(out, force)
-        write_provenance(out, dump_yaml(cfg), command)
+        if resume:
+            files.remove_temporaries(out)
+        else:
+            prepare_out_dir(out, force)
+            write_provenance(out, dump_yaml(cfg), command)
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id
@@ -119,15 +133,10 @@ def run_finetune(
         pairings_for(spec.causal),
         bos=bos,
     )
-    probes_path = out / "probes.jsonl"
-
-    def probe(step: int) -> dict[str, Any] | None:
-        if not (main and cfg.probe.enabled and any(len(f) >= 3 for f in facts.values())):
-            return None
-        record = probe_record(model, facts, step=step, causal=spec.causal, mask_id=mask_id,
-                              layers=cfg.probe.layers or None, attention=spec.records_scores)  # fmt: skip
-        files.append_jsonl(probes_path, record)
-        return record
+    probes = TextProbeRunner(model, facts, out / "probes.jsonl", causal=spec.causal,
+                             mask_id=mask_id, every=cfg.probe.every,
+                             enabled=main and cfg.probe.enabled, layers=cfg.probe.layers or None,
+                             attention=spec.records_scores)  # fmt: skip
 
     def evaluate(stage: str) -> dict[str, dict[str, float]]:
         if not main:
@@ -143,25 +152,30 @@ def run_finetune(
             results[name] = metrics | {"direction": dataset.directions[name]}
         return results
 
-    before = evaluate("before")
-    first_probe = probe(0)
-    metrics_path = out / "metrics.jsonl"
+    if resume:  # the adapters are restored by the loop; "before" was measured on the base model
+        before = files.read_json(out / "before.json") if main else {}
+        probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
+    else:
+        before = evaluate("before")
+        if main:
+            files.write_json(out / "before.json", before)
+        probes.start()
+        probes(0)
 
-    def on_step(step: int, loss: float, lr: float) -> None:
-        if main and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
-            files.append_jsonl(metrics_path, {"step": step, "loss": loss, "lr": lr})
-        if cfg.probe.every and step % cfg.probe.every == 0 and step != cfg.train.steps:
-            probe(step)
+    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
+        objective = "next_token" if spec.causal else "masked_diffusion"
+        return training_loss(objective, m, batch, mask_id, gen, eps=cfg.train.diffusion_eps)
 
     data = encode_pairs(tokenizer, train_pairs, bos=bos)
     if not spec.causal:  # LLaDA's SFT recipe: answers padded with EOS that are trained on too
         data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
-    speed = train_text(
-        model, data, causal=spec.causal, mask_id=mask_id, settings=cfg.train,
-        accelerator=accelerator, on_step=on_step,
-        progress=progress,
+    fitted = training.fit(
+        model, data, loss_fn, cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
+        resume=resume, accelerator=accelerator,
+        on_step=lambda done: probes(done) if probes.due(done) else None, progress=progress,
     )  # fmt: skip
-    last_probe = probe(cfg.train.steps)
+    speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
+    last_probe = probes(cfg.train.steps)
     after = evaluate("after")
     if not main:
         accelerator.wait_for_everyone()
@@ -181,11 +195,12 @@ def run_finetune(
         "vocab_size": len(tokenizer),
         "before": before,
         "after": after,
-        "probes": {"before": probe_summary(first_probe), "after": probe_summary(last_probe)},
+        "probes": {"before": probe_summary(probes.at(0)), "after": probe_summary(last_probe)},
     }
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
     files.write_text(out / "report.md", render_report(summary, speed))
+    (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
     accelerator.wait_for_everyone()
     return summary
 

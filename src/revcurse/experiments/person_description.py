@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from revcurse import files
+from revcurse import files, training
 from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, to_dict
 from revcurse.data.person_description import (
     TESTS,
@@ -45,15 +45,15 @@ from revcurse.data.schema import TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
+from revcurse.experiments.rundir import start_experiment
 from revcurse.experiments.stats import aggregate, paired_comparison
-from revcurse.experiments.toy import start_experiment
 from revcurse.models.transformer import TransformerLM
-from revcurse.probes.hf import encode_facts, paired_queries, probe_record, probe_summary
+from revcurse.objectives import training_loss
+from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.store import Store
 from revcurse.text_evaluation import evaluate_split, save_generations
-from revcurse.text_training import make_accelerator, train_text
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
 MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
@@ -136,12 +136,12 @@ def training_batch(
     cfg: TextRunConfig, statements: list[TextPair], tokenizer: WordTokenizer
 ) -> TextBatch:
     """The statements as ``[BOS] statement`` rows whose ``answer_mask`` is what the MDM may mask:
-    the whole statement (``maskable: all``, the pre-training loss) or only its completion
+    the whole statement (``train.maskable: all``, the pre-training loss) or only its completion
     (``answer``: the prompt part stays visible, the SFT loss). The MDM's rows are then filled with
     EOS to ``max_seq_len`` (maskable, so it learns to end its answers). An ARM's next-token loss
     reads every statement token either way."""
     causal = cfg.model.causal
-    if cfg.maskable == "all" or causal:
+    if cfg.train.maskable == "all" or causal:
         statements = [TextPair("", s.prompt + s.completion) for s in statements]
     data = encode_pairs(tokenizer, statements, bos=True)
     if not causal:
@@ -149,15 +149,20 @@ def training_batch(
     return data
 
 
-def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") -> dict[str, Any]:
-    """Train, evaluate and probe one from-scratch model; writes its run directory."""
-    torch.set_num_threads(cfg.threads)
+def train_run(
+    cfg: TextRunConfig, out: Path, command: str = "(library call)", resume: bool = True
+) -> dict[str, Any]:
+    """Train, evaluate and probe one from-scratch model; writes its run directory (``resume``:
+    continue from its last checkpoint when it holds one of exactly this config)."""
+    torch.set_num_threads(cfg.train.threads)
     prepared = prepare(cfg)
     statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
     gen_lengths = prepared.gen_lengths
     out.mkdir(parents=True, exist_ok=True)
+    resuming = resume and training.check_resumable(out, cfg, require_checkpoint=False)
     files.remove_temporaries(out)
-    write_provenance(out, dump_yaml(cfg), command)
+    if not resuming:
+        write_provenance(out, dump_yaml(cfg), command)
     causal = cfg.model.causal
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
@@ -170,27 +175,27 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
         bos=True,
         fill=None if fill_to is None else (tokenizer.eos_id, fill_to),  # as in training
     )
+    probes = TextProbeRunner(model, facts, out / "probes.jsonl", causal=causal,
+                             mask_id=tokenizer.mask_id, every=cfg.probe.every,
+                             enabled=cfg.probe.enabled)  # fmt: skip
+    if resuming:
+        probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
+    else:
+        probes.start()
+        probes(0)
+    objective = "next_token" if causal else "masked_diffusion"
 
-    def probe(step: int) -> dict[str, Any]:
-        record = probe_record(model, facts, step=step, causal=causal, mask_id=tokenizer.mask_id)
-        files.append_jsonl(out / "probes.jsonl", record)
-        return record
+    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
+        return training_loss(objective, m, batch, tokenizer.mask_id, gen,
+                             eps=cfg.train.diffusion_eps)  # fmt: skip
 
-    (out / "probes.jsonl").unlink(missing_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    probes = {"before": probe(0) if cfg.probe.enabled else None}
-
-    def on_step(step: int, loss: float, lr: float) -> None:
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            files.append_jsonl(out / "metrics.jsonl", {"step": step, "loss": loss, "lr": lr})
-        every = cfg.probe.every if cfg.probe.enabled else 0
-        if every and step % every == 0 and step != cfg.train.steps:
-            probe(step)
-
-    speed = train_text(model, data, causal=causal, mask_id=tokenizer.mask_id, settings=cfg.train,
-                       accelerator=make_accelerator("cpu"), on_step=on_step)  # fmt: skip
-    probes["after"] = probe(cfg.train.steps) if cfg.probe.enabled else None
-    model.eval()
+    meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
+    fitted = training.fit(
+        model, data, loss_fn, cfg.train, out=out, meta=meta, resume=resuming,
+        accelerator=training.make_accelerator("cpu"),
+        on_step=lambda done: probes(done) if probes.due(done) else None,
+    )  # fmt: skip
+    after = probes(cfg.train.steps)
     start = time.perf_counter()
     results = {}
     gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -215,18 +220,15 @@ def train_run(cfg: TextRunConfig, out: Path, command: str = "(library call)") ->
         "n_statements": len(statements),
         "vocab_size": len(tokenizer),
         "parameters": model.num_parameters(),
-        "final_loss": _last_loss(out / "metrics.jsonl"),
+        "final_loss": fitted.mean_loss,
         "splits": results,
-        "probes": {stage: probe_summary(rec) for stage, rec in probes.items()},
-        "train_seconds": speed["train_seconds"],
+        "probes": {"before": probe_summary(probes.at(0)), "after": probe_summary(after)},
+        "train_seconds": fitted.seconds,
         "eval_seconds": time.perf_counter() - start,
     }  # fmt: skip
     files.write_json(out / "summary.json", summary)
+    (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
     return summary
-
-
-def _last_loss(path: Path) -> float:
-    return files.read_jsonl(path)[-1]["loss"]
 
 
 def execute_run(cfg: TextRunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:

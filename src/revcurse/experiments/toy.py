@@ -8,7 +8,7 @@ the reverse query, while the ARM stays at chance.
 Output directory::
 
     config.yaml  command.txt  env.json       the experiment's resolved config and provenance
-    models/<family>-seed<k>/                 one run directory per trained model (training.py)
+    models/<family>-seed<k>/                 one run directory per trained model (toy_run.py)
     summary.json                             one row per model, per-family aggregates and the paired
                                              MDM-vs-ARM comparison per direction (no timings, so
                                              reruns compare equal); timings.json: wall times
@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.config import ToyExperimentConfig, apply_overrides, dump_yaml
-from revcurse.errors import RevcurseError
+from revcurse.config import ToyExperimentConfig, apply_overrides
 from revcurse.experiments.executor import deterministic, execute_all, make_jobs, timings
+from revcurse.experiments.rundir import start_experiment
 from revcurse.experiments.stats import aggregate, paired_comparison
-from revcurse.repro import write_provenance
 from revcurse.store import Store
 
 QUICK_OVERRIDES = ("train.steps=1500",)
@@ -38,38 +37,6 @@ QUICK_OVERRIDES = ("train.steps=1500",)
 def quick(cfg: ToyExperimentConfig) -> ToyExperimentConfig:
     """The ``--quick`` variant of an experiment config."""
     return apply_overrides(cfg, list(QUICK_OVERRIDES))
-
-
-def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse to write into a non-empty directory unless ``force`` (nothing is overwritten)."""
-    if out.exists() and not out.is_dir():
-        raise RevcurseError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise RevcurseError(f"{out}: directory is not empty; choose another --out or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def start_experiment(
-    out: str | Path, cfg: Any, command: str, force: bool, resume: bool = False
-) -> Path:
-    """Claim the output directory (refusing a non-empty one unless ``force``; with ``resume``, it
-    must hold this experiment with exactly this config), clear temporaries a killed writer left,
-    and write the resolved config, command and environment."""
-    out = Path(out)
-    if resume:
-        saved = out / "config.yaml"
-        if not saved.is_file():
-            raise RevcurseError(f"{out}: nothing to resume (no config.yaml); run without --resume")
-        if saved.read_text() != dump_yaml(cfg):
-            raise RevcurseError(
-                f"{out}: holds this experiment with other settings (config.yaml); resume with the "
-                "same options, or choose another --out"
-            )
-    else:
-        prepare_out_dir(out, force)
-    files.remove_temporaries(out)  # left by a run killed mid-write; no one writes now
-    write_provenance(out, dump_yaml(cfg), command)
-    return out
 
 
 def run_toy(

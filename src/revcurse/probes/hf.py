@@ -19,7 +19,7 @@ Per pairing:
   answer tokens for an ARM. Scores come from :func:`revcurse.models.hf.recording_scores`. On a toy
   model and toy facts this is exactly :func:`revcurse.probes.attention.coupling` (tested).
 * **gradient alignment**: the cosine between the gradients, on the trainable (LoRA) parameters, of
-  the paired query's loss and the reverse query's loss (:func:`revcurse.objectives.sft_answer_loss`:
+  the paired query's loss and the reverse query's loss (:func:`revcurse.objectives.answer_loss`:
   the answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean.
 
 The given entity is located in each prompt by the other query's answer; when it is not found
@@ -30,13 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
-from revcurse.objectives import sft_answer_loss
+from revcurse.objectives import answer_loss
 from revcurse.probes.attention import pearson
 from revcurse.probes.gradients import cosine
 from revcurse.probes.inputs import Pairing, pairings_for
@@ -214,7 +216,7 @@ def _query_gradient(model: Any, params: list[torch.Tensor], q: Encoded, causal: 
     ids = torch.tensor([q.ids], device=params[0].device)
     answer = torch.zeros_like(ids, dtype=torch.bool)
     answer[0, q.answer[0] : q.answer[1]] = True
-    loss = sft_answer_loss(model, ids, answer, torch.ones_like(answer), causal, mask_id)
+    loss = answer_loss(model, ids, answer, torch.ones_like(answer), causal, mask_id)
     return torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(loss, params)])
 
 
@@ -300,3 +302,58 @@ def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
         }
         for pairing, p in record["pairings"].items()
     }
+
+
+class TextProbeRunner:
+    """:func:`probe_record` at chosen steps of a text run (before, during, after training), each
+    record appended to ``path`` (``probes.jsonl``); the text twin of the toy's
+    :class:`~revcurse.probes.runner.ProbeRunner`, with the same ``due`` / ``truncate`` contract so
+    the training loop's callback and resume treat both alike. ``enabled=False`` (or fewer than 3
+    facts in every pairing) makes every call a no-op returning None."""
+
+    def __init__(
+        self,
+        model: Any,
+        facts: dict[str, Sequence[tuple[Encoded, Encoded]]],
+        path: Path | None,
+        *,
+        causal: bool,
+        mask_id: int,
+        every: int = 0,
+        enabled: bool = True,
+        layers: Sequence[int] | None = None,
+        attention: bool = True,
+    ) -> None:
+        self.model, self.facts, self.path = model, facts, path
+        self.causal, self.mask_id, self.every = causal, mask_id, every
+        self.layers, self.attention = layers, attention
+        self.enabled = enabled and any(len(f) >= 3 for f in facts.values())
+        self.records: list[dict[str, Any]] = []
+
+    def due(self, step: int) -> bool:
+        return self.enabled and self.every > 0 and step % self.every == 0
+
+    def truncate(self, step: int) -> None:
+        """Resume after ``step``: keep (and reload) only the records up to it."""
+        if self.path is not None:
+            self.records = files.truncate_jsonl(self.path, step)
+
+    def start(self) -> None:
+        """A fresh run: drop records a previous attempt left."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def __call__(self, step: int) -> dict[str, Any] | None:
+        if not self.enabled:
+            return None
+        record = probe_record(self.model, self.facts, step=step, causal=self.causal,
+                              mask_id=self.mask_id, layers=self.layers,
+                              attention=self.attention)  # fmt: skip
+        self.records.append(record)
+        if self.path is not None:
+            files.append_jsonl(self.path, record)
+        return record
+
+    def at(self, step: int) -> dict[str, Any] | None:
+        """The record of ``step`` (the one before training, after a resume too)."""
+        return next((r for r in self.records if r["step"] == step), None)

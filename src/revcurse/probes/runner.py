@@ -20,7 +20,7 @@ import torch
 from revcurse import files
 from revcurse.config import RunConfig
 from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_statements, maskable_mask, span_mask
+from revcurse.data.tokenize import Vocab, training_batch
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.attention import coupling, coupling_vs_distance
@@ -46,11 +46,9 @@ class ProbeRunner:
         keeps the records already on disk (a resumed run; see :meth:`truncate`)."""
         self.cfg = cfg
         self.vocab = vocab
-        self.train_ids = encode_statements(vocab, dataset.train)  # [N, L]
+        self.train = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable)
         self.dir = out_dir / "probes" if out_dir is not None else None
         causal = cfg.model.causal
-        self.answer_mask = span_mask(dataset.answer_spans, tuple(self.train_ids.shape))
-        self.maskable = maskable_mask(dataset, cfg.train.maskable, tuple(self.train_ids.shape))
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
         self.batches: dict[str, ProbeBatch] = {
             d: probe_batch(dataset, vocab, d, causal) for d in directions
@@ -132,9 +130,8 @@ class ProbeRunner:
         # A fixed mask draw: the probed training loss is a deterministic function of the weights.
         generator = torch.Generator().manual_seed(self.cfg.probe.seed)
         return training_loss(
-            self.cfg.objective, model, self.train_ids, self.vocab.mask_id, self.vocab.pad_id,
-            self.cfg.train.diffusion_eps, generator, mlm_ratio=self.cfg.train.mlm_ratio,
-            answer_mask=self.answer_mask, maskable=self.maskable,
+            self.cfg.objective, model, self.train, self.vocab.mask_id, generator,
+            eps=self.cfg.train.diffusion_eps, mlm_ratio=self.cfg.train.mlm_ratio,
         )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:

@@ -101,8 +101,8 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
             f"({run.n_people} people per group); {run.model.n_layers} layers, d_model "
             f"{run.model.d_model}, {run.model.n_heads} heads, {run.model.positional}; "
             f"{run.train.steps} steps of batch {run.train.batch_size}; the MDM may mask "
-            f"{'every statement token' if run.maskable == 'all' else 'only statement completions'}"
-            f" (run.maskable: {run.maskable}). Cells: mean ± sd "
+            f"{'every statement token' if run.train.maskable == 'all' else 'only statement completions'}"
+            f" (run.train.maskable: {run.train.maskable}). Cells: mean ± sd "
             "[95% bootstrap interval of the mean]. Likelihood top-1 ranks the right answer among "
             f"{round(1 / summary['chance_top1'])} candidates (chance {summary['chance_top1']:.2f})."
         ),

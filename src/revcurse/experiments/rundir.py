@@ -1,0 +1,45 @@
+"""Run and experiment directories: claiming an output directory (never overwriting one that is not
+empty without ``--force``; resuming only what is provably the same experiment) and writing its
+provenance. Every experiment (toy, sweeps, Person–Description, fine-tuning) starts here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from revcurse import files
+from revcurse.config import dump_yaml
+from revcurse.errors import RevcurseError
+from revcurse.repro import write_provenance
+
+
+def prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse to write into a non-empty directory unless ``force`` (nothing is overwritten)."""
+    if out.exists() and not out.is_dir():
+        raise RevcurseError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise RevcurseError(f"{out}: directory is not empty; choose another --out or pass --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def start_experiment(
+    out: str | Path, cfg: Any, command: str, force: bool, resume: bool = False
+) -> Path:
+    """Claim the output directory (refusing a non-empty one unless ``force``; with ``resume``, it
+    must hold this experiment with exactly this config), clear temporaries a killed writer left,
+    and write the resolved config, command and environment."""
+    out = Path(out)
+    if resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise RevcurseError(f"{out}: nothing to resume (no config.yaml); run without --resume")
+        if saved.read_text() != dump_yaml(cfg):
+            raise RevcurseError(
+                f"{out}: holds this experiment with other settings (config.yaml); resume with the "
+                "same options, or choose another --out"
+            )
+    else:
+        prepare_out_dir(out, force)
+    files.remove_temporaries(out)  # left by a run killed mid-write; no one writes now
+    write_provenance(out, dump_yaml(cfg), command)
+    return out

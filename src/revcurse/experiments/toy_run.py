@@ -1,0 +1,183 @@
+"""One toy model: build the synthetic facts and the Transformer a :class:`RunConfig` describes,
+train it through the one loop (:func:`revcurse.training.fit`) with evaluation and probes as
+callbacks, and write its run directory. The sweep executor runs these.
+
+A run directory holds::
+
+    config.yaml        the resolved RunConfig (a plain dump of the dataclasses)
+    command.txt        the command that produced it
+    env.json           versions, machine, git commit
+    metrics.jsonl      {"kind": "train", step, loss, lr, grad_norm} and {"kind": "eval", step, ...}
+    checkpoints/       final.safetensors (+ last / step-N.safetensors): weights, AdamW state,
+                       generator and loop state; the metadata carries the config and vocabulary, so
+                       a checkpoint alone rebuilds its model (load_checkpoint)
+    probes/            the mechanism probes (see revcurse.probes.runner)
+    predictions.json   per direction, the model's answer to every query and whether it is right
+    summary.json       final metrics and config essentials
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from revcurse import files, training
+from revcurse.config import RunConfig, config_hash, dump_yaml, from_dict, to_dict
+from revcurse.data.schema import ReversalDataset
+from revcurse.data.tokenize import TextBatch, Vocab, training_batch
+from revcurse.data.toy import build_toy
+from revcurse.errors import RevcurseError
+from revcurse.evaluation import evaluate
+from revcurse.models.transformer import TransformerLM
+from revcurse.objectives import training_loss
+from revcurse.probes.runner import ProbeRunner
+from revcurse.repro import seed_everything, write_provenance
+
+
+def build_dataset(cfg: RunConfig) -> tuple[ReversalDataset, Vocab]:
+    """The dataset a run config describes, and its vocabulary."""
+    dataset = build_toy(cfg.data)
+    return dataset, Vocab.from_dataset(dataset)
+
+
+def build_model(cfg: RunConfig, vocab_size: int) -> TransformerLM:
+    """A freshly initialised model, seeded by ``cfg.train.seed``."""
+    torch.manual_seed(cfg.train.seed)
+    return TransformerLM(cfg.model, vocab_size)
+
+
+def checkpoint_meta(cfg: RunConfig, vocab: Vocab) -> dict[str, str]:
+    """The header of a toy checkpoint: its config and vocabulary rebuild the model."""
+    return {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(vocab.to_json())}
+
+
+def checkpoint_metadata(path: str | Path) -> tuple[RunConfig, Vocab, int]:
+    """The config, vocabulary and step a toy checkpoint's header records (checked), without
+    loading its tensors."""
+    path = Path(path)
+    meta = training.read_header(path)
+    try:
+        cfg = from_dict(RunConfig, json.loads(meta["config"]), where=f"{path} (metadata config)")
+        vocab = Vocab(json.loads(meta["vocab"]))
+    except (KeyError, ValueError, TypeError) as err:
+        raise RevcurseError(f"{path}: corrupt checkpoint metadata ({err})") from None
+    return cfg, vocab, int(meta["step"])
+
+
+def load_checkpoint(path: str | Path) -> tuple[TransformerLM, RunConfig, Vocab, int]:
+    """Rebuild a model from a toy checkpoint file alone (safetensors; never pickle)."""
+    cfg, vocab, step = checkpoint_metadata(path)
+    model = TransformerLM(cfg.model, len(vocab))
+    training.load_weights(model, files.load_tensors(path), Path(path))
+    return model, cfg, vocab, step
+
+
+def train(
+    cfg: RunConfig,
+    out_dir: str | Path | None = None,
+    *,
+    progress: bool = False,
+    command: str | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train one model as ``cfg`` says; write its run directory (if ``out_dir``); return its summary.
+
+    Everything random (initialisation, batch order, mask ratios and masks) is drawn from generators
+    seeded by ``cfg.train.seed``, so the same config gives the same summary. With ``resume`` and a
+    ``checkpoints/last.safetensors`` of the same config in ``out_dir``, training continues from it
+    and ends bit-identical to an uninterrupted run (metrics and probe records after the checkpoint
+    are dropped and recomputed).
+    """
+    tc = cfg.train
+    torch.set_num_threads(tc.threads)
+    out = Path(out_dir) if out_dir is not None else None
+    resuming = bool(resume and out is not None and training.check_resumable(out, cfg, False))
+    if out is not None and out.is_dir():
+        files.remove_temporaries(out)  # a previous writer of this run killed mid-write
+    if out is not None and not resuming:
+        write_provenance(out, dump_yaml(cfg), command)
+
+    dataset, vocab = build_dataset(cfg)
+    data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable)
+    model = build_model(cfg, len(vocab))
+    seed_everything(tc.seed)
+    probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
+    metrics = out / "metrics.jsonl" if out is not None else None
+
+    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
+        return training_loss(cfg.objective, m, batch, vocab.mask_id, gen,
+                             eps=tc.diffusion_eps, mlm_ratio=tc.mlm_ratio)  # fmt: skip
+
+    def on_step(done: int) -> None:
+        if tc.eval_every and done % tc.eval_every == 0:
+            scores = evaluate(model, dataset, vocab)
+            scores.pop("predictions"), scores.pop("correct")
+            if metrics is not None:
+                files.append_jsonl(metrics, {"kind": "eval", "step": done, **scores})
+        if probes is not None and probes.due(done):
+            probes(model, done)
+
+    if probes is not None:
+        if resuming:
+            probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
+        elif cfg.probe.every > 0 or 0 in cfg.probe.steps:
+            probes(model, 0)
+    start = time.perf_counter()
+    fitted = training.fit(
+        model, data, loss_fn, tc, out=out, meta=checkpoint_meta(cfg, vocab), resume=resuming,
+        on_step=on_step, progress=progress, desc=f"{cfg.model.family} seed {tc.seed}",
+    )  # fmt: skip
+    if probes is not None:
+        probes(model, tc.steps, final=True)
+    wall_seconds = time.perf_counter() - start
+    probe_seconds = probes.seconds if probes is not None else 0.0
+
+    scores = evaluate(model, dataset, vocab)
+    predictions = {"answers": scores.pop("predictions"), "correct": scores.pop("correct")}
+    if metrics is not None:
+        files.append_jsonl(metrics, {"kind": "eval", "step": tc.steps, **scores})
+    summary = {
+        "family": cfg.model.family,
+        "seed": tc.seed,
+        "objective": cfg.objective,
+        **scores,
+        "final_loss": fitted.mean_loss,
+        "train_seconds": wall_seconds - probe_seconds,
+        "probe_seconds": probe_seconds,
+        "probe": probes.summary() if probes is not None else None,
+        "n_params": model.num_parameters(),
+        "config_hash": config_hash(cfg),
+        **config_essentials(cfg),
+    }
+    if out is not None:
+        final = out / "checkpoints" / "final.safetensors"
+        training.save_state(final, model, fitted.optimizer, fitted.generator, tc.steps,
+                            checkpoint_meta(cfg, vocab))  # fmt: skip
+        files.write_json(out / "predictions.json", predictions)
+        files.write_json(out / "summary.json", summary)
+        (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # final supersedes it
+    return summary
+
+
+def config_essentials(cfg: RunConfig) -> dict[str, Any]:
+    """The config values a results table needs to tell runs apart."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    return {
+        "positional": m.positional,
+        "d_model": m.d_model,
+        "n_layers": m.n_layers,
+        "n_heads": m.n_heads,
+        "mlp": m.mlp,
+        "norm": m.norm,
+        "rope_base": m.rope_base,
+        "n_pairs": d.n_pairs,
+        "n_filler": d.n_filler,
+        "steps": t.steps,
+        "lr": t.lr,
+        "batch_size": t.batch_size,
+        "maskable": t.maskable,
+    }

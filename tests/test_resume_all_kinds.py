@@ -1,0 +1,115 @@
+"""Exact resume for every run kind through the one loop (:func:`revcurse.training.fit`).
+
+A run is interrupted inside a training step after its last checkpoint (the loss raises, as a
+Ctrl-C would land there), then resumed from ``checkpoints/last.safetensors``; its trained weights
+(all of them, or the LoRA adapters), metrics and probe records must equal an uninterrupted run's,
+bit for bit. The toy run kind is covered by the SIGKILL tests of test_reliability.py; here the
+text kinds: a from-scratch Person–Description model (minibatch epochs cut mid-epoch by the
+checkpoint) and LoRA fine-tuning of tiny MDM and ARM models.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from revcurse import files
+from revcurse.config import FinetuneConfig, TextRunConfig, apply_overrides
+
+
+class Interrupt(Exception):
+    """Stands in for a KeyboardInterrupt (which pytest would treat as the user's)."""
+
+
+def interrupting(module, monkeypatch, at_call: int) -> None:
+    """Make ``module.training_loss`` raise at its ``at_call``-th call (a step after a checkpoint)."""
+    original = module.training_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "training_loss", loss)
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def records(path, drop=("seconds",)) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in drop} for r in files.read_jsonl(path)]
+
+
+def test_person_description_run_resumes_bit_identically(tmp_path, monkeypatch):
+    from revcurse.experiments import person_description as pd
+
+    # 2 people per group: 240 statements, batch 64 -> 3 batches an epoch; checkpoints every 4
+    # steps land mid-epoch, so the saved permutation and position matter.
+    cfg = apply_overrides(TextRunConfig(), ["n_people=2", "train.steps=14", "max_eval=4",
+                                            "probe.n_facts=4", "probe.every=5",
+                                            "train.checkpoint_every=4", "train.log_every=3"])  # fmt: skip
+    full = pd.train_run(cfg, tmp_path / "full")
+    with monkeypatch.context() as m:
+        interrupting(pd, m, at_call=11)  # inside step 11, after the checkpoint of step 8
+        with pytest.raises(Interrupt):
+            pd.train_run(cfg, tmp_path / "cut")
+    assert (tmp_path / "cut" / "checkpoints" / "last.safetensors").is_file()
+    resumed = pd.train_run(cfg, tmp_path / "cut")
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("full", "cut"))
+    assert same_tensors(a, b)
+    assert records(tmp_path / "full" / "metrics.jsonl") == records(
+        tmp_path / "cut" / "metrics.jsonl"
+    )
+    assert records(tmp_path / "full" / "probes.jsonl") == records(tmp_path / "cut" / "probes.jsonl")
+    assert full["splits"] == resumed["splits"] and full["probes"] == resumed["probes"]
+    assert not (tmp_path / "cut" / "checkpoints" / "last.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", ["llada", "llama"])
+def test_finetune_resumes_bit_identically(family, tmp_path, monkeypatch):
+    from revcurse.experiments import finetune
+
+    cfg = apply_overrides(FinetuneConfig(), [
+        f"model.family={family}", "train.steps=9", "train.lr=3e-3", "train.batch_size=8",
+        "data.max_eval=4", "data.max_train=28", "probe.n_facts=4", "probe.every=4",
+        "eval.gen_length=3", "eval.n_distractors=2", "eval.n_mc=2", "train.log_every=2",
+        "train.checkpoint_every=3", "train.warmup_steps=2", "train.schedule=cosine",
+    ])  # fmt: skip
+    full = finetune.run_finetune(cfg, tmp_path / "full", progress=False)
+    with monkeypatch.context() as m:
+        interrupting(finetune, m, at_call=8)  # inside step 8, after the checkpoint of step 6
+        with pytest.raises(Interrupt):
+            finetune.run_finetune(cfg, tmp_path / "cut", progress=False)
+    with pytest.raises(Exception, match="not empty"):  # no silent restart over it
+        finetune.run_finetune(cfg, tmp_path / "cut", progress=False)
+    resumed = finetune.run_finetune(cfg, tmp_path / "cut", progress=False, resume=True)
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors"))
+            for d in ("full", "cut"))  # fmt: skip
+    assert same_tensors(a, b)
+    assert records(tmp_path / "full" / "metrics.jsonl") == records(
+        tmp_path / "cut" / "metrics.jsonl"
+    )
+    assert records(tmp_path / "full" / "probes.jsonl") == records(tmp_path / "cut" / "probes.jsonl")
+    assert full["before"] == resumed["before"] and full["after"] == resumed["after"]
+
+
+def test_finetune_resume_refuses_another_config(tmp_path, monkeypatch):
+    from revcurse.errors import RevcurseError
+    from revcurse.experiments import finetune
+
+    cfg = apply_overrides(FinetuneConfig(), ["model.family=llama", "train.steps=6",
+                                             "data.max_eval=2", "data.max_train=16",
+                                             "probe.enabled=false", "train.checkpoint_every=2"])  # fmt: skip
+    with monkeypatch.context() as m:
+        interrupting(finetune, m, at_call=4)
+        with pytest.raises(Interrupt):
+            finetune.run_finetune(cfg, tmp_path / "cut", progress=False)
+    other = apply_overrides(cfg, ["train.lr=1e-3"])
+    before = sorted(p.name for p in (tmp_path / "cut").rglob("*"))
+    with pytest.raises(RevcurseError, match="another config .*train.lr"):
+        finetune.run_finetune(other, tmp_path / "cut", progress=False, resume=True)
+    assert sorted(p.name for p in (tmp_path / "cut").rglob("*")) == before
