@@ -19,12 +19,11 @@ import torch
 
 from revcurse.config import RunConfig, TextRunConfig
 from revcurse.data.tokenize import training_batch
-from revcurse.evaluation import evaluate
+from revcurse.evaluation import evaluate, evaluate_split
 from revcurse.experiments.person_description import MIRRORS, SPLITS, prepare
 from revcurse.experiments.toy_run import build_dataset, build_model
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
-from revcurse.text_evaluation import evaluate_split
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import interleaved, median  # noqa: E402

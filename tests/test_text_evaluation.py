@@ -8,7 +8,7 @@ import torch
 from revcurse.config import DecodeConfig
 from revcurse.data.schema import TextPair
 from revcurse.data.text import WordTokenizer
-from revcurse.text_evaluation import evaluate_split, rescore, save_generations
+from revcurse.evaluation import evaluate_split, rescore, save_generations
 
 PAIRS = [
     TextPair("Who is A's mother?", " Mary Ann"),

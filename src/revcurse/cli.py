@@ -8,15 +8,17 @@ fully validated before any directory is created.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args
 
 import typer
 
@@ -25,6 +27,7 @@ from revcurse.config import (
     PersonDescriptionConfig,
     RunConfig,
     SweepConfig,
+    TextDatasetName,
     ToyExperimentConfig,
     apply_overrides,
     dump_yaml,
@@ -84,6 +87,17 @@ def _interrupted(signum: int) -> typer.Exit:
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(EXIT_USAGE)
+
+
+def guarded(command: Callable[..., T]) -> Callable[..., T]:
+    """A command whose errors become one line and exit code 2, and whose Ctrl-C says how to
+    resume (:func:`_guard`); the signature, which typer reads, is kept."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> T:
+        return _guard(lambda: command(*args, **kwargs))
+
+    return run
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -154,110 +168,101 @@ def reproduce(
         close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
+    options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
+                                progress)  # fmt: skip
     if name == "person-description":
-        _person_description(config, set_, quick, out, seeds, workers, force, resume, progress)
-        return
-    if name != "toy":
-        _sweep(name, config, set_, quick, out, seeds, workers, backend, force, progress)
-        return
-
-    def run() -> dict[str, Any]:
-        from revcurse.experiments.toy import quick as make_quick
-        from revcurse.experiments.toy import run_toy
-
-        cfg = ToyExperimentConfig()
-        if config is not None:
-            cfg = load_yaml(ToyExperimentConfig, config)
-        if quick:
-            cfg = make_quick(cfg)
-        cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
-        target = _target(out, name)
-        start = time.perf_counter()
-        summary = run_toy(cfg, target, command=_command_line(), progress=progress, force=force,
-                          resume=resume)  # fmt: skip
-        elapsed = time.perf_counter() - start
-        for family, agg in summary["aggregate"].items():
-            fwd, rev = agg["forward_accuracy"], agg["reverse_accuracy"]
-            typer.echo(
-                f"{family.upper()}: forward {fwd['mean']:.3f} ± {fwd['std']:.3f}   "
-                f"reverse {rev['mean']:.3f} ± {rev['std']:.3f}   (n={agg['n']} seeds)"
-            )
-        typer.echo(f"chance (reverse): {summary['chance']['reverse']:.3f}")
-        typer.echo(f"report: {target / 'report.html'}   ({elapsed:.1f} s)")
-        return summary
-
-    _guard(run)
+        _person_description(options)
+    elif name == "toy":
+        _toy(options)
+    else:
+        _sweep(name, options)
 
 
-def _person_description(
-    config: Path | None,
-    set_: list[str] | None,
-    quick: bool,
-    out: Path | None,
-    seeds: int | None,
-    workers: int | None,
-    force: bool,
-    resume: bool,
-    progress: bool,
-) -> None:
-    def run() -> None:
-        from revcurse.experiments import person_description as pd
+@dataclass(frozen=True)
+class ExperimentOptions:
+    """The options every experiment command shares, as given on the command line."""
 
-        cfg = load_yaml(PersonDescriptionConfig, config) if config else PersonDescriptionConfig()
-        if quick:
-            cfg = pd.quick(cfg)
-        cfg = apply_overrides(cfg, _overrides(set_, seeds, workers))
-        target = _target(out, "person-description")
-        start = time.perf_counter()
-        summary = pd.run_person_description(cfg, target, command=_command_line(),
-                                            progress=progress, force=force, resume=resume)  # fmt: skip
-        metric = summary["headline_metric"]
-        for family, agg in summary["aggregate"].items():
-            cells = "  ".join(
-                f"{split} {agg[f'{split}.{metric}']['mean']:.3f}"
-                for split in ("p2d_same_train", "p2d_reverse_train", "p2d_same", "p2d_reverse")
-            )
-            typer.echo(f"{family.upper()} ({metric}, n={agg['n']}): {cells}")
-        typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
+    config: Path | None
+    set_: list[str] | None
+    quick: bool
+    out: Path | None
+    seeds: int | None
+    workers: int | None
+    backend: str | None
+    force: bool
+    resume: bool
+    progress: bool
 
-    _guard(run)
+    def overrides(self) -> list[str]:
+        return _overrides(self.set_, self.seeds, self.workers)
 
 
-def _sweep(
-    name: str | None,
-    config: Path | None,
-    set_: list[str] | None,
-    quick: bool,
-    out: Path | None,
-    seeds: int | None,
-    workers: int | None,
-    backend: str | None,
-    force: bool,
-    progress: bool,
-) -> None:
-    def run() -> None:
-        from revcurse.experiments.sweep import load_sweep_config, run_sweep
+@guarded
+def _toy(o: ExperimentOptions) -> None:
+    from revcurse.experiments.toy import quick as make_quick
+    from revcurse.experiments.toy import run_toy
 
-        extra = _overrides(set_, seeds, workers)
-        if backend is not None:
-            extra.append(f"backend={backend}")
-        cfg, named = load_sweep_config(name, config, extra, quick)
-        target = _target(out, cfg.name)
-        start = time.perf_counter()
-        summary = run_sweep(cfg, target, command=_command_line(), progress=progress,
-                            force=force, named=named)  # fmt: skip
-        for agg in summary["aggregates"]:
-            labels = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items())
-            fwd, rev = agg.get("forward_accuracy"), agg.get("reverse_accuracy")
-            if fwd and rev:
-                typer.echo(f"{labels}: forward {fwd['mean']:.3f}  reverse {rev['mean']:.3f} "
-                           f"± {rev['std']:.3f}  (n={agg['n']})")  # fmt: skip
+    cfg = load_yaml(ToyExperimentConfig, o.config) if o.config else ToyExperimentConfig()
+    if o.quick:
+        cfg = make_quick(cfg)
+    cfg = apply_overrides(cfg, o.overrides())
+    target = _target(o.out, "toy")
+    start = time.perf_counter()
+    summary = run_toy(cfg, target, command=_command_line(), progress=o.progress, force=o.force,
+                      resume=o.resume)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    for family, agg in summary["aggregate"].items():
+        fwd, rev = agg["forward_accuracy"], agg["reverse_accuracy"]
         typer.echo(
-            f"{summary['n_runs']} runs, {summary['n_failed']} failed; "
-            f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)"
+            f"{family.upper()}: forward {fwd['mean']:.3f} ± {fwd['std']:.3f}   "
+            f"reverse {rev['mean']:.3f} ± {rev['std']:.3f}   (n={agg['n']} seeds)"
         )
+    typer.echo(f"chance (reverse): {summary['chance']['reverse']:.3f}")
+    typer.echo(f"report: {target / 'report.html'}   ({elapsed:.1f} s)")
 
-    _guard(run)
+
+@guarded
+def _person_description(o: ExperimentOptions) -> None:
+    from revcurse.experiments import person_description as pd
+
+    cfg = load_yaml(PersonDescriptionConfig, o.config) if o.config else PersonDescriptionConfig()
+    if o.quick:
+        cfg = pd.quick(cfg)
+    cfg = apply_overrides(cfg, o.overrides())
+    target = _target(o.out, "person-description")
+    start = time.perf_counter()
+    summary = pd.run_person_description(cfg, target, command=_command_line(),
+                                        progress=o.progress, force=o.force, resume=o.resume)  # fmt: skip
+    metric = summary["headline_metric"]
+    for family, agg in summary["aggregate"].items():
+        cells = "  ".join(
+            f"{split} {agg[f'{split}.{metric}']['mean']:.3f}"
+            for split in ("p2d_same_train", "p2d_reverse_train", "p2d_same", "p2d_reverse")
+        )
+        typer.echo(f"{family.upper()} ({metric}, n={agg['n']}): {cells}")
+    typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
+
+
+@guarded
+def _sweep(name: str | None, o: ExperimentOptions) -> None:
+    from revcurse.experiments.sweep import load_sweep_config, run_sweep
+
+    extra = o.overrides() + ([f"backend={o.backend}"] if o.backend is not None else [])
+    cfg, named = load_sweep_config(name, o.config, extra, o.quick)
+    target = _target(o.out, cfg.name)
+    start = time.perf_counter()
+    summary = run_sweep(cfg, target, command=_command_line(), progress=o.progress,
+                        force=o.force, named=named)  # fmt: skip
+    for agg in summary["aggregates"]:
+        labels = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items())
+        fwd, rev = agg.get("forward_accuracy"), agg.get("reverse_accuracy")
+        if fwd and rev:
+            typer.echo(f"{labels}: forward {fwd['mean']:.3f}  reverse {rev['mean']:.3f} "
+                       f"± {rev['std']:.3f}  (n={agg['n']})")  # fmt: skip
+    typer.echo(
+        f"{summary['n_runs']} runs, {summary['n_failed']} failed; "
+        f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)"
+    )
 
 
 @app.command()
@@ -276,7 +281,8 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run (or resume) a sweep from a YAML SweepConfig: a grid x variants x seeds."""
-    _sweep(None, config, set_, quick, out, seeds, workers, backend, force, progress)
+    _sweep(None, ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force,
+                                   resume, progress))  # fmt: skip
 
 
 runs_app = typer.Typer(
@@ -286,29 +292,28 @@ app.add_typer(runs_app, name="runs")
 
 
 @runs_app.command("list")
+@guarded
 def runs_list(
     folder: Annotated[Path, typer.Argument(help="A sweep or experiment output folder.")],
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
 ) -> None:
     """One line per run: id, status, swept values, forward and reverse accuracy."""
 
-    def run() -> None:
-        from revcurse.store import Store
+    from revcurse.store import Store
 
-        for row in Store(folder / "index.sqlite", create=False).rows(status=status):
-            labels = " ".join(f"{k.split('.')[-1]}={v}" for k, v in row["labels"].items())
-            result = ""
-            if row["summary"]:
-                result = (f"fwd {row['summary']['forward_accuracy']:.3f} "
-                          f"rev {row['summary']['reverse_accuracy']:.3f}")  # fmt: skip
-            elif row["error"]:
-                result = row["error"]
-            typer.echo(f"{row['run_id']}  {row['status']:<7}  {labels}  {result}")
-
-    _guard(run)
+    for row in Store(folder / "index.sqlite", create=False).rows(status=status):
+        labels = " ".join(f"{k.split('.')[-1]}={v}" for k, v in row["labels"].items())
+        result = ""
+        if row["summary"]:
+            result = (f"fwd {row['summary']['forward_accuracy']:.3f} "
+                      f"rev {row['summary']['reverse_accuracy']:.3f}")  # fmt: skip
+        elif row["error"]:
+            result = row["error"]
+        typer.echo(f"{row['run_id']}  {row['status']:<7}  {labels}  {result}")
 
 
 @runs_app.command("compare")
+@guarded
 def runs_compare(
     folder: Annotated[Path, typer.Argument(help="A sweep or experiment output folder.")],
     by: Annotated[str, typer.Option(help="The swept label to group by, e.g. model.positional.")],
@@ -316,31 +321,29 @@ def runs_compare(
 ) -> None:
     """Mean, std and 95% bootstrap interval of a metric per value of a label, per family."""
 
-    def run() -> None:
-        from revcurse.experiments.stats import aggregate
-        from revcurse.store import Store
+    from revcurse.experiments.stats import aggregate
+    from revcurse.store import Store
 
-        rows = Store(folder / "index.sqlite", create=False).rows(status="done")
-        known = sorted({k for r in rows for k in r["labels"]})
-        if by not in known:
-            close = difflib.get_close_matches(by, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
-            raise RevcurseError(f"no runs are labelled by {by!r}{hint}")
-        groups: dict[tuple, list[dict]] = {}
-        for r in rows:
-            if metric not in r["summary"]:
-                raise RevcurseError(f"unknown metric {metric!r}; e.g. forward_accuracy")
-            groups.setdefault((r["labels"][by], r["labels"]["family"]), []).append(r["summary"])
-        typer.echo(f"{by:<24} family  n   {metric} mean ± std   [95% CI]")
-        for (value, family), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            a = aggregate(members, [metric])[metric]
-            typer.echo(f"{value!s:<24} {family:<6} {len(members):<3} {a['mean']:.3f} ± "
-                       f"{a['std']:.3f}   [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]")  # fmt: skip
-
-    _guard(run)
+    rows = Store(folder / "index.sqlite", create=False).rows(status="done")
+    known = sorted({k for r in rows for k in r["labels"]})
+    if by not in known:
+        close = difflib.get_close_matches(by, known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(known)}"
+        raise RevcurseError(f"no runs are labelled by {by!r}{hint}")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if metric not in r["summary"]:
+            raise RevcurseError(f"unknown metric {metric!r}; e.g. forward_accuracy")
+        groups.setdefault((r["labels"][by], r["labels"]["family"]), []).append(r["summary"])
+    typer.echo(f"{by:<24} family  n   {metric} mean ± std   [95% CI]")
+    for (value, family), members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        a = aggregate(members, [metric])[metric]
+        typer.echo(f"{value!s:<24} {family:<6} {len(members):<3} {a['mean']:.3f} ± "
+                   f"{a['std']:.3f}   [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}]")  # fmt: skip
 
 
 @app.command()
+@guarded
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
     config: ConfigOpt = None,
@@ -353,31 +356,29 @@ def train(
 ) -> None:
     """Train one model (a RunConfig) and write its run directory."""
 
-    def run() -> None:
-        from revcurse.experiments.rundir import prepare_out_dir
-        from revcurse.experiments.toy_run import train as train_run
-        from revcurse.files import run_lock
-        from revcurse.training import check_resumable
+    from revcurse.experiments.rundir import prepare_out_dir
+    from revcurse.experiments.toy_run import train as train_run
+    from revcurse.files import run_lock
+    from revcurse.training import check_resumable
 
-        cfg = _load(RunConfig, config, set_)
-        if not resume:
-            prepare_out_dir(out, force)
-        elif (out / "summary.json").is_file():
-            raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
-        else:  # read-only checks first: nothing in a folder that is not this run is touched
-            check_resumable(out, cfg, require_checkpoint=True)
-        with run_lock(out, blocking=False):  # the lock the sweep executor's workers hold
-            summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
-        typer.echo(
-            f"{summary['family'].upper()} seed {summary['seed']}: "
-            f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"
-            f"  (chance {summary['reverse_chance']:.3f})  -> {out}"
-        )
-
-    _guard(run)
+    cfg = _load(RunConfig, config, set_)
+    if not resume:
+        prepare_out_dir(out, force)
+    elif (out / "summary.json").is_file():
+        raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
+    else:  # read-only checks first: nothing in a folder that is not this run is touched
+        check_resumable(out, cfg, require_checkpoint=True)
+    with run_lock(out, blocking=False):  # the lock the sweep executor's workers hold
+        summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
+    typer.echo(
+        f"{summary['family'].upper()} seed {summary['seed']}: "
+        f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"
+        f"  (chance {summary['reverse_chance']:.3f})  -> {out}"
+    )
 
 
 @app.command()
+@guarded
 def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -404,30 +405,28 @@ def finetune(
     and after. Multi-GPU: `accelerate launch --config_file configs/accelerate/ddp.yaml -m revcurse
     finetune ...`."""
 
-    def run() -> None:
-        from revcurse.experiments.finetune import run_finetune
+    from revcurse.experiments.finetune import run_finetune
 
-        cfg = _load(FinetuneConfig, config, set_)
-        if resume and out is None:
-            raise _fail("--resume needs --out: the run directory to continue")
-        target = _target(out, f"finetune-{cfg.model.family}-{cfg.data.dataset}")
-        summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
-                               command=_command_line(), force=force, resume=resume,
-                               progress=progress)  # fmt: skip
-        if not summary:  # a non-main process of a distributed launch: the main one reports
-            return
-        for split, m in summary["after"].items():
-            b = summary["before"][split]
-            typer.echo(
-                f"{split} ({m['direction']}): exact {b['exact']:.3f} -> {m['exact']:.3f}   "
-                f"likelihood top-1 {b['likelihood_top1']:.3f} -> {m['likelihood_top1']:.3f}"
-            )
-        typer.echo(f"report: {target / 'report.md'}   adapter: {target / 'adapter'}")
-
-    _guard(run)
+    cfg = _load(FinetuneConfig, config, set_)
+    if resume and out is None:
+        raise _fail("--resume needs --out: the run directory to continue")
+    target = _target(out, f"finetune-{cfg.model.family}-{cfg.data.dataset}")
+    summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
+                           command=_command_line(), force=force, resume=resume,
+                           progress=progress)  # fmt: skip
+    if not summary:  # a non-main process of a distributed launch: the main one reports
+        return
+    for split, m in summary["after"].items():
+        b = summary["before"][split]
+        typer.echo(
+            f"{split} ({m['direction']}): exact {b['exact']:.3f} -> {m['exact']:.3f}   "
+            f"likelihood top-1 {b['likelihood_top1']:.3f} -> {m['likelihood_top1']:.3f}"
+        )
+    typer.echo(f"report: {target / 'report.md'}   adapter: {target / 'adapter'}")
 
 
 @app.command()
+@guarded
 def evaluate(
     checkpoint: Annotated[
         Path, typer.Argument(help="A run directory or a .safetensors checkpoint.")
@@ -435,23 +434,21 @@ def evaluate(
 ) -> None:
     """Re-evaluate a saved model on its dataset; prints the metrics as JSON."""
 
-    def run() -> None:
-        from revcurse.evaluation import evaluate as evaluate_model
-        from revcurse.experiments.toy_run import build_dataset, load_checkpoint
+    from revcurse.evaluation import evaluate as evaluate_model
+    from revcurse.experiments.toy_run import build_dataset, load_checkpoint
 
-        path = checkpoint
-        if path.is_dir():
-            path = path / "checkpoints" / "final.safetensors"
-        model, cfg, vocab, step = load_checkpoint(path)
-        dataset, _ = build_dataset(cfg)
-        metrics = evaluate_model(model, dataset, vocab)
-        metrics.pop("predictions"), metrics.pop("correct")
-        typer.echo(json.dumps({"checkpoint": str(path), "step": step, **metrics}, indent=2))
-
-    _guard(run)
+    path = checkpoint
+    if path.is_dir():
+        path = path / "checkpoints" / "final.safetensors"
+    model, cfg, vocab, step = load_checkpoint(path)
+    dataset, _ = build_dataset(cfg)
+    metrics = evaluate_model(model, dataset, vocab)
+    metrics.pop("predictions"), metrics.pop("correct")
+    typer.echo(json.dumps({"checkpoint": str(path), "step": step, **metrics}, indent=2))
 
 
 @app.command()
+@guarded
 def probe(
     path: Annotated[
         Path, typer.Argument(help="A model run directory or a toy experiment directory.")
@@ -460,35 +457,33 @@ def probe(
 ) -> None:
     """Run the mechanism probes on saved final checkpoints (writes probes/posthoc-*)."""
 
-    def run() -> None:
-        from revcurse.experiments.toy_run import build_dataset, load_checkpoint
-        from revcurse.probes.runner import ProbeRunner
+    from revcurse.experiments.toy_run import build_dataset, load_checkpoint
+    from revcurse.probes.runner import ProbeRunner
 
-        overrides = list(set_ or [])
-        if any(not o.startswith("probe.") for o in overrides):
-            raise RevcurseError("revcurse probe only takes probe.* overrides")
-        run_dirs = sorted((path / "models").iterdir()) if (path / "models").is_dir() else [path]
-        for run_dir in run_dirs:
-            model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
-            cfg = apply_overrides(cfg, overrides)
-            dataset, _ = build_dataset(cfg)
-            runner = ProbeRunner(cfg, dataset, vocab, run_dir, prefix="posthoc-")
-            record = runner(model, step, final=True)
-            parts = [f"{run_dir.name}: step {step}"]
-            if "attention" in record:
-                parts += [f"attention r ({pairing} pairing)={a['mean_pearson']:+.3f}"
-                          for pairing, a in record["attention"].items()]  # fmt: skip
-            if "gradients" in record:
-                parts.append(f"grad cos fwd/rev={record['gradients']['cos_fwd_rev']['all']:+.3f}")
-            typer.echo("  ".join(parts) + f"  -> {run_dir / 'probes'}")
-
-    _guard(run)
+    overrides = list(set_ or [])
+    if any(not o.startswith("probe.") for o in overrides):
+        raise RevcurseError("revcurse probe only takes probe.* overrides")
+    run_dirs = sorted((path / "models").iterdir()) if (path / "models").is_dir() else [path]
+    for run_dir in run_dirs:
+        model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
+        cfg = apply_overrides(cfg, overrides)
+        dataset, _ = build_dataset(cfg)
+        runner = ProbeRunner(cfg, dataset, vocab, run_dir, prefix="posthoc-")
+        record = runner(model, step, final=True)
+        parts = [f"{run_dir.name}: step {step}"]
+        if "attention" in record:
+            parts += [f"attention r ({pairing} pairing)={a['mean_pearson']:+.3f}"
+                      for pairing, a in record["attention"].items()]  # fmt: skip
+        if "gradients" in record:
+            parts.append(f"grad cos fwd/rev={record['gradients']['cos_fwd_rev']['all']:+.3f}")
+        typer.echo("  ".join(parts) + f"  -> {run_dir / 'probes'}")
 
 
-DATASETS = ("person-description", "parent-child", "trex")
+DATASETS = get_args(TextDatasetName)
 
 
 @app.command()
+@guarded
 def data(
     name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(DATASETS)}.")],
     path: Annotated[
@@ -499,28 +494,22 @@ def data(
 ) -> None:
     """Load and validate a reversal dataset; print its splits, sizes, licence and examples."""
 
-    def run() -> None:
-        from revcurse.config import TextDataConfig
-        from revcurse.data.text_datasets import load_text_dataset
+    from revcurse.config import TextDataConfig, from_dict
+    from revcurse.data.text_datasets import load_text_dataset
 
-        if name not in DATASETS:
-            close = difflib.get_close_matches(name, DATASETS, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RevcurseError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)}){hint}")
-        if name == "trex" and path is None:
-            raise RevcurseError("trex needs --path FOLDER (LAMA format; the data is not shipped)")
-        ds = load_text_dataset(TextDataConfig(dataset=name, path="" if path is None else str(path)))
-        for warning in ds.warnings:
-            typer.echo(f"warning: {warning}", err=True)
-        typer.echo(f"{ds.name}: {len(ds.train)} training statements; licence: {ds.licence}")
-        for split, pairs in ds.tests.items():
-            typer.echo(f"  {split:<24} {ds.directions[split]:<8} {len(pairs)} queries")
-            for pair in pairs[:show]:
-                typer.echo(f"      {pair.prompt!r} -> {pair.completion!r}")
-        for key, value in ds.notes.items():
-            typer.echo(f"  {key}: {value}")
-
-    _guard(run)
+    # The config's own checks: a known name (with a suggestion), T-REx given its folder.
+    where = "revcurse data (dataset NAME, --path)"
+    cfg = from_dict(TextDataConfig, {"dataset": name, "path": str(path or "")}, where=where)
+    ds = load_text_dataset(cfg)
+    for warning in ds.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"{ds.name}: {len(ds.train)} training statements; licence: {ds.licence}")
+    for split, pairs in ds.tests.items():
+        typer.echo(f"  {split:<24} {ds.directions[split]:<8} {len(pairs)} queries")
+        for pair in pairs[:show]:
+            typer.echo(f"      {pair.prompt!r} -> {pair.completion!r}")
+    for key, value in ds.notes.items():
+        typer.echo(f"  {key}: {value}")
 
 
 @app.command("config")

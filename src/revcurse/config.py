@@ -739,7 +739,11 @@ def _coerce(value: Any, tp: Any, name: str, where: str) -> Any:
         return _from_dict(tp, value, where, prefix=name + ".")
     if origin is Literal:
         if value not in get_args(tp) or isinstance(value, bool):
-            fail()
+            options = [str(a) for a in get_args(tp)]
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close and isinstance(value, str) else ""
+            raise ConfigError(f"{where}: field '{name}': expected {_type_name(tp)}, got "
+                              f"{value!r}{hint}")  # fmt: skip
         return value
     if origin in (typing.Union, types.UnionType):
         args = get_args(tp)

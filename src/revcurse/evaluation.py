@@ -1,43 +1,195 @@
-"""Forward, mirror and reverse accuracy of single-token answers (the toy task).
+"""THE evaluation: any model on any reversal queries -> per-query answers, candidate log-probs and
+per-direction accuracy, for the toy task and natural-language datasets alike.
 
-A bidirectional model (MDM) fills the ``[MASK]`` of ``prompt [MASK] suffix`` in one forward pass; a
-causal model (ARM) predicts the token after ``prompt``. Both are scored at that one position:
+Every query reaches the model as token ids (:class:`Queries`): a prompt, an optional suffix after
+the answer (the mirror query ``[M..M] REL b``, asked of a bidirectional model only) and its
+candidate answers, the right one first. :func:`read_queries` reads a model on them in one of two
+ways, which give the same quantities:
 
-* ``accuracy``: the argmax over the whole vocabulary is the answer (the strict, headline metric);
-* ``candidate_accuracy``: the argmax among the candidate answers of that direction is the answer;
-* ``chance``: ``1 / n_candidates``, the accuracy of a uniform guess among the candidates (an upper
-  bound on what a model that learned nothing about the direction scores on either metric);
-* ``answer_logprob``: mean log-probability of the correct answer.
+* **fast batched path**, when every candidate is one token and one token is generated (the toy
+  task): one forward pass over all queries; the model's answer is the argmax over the whole
+  vocabulary at the answer slot (an MDM fills the ``[MASK]`` of ``prompt [MASK] suffix``, an ARM
+  predicts the token after ``prompt``: exactly what the sampler or greedy decoding produce for one
+  token), and every candidate's log-probability is read from the same softmax (exact: for a
+  one-token answer the masked-diffusion bound is the likelihood);
+* **general path**: generation (:func:`~revcurse.decoding.mdm_generate`, LLaDA's low-confidence
+  remasking sampler; :func:`~revcurse.decoding.arm_generate`, greedy) and per-candidate
+  likelihoods (exact for an ARM, the unbiased Monte-Carlo bound for an MDM), in batches.
 
-Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has no mirror
-query, so its ``mirror_*`` metrics are ``None``.
+Metrics (one name, one quantity, on both paths): the answer matches (toy: the argmax token is the
+answer, ``accuracy``; text: exact / prefix / substring match of the generation); the likelihood
+rank of the right answer among the candidates (ties count against it), whose top-1 rate is the
+toy's ``candidate_accuracy`` and the text's ``likelihood_top1``; ``chance`` is one over the number
+of candidates. Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has
+no mirror query, so its ``mirror_*`` metrics are ``None``.
+
+Text splits (:func:`evaluate_split`) draw ``n_distractors`` answers of other queries from their own
+generator (``distractor_seed``), so every model evaluated on a split ranks the same candidates and
+the per-query outcomes of two models are paired. Every record is kept, so a split can be re-scored
+from its saved generations without the model (:func:`rescore`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from revcurse.data.schema import DIRECTIONS, Direction, ReversalDataset, directions_for
-from revcurse.data.tokenize import Vocab, encode_queries
-from revcurse.models.transformer import TransformerLM
+from revcurse import files
+from revcurse.config import DecodeConfig
+from revcurse.data.schema import DIRECTIONS, ReversalDataset, TextPair, directions_for
+from revcurse.data.tokenize import Vocab, pad_batch
+from revcurse.decoding import (
+    arm_answer_logprob,
+    arm_generate,
+    mdm_answer_logprob,
+    mdm_generate,
+    truncate_at,
+)
+from revcurse.metrics import exact_match, likelihood_rank, normalize, prefix_match, substring_match
+
+
+@dataclass
+class Queries:
+    """Reversal queries as token ids: the one input of :func:`read_queries`."""
+
+    prompts: list[list[int]]
+    candidates: list[list[list[int]]]
+    """Per query, its candidate answers, the right one first (all queries have as many)."""
+    suffixes: list[list[int]]
+    """Per query, the tokens after the answer ([] for none: the answer ends the sequence)."""
+
+    @property
+    def infill(self) -> bool:
+        return any(self.suffixes)
+
+    @property
+    def single_token(self) -> bool:
+        return all(len(c) == 1 for cands in self.candidates for c in cands)
+
+
+@dataclass
+class Read:
+    """What the model did on :class:`Queries`: its answer to each ``[Q]`` (token ids) and the
+    log-probability of every candidate ``[Q, C]`` (float64, the right one in column 0)."""
+
+    answers: list[list[int]]
+    logprobs: torch.Tensor
+
+    @property
+    def ranks(self) -> torch.Tensor:
+        """Rank (1 = best) of the right answer among the candidates ``[Q]``."""
+        return likelihood_rank(self.logprobs)
 
 
 @torch.no_grad()
-def answer_logits(
-    model: TransformerLM, dataset: ReversalDataset, vocab: Vocab, direction: Direction
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the answer position of every query ``[Q, V]`` and the answer ids ``[Q]``."""
-    ids, pos, answers = encode_queries(vocab, dataset.queries[direction], model.causal)
-    logits = model(ids, attention_mask=ids != vocab.pad_id)  # [Q, L, V]
-    return logits[torch.arange(len(pos)), pos], answers
+def read_queries(
+    model: Any,
+    queries: Queries,
+    *,
+    causal: bool,
+    mask_id: int,
+    pad_id: int,
+    eos_id: int | None = None,
+    settings: DecodeConfig | None = None,
+    generator: torch.Generator | None = None,
+    fill: tuple[int, int] | None = None,
+) -> Read:
+    """Read ``model`` on ``queries``: the fast batched path when every candidate is one token and
+    one token is generated (``settings`` None or ``gen_length`` 1), else generation and per-candidate
+    likelihoods (``settings``; ``fill``: an MDM trained on statements padded with EOS to a length
+    sees every query padded the same way)."""
+    if queries.infill and causal:
+        raise ValueError("a causal model cannot be asked infilling (mirror) queries")
+    if queries.single_token and (settings is None or settings.gen_length == 1) and fill is None:
+        return _read_one_position(model, queries, causal, mask_id, pad_id)
+    if settings is None or generator is None:
+        raise ValueError("multi-token answers need decode settings and a generator")
+    return _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings,
+                               generator, fill)  # fmt: skip
+
+
+def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_id: int) -> Read:
+    """One forward pass: logits at each query's answer slot ``[Q, V]``. Queries are left-aligned,
+    so padding only ever follows the slot."""
+    if causal:
+        rows, slot = queries.prompts, [len(p) - 1 for p in queries.prompts]
+    else:
+        rows = [p + [mask_id] + s for p, s in zip(queries.prompts, queries.suffixes, strict=True)]
+        slot = [len(p) for p in queries.prompts]
+    ids = pad_batch(rows, pad_id)  # [Q, L]
+    logits = model(ids, attention_mask=ids != pad_id)  # [Q, L, V]
+    logits = logits[torch.arange(len(slot)), torch.tensor(slot)]  # [Q, V]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    cands = torch.tensor([[c[0] for c in cs] for cs in queries.candidates])  # [Q, C]
+    answers = [[t] for t in logits.argmax(dim=-1).tolist()]
+    return Read(answers, logp.gather(1, cands))
+
+
+def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings, generator,
+                        fill) -> Read:  # fmt: skip
+    prompts, suffixes = queries.prompts, queries.suffixes
+    if causal:
+        out = arm_generate(model, prompts, settings.gen_length, eos_id=eos_id).tolist()
+    elif not queries.infill:
+        out = mdm_generate(
+            model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
+            steps=settings.steps, block_length=settings.block_length,
+            temperature=settings.temperature, generator=generator, fill=fill,
+        ).tolist()  # fmt: skip
+    else:  # each query fills as many tokens as its right answer has, grouped by that length
+        out = [[] for _ in prompts]
+        by_length: dict[int, list[int]] = {}
+        for i, cands in enumerate(queries.candidates):
+            by_length.setdefault(len(cands[0]), []).append(i)
+        for length, rows in by_length.items():
+            filled = mdm_generate(
+                model, [prompts[i] for i in rows], length, mask_id=mask_id, pad_id=pad_id,
+                temperature=settings.temperature, generator=generator,
+                suffix=[suffixes[i] for i in rows], fill=fill,
+            )  # fmt: skip
+            for i, row in zip(rows, filled.tolist(), strict=True):
+                out[i] = row
+    n_cand = len(queries.candidates[0])
+    scores = torch.empty(len(prompts), n_cand, dtype=torch.float64)
+    for j in range(n_cand):
+        cand = [cands[j] for cands in queries.candidates]
+        if causal:
+            scores[:, j] = arm_answer_logprob(model, prompts, cand)
+        else:
+            scores[:, j] = mdm_answer_logprob(model, prompts, cand, mask_id=mask_id,
+                                              n_samples=settings.n_mc, suffix=suffixes,
+                                              generator=generator, fill=fill)  # fmt: skip
+    return Read(out, scores)
+
+
+# --------------------------------------------------------------------------------------------------
+# The toy task: single-token entities, every direction's candidates
+# --------------------------------------------------------------------------------------------------
+
+
+def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str) -> Queries:
+    """The direction's queries with all of its candidate answers (the right one moved first)."""
+    pool = [vocab.encode(c) for c in dataset.candidates[direction]]
+    prompts, candidates, suffixes = [], [], []
+    for q in dataset.queries[direction]:
+        right = vocab.encode(q.answer)
+        prompts.append(vocab.encode(q.prompt))
+        candidates.append([right] + [c for c in pool if c != right])
+        suffixes.append(vocab.encode(q.suffix))
+    return Queries(prompts, candidates, suffixes)
 
 
 @torch.no_grad()
-def evaluate(model: TransformerLM, dataset: ReversalDataset, vocab: Vocab) -> dict[str, Any]:
-    """Accuracy metrics for every direction the model can be asked, plus the per-query
-    predictions (``predictions[direction]``) and per-query correctness (``correct[direction]``,
+def evaluate(model: Any, dataset: ReversalDataset, vocab: Vocab) -> dict[str, Any]:
+    """Toy accuracy metrics for every direction the model can be asked (``accuracy``: the argmax
+    over the vocabulary is the answer; ``candidate_accuracy``: the answer ranks first among the
+    direction's candidates; ``answer_logprob``: mean log p of the answer; ``chance``), plus the
+    per-query predictions (``predictions[direction]``) and correctness (``correct[direction]``,
     the units of the paired tests)."""
     was_training = model.training
     model.eval()
@@ -50,18 +202,132 @@ def evaluate(model: TransformerLM, dataset: ReversalDataset, vocab: Vocab) -> di
             for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
                 out[f"{direction}_{metric}"] = None
             continue
-        logits, answers = answer_logits(model, dataset, vocab, direction)
-        cand = torch.tensor([vocab.encode(c)[0] for c in dataset.candidates[direction]])
-        pred = logits.argmax(dim=-1)
-        cand_pred = cand[logits[:, cand].argmax(dim=-1)]
-        logp = torch.log_softmax(logits.double(), dim=-1)[torch.arange(len(answers)), answers]
-        out[f"{direction}_accuracy"] = (pred == answers).double().mean().item()
-        out[f"{direction}_candidate_accuracy"] = (cand_pred == answers).double().mean().item()
-        out[f"{direction}_answer_logprob"] = logp.mean().item()
+        queries = toy_queries(dataset, vocab, direction)
+        read = read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
+                            pad_id=vocab.pad_id)  # fmt: skip
+        right = [a == cands[0] for a, cands in zip(read.answers, queries.candidates, strict=True)]
+        out[f"{direction}_accuracy"] = sum(right) / len(right)
+        out[f"{direction}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
+        # contiguous: a reduction over a strided column sums in another order (last bits)
+        out[f"{direction}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
         out[f"{direction}_chance"] = dataset.chance(direction)
-        predictions[direction] = list(vocab.decode(pred.tolist()))
-        correct[direction] = (pred == answers).tolist()
+        predictions[direction] = [vocab.decode(a)[0] for a in read.answers]
+        correct[direction] = right
     out["predictions"] = predictions
     out["correct"] = correct
     model.train(was_training)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Natural-language splits: generation, string matches, likelihood ranks against distractors
+# --------------------------------------------------------------------------------------------------
+
+
+def score(record: dict[str, Any]) -> dict[str, Any]:
+    """(Re-)compute the match fields of a saved generation record."""
+    answers = record["answers"]
+    gen = record["generation"]
+    return record | {
+        "exact": exact_match(gen, answers),
+        "prefix": prefix_match(gen, answers),
+        "substring": substring_match(gen, answers),
+    }
+
+
+def text_queries(
+    tokenizer: Any,
+    pairs: Sequence[TextPair],
+    n_distractors: int,
+    bos: bool = False,
+    distractor_seed: int = 0,
+) -> tuple[Queries, list[list[str]]]:
+    """A split's queries with ``n_distractors`` distinct answers of other queries each (never one
+    of the query's own accepted answers), drawn from their own generator; an answer ends with EOS
+    except in an infilling query, where the suffix follows it. Also the candidates as text."""
+    eos = tokenizer.eos_id
+    start = [tokenizer.bos_id] if bos else []
+    prompts = [start + tokenizer.encode(p.prompt) for p in pairs]
+    suffixes = [tokenizer.encode(p.suffix) if p.suffix else [] for p in pairs]
+    infill = any(suffixes)
+    distinct = list(dict.fromkeys(p.completion for p in pairs))
+    encoded = {a: tokenizer.encode(a) + ([] if infill else [eos]) for a in distinct}
+    normal = {a: normalize(a) for a in distinct}
+    k = min(n_distractors, len(distinct) - 1)
+    texts = []
+    choose = torch.Generator().manual_seed(distractor_seed)
+    for p in pairs:
+        own = {normalize(x) for x in p.answers}
+        others = [a for a in distinct if normal[a] not in own]
+        order = torch.randperm(len(others), generator=choose)[:k].tolist()
+        texts.append([p.completion] + [others[i] for i in order])
+    k = min(len(c) for c in texts) - 1
+    texts = [c[: 1 + k] for c in texts]
+    return Queries(prompts, [[encoded[c] for c in cs] for cs in texts], suffixes), texts
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[TextPair],
+    causal: bool,
+    settings: DecodeConfig,
+    generator: torch.Generator,
+    bos: bool = False,
+    eos_fill_to: int | None = None,
+    distractor_seed: int = 0,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Aggregate metrics and one record per query of a text split (``bos``: prompts start with
+    BOS, as the statements of from-scratch models do; ``eos_fill_to``: an MDM trained on statements
+    padded with EOS to that length sees every query padded the same way). Infilling queries get an
+    answer region as long as the query's own answer (the records say so)."""
+    eos = tokenizer.eos_id
+    queries, texts = text_queries(tokenizer, pairs, settings.n_distractors, bos, distractor_seed)
+    read = read_queries(
+        model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
+        eos_id=eos, settings=settings, generator=generator,
+        fill=None if eos_fill_to is None else (eos, eos_fill_to),
+    )  # fmt: skip
+    generations = [tokenizer.decode(truncate_at(row, [eos, tokenizer.pad_id]))
+                   for row in read.answers]  # fmt: skip
+    ranks = read.ranks
+    infill = queries.infill
+    records = [
+        score(
+            {
+                "prompt": p.prompt,
+                **({"suffix": p.suffix, "answer_length_given": True} if infill else {}),
+                "answers": list(p.answers),
+                "generation": g,
+                "logprob": float(read.logprobs[i, 0]),
+                "rank": int(ranks[i]),
+                "n_candidates": len(texts[i]),
+                "candidates": texts[i],  # the right answer first
+                "candidate_logprobs": read.logprobs[i].tolist(),
+                "source": p.source,
+            }
+        )
+        for i, (p, g) in enumerate(zip(pairs, generations, strict=True))
+    ]
+    n = max(1, len(records))
+    metrics = {
+        "n": len(records),
+        "exact": sum(r["exact"] for r in records) / n,
+        "prefix": sum(r["prefix"] for r in records) / n,
+        "substring": sum(r["substring"] for r in records) / n,
+        "likelihood_top1": sum(r["rank"] == 1 for r in records) / n,
+        "mean_rank": sum(r["rank"] for r in records) / n,
+        "chance_top1": 1.0 / len(texts[0]) if texts else 1.0,
+    }
+    return metrics, records
+
+
+def save_generations(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Raw generations and scores as JSONL (atomically)."""
+    files.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def rescore(path: str | Path) -> list[dict[str, Any]]:
+    """Re-score saved generations with the current metrics (no model needed)."""
+    return [score(r) for r in files.read_jsonl(path)]

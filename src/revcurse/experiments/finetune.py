@@ -28,13 +28,13 @@ from revcurse.config import FinetuneConfig, dump_yaml, to_dict
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
 from revcurse.errors import RevcurseError
+from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
 from revcurse.objectives import training_loss
 from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
-from revcurse.text_evaluation import evaluate_split, save_generations
 
 
 def resolve_device(requested: str) -> str:

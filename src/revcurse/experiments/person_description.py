@@ -44,6 +44,7 @@ from revcurse.data.person_description import (
 from revcurse.data.schema import TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
+from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
 from revcurse.experiments.rundir import start_experiment
 from revcurse.experiments.stats import aggregate, paired_comparison
@@ -53,7 +54,6 @@ from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, pr
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.store import Store
-from revcurse.text_evaluation import evaluate_split, save_generations
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
 MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
