@@ -31,6 +31,7 @@ from its saved generations without the model (:func:`rescore`).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,9 +68,14 @@ class Queries:
     def infill(self) -> bool:
         return any(self.suffixes)
 
-    @property
+    @functools.cached_property
     def single_token(self) -> bool:
         return all(len(c) == 1 for cands in self.candidates for c in cands)
+
+    @functools.cached_property
+    def candidate_ids(self) -> torch.Tensor:
+        """``[Q, C]`` token of each one-token candidate (the fast path's gather index)."""
+        return torch.tensor([[c[0] for c in cs] for cs in self.candidates])
 
 
 @dataclass
@@ -125,9 +131,8 @@ def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_
     logits = model(ids, attention_mask=ids != pad_id)  # [Q, L, V]
     logits = logits[torch.arange(len(slot)), torch.tensor(slot)]  # [Q, V]
     logp = torch.log_softmax(logits.double(), dim=-1)
-    cands = torch.tensor([[c[0] for c in cs] for cs in queries.candidates])  # [Q, C]
     answers = [[t] for t in logits.argmax(dim=-1).tolist()]
-    return Read(answers, logp.gather(1, cands))
+    return Read(answers, logp.gather(1, queries.candidate_ids))  # [Q, C]
 
 
 def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings, generator,
@@ -184,39 +189,54 @@ def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str) -> Queri
     return Queries(prompts, candidates, suffixes)
 
 
-@torch.no_grad()
+class ToyEvaluator:
+    """:func:`evaluate` with the queries of every direction encoded once (a run evaluates every
+    ``eval_every`` steps)."""
+
+    def __init__(self, dataset: ReversalDataset, vocab: Vocab) -> None:
+        self.dataset, self.vocab = dataset, vocab
+        self.queries = {d: toy_queries(dataset, vocab, d) for d in DIRECTIONS
+                        if d in dataset.queries}  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(self, model: Any) -> dict[str, Any]:
+        """Toy accuracy metrics for every direction the model can be asked (``accuracy``: the
+        argmax over the vocabulary is the answer; ``candidate_accuracy``: the answer ranks first
+        among the direction's candidates; ``answer_logprob``: mean log p of the answer;
+        ``chance``), plus the per-query predictions (``predictions[direction]``) and correctness
+        (``correct[direction]``, the units of the paired tests)."""
+        vocab = self.vocab
+        was_training = model.training
+        model.eval()
+        out: dict[str, Any] = {}
+        predictions: dict[str, list[str]] = {}
+        correct: dict[str, list[bool]] = {}
+        asked = directions_for(model.causal)
+        for direction in DIRECTIONS:
+            if direction not in asked or direction not in self.queries:
+                for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
+                    out[f"{direction}_{metric}"] = None
+                continue
+            queries = self.queries[direction]
+            read = read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
+                                pad_id=vocab.pad_id)  # fmt: skip
+            right = [a == c[0] for a, c in zip(read.answers, queries.candidates, strict=True)]
+            out[f"{direction}_accuracy"] = sum(right) / len(right)
+            out[f"{direction}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
+            # contiguous: a reduction over a strided column sums in another order (last bits)
+            out[f"{direction}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
+            out[f"{direction}_chance"] = self.dataset.chance(direction)
+            predictions[direction] = [vocab.decode(a)[0] for a in read.answers]
+            correct[direction] = right
+        out["predictions"] = predictions
+        out["correct"] = correct
+        model.train(was_training)
+        return out
+
+
 def evaluate(model: Any, dataset: ReversalDataset, vocab: Vocab) -> dict[str, Any]:
-    """Toy accuracy metrics for every direction the model can be asked (``accuracy``: the argmax
-    over the vocabulary is the answer; ``candidate_accuracy``: the answer ranks first among the
-    direction's candidates; ``answer_logprob``: mean log p of the answer; ``chance``), plus the
-    per-query predictions (``predictions[direction]``) and correctness (``correct[direction]``,
-    the units of the paired tests)."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, Any] = {}
-    predictions: dict[str, list[str]] = {}
-    correct: dict[str, list[bool]] = {}
-    asked = directions_for(model.causal)
-    for direction in DIRECTIONS:
-        if direction not in asked or direction not in dataset.queries:
-            for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
-                out[f"{direction}_{metric}"] = None
-            continue
-        queries = toy_queries(dataset, vocab, direction)
-        read = read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
-                            pad_id=vocab.pad_id)  # fmt: skip
-        right = [a == cands[0] for a, cands in zip(read.answers, queries.candidates, strict=True)]
-        out[f"{direction}_accuracy"] = sum(right) / len(right)
-        out[f"{direction}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
-        # contiguous: a reduction over a strided column sums in another order (last bits)
-        out[f"{direction}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
-        out[f"{direction}_chance"] = dataset.chance(direction)
-        predictions[direction] = [vocab.decode(a)[0] for a in read.answers]
-        correct[direction] = right
-    out["predictions"] = predictions
-    out["correct"] = correct
-    model.train(was_training)
-    return out
+    """The toy metrics of ``model`` (:class:`ToyEvaluator`)."""
+    return ToyEvaluator(dataset, vocab)(model)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from revcurse.data.schema import ReversalDataset
 from revcurse.data.tokenize import TextBatch, Vocab, training_batch
 from revcurse.data.toy import build_toy
 from revcurse.errors import RevcurseError
-from revcurse.evaluation import evaluate
+from revcurse.evaluation import ToyEvaluator
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.runner import ProbeRunner
@@ -106,6 +106,7 @@ def train(
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
     probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
+    evaluate = ToyEvaluator(dataset, vocab)
     metrics = out / "metrics.jsonl" if out is not None else None
 
     def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
@@ -114,7 +115,7 @@ def train(
 
     def on_step(done: int) -> None:
         if tc.eval_every and done % tc.eval_every == 0:
-            scores = evaluate(model, dataset, vocab)
+            scores = evaluate(model)
             scores.pop("predictions"), scores.pop("correct")
             if metrics is not None:
                 files.append_jsonl(metrics, {"kind": "eval", "step": done, **scores})
@@ -136,7 +137,7 @@ def train(
     wall_seconds = time.perf_counter() - start
     probe_seconds = probes.seconds if probes is not None else 0.0
 
-    scores = evaluate(model, dataset, vocab)
+    scores = evaluate(model)
     predictions = {"answers": scores.pop("predictions"), "correct": scores.pop("correct")}
     if metrics is not None:
         files.append_jsonl(metrics, {"kind": "eval", "step": tc.steps, **scores})

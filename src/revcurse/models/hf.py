@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from revcurse.errors import RevcurseError
+from revcurse.models.hooks import capture
 from revcurse.models.llada import MASK_TOKEN_ID, LLaDAConfig, LLaDAModelLM, load_llada
 
 
@@ -122,18 +123,10 @@ def recording_scores(model: nn.Module) -> Iterator[dict[int, torch.Tensor]]:
     through them; transformers models through the recording attention function.
     """
     global _recorder
-    points = [m for name, m in model.named_modules() if name.endswith("hook_scores")]
-    if points:
-        cache: dict[int, torch.Tensor] = {}
-        handles = [
-            point.register_forward_hook(lambda _m, _i, out, n=n: cache.__setitem__(n, out))
-            for n, point in enumerate(points)
-        ]
-        try:
+    points = [name for name, m in model.named_modules() if name.endswith("hook_scores")]
+    if points:  # one capture for every hook point, keyed by layer
+        with capture(model, points, keys=range(len(points))) as cache:
             yield cache
-        finally:
-            for h in handles:
-                h.remove()
         return
     previous, _recorder = _recorder, {}
     try:

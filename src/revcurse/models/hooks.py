@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
-import torch
 from torch import nn
 
 from revcurse.models.transformer import HookPoint
@@ -17,8 +16,11 @@ def hook_names(model: nn.Module) -> list[str]:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the output of each named hook point during forwards run inside the ``with`` block.
+def capture(
+    model: nn.Module, names: Iterable[str], keys: Iterable[Hashable] | None = None
+) -> Iterator[dict]:
+    """Record the output of each named hook point during forwards run inside the ``with`` block,
+    under its name (or under the matching entry of ``keys``: a layer index, say).
 
     >>> with capture(model, ["model.layers.0.self_attn.hook_scores"]) as cache:
     ...     model(ids)
@@ -27,16 +29,18 @@ def capture(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, torch.
     The recorded tensors stay attached to the graph, so gradients can flow through them.
     """
     modules = dict(model.named_modules())
-    cache: dict[str, torch.Tensor] = {}
+    cache: dict = {}
     handles = []
+    names = list(names)
+    keys = names if keys is None else list(keys)
     try:
-        for name in names:
+        for name, key in zip(names, keys, strict=True):
             module = modules.get(name)
             if not isinstance(module, HookPoint):
                 raise KeyError(f"{name!r} is not a hook point; known: {hook_names(model)}")
 
-            def record(_m, _inp, out, name=name):
-                cache[name] = out
+            def record(_m, _inp, out, key=key):
+                cache[key] = out
 
             handles.append(module.register_forward_hook(record))
         yield cache
