@@ -1,6 +1,7 @@
 """Attention-score coupling (arXiv 2602.02133, one-layer analysis of the forward/reverse scores).
 
-For every fact, layer and head: the pre-softmax score from the answer position to the context
+The scores are read by :func:`entity_scores`, the one reader of the toy and the text probes
+(:mod:`revcurse.probes.hf`). For every fact, layer and head: the pre-softmax score from the answer position to the context
 entity's key in the paired query (S_pair: the mirror or the forward query, see
 :mod:`revcurse.probes.inputs`) and in the reverse query (S_rev), read from the ``hook_scores`` hook
 points; their Pearson and Spearman correlation across facts; and the same as a function of the
@@ -15,7 +16,6 @@ import torch
 
 from revcurse.config import RunConfig
 from revcurse.data.tokenize import Vocab
-from revcurse.models.hooks import capture
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.inputs import (
     Pairing,
@@ -27,16 +27,44 @@ from revcurse.probes.inputs import (
 
 
 @torch.no_grad()
-def entity_scores(model: TransformerLM, batch: ProbeBatch) -> torch.Tensor:
-    """Scores from the answer position to the context entity ``[layers, heads, N]``."""
-    names = [f"model.layers.{i}.self_attn.hook_scores" for i in range(len(model.model.layers))]
-    with capture(model, names) as cache:
-        model(batch.ids)
-    rows = torch.arange(len(batch))
-    # cache[name]: [N, H, Lq, Lk] -> [N, H] at (answer_pos, entity_pos) -> [H, N]
-    return torch.stack(
-        [cache[n][rows, :, batch.answer_pos, batch.entity_pos].T for n in names]
-    ).double()
+def entity_scores(
+    model: Any,
+    ids: torch.Tensor,  # [N, L] the queries as the model reads them (answers masked for an MDM)
+    reading: torch.Tensor,  # [N, 2] [start, end) of the rows whose attention is read
+    entity: torch.Tensor,  # [N, 2] [start, end) of the given entity's keys
+) -> torch.Tensor:
+    """The mean pre-softmax score from each query's reading rows to its entity's keys, per layer
+    and head ``[layers, heads, N]`` (float64), for any model whose scores
+    :func:`~revcurse.models.hf.recording_scores` records (revcurse's Transformer, native LLaDA,
+    transformers models). The one score reader of the toy and the text probes: one-token spans
+    (the toy facts) are gathered in one indexing step; wider ones are averaged query by query."""
+    from revcurse.models.hf import recording_scores
+
+    with recording_scores(model) as cache:
+        model(ids)
+    layers = [cache[n] for n in sorted(cache)]  # each [N, H, Lq, Lk]
+    if bool(
+        (reading[:, 1] - reading[:, 0] == 1).all() and (entity[:, 1] - entity[:, 0] == 1).all()
+    ):
+        rows = torch.arange(len(ids))
+        # [N, H] at (reading row, entity key) -> [H, N]
+        return torch.stack([s[rows, :, reading[:, 0], entity[:, 0]].T for s in layers]).double()
+    per_layer = [
+        torch.stack([s[n, :, r0:r1, e0:e1].double().mean(dim=(-1, -2))
+                     for n, ((r0, r1), (e0, e1)) in enumerate(zip(reading.tolist(),
+                                                                  entity.tolist(), strict=True))],
+                    dim=-1)  # [H, N]
+        for s in layers
+    ]  # fmt: skip
+    return torch.stack(per_layer).cpu()
+
+
+def toy_entity_scores(model: TransformerLM, batch: ProbeBatch) -> torch.Tensor:
+    """:func:`entity_scores` of a toy batch: the answer slot reads the entity's one key."""
+    one = torch.stack([batch.answer_pos, batch.answer_pos + 1], dim=1)
+    return entity_scores(
+        model, batch.ids, one, torch.stack([batch.entity_pos, batch.entity_pos + 1], dim=1)
+    )
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -74,7 +102,7 @@ def coupling(
     def scores(direction: str) -> torch.Tensor:
         if (direction, k) not in cache:
             batch = probe_batch(dataset_at_distance(cfg, k), vocab, direction, model.causal)
-            cache[direction, k] = entity_scores(model, batch)
+            cache[direction, k] = toy_entity_scores(model, batch)
         return cache[direction, k]
 
     s_pair, s_rev = scores(pairing), scores("reverse")

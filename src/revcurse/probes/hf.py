@@ -39,7 +39,7 @@ from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
-from revcurse.probes.attention import pearson
+from revcurse.probes.attention import entity_scores, pearson
 from revcurse.probes.gradients import cosine
 from revcurse.probes.inputs import Pairing, pairings_for
 
@@ -165,18 +165,14 @@ def _query_positions(q: Encoded, causal: bool) -> slice:
     return slice(lo - 1, hi - 1) if causal else slice(lo, hi)
 
 
-@torch.no_grad()
 def _entity_scores(model: Any, q: Encoded, causal: bool, mask_id: int) -> torch.Tensor:
-    """Mean pre-softmax score from ``q``'s answer positions to its entity ``[n_layers, H]``."""
-    from revcurse.models.hf import recording_scores  # transformers only when an HF model runs
-
+    """Mean pre-softmax score from ``q``'s answer positions (MDM) or the positions predicting
+    them (ARM) to its entity ``[n_layers, H]`` (:func:`~revcurse.probes.attention.entity_scores`)."""
     device = next(model.parameters()).device
-    with recording_scores(model) as cache:
-        model(_model_input(q, causal, mask_id, device))
     rows = _query_positions(q, causal)
-    e0, e1 = q.entity
-    per_layer = [cache[n][0, :, rows, e0:e1].double().mean(dim=(-1, -2)) for n in sorted(cache)]
-    return torch.stack(per_layer).cpu()  # each [H] -> [n_layers, H]
+    reading = torch.tensor([[rows.start, rows.stop]])
+    return entity_scores(model, _model_input(q, causal, mask_id, device), reading,
+                         torch.tensor([q.entity]))[:, :, 0]  # fmt: skip
 
 
 def attention_coupling(
