@@ -266,6 +266,21 @@ def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -
     return [outcomes[j.run_id].summary for j in jobs]
 
 
+def train_families(
+    out: Path, cfg: Any, experiment: str, command: str, progress: bool, **kwargs: Any
+) -> list[dict]:
+    """Every (family, seed) model of an experiment config (``cfg.families``, ``cfg.seeds``,
+    ``cfg.workers``, ``cfg.run_config(family, seed)``), each in ``out/models/<family>-seed<k>``,
+    indexed in ``out/index.sqlite``: the summaries, family-major. The skeleton the toy and the
+    Person–Description experiments share (``kwargs``: the executor's, e.g. its ``worker``)."""
+    runs = [
+        ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
+    ]
+    jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
+    return execute_all(jobs, Store(out / "index.sqlite"), experiment, workers=cfg.workers,
+                       command=command, progress=progress, **kwargs)  # fmt: skip
+
+
 def deterministic(summary: dict[str, Any]) -> dict[str, Any]:
     """A run summary flattened for tables (``probe.*`` keys) without wall-clock timings, which are
     the only fields that differ between reruns of the same config."""

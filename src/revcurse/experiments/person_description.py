@@ -45,7 +45,7 @@ from revcurse.data.schema import TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
-from revcurse.experiments.executor import Outcome, execute_all, guarded, make_jobs
+from revcurse.experiments.executor import Outcome, guarded, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.experiments.stats import aggregate, paired_comparison
 from revcurse.models.transformer import TransformerLM
@@ -53,7 +53,6 @@ from revcurse.objectives import training_loss
 from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
-from revcurse.store import Store
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
 MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
@@ -260,14 +259,9 @@ def run_person_description(
 
     prepare(cfg.run_config(cfg.families[0], cfg.seeds[0]))  # bad settings fail before any write
     out = start_experiment(out, cfg, command, force, resume)
-    runs = [
-        ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
-    ]
-    jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
     start = time.perf_counter()
-    summaries = execute_all(jobs, Store(out / "index.sqlite"), "person-description",
-                            workers=cfg.workers, command=command, progress=progress,
-                            worker=execute_run)  # fmt: skip
+    summaries = train_families(out, cfg, "person-description", command, progress,
+                               worker=execute_run)  # fmt: skip
     rows = []
     for s in summaries:
         row = {"family": s["family"], "seed": s["seed"], "final_loss": s["final_loss"]}

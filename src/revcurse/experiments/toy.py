@@ -25,10 +25,9 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides
-from revcurse.experiments.executor import deterministic, execute_all, make_jobs, timings
+from revcurse.experiments.executor import deterministic, timings, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.experiments.stats import aggregate, paired_comparison
-from revcurse.store import Store
 
 QUICK_OVERRIDES = ("train.steps=1500",)
 """``--quick``: half the optimisation budget (same task and model); enough to see the effect."""
@@ -54,17 +53,8 @@ def run_toy(
 
     out = start_experiment(out, cfg, command, force, resume)
 
-    runs = [
-        ({"family": family, "seed": seed}, cfg.run_config(family, seed))
-        for family in cfg.families
-        for seed in cfg.seeds
-    ]
-    jobs = make_jobs(
-        runs, lambda _, labels: out / "models" / f"{labels['family']}-seed{labels['seed']}"
-    )
     start = time.perf_counter()
-    summaries = execute_all(jobs, Store(out / "index.sqlite"), "toy", workers=cfg.workers,
-                            command=command, progress=progress)  # fmt: skip
+    summaries = train_families(out, cfg, "toy", command, progress)
     rows = [deterministic(s) for s in summaries]
     summary = {
         "experiment": "toy",
@@ -80,7 +70,7 @@ def run_toy(
         out / "timings.json",
         {
             "train_wall_seconds": time.perf_counter() - start,
-            "workers": min(cfg.workers, len(jobs)),
+            "workers": min(cfg.workers, len(summaries)),
             "runs": {
                 f"{r['family']}-seed{r['seed']}": timings(s)
                 for r, s in zip(rows, summaries, strict=True)
