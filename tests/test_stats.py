@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from revcurse.experiments.stats import aggregate, paired_comparison
+from revcurse.stats import aggregate, paired_comparison
 
 
 def test_aggregate_mean_and_sample_std():

@@ -321,7 +321,7 @@ def runs_compare(
 ) -> None:
     """Mean, std and 95% bootstrap interval of a metric per value of a label, per family."""
 
-    from revcurse.experiments.stats import aggregate
+    from revcurse.stats import aggregate
     from revcurse.store import Store
 
     rows = Store(folder / "index.sqlite", create=False).rows(status="done")

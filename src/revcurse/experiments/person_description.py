@@ -47,12 +47,12 @@ from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.executor import Outcome, guarded, train_families
 from revcurse.experiments.rundir import start_experiment
-from revcurse.experiments.stats import aggregate, paired_comparison
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
+from revcurse.stats import aggregate, paired_comparison
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
 MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),

@@ -33,8 +33,8 @@ from revcurse import files
 from revcurse.config import SweepConfig, TrainConfig, apply_overrides, dump_yaml, load_yaml
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
-from revcurse.experiments.stats import METRICS, aggregate
 from revcurse.repro import write_provenance
+from revcurse.stats import METRICS, aggregate
 from revcurse.store import Store
 
 PROBE_METRICS = (

@@ -27,7 +27,7 @@ from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides
 from revcurse.experiments.executor import deterministic, timings, train_families
 from revcurse.experiments.rundir import start_experiment
-from revcurse.experiments.stats import aggregate, paired_comparison
+from revcurse.stats import aggregate, paired_comparison
 
 QUICK_OVERRIDES = ("train.steps=1500",)
 """``--quick``: half the optimisation budget (same task and model); enough to see the effect."""

@@ -10,9 +10,9 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
-from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Check, Figure, Heading, Para, Table, to_html, to_markdown
+from revcurse.stats import COMPARISON_HEADER, comparison_cells
 
 TITLE = "Person–Description from scratch: masked diffusion vs autoregressive"
 GROUPS = (

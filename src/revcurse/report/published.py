@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells, p_clause
+from revcurse.stats import COMPARISON_HEADER, comparison_cells, p_clause
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"

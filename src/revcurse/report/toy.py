@@ -7,7 +7,6 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
-from revcurse.experiments.stats import COMPARISON_HEADER, comparison_cells, p_clause
 from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
@@ -20,6 +19,7 @@ from revcurse.report.render import (
     to_html,
     to_markdown,
 )
+from revcurse.stats import COMPARISON_HEADER, comparison_cells, p_clause
 
 TITLE = "revcurse: the reversal curse on the toy task (MDM vs ARM)"
 
