@@ -156,6 +156,38 @@ def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
     torch.testing.assert_close(torch.tensor(text["r"]["0"], dtype=torch.float64), toy["pearson"][0])
 
 
+@pytest.mark.parametrize(
+    ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
+)
+def test_toy_and_text_probe_paths_give_the_same_gradient_cosines(causal, pairing):
+    """One name, one quantity: the per-fact cosine of the paired and reverse query gradients,
+    per parameter group and over all parameters, from the toy probe (per-example gradients by
+    vmap) and from the text probe (one backward pass per query, probes.hf), on the same model,
+    facts and pairing."""
+    from revcurse.data.schema import TextPair
+    from revcurse.probes.hf import encode_facts, gradient_alignment
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 10, "data.n_filler": 1})
+    batches = {d: probe_batch(dataset, vocab, d, causal) for d in (pairing, "reverse")}
+    toy = G.per_example_cosines(G.per_example_gradients(model, batches[pairing]),
+                                G.per_example_gradients(model, batches["reverse"]))  # fmt: skip
+    facts = [
+        (TextPair(" ".join(f.a + f.relation), " " + " ".join(f.b)),
+         TextPair(" ".join(f.b + f.relation), " " + " ".join(f.a)))
+        for f in dataset.facts
+    ]  # fmt: skip
+    length = cfg.data.bos + 3 + cfg.data.n_filler + cfg.data.eos
+    fill = (vocab.eos_id, length) if cfg.data.eos and not causal else None
+    encoded = encode_facts(ToyWords(vocab), facts, [pairing], bos=cfg.data.bos, fill=fill)[pairing]
+    text = gradient_alignment(model, encoded, causal=causal, mask_id=vocab.mask_id)
+    torch.testing.assert_close(torch.tensor(text["cos_pair_rev"], dtype=torch.float64),
+                               toy["all"], atol=1e-5, rtol=1e-4)  # fmt: skip
+    assert set(text["cos_pair_rev_groups"]) == set(toy) - {"all"}
+    for group, values in text["cos_pair_rev_groups"].items():
+        torch.testing.assert_close(torch.tensor(values, dtype=torch.float64), toy[group],
+                                   atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
 def test_a_causal_model_has_no_mirror_pairing():
     cfg, _, vocab, model = setup(True)
     with pytest.raises(ValueError, match="pairing 'mirror' is not defined for a causal model"):

@@ -32,17 +32,20 @@ Grads = dict[str, torch.Tensor]
 
 
 def param_group(name: str) -> str:
-    """The group of a parameter, from its HF-style name."""
-    if "embed_" in name:
+    """The group of a parameter, from its HF-style name (LoRA factors of a projection, e.g.
+    ``...q_proj.lora_A.default.weight``, belong to that projection's group; LLaDA's native names
+    ``attn_out``, ``ff_*`` and ``up_proj`` are mapped alike)."""
+    parts = set(name.split("."))
+    if "embed_" in name or "wte" in parts:
         return "embeddings"
-    if name.endswith(("q_proj.weight", "k_proj.weight")):
+    if parts & {"q_proj", "k_proj"}:
         return "qk"
-    if name.endswith(("v_proj.weight", "o_proj.weight")):
+    if parts & {"v_proj", "o_proj", "attn_out"}:
         return "vo"
-    if ".mlp." in name:
+    if "lm_head" in parts or ("ff_out" in parts and "blocks" not in parts):
+        return "unembedding"  # LLaDA's output layer is transformer.ff_out, outside the blocks
+    if "mlp" in parts or parts & {"ff_proj", "up_proj", "ff_out", "gate_proj", "down_proj"}:
         return "mlp"
-    if name.startswith("lm_head"):
-        return "unembedding"
     return "norms"
 
 
@@ -95,6 +98,13 @@ def _cosine_from_sums(dot: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> 
 def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cosine along the last dimension; 0 where either vector is 0."""
     return _cosine_from_sums((x * y).sum(-1), (x * x).sum(-1), (y * y).sum(-1))
+
+
+def fact_cosines(a: Grads, b: Grads) -> dict[str, float]:
+    """The cosines of one fact's two query gradients, per group and over all parameters: what
+    both the toy probe (per-example gradients) and the text probe (one backward pass per query)
+    report for each fact."""
+    return group_cosines(a, b)
 
 
 def group_cosines(a: Grads, b: Grads) -> dict[str, float]:

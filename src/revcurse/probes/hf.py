@@ -20,7 +20,9 @@ Per pairing:
   model and toy facts this is exactly :func:`revcurse.probes.attention.coupling` (tested).
 * **gradient alignment**: the cosine between the gradients, on the trainable (LoRA) parameters, of
   the paired query's loss and the reverse query's loss (:func:`revcurse.objectives.answer_loss`:
-  the answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean.
+  the answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean, over
+  all trainable parameters and per parameter group (the toy probe's cosines: same computation,
+  tested equal on the same model and facts).
 
 The given entity is located in each prompt by the other query's answer; when it is not found
 verbatim (paraphrased descriptions) the whole prompt stands in for it.
@@ -40,7 +42,7 @@ from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
 from revcurse.probes.attention import entity_scores, pearson
-from revcurse.probes.gradients import cosine
+from revcurse.probes.gradients import fact_cosines
 from revcurse.probes.inputs import Pairing, pairings_for
 
 
@@ -206,40 +208,51 @@ def attention_coupling(
     }
 
 
-def _query_gradient(model: Any, params: list[torch.Tensor], q: Encoded, causal: bool,
-                    mask_id: int) -> torch.Tensor:  # fmt: skip
-    """The gradient of ``q``'s answer loss on ``params``, flattened ``[P]``."""
-    ids = torch.tensor([q.ids], device=params[0].device)
+def _query_gradient(model: Any, params: dict[str, torch.Tensor], q: Encoded, causal: bool,
+                    mask_id: int) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The gradient of ``q``'s answer loss on ``params``, by name."""
+    device = next(iter(params.values())).device
+    ids = torch.tensor([q.ids], device=device)
     answer = torch.zeros_like(ids, dtype=torch.bool)
     answer[0, q.answer[0] : q.answer[1]] = True
     loss = answer_loss(model, ids, answer, torch.ones_like(answer), causal, mask_id)
-    return torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(loss, params)])
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return {n: g.float() for n, g in zip(params, grads, strict=True)}
 
 
 def gradient_alignments(
     model: Any, facts: dict[str, Sequence[tuple[Encoded, Encoded]]], *, causal: bool, mask_id: int
 ) -> dict[str, dict[str, Any]]:
     """Per pairing, the cosine between the paired query's and the reverse query's loss gradients
-    on the trainable (LoRA) parameters, per fact, and its mean. Facts are visited by reverse
-    query, so each reverse gradient is computed once for every pairing that uses it (a backward
-    pass of the whole model each) and at most three gradients are held at a time."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    on the trainable (LoRA) parameters, per fact, over all of them (``cos_pair_rev``, with its
+    mean) and per parameter group (``cos_pair_rev_groups``:
+    :func:`~revcurse.probes.gradients.fact_cosines`, the toy probe's per-fact cosines). Facts are
+    visited by reverse query, so each reverse gradient is computed once for every pairing that
+    uses it (a backward pass of the whole model each) and at most three gradients are held at a
+    time."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     uses: dict[int, list[tuple[str, Encoded]]] = {}  # reverse query -> (pairing, paired query)
     reverse: dict[int, Encoded] = {}
     for pairing, pairs in facts.items():
         for first, rev in pairs:
             uses.setdefault(id(rev), []).append((pairing, first))
             reverse[id(rev)] = rev
-    cosines: dict[str, list[float]] = {pairing: [] for pairing in facts}
+    cosines: dict[str, list[dict[str, float]]] = {pairing: [] for pairing in facts}
     for key, rev in reverse.items():
         g_rev = _query_gradient(model, params, rev, causal, mask_id)
         for pairing, first in uses[key]:
             g_first = _query_gradient(model, params, first, causal, mask_id)
-            cosines[pairing].append(float(cosine(g_first, g_rev)))
-    return {
-        pairing: {"cos_pair_rev": c, "cos_pair_rev_mean": sum(c) / max(1, len(c))}
-        for pairing, c in cosines.items()
-    }
+            cosines[pairing].append(fact_cosines(g_first, g_rev))
+    out = {}
+    for pairing, per_fact in cosines.items():
+        overall = [c["all"] for c in per_fact]
+        groups = sorted({g for c in per_fact for g in c if g != "all"})
+        out[pairing] = {
+            "cos_pair_rev": overall,
+            "cos_pair_rev_mean": sum(overall) / max(1, len(overall)),
+            "cos_pair_rev_groups": {g: [c[g] for c in per_fact] for g in groups},
+        }
+    return out
 
 
 def gradient_alignment(
@@ -295,6 +308,10 @@ def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
             "n_facts": p["n_facts"],
             "attention_r_mean": p["attention"]["r_mean"] if p["attention"] else {},
             "cos_pair_rev_mean": p["gradients"]["cos_pair_rev_mean"],
+            "cos_pair_rev_group_means": {
+                group: sum(v) / max(1, len(v))
+                for group, v in p["gradients"].get("cos_pair_rev_groups", {}).items()
+            },
         }
         for pairing, p in record["pairings"].items()
     }
