@@ -188,6 +188,24 @@ def test_toy_and_text_probe_paths_give_the_same_gradient_cosines(causal, pairing
                                    atol=1e-5, rtol=1e-4)  # fmt: skip
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_batched_query_loss_is_the_answer_loss(causal):
+    """gradients.batch_loss (the stacked one-token view the vmap path differentiates) computes
+    objectives.answer_loss, the query loss of the text probes, on the same queries."""
+    from revcurse.objectives import answer_loss
+    from revcurse.probes.inputs import toy_queries
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 10, "data.n_filler": 1})
+    queries = toy_queries(dataset, vocab, "reverse")
+    batched = G.batch_loss(model, probe_batch(dataset, vocab, "reverse", causal))
+    ids = torch.tensor([q.ids for q in queries])
+    answer = torch.zeros_like(ids, dtype=torch.bool)
+    for i, q in enumerate(queries):
+        answer[i, q.answer[0] : q.answer[1]] = True
+    expected = answer_loss(model, ids, answer, torch.ones_like(answer), causal, vocab.mask_id)
+    assert batched.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_a_causal_model_has_no_mirror_pairing():
     cfg, _, vocab, model = setup(True)
     with pytest.raises(ValueError, match="pairing 'mirror' is not defined for a causal model"):

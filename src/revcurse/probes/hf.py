@@ -31,7 +31,6 @@ verbatim (paraphrased descriptions) the whole prompt stands in for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,7 @@ from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
 from revcurse.probes.attention import entity_scores, pearson
 from revcurse.probes.gradients import fact_cosines
-from revcurse.probes.inputs import Pairing, pairings_for
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One query as ids with the spans the probes read."""
-
-    ids: list[int]
-    entity: tuple[int, int]  # [start, end) of the given entity in the prompt
-    answer: tuple[int, int]  # [start, end) of the answer (EOS excluded)
+from revcurse.probes.inputs import Encoded, Pairing, pairings_for
 
 
 def paired_queries(

@@ -26,13 +26,25 @@ import torch
 
 from revcurse.config import RunConfig
 from revcurse.data.schema import Direction, ReversalDataset
-from revcurse.data.tokenize import Vocab, encode_queries
+from revcurse.data.tokenize import Vocab, pad_batch
 from revcurse.data.toy import build_toy
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One probe query, the one query type of the toy and the text probes: its tokens with the
+    answer in place (``prompt answer suffix``) and the spans the probes read."""
+
+    ids: list[int]
+    entity: tuple[int, int]  # [start, end) of the given entity
+    answer: tuple[int, int]  # [start, end) of the answer (EOS excluded)
 
 
 @dataclass
 class ProbeBatch:
-    """One query per fact, ready for the model."""
+    """Queries with one-token answers stacked for the batched probes (per-example gradients by
+    vmap, scores in one forward pass): the model input with the answer masked (MDM) or cut off
+    (ARM), the position whose logits score the answer, the answer and the entity's position."""
 
     ids: torch.Tensor  # [N, L]
     answer_pos: torch.Tensor  # [N] position whose logits score the answer
@@ -47,6 +59,27 @@ class ProbeBatch:
         return ProbeBatch(
             self.ids[:n], self.answer_pos[:n], self.answer_id[:n], self.entity_pos[:n]
         )
+
+
+def stack_queries(queries: list[Encoded], causal: bool, mask_id: int, pad_id: int) -> ProbeBatch:
+    """The batched view of one-token-answer queries (one-token entities too): an MDM fills the
+    masked answer slot; an ARM predicts the answer from the token before it (the answer and what
+    follows are not part of its input). Rows are left-aligned, padded after the scored position."""
+    if any(q.answer[1] - q.answer[0] != 1 or q.entity[1] - q.entity[0] != 1 for q in queries):
+        raise ValueError("the batched probes need one-token answers and entities")
+    rows, pos = [], []
+    for q in queries:
+        start = q.answer[0]
+        if causal:
+            rows.append(q.ids[:start])
+            pos.append(start - 1)
+        else:
+            rows.append(q.ids[:start] + [mask_id] + q.ids[start + 1 :])
+            pos.append(start)
+    answers = [q.ids[q.answer[0]] for q in queries]
+    entity = [q.entity[0] for q in queries]
+    return ProbeBatch(pad_batch(rows, pad_id), torch.tensor(pos), torch.tensor(answers),
+                      torch.tensor(entity))  # fmt: skip
 
 
 Pairing = Literal["mirror", "forward"]
@@ -67,16 +100,25 @@ def check_pairing(pairing: str, causal: bool) -> Pairing:
     return pairing  # type: ignore[return-value]
 
 
+def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: Direction) -> list[Encoded]:
+    """One direction's toy queries as :class:`Encoded`; the given entity is ``a`` for forward,
+    ``b`` otherwise (it occurs once in each query)."""
+    side = "a" if direction == "forward" else "b"
+    out = []
+    for q in dataset.queries[direction]:
+        ids = vocab.encode(q.prompt) + vocab.encode(q.answer) + vocab.encode(q.suffix)
+        start = len(q.prompt)
+        at = ids.index(vocab.encode(getattr(dataset.facts[q.fact], side))[0])
+        out.append(Encoded(ids, entity=(at, at + 1), answer=(start, start + len(q.answer))))
+    return out
+
+
 def probe_batch(
     dataset: ReversalDataset, vocab: Vocab, direction: Direction, causal: bool
 ) -> ProbeBatch:
-    """Encode one direction's queries; the context entity is ``a`` for forward, ``b`` otherwise."""
-    queries = dataset.queries[direction]
-    ids, pos, ans = encode_queries(vocab, queries, causal)
-    side = "a" if direction == "forward" else "b"
-    entity = torch.tensor([vocab.encode(getattr(dataset.facts[q.fact], side))[0] for q in queries])
-    entity_pos = (ids == entity[:, None]).int().argmax(dim=1)  # the entity occurs once per query
-    return ProbeBatch(ids, pos, ans, entity_pos)
+    """One direction's toy queries, stacked (:func:`stack_queries`)."""
+    return stack_queries(toy_queries(dataset, vocab, direction), causal, vocab.mask_id,
+                         vocab.pad_id)  # fmt: skip
 
 
 def dataset_at_distance(cfg: RunConfig, n_filler: int) -> ReversalDataset:
