@@ -12,12 +12,11 @@ from conftest import tiny_run_config
 from revcurse.config import apply_overrides
 from revcurse.data.tokenize import Vocab
 from revcurse.data.toy import build_toy
-from revcurse.experiments.toy_run import train
+from revcurse.experiments.toy_run import probe_runner, train
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes import gradients as G
 from revcurse.probes.attention import coupling, pearson, spearman
 from revcurse.probes.inputs import probe_batch
-from revcurse.probes.runner import ProbeRunner
 from revcurse.probes.signals import backprop_signals, signal_alignment
 from revcurse.probes.theory import rope_score_correlation, rope_score_correlation_mc
 
@@ -74,7 +73,7 @@ def test_pearson_and_spearman_against_numpy_style_reference():
 def test_entity_scores_match_manual_rope_scores(causal, pairing):
     """S_pair/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer)."""
     cfg, dataset, vocab, model = setup(causal, **{"model.n_layers": 1, "data.n_filler": 2})
-    result = coupling(model, cfg, vocab, pairing)
+    result = coupling(model, cfg.data, vocab, pairing)
     assert result["pairing"] == pairing
     attn = model.model.layers[0].self_attn
     for direction, scores in ((pairing, result["s_pair"]), ("reverse", result["s_rev"])):
@@ -112,7 +111,7 @@ def test_mdm_pairing_is_same_entity_opposite_offsets():
 def test_position_free_model_couples_perfectly():
     """Without positions the two configurations give identical scores: correlation 1."""
     cfg, _, vocab, model = setup(False, **{"model.positional": "none", "model.n_layers": 1})
-    assert coupling(model, cfg, vocab, "mirror")["pearson"].min().item() == pytest.approx(
+    assert coupling(model, cfg.data, vocab, "mirror")["pearson"].min().item() == pytest.approx(
         1.0, abs=1e-9
     )
 
@@ -137,7 +136,7 @@ def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
     from revcurse.probes.hf import attention_coupling, encode_facts
 
     cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 12, "data.n_filler": 1})
-    toy = coupling(model, cfg, vocab, pairing)
+    toy = coupling(model, cfg.data, vocab, pairing)
     facts = [
         (TextPair(" ".join(f.a + f.relation), " " + " ".join(f.b)),
          TextPair(" ".join(f.b + f.relation), " " + " ".join(f.a)))
@@ -209,7 +208,7 @@ def test_the_batched_query_loss_is_the_answer_loss(causal):
 def test_a_causal_model_has_no_mirror_pairing():
     cfg, _, vocab, model = setup(True)
     with pytest.raises(ValueError, match="pairing 'mirror' is not defined for a causal model"):
-        coupling(model, cfg, vocab, "mirror")
+        coupling(model, cfg.data, vocab, "mirror")
 
 
 # ---------------------------------------------------------------- gradients
@@ -329,7 +328,7 @@ def test_probes_do_not_change_training_and_are_recorded(tmp_path):
 
 def test_runner_final_record_has_distance_curve():
     cfg, dataset, vocab, model = setup(True, **{"probe.distances": "[0, 2, 5]"})
-    runner = ProbeRunner(cfg, dataset, vocab, None)
+    runner = probe_runner(cfg, dataset, vocab, None)
     record = runner(model, 7, final=True)
     assert list(record["distance"]) == ["forward"]  # the only pairing of a causal model
     assert [d["delta"] for d in record["distance"]["forward"]] == [2, 4, 7]
@@ -370,10 +369,10 @@ def test_probe_command_on_a_saved_run(tmp_path):
 
 def test_runner_shares_the_reverse_scores_without_changing_any_value():
     cfg, dataset, vocab, model = setup(False, **{"probe.distances": "[0, 3]"})
-    record = ProbeRunner(cfg, dataset, vocab, None)(model, 5, final=True)
+    record = probe_runner(cfg, dataset, vocab, None)(model, 5, final=True)
     for pairing in ("mirror", "forward"):
-        alone = coupling(model, cfg, vocab, pairing)
+        alone = coupling(model, cfg.data, vocab, pairing)
         assert record["attention"][pairing]["pearson"] == alone["pearson"].tolist()
         for d in record["distance"][pairing]:
-            far = coupling(model, cfg, vocab, pairing, d["n_filler"])
+            far = coupling(model, cfg.data, vocab, pairing, d["n_filler"])
             assert d["pearson"] == far["pearson"].tolist()

@@ -457,8 +457,7 @@ def probe(
 ) -> None:
     """Run the mechanism probes on saved final checkpoints (writes probes/posthoc-*)."""
 
-    from revcurse.experiments.toy_run import build_dataset, load_checkpoint
-    from revcurse.probes.runner import ProbeRunner
+    from revcurse.experiments.toy_run import build_dataset, load_checkpoint, probe_runner
 
     overrides = list(set_ or [])
     if any(not o.startswith("probe.") for o in overrides):
@@ -468,7 +467,7 @@ def probe(
         model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
         cfg = apply_overrides(cfg, overrides)
         dataset, _ = build_dataset(cfg)
-        runner = ProbeRunner(cfg, dataset, vocab, run_dir, prefix="posthoc-")
+        runner = probe_runner(cfg, dataset, vocab, run_dir, prefix="posthoc-")
         record = runner(model, step, final=True)
         parts = [f"{run_dir.name}: step {step}"]
         if "attention" in record:

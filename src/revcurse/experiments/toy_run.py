@@ -105,7 +105,7 @@ def train(
     data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable)
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
-    probes = ProbeRunner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
+    probes = probe_runner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
     evaluate = ToyEvaluator(dataset, vocab)
     metrics = out / "metrics.jsonl" if out is not None else None
 
@@ -162,6 +162,27 @@ def train(
         files.write_json(out / "summary.json", summary)
         (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # final supersedes it
     return summary
+
+
+def probe_runner(
+    cfg: RunConfig,
+    dataset: ReversalDataset,
+    vocab: Vocab,
+    out: Path | None,
+    prefix: str = "",
+    keep: bool = False,
+) -> ProbeRunner:
+    """The probes of a toy run: its facts, and its training loss with the probes' fixed mask draw
+    (``probe.seed``), so the probed training-loss gradient is a function of the weights alone."""
+    data = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable)
+
+    def train_loss(model: torch.nn.Module) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(cfg.probe.seed)
+        return training_loss(cfg.objective, model, data, vocab.mask_id, generator,
+                             eps=cfg.train.diffusion_eps, mlm_ratio=cfg.train.mlm_ratio)  # fmt: skip
+
+    return ProbeRunner(cfg.probe, cfg.data, dataset, vocab, cfg.model.causal, train_loss, out,
+                       prefix=prefix, keep=keep)  # fmt: skip
 
 
 def config_essentials(cfg: RunConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from revcurse.config import RunConfig
+from revcurse.config import ToyDataConfig
 from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.inputs import (
@@ -86,22 +86,23 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def coupling(
     model: TransformerLM,
-    cfg: RunConfig,
+    data: ToyDataConfig,
     vocab: Vocab,
     pairing: Pairing,
     n_filler: int | None = None,
     cache: dict[tuple[str, int], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """S_pair, S_rev ``[layers, heads, N]`` and their correlations ``[layers, heads]`` at one
-    distance, for the named ``pairing``. ``cache`` (by direction and filler count) lets several
+    distance, for the named ``pairing``, on the toy facts ``data`` describes (rebuilt with
+    ``n_filler`` fillers; default: as trained). ``cache`` (by direction and filler count) lets several
     pairings of one model score the shared reverse queries once."""
-    k = cfg.data.n_filler if n_filler is None else n_filler
+    k = data.n_filler if n_filler is None else n_filler
     check_pairing(pairing, model.causal)
     cache = {} if cache is None else cache
 
     def scores(direction: str) -> torch.Tensor:
         if (direction, k) not in cache:
-            batch = probe_batch(dataset_at_distance(cfg, k), vocab, direction, model.causal)
+            batch = probe_batch(dataset_at_distance(data, k), vocab, direction, model.causal)
             cache[direction, k] = toy_entity_scores(model, batch)
         return cache[direction, k]
 
@@ -119,7 +120,7 @@ def coupling(
 
 def coupling_vs_distance(
     model: TransformerLM,
-    cfg: RunConfig,
+    data: ToyDataConfig,
     vocab: Vocab,
     pairing: Pairing,
     distances: list[int],
@@ -128,7 +129,7 @@ def coupling_vs_distance(
     """Pearson/Spearman ``[layers, heads]`` for each filler count in ``distances``."""
     out = []
     for k in distances:
-        c = coupling(model, cfg, vocab, pairing, k, cache)
+        c = coupling(model, data, vocab, pairing, k, cache)
         out.append({"n_filler": k, "delta": c["delta"], "pearson": c["pearson"],
                     "spearman": c["spearman"]})  # fmt: skip
     return out

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from revcurse.config import RunConfig
+from revcurse.config import ToyDataConfig
 from revcurse.data.schema import Direction, ReversalDataset
 from revcurse.data.tokenize import Vocab, pad_batch
 from revcurse.data.toy import build_toy
@@ -121,11 +121,11 @@ def probe_batch(
                          vocab.pad_id)  # fmt: skip
 
 
-def dataset_at_distance(cfg: RunConfig, n_filler: int) -> ReversalDataset:
+def dataset_at_distance(data: ToyDataConfig, n_filler: int) -> ReversalDataset:
     """The run's facts with ``n_filler`` copies of filler ``<f0>`` between the entities.
 
     The pairing is drawn before the fillers, so the facts are the same as in training.
     """
-    if n_filler == cfg.data.n_filler:
-        return build_toy(cfg.data)
-    return build_toy(dataclasses.replace(cfg.data, n_filler=n_filler, filler_vocab=1))
+    if n_filler == data.n_filler:
+        return build_toy(data)
+    return build_toy(dataclasses.replace(data, n_filler=n_filler, filler_vocab=1))

@@ -12,17 +12,17 @@ generator, so a run trains identically with and without them.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from revcurse import files
-from revcurse.config import RunConfig
+from revcurse.config import ProbeConfig, ToyDataConfig
 from revcurse.data.schema import ReversalDataset
-from revcurse.data.tokenize import Vocab, training_batch
+from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
-from revcurse.objectives import training_loss
 from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import alignment
 from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, probe_batch
@@ -34,21 +34,24 @@ class ProbeRunner:
 
     def __init__(
         self,
-        cfg: RunConfig,
+        probe: ProbeConfig,
+        data: ToyDataConfig,
         dataset: ReversalDataset,
         vocab: Vocab,
+        causal: bool,
+        train_loss: Callable[[TransformerLM], torch.Tensor],
         out_dir: Path | None,
         prefix: str = "",
         keep: bool = False,
     ) -> None:
-        """``prefix`` names the files (``posthoc-`` for ``revcurse probe`` on a saved run), so
+        """``data``: the recipe of the facts (rebuilt at other distances); ``train_loss(model)``:
+        the run's training loss with a fixed mask draw (a deterministic function of the weights).
+        ``prefix`` names the files (``posthoc-`` for ``revcurse probe`` on a saved run), so
         probing a finished run never overwrites the records written during its training. ``keep``
         keeps the records already on disk (a resumed run; see :meth:`truncate`)."""
-        self.cfg = cfg
-        self.vocab = vocab
-        self.train = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable)
+        self.probe, self.data, self.vocab = probe, data, vocab
+        self.train_loss = train_loss
         self.dir = out_dir / "probes" if out_dir is not None else None
-        causal = cfg.model.causal
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
         self.batches: dict[str, ProbeBatch] = {
             d: probe_batch(dataset, vocab, d, causal) for d in directions
@@ -66,12 +69,12 @@ class ProbeRunner:
 
     def due(self, step: int) -> bool:
         """Whether the cadence or the explicit steps ask for a probe after ``step`` optimizer steps."""
-        pc = self.cfg.probe
+        pc = self.probe
         return pc.enabled and ((pc.every > 0 and step % pc.every == 0) or step in pc.steps)
 
     def __call__(self, model: TransformerLM, step: int, final: bool = False) -> dict[str, Any]:
         start = time.perf_counter()
-        pc = self.cfg.probe
+        pc = self.probe
         was_training = model.training
         model.eval()
         record: dict[str, Any] = {"step": step, "final": final}
@@ -80,7 +83,7 @@ class ProbeRunner:
             record["attention"], record["distance"] = {}, {}
             scores: dict = {}  # the reverse queries' scores, shared by the pairings
             for pairing in pairings_for(model.causal):
-                c = coupling(model, self.cfg, self.vocab, pairing, cache=scores)
+                c = coupling(model, self.data, self.vocab, pairing, cache=scores)
                 record["attention"][pairing] = {
                     "delta": c["delta"],
                     "pearson": c["pearson"].tolist(),  # [layers][heads]
@@ -91,7 +94,7 @@ class ProbeRunner:
                 tensors[f"s_{pairing}"], tensors[f"s_rev_{pairing}"] = c["s_pair"], c["s_rev"]
                 if final and pc.distances:
                     by_distance = coupling_vs_distance(
-                        model, self.cfg, self.vocab, pairing, pc.distances, scores
+                        model, self.data, self.vocab, pairing, pc.distances, scores
                     )
                     record["distance"][pairing] = [
                         {"n_filler": d["n_filler"], "delta": d["delta"],
@@ -104,7 +107,7 @@ class ProbeRunner:
             every = pc.per_example_every
             per_example = pc.per_example and (final or (every > 0 and step % every == 0))
             summary, extra = alignment(
-                model, self.batches, lambda: self._train_loss(model), pc.first_order_lr,
+                model, self.batches, lambda: self.train_loss(model), pc.first_order_lr,
                 per_example, pc.per_example_max_facts,
             )  # fmt: skip
             record["gradients"] = summary
@@ -125,14 +128,6 @@ class ProbeRunner:
                 files.save_tensors(path, tensors, {"step": str(step)})
             files.append_jsonl(self.dir / f"{self.prefix}probes.jsonl", record)
         return record
-
-    def _train_loss(self, model: TransformerLM) -> torch.Tensor:
-        # A fixed mask draw: the probed training loss is a deterministic function of the weights.
-        generator = torch.Generator().manual_seed(self.cfg.probe.seed)
-        return training_loss(
-            self.cfg.objective, model, self.train, self.vocab.mask_id, generator,
-            eps=self.cfg.train.diffusion_eps, mlm_ratio=self.cfg.train.mlm_ratio,
-        )  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         """Headline numbers: final values and means over all probed steps."""
