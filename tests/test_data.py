@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from revcurse.config import ToyDataConfig
-from revcurse.data.tokenize import BOS, EOS, MASK, PAD, Vocab, encode_queries, encode_statements
+from revcurse.data.tokenize import BOS, EOS, MASK, PAD, Vocab, encode_statements
 from revcurse.data.toy import REL, build_toy
 
 
@@ -53,11 +53,17 @@ def test_vocab_specials_and_encoding():
 
 
 def test_query_encoding_positions():
+    """The probes' stacked view of toy queries: an MDM fills the masked slot of
+    ``b REL [M] EOS``; an ARM reads ``b REL`` and predicts from its last position."""
+    from revcurse.probes.inputs import probe_batch
+
     ds = build_toy(ToyDataConfig(n_pairs=4, eos=True))
     vocab = Vocab.from_dataset(ds)
-    ids, pos, ans = encode_queries(vocab, ds.queries["reverse"], causal=False)
-    assert ids.shape == (4, 4)
-    assert (ids[:, 2] == vocab.mask_id).all() and (pos == 2).all()
-    ids, pos, _ = encode_queries(vocab, ds.queries["reverse"], causal=True)
-    assert ids.shape == (4, 2) and (pos == 1).all()
-    assert vocab.decode(ans.tolist()) == tuple(q.answer[0] for q in ds.queries["reverse"])
+    batch = probe_batch(ds, vocab, "reverse", causal=False)
+    assert batch.ids.shape == (4, 4)
+    assert (batch.ids[:, 2] == vocab.mask_id).all() and (batch.answer_pos == 2).all()
+    assert (batch.entity_pos == 0).all()
+    causal = probe_batch(ds, vocab, "reverse", causal=True)
+    assert causal.ids.shape == (4, 2) and (causal.answer_pos == 1).all()
+    answers = vocab.decode(batch.answer_id.tolist())
+    assert answers == tuple(q.answer[0] for q in ds.queries["reverse"])

@@ -8,9 +8,19 @@ import pytest
 import torch
 
 from revcurse.config import ToyDataConfig
-from revcurse.data.tokenize import Vocab, encode_queries
+from revcurse.data.tokenize import Vocab
 from revcurse.data.toy import build_toy
 from revcurse.evaluation import evaluate
+
+
+def by_hand(vocab: Vocab, queries, causal: bool) -> tuple[torch.Tensor, list[int]]:
+    """What a model is asked: ``prompt [MASK] suffix`` (MDM) or ``prompt`` (ARM), and the position
+    whose logits score the answer (toy queries of one direction have one length: no padding)."""
+    if causal:
+        rows = [vocab.encode(q.prompt) for q in queries]
+        return torch.tensor(rows), [len(q.prompt) - 1 for q in queries]
+    rows = [vocab.encode(q.prompt) + [vocab.mask_id] + vocab.encode(q.suffix) for q in queries]
+    return torch.tensor(rows), [len(q.prompt) for q in queries]
 
 
 class Scripted(torch.nn.Module):
@@ -23,7 +33,7 @@ class Scripted(torch.nn.Module):
         for direction, queries in dataset.queries.items():
             if causal and direction == "mirror":
                 continue
-            ids, pos, _ = encode_queries(vocab, queries, causal)
+            ids, pos = by_hand(vocab, queries, causal)
             for q, row, p in zip(queries, ids, pos, strict=True):
                 logits = torch.zeros(ids.shape[1], len(vocab))
                 for token, value in scores(direction, q).items():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from revcurse.data.schema import Query, ReversalDataset, Tokens
+from revcurse.data.schema import ReversalDataset, Tokens
 from revcurse.errors import RevcurseError
 
 PAD, MASK, BOS, EOS = "<pad>", "<mask>", "<bos>", "<eos>"
@@ -123,25 +123,3 @@ def training_batch(
     else:
         learned = maskable_mask(dataset, maskable, shape) & real
     return TextBatch(ids, torch.zeros_like(real), learned, real)
-
-
-def encode_queries(
-    vocab: Vocab, queries: Sequence[Query], causal: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Queries as model inputs for single-token answers.
-
-    Returns ``(input_ids [Q, L], answer_pos [Q], answer_id [Q])``: the logits at ``answer_pos`` score
-    the answer. A bidirectional model fills ``[MASK]`` in ``prompt [MASK] suffix`` (the position of the
-    mask); a causal model predicts the token after ``prompt`` (the position of its last token).
-    Queries are left-aligned, so padding only ever follows the scored position.
-    """
-    if any(len(q.answer) != 1 for q in queries):
-        raise RevcurseError("single-position scoring needs one-token answers")
-    if causal:
-        seqs = [vocab.encode(q.prompt) for q in queries]
-        pos = [len(q.prompt) - 1 for q in queries]
-    else:
-        seqs = [vocab.encode(q.prompt) + [vocab.mask_id] + vocab.encode(q.suffix) for q in queries]
-        pos = [len(q.prompt) for q in queries]
-    answers = [vocab.encode(q.answer)[0] for q in queries]
-    return pad_batch(seqs, vocab.pad_id), torch.tensor(pos), torch.tensor(answers)
