@@ -113,3 +113,58 @@ def test_finetune_resume_refuses_another_config(tmp_path, monkeypatch):
     with pytest.raises(RevcurseError, match="another config .*train.lr"):
         finetune.run_finetune(other, tmp_path / "cut", progress=False, resume=True)
     assert sorted(p.name for p in (tmp_path / "cut").rglob("*")) == before
+
+
+FINETUNE = ["model.family=llada", "train.steps=9", "train.lr=3e-3", "train.batch_size=8",
+            "data.max_eval=4", "data.max_train=28", "probe.n_facts=4", "probe.every=4",
+            "eval.gen_length=3", "eval.n_distractors=2", "eval.n_mc=2", "train.log_every=2",
+            "train.checkpoint_every=3"]  # fmt: skip
+
+
+def _finetune(out, kill_at: int, *extra: str):
+    """``revcurse finetune`` into ``out``, SIGKILLed at its ``kill_at``-th write (0: never; see
+    tests/progress_kill.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    count = out.parent / f"{out.name}.events"
+    sets = [x for s in FINETUNE for x in ("--set", s)]
+    cmd = [sys.executable, str(root / "tests" / "progress_kill.py"), str(kill_at), str(count),
+           "--", "finetune", "--out", str(out), "--no-progress", *sets, *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    done.events = int(count.read_text()) if count.is_file() else 0
+    return done
+
+
+@pytest.mark.slow
+def test_finetune_killed_at_points_of_its_progress_then_resumed_is_identical(tmp_path):
+    """The CLI end to end: a fine-tuning run SIGKILLed in the middle of one of its writes, then
+    continued with ``--resume`` (or started over with ``--force`` where no checkpoint exists yet),
+    ends with the adapters, metrics and summary of an uninterrupted run."""
+    import random
+    import signal
+
+    reference = tmp_path / "reference"
+    ref = _finetune(reference, 0)
+    assert ref.returncode == 0, ref.stderr
+    want = load_file(str(reference / "adapter" / "adapter_model.safetensors"))
+    summary = files.read_json(reference / "summary.json")
+    points = sorted(random.Random(0).sample(range(1, ref.events + 1), 4))
+    resumed = 0
+    for trial, kill_at in enumerate(points):
+        out = tmp_path / f"trial{trial}"
+        killed = _finetune(out, kill_at)
+        assert killed.returncode == -signal.SIGKILL and killed.events == kill_at, killed.stderr
+        has_checkpoint = (out / "checkpoints" / "last.safetensors").is_file()
+        resumed += has_checkpoint
+        again = _finetune(out, 0, "--resume" if has_checkpoint else "--force")
+        assert again.returncode == 0, again.stderr
+        got = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+        assert same_tensors(got, want), f"kill at write {kill_at}"
+        assert files.read_json(out / "summary.json") == summary
+        assert records(out / "metrics.jsonl") == records(reference / "metrics.jsonl")
+        assert records(out / "probes.jsonl") == records(reference / "probes.jsonl")
+        assert not (out / "checkpoints" / "last.safetensors").exists()
+    assert resumed >= 1, f"no kill point of {points} left a checkpoint to resume"
