@@ -59,9 +59,10 @@ def run(repeats: int = 3, steps: int = 30, batch_size: int = 16) -> str:
     lines += [
         "",
         "Both sides draw the same batches (same shuffling generator and seed), so they process the",
-        "same number of tokens; revcurse's step also applies an LR schedule and logs every loss,",
-        "and unembeds only the positions before answer tokens (the plain loop's model computes",
-        "every logit; the loss is the same).",
+        "same number of tokens; revcurse's step (the one loop of every run, `training.fit`) also",
+        "applies the LR schedule, computes the gradient norm and reads the loss every step, and",
+        "unembeds only the positions before answer tokens (the plain loop's model computes every",
+        "logit; the loss is the same).",
     ]
     return "\n".join(lines)
 
