@@ -467,7 +467,7 @@ def test_mask_4d_families_get_a_bidirectional_pair_mask():
 
 def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
     """Both pairings of an MDM give exactly what each pairing computed alone gives, while every
-    reverse query is differentiated once (not once per pairing)."""
+    reverse query is scored and differentiated once (not once per pairing)."""
     from revcurse.probes import hf as probes_hf
 
     fwd, rev, tok = facts_and_tokenizer()
@@ -489,10 +489,21 @@ def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(probes_hf, "answer_loss", counted)
+    from revcurse.probes import attention as probes_attention
+
+    read = {"n": 0}
+    reader = probes_attention.entity_scores
+
+    def counted_reader(*args, **kwargs):
+        read["n"] += 1
+        return reader(*args, **kwargs)
+
+    monkeypatch.setattr(probes_attention, "entity_scores", counted_reader)
     record = probe_record(model, facts, step=0, causal=False, mask_id=tok.mask_id)
     for pairing, (attention, gradients) in alone.items():
         assert record["pairings"][pairing]["attention"] == attention
         assert record["pairings"][pairing]["gradients"] == gradients
     n_reverse = len({id(r) for pairs in facts.values() for _, r in pairs})
     assert calls["n"] == n_reverse + sum(len(pairs) for pairs in facts.values())
+    assert read["n"] == n_reverse + sum(len(pairs) for pairs in facts.values())  # scores too
     assert n_reverse < sum(len(pairs) for pairs in facts.values())  # something was shared

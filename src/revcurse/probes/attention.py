@@ -10,6 +10,7 @@ relative distance Delta = n_filler + 2 (fillers inserted at probe time).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -18,11 +19,12 @@ from revcurse.config import ToyDataConfig
 from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.inputs import (
+    Encoded,
     Pairing,
-    ProbeBatch,
     check_pairing,
     dataset_at_distance,
-    probe_batch,
+    stack_queries,
+    toy_queries,
 )
 
 
@@ -59,12 +61,75 @@ def entity_scores(
     return torch.stack(per_layer).cpu()
 
 
-def toy_entity_scores(model: TransformerLM, batch: ProbeBatch) -> torch.Tensor:
-    """:func:`entity_scores` of a toy batch: the answer slot reads the entity's one key."""
-    one = torch.stack([batch.answer_pos, batch.answer_pos + 1], dim=1)
-    return entity_scores(
-        model, batch.ids, one, torch.stack([batch.entity_pos, batch.entity_pos + 1], dim=1)
-    )
+def query_scores(
+    model: Any,
+    queries: Sequence[Encoded],
+    *,
+    causal: bool,
+    mask_id: int,
+    cache: dict[Any, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`entity_scores` of probe queries ``[layers, heads, N]``: the rows that read the answer
+    are its (masked) positions for an MDM and the positions predicting it for an ARM. Queries of
+    one length with one-token answers and entities (the toy facts) are stacked and read in one
+    forward pass; any others query by query. ``cache`` (by the queries' identity: the stacked
+    batch, or each query) lets several pairings that share reverse queries score them once."""
+    cache = {} if cache is None else cache
+    lengths = {len(q.ids) for q in queries}
+    one_token = all(q.answer[1] - q.answer[0] == 1 and q.entity[1] - q.entity[0] == 1
+                    for q in queries)  # fmt: skip
+    if one_token and len(lengths) == 1:
+        key = tuple(map(id, queries))
+        if key not in cache:
+            batch = stack_queries(list(queries), causal, mask_id, pad_id=mask_id)  # one length
+            cache[key] = entity_scores(model, batch.ids, _one(batch.answer_pos),
+                                       _one(batch.entity_pos))  # fmt: skip
+        return cache[key]
+    return torch.cat([_one_query(model, q, causal, mask_id, cache) for q in queries], dim=-1)
+
+
+def _one_query(
+    model: Any, q: Encoded, causal: bool, mask_id: int, cache: dict[Any, torch.Tensor]
+) -> torch.Tensor:
+    """:func:`entity_scores` of one query ``[layers, heads, 1]`` (cached by its identity)."""
+    if id(q) not in cache:
+        device = next(model.parameters()).device
+        lo, hi = q.answer
+        ids = torch.tensor([q.ids], device=device)
+        if causal:
+            reading = torch.tensor([[lo - 1, hi - 1]])
+        else:
+            ids[0, lo:hi] = mask_id
+            reading = torch.tensor([[lo, hi]])
+        cache[id(q)] = entity_scores(model, ids, reading, torch.tensor([q.entity]))
+    return cache[id(q)]
+
+
+def _one(pos: torch.Tensor) -> torch.Tensor:
+    """One-token spans ``[N, 2]`` at ``pos`` ``[N]``."""
+    return torch.stack([pos, pos + 1], dim=1)
+
+
+def pair_coupling(
+    model: Any,
+    facts: Sequence[tuple[Encoded, Encoded]],
+    *,
+    causal: bool,
+    mask_id: int,
+    cache: dict[Any, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """THE coupling probe: for (paired query, reverse query) facts of one pairing, ``s_pair`` and
+    ``s_rev`` ``[layers, heads, N]`` and their Pearson and Spearman correlations over facts
+    ``[layers, heads]``. ``cache`` (by the queries' identity) lets several pairings that share
+    the reverse queries score them once."""
+    cache = {} if cache is None else cache
+
+    def scores(queries: list[Encoded]) -> torch.Tensor:
+        return query_scores(model, queries, causal=causal, mask_id=mask_id, cache=cache)
+
+    s_pair, s_rev = scores([f for f, _ in facts]), scores([r for _, r in facts])
+    return {"s_pair": s_pair, "s_rev": s_rev, "pearson": pearson(s_pair, s_rev),
+            "spearman": spearman(s_pair, s_rev)}  # fmt: skip
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -99,23 +164,15 @@ def coupling(
     k = data.n_filler if n_filler is None else n_filler
     check_pairing(pairing, model.causal)
     cache = {} if cache is None else cache
-
-    def scores(direction: str) -> torch.Tensor:
-        if (direction, k) not in cache:
-            batch = probe_batch(dataset_at_distance(data, k), vocab, direction, model.causal)
-            cache[direction, k] = toy_entity_scores(model, batch)
-        return cache[direction, k]
-
-    s_pair, s_rev = scores(pairing), scores("reverse")
-    return {
-        "pairing": pairing,
-        "n_filler": k,
-        "delta": k + 2,
-        "s_pair": s_pair,
-        "s_rev": s_rev,
-        "pearson": pearson(s_pair, s_rev),
-        "spearman": spearman(s_pair, s_rev),
-    }
+    queries: dict[str, list[Encoded]] = {}
+    for direction in (pairing, "reverse"):  # the same query objects for every pairing
+        if ("queries", direction, k) not in cache:
+            dataset = dataset_at_distance(data, k)
+            cache["queries", direction, k] = toy_queries(dataset, vocab, direction)
+        queries[direction] = cache["queries", direction, k]
+    facts = list(zip(queries[pairing], queries["reverse"], strict=True))
+    c = pair_coupling(model, facts, causal=model.causal, mask_id=vocab.mask_id, cache=cache)
+    return {"pairing": pairing, "n_filler": k, "delta": k + 2, **c}
 
 
 def coupling_vs_distance(

@@ -40,7 +40,7 @@ from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
-from revcurse.probes.attention import entity_scores, pearson
+from revcurse.probes.attention import pair_coupling
 from revcurse.probes.gradients import fact_cosines
 from revcurse.probes.inputs import Encoded, Pairing, pairings_for
 
@@ -145,28 +145,6 @@ def encode_facts(
     return out
 
 
-def _model_input(q: Encoded, causal: bool, mask_id: int, device) -> torch.Tensor:
-    ids = torch.tensor([q.ids], device=device)
-    if not causal:
-        ids[0, q.answer[0] : q.answer[1]] = mask_id
-    return ids  # [1, L]
-
-
-def _query_positions(q: Encoded, causal: bool) -> slice:
-    lo, hi = q.answer
-    return slice(lo - 1, hi - 1) if causal else slice(lo, hi)
-
-
-def _entity_scores(model: Any, q: Encoded, causal: bool, mask_id: int) -> torch.Tensor:
-    """Mean pre-softmax score from ``q``'s answer positions (MDM) or the positions predicting
-    them (ARM) to its entity ``[n_layers, H]`` (:func:`~revcurse.probes.attention.entity_scores`)."""
-    device = next(model.parameters()).device
-    rows = _query_positions(q, causal)
-    reading = torch.tensor([[rows.start, rows.stop]])
-    return entity_scores(model, _model_input(q, causal, mask_id, device), reading,
-                         torch.tensor([q.entity]))[:, :, 0]  # fmt: skip
-
-
 def attention_coupling(
     model: Any,
     facts: Sequence[tuple[Encoded, Encoded]],
@@ -178,17 +156,9 @@ def attention_coupling(
 ) -> dict[str, Any]:
     """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts.
     ``cache`` (by query object) lets several pairings score a shared reverse query once."""
-    cache = {} if cache is None else cache
-
-    def scores(q: Encoded) -> torch.Tensor:
-        if id(q) not in cache:
-            cache[id(q)] = _entity_scores(model, q, causal, mask_id)
-        return cache[id(q)]
-
-    first = torch.stack([scores(pair) for pair, _ in facts])  # [F, n_layers, H]
-    rev = torch.stack([scores(rev) for _, rev in facts])  # [F, n_layers, H]
+    c = pair_coupling(model, facts, causal=causal, mask_id=mask_id, cache=cache)
+    first, rev, r = c["s_pair"].movedim(-1, 0), c["s_rev"].movedim(-1, 0), c["pearson"]
     chosen = list(range(first.shape[1])) if layers is None else list(layers)
-    r = pearson(first.movedim(0, -1), rev.movedim(0, -1))  # over facts: [n_layers, H]
     return {
         "layers": chosen,
         "r": {str(n): r[n].tolist() for n in chosen},
