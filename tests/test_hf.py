@@ -507,3 +507,30 @@ def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
     assert calls["n"] == n_reverse + sum(len(pairs) for pairs in facts.values())
     assert read["n"] == n_reverse + sum(len(pairs) for pairs in facts.values())  # scores too
     assert n_reverse < sum(len(pairs) for pairs in facts.values())  # something was shared
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_signals_of_multi_token_answers_on_hf_models_match_autograd_and_the_unembedding(name):
+    """The signals of a natural-language query on a transformers model: ``e`` is the summed
+    gradient of the answer tokens' cross-entropy with respect to their logits, and ``u`` the
+    summed signal entering the unembedding, ``W_U^T e`` row by row (untied head, no bias)."""
+    from revcurse.probes.signals import query_signals
+
+    fwd, rev, tok = facts_and_tokenizer()
+    model = hf.build_tiny(name, len(tok), SHAPE, seed=0)
+    hf.add_lora(model, 4, 8, 0.0)
+    facts = encode_facts(tok, paired_queries(fwd, rev, 3), ["forward"])["forward"]
+    queries = [q for fact in facts for q in fact]
+    assert any(q.answer[1] - q.answer[0] > 1 for q in queries)  # multi-token answers
+    sig = query_signals(model, queries, causal=True, mask_id=tok.mask_id)
+    head = model.base.get_output_embeddings().weight.double()  # [V, D]
+    for i, q in enumerate(queries):
+        lo, hi = q.answer
+        ids = torch.tensor([q.ids])
+        logits = model(ids)[0, lo - 1 : hi - 1].detach().double().requires_grad_()  # [K, V]
+        loss = torch.nn.functional.cross_entropy(logits, ids[0, lo:hi], reduction="sum")
+        (e_rows,) = torch.autograd.grad(loss, logits)
+        torch.testing.assert_close(sig["e"][i], e_rows.sum(0))
+        torch.testing.assert_close(sig["u"][i], (e_rows @ head).sum(0), atol=1e-5, rtol=1e-4)
+    assert sig["z.0"].shape == (len(queries), SHAPE.hidden_size)
+    assert len([k for k in sig if k.startswith("z.")]) == SHAPE.n_layers

@@ -16,8 +16,8 @@ from revcurse.experiments.toy_run import probe_runner, train
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes import gradients as G
 from revcurse.probes.attention import coupling, pearson, spearman
-from revcurse.probes.inputs import probe_batch
-from revcurse.probes.signals import backprop_signals, signal_alignment
+from revcurse.probes.inputs import probe_batch, toy_queries
+from revcurse.probes.signals import query_signals, signal_alignment
 from revcurse.probes.theory import rope_score_correlation, rope_score_correlation_mc
 
 
@@ -272,7 +272,8 @@ def test_first_order_prediction_matches_actual_change_for_small_steps():
 def test_error_and_hidden_signals_match_autograd_and_closed_form():
     cfg, dataset, vocab, model = setup(False)
     batch = probe_batch(dataset, vocab, "forward", False)
-    sig = backprop_signals(model, batch)
+    sig = query_signals(model, toy_queries(dataset, vocab, "forward"), causal=False,
+                        mask_id=vocab.mask_id)  # fmt: skip
     rows = torch.arange(len(batch))
     logits = model(batch.ids)[rows, batch.answer_pos].detach().double().requires_grad_()
     loss = torch.nn.functional.cross_entropy(logits, batch.answer_id, reduction="sum")
@@ -298,8 +299,9 @@ def test_signal_cosines_in_a_hand_derived_case_and_why_forward_pairing_is_negati
             p.zero_()
         q, _ = torch.linalg.qr(torch.randn(64, V, dtype=torch.float64))  # orthonormal columns
         model.lm_head.weight.copy_(q.T)  # [V, D], orthonormal rows
-    batches = {d: probe_batch(dataset, vocab, d, False) for d in ("forward", "mirror", "reverse")}
-    sig = {d: backprop_signals(model, b) for d, b in batches.items()}
+    sig = {d: query_signals(model, toy_queries(dataset, vocab, d), causal=False,
+                            mask_id=vocab.mask_id)
+           for d in ("forward", "mirror", "reverse")}  # fmt: skip
     fwd = signal_alignment(sig["forward"], sig["reverse"])
     mirror = signal_alignment(sig["mirror"], sig["reverse"])
     assert fwd["u"]["cosine"] == pytest.approx(-1 / (V - 1), rel=1e-9)

@@ -18,6 +18,9 @@ Per pairing:
   head. Answer positions are the masked answer tokens for an MDM and the positions that *predict*
   answer tokens for an ARM. Scores come from :func:`revcurse.models.hf.recording_scores`. On a toy
   model and toy facts this is exactly :func:`revcurse.probes.attention.coupling` (tested).
+* **signals**: the back-propagated error signals of the paired and the reverse query
+  (:mod:`revcurse.probes.signals`, summed over the answer's tokens), their mean inner product and
+  cosine;
 * **gradient alignment**: the cosine between the gradients, on the trainable (LoRA) parameters, of
   the paired query's loss and the reverse query's loss (:func:`revcurse.objectives.answer_loss`:
   the answer fully masked for an MDM, teacher-forced for an ARM), per fact, with its mean, over
@@ -43,6 +46,7 @@ from revcurse.objectives import answer_loss
 from revcurse.probes.attention import pair_coupling
 from revcurse.probes.gradients import fact_cosines
 from revcurse.probes.inputs import Encoded, Pairing, pairings_for
+from revcurse.probes.signals import query_signals, signal_alignment
 
 
 def paired_queries(
@@ -246,6 +250,17 @@ def probe_record(
     }
     scores: dict[int, torch.Tensor] = {}
     gradients = gradient_alignments(model, probed, causal=causal, mask_id=mask_id)
+    signals: dict[int, dict[str, torch.Tensor]] = {}  # per query, shared across pairings
+
+    def signal(q: Encoded) -> dict[str, torch.Tensor]:
+        if id(q) not in signals:
+            signals[id(q)] = query_signals(model, [q], causal=causal, mask_id=mask_id)
+        return signals[id(q)]
+
+    def stacked(queries: list[Encoded]) -> dict[str, torch.Tensor]:
+        parts = [signal(q) for q in queries]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
     record: dict[str, Any] = {"step": step, "pairings": {}}
     for pairing, encoded in probed.items():
         record["pairings"][pairing] = {
@@ -254,6 +269,8 @@ def probe_record(
                 model, encoded, causal=causal, mask_id=mask_id, layers=layers, cache=scores
             ) if attention else None,
             "gradients": gradients[pairing],
+            "signals": signal_alignment(stacked([f for f, _ in encoded]),
+                                        stacked([r for _, r in encoded])),
         }  # fmt: skip
     model.train(was_training)
     return record
@@ -268,6 +285,7 @@ def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
             "n_facts": p["n_facts"],
             "attention_r_mean": p["attention"]["r_mean"] if p["attention"] else {},
             "cos_pair_rev_mean": p["gradients"]["cos_pair_rev_mean"],
+            "signal_u_cosine": p["signals"]["u"]["cosine"] if p.get("signals") else None,
             "cos_pair_rev_group_means": {
                 group: sum(v) / max(1, len(v))
                 for group, v in p["gradients"].get("cos_pair_rev_groups", {}).items()

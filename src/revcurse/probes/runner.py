@@ -25,8 +25,8 @@ from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import alignment
-from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, probe_batch
-from revcurse.probes.signals import backprop_signals, signal_alignment
+from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, stack_queries, toy_queries
+from revcurse.probes.signals import query_signals, signal_alignment
 
 
 class ProbeRunner:
@@ -53,8 +53,10 @@ class ProbeRunner:
         self.train_loss = train_loss
         self.dir = out_dir / "probes" if out_dir is not None else None
         directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
+        self.queries = {d: toy_queries(dataset, vocab, d) for d in directions}
         self.batches: dict[str, ProbeBatch] = {
-            d: probe_batch(dataset, vocab, d, causal) for d in directions
+            d: stack_queries(q, causal, vocab.mask_id, vocab.pad_id)
+            for d, q in self.queries.items()
         }
         self.records: list[dict[str, Any]] = []
         self.seconds = 0.0
@@ -113,9 +115,14 @@ class ProbeRunner:
             record["gradients"] = summary
             tensors.update(extra)
         if pc.signals:
-            rev = backprop_signals(model, self.batches["reverse"])
+
+            def signals(direction: str) -> dict[str, torch.Tensor]:
+                return query_signals(model, self.queries[direction], causal=model.causal,
+                                     mask_id=self.vocab.mask_id)  # fmt: skip
+
+            rev = signals("reverse")
             record["signals"] = {
-                pairing: signal_alignment(backprop_signals(model, self.batches[pairing]), rev)
+                pairing: signal_alignment(signals(pairing), rev)
                 for pairing in pairings_for(model.causal)
             }
         model.train(was_training)

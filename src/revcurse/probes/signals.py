@@ -18,38 +18,92 @@ not aligned ``u``, so the forward-pairing ``u``-cosine is no test of it. The **m
 queries share the answer a, so their output errors share the ``-onehot(a)`` term (cosine exactly 1
 in the zero-weight case); it measures whether the model routes the same error back through the
 trained and the reverse configuration.
+
+For answers of several tokens (natural-language facts) each signal is summed over the answer's
+reading rows (the masked answer positions of an MDM, the positions predicting them for an ARM),
+the gradient of the summed cross-entropy; for one-token answers that is the definition above.
+The signals are read with module hooks (the final norm's output, each attention output
+projection's input), so the same code serves revcurse's Transformer, native LLaDA and
+transformers models; toy queries of one length are stacked into one batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from revcurse.models.hooks import capture
-from revcurse.models.transformer import TransformerLM
 from revcurse.probes.gradients import cosine
-from revcurse.probes.inputs import ProbeBatch
+from revcurse.probes.inputs import Encoded, stack_queries
 
 
-def backprop_signals(model: TransformerLM, batch: ProbeBatch) -> dict[str, torch.Tensor]:
-    """``e [N, V]``, ``u [N, D]`` and ``z.<layer> [N, H * Dh]`` at each query's answer position."""
-    n_layers = len(model.model.layers)
-    names = ["model.hook_final"] + [f"model.layers.{i}.self_attn.hook_z" for i in range(n_layers)]
-    rows = torch.arange(len(batch))
-    with capture(model, names) as cache:
-        logits = model(batch.ids)[rows, batch.answer_pos]  # [N, V]
-        # A sum, not a mean: each fact's activations then receive exactly its own dL_i.
-        loss = F.cross_entropy(logits, batch.answer_id, reduction="sum")
-        acts = [cache[n] for n in names]
-        grads = torch.autograd.grad(loss, acts)
+def _signal_points(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The final norm (its output feeds the unembedding) and each layer's attention output
+    projection (``o_proj``; LLaDA's ``attn_out``), in layer order."""
+    named = list(model.named_modules())
+    finals = [m for n, m in named if n.split(".")[-1] in ("norm", "ln_f")
+              and not {"layers", "blocks"} & set(n.split("."))]  # fmt: skip
+    outs = [m for n, m in named if n.split(".")[-1] in ("o_proj", "attn_out")]
+    if len(finals) != 1 or not outs:
+        raise ValueError("signals need one final norm and the attention output projections")
+    return finals[0], outs
+
+
+def query_signals(
+    model: nn.Module, queries: Sequence[Encoded], *, causal: bool, mask_id: int
+) -> dict[str, torch.Tensor]:
+    """``e [N, V]``, ``u [N, D]`` and ``z.<layer> [N, H * Dh]`` of each query (module docstring),
+    float64."""
+    lengths = {len(q.ids) for q in queries}
+    one_token = all(q.answer[1] - q.answer[0] == 1 for q in queries)
+    if one_token and len(lengths) == 1:
+        batch = stack_queries(list(queries), causal, mask_id, pad_id=mask_id)  # one length
+        rows = torch.stack([batch.answer_pos, batch.answer_pos + 1], dim=1)
+        return _signals(model, batch.ids, rows, batch.answer_id[:, None])
+    parts = []
+    for q in queries:
+        lo, hi = q.answer
+        ids = torch.tensor([q.ids], device=next(model.parameters()).device)
+        targets = ids[:, lo:hi].clone()
+        if not causal:
+            ids[0, lo:hi] = mask_id
+        rows = torch.tensor([[lo - 1, hi - 1] if causal else [lo, hi]])
+        parts.append(_signals(model, ids, rows, targets))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _signals(
+    model: nn.Module,
+    ids: torch.Tensor,  # [N, L]
+    rows: torch.Tensor,  # [N, 2] the rows that read the answer, [start, end)
+    targets: torch.Tensor,  # [N, K] the answer tokens, K = end - start for every query
+) -> dict[str, torch.Tensor]:
+    final, outs = _signal_points(model)
+    acts: list[torch.Tensor] = []
+    handles = [final.register_forward_hook(lambda _m, _i, out: acts.append(out))]
+    handles += [o.register_forward_pre_hook(lambda _m, args: acts.append(args[0])) for o in outs]
+    try:
+        logits = model(ids)  # [N, L, V]
+    finally:
+        for h in handles:
+            h.remove()
+    n = torch.arange(len(ids))[:, None]
+    at = rows[:, :1] + torch.arange(targets.shape[1])[None]  # [N, K]
+    read = logits[n, at]  # [N, K, V]
+    # A sum, not a mean: each fact's activations then receive exactly its own dL_i.
+    loss = F.cross_entropy(read.flatten(0, 1), targets.flatten(), reduction="sum")
+    # acts: the attention outputs' inputs in layer order, then the final norm's output.
+    final_act, attn_acts = acts[-1], acts[:-1]
+    grads = torch.autograd.grad(loss, [final_act, *attn_acts])
     with torch.no_grad():
-        e = torch.softmax(logits.double(), -1) - F.one_hot(batch.answer_id, logits.shape[-1])
-    out = {"e": e, "u": grads[0][rows, batch.answer_pos].double()}  # [N, D]
+        onehot = F.one_hot(targets, read.shape[-1])
+        e = (torch.softmax(read.double(), -1) - onehot).sum(1)  # [N, V]
+    out = {"e": e, "u": grads[0][n, at].double().sum(1)}  # [N, D]
     for i, g in enumerate(grads[1:]):
-        # hook_z: [N, H, L, Dh] -> heads concatenated at the answer position [N, H * Dh]
-        out[f"z.{i}"] = g[rows, :, batch.answer_pos].flatten(1).double()
+        out[f"z.{i}"] = g[n, at].double().sum(1)  # [N, H * Dh], heads concatenated
     return out
 
 
