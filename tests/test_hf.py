@@ -465,6 +465,19 @@ def test_mask_4d_families_get_a_bidirectional_pair_mask():
         )
 
 
+def counting(monkeypatch, module, name: str) -> dict[str, int]:
+    """Replace ``module.name`` by a wrapper that counts its calls (in the returned dict's "n")."""
+    calls = {"n": 0}
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
 def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
     """Both pairings of an MDM give exactly what each pairing computed alone gives, while every
     reverse query is scored and differentiated once (not once per pairing)."""
@@ -481,24 +494,10 @@ def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
         )
         for pairing, pairs in facts.items()
     }
-    calls = {"n": 0}
-    original = probes_hf.answer_loss
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(probes_hf, "answer_loss", counted)
     from revcurse.probes import attention as probes_attention
 
-    read = {"n": 0}
-    reader = probes_attention.entity_scores
-
-    def counted_reader(*args, **kwargs):
-        read["n"] += 1
-        return reader(*args, **kwargs)
-
-    monkeypatch.setattr(probes_attention, "entity_scores", counted_reader)
+    calls = counting(monkeypatch, probes_hf, "answer_loss")  # a backward pass each
+    read = counting(monkeypatch, probes_attention, "entity_scores")  # a forward pass each
     record = probe_record(model, facts, step=0, causal=False, mask_id=tok.mask_id)
     for pairing, (attention, gradients) in alone.items():
         assert record["pairings"][pairing]["attention"] == attention
