@@ -378,3 +378,20 @@ def test_runner_shares_the_reverse_scores_without_changing_any_value():
         for d in record["distance"][pairing]:
             far = coupling(model, cfg.data, vocab, pairing, d["n_filler"])
             assert d["pearson"] == far["pearson"].tolist()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_signals_do_not_depend_on_how_queries_are_read(causal):
+    """Signals do not read the entity: queries with multi-token entities (read one by one) give
+    the signals of the same queries with one-token entities (stacked in one batch)."""
+    from revcurse.probes.inputs import Encoded, stackable
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 8, "data.n_filler": 1})
+    narrow = toy_queries(dataset, vocab, "reverse")
+    wide = [Encoded(q.ids, entity=(0, 2), answer=q.answer) for q in narrow]
+    assert stackable(narrow) and not stackable(wide)
+    got = query_signals(model, wide, causal=causal, mask_id=vocab.mask_id)
+    want = query_signals(model, narrow, causal=causal, mask_id=vocab.mask_id)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)

@@ -23,7 +23,9 @@ from revcurse.probes.inputs import (
     Pairing,
     check_pairing,
     dataset_at_distance,
+    query_input,
     stack_queries,
+    stackable,
     toy_queries,
 )
 
@@ -75,34 +77,19 @@ def query_scores(
     forward pass; any others query by query. ``cache`` (by the queries' identity: the stacked
     batch, or each query) lets several pairings that share reverse queries score them once."""
     cache = {} if cache is None else cache
-    lengths = {len(q.ids) for q in queries}
-    one_token = all(q.answer[1] - q.answer[0] == 1 and q.entity[1] - q.entity[0] == 1
-                    for q in queries)  # fmt: skip
-    if one_token and len(lengths) == 1:
+    if stackable(queries):
         key = tuple(map(id, queries))
         if key not in cache:
             batch = stack_queries(list(queries), causal, mask_id, pad_id=mask_id)  # one length
             cache[key] = entity_scores(model, batch.ids, _one(batch.answer_pos),
                                        _one(batch.entity_pos))  # fmt: skip
         return cache[key]
-    return torch.cat([_one_query(model, q, causal, mask_id, cache) for q in queries], dim=-1)
-
-
-def _one_query(
-    model: Any, q: Encoded, causal: bool, mask_id: int, cache: dict[Any, torch.Tensor]
-) -> torch.Tensor:
-    """:func:`entity_scores` of one query ``[layers, heads, 1]`` (cached by its identity)."""
-    if id(q) not in cache:
-        device = next(model.parameters()).device
-        lo, hi = q.answer
-        ids = torch.tensor([q.ids], device=device)
-        if causal:
-            reading = torch.tensor([[lo - 1, hi - 1]])
-        else:
-            ids[0, lo:hi] = mask_id
-            reading = torch.tensor([[lo, hi]])
-        cache[id(q)] = entity_scores(model, ids, reading, torch.tensor([q.entity]))
-    return cache[id(q)]
+    device = next(model.parameters()).device
+    for q in queries:
+        if id(q) not in cache:  # one query at a time, [layers, heads, 1]
+            ids, reading = query_input(q, causal, mask_id, device)
+            cache[id(q)] = entity_scores(model, ids, reading, torch.tensor([q.entity]))
+    return torch.cat([cache[id(q)] for q in queries], dim=-1)
 
 
 def _one(pos: torch.Tensor) -> torch.Tensor:

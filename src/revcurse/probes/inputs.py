@@ -19,6 +19,7 @@ model and facts both paths give the same values (a test holds them to it).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,28 @@ class ProbeBatch:
         return ProbeBatch(
             self.ids[:n], self.answer_pos[:n], self.answer_id[:n], self.entity_pos[:n]
         )
+
+
+def stackable(queries: Sequence[Encoded]) -> bool:
+    """Whether :func:`stack_queries` takes ``queries`` without padding: one length, one-token
+    answers and entities (the toy facts)."""
+    return len({len(q.ids) for q in queries}) == 1 and all(
+        q.answer[1] - q.answer[0] == 1 and q.entity[1] - q.entity[0] == 1 for q in queries
+    )
+
+
+def query_input(
+    q: Encoded, causal: bool, mask_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query as the model reads it, ``ids [1, L]`` (the answer masked for an MDM, in place
+    for an ARM), and the ``[start, end)`` of the rows whose outputs score the answer ``[1, 2]``:
+    its own positions for an MDM, the positions predicting it for an ARM."""
+    lo, hi = q.answer
+    ids = torch.tensor([q.ids], device=device)
+    if causal:
+        return ids, torch.tensor([[lo - 1, hi - 1]])
+    ids[0, lo:hi] = mask_id
+    return ids, torch.tensor([[lo, hi]])
 
 
 def stack_queries(queries: list[Encoded], causal: bool, mask_id: int, pad_id: int) -> ProbeBatch:

@@ -24,7 +24,7 @@ reading rows (the masked answer positions of an MDM, the positions predicting th
 the gradient of the summed cross-entropy; for one-token answers that is the definition above.
 The signals are read with module hooks (the final norm's output, each attention output
 projection's input), so the same code serves revcurse's Transformer, native LLaDA and
-transformers models; toy queries of one length are stacked into one batch.
+transformers models; toy queries (:func:`~revcurse.probes.inputs.stackable`) are stacked into one batch.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from revcurse.probes.gradients import cosine
-from revcurse.probes.inputs import Encoded, stack_queries
+from revcurse.probes.inputs import Encoded, query_input, stack_queries, stackable
 
 
 def _signal_points(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
@@ -57,20 +57,15 @@ def query_signals(
 ) -> dict[str, torch.Tensor]:
     """``e [N, V]``, ``u [N, D]`` and ``z.<layer> [N, H * Dh]`` of each query (module docstring),
     float64."""
-    lengths = {len(q.ids) for q in queries}
-    one_token = all(q.answer[1] - q.answer[0] == 1 for q in queries)
-    if one_token and len(lengths) == 1:
+    if stackable(queries):
         batch = stack_queries(list(queries), causal, mask_id, pad_id=mask_id)  # one length
         rows = torch.stack([batch.answer_pos, batch.answer_pos + 1], dim=1)
         return _signals(model, batch.ids, rows, batch.answer_id[:, None])
+    device = next(model.parameters()).device
     parts = []
     for q in queries:
-        lo, hi = q.answer
-        ids = torch.tensor([q.ids], device=next(model.parameters()).device)
-        targets = ids[:, lo:hi].clone()
-        if not causal:
-            ids[0, lo:hi] = mask_id
-        rows = torch.tensor([[lo - 1, hi - 1] if causal else [lo, hi]])
+        ids, rows = query_input(q, causal, mask_id, device)
+        targets = torch.tensor([q.ids[q.answer[0] : q.answer[1]]], device=device)
         parts.append(_signals(model, ids, rows, targets))
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
