@@ -102,15 +102,10 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return _cosine_from_sums((x * y).sum(-1), (x * x).sum(-1), (y * y).sum(-1))
 
 
-def fact_cosines(a: Grads, b: Grads) -> dict[str, float]:
-    """The cosines of one fact's two query gradients, per group and over all parameters: what
-    both the toy probe (per-example gradients) and the text probe (one backward pass per query)
-    report for each fact."""
-    return group_cosines(a, b)
-
-
 def group_cosines(a: Grads, b: Grads) -> dict[str, float]:
-    """Cosine between two gradients, per parameter group and over all parameters."""
+    """Cosine between two gradients, per parameter group and over all parameters (the text probe's
+    per-fact cosine; the toy probe's batch cosines, and its per-fact ones through the same
+    :func:`_group_cosines`)."""
     return {k: float(v) for k, v in _group_cosines(a, b, lead=0).items()}
 
 

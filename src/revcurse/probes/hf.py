@@ -44,7 +44,7 @@ from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
 from revcurse.probes.attention import pair_coupling
-from revcurse.probes.gradients import fact_cosines
+from revcurse.probes.gradients import group_cosines
 from revcurse.probes.inputs import Encoded, Pairing, pairings_for
 from revcurse.probes.signals import query_signals, signal_alignment
 
@@ -190,7 +190,7 @@ def gradient_alignments(
     """Per pairing, the cosine between the paired query's and the reverse query's loss gradients
     on the trainable (LoRA) parameters, per fact, over all of them (``cos_pair_rev``, with its
     mean) and per parameter group (``cos_pair_rev_groups``:
-    :func:`~revcurse.probes.gradients.fact_cosines`, the toy probe's per-fact cosines). Facts are
+    :func:`~revcurse.probes.gradients.group_cosines`, as the toy probe computes its per-fact cosines). Facts are
     visited by reverse query, so each reverse gradient is computed once for every pairing that
     uses it (a backward pass of the whole model each) and at most three gradients are held at a
     time."""
@@ -206,7 +206,7 @@ def gradient_alignments(
         g_rev = _query_gradient(model, params, rev, causal, mask_id)
         for pairing, first in uses[key]:
             g_first = _query_gradient(model, params, first, causal, mask_id)
-            cosines[pairing].append(fact_cosines(g_first, g_rev))
+            cosines[pairing].append(group_cosines(g_first, g_rev))
     out = {}
     for pairing, per_fact in cosines.items():
         overall = [c["all"] for c in per_fact]
