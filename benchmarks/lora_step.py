@@ -25,7 +25,7 @@ from revcurse.config import FinetuneConfig  # noqa: E402
 from revcurse.data.parent_child import load_parent_child  # noqa: E402
 from revcurse.data.text import WordTokenizer, encode_pairs  # noqa: E402
 from revcurse.models import hf  # noqa: E402
-from revcurse.objectives import training_loss  # noqa: E402
+from revcurse.objectives import run_loss  # noqa: E402
 from revcurse.training import DataOrder, fit, make_accelerator, select  # noqa: E402
 
 SHAPE = hf.TinyShape(hidden_size=256, n_layers=4, n_heads=8, n_kv_heads=2, intermediate_size=688)
@@ -78,8 +78,8 @@ def _row(name, tok, data, settings, repeats: int, steps: int, batch_size: int) -
 
     def ours():
         model = fresh()
-        fitted = fit(model, data, lambda m, b, g: training_loss("next_token", m, b, tok.mask_id, g),
-                     settings, accelerator=make_accelerator("cpu"))  # fmt: skip
+        fitted = fit(model, data, run_loss("next_token", tok.mask_id), settings,
+                     accelerator=make_accelerator("cpu"))  # fmt: skip
         tokens["revcurse"] = fitted.tokens
 
     def plain():

@@ -24,7 +24,7 @@ from revcurse.config import FinetuneConfig
 from revcurse.data.parent_child import load_parent_child
 from revcurse.data.text import WordTokenizer, encode_pairs
 from revcurse.models import hf
-from revcurse.objectives import training_loss
+from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import attention_coupling, encode_facts, gradient_alignment, paired_queries
 from revcurse.training import fit, make_accelerator
 
@@ -40,11 +40,11 @@ def smoke(name: str, device: str, dtype: torch.dtype, steps: int, batch_size: in
     hf.add_lora(model, r=8, alpha=16, dropout=0.0)
     before = {n: p.detach().clone() for n, p in hf.lora_parameters(model).items()}
     accelerator = make_accelerator(device)
-    objective = "next_token" if model.causal else "masked_diffusion"
+    run = run_loss(text_objective(model.causal), tok.mask_id)
     losses: list[float] = []
 
     def loss_fn(m, batch, gen):
-        loss = training_loss(objective, m, batch, tok.mask_id, gen)
+        loss = run(m, batch, gen)
         losses.append(loss.item())
         return loss
 

@@ -501,11 +501,12 @@ def test_same_config_and_seed_give_bitwise_identical_results_across_processes(tm
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from revcurse import objectives
     from revcurse.config import RunConfig, apply_overrides
     from revcurse.experiments import toy_run
 
     calls = {"n": 0}
-    original = toy_run.training_loss
+    original = objectives.training_loss
 
     def poisoned(*args, **kwargs):
         loss = original(*args, **kwargs)
@@ -514,7 +515,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         calls["n"] += 1
         return loss * float("nan") if calls["n"] == 15 else loss
 
-    monkeypatch.setattr(toy_run, "training_loss", poisoned)
+    monkeypatch.setattr(objectives, "training_loss", poisoned)
     cfg = apply_overrides(RunConfig(), [a for a in TINY if a != "--set"])
     with pytest.raises(RevcurseError, match="non-finite loss .* at step 14"):
         toy_run.train(cfg, tmp_path / "run")

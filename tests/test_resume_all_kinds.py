@@ -22,9 +22,11 @@ class Interrupt(Exception):
     """Stands in for a KeyboardInterrupt (which pytest would treat as the user's)."""
 
 
-def interrupting(module, monkeypatch, at_call: int) -> None:
-    """Make ``module.training_loss`` raise at its ``at_call``-th call (a step after a checkpoint)."""
-    original = module.training_loss
+def interrupting(monkeypatch, at_call: int) -> None:
+    """Make the training loss raise at its ``at_call``-th call (a step after a checkpoint)."""
+    from revcurse import objectives
+
+    original = objectives.training_loss
     calls = {"n": 0}
 
     def loss(*args, **kwargs):
@@ -33,7 +35,7 @@ def interrupting(module, monkeypatch, at_call: int) -> None:
             raise Interrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(module, "training_loss", loss)
+    monkeypatch.setattr(objectives, "training_loss", loss)
 
 
 def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -54,7 +56,7 @@ def test_person_description_run_resumes_bit_identically(tmp_path, monkeypatch):
                                             "train.checkpoint_every=4", "train.log_every=3"])  # fmt: skip
     full = pd.train_run(cfg, tmp_path / "full")
     with monkeypatch.context() as m:
-        interrupting(pd, m, at_call=11)  # inside step 11, after the checkpoint of step 8
+        interrupting(m, at_call=11)  # inside step 11, after the checkpoint of step 8
         with pytest.raises(Interrupt):
             pd.train_run(cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "checkpoints" / "last.safetensors").is_file()
@@ -81,7 +83,7 @@ def test_finetune_resumes_bit_identically(family, tmp_path, monkeypatch):
     ])  # fmt: skip
     full = finetune.run_finetune(cfg, tmp_path / "full", progress=False)
     with monkeypatch.context() as m:
-        interrupting(finetune, m, at_call=8)  # inside step 8, after the checkpoint of step 6
+        interrupting(m, at_call=8)  # inside step 8, after the checkpoint of step 6
         with pytest.raises(Interrupt):
             finetune.run_finetune(cfg, tmp_path / "cut", progress=False)
     with pytest.raises(Exception, match="not empty"):  # no silent restart over it
@@ -105,7 +107,7 @@ def test_finetune_resume_refuses_another_config(tmp_path, monkeypatch):
                                              "data.max_eval=2", "data.max_train=16",
                                              "probe.enabled=false", "train.checkpoint_every=2"])  # fmt: skip
     with monkeypatch.context() as m:
-        interrupting(finetune, m, at_call=4)
+        interrupting(m, at_call=4)
         with pytest.raises(Interrupt):
             finetune.run_finetune(cfg, tmp_path / "cut", progress=False)
     other = apply_overrides(cfg, ["train.lr=1e-3"])

@@ -37,6 +37,8 @@ gets its full logits indexed, with the same result.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
@@ -194,3 +196,21 @@ def training_loss(
             model, batch.ids, batch.answer_mask, batch.attention_mask, False, mask_id
         )
     raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+
+def text_objective(causal: bool) -> str:
+    """The objective of a text run: next-token for an ARM, masked diffusion for an MDM."""
+    return "next_token" if causal else "masked_diffusion"
+
+
+def run_loss(
+    objective: str, mask_id: int, *, eps: float = 1e-3, mlm_ratio: float = 0.15
+) -> Callable[[torch.nn.Module, TextBatch, torch.Generator], torch.Tensor]:
+    """:func:`training_loss` bound to a run's objective and settings: ``loss(model, batch,
+    generator)``, what :func:`revcurse.training.fit` calls every step."""
+
+    def loss(model: torch.nn.Module, batch: TextBatch, generator: torch.Generator) -> torch.Tensor:
+        return training_loss(objective, model, batch, mask_id, generator, eps=eps,
+                             mlm_ratio=mlm_ratio)  # fmt: skip
+
+    return loss

@@ -25,13 +25,13 @@ import torch
 
 from revcurse import files, training
 from revcurse.config import FinetuneConfig, dump_yaml, to_dict
-from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
+from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
-from revcurse.objectives import training_loss
+from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
@@ -162,15 +162,12 @@ def run_finetune(
         probes.start()
         probes(0)
 
-    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
-        objective = "next_token" if spec.causal else "masked_diffusion"
-        return training_loss(objective, m, batch, mask_id, gen, eps=cfg.train.diffusion_eps)
-
     data = encode_pairs(tokenizer, train_pairs, bos=bos)
     if not spec.causal:  # LLaDA's SFT recipe: answers padded with EOS that are trained on too
         data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
     fitted = training.fit(
-        model, data, loss_fn, cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
+        model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps),
+        cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
         resume=resume, accelerator=accelerator,
         on_step=lambda done: probes(done) if probes.due(done) else None, progress=progress,
     )  # fmt: skip

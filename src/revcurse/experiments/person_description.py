@@ -48,7 +48,7 @@ from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.executor import Outcome, guarded, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.models.transformer import TransformerLM
-from revcurse.objectives import training_loss
+from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
 from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
@@ -182,15 +182,10 @@ def train_run(
     else:
         probes.start()
         probes(0)
-    objective = "next_token" if causal else "masked_diffusion"
-
-    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
-        return training_loss(objective, m, batch, tokenizer.mask_id, gen,
-                             eps=cfg.train.diffusion_eps)  # fmt: skip
-
+    loss = run_loss(text_objective(causal), tokenizer.mask_id, eps=cfg.train.diffusion_eps)
     meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
     fitted = training.fit(
-        model, data, loss_fn, cfg.train, out=out, meta=meta, resume=resuming,
+        model, data, loss, cfg.train, out=out, meta=meta, resume=resuming,
         accelerator=training.make_accelerator("cpu"),
         on_step=lambda done: probes(done) if probes.due(done) else None,
     )  # fmt: skip

@@ -33,7 +33,7 @@ from revcurse.data.toy import build_toy
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ToyEvaluator
 from revcurse.models.transformer import TransformerLM
-from revcurse.objectives import training_loss
+from revcurse.objectives import run_loss
 from revcurse.probes.runner import ProbeRunner
 from revcurse.repro import seed_everything, write_provenance
 
@@ -48,6 +48,12 @@ def build_model(cfg: RunConfig, vocab_size: int) -> TransformerLM:
     """A freshly initialised model, seeded by ``cfg.train.seed``."""
     torch.manual_seed(cfg.train.seed)
     return TransformerLM(cfg.model, vocab_size)
+
+
+def loss_of(cfg: RunConfig, vocab: Vocab) -> training.LossFn:
+    """The run's training loss, ``loss(model, batch, generator)``."""
+    return run_loss(cfg.objective, vocab.mask_id, eps=cfg.train.diffusion_eps,
+                    mlm_ratio=cfg.train.mlm_ratio)  # fmt: skip
 
 
 def checkpoint_meta(cfg: RunConfig, vocab: Vocab) -> dict[str, str]:
@@ -105,13 +111,11 @@ def train(
     data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable)
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
-    probes = probe_runner(cfg, dataset, vocab, out, keep=resuming) if cfg.probe.enabled else None
+    probes = None
+    if cfg.probe.enabled:
+        probes = probe_runner(cfg, dataset, vocab, out, keep=resuming, data=data)
     evaluate = ToyEvaluator(dataset, vocab)
     metrics = out / "metrics.jsonl" if out is not None else None
-
-    def loss_fn(m: torch.nn.Module, batch: TextBatch, gen: torch.Generator) -> torch.Tensor:
-        return training_loss(cfg.objective, m, batch, vocab.mask_id, gen,
-                             eps=tc.diffusion_eps, mlm_ratio=tc.mlm_ratio)  # fmt: skip
 
     def on_step(done: int) -> None:
         if tc.eval_every and done % tc.eval_every == 0:
@@ -129,8 +133,9 @@ def train(
             probes(model, 0)
     start = time.perf_counter()
     fitted = training.fit(
-        model, data, loss_fn, tc, out=out, meta=checkpoint_meta(cfg, vocab), resume=resuming,
-        on_step=on_step, progress=progress, desc=f"{cfg.model.family} seed {tc.seed}",
+        model, data, loss_of(cfg, vocab), tc, out=out, meta=checkpoint_meta(cfg, vocab),
+        resume=resuming, on_step=on_step, progress=progress,
+        desc=f"{cfg.model.family} seed {tc.seed}",
     )  # fmt: skip
     if probes is not None:
         probes(model, tc.steps, final=True)
@@ -171,15 +176,18 @@ def probe_runner(
     out: Path | None,
     prefix: str = "",
     keep: bool = False,
+    data: TextBatch | None = None,
 ) -> ProbeRunner:
-    """The probes of a toy run: its facts, and its training loss with the probes' fixed mask draw
-    (``probe.seed``), so the probed training-loss gradient is a function of the weights alone."""
-    data = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable)
+    """The probes of a toy run: its facts, and its training loss on ``data`` (the run's training
+    batch, built here when not given) with the probes' fixed mask draw (``probe.seed``), so the
+    probed training-loss gradient is a function of the weights alone."""
+    data = (
+        training_batch(dataset, vocab, cfg.objective, cfg.train.maskable) if data is None else data
+    )
+    loss = loss_of(cfg, vocab)
 
     def train_loss(model: torch.nn.Module) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(cfg.probe.seed)
-        return training_loss(cfg.objective, model, data, vocab.mask_id, generator,
-                             eps=cfg.train.diffusion_eps, mlm_ratio=cfg.train.mlm_ratio)  # fmt: skip
+        return loss(model, data, torch.Generator().manual_seed(cfg.probe.seed))
 
     return ProbeRunner(cfg.probe, cfg.data, dataset, vocab, cfg.model.causal, train_loss, out,
                        prefix=prefix, keep=keep)  # fmt: skip
