@@ -808,13 +808,14 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str, prefix: str = "")
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     kwargs = {}
+    holder = None  # cls() with its defaults, built once if a section is given
     for key, value in data.items():
         if key not in names:
             raise _unknown_key(str(key), names, prefix, where)
         tp = hints[key]
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            default = getattr(cls(), key)  # the holder's default for this section
-            value = to_dict(default) | value
+            holder = cls() if holder is None else holder
+            value = to_dict(getattr(holder, key)) | value  # the holder's default for the section
         kwargs[key] = _coerce(value, tp, prefix + key, where)
     return cls(**kwargs)
 

@@ -132,18 +132,11 @@ class DataOrder:
 def select(data: TextBatch, rows: torch.Tensor | None, device: torch.device) -> TextBatch:
     """Rows ``rows`` of ``data`` (all for None), cut to their longest real length and moved to
     ``device``."""
-    if rows is None:
-        length = int(data.attention_mask.sum(dim=1).max())
-        parts = (data.ids, data.prompt_mask, data.answer_mask, data.attention_mask)
-        return TextBatch(*(x[:, :length].to(device) for x in parts))
-    real = data.attention_mask[rows]
-    length = int(real.sum(dim=1).max())
-    return TextBatch(
-        data.ids[rows, :length].to(device),
-        data.prompt_mask[rows, :length].to(device),
-        data.answer_mask[rows, :length].to(device),
-        real[:, :length].to(device),
-    )
+    parts = (data.ids, data.prompt_mask, data.answer_mask, data.attention_mask)
+    if rows is not None:
+        parts = tuple(x[rows] for x in parts)
+    length = int(parts[3].sum(dim=1).max())  # attention_mask: the real tokens
+    return TextBatch(*(x[:, :length].to(device) for x in parts))
 
 
 # --------------------------------------------------------------------------------------------------
