@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +39,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "revcurse", *args], capture_output=True, text=True,
         timeout=HANG_GUARD_S,
     )  # fmt: skip
+
+
+def run_killed(kill_at: int, count_file: Path, *args: str) -> subprocess.CompletedProcess:
+    """``revcurse ARGS`` SIGKILLed in the middle of its ``kill_at``-th write (0: never; see
+    tests/progress_kill.py); ``.events`` on the result: how many writes it made."""
+    script = Path(__file__).resolve().parent / "progress_kill.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(kill_at), str(count_file), "--", *args],
+        capture_output=True, text=True, timeout=HANG_GUARD_S,
+    )  # fmt: skip
+    done.events = int(count_file.read_text()) if count_file.is_file() else 0
+    return done

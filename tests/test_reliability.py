@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_killed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -425,12 +426,7 @@ def _metrics_without_timings(path: Path) -> list[dict]:
 
 def _killed_at(out: Path, kill_at: int, *extra: str) -> subprocess.CompletedProcess:
     """Run ``train`` into ``out`` and SIGKILL it at its ``kill_at``-th write (0: never)."""
-    count = out.parent / f"{out.name}.events"
-    cmd = [sys.executable, str(ROOT / "tests" / "progress_kill.py"), str(kill_at), str(count), "--",
-           *_train_cmd(out, *extra)[3:]]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    done.events = int(count.read_text()) if count.is_file() else 0
-    return done
+    return run_killed(kill_at, out.parent / f"{out.name}.events", *_train_cmd(out, *extra)[3:])
 
 
 @pytest.mark.slow

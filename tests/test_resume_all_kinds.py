@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import run_killed
 from safetensors.torch import load_file
 
 from revcurse import files
@@ -124,20 +125,10 @@ FINETUNE = ["model.family=llada", "train.steps=9", "train.lr=3e-3", "train.batch
 
 
 def _finetune(out, kill_at: int, *extra: str):
-    """``revcurse finetune`` into ``out``, SIGKILLed at its ``kill_at``-th write (0: never; see
-    tests/progress_kill.py)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    count = out.parent / f"{out.name}.events"
+    """``revcurse finetune`` into ``out``, SIGKILLed at its ``kill_at``-th write (0: never)."""
     sets = [x for s in FINETUNE for x in ("--set", s)]
-    cmd = [sys.executable, str(root / "tests" / "progress_kill.py"), str(kill_at), str(count),
-           "--", "finetune", "--out", str(out), "--no-progress", *sets, *extra]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    done.events = int(count.read_text()) if count.is_file() else 0
-    return done
+    return run_killed(kill_at, out.parent / f"{out.name}.events", "finetune", "--out", str(out),
+                      "--no-progress", *sets, *extra)  # fmt: skip
 
 
 @pytest.mark.slow
