@@ -131,6 +131,12 @@ def p_clause(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def effect_clause(test: dict[str, Any]) -> str:
+    """A :func:`paired_comparison` result for running text: ``+0.990 [+0.980, +1.000], p < 0.001``."""
+    lo, hi = test["ci"]
+    return f"{test['effect']:+.3f} [{lo:+.3f}, {hi:+.3f}], {p_clause(test['p'])}"
+
+
 COMPARISON_HEADER = ["MDM - ARM", "95% interval (crossed bootstrap)", "p (paired permutation)",
                      "seeds x queries", "gap"]  # fmt: skip
 """Column names of :func:`comparison_cells`."""

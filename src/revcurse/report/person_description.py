@@ -11,8 +11,17 @@ import numpy as np
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
 from revcurse.report.figures import FAMILY_COLORS, plt, save
-from revcurse.report.render import Block, Check, Figure, Heading, Para, Table, to_html, to_markdown
-from revcurse.stats import COMPARISON_HEADER, comparison_cells
+from revcurse.report.render import (
+    Block,
+    Check,
+    Figure,
+    Heading,
+    Para,
+    Table,
+    comparison_section,
+    to_html,
+    to_markdown,
+)
 
 TITLE = "Person–Description from scratch: masked diffusion vs autoregressive"
 GROUPS = (
@@ -72,23 +81,17 @@ def fit_checks(agg: dict[str, Any], metric: str) -> list[Block]:
 
 def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
     """The MDM-vs-ARM verdicts: paired tests over seed x query, effect size with its interval."""
-    tests = summary.get("comparison") or {}
-    if not tests:
-        return []
-    return [
-        Heading("MDM minus ARM on the reverse splits, paired by seed and query"),
-        Table(
-            ["split", "metric", *COMPARISON_HEADER],
-            [[*key.split("."), *comparison_cells(t)] for key, t in tests.items()],
-        ),
-        Para(
-            "Each (seed, query) pairs the MDM and the ARM trained with that seed on the same query "
-            "and, for likelihood top-1, the same candidate answers. The interval resamples seeds "
-            "and queries independently; the p-value swaps the two outcomes of randomly chosen "
-            "pairs. 'gap' needs p < 0.05 and the interval above 0. A gap on a split means little "
-            "where the fit checks above are not met."
-        ),
-    ]
+    return comparison_section(
+        summary.get("comparison") or {},
+        "MDM minus ARM on the reverse splits, paired by seed and query",
+        ["split", "metric"],
+        lambda key: key.split("."),
+        "Each (seed, query) pairs the MDM and the ARM trained with that seed on the same query "
+        "and, for likelihood top-1, the same candidate answers. The interval resamples seeds "
+        "and queries independently; the p-value swaps the two outcomes of randomly chosen "
+        "pairs. 'gap' needs p < 0.05 and the interval above 0. A gap on a split means little "
+        "where the fit checks above are not met.",
+    )
 
 
 def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any]) -> None:

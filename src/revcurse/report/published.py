@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.stats import COMPARISON_HEADER, comparison_cells, p_clause
+from revcurse.stats import COMPARISON_HEADER, comparison_cells, effect_clause
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -51,8 +51,7 @@ def _signed(value: float | None) -> str:
 
 
 def _test(t: dict[str, Any]) -> str:
-    return (f"{t['effect']:+.3f} [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], {p_clause(t['p'])}"
-            f"{' (gap)' if t['gap'] else ''}")  # fmt: skip
+    return f"{effect_clause(t)}{' (gap)' if t['gap'] else ''}"
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

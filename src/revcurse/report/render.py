@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from revcurse.stats import COMPARISON_HEADER, comparison_cells
 
 STYLE = """
 body { font-family: system-ui, -apple-system, sans-serif; max-width: 980px; margin: 2em auto;
@@ -137,3 +139,19 @@ def to_markdown(title: str, blocks: Sequence[Block], root: Path) -> str:
             parts.append(f"- {md_text(b.label)}: measured {md_text(b.measured)} — "
                          f"**{'met' if b.ok else 'NOT met'}**")  # fmt: skip
     return "\n\n".join(parts) + "\n"
+
+
+def comparison_section(
+    tests: dict[str, dict[str, Any]],
+    heading: str,
+    columns: list[str],
+    labels: Callable[[str], list[str]],
+    note: str,
+) -> list[Block]:
+    """Paired MDM-vs-ARM tests (:func:`revcurse.stats.paired_comparison` results by key) as a
+    heading, a table (``labels(key)`` under ``columns``, then effect, interval, p, size, gap) and
+    a note on how to read it; nothing when there are no tests."""
+    if not tests:
+        return []
+    rows = [[*labels(key), *comparison_cells(t)] for key, t in tests.items()]
+    return [Heading(heading), Table([*columns, *COMPARISON_HEADER], rows), Para(note)]

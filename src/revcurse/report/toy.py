@@ -16,10 +16,11 @@ from revcurse.report.render import (
     Para,
     Pre,
     Table,
+    comparison_section,
     to_html,
     to_markdown,
 )
-from revcurse.stats import COMPARISON_HEADER, comparison_cells, p_clause
+from revcurse.stats import effect_clause
 
 TITLE = "revcurse: the reversal curse on the toy task (MDM vs ARM)"
 
@@ -54,8 +55,7 @@ def targets(summary: dict[str, Any]) -> list[Check]:
         checks.append(Check(
             "MDM > ARM on reverse accuracy (paired permutation test over seed x fact, p < 0.05, "
             "95% interval of the difference above 0)",
-            f"difference {test['effect']:+.3f} [{test['ci'][0]:+.3f}, {test['ci'][1]:+.3f}], "
-            f"{p_clause(test['p'])}, {test['n_seeds']} seeds x {test['n_queries']} facts",
+            f"difference {effect_clause(test)}, {test['n_seeds']} seeds x {test['n_queries']} facts",
             test["gap"],
         ))  # fmt: skip
     return checks
@@ -162,22 +162,16 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
 
 def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
     """The paired MDM-vs-ARM tests: effect, interval, p, per direction."""
-    tests = summary.get("comparison") or {}
-    if not tests:
-        return []
-    return [
-        Heading("MDM minus ARM, paired by seed and fact"),
-        Table(
-            ["accuracy", *COMPARISON_HEADER],
-            [[m.removesuffix("_accuracy"), *comparison_cells(t)] for m, t in tests.items()],
-        ),
-        Para(
-            "Each (seed, fact) pairs the MDM and the ARM trained with that seed on the same query. "
-            "The interval resamples seeds and facts independently (both vary between reruns); the "
-            "p-value swaps the two outcomes of randomly chosen pairs. 'gap' needs p < 0.05 and the "
-            "interval above 0."
-        ),
-    ]
+    return comparison_section(
+        summary.get("comparison") or {},
+        "MDM minus ARM, paired by seed and fact",
+        ["accuracy"],
+        lambda metric: [metric.removesuffix("_accuracy")],
+        "Each (seed, fact) pairs the MDM and the ARM trained with that seed on the same query. "
+        "The interval resamples seeds and facts independently (both vary between reruns); the "
+        "p-value swaps the two outcomes of randomly chosen pairs. 'gap' needs p < 0.05 and the "
+        "interval above 0.",
+    )
 
 
 def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -> None:
