@@ -364,8 +364,6 @@ def train(
     cfg = _load(RunConfig, config, set_)
     if not resume:
         prepare_out_dir(out, force)
-    elif (out / "summary.json").is_file():
-        raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
     else:  # read-only checks first: nothing in a folder that is not this run is touched
         check_resumable(out, cfg, require_checkpoint=True)
     with run_lock(out, blocking=False):  # the lock the sweep executor's workers hold

@@ -297,8 +297,11 @@ def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
     else without touching it. A run directory is proven ours by its ``config.yaml`` (equal to
     ``cfg``) and by its last checkpoint's own config metadata (equal too): a checkpoint copied from
     a run of another config with the same shapes is refused. ``require_checkpoint``: no checkpoint
-    is an error (``--resume`` of one run) rather than a fresh start (an experiment's runs)."""
+    is an error (``--resume`` of one run, which also refuses a finished run) rather than a fresh
+    start (an experiment's runs)."""
     last = out / "checkpoints" / "last.safetensors"
+    if require_checkpoint and (out / "summary.json").is_file():
+        raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
     if not last.is_file():
         if require_checkpoint:
             every = getattr(getattr(cfg, "train", None), "checkpoint_every", "?")
@@ -342,7 +345,6 @@ class Fitted:
     mean_loss: float
     seconds: float
     tokens: int
-    resumed_from: int
 
     @property
     def tokens_per_second(self) -> float:
@@ -459,4 +461,4 @@ def fit(
     seconds = time.perf_counter() - start
     if whole is not None:
         tokens = int(whole.attention_mask.sum()) * (cfg.steps - first)
-    return Fitted(optimizer, generator, mean_loss, seconds, tokens, first)
+    return Fitted(optimizer, generator, mean_loss, seconds, tokens)

@@ -95,8 +95,6 @@ def run_finetune(
         )
     # Fail before loading a large model: a directory that is not empty, or not this run.
     if resume:
-        if (out / "summary.json").is_file():
-            raise RevcurseError(f"{out}: this run is finished (summary.json exists)")
         training.check_resumable(out, cfg, require_checkpoint=True)
     elif out.is_dir() and any(out.iterdir()) and not force:
         prepare_out_dir(out, force)
