@@ -497,7 +497,7 @@ def test_probe_record_shares_the_reverse_queries_across_pairings(monkeypatch):
     from revcurse.probes import attention as probes_attention
 
     calls = counting(monkeypatch, probes_hf, "answer_loss")  # a backward pass each
-    read = counting(monkeypatch, probes_attention, "entity_scores")  # a forward pass each
+    read = counting(monkeypatch, probes_attention, "entity_reads")  # a forward pass each
     record = probe_record(model, facts, step=0, causal=False, mask_id=tok.mask_id)
     for pairing, (attention, gradients) in alone.items():
         assert record["pairings"][pairing]["attention"] == attention

@@ -71,7 +71,8 @@ def test_pearson_and_spearman_against_numpy_style_reference():
     ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
 )
 def test_entity_scores_match_manual_rope_scores(causal, pairing):
-    """S_pair/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer)."""
+    """S_pair/S_rev read through hooks equal q_i . k_j recomputed from the weights (one layer), and
+    the attention masses the softmax of those scores over the keys each row sees."""
     cfg, dataset, vocab, model = setup(causal, **{"model.n_layers": 1, "data.n_filler": 2})
     result = coupling(model, cfg.data, vocab, pairing)
     assert result["pairing"] == pairing
@@ -87,12 +88,44 @@ def test_entity_scores_match_manual_rope_scores(causal, pairing):
             from revcurse.models.positional import apply_rope
 
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mass = result["mass_pair" if direction == pairing else "mass_rev"]
         for i in range(n):
             a, e = batch.answer_pos[i], batch.entity_pos[i]
             expected = (q[i, :, a] * k[i, :, e]).sum(-1) / math.sqrt(8)
             torch.testing.assert_close(scores[0, :, i].float(), expected, atol=1e-5, rtol=1e-5)
+            # The attention probability on the entity: a softmax over the keys the row sees.
+            row = (q[i, :, a, None, :] * k[i]).sum(-1).double() / math.sqrt(8)  # [H, L]
+            seen = row[:, : a + 1] if causal else row
+            expected_mass = seen.softmax(-1)[:, e]
+            torch.testing.assert_close(mass[0, :, i], expected_mass, atol=1e-6, rtol=1e-5)
     assert result["delta"] == 4
     assert result["pearson"].shape == (1, 2)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_mass_of_wide_spans_equals_the_models_own_attention_pattern(causal):
+    """The mass read from the recorded scores (softmax taken by the probe, causal mask applied
+    by it) equals the model's own post-softmax pattern (``hook_pattern``), summed over the
+    entity's keys and averaged over the reading rows, for spans wider than one token and rows
+    with keys after them (where a missing causal mask would show)."""
+    from revcurse.models.hooks import capture
+    from revcurse.probes.attention import entity_reads
+
+    cfg, _, _, model = setup(causal, **{"model.n_layers": 2})
+    ids = torch.randint(0, 10, (3, 9), generator=torch.Generator().manual_seed(0))
+    reading = torch.tensor([[4, 7], [2, 3], [5, 9]])
+    entity = torch.tensor([[0, 2], [6, 9], [1, 4]])
+    got = entity_reads(model, ids, reading, entity, causal=causal)["mass"]  # [layers, H, N]
+    names = [f"model.layers.{n}.self_attn.hook_pattern" for n in range(2)]
+    with torch.no_grad(), capture(model, names) as cache:
+        model(ids)
+    for n, name in enumerate(names):
+        pattern = cache[name].double()  # [N, H, L, L]
+        for i, ((r0, r1), (e0, e1)) in enumerate(
+            zip(reading.tolist(), entity.tolist(), strict=True)
+        ):
+            expected = pattern[i, :, r0:r1, e0:e1].sum(-1).mean(-1)  # [H]
+            torch.testing.assert_close(got[n, :, i], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_mdm_pairing_is_same_entity_opposite_offsets():

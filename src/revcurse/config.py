@@ -406,6 +406,23 @@ class ToyExperimentConfig:
 
 
 @dataclass
+class SliceConfig:
+    """One slice of a sweep: a grid of its own, chosen to answer one question, so that a sweep
+    need not cross every value of every key (a full cross is often more runs than the time)."""
+
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    """Dotted key -> values, added to (and overriding) the sweep's ``grid``."""
+    question: str = ""
+    """What this slice answers (shown in the report)."""
+    seeds: list[int] = field(default_factory=list)
+    """Training seeds of this slice; empty: the sweep's ``seeds``."""
+    compare: str = ""
+    """A key of this slice's grid: each of its values after the first is compared with the first
+    by a paired test of reverse accuracy (per seed and fact), within cells that agree on every
+    other key. Empty: no comparison."""
+
+
+@dataclass
 class SweepConfig:
     """A grid of runs: every combination of the ``grid`` values and ``variants``, for each seed.
 
@@ -413,6 +430,10 @@ class SweepConfig:
     ``variants`` maps names to lists of overrides applied together (``arm-reverse:
     [model.causal=true, data.reverse_augment=true]``). Both are crossed with each other and with
     ``seeds``; each resulting run is identified by the hash of its resolved config.
+
+    With ``slices``, the sweep is the union of the slices instead: each slice crosses the
+    ``grid`` updated with its own keys (and the variants) with its seeds. A run that several
+    slices contain (the same resolved config) runs once and belongs to all of them.
     """
 
     name: str = "sweep"
@@ -426,6 +447,8 @@ class SweepConfig:
     """Dotted key -> values; every combination is run."""
     variants: dict[str, list[str]] = field(default_factory=dict)
     """Name -> overrides applied together; crossed with the grid (empty: no variants)."""
+    slices: dict[str, SliceConfig] = field(default_factory=dict)
+    """Name -> slice (see the class docstring); empty: the sweep is ``grid`` alone."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training seeds (train.seed)."""
     workers: int = 2
@@ -440,13 +463,20 @@ class SweepConfig:
             self.name,
         )  # fmt: skip
         _check(len(self.seeds) >= 1, where, "seeds", "a non-empty list", self.seeds)
-        _check(
-            len(set(self.seeds)) == len(self.seeds), where, "seeds", "distinct seeds", self.seeds
-        )
         _check(self.workers >= 1, where, "workers", "an integer >= 1", self.workers)
-        for key, values in self.grid.items():
-            _check(isinstance(values, list) and len(values) >= 1, where, f"grid.{key}",
-                   "a non-empty list of values", values)  # fmt: skip
+        grids = {"grid": self.grid} | {f"slices.{n}.grid": s.grid for n, s in self.slices.items()}
+        for prefix, grid in grids.items():
+            for key, values in grid.items():
+                _check(isinstance(values, list) and len(values) >= 1, where, f"{prefix}.{key}",
+                       "a non-empty list of values", values)  # fmt: skip
+        for name, piece in self.slices.items():
+            _check(not piece.compare or piece.compare in piece.grid, where,
+                   f"slices.{name}.compare", f"one of the slice's keys {list(piece.grid)}",
+                   piece.compare)  # fmt: skip
+        for name, seeds in [("seeds", self.seeds)] + [
+            (f"slices.{n}.seeds", s.seeds) for n, s in self.slices.items()
+        ]:
+            _check(len(set(seeds)) == len(seeds), where, name, "distinct seeds", seeds)
         self.expand(where)  # every combination must be a valid RunConfig
 
     def base(self) -> RunConfig:
@@ -457,29 +487,57 @@ class SweepConfig:
             probe=dataclasses.replace(self.probe),
         )
 
+    def swept_keys(self) -> list[str]:
+        """Every key the grid or a slice varies, in order of first mention."""
+        keys = dict.fromkeys(self.grid)
+        for s in self.slices.values():
+            keys |= dict.fromkeys(s.grid)
+        return list(keys)
+
     def expand(self, where: str = "sweep") -> list[tuple[dict[str, Any], RunConfig]]:
-        """Every run of the sweep as ``(labels, config)``; labels name the swept values."""
+        """Every run of the sweep as ``(labels, config)``, one per distinct config. Labels name
+        the value of every swept key (:meth:`swept_keys`, read from the run's config, so a run
+        shared by slices has one set of labels), the variant, family and seed, and, with slices,
+        ``slices``: the names of the slices holding the run."""
         import itertools
 
+        slices = self.slices.items() if self.slices else [(None, SliceConfig())]
         variants = self.variants.items() if self.variants else [(None, [])]
-        keys = list(self.grid)
-        runs = []
-        for (variant, extra), values, seed in itertools.product(
-            variants, itertools.product(*self.grid.values()), self.seeds
-        ):
-            overrides = [*extra] + [
-                f"{k}={json.dumps(v)}" for k, v in zip(keys, values, strict=True)
-            ]
-            try:
-                cfg = apply_overrides(self.base(), [*overrides, f"train.seed={seed}"])
-            except ConfigError as err:
-                part = f"variant {variant!r}" if variant else "grid"
-                raise ConfigError(f"{where}: in the sweep {part}, {err}") from None
-            labels: dict[str, Any] = {"variant": variant} if variant else {}
-            labels |= dict(zip(keys, values, strict=True))
-            labels |= {"family": cfg.model.family, "seed": seed}
-            runs.append((labels, cfg))
-        return runs
+        keys = self.swept_keys()
+        runs: dict[str, tuple[dict[str, Any], RunConfig]] = {}
+        for slice_name, piece in slices:
+            grid = self.grid | piece.grid
+            for (variant, extra), values, seed in itertools.product(
+                variants, itertools.product(*grid.values()), piece.seeds or self.seeds
+            ):
+                overrides = [*extra] + [
+                    f"{k}={json.dumps(v)}" for k, v in zip(grid, values, strict=True)
+                ]
+                try:
+                    cfg = apply_overrides(self.base(), [*overrides, f"train.seed={seed}"])
+                except ConfigError as err:
+                    part = f"variant {variant!r}" if variant else "grid"
+                    part += f" of slice {slice_name!r}" if slice_name else ""
+                    raise ConfigError(f"{where}: in the sweep {part}, {err}") from None
+                run_id = config_hash(cfg)
+                if run_id not in runs:
+                    labels: dict[str, Any] = {"variant": variant} if variant else {}
+                    labels |= {k: _dotted(cfg, k) for k in keys}
+                    labels |= {"family": cfg.model.family, "seed": seed}
+                    if slice_name is not None:
+                        labels["slices"] = []
+                    runs[run_id] = (labels, cfg)
+                if slice_name is not None and slice_name not in runs[run_id][0]["slices"]:
+                    runs[run_id][0]["slices"].append(slice_name)
+        return list(runs.values())
+
+
+def _dotted(cfg: Any, key: str) -> Any:
+    """The value at a dotted key of a config (``model.n_heads``)."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,10 @@
   Effect size: the mean paired difference, with a 95% interval from a crossed bootstrap that
   resamples seeds and queries independently (both are random factors, so the interval carries the
   seed-to-seed variation as well as the query-to-query one); p-value: a paired permutation test
-  (``scipy.stats.permutation_test``, the two outcomes of a pair swapped at random).
+  (``scipy.stats.permutation_test``, the two outcomes of a pair swapped at random);
+* :func:`fit_summary`: the control every reversal reading needs. A seed's reverse accuracy counts
+  only if that model fitted what it was trained on: forward, and for a bidirectional model the
+  mirror query, at :data:`FIT_THRESHOLD` or above.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as scipy_stats
+
+FIT_THRESHOLD = 0.99
+"""Forward (and mirror) accuracy at or above which a model counts as having fitted its data."""
 
 METRICS = (
     "forward_accuracy",
@@ -147,3 +153,30 @@ def comparison_cells(test: dict[str, Any]) -> list[str]:
     lo, hi = test["ci"]
     return [f"{test['effect']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", format_p(test["p"]),
             f"{test['n_seeds']} x {test['n_queries']}", "yes" if test["gap"] else "no"]  # fmt: skip
+
+
+def fitted(row: dict[str, Any]) -> bool:
+    """Whether one run fitted its training data: forward accuracy, and mirror accuracy where the
+    model has a mirror query (bidirectional models), at least :data:`FIT_THRESHOLD`."""
+    checks = [row.get("forward_accuracy"), row.get("mirror_accuracy")]
+    if checks[0] is None:
+        return False
+    return all(v >= FIT_THRESHOLD for v in checks if v is not None)
+
+
+def fit_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The reversal reading of one cell (its seeds), fit first: how many seeds fitted, the reverse
+    accuracy over the fitted seeds only (:func:`aggregate`, absent if none fitted), and a label:
+    ``unfitted`` where no seed fitted (an optimisation result, not a reversal one), else
+    ``reverses`` / ``fails`` / ``partial`` for a fitted-seed mean of at least 0.9 / at most 0.1
+    / between (labels for tables; the numbers stand beside them)."""
+    good = [r for r in rows if fitted(r)]
+    out: dict[str, Any] = {"threshold": FIT_THRESHOLD, "n": len(rows), "n_fitted": len(good)}
+    if not good:
+        return out | {"label": "unfitted"}
+    reverse = aggregate(good, ["reverse_accuracy"]).get("reverse_accuracy")
+    if reverse is None:
+        return out | {"label": "n/a"}
+    mean = reverse["mean"]
+    label = "reverses" if mean >= 0.9 else "fails" if mean <= 0.1 else "partial"
+    return out | {"reverse": reverse, "label": label}

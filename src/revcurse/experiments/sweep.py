@@ -18,7 +18,8 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
 * ``depth``: 1, 2, 4 layers x 1 or 4 heads;
 * ``objective``: masked diffusion vs fixed-ratio MLM (15%, 50%) vs an encoder trained only on
   ``a REL [M]`` vs ARM vs ARM with reverse training: which ingredient gives reversal?
-* ``distance``: fillers 0..32 between the entities x RoPE base 100, 1e4, 1e6;
+* ``distance``: fillers 0..32 between the entities, in slices (:func:`distance_slices`): the
+  masking of fillers, heads, RoPE base, no positional encoding, filler types, an ARM control;
 * ``scale``: number of pairs (26 .. 2000) x d_model, minibatches of 256.
 """
 
@@ -30,11 +31,18 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.config import SweepConfig, TrainConfig, apply_overrides, dump_yaml, load_yaml
+from revcurse.config import (
+    SliceConfig,
+    SweepConfig,
+    TrainConfig,
+    apply_overrides,
+    dump_yaml,
+    load_yaml,
+)
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.repro import write_provenance
-from revcurse.stats import METRICS, aggregate
+from revcurse.stats import METRICS, aggregate, fit_summary, paired_comparison
 from revcurse.store import Store
 
 PROBE_METRICS = (
@@ -77,6 +85,69 @@ OBJECTIVES = {
 }
 
 
+DISTANCES = [0, 1, 2, 4, 8, 32]
+"""Filler tokens between the relation and the second entity (relative distance = fillers + 2)."""
+
+
+def distance_slices() -> dict[str, SliceConfig]:
+    """The distance experiment's slices: one question each, sharing cells where they meet (a
+    run two slices hold trains once). MDMs unless named; 4 heads, RoPE base 1e4, one filler type
+    unless varied. About an hour on 2 cores (195 runs, most of it the 32-filler runs)."""
+    return {
+        "masking": SliceConfig(
+            grid={
+                "data.n_filler": DISTANCES,
+                "train.maskable": ["all", "entities", "no_fillers"],
+            },  # fmt: skip
+            compare="train.maskable",
+            question="Does the MDM reverse at every distance, and does that depend on which "
+            "positions may be masked (every token, only the entities, all but the fillers)?",
+        ),
+        "heads": SliceConfig(
+            grid={
+                "model.n_heads": [4, 1],
+                "data.n_filler": [0, 2, 4, 8],
+                "train.maskable": ["all", "entities"],
+            },  # fmt: skip
+            compare="model.n_heads",
+            question="Does one head behave like four (fit first: the one-head model may not fit)?",
+        ),
+        "rope-base": SliceConfig(
+            grid={
+                "model.rope_base": [1e4, 1e2, 1e6],
+                "data.n_filler": [2, 8],
+                "train.maskable": ["entities"],
+            },  # fmt: skip
+            compare="model.rope_base",
+            question="Does the RoPE base (how fast the coupling decorrelates with distance, by "
+            "the closed form) change where reversal holds?",
+        ),
+        "no-position": SliceConfig(
+            grid={
+                "model.positional": ["rope", "none"],
+                "data.n_filler": [2, 8],
+                "train.maskable": ["entities"],
+            },  # fmt: skip
+            compare="model.positional",
+            question="Does a model with no positional encoding reverse where RoPE does?",
+        ),
+        "filler-types": SliceConfig(
+            grid={
+                "data.filler_vocab": [1, 8],
+                "data.n_filler": [4, 8],
+                "train.maskable": ["all", "entities"],
+            },  # fmt: skip
+            compare="data.filler_vocab",
+            question="Does a richer filler vocabulary (8 types drawn per fact instead of one) "
+            "change the masking effect?",
+        ),
+        "arm": SliceConfig(
+            grid={"model.causal": [True], "data.n_filler": [0, 4, 8]},
+            question="Control: does the ARM ever reverse at any distance?",
+        ),
+    }
+
+
 def named_experiments() -> dict[str, Named]:
     """The registry of ``revcurse reproduce NAME`` sweeps (fresh objects on every call)."""
     return {
@@ -106,13 +177,13 @@ def named_experiments() -> dict[str, Named]:
         "distance": Named(
             SweepConfig(
                 name="distance",
-                grid={"data.n_filler": [0, 2, 8, 32], "model.rope_base": [100.0, 1e4, 1e6]}
-                | CAUSAL,
+                grid={"model.n_heads": [4]},
+                slices=distance_slices(),
             ),
             x="data.n_filler",
-            hue="model.rope_base",
-            question="How does the coupling, and reversal, depend on the distance between the "
-            "entities and on the RoPE base, compared with the closed-form theory?",
+            question="Where does the MDM's reversal hold as the entities move apart, and is what "
+            "breaks it the distance, the masking of the filler tokens, the number of heads, the "
+            "positional encoding or the filler vocabulary? (Each slice answers one of these.)",
         ),
         "scale": Named(
             SweepConfig(
@@ -166,7 +237,9 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
         if outcome.error is not None:
             row["error"] = outcome.error
         rows.append(row)
-    label_keys = [k for k in jobs[0].labels if k != "seed"] if jobs else []
+    # A group is a cell of the sweep: its seeds. Slice membership is not part of the cell (a
+    # slice may hold only some of a cell's seeds); the group lists every slice of its members.
+    label_keys = [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "done":
@@ -174,7 +247,10 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
     aggregates = []
     for members in groups.values():
         agg = aggregate(members, [*METRICS, *PROBE_METRICS])
-        aggregates.append({"labels": {k: members[0][k] for k in label_keys}, **agg})
+        cell: dict[str, Any] = {"labels": {k: members[0][k] for k in label_keys}}
+        if "slices" in members[0]:
+            cell["slices"] = list(dict.fromkeys(s for m in members for s in m["slices"]))
+        aggregates.append(cell | agg | {"fit": fit_summary(members)})
     return {
         "experiment": name,
         "rows": rows,
@@ -182,6 +258,62 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
         "n_runs": len(rows),
         "n_failed": sum(r["status"] == "failed" for r in rows),
     }
+
+
+def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
+    """The paired tests the slices ask for (:attr:`SliceConfig.compare`): within each slice, for
+    every combination of its other keys, each later value of the compared key against the first,
+    on reverse accuracy paired by (seed, fact) over the seeds both cells finished. Each carries
+    both cells' fit labels: a test between cells that did not fit is reported, not read."""
+    done = {j.run_id: j for j in jobs if outcomes[j.run_id].status == "done"}
+    cells: dict[tuple, dict[int, Any]] = {}  # labels without seed/slices -> seed -> job
+    label_keys = [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
+    for job in done.values():
+        key = tuple(repr(job.labels[k]) for k in label_keys)
+        cells.setdefault(key, {})[job.labels["seed"]] = job
+    out = []
+    for slice_name, piece in cfg.slices.items():
+        if not piece.compare:
+            continue
+        members = [j for j in done.values() if slice_name in j.labels.get("slices", [])]
+        baseline, *others = piece.grid[piece.compare]
+        seen: set[tuple] = set()
+        for job in members:
+            if job.labels[piece.compare] != baseline:
+                continue
+            base_key = tuple(repr(job.labels[k]) for k in label_keys)
+            if base_key in seen:
+                continue
+            seen.add(base_key)
+            for value in others:
+                other_key = tuple(
+                    repr(value) if k == piece.compare else repr(job.labels[k]) for k in label_keys
+                )
+                a, b = cells.get(other_key, {}), cells[base_key]
+                seeds = sorted(set(a) & set(b))
+                if not seeds:
+                    continue
+
+                where = {k: job.labels[k] for k in piece.grid if k != piece.compare}
+                out.append({
+                    "slice": slice_name, "key": piece.compare, "value": value,
+                    "baseline": baseline, "cell": where, "seeds": seeds,
+                    "test": paired_comparison(_reverse_correct(a, seeds),
+                                              _reverse_correct(b, seeds)),
+                    "fit": {"value": _fit_label(a, seeds, outcomes),
+                            "baseline": _fit_label(b, seeds, outcomes)},
+                })  # fmt: skip
+    return out
+
+
+def _reverse_correct(cell: dict[int, Any], seeds: list[int]) -> list[list[bool]]:
+    """Per seed of a cell (seed -> job), whether each reverse query was answered right."""
+    return [files.read_json(cell[s].run_dir / "predictions.json")["correct"]["reverse"]
+            for s in seeds]  # fmt: skip
+
+
+def _fit_label(cell: dict[int, Any], seeds: list[int], outcomes) -> str:
+    return fit_summary([outcomes[cell[s].run_id].summary for s in seeds])["label"]
 
 
 def run_sweep(
@@ -206,6 +338,10 @@ def run_sweep(
     outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
                        backend=cfg.backend, command=command, progress=progress)  # fmt: skip
     summary = summarize(cfg.name, jobs, outcomes)
+    if cfg.slices:
+        summary["slices"] = {n: {"question": s.question, "keys": list(s.grid),
+                                 "compare": s.compare} for n, s in cfg.slices.items()}  # fmt: skip
+        summary["contrasts"] = contrasts(cfg, jobs, outcomes)
     files.write_json(out / "summary.json", summary)
     files.write_json(
         out / "timings.json",

@@ -11,7 +11,7 @@ relative distance Delta = n_filler + 2 (fillers inserted at probe time).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -29,38 +29,63 @@ from revcurse.probes.inputs import (
     toy_queries,
 )
 
+Quantity = Literal["score", "mass"]
+QUANTITIES: tuple[Quantity, ...] = ("score", "mass")
+
 
 @torch.no_grad()
-def entity_scores(
+def entity_reads(
     model: Any,
     ids: torch.Tensor,  # [N, L] the queries as the model reads them (answers masked for an MDM)
     reading: torch.Tensor,  # [N, 2] [start, end) of the rows whose attention is read
     entity: torch.Tensor,  # [N, 2] [start, end) of the given entity's keys
-) -> torch.Tensor:
-    """The mean pre-softmax score from each query's reading rows to its entity's keys, per layer
-    and head ``[layers, heads, N]`` (float64), for any model whose scores
+    *,
+    causal: bool,
+) -> dict[Quantity, torch.Tensor]:
+    """What each query's reading rows give its entity's keys, per layer and head ``[layers,
+    heads, N]`` (float64), from one forward pass of any model whose scores
     :func:`~revcurse.models.hf.recording_scores` records (revcurse's Transformer, native LLaDA,
-    transformers models). The one score reader of the toy and the text probes: one-token spans
-    (the toy facts) are gathered in one indexing step; wider ones are averaged query by query."""
+    transformers models); the one reader of the toy and the text probes.
+
+    ``score``: the mean pre-softmax score q.k/sqrt(Dh) (+ ALiBi bias) over the rows and keys (the
+    coupling's S). ``mass``: the attention probability on the entity's keys (summed over them,
+    mean over the rows), the softmax taken over the keys a row may see (``causal``: none after
+    it; the queries carry no padding before the rows read). One-token spans (the toy facts) are
+    gathered in one indexing step; wider ones are averaged query by query."""
     from revcurse.models.hf import recording_scores
 
     with recording_scores(model) as cache:
         model(ids)
-    layers = [cache[n] for n in sorted(cache)]  # each [N, H, Lq, Lk]
-    if bool(
-        (reading[:, 1] - reading[:, 0] == 1).all() and (entity[:, 1] - entity[:, 0] == 1).all()
-    ):
-        rows = torch.arange(len(ids))
-        # [N, H] at (reading row, entity key) -> [H, N]
-        return torch.stack([s[rows, :, reading[:, 0], entity[:, 0]].T for s in layers]).double()
-    per_layer = [
-        torch.stack([s[n, :, r0:r1, e0:e1].double().mean(dim=(-1, -2))
-                     for n, ((r0, r1), (e0, e1)) in enumerate(zip(reading.tolist(),
-                                                                  entity.tolist(), strict=True))],
-                    dim=-1)  # [H, N]
-        for s in layers
+    scores = [cache[n].double() for n in sorted(cache)]  # each [N, H, Lq, Lk]
+    length = ids.shape[1]
+    hidden = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+    probs = [
+        (s.masked_fill(hidden.to(s.device), float("-inf")) if hidden is not None else s).softmax(-1)
+        for s in scores
     ]  # fmt: skip
-    return torch.stack(per_layer).cpu()
+    one_token = bool(
+        (reading[:, 1] - reading[:, 0] == 1).all() and (entity[:, 1] - entity[:, 0] == 1).all()
+    )
+    spans = list(zip(reading.tolist(), entity.tolist(), strict=True))
+
+    def read(layers: list[torch.Tensor], over_keys) -> torch.Tensor:  # -> [layers, H, N]
+        if one_token:
+            rows = torch.arange(len(ids))  # [N, H] at (reading row, entity key) -> [H, N]
+            return torch.stack([s[rows, :, reading[:, 0], entity[:, 0]].T for s in layers]).cpu()
+        return torch.stack([
+            torch.stack([over_keys(s[n, :, r0:r1, e0:e1]).mean(-1)
+                         for n, ((r0, r1), (e0, e1)) in enumerate(spans)], dim=-1)  # [H, N]
+            for s in layers
+        ]).cpu()  # fmt: skip
+
+    return {"score": read(scores, lambda x: x.mean(-1)), "mass": read(probs, lambda x: x.sum(-1))}
+
+
+def entity_scores(
+    model: Any, ids: torch.Tensor, reading: torch.Tensor, entity: torch.Tensor
+) -> torch.Tensor:
+    """The pre-softmax scores of :func:`entity_reads` ``[layers, heads, N]``."""
+    return entity_reads(model, ids, reading, entity, causal=False)["score"]
 
 
 def query_scores(
@@ -70,26 +95,30 @@ def query_scores(
     causal: bool,
     mask_id: int,
     cache: dict[Any, torch.Tensor] | None = None,
+    quantity: Quantity = "score",
 ) -> torch.Tensor:
-    """:func:`entity_scores` of probe queries ``[layers, heads, N]``: the rows that read the answer
-    are its (masked) positions for an MDM and the positions predicting it for an ARM. Queries of
-    one length with one-token answers and entities (the toy facts) are stacked and read in one
-    forward pass; any others query by query. ``cache`` (by the queries' identity: the stacked
-    batch, or each query) lets several pairings that share reverse queries score them once."""
+    """One quantity of :func:`entity_reads` for probe queries ``[layers, heads, N]``: the rows
+    that read the answer are its (masked) positions for an MDM and the positions predicting it
+    for an ARM. Queries of one length with one-token answers and entities (the toy facts) are
+    stacked and read in one forward pass; any others query by query. ``cache`` (by quantity and
+    the queries' identity: the stacked batch, or each query) keeps every quantity of a forward
+    pass, so the other quantity, and other pairings that share the reverse queries, cost none."""
     cache = {} if cache is None else cache
     if stackable(queries):
         key = tuple(map(id, queries))
-        if key not in cache:
+        if (quantity, key) not in cache:
             batch = stack_queries(list(queries), causal, mask_id, pad_id=mask_id)  # one length
-            cache[key] = entity_scores(model, batch.ids, _one(batch.answer_pos),
-                                       _one(batch.entity_pos))  # fmt: skip
-        return cache[key]
+            reads = entity_reads(model, batch.ids, _one(batch.answer_pos),
+                                 _one(batch.entity_pos), causal=causal)  # fmt: skip
+            cache.update({(name, key): value for name, value in reads.items()})
+        return cache[quantity, key]
     device = next(model.parameters()).device
     for q in queries:
-        if id(q) not in cache:  # one query at a time, [layers, heads, 1]
+        if (quantity, id(q)) not in cache:  # one query at a time, [layers, heads, 1]
             ids, reading = query_input(q, causal, mask_id, device)
-            cache[id(q)] = entity_scores(model, ids, reading, torch.tensor([q.entity]))
-    return torch.cat([cache[id(q)] for q in queries], dim=-1)
+            reads = entity_reads(model, ids, reading, torch.tensor([q.entity]), causal=causal)
+            cache.update({(name, id(q)): value for name, value in reads.items()})
+    return torch.cat([cache[quantity, id(q)] for q in queries], dim=-1)
 
 
 def _one(pos: torch.Tensor) -> torch.Tensor:
@@ -107,16 +136,24 @@ def pair_coupling(
 ) -> dict[str, torch.Tensor]:
     """THE coupling probe: for (paired query, reverse query) facts of one pairing, ``s_pair`` and
     ``s_rev`` ``[layers, heads, N]`` and their Pearson and Spearman correlations over facts
-    ``[layers, heads]``. ``cache`` (by the queries' identity) lets several pairings that share
+    ``[layers, heads]``; ``mass_pair`` and ``mass_rev`` ``[layers, heads, N]``, the attention
+    probability the answer position puts on the context entity in each query (does a head that
+    reads the entity in the paired query read it in the reverse one?). ``cache`` (by the queries' identity) lets several pairings that share
     the reverse queries score them once."""
     cache = {} if cache is None else cache
 
     def scores(queries: list[Encoded]) -> torch.Tensor:
         return query_scores(model, queries, causal=causal, mask_id=mask_id, cache=cache)
 
-    s_pair, s_rev = scores([f for f, _ in facts]), scores([r for _, r in facts])
+    def mass(queries: list[Encoded]) -> torch.Tensor:
+        return query_scores(model, queries, causal=causal, mask_id=mask_id, cache=cache,
+                            quantity="mass")  # fmt: skip
+
+    pair, rev = [f for f, _ in facts], [r for _, r in facts]
+    s_pair, s_rev = scores(pair), scores(rev)
     return {"s_pair": s_pair, "s_rev": s_rev, "pearson": pearson(s_pair, s_rev),
-            "spearman": spearman(s_pair, s_rev)}  # fmt: skip
+            "spearman": spearman(s_pair, s_rev), "mass_pair": mass(pair),
+            "mass_rev": mass(rev)}  # fmt: skip
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

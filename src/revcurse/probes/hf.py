@@ -158,7 +158,8 @@ def attention_coupling(
     layers: Sequence[int] | None = None,
     cache: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts.
+    """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts, and the
+    attention mass on the context entity in each query (mean over facts).
     ``cache`` (by query object) lets several pairings score a shared reverse query once."""
     c = pair_coupling(model, facts, causal=causal, mask_id=mask_id, cache=cache)
     first, rev, r = c["s_pair"].movedim(-1, 0), c["s_rev"].movedim(-1, 0), c["pearson"]
@@ -169,6 +170,9 @@ def attention_coupling(
         "r_mean": {str(n): float(r[n].nanmean()) for n in chosen},
         "s_pair": {str(n): first[:, n].tolist() for n in chosen},
         "s_rev": {str(n): rev[:, n].tolist() for n in chosen},
+        # attention probability on the context entity, per head, mean over facts
+        "mass_pair": {str(n): c["mass_pair"][n].mean(-1).tolist() for n in chosen},
+        "mass_rev": {str(n): c["mass_rev"][n].mean(-1).tolist() for n in chosen},
     }
 
 

@@ -92,6 +92,9 @@ class ProbeRunner:
                     "spearman": c["spearman"].tolist(),
                     "mean_pearson": float(c["pearson"].mean()),
                     "mean_spearman": float(c["spearman"].mean()),
+                    # mean over facts, [layers][heads]: the same heads reading the entity?
+                    "mass_pair": c["mass_pair"].mean(-1).tolist(),
+                    "mass_rev": c["mass_rev"].mean(-1).tolist(),
                 }
                 tensors[f"s_{pairing}"], tensors[f"s_rev_{pairing}"] = c["s_pair"], c["s_rev"]
                 if final and pc.distances:
@@ -170,4 +173,10 @@ class ProbeRunner:
                 out[f"{label}_mean"] = sum(values) / len(values)
         if "gradients" in last:
             out["reverse_loss_final"] = last["gradients"]["loss"]["reverse"]
+        if last.get("attention"):
+            # [layers][heads] each: the paired queries', and the reverse query (shared by both)
+            mass = {p: a["mass_pair"] for p, a in last["attention"].items()}
+            out["attention_mass_final"] = mass | {
+                "reverse": next(iter(last["attention"].values()))["mass_rev"]
+            }
         return out

@@ -20,7 +20,7 @@ from revcurse.report.render import (
     to_html,
     to_markdown,
 )
-from revcurse.stats import effect_clause
+from revcurse.stats import FIT_THRESHOLD, effect_clause
 
 TITLE = "revcurse: the reversal curse on the toy task (MDM vs ARM)"
 
@@ -34,11 +34,12 @@ def targets(summary: dict[str, Any]) -> list[Check]:
     checks = []
     if "mdm" in agg:
         fwd, rev = agg["mdm"]["forward_accuracy"]["mean"], agg["mdm"]["reverse_accuracy"]["mean"]
-        checks.append(Check("MDM forward >= 0.99 (mean over seeds)", f"{fwd:.3f}", fwd >= 0.99))
+        checks.append(Check(f"MDM forward >= {FIT_THRESHOLD} (mean over seeds)", f"{fwd:.3f}",
+                            fwd >= FIT_THRESHOLD))  # fmt: skip
         if "mirror_accuracy" in agg["mdm"]:
             mirror = agg["mdm"]["mirror_accuracy"]["mean"]
-            checks.append(Check("MDM mirror ([M] REL b) >= 0.99 (mean over seeds)",
-                                f"{mirror:.3f}", mirror >= 0.99))  # fmt: skip
+            checks.append(Check(f"MDM mirror ([M] REL b) >= {FIT_THRESHOLD} (mean over seeds)",
+                                f"{mirror:.3f}", mirror >= FIT_THRESHOLD))  # fmt: skip
         checks.append(Check("MDM reverse >= 0.90 (mean over seeds)", f"{rev:.3f}", rev >= 0.90))
     if "arm" in agg:
         fwd, rev = agg["arm"]["forward_accuracy"]["mean"], agg["arm"]["reverse_accuracy"]["mean"]
@@ -49,7 +50,8 @@ def targets(summary: dict[str, Any]) -> list[Check]:
                 rev <= chance + 0.02,
             )  # fmt: skip
         )
-        checks.append(Check("ARM forward >= 0.99 (mean over seeds)", f"{fwd:.3f}", fwd >= 0.99))
+        checks.append(Check(f"ARM forward >= {FIT_THRESHOLD} (mean over seeds)", f"{fwd:.3f}",
+                            fwd >= FIT_THRESHOLD))  # fmt: skip
     test = summary.get("comparison", {}).get("reverse_accuracy")
     if test is not None:
         checks.append(Check(
