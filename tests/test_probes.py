@@ -272,7 +272,16 @@ def test_group_cosines_against_flat_float64_reference():
     a = torch.cat([ga[n].flatten().double() for n in qk])
     b = torch.cat([gb[n].flatten().double() for n in qk])
     assert cos["qk"] == pytest.approx((a @ b / (a.norm() * b.norm())).item(), rel=1e-5)
-    assert set(cos) == {"embeddings", "qk", "vo", "mlp", "norms", "unembedding", "all"}
+    assert set(cos) == {"embeddings", "qk", "vo", "mlp", "norms", "unembedding", "all",
+                        "storage", "routing", "other"}  # fmt: skip
+    # The parts, against the parameter names directly (not through param_group).
+    storage = [
+        n for n in ga if any(t in n for t in ("embed", "v_proj", "o_proj", "mlp", "lm_head"))
+    ]
+    for part, names in (("routing", qk), ("storage", storage)):
+        a = torch.cat([ga[n].flatten().double() for n in names])
+        b = torch.cat([gb[n].flatten().double() for n in names])
+        assert cos[part] == pytest.approx((a @ b / (a.norm() * b.norm())).item(), rel=1e-5)
 
 
 def test_per_example_cosines_average_to_batch_gradient():
@@ -297,6 +306,25 @@ def test_first_order_prediction_matches_actual_change_for_small_steps():
     # ... and along the reverse gradient itself the loss must go down by lr * |g_rev|^2
     down = G.first_order_check(model, g_rev, g_rev, rev, lr=1e-3)
     assert down["predicted"] < 0 and down["actual"] == pytest.approx(down["predicted"], rel=0.05)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_first_order_parts_sum_to_the_total_and_predict_a_step_of_that_part_alone(causal):
+    """Storage and routing: each part's predicted change is the actual change of the reverse loss
+    when only that part's parameters take the step, and the parts add up to the prediction."""
+    cfg, dataset, vocab, model = setup(causal)
+    fwd = probe_batch(dataset, vocab, "forward", causal)
+    rev = probe_batch(dataset, vocab, "reverse", causal)
+    _, g_fwd = G.gradients(model, lambda: G.batch_loss(model, fwd))
+    _, g_rev = G.gradients(model, lambda: G.batch_loss(model, rev))
+    check = G.first_order_check(model, g_fwd, g_rev, rev, lr=1e-3)
+    parts = check["predicted_parts"]
+    assert sum(parts.values()) == pytest.approx(check["predicted"], rel=1e-9, abs=1e-15)
+    for part, groups in (("routing", ("qk",)), ("storage", ("embeddings", "vo", "mlp"))):
+        only = {n: g if G.param_group(n) in groups or (part == "storage" and G.param_group(n)
+                == "unembedding") else torch.zeros_like(g) for n, g in g_fwd.items()}  # fmt: skip
+        alone = G.first_order_check(model, only, g_rev, rev, lr=1e-3)
+        assert alone["actual"] == pytest.approx(parts[part], rel=0.1, abs=1e-7)
 
 
 # ---------------------------------------------------------------- signals

@@ -11,7 +11,13 @@ and one SGD step theta' = theta - lr * g_train changes the reverse loss by, to f
     Delta L_rev ~= -lr * <g_train, g_rev>,
 
 which is compared with the actual change L_rev(theta') - L_rev(theta). Positive alignment means
-training on forward data alone lowers the reverse loss. Per-fact cosines (the distribution over
+training on forward data alone lowers the reverse loss.
+
+The paper's second version splits the mechanism into value-side *storage*, which both directions
+share, and query/key *routing* by relative position. Both the cosines and the predicted change
+are therefore also given per part (:data:`PARTS`): ``storage`` (embeddings, values and output
+projection, MLP, unembedding), ``routing`` (queries and keys) and ``other`` (norms). Since
+<g, h> is a sum over parameters, the parts' predicted changes add up to the total. Per-fact cosines (the distribution over
 facts) use per-example gradients from ``torch.func`` (vmap of grad over facts).
 """
 
@@ -28,6 +34,10 @@ from revcurse.models.transformer import TransformerLM
 from revcurse.probes.inputs import ProbeBatch
 
 GROUPS = ("embeddings", "qk", "vo", "mlp", "norms", "unembedding")
+PARTS = {"storage": ("embeddings", "vo", "mlp", "unembedding"), "routing": ("qk",),
+         "other": ("norms",)}  # fmt: skip
+"""The mechanism's two parts (module docstring), as unions of parameter groups."""
+PART_OF = {group: part for part, groups in PARTS.items() for group in groups}
 Grads = dict[str, torch.Tensor]
 
 
@@ -73,7 +83,8 @@ def gradients(model: TransformerLM, loss_fn: Callable[[], torch.Tensor]) -> tupl
 
 
 def _group_cosines(a: Grads, b: Grads, lead: int) -> dict[str, torch.Tensor]:
-    """Cosines per group and over ``all`` from per-parameter dot products and squared norms.
+    """Cosines per group, per part (:data:`PARTS`) and over ``all`` from per-parameter dot
+    products and squared norms.
 
     ``lead`` leading dimensions are kept (1 for per-example gradients ``[N, *shape]``). Working
     parameter by parameter avoids concatenating the gradients (tens of MB per probe); each
@@ -84,7 +95,8 @@ def _group_cosines(a: Grads, b: Grads, lead: int) -> dict[str, torch.Tensor]:
         x, y = a[name].flatten(lead), b[name].flatten(lead)
         terms = [torch.linalg.vecdot(x, y).double(), torch.linalg.vecdot(x, x).double(),
                  torch.linalg.vecdot(y, y).double()]  # fmt: skip
-        for key in (param_group(name), "all"):
+        group = param_group(name)
+        for key in (group, PART_OF[group], "all"):
             acc = sums.setdefault(key, [torch.zeros_like(t) for t in terms])
             for total, term in zip(acc, terms, strict=True):
                 total += term
@@ -112,6 +124,14 @@ def group_cosines(a: Grads, b: Grads) -> dict[str, float]:
 def inner(a: Grads, b: Grads) -> float:
     """<a, b> over all parameters (float64)."""
     return float(sum((a[n].double() * b[n].double()).sum() for n in a))
+
+
+def inner_by_part(a: Grads, b: Grads) -> dict[str, float]:
+    """<a, b> restricted to each part's parameters (:data:`PARTS`; float64)."""
+    out = dict.fromkeys(PARTS, 0.0)
+    for n in a:
+        out[PART_OF[param_group(n)]] += float((a[n].double() * b[n].double()).sum())
+    return out
 
 
 def per_example_gradients(model: TransformerLM, batch: ProbeBatch) -> Grads:
@@ -218,7 +238,8 @@ def per_example_cosines(a: Grads, b: Grads) -> dict[str, torch.Tensor]:
 def first_order_check(
     model: TransformerLM, g_step: Grads, g_rev: Grads, rev_batch: ProbeBatch, lr: float
 ) -> dict[str, float]:
-    """Predicted (-lr <g_step, g_rev>) vs actual change of L_rev after one SGD step along g_step."""
+    """Predicted (-lr <g_step, g_rev>) vs actual change of L_rev after one SGD step along g_step;
+    the prediction also per part (``predicted_parts``, summing to ``predicted``)."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     stepped = {n: (p - lr * g_step[n]).detach() for n, p in params.items()}
@@ -226,7 +247,9 @@ def first_order_check(
         before = query_loss(model(rev_batch.ids), rev_batch).double().item()
         logits = functional_call(model, (stepped, buffers), (rev_batch.ids,))
         after = query_loss(logits, rev_batch).double().item()
-    return {"predicted": -lr * inner(g_step, g_rev), "actual": after - before, "lr": lr}
+    parts = {part: -lr * v for part, v in inner_by_part(g_step, g_rev).items()}
+    return {"predicted": -lr * inner(g_step, g_rev), "actual": after - before, "lr": lr,
+            "predicted_parts": parts}  # fmt: skip
 
 
 def alignment(

@@ -24,7 +24,7 @@ from revcurse.data.schema import ReversalDataset
 from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.attention import coupling, coupling_vs_distance
-from revcurse.probes.gradients import alignment
+from revcurse.probes.gradients import PARTS, alignment
 from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, stack_queries, toy_queries
 from revcurse.probes.signals import query_signals, signal_alignment
 
@@ -161,12 +161,15 @@ class ProbeRunner:
             paths[f"attention_pearson_{pairing}"] = ("attention", pairing, "mean_pearson")
             paths[f"attention_spearman_{pairing}"] = ("attention", pairing, "mean_spearman")
             paths[f"signal_u_cosine_{pairing}"] = ("signals", pairing, "u", "cosine")
-        for label, path in {
-            **paths,
-            "grad_cos_fwd_rev": ("gradients", "cos_fwd_rev", "all"),
-            "grad_cos_train_rev": ("gradients", "cos_train_rev", "all"),
-            "grad_cos_mirror_rev": ("gradients", "cos_mirror_rev", "all"),
-        }.items():
+        for pair in ("fwd_rev", "train_rev", "mirror_rev"):
+            for part in ("all", *PARTS):
+                suffix = "" if part == "all" else f"_{part}"
+                paths[f"grad_cos_{pair}{suffix}"] = ("gradients", f"cos_{pair}", part)
+        for part in PARTS:
+            paths[f"first_order_{part}"] = ("gradients", "first_order", "predicted_parts", part)
+        paths["first_order_predicted"] = ("gradients", "first_order", "predicted")
+        paths["first_order_actual"] = ("gradients", "first_order", "actual")
+        for label, path in paths.items():
             values = series(path)
             if values:
                 out[f"{label}_final"] = values[-1]

@@ -174,6 +174,45 @@ def gradient_cosines(models: Sequence[ProbedModel], path: Path) -> Path:
     return save(fig, path)
 
 
+PART_STYLE = {"storage": "-", "routing": "--"}
+
+
+def storage_routing(models: Sequence[ProbedModel], path: Path) -> Path | None:
+    """The mechanism's two parts over training, per family (mean over seeds): the cosine of the
+    forward-query and of the training-loss gradient with the reverse-query gradient restricted
+    to storage (embeddings, values/output, MLP, unembedding) and to routing (queries, keys)
+    parameters, and each part's first-order change of the reverse loss per SGD step."""
+    panels = [
+        (("gradients", "cos_fwd_rev"), "cos(g_forward query, g_reverse query)", False),
+        (("gradients", "cos_train_rev"), "cos(g_training loss, g_reverse query)", False),
+        (("gradients", "first_order", "predicted_parts"),
+         "first-order change of the reverse loss, one SGD step (-lr <g_train, g_rev>)", True),
+    ]  # fmt: skip
+    if not any(_series(m.records, *panels[2][0], "storage")[0] for m in models):
+        return None  # records written before the parts existed
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (keys, title, symlog) in zip(axes, panels, strict=True):
+        for family in dict.fromkeys(m.family for m in models):
+            fam = [m for m in models if m.family == family]
+            for part, ls in PART_STYLE.items():
+                runs = [r for r in (_series(m.records, *keys, part) for m in fam) if r[0]]
+                if not runs:
+                    continue
+                n = min(len(r[1]) for r in runs)
+                ax.plot(runs[0][0][:n], np.mean([r[1][:n] for r in runs], axis=0), ls=ls,
+                        color=FAMILY_COLORS.get(family, "gray"),
+                        label=f"{family.upper()} {part}")  # fmt: skip
+        ax.axhline(0, color="gray", lw=0.6)
+        if symlog:
+            ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("mean over seeds")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def reverse_loss(models: Sequence[ProbedModel], path: Path) -> Path:
     """Reverse loss while training on forward data only, and the first-order check."""
     fig, (ax_loss, ax_fo) = plt.subplots(1, 2, figsize=(10.5, 3.8))

@@ -1,5 +1,11 @@
 """The report of a sweep or named experiment: aggregates per group, figures against the swept
-value, failures, and (distance, depth) the probe views those experiments are about."""
+value, failures, and (distance, depth) the probe views those experiments are about.
+
+A sweep in slices (``SweepConfig.slices``) is reported slice by slice, fit first: each cell's
+reverse accuracy is read over the seeds that fitted forward and mirror
+(:func:`revcurse.stats.fit_summary`), unfitted cells are marked as such, the slice's paired tests
+stand beside it, and per-head attention masses show which heads read the context entity in the
+mirror query and in the reverse one."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from revcurse.config import SweepConfig, dump_yaml
 from revcurse.probes.theory import rope_score_correlation
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_html, to_markdown
+from revcurse.stats import FIT_THRESHOLD, format_p
 
 PANELS = [
     ("forward_accuracy", "forward accuracy"),
@@ -141,12 +148,135 @@ def per_layer_figure(out: Path, rows: list[dict[str, Any]], path: Path) -> Path 
     return save(fig, path)
 
 
+def _short(key: str) -> str:
+    return key.split(".")[-1]
+
+
+def _cell_name(labels: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{_short(k)}={labels[k]}" for k in keys)
+
+
+def _mean(agg: dict[str, Any], metric: str) -> str:
+    return f"{agg[metric]['mean']:.2f}" if metric in agg else "n/a"
+
+
+def _head_masses(rows: list[dict[str, Any]]) -> str:
+    """Per head (last layer), the attention mass on the context entity in the mirror query ->
+    in the reverse query, mean over the cell's seeds: ``0.91→0.04``."""
+    masses = [r["probe.attention_mass_final"] for r in rows if r.get("probe.attention_mass_final")]
+    if not masses or "mirror" not in masses[0]:
+        return "n/a"
+    mirror = np.mean([m["mirror"][-1] for m in masses], axis=0)
+    reverse = np.mean([m["reverse"][-1] for m in masses], axis=0)
+    return " ".join(f"{a:.2f}→{b:.2f}" for a, b in zip(mirror, reverse, strict=True))
+
+
+def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
+    """One section per slice: its question, its cells (fit first), its paired tests, a figure."""
+    rows = [r for r in summary["rows"] if r["status"] == "done"]
+    blocks: list[Block] = [
+        Para(
+            f"A cell's reverse accuracy is read over the seeds that fitted: forward (and, for an "
+            f"MDM, mirror) accuracy >= {FIT_THRESHOLD}. A cell with no fitted seed is 'unfitted', "
+            "an optimisation result and not a reversal one. Labels: reverses / fails / partial "
+            "for a fitted-seed mean >= 0.9 / <= 0.1 / between. Heads: attention mass on the "
+            "context entity b in the mirror query [M] REL f.. b → in the reverse query "
+            "b REL f.. [M], per head (last layer), mean over seeds."
+        )
+    ]
+    for name, info in summary["slices"].items():
+        keys = [k for k in info["keys"]]
+        cells = [a for a in summary["aggregates"] if name in a.get("slices", [])]
+        table = []
+        for agg in cells:
+            fit = agg["fit"]
+            members = [r for r in rows if name in r.get("slices", [])
+                       and all(r[k] == v for k, v in agg["labels"].items())]  # fmt: skip
+            rev = fit.get("reverse")
+            table.append([
+                _cell_name(agg["labels"], keys + (["model.causal"] if "model.causal" not in keys
+                                                  and agg["labels"].get("model.causal") else [])),
+                f"{fit['n_fitted']}/{fit['n']}",
+                _mean(agg, "forward_accuracy"), _mean(agg, "mirror_accuracy"),
+                _mean(agg, "reverse_accuracy"),
+                f"{rev['mean']:.2f} [{rev['ci95'][0]:.2f}, {rev['ci95'][1]:.2f}]" if rev else "-",
+                fit["label"], _head_masses(members),
+            ])  # fmt: skip
+        blocks += [
+            Heading(f"Slice {name}"),
+            Para(info["question"]),
+            Table(
+                [
+                    "cell",
+                    "fitted seeds",
+                    "forward",
+                    "mirror",
+                    "reverse (all seeds)",
+                    "reverse (fitted seeds) [95% CI]",
+                    "reading",
+                    "heads: mass mirror→reverse",
+                ],
+                table,
+            ),  # fmt: skip
+        ]
+        tests = [c for c in summary.get("contrasts", []) if c["slice"] == name]
+        if tests:
+            blocks.append(Table(
+                [f"{_short(info['compare'])}: value - baseline", "where", "reverse difference",
+                 "95% interval", "p", "seeds x facts", "fit (value / baseline)"],
+                [[f"{c['value']} - {c['baseline']}",
+                  ", ".join(f"{_short(k)}={v}" for k, v in c["cell"].items()),
+                  f"{c['test']['effect']:+.3f}",
+                  f"[{c['test']['ci'][0]:+.3f}, {c['test']['ci'][1]:+.3f}]",
+                  format_p(c["test"]["p"]),
+                  f"{c['test']['n_seeds']} x {c['test']['n_queries']}",
+                  f"{c['fit']['value']} / {c['fit']['baseline']}"] for c in tests],
+            ))  # fmt: skip
+        if "data.n_filler" in keys and len({a["labels"]["data.n_filler"] for a in cells}) > 1:
+            fig = slice_figure(name, keys, cells, out / "figures" / f"slice-{name}.png")
+            blocks.append(Figure(fig, f"Slice {name}: reverse accuracy over fitted seeds against "
+                                      "the filler count (hollow: no seed fitted; the value is "
+                                      "then the all-seed mean)."))  # fmt: skip
+    return blocks
+
+
+def slice_figure(name: str, keys: list[str], cells: list[dict[str, Any]], path: Path) -> Path:
+    """Reverse accuracy (fitted seeds; hollow markers where none fitted) against n_filler, one
+    line per value of the slice's other keys."""
+    others = [k for k in keys if k != "data.n_filler"]
+    lines: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
+    for agg in cells:
+        label = _cell_name(agg["labels"], others) or "reverse"
+        fit = agg["fit"]
+        if fit.get("reverse"):
+            lines[label].append((agg["labels"]["data.n_filler"], fit["reverse"]["mean"], True))
+        elif "reverse_accuracy" in agg:
+            lines[label].append((agg["labels"]["data.n_filler"],
+                                 agg["reverse_accuracy"]["mean"], False))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (label, pts) in enumerate(sorted(lines.items())):
+        pts.sort()
+        xs = [p[0] for p in pts]
+        color = f"C{i}"
+        ax.plot(xs, [p[1] for p in pts], color=color, ls=LINESTYLES[i % 4], label=label)
+        for x, y, good in pts:
+            ax.scatter([x], [y], color=color if good else "white", edgecolor=color, zorder=3)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("fillers between REL and the second entity (distance = fillers + 2)")
+    ax.set_ylabel("reverse accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"slice {name}", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: Any = None) -> None:
     """Write figures/, report.html and report.md of a sweep into ``out``."""
     rows = summary["rows"]
     x = _x_key(cfg, named)
     hue = _hue_key(cfg, named, x)
-    theory = distance_theory(cfg, rows) if cfg.name == "distance" else None
+    theory = distance_theory(cfg, rows) if cfg.name == "distance" and not cfg.slices else None
     blocks: list[Block] = []
     if named is not None and named.question:
         blocks.append(Para(f"Question: {named.question}"))
@@ -176,9 +306,12 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
                 agg.get("probe.grad_cos_fwd_rev_mean", {}).get("mean", "n/a"),
             ]
         )
-    blocks += [Heading("Results per group (mean over seeds)"), Table(header, table)]
-    fig = metrics_figure(rows, x, hue, out / "figures" / "metrics.png", theory)
-    blocks.append(Figure(fig, f"Headline metrics against {x}; error bars: std over seeds."))
+    if summary.get("slices"):
+        blocks += slice_blocks(out, summary)
+    else:
+        blocks += [Heading("Results per group (mean over seeds)"), Table(header, table)]
+        fig = metrics_figure(rows, x, hue, out / "figures" / "metrics.png", theory)
+        blocks.append(Figure(fig, f"Headline metrics against {x}; error bars: std over seeds."))
     if theory is not None:
         blocks.append(
             Para(

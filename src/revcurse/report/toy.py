@@ -152,6 +152,9 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
          "the closed-form RoPE correlation for isotropic q, k."),
         (probe_figures.gradient_cosines(models, fig_dir / "gradient_cosines.png"),
          "Cosine between forward and reverse loss gradients per parameter group."),
+        (probe_figures.storage_routing(models, fig_dir / "storage_routing.png"),
+         "Storage (values, output, MLP, embeddings) and routing (queries, keys) parts of the "
+         "gradient alignment and of the first-order reverse-loss change, over training."),
         (probe_figures.reverse_loss(models, fig_dir / "reverse_loss.png"),
          "Reverse-query loss during training, and predicted vs actual reverse-loss change of one "
          "SGD step on the training loss."),
