@@ -58,3 +58,22 @@ def test_a_clear_gap_is_detected_and_equal_outcomes_are_not():
     assert not same["gap"] and same["p"] == 1.0 and same["effect"] == 0.0
     with pytest.raises(ValueError, match="equal"):
         paired_comparison(a, b[:, :50])
+
+
+def test_fit_summary_reads_reverse_only_over_fitted_seeds():
+    from revcurse.stats import fit_summary, fitted
+
+    mdm = [
+        {"forward_accuracy": 1.0, "mirror_accuracy": 1.0, "reverse_accuracy": 0.0},
+        {"forward_accuracy": 1.0, "mirror_accuracy": 0.98, "reverse_accuracy": 1.0},  # no mirror
+        {"forward_accuracy": 0.99, "mirror_accuracy": 0.99, "reverse_accuracy": 0.2},
+    ]
+    assert [fitted(r) for r in mdm] == [True, False, True]
+    out = fit_summary(mdm)
+    assert (out["n"], out["n_fitted"]) == (3, 2)
+    assert out["reverse"]["values"] == [0.0, 0.2] and out["label"] == "fails"
+    assert fit_summary(mdm[1:2]) == {"threshold": 0.99, "n": 1, "n_fitted": 0, "label": "unfitted"}
+    # A causal model has no mirror query: forward alone decides.
+    arm = [{"forward_accuracy": 1.0, "mirror_accuracy": None, "reverse_accuracy": 0.95}]
+    assert fit_summary(arm)["label"] == "reverses"
+    assert fit_summary([mdm[0], {**mdm[0], "reverse_accuracy": 0.9}])["label"] == "partial"

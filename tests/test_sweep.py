@@ -234,3 +234,66 @@ def test_a_worker_killed_by_the_os_fails_its_run_only(tmp_path):
         2: "done",
         3: "done",
     }
+
+
+def sliced_sweep() -> SweepConfig:
+    cfg = apply_overrides(SweepConfig(name="sliced", grid={}), TINY)
+    slices = {
+        "masking": {"grid": {"data.n_filler": [0, 1], "train.maskable": ["all", "entities"]},
+                    "compare": "train.maskable", "question": "q1"},
+        "heads": {"grid": {"model.n_heads": [1, 2], "data.n_filler": [1]},
+                  "compare": "model.n_heads", "seeds": [0]},
+    }  # fmt: skip
+    return apply_overrides(cfg, [f"slices={json.dumps(slices)}", "seeds=[0, 1]"])
+
+
+def test_slices_share_their_common_cells_and_label_every_swept_key():
+    runs = sliced_sweep().expand()
+    # masking: 2 x 2 x 2 seeds = 8; heads: 2 x 1 seed, of which n_heads=1 (the default),
+    # n_filler=1, maskable=all, seed 0 is already a masking run.
+    assert len(runs) == 8 + 1
+    keys = ["data.n_filler", "train.maskable", "model.n_heads"]
+    for labels, cfg in runs:
+        assert [k for k in labels if "." in k] == keys
+        assert labels["model.n_heads"] == cfg.model.n_heads  # read from the config
+    shared = [lab for lab, _ in runs if lab["slices"] == ["masking", "heads"]]
+    assert shared == [{"data.n_filler": 1, "train.maskable": "all", "model.n_heads": 1,
+                       "family": "mdm", "seed": 0, "slices": ["masking", "heads"]}]  # fmt: skip
+
+
+def test_a_slice_compares_only_a_key_of_its_own():
+    cfg = sliced_sweep()
+    with pytest.raises(ConfigError, match=r"slices.heads.compare.*one of the slice's keys"):
+        apply_overrides(cfg, ["slices.heads.compare=train.lr"])
+
+
+def test_sliced_sweep_fit_readings_and_paired_tests_from_the_runs(tmp_path):
+    """The sweep's contrasts are the paired tests of the runs' own per-fact reverse outcomes
+    (recomputed here from predictions.json), and every cell carries its fit reading."""
+    from revcurse.stats import fit_summary, paired_comparison
+
+    cfg = sliced_sweep()
+    summary = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert summary["n_runs"] == 9 and summary["n_failed"] == 0
+    rows = {(r["data.n_filler"], r["train.maskable"], r["model.n_heads"], r["seed"]): r
+            for r in summary["rows"]}  # fmt: skip
+    tests = [c for c in summary["contrasts"] if c["slice"] == "masking"]
+    assert [(c["cell"], c["value"], c["baseline"]) for c in tests] == [
+        ({"data.n_filler": 0}, "entities", "all"), ({"data.n_filler": 1}, "entities", "all")
+    ]  # fmt: skip
+
+    def correct(n_filler, maskable, heads, seed):
+        run = tmp_path / "s" / "runs" / rows[n_filler, maskable, heads, seed]["run_id"]
+        return json.loads((run / "predictions.json").read_text())["correct"]["reverse"]
+
+    for c in tests:
+        k = c["cell"]["data.n_filler"]
+        expected = paired_comparison([correct(k, "entities", 1, s) for s in (0, 1)],
+                                     [correct(k, "all", 1, s) for s in (0, 1)])  # fmt: skip
+        assert c["test"] == expected
+    (heads,) = [c for c in summary["contrasts"] if c["slice"] == "heads"]
+    assert heads["seeds"] == [0] and heads["test"]["n_seeds"] == 1
+    for agg in summary["aggregates"]:
+        members = [r for r in summary["rows"] if all(r[k] == v for k, v in agg["labels"].items())]
+        assert agg["fit"] == fit_summary(members)
+    assert "Slice masking" in (tmp_path / "s" / "report.md").read_text()

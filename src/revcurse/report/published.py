@@ -183,6 +183,49 @@ def person_description_probes(s: dict[str, Any]) -> str:
     return _table(["probe (stage.pairing.quantity)", *(f.upper() for f in agg)], rows)
 
 
+def _fitted_reverse(fit: dict[str, Any]) -> str:
+    rev = fit.get("reverse")
+    if rev is None:
+        return "unfitted"
+    return f"{_pm(rev, 2)} ({fit['label']})"
+
+
+def slice_table(s: dict[str, Any], name: str) -> str:
+    """One slice of a sliced sweep, fit first: per cell, the seeds that fitted forward and mirror,
+    the mean accuracies over all seeds, and reverse accuracy over the fitted seeds only."""
+    keys = s["slices"][name]["keys"]
+    rows = []
+    for agg in (a for a in s["aggregates"] if name in a.get("slices", [])):
+        fit = agg["fit"]
+        rows.append([
+            *(agg["labels"][k] for k in keys), f"{fit['n_fitted']}/{fit['n']}",
+            _pm(agg.get("forward_accuracy"), 2), _pm(agg.get("mirror_accuracy"), 2),
+            _fitted_reverse(fit),
+        ])  # fmt: skip
+    header = [*(k.split(".")[-1] for k in keys), "fitted seeds", "forward", "mirror",
+              "reverse, fitted seeds"]  # fmt: skip
+    threshold = s["aggregates"][0]["fit"]["threshold"]
+    return _table(header, rows) + (
+        f"\n\nMean ± sd over seeds. Fitted: forward and (MDM) mirror accuracy >= {threshold}; "
+        "reverse accuracy is read over the fitted seeds only, and a cell with none is unfitted."
+    )
+
+
+def slice_tests(s: dict[str, Any], name: str) -> str:
+    """The paired tests of one slice (its compared key, value minus baseline, per cell)."""
+    rows = [
+        [f"{c['value']} - {c['baseline']}", ", ".join(f"{k.split('.')[-1]}={v}"
+                                                       for k, v in c["cell"].items()),
+         *comparison_cells(c["test"])[:4], f"{c['fit']['value']} / {c['fit']['baseline']}"]
+        for c in s["contrasts"] if c["slice"] == name
+    ]  # fmt: skip
+    key = s["slices"][name]["compare"].split(".")[-1]
+    header = [key, "where", "reverse difference", *COMPARISON_HEADER[1:4], "fit"]
+    return _table(header, rows)
+
+
+DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
+
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
     ("toy", "probes"): toy_probes,
@@ -191,6 +234,12 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("person-description", "splits"): person_description_splits,
     ("person-description", "tests"): person_description_tests,
     ("person-description", "probes"): person_description_probes,
+    **{("distance", n): (lambda s, n=n: slice_table(s, n)) for n in DISTANCE_SLICES},
+    **{
+        ("distance", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in DISTANCE_SLICES
+        if n != "arm"
+    },  # the ARM control compares nothing
 }
 
 
