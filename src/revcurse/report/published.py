@@ -108,6 +108,36 @@ def toy_probes(s: dict[str, Any]) -> str:
     return _table(["family", *(label for _, label in PROBE_VIEW)], rows) + note
 
 
+PARTS_VIEW = [
+    ("probe.grad_cos_fwd_rev_storage_mean", "cos fwd/rev, storage"),
+    ("probe.grad_cos_fwd_rev_routing_mean", "cos fwd/rev, routing"),
+    ("probe.grad_cos_mirror_rev_storage_mean", "cos mirror/rev, storage"),
+    ("probe.grad_cos_mirror_rev_routing_mean", "cos mirror/rev, routing"),
+    ("probe.grad_cos_train_rev_storage_mean", "cos train/rev, storage"),
+    ("probe.grad_cos_train_rev_routing_mean", "cos train/rev, routing"),
+    ("probe.first_order_storage_mean", "ΔL_rev per step, storage"),
+    ("probe.first_order_routing_mean", "ΔL_rev per step, routing"),
+]
+
+
+def toy_parts(s: dict[str, Any]) -> str:
+    """Storage vs routing: gradient cosines and the first-order reverse-loss change per SGD step
+    (-lr <g_train, g_rev> restricted to each part), means over training, then over seeds."""
+
+    def cell(key: str, family: str) -> str:
+        value = _mean_over_seeds(s["rows"], family, key)
+        if value is None:
+            return "n/a"
+        return f"{value:+.1e}" if key.startswith("probe.first_order") else f"{value:+.3f}"
+
+    rows = [[f.upper(), *(cell(k, f) for k, _ in PARTS_VIEW)] for f in s["aggregate"]]
+    note = (f"\n\nEach probe's mean over training, then over the "
+            f"{min(a['n'] for a in s['aggregate'].values())} seeds; ΔL_rev per step: the predicted "
+            "change of the reverse loss by one SGD step on the training loss (lr 1e-3), negative "
+            "= the reverse loss falls.")  # fmt: skip
+    return _table(["family", *(label for _, label in PARTS_VIEW)], rows) + note
+
+
 def _sweep_rows(s: dict[str, Any], label: str) -> dict[Any, dict[str, dict[str, Any]]]:
     """Sweep aggregates as {label value: {family: aggregate}}."""
     out: dict[Any, dict[str, dict[str, Any]]] = {}
@@ -229,6 +259,7 @@ DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
     ("toy", "probes"): toy_probes,
+    ("toy", "parts"): toy_parts,
     ("pe-ablation", "table"): pe_ablation_table,
     ("objective", "table"): objective_table,
     ("person-description", "splits"): person_description_splits,

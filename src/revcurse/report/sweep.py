@@ -271,6 +271,37 @@ def slice_figure(name: str, keys: list[str], cells: list[dict[str, Any]], path: 
     return save(fig, path)
 
 
+def head_mass_figure(rows: list[dict[str, Any]], slice_name: str, path: Path) -> Path | None:
+    """Per head and seed (last layer): attention mass on the context entity in the mirror query
+    (x) against the reverse query (y), one panel per maskable choice, coloured by filler count.
+    A head on the diagonal reads the entity in both queries; one on the x axis only in the
+    mirror (the configuration it was trained on)."""
+    pts = [r for r in rows if slice_name in r.get("slices", []) and r["status"] == "done"
+           and (r.get("probe.attention_mass_final") or {}).get("mirror")]  # fmt: skip
+    if not pts:
+        return None
+    panels = list(dict.fromkeys(r.get("train.maskable", "all") for r in pts))
+    fillers = sorted({r["data.n_filler"] for r in pts})
+    cmap = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False)
+    for ax, maskable in zip(axes[0], panels, strict=True):
+        for r in (r for r in pts if r.get("train.maskable", "all") == maskable):
+            mass = r["probe.attention_mass_final"]
+            color = cmap(fillers.index(r["data.n_filler"]) / max(1, len(fillers) - 1))
+            ax.scatter(mass["mirror"][-1], mass["reverse"][-1], s=10, color=color, alpha=0.7)
+        ax.plot([0, 1], [0, 1], color="gray", lw=0.6, ls=":")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"maskable={maskable}", fontsize=9)
+        ax.set_xlabel("mass on b, mirror query [M] REL f.. b")
+    axes[0][0].set_ylabel("mass on b, reverse query b REL f.. [M]")
+    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i / max(1, len(fillers) - 1)),
+                          label=f"{k} fillers") for i, k in enumerate(fillers)]  # fmt: skip
+    axes[0][-1].legend(handles=handles, fontsize=7)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: Any = None) -> None:
     """Write figures/, report.html and report.md of a sweep into ``out``."""
     rows = summary["rows"]
@@ -308,6 +339,12 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
         )
     if summary.get("slices"):
         blocks += slice_blocks(out, summary)
+        first = next(iter(summary["slices"]))
+        mass_fig = head_mass_figure(rows, first, out / "figures" / "head_mass.png")
+        if mass_fig is not None:
+            blocks.append(Figure(mass_fig, f"Slice {first}: each head's attention mass on the "
+                                           "context entity in the mirror and in the reverse query "
+                                           "(final models, one dot per head and seed)."))  # fmt: skip
     else:
         blocks += [Heading("Results per group (mean over seeds)"), Table(header, table)]
         fig = metrics_figure(rows, x, hue, out / "figures" / "metrics.png", theory)
