@@ -185,7 +185,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
         )
     ]
     for name, info in summary["slices"].items():
-        keys = [k for k in info["keys"]]
+        keys = list(info["keys"])
         cells = [a for a in summary["aggregates"] if name in a.get("slices", [])]
         table = []
         for agg in cells:
@@ -200,7 +200,8 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                 _mean(agg, "forward_accuracy"), _mean(agg, "mirror_accuracy"),
                 _mean(agg, "reverse_accuracy"),
                 f"{rev['mean']:.2f} [{rev['ci95'][0]:.2f}, {rev['ci95'][1]:.2f}]" if rev else "-",
-                fit["label"], _head_masses(members),
+                fit["label"], _mean(agg, "probe.attention_pearson_mirror_final"),
+                _head_masses(members),
             ])  # fmt: skip
         blocks += [
             Heading(f"Slice {name}"),
@@ -214,6 +215,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                     "reverse (all seeds)",
                     "reverse (fitted seeds) [95% CI]",
                     "reading",
+                    "coupling r (mirror pairing)",
                     "heads: mass mirror→reverse",
                 ],
                 table,
