@@ -295,12 +295,18 @@ def test_per_example_cosines_average_to_batch_gradient():
     torch.testing.assert_close(cos["all"], torch.ones(len(batch), dtype=torch.float64))
 
 
-def test_first_order_prediction_matches_actual_change_for_small_steps():
-    cfg, dataset, vocab, model = setup(False)
-    fwd = probe_batch(dataset, vocab, "forward", False)
-    rev = probe_batch(dataset, vocab, "reverse", False)
+def forward_and_reverse_gradients(causal: bool):
+    """A fresh model, its reverse batch and the forward- and reverse-loss gradients."""
+    cfg, dataset, vocab, model = setup(causal)
+    fwd = probe_batch(dataset, vocab, "forward", causal)
+    rev = probe_batch(dataset, vocab, "reverse", causal)
     _, g_fwd = G.gradients(model, lambda: G.batch_loss(model, fwd))
     _, g_rev = G.gradients(model, lambda: G.batch_loss(model, rev))
+    return model, rev, g_fwd, g_rev
+
+
+def test_first_order_prediction_matches_actual_change_for_small_steps():
+    model, rev, g_fwd, g_rev = forward_and_reverse_gradients(False)
     check = G.first_order_check(model, g_fwd, g_rev, rev, lr=1e-3)
     assert check["actual"] == pytest.approx(check["predicted"], rel=0.05)
     # ... and along the reverse gradient itself the loss must go down by lr * |g_rev|^2
@@ -312,11 +318,7 @@ def test_first_order_prediction_matches_actual_change_for_small_steps():
 def test_first_order_parts_sum_to_the_total_and_predict_a_step_of_that_part_alone(causal):
     """Storage and routing: each part's predicted change is the actual change of the reverse loss
     when only that part's parameters take the step, and the parts add up to the prediction."""
-    cfg, dataset, vocab, model = setup(causal)
-    fwd = probe_batch(dataset, vocab, "forward", causal)
-    rev = probe_batch(dataset, vocab, "reverse", causal)
-    _, g_fwd = G.gradients(model, lambda: G.batch_loss(model, fwd))
-    _, g_rev = G.gradients(model, lambda: G.batch_loss(model, rev))
+    model, rev, g_fwd, g_rev = forward_and_reverse_gradients(causal)
     check = G.first_order_check(model, g_fwd, g_rev, rev, lr=1e-3)
     parts = check["predicted_parts"]
     assert sum(parts.values()) == pytest.approx(check["predicted"], rel=1e-9, abs=1e-15)
