@@ -77,3 +77,21 @@ def test_fit_summary_reads_reverse_only_over_fitted_seeds():
     arm = [{"forward_accuracy": 1.0, "mirror_accuracy": None, "reverse_accuracy": 0.95}]
     assert fit_summary(arm)["label"] == "reverses"
     assert fit_summary([mdm[0], {**mdm[0], "reverse_accuracy": 0.9}])["label"] == "partial"
+
+
+def test_decision_needs_the_permutation_p_and_the_interval_to_agree():
+    from revcurse.stats import decision
+
+    assert decision({"p": 0.001, "ci": [0.1, 0.5]}) == "higher"
+    assert decision({"p": 0.001, "ci": [-0.5, -0.1]}) == "lower"
+    assert decision({"p": 0.001, "ci": [-0.2, 0.7]}) == "undecided"  # seed-dependent effect
+    assert decision({"p": 0.2, "ci": [0.1, 0.5]}) == "undecided"
+    # A clustered case: large per-seed effects of opposite sign. The pairs look different to the
+    # permutation test, but the crossed bootstrap over seeds spans 0.
+    from revcurse.stats import paired_comparison
+
+    a = [[1] * 50 + [0] * 50, [1] * 100, [0] * 100, [1] * 100, [0] * 100]
+    b = [[0] * 100, [0] * 100, [1] * 100, [0] * 100, [0] * 100]
+    test = paired_comparison(a, b)
+    assert test["p"] < 0.05 and test["ci"][0] < 0 < test["ci"][1]
+    assert decision(test) == "undecided"

@@ -128,6 +128,18 @@ def paired_comparison(
     }
 
 
+def decision(test: dict[str, Any], level: float = 0.95) -> str:
+    """Two-sided reading of a :func:`paired_comparison`: ``higher`` or ``lower`` (A than B) where
+    the permutation p is below 1 - level and the interval excludes 0 on that side, else
+    ``undecided``. Both must agree because they answer different questions: the permutation test
+    exchanges (seed, query) pairs as if independent, so with large seed-to-seed variation its p is
+    small while the crossed-bootstrap interval, which carries that variation, still spans 0."""
+    lo, hi = test["ci"]
+    if test["p"] >= 1.0 - level:
+        return "undecided"
+    return "higher" if lo > 0 else "lower" if hi < 0 else "undecided"
+
+
 def format_p(p: float) -> str:
     """A p-value for a table: below 0.001 it is printed as a bound, since a permutation p with
     10,000 resamples cannot go below about 2e-4 and more digits would only show that floor."""

@@ -42,7 +42,7 @@ from revcurse.config import (
 from revcurse.errors import RevcurseError
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.repro import write_provenance
-from revcurse.stats import METRICS, aggregate, fit_summary, paired_comparison
+from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
 
 PROBE_METRICS = (
@@ -295,13 +295,14 @@ def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
                     continue
 
                 where = {k: job.labels[k] for k in piece.grid if k != piece.compare}
+                test = paired_comparison(_reverse_correct(a, seeds), _reverse_correct(b, seeds))
                 out.append({
                     "slice": slice_name, "key": piece.compare, "value": value,
                     "baseline": baseline, "cell": where, "seeds": seeds,
-                    "test": paired_comparison(_reverse_correct(a, seeds),
-                                              _reverse_correct(b, seeds)),
+                    "test": test,
                     "fit": {"value": _fit_label(a, seeds, outcomes),
                             "baseline": _fit_label(b, seeds, outcomes)},
+                    "decision": decision(test),
                 })  # fmt: skip
     return out
 

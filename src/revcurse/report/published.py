@@ -246,12 +246,17 @@ def slice_tests(s: dict[str, Any], name: str) -> str:
     rows = [
         [f"{c['value']} - {c['baseline']}", ", ".join(f"{k.split('.')[-1]}={v}"
                                                        for k, v in c["cell"].items()),
-         *comparison_cells(c["test"])[:4], f"{c['fit']['value']} / {c['fit']['baseline']}"]
+         *comparison_cells(c["test"])[:4], c["decision"],
+         f"{c['fit']['value']} / {c['fit']['baseline']}"]
         for c in s["contrasts"] if c["slice"] == name
     ]  # fmt: skip
     key = s["slices"][name]["compare"].split(".")[-1]
-    header = [key, "where", "reverse difference", *COMPARISON_HEADER[1:4], "fit"]
-    return _table(header, rows)
+    header = [key, "where", "reverse difference", *COMPARISON_HEADER[1:4], "decision", "fit"]
+    return _table(header, rows) + (
+        "\n\nPaired by seed and fact. Decision: higher or lower only where the permutation p is "
+        "below 0.05 and the interval excludes 0; the permutation test treats (seed, fact) pairs as "
+        "independent, so its p alone overstates differences that vary from seed to seed."
+    )
 
 
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")

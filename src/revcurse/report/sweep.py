@@ -181,7 +181,10 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
             "an optimisation result and not a reversal one. Labels: reverses / fails / partial "
             "for a fitted-seed mean >= 0.9 / <= 0.1 / between. Heads: attention mass on the "
             "context entity b in the mirror query [M] REL f.. b → in the reverse query "
-            "b REL f.. [M], per head (last layer), mean over seeds."
+            "b REL f.. [M], per head (last layer), mean over seeds. Paired tests: reverse "
+            "outcomes paired by seed and fact; decision higher/lower only where the permutation "
+            "p < 0.05 and the crossed-bootstrap interval excludes 0 (the permutation test treats "
+            "the pairs as independent, so its p alone overstates seed-dependent differences)."
         )
     ]
     for name, info in summary["slices"].items():
@@ -225,13 +228,13 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
         if tests:
             blocks.append(Table(
                 [f"{_short(info['compare'])}: value - baseline", "where", "reverse difference",
-                 "95% interval", "p", "seeds x facts", "fit (value / baseline)"],
+                 "95% interval", "p", "seeds x facts", "decision", "fit (value / baseline)"],
                 [[f"{c['value']} - {c['baseline']}",
                   ", ".join(f"{_short(k)}={v}" for k, v in c["cell"].items()),
                   f"{c['test']['effect']:+.3f}",
                   f"[{c['test']['ci'][0]:+.3f}, {c['test']['ci'][1]:+.3f}]",
                   format_p(c["test"]["p"]),
-                  f"{c['test']['n_seeds']} x {c['test']['n_queries']}",
+                  f"{c['test']['n_seeds']} x {c['test']['n_queries']}", c["decision"],
                   f"{c['fit']['value']} / {c['fit']['baseline']}"] for c in tests],
             ))  # fmt: skip
         if "data.n_filler" in keys and len({a["labels"]["data.n_filler"] for a in cells}) > 1:
