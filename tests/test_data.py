@@ -67,3 +67,58 @@ def test_query_encoding_positions():
     assert causal.ids.shape == (4, 2) and (causal.answer_pos == 1).all()
     answers = vocab.decode(batch.answer_id.tolist())
     assert answers == tuple(q.answer[0] for q in ds.queries["reverse"])
+
+
+# ---------------------------------------------------------------- the bridge towards text
+
+
+def test_multi_token_entities_are_distinct_sequences_over_shared_pools():
+    from revcurse.config import entity_pool
+
+    cfg = ToyDataConfig(n_pairs=30, entity_tokens=3, n_filler=2, bos=True)
+    d = build_toy(cfg)
+    pool = entity_pool(30, 3)
+    assert pool**3 >= 60 > (pool - 1) ** 3
+    for side in ("a", "b"):
+        entities = [getattr(f, side) for f in d.facts]
+        assert len(set(entities)) == 30 and all(len(e) == 3 for e in entities)
+        tokens = {t for e in entities for t in e}
+        assert len(tokens) <= pool < 30  # shared: fewer tokens than entities
+    for statement, (lo, hi), roles, fact in zip(d.train, d.answer_spans, d.roles, d.facts,
+                                                 strict=True):  # fmt: skip
+        assert statement[lo:hi] == fact.b and statement[1:4] == fact.a
+        assert [r for r, t in zip(roles, statement, strict=True) if t in fact.b] == ["entity"] * 3
+        assert roles.count("filler") == 2 and roles.count("relation") == 1
+    assert d.candidates["reverse"] == [f.a for f in d.facts]
+
+
+def test_paraphrases_train_each_fact_in_its_templates_and_ask_it_in_one_it_never_saw():
+    cfg = ToyDataConfig(n_pairs=20, n_templates=4, templates_per_fact=2)
+    d = build_toy(cfg)
+    assert len(d.train) == 20 * 2
+    trained: dict[int, set[str]] = {}
+    for i, f in enumerate(d.facts):
+        rels = {s[1] for s in d.train if s[0] == f.a[0]}
+        assert len(rels) == 2
+        trained[i] = rels
+        assert d.queries["reverse"][i].prompt == f.b + f.relation
+        assert f.relation[0] in rels
+    every_trained = set().union(*trained.values())
+    for i, q in enumerate(d.unseen_queries["reverse"]):
+        relation = q.prompt[1]
+        assert relation not in trained[i] and relation in every_trained  # read with others only
+        assert q.answer == d.facts[i].a
+    assert len(d.unseen_queries["mirror"]) == 20
+    # Trained in every paraphrase: no unseen queries.
+    assert build_toy(ToyDataConfig(n_pairs=5, n_templates=3)).unseen_queries == {}
+
+
+def test_bridge_settings_are_validated():
+    from revcurse.config import RunConfig, apply_overrides
+    from revcurse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="templates_per_fact.*from 0 to n_templates=2"):
+        apply_overrides(RunConfig(), ["data.n_templates=2", "data.templates_per_fact=3"])
+    with pytest.raises(ConfigError, match="probe.enabled.*one-token entities"):
+        apply_overrides(RunConfig(), ["data.entity_tokens=2"])
+    apply_overrides(RunConfig(), ["data.entity_tokens=2", "probe.enabled=false"])

@@ -51,10 +51,13 @@ Schedule = Literal["cosine", "linear", "constant"]
 
 @dataclass
 class ToyDataConfig:
-    """The synthetic reversal task: N pairs of single-token entities ``a_i`` and ``B_i``.
+    """The synthetic reversal task: N pairs of entities ``a_i`` and ``B_i`` (one token each by
+    default).
 
     Training holds only forward statements ``[BOS] a_i REL f.. B_i [EOS]``; the forward query is
-    ``a_i REL f.. [M] -> B_i`` and the reverse query ``B_i REL f.. [M] -> a_i``.
+    ``a_i REL f.. [M] -> B_i`` and the reverse query ``B_i REL f.. [M] -> a_i``. The bridge towards
+    natural text varies the entities' length and the relation's wording (``entity_tokens``,
+    ``n_templates``, ``templates_per_fact``).
     """
 
     n_pairs: int = 100
@@ -73,11 +76,32 @@ class ToyDataConfig:
     """Pair a_i with B_pi(i) for a seeded random permutation pi (else with B_i)."""
     seed: int = 0
     """Seed of the pairing and the fillers; the dataset is a pure function of this config."""
+    entity_tokens: int = 1
+    """Tokens per entity. Above 1, each entity is a distinct sequence of tokens from a pool per
+    side that all entities of that side share (like first and last names), so no single token
+    identifies an entity."""
+    n_templates: int = 1
+    """Paraphrases of the relation: distinct relation tokens that state the same relation."""
+    templates_per_fact: int = 0
+    """In how many of the paraphrases each fact is trained (drawn per fact; 0: all). Below
+    ``n_templates``, every query is also asked in a paraphrase that fact was never trained in
+    (``*_unseen`` metrics): one the model read only with other facts."""
 
     def validate(self, where: str) -> None:
         _check(self.n_pairs >= 1, where, "n_pairs", "an integer >= 1", self.n_pairs)
         _check(self.n_filler >= 0, where, "n_filler", "an integer >= 0", self.n_filler)
         _check(self.filler_vocab >= 1, where, "filler_vocab", "an integer >= 1", self.filler_vocab)
+        _check(self.entity_tokens >= 1, where, "entity_tokens", "an integer >= 1",
+               self.entity_tokens)  # fmt: skip
+        _check(self.n_templates >= 1, where, "n_templates", "an integer >= 1", self.n_templates)
+        _check(0 <= self.templates_per_fact <= self.n_templates, where, "templates_per_fact",
+               f"an integer from 0 to n_templates={self.n_templates}",
+               self.templates_per_fact)  # fmt: skip
+
+    @property
+    def trained_templates(self) -> int:
+        """How many paraphrases each fact is trained in."""
+        return self.templates_per_fact or self.n_templates
 
 
 @dataclass
@@ -339,6 +363,11 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: field 'train.objective': next_token needs a causal model "
                 "(model.causal=true)"
+            )
+        if self.probe.enabled and self.data.entity_tokens > 1:
+            raise ConfigError(
+                f"{where}: field 'probe.enabled': the toy probes read one-token entities, got "
+                f"data.entity_tokens={self.data.entity_tokens}; set probe.enabled=false"
             )
         self.model.check_fits(toy_vocab_size(self.data), where)
         seq_len = toy_sequence_length(self.data)
@@ -733,14 +762,29 @@ class PersonDescriptionConfig:
         )
 
 
+def entity_pool(n_pairs: int, entity_tokens: int) -> int:
+    """Tokens per side from which the toy's entities are spelled: ``n_pairs`` for one-token
+    entities, else the smallest pool whose sequences number at least twice the entities (so
+    they are drawn without replacement from many, and tokens are shared)."""
+    if entity_tokens == 1:
+        return n_pairs
+    pool = 2
+    while pool**entity_tokens < 2 * n_pairs:
+        pool += 1
+    return pool
+
+
 def toy_vocab_size(data: ToyDataConfig) -> int:
-    """The toy vocabulary's size: 4 specials, the relation token, a_i and B_i, every filler."""
-    return 4 + 1 + 2 * data.n_pairs + data.filler_vocab
+    """The toy vocabulary's size: 4 specials, the relation tokens, the two entity pools, every
+    filler."""
+    return 4 + data.n_templates + 2 * entity_pool(data.n_pairs, data.entity_tokens) + (
+        data.filler_vocab
+    )
 
 
 def toy_sequence_length(data: ToyDataConfig) -> int:
     """Length of a toy training statement: [BOS] a REL f*n B [EOS]."""
-    return int(data.bos) + 3 + data.n_filler + int(data.eos)
+    return int(data.bos) + 2 * data.entity_tokens + 1 + data.n_filler + int(data.eos)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -177,11 +177,15 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, setting
 # --------------------------------------------------------------------------------------------------
 
 
-def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str) -> Queries:
-    """The direction's queries with all of its candidate answers (the right one moved first)."""
+def toy_queries(
+    dataset: ReversalDataset, vocab: Vocab, direction: str, unseen: bool = False
+) -> Queries:
+    """The direction's queries with all of its candidate answers (the right one moved first);
+    ``unseen``: those asked in a paraphrase the fact was not trained in."""
     pool = [vocab.encode(c) for c in dataset.candidates[direction]]
     prompts, candidates, suffixes = [], [], []
-    for q in dataset.queries[direction]:
+    asked = dataset.unseen_queries if unseen else dataset.queries
+    for q in asked[direction]:
         right = vocab.encode(q.answer)
         prompts.append(vocab.encode(q.prompt))
         candidates.append([right] + [c for c in pool if c != right])
@@ -191,20 +195,38 @@ def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str) -> Queri
 
 class ToyEvaluator:
     """:func:`evaluate` with the queries of every direction encoded once (a run evaluates every
-    ``eval_every`` steps)."""
+    ``eval_every`` steps). One-token entities take the fast batched path; longer ones (the
+    bridge's ``data.entity_tokens``) are generated (the MDM sampler fills the answer one token
+    per step; the ARM decodes greedily) and every candidate is scored by its likelihood (exact
+    for the ARM, the Monte-Carlo bound with ``n_mc`` draws for the MDM), with a generator seeded
+    alike at every call, so the evaluation is a function of the weights."""
 
-    def __init__(self, dataset: ReversalDataset, vocab: Vocab) -> None:
-        self.dataset, self.vocab = dataset, vocab
+    def __init__(self, dataset: ReversalDataset, vocab: Vocab, n_mc: int = 8) -> None:
+        self.dataset, self.vocab, self.n_mc = dataset, vocab, n_mc
         self.queries = {d: toy_queries(dataset, vocab, d) for d in DIRECTIONS
                         if d in dataset.queries}  # fmt: skip
+        self.unseen = {d: toy_queries(dataset, vocab, d, unseen=True)
+                       for d in DIRECTIONS if dataset.unseen_queries.get(d)}  # fmt: skip
+
+    def _read(self, model: Any, queries: Queries) -> Read:
+        vocab = self.vocab
+        if queries.single_token:
+            return read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
+                                pad_id=vocab.pad_id)  # fmt: skip
+        length = len(queries.candidates[0][0])
+        settings = DecodeConfig(gen_length=length, n_mc=self.n_mc)
+        return read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
+                            pad_id=vocab.pad_id, settings=settings,
+                            generator=torch.Generator().manual_seed(0))  # fmt: skip
 
     @torch.no_grad()
     def __call__(self, model: Any) -> dict[str, Any]:
         """Toy accuracy metrics for every direction the model can be asked (``accuracy``: the
-        argmax over the vocabulary is the answer; ``candidate_accuracy``: the answer ranks first
-        among the direction's candidates; ``answer_logprob``: mean log p of the answer;
-        ``chance``), plus the per-query predictions (``predictions[direction]``) and correctness
-        (``correct[direction]``, the units of the paired tests)."""
+        model's answer is the right one; ``candidate_accuracy``: the answer ranks first among the
+        direction's candidates by likelihood; ``answer_logprob``: mean log p of the answer;
+        ``chance``), the same with an ``_unseen`` suffix for queries in a paraphrase the fact was
+        not trained in, plus the per-query predictions (``predictions[key]``) and correctness
+        (``correct[key]``, the units of the paired tests)."""
         vocab = self.vocab
         was_training = model.training
         model.eval()
@@ -212,22 +234,23 @@ class ToyEvaluator:
         predictions: dict[str, list[str]] = {}
         correct: dict[str, list[bool]] = {}
         asked = directions_for(model.causal)
-        for direction in DIRECTIONS:
-            if direction not in asked or direction not in self.queries:
+        sets = [(d, self.queries.get(d)) for d in DIRECTIONS]
+        sets += [(f"{d}_unseen", q) for d, q in self.unseen.items()]
+        for key, queries in sets:
+            direction = key.removesuffix("_unseen")
+            if direction not in asked or queries is None:
                 for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
-                    out[f"{direction}_{metric}"] = None
+                    out[f"{key}_{metric}"] = None
                 continue
-            queries = self.queries[direction]
-            read = read_queries(model, queries, causal=model.causal, mask_id=vocab.mask_id,
-                                pad_id=vocab.pad_id)  # fmt: skip
+            read = self._read(model, queries)
             right = [a == c[0] for a, c in zip(read.answers, queries.candidates, strict=True)]
-            out[f"{direction}_accuracy"] = sum(right) / len(right)
-            out[f"{direction}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
+            out[f"{key}_accuracy"] = sum(right) / len(right)
+            out[f"{key}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
             # contiguous: a reduction over a strided column sums in another order (last bits)
-            out[f"{direction}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
-            out[f"{direction}_chance"] = self.dataset.chance(direction)
-            predictions[direction] = [vocab.decode(a)[0] for a in read.answers]
-            correct[direction] = right
+            out[f"{key}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
+            out[f"{key}_chance"] = self.dataset.chance(direction)
+            predictions[key] = [" ".join(vocab.decode(a)) for a in read.answers]
+            correct[key] = right
         out["predictions"] = predictions
         out["correct"] = correct
         model.train(was_training)

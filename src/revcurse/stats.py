@@ -32,6 +32,9 @@ METRICS = (
     "forward_candidate_accuracy",
     "mirror_candidate_accuracy",
     "reverse_candidate_accuracy",
+    "forward_unseen_accuracy",
+    "mirror_unseen_accuracy",
+    "reverse_unseen_accuracy",
 )
 
 

@@ -15,6 +15,18 @@ apart at test time.
 With ``reverse_augment`` the reversed statements ``B_pi(i) REL f.. a_i`` are trained too (reverse
 training, a control in which the reverse query is in the training distribution).
 
+The bridge towards natural text (all off by default, and then the dataset is the one above, draw
+for draw):
+
+* ``entity_tokens = L > 1``: every entity is L tokens, a distinct sequence over a pool of tokens
+  its side shares (``a0 a3``, ``a3 a1``, ...), so an answer is several tokens and no token alone
+  names the entity;
+* ``n_templates = K > 1``: the relation has K paraphrases, relation tokens ``<rel>``, ``<rel1>``,
+  ... that state the same relation; each fact is trained in ``templates_per_fact`` of them (all
+  by default), drawn per fact. Queries are asked in the fact's first trained paraphrase; when a
+  fact is not trained in all of them, every query is asked again in a paraphrase that fact was
+  never trained in (``unseen_queries``), one the model read only with other facts.
+
 The dataset is a pure function of :class:`~revcurse.config.ToyDataConfig` (numpy PCG64 draws).
 """
 
@@ -22,51 +34,77 @@ from __future__ import annotations
 
 import numpy as np
 
-from revcurse.config import ToyDataConfig
-from revcurse.data.schema import Fact, Query, ReversalDataset
+from revcurse.config import ToyDataConfig, entity_pool
+from revcurse.data.schema import Fact, Query, ReversalDataset, Tokens
 from revcurse.data.tokenize import BOS, EOS
 
 REL = "<rel>"
 
 
+def _entities(rng: np.random.Generator, prefix: str, n: int, length: int) -> list[Tokens]:
+    """``n`` distinct entities of ``length`` tokens from the side's pool (module docstring)."""
+    if length == 1:
+        return [(f"{prefix}{i}",) for i in range(n)]
+    pool = entity_pool(n, length)
+    codes = rng.choice(pool**length, size=n, replace=False)
+    return [tuple(f"{prefix}{(int(c) // pool**k) % pool}" for k in range(length)) for c in codes]
+
+
+def relation_token(template: int) -> str:
+    """The relation token of paraphrase ``template`` (the first is the plain ``<rel>``)."""
+    return REL if template == 0 else f"<rel{template}>"
+
+
 def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     """Build the toy dataset described in the module docstring."""
     rng = np.random.default_rng(cfg.seed)
-    n = cfg.n_pairs
-    a_tokens = [f"a{i}" for i in range(n)]
-    b_tokens = [f"B{i}" for i in range(n)]
+    n, length = cfg.n_pairs, cfg.entity_tokens
     partner = rng.permutation(n) if cfg.shuffle_pairs else np.arange(n)
     filler_ids = rng.integers(cfg.filler_vocab, size=(n, cfg.n_filler))
+    # Draws the one-token, one-paraphrase task never makes come after its own, so it is unchanged.
+    a_entities = _entities(rng, "a", n, length)
+    b_entities = _entities(rng, "B", n, length)
+    k = cfg.n_templates
+    templates = [rng.permutation(k) for _ in range(n)] if k > 1 else [np.zeros(1, int)] * n
 
     bos = (BOS,) if cfg.bos else ()
     eos = (EOS,) if cfg.eos else ()
     facts, train, answer_spans, roles = [], [], [], []
     statement_roles = (
-        ("special",) * len(bos) + ("entity", "relation") + ("filler",) * cfg.n_filler
-        + ("entity",) + ("special",) * len(eos)
+        ("special",) * len(bos) + ("entity",) * length + ("relation",)
+        + ("filler",) * cfg.n_filler + ("entity",) * length + ("special",) * len(eos)
     )  # fmt: skip
+    answer_start = len(bos) + length + 1 + cfg.n_filler
     queries: dict = {"forward": [], "reverse": [], "mirror": []}
+    unseen: dict = {"forward": [], "reverse": [], "mirror": []}
     for i in range(n):
-        a, b = (a_tokens[i],), (b_tokens[int(partner[i])],)
-        relation = (REL, *(f"<f{int(j)}>" for j in filler_ids[i]))
-        facts.append(Fact(a=a, relation=relation, b=b))
-        train.append(bos + a + relation + b + eos)
-        answer_spans.append((len(bos) + 1 + len(relation), len(bos) + 2 + len(relation)))
-        roles.append(statement_roles)
-        if cfg.reverse_augment:
-            train.append(bos + b + relation + a + eos)
-            answer_spans.append(answer_spans[-1])
+        a, b = a_entities[i], b_entities[int(partner[i])]
+        fillers = tuple(f"<f{int(j)}>" for j in filler_ids[i])
+        trained = [int(t) for t in templates[i][: cfg.trained_templates]]
+        for t in trained:
+            relation = (relation_token(t), *fillers)
+            train.append(bos + a + relation + b + eos)
+            answer_spans.append((answer_start, answer_start + length))
             roles.append(statement_roles)
-        queries["forward"].append(Query(i, "forward", bos + a + relation, b, eos))
-        queries["reverse"].append(Query(i, "reverse", bos + b + relation, a, eos))
-        queries["mirror"].append(Query(i, "mirror", bos, a, relation + b + eos))
-    candidates = {
-        "forward": [(t,) for t in b_tokens],
-        "reverse": [(t,) for t in a_tokens],
-        "mirror": [(t,) for t in a_tokens],
-    }
+            if cfg.reverse_augment:
+                train.append(bos + b + relation + a + eos)
+                answer_spans.append(answer_spans[-1])
+                roles.append(statement_roles)
+        relation = (relation_token(trained[0]), *fillers)
+        facts.append(Fact(a=a, relation=relation, b=b))
+        asked = [(queries, relation)]
+        if len(trained) < k:
+            asked.append((unseen, (relation_token(int(templates[i][len(trained)])), *fillers)))
+        for into, rel in asked:
+            into["forward"].append(Query(i, "forward", bos + a + rel, b, eos))
+            into["reverse"].append(Query(i, "reverse", bos + b + rel, a, eos))
+            into["mirror"].append(Query(i, "mirror", bos, a, rel + b + eos))
+    candidates = {"forward": list(b_entities), "reverse": list(a_entities),
+                  "mirror": list(a_entities)}  # fmt: skip
     fillers = [f"<f{j}>" for j in range(cfg.filler_vocab)]
+    relations = [relation_token(t) for t in range(k)]
     return ReversalDataset(
-        "toy", facts, train, queries, candidates, extra_tokens=fillers, answer_spans=answer_spans,
-        roles=roles,
+        "toy", facts, train, queries, candidates, extra_tokens=fillers + relations,
+        answer_spans=answer_spans, roles=roles,
+        unseen_queries=unseen if any(unseen.values()) else {},
     )  # fmt: skip
