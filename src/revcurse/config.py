@@ -777,8 +777,11 @@ def entity_pool(n_pairs: int, entity_tokens: int) -> int:
 def toy_vocab_size(data: ToyDataConfig) -> int:
     """The toy vocabulary's size: 4 specials, the relation tokens, the two entity pools, every
     filler."""
-    return 4 + data.n_templates + 2 * entity_pool(data.n_pairs, data.entity_tokens) + (
-        data.filler_vocab
+    return (
+        4
+        + data.n_templates
+        + 2 * entity_pool(data.n_pairs, data.entity_tokens)
+        + (data.filler_vocab)
     )
 
 
