@@ -44,7 +44,7 @@ app = typer.Typer(
 )
 
 EXPERIMENTS = (
-    "toy", "pe-ablation", "depth", "objective", "distance", "scale", "person-description"
+    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description"
 )  # fmt: skip
 T = TypeVar("T")
 

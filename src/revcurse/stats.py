@@ -184,11 +184,16 @@ def fit_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     accuracy over the fitted seeds only (:func:`aggregate`, absent if none fitted), and a label:
     ``unfitted`` where no seed fitted (an optimisation result, not a reversal one), else
     ``reverses`` / ``fails`` / ``partial`` for a fitted-seed mean of at least 0.9 / at most 0.1
-    / between (labels for tables; the numbers stand beside them)."""
+    / between (labels for tables; the numbers stand beside them). Where the runs asked queries in
+    a paraphrase the fact was never trained in, ``forward_unseen`` and ``reverse_unseen`` are
+    their accuracies over the same fitted seeds."""
     good = [r for r in rows if fitted(r)]
     out: dict[str, Any] = {"threshold": FIT_THRESHOLD, "n": len(rows), "n_fitted": len(good)}
     if not good:
         return out | {"label": "unfitted"}
+    # Queries in a paraphrase the fact was never trained in (the toy bridge), same fitted seeds.
+    unseen = aggregate(good, ["forward_unseen_accuracy", "reverse_unseen_accuracy"])
+    out |= {f"{k.removesuffix('_accuracy')}": v for k, v in unseen.items() if k != "n"}
     reverse = aggregate(good, ["reverse_accuracy"]).get("reverse_accuracy")
     if reverse is None:
         return out | {"label": "n/a"}

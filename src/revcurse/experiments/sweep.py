@@ -20,6 +20,8 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
   ``a REL [M]`` vs ARM vs ARM with reverse training: which ingredient gives reversal?
 * ``distance``: fillers 0..32 between the entities, in slices (:func:`distance_slices`): the
   masking of fillers, heads, RoPE base, no positional encoding, filler types, an ARM control;
+* ``bridge``: from the toy towards text (:func:`bridge_slices`): entities of 1-3 tokens,
+  relation paraphrases asked in seen and unseen wordings, more facts; MDM and ARM;
 * ``scale``: number of pairs (26 .. 2000) x d_model, minibatches of 256.
 """
 
@@ -32,6 +34,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import (
+    ProbeConfig,
     SliceConfig,
     SweepConfig,
     TrainConfig,
@@ -148,6 +151,31 @@ def distance_slices() -> dict[str, SliceConfig]:
     }
 
 
+def bridge_slices() -> dict[str, SliceConfig]:
+    """The bridge experiment's slices, from the toy towards text: MDM and ARM each (the sweep's
+    grid), 4 heads, 6000 steps, one-token entities and one wording unless varied."""
+    return {
+        "entity-length": SliceConfig(
+            grid={"data.entity_tokens": [1, 2, 3]},
+            compare="data.entity_tokens",
+            question="Does reversal survive entities of several tokens, spelled from shared "
+            "token pools so that no token alone names an entity (fit first)?",
+        ),
+        "paraphrases": SliceConfig(
+            grid={"data.n_templates": [4], "data.templates_per_fact": [4, 2]},
+            compare="data.templates_per_fact",
+            question="With four paraphrases of the relation, does reversal hold in a paraphrase "
+            "the fact was trained in and in one it was never trained in (read with other facts "
+            "only)? Each fact trained in all four, or in two.",
+        ),
+        "facts": SliceConfig(
+            grid={"data.n_pairs": [100, 400]},
+            question="Does reversal hold with four times as many facts? (Different facts, so "
+            "no paired test.)",
+        ),
+    }
+
+
 def named_experiments() -> dict[str, Named]:
     """The registry of ``revcurse reproduce NAME`` sweeps (fresh objects on every call)."""
     return {
@@ -184,6 +212,20 @@ def named_experiments() -> dict[str, Named]:
             question="Where does the MDM's reversal hold as the entities move apart, and is what "
             "breaks it the distance, the masking of the filler tokens, the number of heads, the "
             "positional encoding or the filler vocabulary? (Each slice answers one of these.)",
+        ),
+        "bridge": Named(
+            SweepConfig(
+                name="bridge",
+                grid={"model.causal": [False, True], "model.n_heads": [4]},
+                slices=bridge_slices(),
+                train=TrainConfig(steps=6000, eval_every=0, checkpoint_every=500),
+                probe=ProbeConfig(enabled=False),  # the toy probes read one-token entities
+            ),
+            x="data.entity_tokens",
+            quick=["seeds=[0]", "train.steps=3000"],
+            question="From the toy towards text: where does MDM reversal degrade as entities "
+            "grow longer, the relation is paraphrased and the facts multiply, and does the ARM "
+            "ever reverse?",
         ),
         "scale": Named(
             SweepConfig(

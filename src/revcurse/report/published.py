@@ -224,16 +224,21 @@ def slice_table(s: dict[str, Any], name: str) -> str:
     """One slice of a sliced sweep, fit first: per cell, the seeds that fitted forward and mirror,
     the mean accuracies over all seeds, and reverse accuracy over the fitted seeds only."""
     keys = s["slices"][name]["keys"]
+    cells = [a for a in s["aggregates"] if name in a.get("slices", [])]
+    unseen = any("reverse_unseen" in a["fit"] for a in cells)
     rows = []
-    for agg in (a for a in s["aggregates"] if name in a.get("slices", [])):
+    for agg in cells:
         fit = agg["fit"]
         rows.append([
             *(agg["labels"][k] for k in keys), f"{fit['n_fitted']}/{fit['n']}",
             _pm(agg.get("forward_accuracy"), 2), _pm(agg.get("mirror_accuracy"), 2),
             _fitted_reverse(fit),
+            *([_pm(fit.get("forward_unseen"), 2), _pm(fit.get("reverse_unseen"), 2)]
+              if unseen else []),
         ])  # fmt: skip
     header = [*(k.split(".")[-1] for k in keys), "fitted seeds", "forward", "mirror",
-              "reverse, fitted seeds"]  # fmt: skip
+              "reverse, fitted seeds",
+              *(["forward, unseen paraphrase", "reverse, unseen paraphrase"] if unseen else [])]  # fmt: skip
     threshold = s["aggregates"][0]["fit"]["threshold"]
     return _table(header, rows) + (
         f"\n\nMean ± sd over seeds. Fitted: forward and (MDM) mirror accuracy >= {threshold}; "

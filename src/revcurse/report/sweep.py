@@ -160,6 +160,10 @@ def _mean(agg: dict[str, Any], metric: str) -> str:
     return f"{agg[metric]['mean']:.2f}" if metric in agg else "n/a"
 
 
+def _fit_mean(fit: dict[str, Any], key: str) -> str:
+    return f"{fit[key]['mean']:.2f}" if key in fit else "-"
+
+
 def _head_masses(rows: list[dict[str, Any]]) -> str:
     """Per head (last layer), the attention mass on the context entity in the mirror query ->
     in the reverse query, mean over the cell's seeds: ``0.91→0.04``."""
@@ -190,6 +194,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
     for name, info in summary["slices"].items():
         keys = list(info["keys"])
         cells = [a for a in summary["aggregates"] if name in a.get("slices", [])]
+        unseen = any("reverse_unseen" in a["fit"] for a in cells)
         table = []
         for agg in cells:
             fit = agg["fit"]
@@ -205,6 +210,8 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                 f"{rev['mean']:.2f} [{rev['ci95'][0]:.2f}, {rev['ci95'][1]:.2f}]" if rev else "-",
                 fit["label"], _mean(agg, "probe.attention_pearson_mirror_final"),
                 _head_masses(members),
+                *([_fit_mean(fit, "forward_unseen"), _fit_mean(fit, "reverse_unseen")]
+                  if unseen else []),
             ])  # fmt: skip
         blocks += [
             Heading(f"Slice {name}"),
@@ -220,6 +227,14 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                     "reading",
                     "coupling r (mirror pairing)",
                     "heads: mass mirror→reverse",
+                    *(
+                        [
+                            "forward, unseen paraphrase (fitted seeds)",
+                            "reverse, unseen paraphrase (fitted seeds)",
+                        ]
+                        if unseen
+                        else []
+                    ),
                 ],
                 table,
             ),  # fmt: skip
