@@ -66,7 +66,14 @@ def test_bad_grid_key_is_a_config_error():
 def test_named_experiments_expand_to_valid_configs():
     sizes = {name: len(n.sweep.expand()) for name, n in named_experiments().items()}
     # 5 seeds each (the named experiments default to 5 seeds).
-    assert sizes == {"pe-ablation": 50, "depth": 60, "objective": 30, "distance": 195, "bridge": 60, "scale": 80}
+    assert sizes == {
+        "pe-ablation": 50,
+        "depth": 60,
+        "objective": 30,
+        "distance": 195,
+        "bridge": 60,
+        "scale": 80,
+    }
     assert get_named("scale").sweep.train.batch_size == 256
 
 
