@@ -95,3 +95,19 @@ def test_decision_needs_the_permutation_p_and_the_interval_to_agree():
     test = paired_comparison(a, b)
     assert test["p"] < 0.05 and test["ci"][0] < 0 < test["ci"][1]
     assert decision(test) == "undecided"
+
+
+def test_fit_summary_reads_unseen_paraphrases_over_the_same_fitted_seeds():
+    from revcurse.stats import fit_summary
+
+    rows = [
+        {"forward_accuracy": 1.0, "mirror_accuracy": 1.0, "reverse_accuracy": 1.0,
+         "forward_unseen_accuracy": 0.5, "reverse_unseen_accuracy": 0.25},
+        {"forward_accuracy": 0.5, "mirror_accuracy": 1.0, "reverse_accuracy": 0.0,
+         "forward_unseen_accuracy": 0.0, "reverse_unseen_accuracy": 0.0},  # not fitted
+    ]  # fmt: skip
+    out = fit_summary(rows)
+    assert out["forward_unseen"]["values"] == [0.5]
+    assert out["reverse_unseen"]["values"] == [0.25]
+    assert "reverse_unseen" not in fit_summary([{k: v for k, v in rows[0].items()
+                                                 if "unseen" not in k}])  # fmt: skip
