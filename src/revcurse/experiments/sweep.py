@@ -336,7 +336,9 @@ def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
                 if not seeds:
                     continue
 
-                where = {k: job.labels[k] for k in piece.grid if k != piece.compare}
+                # the cell: the sweep's own varied keys (the family, say) and the slice's others
+                shared = [k for k, v in cfg.grid.items() if len(v) > 1 and k not in piece.grid]
+                where = {k: job.labels[k] for k in [*shared, *piece.grid] if k != piece.compare}
                 test = paired_comparison(_reverse_correct(a, seeds), _reverse_correct(b, seeds))
                 out.append({
                     "slice": slice_name, "key": piece.compare, "value": value,
@@ -382,8 +384,12 @@ def run_sweep(
                        backend=cfg.backend, command=command, progress=progress)  # fmt: skip
     summary = summarize(cfg.name, jobs, outcomes)
     if cfg.slices:
-        summary["slices"] = {n: {"question": s.question, "keys": list(s.grid),
-                                 "compare": s.compare} for n, s in cfg.slices.items()}  # fmt: skip
+        varied = [k for k, v in cfg.grid.items() if len(v) > 1]  # by the sweep, in every slice
+        summary["slices"] = {
+            n: {"question": s.question, "keys": [*(k for k in varied if k not in s.grid), *s.grid],
+                "compare": s.compare}
+            for n, s in cfg.slices.items()
+        }  # fmt: skip
         summary["contrasts"] = contrasts(cfg, jobs, outcomes)
     files.write_json(out / "summary.json", summary)
     files.write_json(

@@ -265,6 +265,7 @@ def slice_tests(s: dict[str, Any], name: str) -> str:
 
 
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
+BRIDGE_SLICES = ("entity-length", "paraphrases", "facts")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
@@ -281,6 +282,12 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         for n in DISTANCE_SLICES
         if n != "arm"
     },  # the ARM control compares nothing
+    **{("bridge", n): (lambda s, n=n: slice_table(s, n)) for n in BRIDGE_SLICES},
+    **{
+        ("bridge", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in BRIDGE_SLICES
+        if n != "facts"
+    },  # different facts: nothing to pair
 }
 
 
