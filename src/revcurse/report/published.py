@@ -271,6 +271,10 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
     ("toy", "probes"): toy_probes,
     ("toy", "parts"): toy_parts,
+    # the follow-up on depth: the toy reproduction with 4 layers and 4 heads
+    ("toy-deep", "accuracy"): toy_accuracy,
+    ("toy-deep", "probes"): toy_probes,
+    ("toy-deep", "parts"): toy_parts,
     ("pe-ablation", "table"): pe_ablation_table,
     ("objective", "table"): objective_table,
     ("person-description", "splits"): person_description_splits,
