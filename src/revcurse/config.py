@@ -66,6 +66,9 @@ class ToyDataConfig:
     """Filler tokens between REL and the second entity; the entities sit n_filler + 2 apart."""
     filler_vocab: int = 1
     """Number of distinct filler token types; each fact draws its fillers from them."""
+    filler_shared: bool = False
+    """Draw one filler sequence for all facts: fillers then vary by position but not by fact, so
+    with several filler types they cannot identify a fact (drawn per fact, they nearly can)."""
     bos: bool = False
     """Prepend a BOS token to every statement and query."""
     eos: bool = False

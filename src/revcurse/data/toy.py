@@ -60,7 +60,10 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     rng = np.random.default_rng(cfg.seed)
     n, length = cfg.n_pairs, cfg.entity_tokens
     partner = rng.permutation(n) if cfg.shuffle_pairs else np.arange(n)
-    filler_ids = rng.integers(cfg.filler_vocab, size=(n, cfg.n_filler))
+    if cfg.filler_shared:  # one sequence, the same for every fact
+        filler_ids = rng.integers(cfg.filler_vocab, size=(1, cfg.n_filler)).repeat(n, axis=0)
+    else:
+        filler_ids = rng.integers(cfg.filler_vocab, size=(n, cfg.n_filler))
     # Draws the one-token, one-paraphrase task never makes come after its own, so it is unchanged.
     a_entities = _entities(rng, "a", n, length)
     b_entities = _entities(rng, "B", n, length)
