@@ -122,3 +122,12 @@ def test_bridge_settings_are_validated():
     with pytest.raises(ConfigError, match="probe.enabled.*one-token entities"):
         apply_overrides(RunConfig(), ["data.entity_tokens=2"])
     apply_overrides(RunConfig(), ["data.entity_tokens=2", "probe.enabled=false"])
+
+
+def test_shared_fillers_vary_by_position_not_by_fact():
+    d = build_toy(ToyDataConfig(n_pairs=30, n_filler=6, filler_vocab=8, filler_shared=True))
+    fillers = {f.relation[1:] for f in d.facts}
+    assert len(fillers) == 1  # the same sequence in every fact
+    assert len(set(next(iter(fillers)))) > 1  # ... of several filler types
+    per_fact = build_toy(ToyDataConfig(n_pairs=30, n_filler=6, filler_vocab=8))
+    assert len({f.relation[1:] for f in per_fact.facts}) == 30  # drawn per fact: one per fact

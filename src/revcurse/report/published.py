@@ -286,6 +286,8 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         for n in DISTANCE_SLICES
         if n != "arm"
     },  # the ARM control compares nothing
+    ("distance-fillers", "shared-fillers"): lambda s: slice_table(s, "shared-fillers"),
+    ("distance-fillers", "shared-fillers-tests"): lambda s: slice_tests(s, "shared-fillers"),
     **{("bridge", n): (lambda s, n=n: slice_table(s, n)) for n in BRIDGE_SLICES},
     **{
         ("bridge", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
