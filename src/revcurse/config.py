@@ -526,6 +526,12 @@ class SweepConfig:
             keys |= dict.fromkeys(s.grid)
         return list(keys)
 
+    def slice_keys(self, name: str) -> list[str]:
+        """The keys that tell the cells of slice ``name`` apart: those the sweep's ``grid``
+        varies in every slice (the family, say), then the slice's own."""
+        own = self.slices[name].grid
+        return [k for k, v in self.grid.items() if len(v) > 1 and k not in own] + list(own)
+
     def expand(self, where: str = "sweep") -> list[tuple[dict[str, Any], RunConfig]]:
         """Every run of the sweep as ``(labels, config)``, one per distinct config. Labels name
         the value of every swept key (:meth:`swept_keys`, read from the run's config, so a run
@@ -780,12 +786,8 @@ def entity_pool(n_pairs: int, entity_tokens: int) -> int:
 def toy_vocab_size(data: ToyDataConfig) -> int:
     """The toy vocabulary's size: 4 specials, the relation tokens, the two entity pools, every
     filler."""
-    return (
-        4
-        + data.n_templates
-        + 2 * entity_pool(data.n_pairs, data.entity_tokens)
-        + (data.filler_vocab)
-    )
+    pool = entity_pool(data.n_pairs, data.entity_tokens)
+    return 4 + data.n_templates + 2 * pool + data.filler_vocab
 
 
 def toy_sequence_length(data: ToyDataConfig) -> int:

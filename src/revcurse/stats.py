@@ -191,10 +191,11 @@ def fit_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"threshold": FIT_THRESHOLD, "n": len(rows), "n_fitted": len(good)}
     if not good:
         return out | {"label": "unfitted"}
-    # Queries in a paraphrase the fact was never trained in (the toy bridge), same fitted seeds.
-    unseen = aggregate(good, ["forward_unseen_accuracy", "reverse_unseen_accuracy"])
-    out |= {f"{k.removesuffix('_accuracy')}": v for k, v in unseen.items() if k != "n"}
-    reverse = aggregate(good, ["reverse_accuracy"]).get("reverse_accuracy")
+    # with the queries in a paraphrase the fact was never trained in (the toy bridge), if any
+    agg = aggregate(good, ["reverse_accuracy", "forward_unseen_accuracy",
+                           "reverse_unseen_accuracy"])  # fmt: skip
+    out |= {k.removesuffix("_accuracy"): v for k, v in agg.items() if "unseen" in k}
+    reverse = agg.get("reverse_accuracy")
     if reverse is None:
         return out | {"label": "n/a"}
     mean = reverse["mean"]

@@ -279,13 +279,11 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
         if outcome.error is not None:
             row["error"] = outcome.error
         rows.append(row)
-    # A group is a cell of the sweep: its seeds. Slice membership is not part of the cell (a
-    # slice may hold only some of a cell's seeds); the group lists every slice of its members.
-    label_keys = [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
+    label_keys = _cell_keys(jobs)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "done":
-            groups.setdefault(tuple(repr(row[k]) for k in label_keys), []).append(row)
+            groups.setdefault(_cell(row, label_keys), []).append(row)
     aggregates = []
     for members in groups.values():
         agg = aggregate(members, [*METRICS, *PROBE_METRICS])
@@ -302,43 +300,48 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
     }
 
 
+def _cell_keys(jobs) -> list[str]:
+    """The labels that name a cell of the sweep, whose runs are its seeds. Slice membership is
+    not one of them: a slice may hold only some of a cell's seeds."""
+    return [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
+
+
+def _cell(labels: dict[str, Any], keys: list[str]) -> tuple:
+    return tuple(repr(labels[k]) for k in keys)
+
+
 def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
     """The paired tests the slices ask for (:attr:`SliceConfig.compare`): within each slice, for
     every combination of its other keys, each later value of the compared key against the first,
     on reverse accuracy paired by (seed, fact) over the seeds both cells finished. Each carries
     both cells' fit labels: a test between cells that did not fit is reported, not read."""
     done = {j.run_id: j for j in jobs if outcomes[j.run_id].status == "done"}
-    cells: dict[tuple, dict[int, Any]] = {}  # labels without seed/slices -> seed -> job
-    label_keys = [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
+    cells: dict[tuple, dict[int, Any]] = {}  # cell -> seed -> job
+    label_keys = _cell_keys(jobs)
     for job in done.values():
-        key = tuple(repr(job.labels[k]) for k in label_keys)
-        cells.setdefault(key, {})[job.labels["seed"]] = job
+        cells.setdefault(_cell(job.labels, label_keys), {})[job.labels["seed"]] = job
     out = []
     for slice_name, piece in cfg.slices.items():
         if not piece.compare:
             continue
         members = [j for j in done.values() if slice_name in j.labels.get("slices", [])]
         baseline, *others = piece.grid[piece.compare]
+        where_keys = [k for k in cfg.slice_keys(slice_name) if k != piece.compare]
         seen: set[tuple] = set()
         for job in members:
             if job.labels[piece.compare] != baseline:
                 continue
-            base_key = tuple(repr(job.labels[k]) for k in label_keys)
+            base_key = _cell(job.labels, label_keys)
             if base_key in seen:
                 continue
             seen.add(base_key)
+            where = {k: job.labels[k] for k in where_keys}
             for value in others:
-                other_key = tuple(
-                    repr(value) if k == piece.compare else repr(job.labels[k]) for k in label_keys
-                )
-                a, b = cells.get(other_key, {}), cells[base_key]
+                a = cells.get(_cell(job.labels | {piece.compare: value}, label_keys), {})
+                b = cells[base_key]
                 seeds = sorted(set(a) & set(b))
                 if not seeds:
                     continue
-
-                # the cell: the sweep's own varied keys (the family, say) and the slice's others
-                shared = [k for k, v in cfg.grid.items() if len(v) > 1 and k not in piece.grid]
-                where = {k: job.labels[k] for k in [*shared, *piece.grid] if k != piece.compare}
                 test = paired_comparison(_reverse_correct(a, seeds), _reverse_correct(b, seeds))
                 out.append({
                     "slice": slice_name, "key": piece.compare, "value": value,
@@ -384,12 +387,10 @@ def run_sweep(
                        backend=cfg.backend, command=command, progress=progress)  # fmt: skip
     summary = summarize(cfg.name, jobs, outcomes)
     if cfg.slices:
-        varied = [k for k, v in cfg.grid.items() if len(v) > 1]  # by the sweep, in every slice
         summary["slices"] = {
-            n: {"question": s.question, "keys": [*(k for k in varied if k not in s.grid), *s.grid],
-                "compare": s.compare}
+            n: {"question": s.question, "keys": cfg.slice_keys(n), "compare": s.compare}
             for n, s in cfg.slices.items()
-        }  # fmt: skip
+        }
         summary["contrasts"] = contrasts(cfg, jobs, outcomes)
     files.write_json(out / "summary.json", summary)
     files.write_json(

@@ -1,8 +1,8 @@
 """Attention-score coupling (arXiv 2602.02133, one-layer analysis of the forward/reverse scores).
 
-The scores are read by :func:`entity_scores`, the one reader of the toy and the text probes
-(:mod:`revcurse.probes.hf`). For every fact, layer and head: the pre-softmax score from the answer position to the context
-entity's key in the paired query (S_pair: the mirror or the forward query, see
+The scores are read by :func:`entity_reads`, the one reader of the toy and the text probes
+(:mod:`revcurse.probes.hf`). For every fact, layer and head: the pre-softmax score from the
+answer position to the context entity's key in the paired query (S_pair: the mirror or the forward query, see
 :mod:`revcurse.probes.inputs`) and in the reverse query (S_rev), read from the ``hook_scores`` hook
 points; their Pearson and Spearman correlation across facts; and the same as a function of the
 relative distance Delta = n_filler + 2 (fillers inserted at probe time).
@@ -30,7 +30,6 @@ from revcurse.probes.inputs import (
 )
 
 Quantity = Literal["score", "mass"]
-QUANTITIES: tuple[Quantity, ...] = ("score", "mass")
 
 
 @torch.no_grad()
@@ -79,13 +78,6 @@ def entity_reads(
         ]).cpu()  # fmt: skip
 
     return {"score": read(scores, lambda x: x.mean(-1)), "mass": read(probs, lambda x: x.sum(-1))}
-
-
-def entity_scores(
-    model: Any, ids: torch.Tensor, reading: torch.Tensor, entity: torch.Tensor
-) -> torch.Tensor:
-    """The pre-softmax scores of :func:`entity_reads` ``[layers, heads, N]``."""
-    return entity_reads(model, ids, reading, entity, causal=False)["score"]
 
 
 def query_scores(
@@ -138,8 +130,8 @@ def pair_coupling(
     ``s_rev`` ``[layers, heads, N]`` and their Pearson and Spearman correlations over facts
     ``[layers, heads]``; ``mass_pair`` and ``mass_rev`` ``[layers, heads, N]``, the attention
     probability the answer position puts on the context entity in each query (does a head that
-    reads the entity in the paired query read it in the reverse one?). ``cache`` (by the queries' identity) lets several pairings that share
-    the reverse queries score them once."""
+    reads the entity in the paired query read it in the reverse one?). ``cache`` (by the
+    queries' identity) lets several pairings that share the reverse queries read them once."""
     cache = {} if cache is None else cache
 
     def scores(queries: list[Encoded]) -> torch.Tensor:

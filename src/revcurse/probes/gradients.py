@@ -17,8 +17,10 @@ The paper's second version splits the mechanism into value-side *storage*, which
 share, and query/key *routing* by relative position. Both the cosines and the predicted change
 are therefore also given per part (:data:`PARTS`): ``storage`` (embeddings, values and output
 projection, MLP, unembedding), ``routing`` (queries and keys) and ``other`` (norms). Since
-<g, h> is a sum over parameters, the parts' predicted changes add up to the total. Per-fact cosines (the distribution over
-facts) use per-example gradients from ``torch.func`` (vmap of grad over facts).
+<g, h> is a sum over parameters, the parts' predicted changes add up to the total.
+
+Per-fact cosines (the distribution over facts) use per-example gradients from ``torch.func``
+(vmap of grad over facts).
 """
 
 from __future__ import annotations

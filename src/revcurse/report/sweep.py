@@ -20,7 +20,7 @@ from revcurse.config import SweepConfig, dump_yaml
 from revcurse.probes.theory import rope_score_correlation
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_html, to_markdown
-from revcurse.stats import FIT_THRESHOLD, format_p
+from revcurse.stats import FIT_THRESHOLD, comparison_cells
 
 PANELS = [
     ("forward_accuracy", "forward accuracy"),
@@ -202,8 +202,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                        and all(r[k] == v for k, v in agg["labels"].items())]  # fmt: skip
             rev = fit.get("reverse")
             table.append([
-                _cell_name(agg["labels"], keys + (["model.causal"] if "model.causal" not in keys
-                                                  and agg["labels"].get("model.causal") else [])),
+                _cell_name(agg["labels"], keys),
                 f"{fit['n_fitted']}/{fit['n']}",
                 _mean(agg, "forward_accuracy"), _mean(agg, "mirror_accuracy"),
                 _mean(agg, "reverse_accuracy"),
@@ -246,10 +245,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                  "95% interval", "p", "seeds x facts", "decision", "fit (value / baseline)"],
                 [[f"{c['value']} - {c['baseline']}",
                   ", ".join(f"{_short(k)}={v}" for k, v in c["cell"].items()),
-                  f"{c['test']['effect']:+.3f}",
-                  f"[{c['test']['ci'][0]:+.3f}, {c['test']['ci'][1]:+.3f}]",
-                  format_p(c["test"]["p"]),
-                  f"{c['test']['n_seeds']} x {c['test']['n_queries']}", c["decision"],
+                  *comparison_cells(c["test"])[:4], c["decision"],
                   f"{c['fit']['value']} / {c['fit']['baseline']}"] for c in tests],
             ))  # fmt: skip
         if "data.n_filler" in keys and len({a["labels"]["data.n_filler"] for a in cells}) > 1:
@@ -322,22 +318,8 @@ def head_mass_figure(rows: list[dict[str, Any]], slice_name: str, path: Path) ->
     return save(fig, path)
 
 
-def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: Any = None) -> None:
-    """Write figures/, report.html and report.md of a sweep into ``out``."""
-    rows = summary["rows"]
-    x = _x_key(cfg, named)
-    hue = _hue_key(cfg, named, x)
-    theory = distance_theory(cfg, rows) if cfg.name == "distance" and not cfg.slices else None
-    blocks: list[Block] = []
-    if named is not None and named.question:
-        blocks.append(Para(f"Question: {named.question}"))
-    blocks.append(
-        Para(
-            f"{summary['n_runs']} runs ({summary['n_failed']} failed), seeds {cfg.seeds}. Accuracy "
-            "is top-1 over the vocabulary; intervals are 95% percentile-bootstrap intervals of "
-            "the mean over seeds (narrow and optimistic with 3 seeds; the std is beside them)."
-        )
-    )
+def group_table(summary: dict[str, Any]) -> Table:
+    """Every cell of an unsliced sweep: accuracies and the headline probes, mean over seeds."""
     header = ["group", "n", "forward", "reverse", "reverse std", "reverse 95% CI",
               "attention r (mirror pairing)", "attention r (forward pairing)",
               "grad cos fwd/rev"]  # fmt: skip
@@ -357,6 +339,25 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
                 agg.get("probe.grad_cos_fwd_rev_mean", {}).get("mean", "n/a"),
             ]
         )
+    return Table(header, table)
+
+
+def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: Any = None) -> None:
+    """Write figures/, report.html and report.md of a sweep into ``out``."""
+    rows = summary["rows"]
+    x = _x_key(cfg, named)
+    hue = _hue_key(cfg, named, x)
+    theory = distance_theory(cfg, rows) if cfg.name == "distance" and not cfg.slices else None
+    blocks: list[Block] = []
+    if named is not None and named.question:
+        blocks.append(Para(f"Question: {named.question}"))
+    blocks.append(
+        Para(
+            f"{summary['n_runs']} runs ({summary['n_failed']} failed), seeds {cfg.seeds}. Accuracy "
+            "is top-1 over the vocabulary; intervals are 95% percentile-bootstrap intervals of "
+            "the mean over seeds (narrow and optimistic with 3 seeds; the std is beside them)."
+        )
+    )
     if summary.get("slices"):
         blocks += slice_blocks(out, summary)
         first = next(iter(summary["slices"]))
@@ -366,7 +367,7 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
                                            "context entity in the mirror and in the reverse query "
                                            "(final models, one dot per head and seed)."))  # fmt: skip
     else:
-        blocks += [Heading("Results per group (mean over seeds)"), Table(header, table)]
+        blocks += [Heading("Results per group (mean over seeds)"), group_table(summary)]
         fig = metrics_figure(rows, x, hue, out / "figures" / "metrics.png", theory)
         blocks.append(Figure(fig, f"Headline metrics against {x}; error bars: std over seeds."))
     if theory is not None:
