@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from revcurse.config import PersonDescriptionConfig, apply_overrides
 from revcurse.data.person_description import (
@@ -73,7 +74,8 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     cfg = apply_overrides(PersonDescriptionConfig(), [
         "run.n_people=2", "run.max_eval=6", "run.train.steps=30", "run.model.d_model=32",
         "run.eval.gen_length=6", "run.eval.n_mc=1", "run.eval.n_distractors=3",
-        "run.probe.n_facts=4", "seeds=[0, 1]", "workers=2",
+        "run.probe.n_facts=4", "run.probe.every=15", "seeds=[0, 1]", "workers=2",
+        'variants={"mdm-answer": ["train.maskable=answer"]}',
     ])  # fmt: skip
     summary = run_person_description(cfg, tmp_path / "pd", progress=False)
     out = tmp_path / "pd"
@@ -82,7 +84,25 @@ def test_reproduce_person_description_end_to_end(tmp_path):
                  "models/mdm-seed1/generations/p2d_reverse_train.jsonl"]:  # fmt: skip
         assert (out / name).is_file(), name
     assert [(r["family"], r["seed"]) for r in summary["rows"]] == [
-        ("mdm", 0), ("mdm", 1), ("arm", 0), ("arm", 1)]  # fmt: skip
+        ("mdm", 0),
+        ("mdm", 1),
+        ("arm", 0),
+        ("arm", 1),
+        ("mdm-answer", 0),
+        ("mdm-answer", 1),
+    ]
+    variant = yaml.safe_load((out / "models/mdm-answer-seed1/config.yaml").read_text())
+    assert variant["train"]["maskable"] == "answer" and variant["model"]["causal"] is False
+    assert set(summary["variant_comparison"]) == {"mdm-answer"}
+    # probes over training: every model, at 0, 15 and 30 steps, each curve one value per step
+    curves = summary["probe_curves"]
+    assert set(curves) == {"mdm", "arm", "mdm-answer"}
+    assert curves["arm"]["steps"] == [0, 15, 30] and set(curves["arm"]["pairings"]) == {"forward"}
+    mirror = curves["mdm"]["pairings"]["mirror"]
+    assert all(len(v) == 3 for v in mirror.values())
+    record = json.loads((out / "models/mdm-seed0/probes.jsonl").read_text().splitlines()[-1])
+    attention = record["pairings"]["mirror"]["attention"]
+    assert len(attention["distance"]) == 4 and len(attention["r_by_distance"]) == 1
     agg = summary["aggregate"]["mdm"]["p2d_reverse_train.prefix"]
     assert len(agg["values"]) == 2 and agg["ci95"][0] <= agg["mean"] <= agg["ci95"][1]
     arm = json.loads((out / "models/arm-seed0/summary.json").read_text())
@@ -96,11 +116,58 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     record = json.loads((out / "models/mdm-seed0/generations/p2d_mirror_train.jsonl")
                         .read_text().splitlines()[0])  # fmt: skip
     assert record["answer_length_given"] and record["suffix"].startswith(",")
-    # The paired MDM-vs-ARM tests: every reverse split, both metrics, 2 seeds x 6 queries.
+    # The paired MDM-vs-ARM tests: every reverse split, both metrics, over the seeds where both
+    # models fitted the split's statements (30 steps fit nothing: no test is run).
     tests = summary["comparison"]
     assert {k.split(".")[0] for k in tests} == {"p2d_reverse_train", "p2d_reverse",
                                                 "d2p_reverse_train", "d2p_reverse"}  # fmt: skip
-    assert all(t["n_seeds"] == 2 and t["n_queries"] == 6 for t in tests.values())
+    fitted = summary["fit"]["fitted_seeds"]
+    assert all(t["n_seeds"] == len(set(fitted["mdm"][k[:3]]) & set(fitted["arm"][k[:3]]))
+               for k, t in tests.items())  # fmt: skip
+    check_paired_tests_read_only_fitted_seeds(out, summary["rows"])
+
+
+def check_paired_tests_read_only_fitted_seeds(out, rows):
+    """With seed 1 marked as having fitted the p2d statements (both models) and nothing else,
+    the p2d tests run over seed 1 alone and their effect is the mean per-query difference of the
+    saved records, computed here by hand; the d2p tests are not run."""
+    from revcurse.experiments.person_description import (
+        COMPARED,
+        FIT_SPLITS,
+        _paired,
+        fitted_seeds,
+    )
+
+    fake = []
+    for r in rows:
+        r = dict(r)
+        for group, splits in FIT_SPLITS.items():
+            for split in splits:
+                key = f"{split}.prefix"
+                if key in r:
+                    r[key] = 1.0 if (group == "p2d" and r["seed"] == 1) else 0.0
+        fake.append(r)
+    # an ARM is not asked the mirror; a model not trained on it is not held to it
+    fitted = {name: {g: fitted_seeds(fake, name, g, mirror=(name == "mdm")) for g in FIT_SPLITS}
+              for name in ("mdm", "arm")}  # fmt: skip
+    assert fitted == {"mdm": {"p2d": [1], "d2p": []}, "arm": {"p2d": [1], "d2p": []}}
+    tests = _paired(out, fitted, "mdm", "arm", COMPARED)
+
+    def read(name, split):
+        lines = (out / f"models/{name}-seed1/generations/{split}.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    for key, t in tests.items():
+        split, metric = key.split(".")
+        if split.startswith("d2p"):
+            assert t == {"n_seeds": 0, "seeds": []}
+            continue
+        assert t["seeds"] == [1] and t["n_seeds"] == 1
+        field = (lambda r: float(r["prefix"])) if metric == "prefix" else (
+            lambda r: float(r["rank"] == 1))  # fmt: skip
+        a, b = read("mdm", split), read("arm", split)
+        expected = sum(field(x) - field(y) for x, y in zip(a, b, strict=True)) / len(a)
+        assert t["effect"] == pytest.approx(expected)
 
 
 def test_bad_person_description_settings_are_refused(tmp_path):

@@ -128,6 +128,40 @@ def test_attention_mass_of_wide_spans_equals_the_models_own_attention_pattern(ca
             torch.testing.assert_close(got[n, :, i], expected, atol=1e-6, rtol=1e-5)
 
 
+def test_span_distance_by_hand():
+    """Answer rows 5..6 (MDM: the answer itself; ARM: the positions predicting it, 4..5) and
+    entity tokens 1..2: the mean of |i - j| over the four (row, key) pairs."""
+    from revcurse.probes.inputs import Encoded, span_distance
+
+    q = Encoded(ids=list(range(8)), entity=(1, 3), answer=(5, 7))
+    assert span_distance(q, causal=False) == (4 + 3 + 5 + 4) / 4
+    assert span_distance(q, causal=True) == (3 + 2 + 4 + 3) / 4
+
+
+def test_coupling_by_distance_is_the_correlation_over_each_third_of_the_facts():
+    """Facts given in shuffled order: each group is the nearest / middle / furthest third, and its
+    correlation is numpy's over exactly those facts (an independent float64 reference)."""
+    import numpy as np
+
+    from revcurse.probes.attention import coupling_by_distance
+
+    g = torch.Generator().manual_seed(3)
+    s_pair, s_rev = torch.randn(2, 3, 10, generator=g), torch.randn(2, 3, 10, generator=g)
+    distance = [7.0, 1.0, 9.0, 3.0, 2.0, 8.0, 5.0, 4.0, 6.0, 0.0]
+    bins = coupling_by_distance(s_pair, s_rev, distance)
+    assert [b["n"] for b in bins] == [3, 4, 3]
+    assert [b["distance"] for b in bins] == [[0.0, 2.0], [3.0, 6.0], [7.0, 9.0]]
+    for b in bins:
+        lo, hi = b["distance"]
+        idx = [i for i, d in enumerate(distance) if lo <= d <= hi]
+        for layer in range(2):
+            for head in range(3):
+                x, y = s_pair[layer, head, idx].numpy(), s_rev[layer, head, idx].numpy()
+                expected = np.corrcoef(x.astype(np.float64), y.astype(np.float64))[0, 1]
+                assert float(b["pearson"][layer, head]) == pytest.approx(expected, abs=1e-9)
+    assert len(coupling_by_distance(s_pair[..., :5], s_rev[..., :5], distance[:5])) == 1
+
+
 def test_mdm_pairing_is_same_entity_opposite_offsets():
     cfg, dataset, vocab, _ = setup(False, **{"data.n_filler": 3})
     mirror = probe_batch(dataset, vocab, "mirror", causal=False)

@@ -425,6 +425,10 @@ class ToyExperimentConfig:
         for family in self.families:
             self.run_config(family, self.seeds[0]).validate(where)
 
+    def model_names(self) -> list[str]:
+        """Every model trained for each seed: the families."""
+        return list(self.families)
+
     def run_config(self, family: Family, seed: int) -> RunConfig:
         """The config of one model of this experiment."""
         model = dataclasses.replace(self.model, causal=(family == "arm"))
@@ -721,17 +725,19 @@ class TextRunConfig:
     padded with EOS to max_seq_len, which must also hold the longest query + its answer."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
-            steps=3000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100, schedule="cosine",
-            log_every=50, eval_every=0, checkpoint_every=500,
+            steps=12000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
+            schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
         )
     )  # fmt: skip
-    eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=4))
+    """12000 steps: at 3000 the MDM had memorised the p2d statements on no seed (forward prefix
+    0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin."""
+    eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=16))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
-    probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=30))
+    probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))
+    """60 facts (20 per distance third), probed every 2000 steps."""
     n_people: int = 10
     """People per group (p2d, d2p, both) whose statements are trained on: 10 gives 1200 of the
-    3600 statements, which 3000 steps memorise on a 2-core CPU in ~12 min per model; 30 is the
-    whole file (needs several times the steps)."""
+    3600 statements; 30 is the whole file (needs several times the steps)."""
     max_eval: int = 60
     """Queries evaluated per split (spread over the people; 0: all)."""
 
@@ -753,6 +759,10 @@ class PersonDescriptionConfig:
     run: TextRunConfig = field(default_factory=TextRunConfig)
     """Shared settings; run.model.causal and run.train.seed are set per model."""
     families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Further models, each trained for every seed and compared (paired, query by query) with the
+    plain MDM: name -> dotted overrides of ``run``, applied to the MDM's settings, e.g.
+    ``{"mdm-answer": ["train.maskable=answer"]}`` (``model.causal=true`` makes one an ARM)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = 2
     """Parallel worker processes (one model each)."""
@@ -762,13 +772,30 @@ class PersonDescriptionConfig:
         _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), where, "seeds",
                "a non-empty list of distinct seeds", self.seeds)  # fmt: skip
         _check(self.workers >= 1, where, "workers", "an integer >= 1", self.workers)
+        for name in self.variants:
+            _check(name not in ("mdm", "arm") and re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name)
+                   is not None, where, f"variants.{name}",
+                   "a name other than mdm and arm, of lower-case letters, digits, - _ .",
+                   name)  # fmt: skip
+            try:
+                self.run_config(name, self.seeds[0])
+            except ConfigError as err:
+                raise ConfigError(f"{where}: field 'variants.{name}': {err}") from None
+        _check(not self.variants or "mdm" in self.families, where, "families",
+               "to hold mdm when variants are compared with it", self.families)  # fmt: skip
 
-    def run_config(self, family: Family, seed: int) -> TextRunConfig:
-        return dataclasses.replace(
+    def model_names(self) -> list[str]:
+        """Every model trained for each seed: the families, then the variants."""
+        return [*self.families, *self.variants]
+
+    def run_config(self, name: str, seed: int) -> TextRunConfig:
+        """The settings of model ``name`` (a family or a variant) with ``seed``."""
+        run = dataclasses.replace(
             self.run,
-            model=dataclasses.replace(self.run.model, causal=(family == "arm")),
+            model=dataclasses.replace(self.run.model, causal=(name == "arm")),
             train=dataclasses.replace(self.run.train, seed=seed),
         )
+        return apply_overrides(run, self.variants.get(name, []))
 
 
 def entity_pool(n_pairs: int, entity_tokens: int) -> int:

@@ -269,12 +269,15 @@ def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -
 def train_families(
     out: Path, cfg: Any, experiment: str, command: str, progress: bool, **kwargs: Any
 ) -> list[dict]:
-    """Every (family, seed) model of an experiment config (``cfg.families``, ``cfg.seeds``,
-    ``cfg.workers``, ``cfg.run_config(family, seed)``), each in ``out/models/<family>-seed<k>``,
-    indexed in ``out/index.sqlite``: the summaries, family-major. The skeleton the toy and the
-    Person–Description experiments share (``kwargs``: the executor's, e.g. its ``worker``)."""
+    """Every (model, seed) run of an experiment config (``cfg.model_names()``: the families and
+    any variants; ``cfg.seeds``, ``cfg.workers``, ``cfg.run_config(name, seed)``), each in
+    ``out/models/<name>-seed<k>``, indexed in ``out/index.sqlite``: the summaries, model-major.
+    The skeleton the toy and the from-scratch text experiments share (``kwargs``: the
+    executor's, e.g. its ``worker``)."""
     runs = [
-        ({"family": f, "seed": s}, cfg.run_config(f, s)) for f in cfg.families for s in cfg.seeds
+        ({"family": name, "seed": s}, cfg.run_config(name, s))
+        for name in cfg.model_names()
+        for s in cfg.seeds
     ]
     jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
     return execute_all(jobs, Store(out / "index.sqlite"), experiment, workers=cfg.workers,

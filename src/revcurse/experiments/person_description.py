@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -252,14 +253,17 @@ def run_person_description(
     continue an interrupted run of it in ``out``)."""
     from revcurse.report.person_description import write_report
 
-    prepare(cfg.run_config(cfg.families[0], cfg.seeds[0]))  # bad settings fail before any write
+    for name in cfg.model_names():  # bad settings fail before any write
+        prepare(cfg.run_config(name, cfg.seeds[0]))
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
     summaries = train_families(out, cfg, "person-description", command, progress,
                                worker=execute_run)  # fmt: skip
     rows = []
-    for s in summaries:
-        row = {"family": s["family"], "seed": s["seed"], "final_loss": s["final_loss"]}
+    names = [name for name in cfg.model_names() for _ in cfg.seeds]  # train_families' order
+    for name, s in zip(names, summaries, strict=True):
+        # "family": the model's name in this experiment (mdm, arm or a variant)
+        row = {"family": name, "seed": s["seed"], "final_loss": s["final_loss"]}
         for split, m in s["splits"].items():
             for metric in ("prefix", "substring", "exact", "likelihood_top1"):
                 row[f"{split}.{metric}"] = m[metric]
@@ -271,6 +275,7 @@ def run_person_description(
                     row[f"probe.{stage}.{pairing}.attention_r.layer{layer}"] = r
         rows.append(row)
     metrics = [k for k in rows[0] if k not in ("family", "seed")]
+    fitted = fit_table(cfg, rows)
     summary = {
         "experiment": "person-description",
         "n_statements": summaries[0]["n_statements"],
@@ -279,9 +284,21 @@ def run_person_description(
         "chance_top1": summaries[0]["splits"]["p2d_reverse"]["chance_top1"],
         "rows": rows,
         "aggregate": {
-            f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families
+            f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.model_names()
         },
-        "comparison": compare_families(out, cfg),
+        "fit": {
+            "threshold": FIT,
+            "metric": HEADLINE,
+            "splits": FIT_SPLITS,
+            "trains_mirror": {
+                name: trains_mirror(cfg.run_config(name, cfg.seeds[0]))
+                for name in cfg.model_names()
+            },
+            "fitted_seeds": fitted,
+        },
+        "comparison": compare_families(out, cfg, fitted),
+        "variant_comparison": compare_variants(out, cfg, fitted),
+        "probe_curves": probe_curves(out, cfg),
     }
     files.write_json(out / "summary.json", summary)
     files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
@@ -289,30 +306,152 @@ def run_person_description(
     return summary
 
 
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and v == v]  # NaN: a head constant over facts
+    return sum(finite) / len(finite) if finite else None
+
+
+def _third(p: dict[str, Any], t: int, key: str) -> float | None:
+    """Group ``t`` (near, middle, far) of :func:`~revcurse.probes.hf.attention_coupling`'s
+    ``r_by_distance``: its correlation (mean over layers and heads) or its mean distance."""
+    groups = p["attention"].get("r_by_distance", [])
+    if len(groups) != 3:  # too few facts, or a record written before distances were kept
+        return None
+    if key == "r":
+        return _mean(list(groups[t]["r_mean"].values()))
+    return _mean(groups[t]["distance"])
+
+
+THIRDS = ("near", "middle", "far")
+CURVES: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "attention_r": lambda p: _mean(list(p["attention"]["r_mean"].values())),
+    **{
+        f"attention_r_{label}": (lambda p, t=t: _third(p, t, "r")) for t, label in enumerate(THIRDS)
+    },
+    **{f"distance_{label}": (lambda p, t=t: _third(p, t, "d")) for t, label in enumerate(THIRDS)},
+    "cos_pair_rev": lambda p: p["gradients"]["cos_pair_rev_mean"],
+    "cos_pair_rev_storage": lambda p: _mean(p["gradients"]["cos_pair_rev_groups"]["storage"]),
+    "cos_pair_rev_routing": lambda p: _mean(p["gradients"]["cos_pair_rev_groups"]["routing"]),
+}
+"""What :func:`probe_curves` follows over training, read from one pairing of a probe record:
+attention correlation (mean over layers and heads), the same within the nearest, middle and
+furthest third of the facts by total relative distance of the entity spans (with each third's
+mean distance), and the gradient cosine of the paired and the reverse query (all parameters,
+storage and routing parts)."""
+
+
+def probe_curves(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
+    """Per model and pairing, each of :data:`CURVES` at every step all its seeds probed, mean over
+    seeds; models without probes are left out."""
+    curves: dict[str, Any] = {}
+    for name in cfg.model_names():
+        runs = []
+        for seed in cfg.seeds:
+            path = out / "models" / f"{name}-seed{seed}" / "probes.jsonl"
+            runs.append({r["step"]: r for r in files.read_jsonl(path)} if path.exists() else {})
+        steps = sorted(set.intersection(*(set(r) for r in runs)))
+        if not steps:
+            continue
+        curves[name] = {
+            "steps": steps,
+            "pairings": {
+                pairing: {
+                    key: [
+                        _mean([read(r[step]["pairings"][pairing]) for r in runs]) for step in steps
+                    ]  # fmt: skip
+                    for key, read in CURVES.items()
+                }
+                for pairing in runs[0][steps[0]]["pairings"]
+            },
+        }
+    return curves
+
+
+FIT = 0.95
+"""Fitted: the training-template queries a model was trained on (forward; for the MDM also the
+mirror) answered at least this often (prefix match) by one seed's model."""
+FIT_SPLITS = {"p2d": ("p2d_same_train", "p2d_mirror_train"),
+              "d2p": ("d2p_same_train", "d2p_mirror_train")}  # fmt: skip
+"""Per statement group, the splits that must be fitted before its reverse splits are read."""
 COMPARED = ("p2d_reverse_train", "p2d_reverse", "d2p_reverse_train", "d2p_reverse")
 """The reverse splits on which the MDM-vs-ARM gap is tested."""
+VARIANT_COMPARED = ("p2d_same_train", *COMPARED)
+"""A variant is compared with the MDM on the reverse splits and on the forward split it has to
+fit first (a masking choice may change what the model memorises)."""
 
 
-def compare_families(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
-    """Paired MDM-vs-ARM tests per reverse split and metric (generation prefix match, likelihood
-    top-1): the two models of each seed on the same query (same candidates), from the saved
-    per-query records."""
+def trains_mirror(run: TextRunConfig) -> bool:
+    """Whether a model is trained on its mirror queries: an MDM that may mask the whole statement
+    (with ``maskable: answer`` the prompt, and so the name of a p2d statement, is never masked)."""
+    return not run.model.causal and run.train.maskable == "all"
+
+
+def fitted_seeds(rows: list[dict[str, Any]], name: str, group: str, mirror: bool) -> list[int]:
+    """The seeds whose model ``name`` fitted statement group ``group``: its forward split and,
+    where the model trains on it (``mirror``), its mirror split (:data:`FIT_SPLITS`)."""
+    forward, mirrored = FIT_SPLITS[group]
+    needed = (forward, mirrored) if mirror else (forward,)
+    return [
+        r["seed"] for r in rows
+        if r["family"] == name and all(r[f"{split}.{HEADLINE}"] >= FIT for split in needed)
+    ]  # fmt: skip
+
+
+def _outcomes(out: Path, name: str, seeds: list[int], split: str,
+              metric: str) -> list[list[float]]:  # fmt: skip
+    """Per seed, model ``name``'s per-query outcomes on ``split`` (1/0: the generation starts with
+    the answer, or the answer ranks first by likelihood), from the saved records."""
+    per_seed = []
+    for seed in seeds:
+        path = out / "models" / f"{name}-seed{seed}" / "generations" / f"{split}.jsonl"
+        records = files.read_jsonl(path)
+        per_seed.append([float(r["prefix"] if metric == "prefix" else r["rank"] == 1)
+                         for r in records])  # fmt: skip
+    return per_seed
+
+
+def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
+            splits: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """Model ``a`` vs model ``b``: the paired test per split and metric (generation prefix match,
+    likelihood top-1) over the seeds where both models fitted the split's statement group
+    (``fitted``: model -> group -> seeds, as :func:`fitted_seeds`; the
+    two models of a seed answer the same queries, with the same candidates). A split with no
+    such seed gets ``{"n_seeds": 0}``; every test names its seeds."""
+    tests: dict[str, Any] = {}
+    for split in splits:
+        group = split[:3]
+        seeds = sorted(set(fitted[a][group]) & set(fitted[b][group]))
+        for metric in (HEADLINE, "likelihood_top1"):
+            key = f"{split}.{metric}"
+            if not seeds:
+                tests[key] = {"n_seeds": 0, "seeds": []}
+                continue
+            tests[key] = paired_comparison(
+                _outcomes(out, a, seeds, split, metric), _outcomes(out, b, seeds, split, metric)
+            ) | {"seeds": seeds}
+    return tests
+
+
+def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model and statement group, the seeds that fitted it."""
+    return {
+        name: {group: fitted_seeds(rows, name, group,
+                                   trains_mirror(cfg.run_config(name, cfg.seeds[0])))
+               for group in FIT_SPLITS}
+        for name in cfg.model_names()
+    }  # fmt: skip
+
+
+def compare_families(out: Path, cfg: PersonDescriptionConfig,
+                     fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
+    """Paired MDM-vs-ARM tests per reverse split and metric (effect = MDM - ARM)."""
     if not {"mdm", "arm"} <= set(cfg.families):
         return {}
+    return _paired(out, fitted, "mdm", "arm", COMPARED)
 
-    def outcomes(family: str, split: str, metric: str) -> list[list[float]]:
-        per_seed = []
-        for seed in cfg.seeds:
-            path = out / "models" / f"{family}-seed{seed}" / "generations" / f"{split}.jsonl"
-            records = files.read_jsonl(path)
-            per_seed.append([float(r["prefix"] if metric == "prefix" else r["rank"] == 1)
-                             for r in records])  # fmt: skip
-        return per_seed
 
-    return {
-        f"{split}.{metric}": paired_comparison(
-            outcomes("mdm", split, metric), outcomes("arm", split, metric)
-        )
-        for split in COMPARED
-        for metric in (HEADLINE, "likelihood_top1")
-    }
+def compare_variants(out: Path, cfg: PersonDescriptionConfig,
+                     fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
+    """Per variant, its paired tests against the MDM (effect = variant - MDM) on the forward split
+    and the reverse splits."""
+    return {name: _paired(out, fitted, name, "mdm", VARIANT_COMPARED) for name in cfg.variants}

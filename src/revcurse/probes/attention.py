@@ -155,6 +155,28 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-300)
 
 
+def coupling_by_distance(
+    s_pair: torch.Tensor,  # [layers, heads, N]
+    s_rev: torch.Tensor,  # [layers, heads, N]
+    distance: Sequence[float],  # [N] each fact's total relative distance
+    n_bins: int = 3,
+) -> list[dict[str, Any]]:
+    """The coupling within groups of facts by distance: the facts sorted by ``distance`` and cut
+    into ``n_bins`` groups of (nearly) equal size (fewer when there are not 3 facts per group),
+    each with its distance range, its size and the Pearson correlation of ``S_pair`` and ``S_rev``
+    over its facts ``[layers, heads]``. Does the coupling weaken as the entities stand further
+    apart?"""
+    n_bins = min(n_bins, len(distance) // 3)
+    order = sorted(range(len(distance)), key=lambda i: distance[i])
+    cuts = [round(b * len(order) / max(1, n_bins)) for b in range(n_bins + 1)]
+    bins = []
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        index = order[lo:hi]
+        bins.append({"distance": [distance[index[0]], distance[index[-1]]], "n": len(index),
+                     "pearson": pearson(s_pair[..., index], s_rev[..., index])})  # fmt: skip
+    return bins
+
+
 def ranks(x: torch.Tensor) -> torch.Tensor:
     """Ranks along the last dimension (ties broken by order; scores are continuous)."""
     return x.argsort(-1).argsort(-1).double()

@@ -43,9 +43,9 @@ from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row
 from revcurse.objectives import answer_loss
-from revcurse.probes.attention import pair_coupling
+from revcurse.probes.attention import coupling_by_distance, pair_coupling
 from revcurse.probes.gradients import group_cosines
-from revcurse.probes.inputs import Encoded, Pairing, pairings_for
+from revcurse.probes.inputs import Encoded, Pairing, pairings_for, span_distance
 from revcurse.probes.signals import query_signals, signal_alignment
 
 
@@ -159,11 +159,17 @@ def attention_coupling(
     cache: dict[int, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Per layer and head, ``S_pair``/``S_rev`` per fact and their correlation over facts, and the
-    attention mass on the context entity in each query (mean over facts).
+    attention mass on the context entity in each query (mean over facts); each fact's total
+    relative distance (:func:`~revcurse.probes.inputs.span_distance` of its paired query plus its
+    reverse query) and the correlation within thirds of the facts by that distance
+    (:func:`~revcurse.probes.attention.coupling_by_distance`).
     ``cache`` (by query object) lets several pairings score a shared reverse query once."""
     c = pair_coupling(model, facts, causal=causal, mask_id=mask_id, cache=cache)
     first, rev, r = c["s_pair"].movedim(-1, 0), c["s_rev"].movedim(-1, 0), c["pearson"]
     chosen = list(range(first.shape[1])) if layers is None else list(layers)
+    # each fact's total relative distance: answer rows to given entity, paired + reverse query
+    distance = [span_distance(f, causal) + span_distance(q, causal) for f, q in facts]
+    by_distance = coupling_by_distance(c["s_pair"], c["s_rev"], distance)
     return {
         "layers": chosen,
         "r": {str(n): r[n].tolist() for n in chosen},
@@ -173,6 +179,17 @@ def attention_coupling(
         # attention probability on the context entity, per head, mean over facts
         "mass_pair": {str(n): c["mass_pair"][n].mean(-1).tolist() for n in chosen},
         "mass_rev": {str(n): c["mass_rev"][n].mean(-1).tolist() for n in chosen},
+        "distance": distance,
+        # the correlation over the nearest, middle and furthest third of the facts
+        "r_by_distance": [
+            {
+                "distance": b["distance"],
+                "n": b["n"],
+                "r": {str(n): b["pearson"][n].tolist() for n in chosen},
+                "r_mean": {str(n): float(b["pearson"][n].nanmean()) for n in chosen},
+            }
+            for b in by_distance
+        ],  # fmt: skip
     }
 
 

@@ -76,12 +76,25 @@ def query_input(
     """One query as the model reads it, ``ids [1, L]`` (the answer masked for an MDM, in place
     for an ARM), and the ``[start, end)`` of the rows whose outputs score the answer ``[1, 2]``:
     its own positions for an MDM, the positions predicting it for an ARM."""
-    lo, hi = q.answer
     ids = torch.tensor([q.ids], device=device)
-    if causal:
-        return ids, torch.tensor([[lo - 1, hi - 1]])
-    ids[0, lo:hi] = mask_id
-    return ids, torch.tensor([[lo, hi]])
+    if not causal:
+        ids[0, q.answer[0] : q.answer[1]] = mask_id
+    return ids, torch.tensor([reading_rows(q, causal)])
+
+
+def reading_rows(q: Encoded, causal: bool) -> tuple[int, int]:
+    """``[start, end)`` of the rows whose outputs score ``q``'s answer: the answer's own
+    (masked) positions for an MDM, the positions predicting it for an ARM."""
+    lo, hi = q.answer
+    return (lo - 1, hi - 1) if causal else (lo, hi)
+
+
+def span_distance(q: Encoded, causal: bool) -> float:
+    """The mean relative distance |i - j| between the rows that read the answer (i, as
+    :func:`reading_rows`) and the given entity's tokens (j): how far apart, in RoPE's
+    relative positions, the two entity spans of a query stand."""
+    (r0, r1), (e0, e1) = reading_rows(q, causal), q.entity
+    return sum(abs(i - j) for i in range(r0, r1) for j in range(e0, e1)) / ((r1 - r0) * (e1 - e0))
 
 
 def stack_queries(queries: list[Encoded], causal: bool, mask_id: int, pad_id: int) -> ProbeBatch:

@@ -61,37 +61,119 @@ def figure(out: Path, summary: dict[str, Any], metric: str) -> Path:
     return save(fig, out / "figures" / f"accuracy_{metric}.png")
 
 
-FIT = 0.95
-"""What "fitted" means here: a reverse failure is read only where the forward (and, for the MDM,
-the mirror) queries in the training templates score at least this."""
-
-
-def fit_checks(agg: dict[str, Any], metric: str) -> list[Block]:
-    """Did each family fit what it was trained on? Forward for both, mirror for the MDM."""
-    blocks: list[Block] = [Heading("Fit first: what each family was trained on")]
-    for family, a in agg.items():
-        for split in ("p2d_same_train", "d2p_same_train", "p2d_mirror_train", "d2p_mirror_train"):
-            key = f"{split}.{metric}"
-            if key in a:
-                value = a[key]["mean"]
-                blocks.append(Check(f"{family.upper()} {split} {metric} >= {FIT}",
-                                    f"{value:.3f}", value >= FIT))  # fmt: skip
+def fit_checks(summary: dict[str, Any], metric: str) -> list[Block]:
+    """Did each model fit what it was trained on? Forward for all, mirror for the MDMs trained on
+    it: the mean over seeds against the threshold, and which seeds fitted each statement group
+    (the paired tests read only those)."""
+    fit = summary["fit"]
+    blocks: list[Block] = [Heading("Fit first: what each model was trained on")]
+    for name, a in summary["aggregate"].items():
+        for group, splits in fit["splits"].items():
+            forward, mirror = splits
+            for split in (forward, mirror) if fit["trains_mirror"][name] else (forward,):
+                key = f"{split}.{metric}"
+                if key in a:
+                    value = a[key]["mean"]
+                    blocks.append(Check(f"{name.upper()} {split} {metric} >= {fit['threshold']} "
+                                        "(mean over seeds)", f"{value:.3f}",
+                                        value >= fit["threshold"]))  # fmt: skip
+            seeds = fit["fitted_seeds"][name][group]
+            blocks.append(Para(f"{name.upper()}, {group} statements: fitted by seeds "
+                               f"{seeds if seeds else 'none'} of {a['n']}."))  # fmt: skip
     return blocks
 
 
+NOTE = (
+    "Each (seed, query) pairs the two models trained with that seed on the same query and, for "
+    "likelihood top-1, the same candidate answers; only seeds where both models fitted the "
+    "split's statement group (forward and, for an MDM, mirror, see above) take part. The "
+    "interval resamples seeds and queries independently; the p-value swaps the two outcomes of "
+    "randomly chosen pairs. 'gap' needs p < 0.05 and the interval above 0."
+)
+
+
 def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
-    """The MDM-vs-ARM verdicts: paired tests over seed x query, effect size with its interval."""
-    return comparison_section(
+    """The paired verdicts: MDM vs ARM, and each variant vs the MDM."""
+    blocks = comparison_section(
         summary.get("comparison") or {},
         "MDM minus ARM on the reverse splits, paired by seed and query",
         ["split", "metric"],
         lambda key: key.split("."),
-        "Each (seed, query) pairs the MDM and the ARM trained with that seed on the same query "
-        "and, for likelihood top-1, the same candidate answers. The interval resamples seeds "
-        "and queries independently; the p-value swaps the two outcomes of randomly chosen "
-        "pairs. 'gap' needs p < 0.05 and the interval above 0. A gap on a split means little "
-        "where the fit checks above are not met.",
+        NOTE,
     )
+    for name, tests in (summary.get("variant_comparison") or {}).items():
+        blocks += comparison_section(
+            tests,
+            f"{name.upper()} minus MDM, paired by seed and query",
+            ["split", "metric"],
+            lambda key: key.split("."),
+            NOTE,
+            effect=f"{name.upper()} - MDM",
+        )
+    return blocks
+
+
+CURVE_STYLE = {"near": ":", "middle": "--", "far": "-"}
+
+
+def curves_figure(out: Path, summary: dict[str, Any]) -> Path | None:
+    """The probes over training (mean over seeds): attention correlation per model and pairing,
+    the same by distance third, and the gradient cosine's storage and routing parts."""
+    curves = summary.get("probe_curves") or {}
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for i, (name, c) in enumerate(curves.items()):
+        color = FAMILY_COLORS.get(name, f"C{i + 2}")
+        for pairing, rows in c["pairings"].items():
+            ls = "-" if pairing == "mirror" else "--"
+            axes[0].plot(c["steps"], _nan(rows["attention_r"]), ls, color=color,
+                         label=f"{name} {pairing}")  # fmt: skip
+            if pairing == ("mirror" if "mirror" in c["pairings"] else "forward"):
+                for third, style in CURVE_STYLE.items():
+                    axes[1].plot(c["steps"], _nan(rows[f"attention_r_{third}"]), style,
+                                 color=color, label=f"{name} {pairing} {third}")  # fmt: skip
+                axes[2].plot(c["steps"], _nan(rows["cos_pair_rev_storage"]), "-", color=color,
+                             label=f"{name} {pairing} storage")  # fmt: skip
+                axes[2].plot(c["steps"], _nan(rows["cos_pair_rev_routing"]), ":", color=color,
+                             label=f"{name} {pairing} routing")  # fmt: skip
+    titles = ("attention r (mean over layers, heads)",
+              "attention r by distance third (mirror; ARM: forward)",
+              "gradient cosine, paired vs reverse query")  # fmt: skip
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training step")
+        ax.axhline(0, color="#999", lw=0.6)
+        ax.legend(fontsize=6)
+    return save(fig, out / "figures" / "probes_over_training.png")
+
+
+def _nan(values: list[float | None]) -> list[float]:
+    return [np.nan if v is None else v for v in values]
+
+
+def curves_table(summary: dict[str, Any]) -> list[Block]:
+    """The last probed step's attention correlation by distance third, with the thirds' mean
+    distances."""
+    rows = []
+    for name, c in (summary.get("probe_curves") or {}).items():
+        for pairing, r in c["pairings"].items():
+            cells = []
+            for third in CURVE_STYLE:
+                value, dist = r[f"attention_r_{third}"][-1], r[f"distance_{third}"][-1]
+                cells.append("–" if value is None else f"{value:+.3f} (d {dist:.1f})")
+            rows.append([name.upper(), pairing, str(c["steps"][-1]), *cells])
+    if not rows:
+        return []
+    return [
+        Heading("Attention correlation against the entities' relative distance"),
+        Table(["model", "pairing", "step", "near third", "middle third", "far third"], rows),
+        Para("The probe facts sorted by their total relative distance (mean |i - j| between the "
+             "answer rows and the given entity's tokens, paired query plus reverse query) and "
+             "cut into thirds; r is the Pearson correlation of S_pair and S_rev over each third's "
+             "facts, averaged over layers and heads, then over seeds; d is the third's mean "
+             "distance."),
+    ]  # fmt: skip
 
 
 def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any]) -> None:
@@ -105,12 +187,17 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
             f"{run.model.d_model}, {run.model.n_heads} heads, {run.model.positional}; "
             f"{run.train.steps} steps of batch {run.train.batch_size}; the MDM may mask "
             f"{'every statement token' if run.train.maskable == 'all' else 'only statement completions'}"
-            f" (run.train.maskable: {run.train.maskable}). Cells: mean ± sd "
+            f" (run.train.maskable: {run.train.maskable}). "
+            + "".join(
+                f"Variant {name.upper()}: the MDM with {', '.join(o)}. "
+                for name, o in cfg.variants.items()
+            )
+            + "Cells: mean ± sd "
             "[95% bootstrap interval of the mean]. Likelihood top-1 ranks the right answer among "
             f"{round(1 / summary['chance_top1'])} candidates (chance {summary['chance_top1']:.2f})."
         ),
     ]
-    blocks += fit_checks(agg, metric)
+    blocks += fit_checks(summary, metric)
     blocks += comparison_blocks(summary)
     for title, splits in GROUPS:
         blocks.append(Heading(f"Accuracy, {title}"))
@@ -141,5 +228,9 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
         "configuration the MDM trains on. cos_pair_rev: cosine of the paired and the reverse "
         "query's loss gradients over all parameters, averaged over facts."
 ))  # fmt: skip
+    over_training = curves_figure(out, summary)
+    if over_training is not None:
+        blocks.append(Figure(over_training, "probes over training, mean over seeds"))
+    blocks += curves_table(summary)
     files.write_text(out / "report.html", to_html(TITLE, blocks))
     files.write_text(out / "report.md", to_markdown(TITLE, blocks, out))
