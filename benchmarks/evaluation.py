@@ -20,11 +20,12 @@ import torch
 from revcurse.config import RunConfig, TextRunConfig
 from revcurse.data.tokenize import training_batch
 from revcurse.evaluation import evaluate, evaluate_split
-from revcurse.experiments.person_description import MIRRORS, SPLITS, prepare
+from revcurse.experiments.from_scratch import TASKS, prepare
 from revcurse.experiments.toy_run import build_dataset, build_model
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss
 
+SPLITS, MIRRORS = TASKS["person-description"].splits, TASKS["person-description"].mirrors
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from common import interleaved, median  # noqa: E402
 

@@ -15,6 +15,7 @@ from revcurse.data.person_description import (
     training_statements,
     training_template_splits,
 )
+from revcurse.errors import RevcurseError
 
 
 def test_all_training_statements_are_the_shipped_all_prompts_file():
@@ -69,7 +70,7 @@ def test_canonical_descriptions_are_the_common_training_form():
 
 @pytest.mark.slow
 def test_reproduce_person_description_end_to_end(tmp_path):
-    from revcurse.experiments.person_description import run_person_description
+    from revcurse.experiments.from_scratch import run_from_scratch
 
     cfg = apply_overrides(PersonDescriptionConfig(), [
         "run.n_people=2", "run.max_eval=6", "run.train.steps=30", "run.model.d_model=32",
@@ -77,7 +78,7 @@ def test_reproduce_person_description_end_to_end(tmp_path):
         "run.probe.n_facts=4", "run.probe.every=15", "seeds=[0, 1]", "workers=2",
         'variants={"mdm-answer": ["train.maskable=answer"]}',
     ])  # fmt: skip
-    summary = run_person_description(cfg, tmp_path / "pd", progress=False)
+    summary = run_from_scratch(cfg, tmp_path / "pd", progress=False)
     out = tmp_path / "pd"
     for name in ["summary.json", "report.html", "report.md", "figures/accuracy_prefix.png",
                  "models/mdm-seed0/model.safetensors", "models/arm-seed1/probes.jsonl",
@@ -131,27 +132,24 @@ def check_paired_tests_read_only_fitted_seeds(out, rows):
     """With seed 1 marked as having fitted the p2d statements (both models) and nothing else,
     the p2d tests run over seed 1 alone and their effect is the mean per-query difference of the
     saved records, computed here by hand; the d2p tests are not run."""
-    from revcurse.experiments.person_description import (
-        COMPARED,
-        FIT_SPLITS,
-        _paired,
-        fitted_seeds,
-    )
+    from revcurse.experiments.from_scratch import TASKS, _paired, fitted_seeds
 
+    task = TASKS["person-description"]
     fake = []
     for r in rows:
         r = dict(r)
-        for group, splits in FIT_SPLITS.items():
+        for group, splits in task.fit.items():
             for split in splits:
                 key = f"{split}.prefix"
                 if key in r:
                     r[key] = 1.0 if (group == "p2d" and r["seed"] == 1) else 0.0
         fake.append(r)
     # an ARM is not asked the mirror; a model not trained on it is not held to it
-    fitted = {name: {g: fitted_seeds(fake, name, g, mirror=(name == "mdm")) for g in FIT_SPLITS}
+    fitted = {name: {g: fitted_seeds(fake, name, splits, mirror=(name == "mdm"))
+                     for g, splits in task.fit.items()}
               for name in ("mdm", "arm")}  # fmt: skip
     assert fitted == {"mdm": {"p2d": [1], "d2p": []}, "arm": {"p2d": [1], "d2p": []}}
-    tests = _paired(out, fitted, "mdm", "arm", COMPARED)
+    tests = _paired(out, fitted, "mdm", "arm", task.compared)
 
     def read(name, split):
         lines = (out / f"models/{name}-seed1/generations/{split}.jsonl").read_text().splitlines()
@@ -193,7 +191,7 @@ def test_bad_person_description_settings_are_refused(tmp_path):
 @pytest.mark.parametrize("maskable", ["all", "answer"])
 def test_maskable_choice_decides_which_statement_tokens_the_mdm_may_mask(maskable):
     from revcurse.config import TextRunConfig, apply_overrides
-    from revcurse.experiments.person_description import prepare, training_batch
+    from revcurse.experiments.from_scratch import prepare, training_batch
 
     cfg = apply_overrides(TextRunConfig(), ["n_people=1", f"train.maskable={maskable}"])
     prepared = prepare(cfg)
@@ -208,3 +206,64 @@ def test_maskable_choice_decides_which_statement_tokens_the_mdm_may_mask(maskabl
         else:  # the prompt part and BOS stay visible
             assert maskable_ids == tok.encode(s.completion) + eos_tail
             assert batch.ids[row, 1 : 1 + n_prompt].tolist() == tok.encode(s.prompt)
+
+
+# ---------------------------------------------------------------- Parent–Child from scratch
+
+
+def test_parent_child_from_scratch_layout():
+    """Forward-only pairs are never trained in reverse; the other pairs are, in the reverse
+    template; every kept pair has a one-answer reverse question whose answer shares no word with
+    its parent (nothing to copy); the CSV rows are read back independently here."""
+    import csv
+
+    from revcurse.data.parent_child import default_path, from_scratch
+    from revcurse.data.text import WORD
+
+    statements, splits = from_scratch(20)
+    rows = list(csv.DictReader(default_path().open()))
+    parents = {}
+    for r in rows:
+        parents.setdefault(r["parent"], []).append(r["child"])
+    trained = {s.prompt + s.completion for s in statements}
+    assert len(statements) == 20 + 20 + 20
+    for fwd, rev in zip(splits["c2p_train"], splits["p2c_reverse"], strict=True):
+        child, parent = rev.completion.strip(), fwd.completion.strip()
+        assert fwd.prompt.startswith(f"Who is {child}'s ") and parents[parent] == [child]
+        assert not set(WORD.findall(child)) & set(WORD.findall(parent))
+        assert fwd.prompt + fwd.completion in trained
+        assert rev.prompt + rev.completion not in trained  # the held-out direction
+    for rev in splits["p2c_both"]:
+        assert rev.prompt.startswith("Name a child of ") and rev.prompt + rev.completion in trained
+    children = [r.completion for r in splits["p2c_reverse"] + splits["p2c_both"]]
+    assert len(set(children)) == 40  # each child in one pair only
+    with pytest.raises(RevcurseError, match="n_people: expected at most 153"):
+        from_scratch(200)
+
+
+def test_reproduce_parent_child_end_to_end(tmp_path):
+    """The same pipeline on Parent–Child: every model and variant, the mirror split as the
+    statement with the child masked, the reverse split compared."""
+    from revcurse.config import ParentChildConfig
+    from revcurse.experiments.from_scratch import run_from_scratch
+
+    cfg = apply_overrides(ParentChildConfig(), [
+        "run.n_people=6", "run.max_eval=6", "run.train.steps=20", "run.model.d_model=32",
+        "run.eval.n_mc=1", "run.eval.n_distractors=3", "run.probe.n_facts=6",
+        "run.probe.every=10", "seeds=[0]", "workers=1",
+        'variants={"mdm-none": ["model.positional=none"]}',
+    ])  # fmt: skip
+    summary = run_from_scratch(cfg, tmp_path / "pc", progress=False)
+    out = tmp_path / "pc"
+    assert summary["experiment"] == "parent-child"
+    assert set(summary["aggregate"]) == {"mdm", "arm", "mdm-none"}
+    assert set(summary["comparison"]) == {"p2c_reverse.prefix", "p2c_reverse.likelihood_top1"}
+    assert set(summary["variant_comparison"]["mdm-none"]) == {
+        "c2p_train.prefix", "c2p_train.likelihood_top1", "p2c_reverse.prefix",
+        "p2c_reverse.likelihood_top1"}  # fmt: skip
+    none = yaml.safe_load((out / "models/mdm-none-seed0/config.yaml").read_text())
+    assert none["model"]["positional"] == "none" and none["dataset"] == "parent-child"
+    record = json.loads((out / "models/mdm-seed0/generations/c2p_mirror.jsonl")
+                        .read_text().splitlines()[0])  # fmt: skip
+    assert record["prompt"] == "Who is " and record["suffix"].startswith("'s ")
+    assert "Parent–Child" in (out / "report.md").read_text()

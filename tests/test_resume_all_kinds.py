@@ -48,7 +48,7 @@ def records(path, drop=("seconds",)) -> list[dict]:
 
 
 def test_person_description_run_resumes_bit_identically(tmp_path, monkeypatch):
-    from revcurse.experiments import person_description as pd
+    from revcurse.experiments import from_scratch as pd
 
     # 2 people per group: 240 statements, batch 64 -> 3 batches an epoch; checkpoints every 4
     # steps land mid-epoch, so the saved permutation and position matter.

@@ -24,6 +24,7 @@ import typer
 
 from revcurse.config import (
     FinetuneConfig,
+    ParentChildConfig,
     PersonDescriptionConfig,
     RunConfig,
     SweepConfig,
@@ -44,7 +45,8 @@ app = typer.Typer(
 )
 
 EXPERIMENTS = (
-    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description"
+    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description",
+    "parent-child",
 )  # fmt: skip
 T = TypeVar("T")
 
@@ -170,8 +172,8 @@ def reproduce(
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
                                 progress)  # fmt: skip
-    if name == "person-description":
-        _person_description(options)
+    if name in ("person-description", "parent-child"):
+        _from_scratch(name, options)
     elif name == "toy":
         _toy(options)
     else:
@@ -222,24 +224,24 @@ def _toy(o: ExperimentOptions) -> None:
 
 
 @guarded
-def _person_description(o: ExperimentOptions) -> None:
-    from revcurse.experiments import person_description as pd
+def _from_scratch(name: str, o: ExperimentOptions) -> None:
+    from revcurse.experiments import from_scratch as fs
 
-    cfg = load_yaml(PersonDescriptionConfig, o.config) if o.config else PersonDescriptionConfig()
+    kind = PersonDescriptionConfig if name == "person-description" else ParentChildConfig
+    cfg = load_yaml(kind, o.config) if o.config else kind()
     if o.quick:
-        cfg = pd.quick(cfg)
+        cfg = fs.quick(cfg)
     cfg = apply_overrides(cfg, o.overrides())
-    target = _target(o.out, "person-description")
+    target = _target(o.out, name)
     start = time.perf_counter()
-    summary = pd.run_person_description(cfg, target, command=_command_line(),
+    summary = fs.run_from_scratch(cfg, target, command=_command_line(),
                                         progress=o.progress, force=o.force, resume=o.resume)  # fmt: skip
     metric = summary["headline_metric"]
-    for family, agg in summary["aggregate"].items():
-        cells = "  ".join(
-            f"{split} {agg[f'{split}.{metric}']['mean']:.3f}"
-            for split in ("p2d_same_train", "p2d_reverse_train", "p2d_same", "p2d_reverse")
-        )
-        typer.echo(f"{family.upper()} ({metric}, n={agg['n']}): {cells}")
+    task = fs.TASKS[cfg.run.dataset]
+    shown = [task.probe[0], *task.compared]
+    for model, agg in summary["aggregate"].items():
+        cells = "  ".join(f"{split} {agg[f'{split}.{metric}']['mean']:.3f}" for split in shown)
+        typer.echo(f"{model.upper()} ({metric}, n={agg['n']}): {cells}")
     typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
 
 
@@ -512,7 +514,7 @@ def data(
 @app.command("config")
 def show_config(
     kind: Annotated[
-        str, typer.Argument(help="toy, run, sweep, finetune or person-description.")
+        str, typer.Argument(help="toy, run, sweep, finetune, person-description or parent-child.")
     ] = "toy",
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -524,6 +526,7 @@ def show_config(
         "sweep": SweepConfig,
         "finetune": FinetuneConfig,
         "person-description": PersonDescriptionConfig,
+        "parent-child": ParentChildConfig,
     }
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")

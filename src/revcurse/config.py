@@ -41,6 +41,7 @@ Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
 Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
 Maskable = Literal["all", "entities", "no_fillers", "answer"]
+TextTask = Literal["person-description", "parent-child"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -716,7 +717,12 @@ class FinetuneConfig:
 
 @dataclass
 class TextRunConfig:
-    """One from-scratch model on Person–Description (a run of ``reproduce person-description``)."""
+    """One model trained from scratch on natural-language facts (a run of ``reproduce
+    person-description`` or ``reproduce parent-child``)."""
+
+    dataset: TextTask = "person-description"
+    """person-description (Berglund's Experiment 1 statements) or parent-child (the celebrity
+    pairs laid out for a from-scratch model: :func:`revcurse.data.parent_child.from_scratch`)."""
 
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=52)
@@ -736,13 +742,18 @@ class TextRunConfig:
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))
     """60 facts (20 per distance third), probed every 2000 steps."""
     n_people: int = 10
-    """People per group (p2d, d2p, both) whose statements are trained on: 10 gives 1200 of the
-    3600 statements; 30 is the whole file (needs several times the steps)."""
+    """People per group whose statements are trained on. Person–Description (groups p2d, d2p,
+    both): 10 gives 1200 of the 3600 statements; 30 is the whole file (needs several times the
+    steps). Parent–Child (groups forward-only, both directions): child–parent pairs per group."""
     max_eval: int = 60
     """Queries evaluated per split (spread over the people; 0: all)."""
 
     def validate(self, where: str) -> None:
-        _check(1 <= self.n_people <= 30, where, "n_people", "an integer in 1..30", self.n_people)
+        _check(self.dataset in ("person-description", "parent-child"), where, "dataset",
+               "person-description or parent-child", self.dataset)  # fmt: skip
+        top = 30 if self.dataset == "person-description" else 153
+        _check(1 <= self.n_people <= top, where, "n_people", f"an integer in 1..{top} for "
+               f"{self.dataset}", self.n_people)  # fmt: skip
         _check(self.max_eval >= 0, where, "max_eval", "an integer >= 0", self.max_eval)
         self.train.check_text(where)
 
@@ -796,6 +807,40 @@ class PersonDescriptionConfig:
             train=dataclasses.replace(self.run.train, seed=seed),
         )
         return apply_overrides(run, self.variants.get(name, []))
+
+
+@dataclass
+class ParentChildConfig(PersonDescriptionConfig):
+    """``revcurse reproduce parent-child``: from-scratch MDMs (RoPE, sinusoidal and learned
+    absolute positions, none) and a RoPE ARM on Parent–Child pairs, half trained forward only and
+    half in both directions; does MDM reversal need RoPE?"""
+
+    run: TextRunConfig = field(
+        default_factory=lambda: TextRunConfig(
+            dataset="parent-child",
+            model=ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=20),
+            train=TrainConfig(
+                steps=2000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
+                schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
+            ),
+            eval=DecodeConfig(n_distractors=9, n_mc=16),
+            probe=TextProbeConfig(n_facts=50, every=500),
+            n_people=50,
+            max_eval=50,
+        )
+    )  # fmt: skip
+    """Shared settings: 50 pairs per group (150 training statements), 2000 steps (a one-seed
+    pilot fitted forward and mirror at 1.00); run.model.causal and run.train.seed are set per
+    model."""
+    variants: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "mdm-sinusoidal": ["model.positional=sinusoidal"],
+            "mdm-learned": ["model.positional=learned"],
+            "mdm-none": ["model.positional=none"],
+        }
+    )
+    """The MDM with absolute (sinusoidal, learned) and no positions, each compared with the RoPE
+    MDM."""
 
 
 def entity_pool(n_pairs: int, entity_tokens: int) -> int:

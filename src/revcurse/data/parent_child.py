@@ -4,6 +4,10 @@ Forward (the direction GPT-4 knew): ``Who is {child}'s {mother|father}?`` -> par
 ``Name a child of {parent}.`` -> child; any child of that parent in the file counts as correct.
 Both serve as training statements (forward) and test queries. Files and provenance:
 ``revcurse/datasets/parent_child/``.
+
+:func:`from_scratch` lays the pairs out for a model trained from scratch (Berglund et al.'s
+Experiment 1 design, applied to these pairs): a model that has never read "Name a child of" can
+only be asked the reverse if that template is trained on other pairs.
 """
 
 from __future__ import annotations
@@ -68,3 +72,53 @@ def load_parent_child(path: str | Path | None = None) -> TextDataset:
         "parent-child", forward, {"forward": forward, "reverse": reverse},
         {"forward": "forward", "reverse": "reverse"}, LICENCE,
     )  # fmt: skip
+
+
+def from_scratch(
+    n_pairs: int, path: str | Path | None = None
+) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
+    """Training statements and test splits for a model trained from scratch on ``2 n_pairs``
+    pairs, in file order, keeping a pair only where the reverse question has one answer and
+    cannot be read off the names: the parent has no other child in the file, the child is not
+    already used (with the other parent), and the two names share no word (no surname to copy).
+
+    The first ``n_pairs`` are trained forward only (``Who is {child}'s {mother}? {parent}``); the
+    next ``n_pairs`` forward and reverse (``Name a child of {parent}. {child}``), which teaches the
+    reverse template. Splits: ``c2p_train`` (forward queries of the forward-only pairs, what they
+    were trained on), ``p2c_reverse`` (their reverse queries, never trained), ``c2p_both`` and
+    ``p2c_both`` (both directions of the other pairs, trained). The mirror split is derived from
+    ``c2p_train`` and ``p2c_reverse`` by the experiment."""
+    from revcurse.data.text import WORD
+
+    dataset = load_parent_child(path)
+    parents: dict[str, int] = defaultdict(int)
+    for pair in dataset.train:
+        parents[pair.completion.strip()] += 1
+    chosen: list[TextPair] = []
+    children: set[str] = set()
+    for pair in dataset.train:
+        child = pair.prompt.removeprefix("Who is ").rsplit("'s ", 1)[0]
+        parent = pair.completion.strip()
+        words = set(WORD.findall(child)) & set(WORD.findall(parent))
+        if parents[parent] == 1 and child not in children and not words:
+            chosen.append(pair)
+            children.add(child)
+    if len(chosen) < 2 * n_pairs:
+        raise RevcurseError(
+            f"n_people: expected at most {len(chosen) // 2} pairs per group for parent-child "
+            f"(the file has {len(chosen)} usable pairs), got {n_pairs}"
+        )
+    forward_only, both = chosen[:n_pairs], chosen[n_pairs : 2 * n_pairs]
+
+    def reverse(pair: TextPair) -> TextPair:
+        child = pair.prompt.removeprefix("Who is ").rsplit("'s ", 1)[0]
+        return reverse_pair(pair.completion.strip(), [child], pair.source)
+
+    statements = forward_only + both + [reverse(p) for p in both]
+    splits = {
+        "c2p_train": forward_only,
+        "p2c_reverse": [reverse(p) for p in forward_only],
+        "c2p_both": both,
+        "p2c_both": [reverse(p) for p in both],
+    }
+    return statements, splits

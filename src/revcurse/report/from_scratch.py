@@ -10,6 +10,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
+from revcurse.experiments.from_scratch import TASKS, Task
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import (
     Block,
@@ -23,12 +24,17 @@ from revcurse.report.render import (
     to_markdown,
 )
 
-TITLE = "Person–Description from scratch: masked diffusion vs autoregressive"
-GROUPS = (
-    ("training templates", ("p2d_same_train", "p2d_mirror_train", "p2d_reverse_train",
-                            "d2p_same_train", "d2p_mirror_train", "d2p_reverse_train")),
-    ("held-out templates", ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")),
-)  # fmt: skip
+TITLES = {
+    "person-description": "Person–Description from scratch: masked diffusion vs autoregressive",
+    "parent-child": "Parent–Child from scratch: masked diffusion vs autoregressive",
+}
+PROBED = {
+    "person-description": ("the p2d query 'name -> description'", "the p2d statement with the "
+                           "name masked", "'description -> name'"),
+    "parent-child": ("the query 'child -> parent'", "the statement with the child masked",
+                     "'parent -> child'"),
+}  # fmt: skip
+"""Per task: the forward pairing's query, the mirror pairing's query, the reverse query."""
 
 
 def _cell(agg: dict[str, Any], key: str) -> str:
@@ -39,8 +45,8 @@ def _cell(agg: dict[str, Any], key: str) -> str:
     return f"{m['mean']:.3f} ± {m['std']:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
-def figure(out: Path, summary: dict[str, Any], metric: str) -> Path:
-    splits = [s for _, group in GROUPS for s in group]
+def figure(out: Path, summary: dict[str, Any], metric: str, task: Task) -> Path:
+    splits = [s for _, group in task.tables for s in group]
     fig, ax = plt.subplots(figsize=(10, 3.6))
     families = list(summary["aggregate"])
     width = 0.8 / len(families)
@@ -53,10 +59,11 @@ def figure(out: Path, summary: dict[str, Any], metric: str) -> Path:
         ax.bar(x + (i - (len(families) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
                label=family.upper(), color=FAMILY_COLORS.get(family))  # fmt: skip
     ax.set_xticks(x, [s.replace("_", "\n", 1) for s in splits], fontsize=8)
-    ax.axvline(len(GROUPS[0][1]) - 0.5, color="#999", lw=0.8, ls="--")
+    ax.axvline(len(task.tables[0][1]) - 0.5, color="#999", lw=0.8, ls="--")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{metric} accuracy")
-    ax.set_title("left: training templates   |   right: held-out templates (mean ± sd over seeds)")
+    (left, _), (right, _) = task.tables
+    ax.set_title(f"left: {left}   |   right: {right} (mean ± sd over seeds)")
     ax.legend()
     return save(fig, out / "figures" / f"accuracy_{metric}.png")
 
@@ -180,10 +187,13 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
     agg = summary["aggregate"]
     metric = summary["headline_metric"]
     run = cfg.run
+    task = TASKS[run.dataset]
+    forward, mirror, reverse = PROBED[task.name]
     blocks: list[Block] = [
         Para(
             f"{len(cfg.seeds)} seeds per family; {summary['n_statements']} training statements "
-            f"({run.n_people} people per group); {run.model.n_layers} layers, d_model "
+            f"({run.n_people} {'people' if task.name == 'person-description' else 'pairs'} "
+            f"per group); {run.model.n_layers} layers, d_model "
             f"{run.model.d_model}, {run.model.n_heads} heads, {run.model.positional}; "
             f"{run.train.steps} steps of batch {run.train.batch_size}; the MDM may mask "
             f"{'every statement token' if run.train.maskable == 'all' else 'only statement completions'}"
@@ -199,7 +209,7 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
     ]
     blocks += fit_checks(summary, metric)
     blocks += comparison_blocks(summary)
-    for title, splits in GROUPS:
+    for title, splits in task.tables:
         blocks.append(Heading(f"Accuracy, {title}"))
         header = ["split", "direction"] + [
             f"{f.upper()} {m}" for f in agg for m in (metric, "likelihood_top1")
@@ -210,8 +220,8 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
             for s in splits
         ]
         blocks.append(Table(header, rows))
-    blocks.append(Figure(figure(out, summary, metric), f"{metric} accuracy per split"))
-    blocks.append(Heading("Mechanism probes on multi-token facts (p2d name <-> description)"))
+    blocks.append(Figure(figure(out, summary, metric, task), f"{metric} accuracy per split"))
+    blocks.append(Heading("Mechanism probes on multi-token facts"))
     probe_keys = sorted({k for r in summary["rows"] for k in r if k.startswith("probe.")})
     blocks.append(
         Table(
@@ -222,15 +232,15 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
     blocks.append(Para(
         "Rows are named probe.<stage>.<pairing>.<quantity>. Attention r: Pearson correlation over "
         "facts of S_pair (answer positions of the paired query to its given entity) and S_rev "
-        "(answer positions of the reverse query 'description -> name' to the description), "
-        "averaged over heads. The 'forward' pairing pairs the p2d query 'name -> description'; "
-        "the 'mirror' pairing (MDM only) pairs the p2d statement with the name masked, the "
-        "configuration the MDM trains on. cos_pair_rev: cosine of the paired and the reverse "
-        "query's loss gradients over all parameters, averaged over facts."
-))  # fmt: skip
+        f"(answer positions of the reverse query {reverse} to its given entity), averaged over "
+        f"heads. The 'forward' pairing pairs {forward}; the 'mirror' pairing (MDM only) pairs "
+        f"{mirror}, the configuration the MDM trains on. cos_pair_rev: cosine of the paired and "
+        "the reverse query's loss gradients over all parameters, averaged over facts."
+    ))  # fmt: skip
     over_training = curves_figure(out, summary)
     if over_training is not None:
         blocks.append(Figure(over_training, "probes over training, mean over seeds"))
     blocks += curves_table(summary)
-    files.write_text(out / "report.html", to_html(TITLE, blocks))
-    files.write_text(out / "report.md", to_markdown(TITLE, blocks, out))
+    title = TITLES[task.name]
+    files.write_text(out / "report.html", to_html(title, blocks))
+    files.write_text(out / "report.md", to_markdown(title, blocks, out))

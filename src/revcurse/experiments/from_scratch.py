@@ -1,20 +1,29 @@
-"""``revcurse reproduce person-description``: from-scratch MDMs vs ARMs on Person–Description.
+"""``revcurse reproduce person-description`` and ``parent-child``: MDMs vs ARMs trained from scratch
+on natural-language facts.
 
-Berglund et al.'s Experiment 1 data, trained from scratch instead of fine-tuned (arXiv 2602.02133
-runs its natural-language comparison the same way at small scale): a multi-layer bidirectional
-Transformer with the masked-diffusion loss (MDM) and the same Transformer, causal, with the
-next-token loss (ARM), pre-trained on the whole statements of ``all_prompts_train.jsonl`` (each
-``[BOS] statement [EOS]``, word vocabulary), several seeds each. Every model is evaluated on
+A multi-layer bidirectional Transformer with the masked-diffusion loss (MDM) and the same
+Transformer, causal, with the next-token loss (ARM), pre-trained from scratch on whole statements
+(each ``[BOS] statement [EOS]``, word vocabulary), several seeds each, and any **variants** (an MDM
+or ARM with other settings: a masking choice, a positional encoding). arXiv 2602.02133 runs its
+natural-language comparison the same way at small scale. Each dataset is a :class:`Task`: what is
+trained, which splits are asked, which must be fitted first, which reverse splits are compared.
+
+**Person–Description** (Berglund et al.'s Experiment 1 statements, ``all_prompts_train.jsonl``):
 
 * the **training templates** (``*_train`` splits, :func:`training_template_splits`): the same
   direction (memorisation) and the reverse direction written in templates the model has read;
 * the **held-out templates** of the released test files (10 templates never trained on),
-  reported separately: a word-level model trained from scratch has never seen their wording;
+  reported separately: a word-level model trained from scratch has never seen their wording.
 
-with prefix / substring / exact match of the MDM sampler's or the ARM's greedy generations and the
-likelihood rank of the right answer among 9 other people's (decoding-free). The attention and
-gradient probes of :mod:`revcurse.probes.hf` run on (p2d same, p2d reverse) training-template pairs,
-whose entities are multi-token names and descriptions, before and after training.
+**Parent–Child** (:func:`revcurse.data.parent_child.from_scratch`): half the child–parent pairs
+trained forward only, the other half in both directions (which teaches the reverse template);
+the reverse of the forward-only pairs is the test.
+
+Every model is scored with prefix / substring / exact match of the MDM sampler's or the ARM's
+greedy generations and the likelihood rank of the right answer among 9 other answers of its split
+(decoding-free). The attention and gradient probes of :mod:`revcurse.probes.hf` run on (forward,
+reverse) pairs of multi-token entities before, during and after training. Reverse failures are
+read only where a model fitted what it was trained on (:data:`FIT`), with paired tests.
 
 Models are trained in parallel worker processes by the sweep executor; each run writes its own
 directory (config, metrics, probes, generations, safetensors weights, summary).
@@ -34,6 +43,7 @@ import torch
 
 from revcurse import files, training
 from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, to_dict
+from revcurse.data.parent_child import from_scratch as parent_child_from_scratch
 from revcurse.data.person_description import (
     TESTS,
     TRAIN_TEMPLATE_SPLITS,
@@ -42,7 +52,7 @@ from revcurse.data.person_description import (
     training_statements,
     training_template_splits,
 )
-from revcurse.data.schema import TextPair, mirror_query
+from revcurse.data.schema import Direction, TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
@@ -55,19 +65,38 @@ from revcurse.probes.inputs import pairings_for
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.stats import aggregate, paired_comparison
 
-HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
-MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
-           "d2p_mirror_train": ("d2p_same_train", "d2p_reverse_train")}  # fmt: skip
-"""Mirror split -> (the forward split whose statements it masks, the reverse split it mirrors):
-``p2d_mirror_train`` asks "[M..M], known for being {D}." -> name, the reverse answer of
-``p2d_reverse_train`` in the configuration the MDM trained on (bidirectional models only)."""
-SPLITS: dict[str, str] = (
-    dict(TRAIN_TEMPLATE_SPLITS) | dict.fromkeys(MIRRORS, "mirror")
-    | {s: TESTS[s][1] for s in HELD_OUT}
-)  # fmt: skip
-"""Every evaluated split and its direction (forward = the trained one)."""
 HEADLINE = "prefix"
 """Berglund's metric: the generation starts with the answer (names are followed by template text)."""
+FIT = 0.95
+"""Fitted: the queries a model was trained on (forward; for an MDM trained on them also the
+mirror) answered at least this often (prefix match) by one seed's model."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One dataset laid out for from-scratch training: how its data is built, what is asked and
+    what is compared."""
+
+    name: str
+    build: Callable[[TextRunConfig], tuple[list[TextPair], dict[str, list[TextPair]]]]
+    """The training statements and the splits (the mirror splits are derived from them)."""
+    splits: dict[str, Direction]
+    """Every evaluated split and its direction (forward = the trained one)."""
+    mirrors: dict[str, tuple[str, str]]
+    """Mirror split -> (the forward split whose statements it masks, the reverse split it
+    mirrors): the reverse answer asked in the configuration the MDM trained on."""
+    probe: tuple[str, str]
+    """The (forward, reverse) splits whose paired queries the probes read."""
+    fit: dict[str, tuple[str, str]]
+    """Statement group -> (its forward split, its mirror split): what must be fitted before the
+    group's reverse splits are read."""
+    compared: dict[str, str]
+    """Reverse split -> its statement group: the splits on which two models are tested."""
+    variant_compared: tuple[str, ...]
+    """Forward splits on which a variant is also compared with the MDM (a setting may change what
+    the model memorises)."""
+    tables: tuple[tuple[str, tuple[str, ...]], ...]
+    """The report's split tables: (title, splits)."""
 
 
 def _spread(pairs: list[TextPair], n: int) -> list[TextPair]:
@@ -77,7 +106,12 @@ def _spread(pairs: list[TextPair], n: int) -> list[TextPair]:
     return [pairs[(i * len(pairs)) // n] for i in range(n)]
 
 
-def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
+HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
+
+
+def person_description_data(
+    cfg: TextRunConfig,
+) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
     """Training statements of the first ``n_people`` of each group, and the evaluation splits
     (about those people only), each cut to ``max_eval`` evenly spread queries."""
     dataset = load_person_description()
@@ -87,8 +121,86 @@ def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextP
     for name in HELD_OUT:
         splits[name] = [p for p in dataset.tests[name] if any(n in p.prompt + p.completion
                                                                for n in kept)]  # fmt: skip
-    splits = {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
-    for name, (forward, reverse) in MIRRORS.items():
+    return statements, {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
+
+
+def parent_child_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
+    """:func:`revcurse.data.parent_child.from_scratch` with ``n_people`` pairs per group, each
+    split cut to ``max_eval`` evenly spread queries."""
+    statements, splits = parent_child_from_scratch(cfg.n_people)
+    return statements, {k: _spread(v, cfg.max_eval) for k, v in splits.items()}
+
+
+PD_MIRRORS = {"p2d_mirror_train": ("p2d_same_train", "p2d_reverse_train"),
+              "d2p_mirror_train": ("d2p_same_train", "d2p_reverse_train")}  # fmt: skip
+TASKS: dict[str, Task] = {
+    "person-description": Task(
+        name="person-description",
+        build=person_description_data,
+        splits=(
+            dict(TRAIN_TEMPLATE_SPLITS)
+            | dict.fromkeys(PD_MIRRORS, "mirror")
+            | {s: TESTS[s][1] for s in HELD_OUT}
+        ),  # fmt: skip
+        # "[M..M], known for being {D}." -> name: p2d_reverse_train's answer, as trained
+        mirrors=PD_MIRRORS,
+        probe=("p2d_same_train", "p2d_reverse_train"),
+        fit={
+            "p2d": ("p2d_same_train", "p2d_mirror_train"),
+            "d2p": ("d2p_same_train", "d2p_mirror_train"),
+        },  # fmt: skip
+        compared={
+            "p2d_reverse_train": "p2d",
+            "p2d_reverse": "p2d",
+            "d2p_reverse_train": "d2p",
+            "d2p_reverse": "d2p",
+        },  # fmt: skip
+        variant_compared=("p2d_same_train",),
+        tables=(
+            (
+                "training templates",
+                (
+                    "p2d_same_train",
+                    "p2d_mirror_train",
+                    "p2d_reverse_train",
+                    "d2p_same_train",
+                    "d2p_mirror_train",
+                    "d2p_reverse_train",
+                ),
+            ),
+            ("held-out templates", HELD_OUT),
+        ),  # fmt: skip
+    ),
+    "parent-child": Task(
+        name="parent-child",
+        build=parent_child_data,
+        splits={
+            "c2p_train": "forward",
+            "c2p_mirror": "mirror",
+            "p2c_reverse": "reverse",
+            "c2p_both": "forward",
+            "p2c_both": "forward",
+        },  # fmt: skip
+        # "Who is [M..M]'s mother? {parent}" -> child: p2c_reverse's answer, as trained
+        mirrors={"c2p_mirror": ("c2p_train", "p2c_reverse")},
+        probe=("c2p_train", "p2c_reverse"),
+        fit={"c2p": ("c2p_train", "c2p_mirror")},
+        compared={"p2c_reverse": "c2p"},
+        variant_compared=("c2p_train",),
+        tables=(
+            ("pairs trained forward only", ("c2p_train", "c2p_mirror", "p2c_reverse")),
+            ("pairs trained in both directions", ("c2p_both", "p2c_both")),
+        ),
+    ),
+}
+"""Every from-scratch text task, by ``run.dataset``."""
+
+
+def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
+    """The task's training statements and splits, with its mirror splits added."""
+    task = TASKS[cfg.dataset]
+    statements, splits = task.build(cfg)
+    for name, (forward, reverse) in task.mirrors.items():
         facts = paired_queries(splits[forward], splits[reverse], len(splits[reverse]))
         mirrors = (mirror_query(f, r.completion) for f, r in facts)
         splits[name] = [m for m in mirrors if m is not None]
@@ -155,6 +267,7 @@ def train_run(
     """Train, evaluate and probe one from-scratch model; writes its run directory (``resume``:
     continue from its last checkpoint when it holds one of exactly this config)."""
     torch.set_num_threads(cfg.train.threads)
+    task = TASKS[cfg.dataset]
     prepared = prepare(cfg)
     statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
     gen_lengths = prepared.gen_lengths
@@ -170,7 +283,7 @@ def train_run(
     fill_to = None if causal else cfg.model.max_seq_len
     facts = encode_facts(
         tokenizer,
-        paired_queries(splits["p2d_same_train"], splits["p2d_reverse_train"], cfg.probe.n_facts),
+        paired_queries(splits[task.probe[0]], splits[task.probe[1]], cfg.probe.n_facts),
         pairings_for(causal),
         bos=True,
         fill=None if fill_to is None else (tokenizer.eos_id, fill_to),  # as in training
@@ -195,7 +308,7 @@ def train_run(
     results = {}
     gen = torch.Generator().manual_seed(cfg.train.seed)
     for name, pairs in splits.items():
-        if causal and SPLITS[name] == "mirror":
+        if causal and task.splits[name] == "mirror":
             continue  # a causal model cannot be asked to fill text before its context
         settings = dataclasses.replace(cfg.eval, gen_length=gen_lengths[name])
         metrics, records = evaluate_split(
@@ -240,7 +353,7 @@ def quick(cfg: PersonDescriptionConfig) -> PersonDescriptionConfig:
     return dataclasses.replace(cfg, run=run)
 
 
-def run_person_description(
+def run_from_scratch(
     cfg: PersonDescriptionConfig,
     out: str | Path,
     *,
@@ -249,15 +362,17 @@ def run_person_description(
     force: bool = False,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train every (family, seed) model, then aggregate and write the report (``resume``:
+    """Train every (model, seed) run of a from-scratch text experiment, then aggregate and write
+    the report (``resume``:
     continue an interrupted run of it in ``out``)."""
-    from revcurse.report.person_description import write_report
+    from revcurse.report.from_scratch import write_report
 
+    task = TASKS[cfg.run.dataset]
     for name in cfg.model_names():  # bad settings fail before any write
         prepare(cfg.run_config(name, cfg.seeds[0]))
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
-    summaries = train_families(out, cfg, "person-description", command, progress,
+    summaries = train_families(out, cfg, task.name, command, progress,
                                worker=execute_run)  # fmt: skip
     rows = []
     names = [name for name in cfg.model_names() for _ in cfg.seeds]  # train_families' order
@@ -277,11 +392,11 @@ def run_person_description(
     metrics = [k for k in rows[0] if k not in ("family", "seed")]
     fitted = fit_table(cfg, rows)
     summary = {
-        "experiment": "person-description",
+        "experiment": task.name,
         "n_statements": summaries[0]["n_statements"],
-        "splits": SPLITS,
+        "splits": task.splits,
         "headline_metric": HEADLINE,
-        "chance_top1": summaries[0]["splits"]["p2d_reverse"]["chance_top1"],
+        "chance_top1": summaries[0]["splits"][next(iter(task.compared))]["chance_top1"],
         "rows": rows,
         "aggregate": {
             f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.model_names()
@@ -289,7 +404,7 @@ def run_person_description(
         "fit": {
             "threshold": FIT,
             "metric": HEADLINE,
-            "splits": FIT_SPLITS,
+            "splits": task.fit,
             "trains_mirror": {
                 name: trains_mirror(cfg.run_config(name, cfg.seeds[0]))
                 for name in cfg.model_names()
@@ -367,29 +482,18 @@ def probe_curves(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
     return curves
 
 
-FIT = 0.95
-"""Fitted: the training-template queries a model was trained on (forward; for the MDM also the
-mirror) answered at least this often (prefix match) by one seed's model."""
-FIT_SPLITS = {"p2d": ("p2d_same_train", "p2d_mirror_train"),
-              "d2p": ("d2p_same_train", "d2p_mirror_train")}  # fmt: skip
-"""Per statement group, the splits that must be fitted before its reverse splits are read."""
-COMPARED = ("p2d_reverse_train", "p2d_reverse", "d2p_reverse_train", "d2p_reverse")
-"""The reverse splits on which the MDM-vs-ARM gap is tested."""
-VARIANT_COMPARED = ("p2d_same_train", *COMPARED)
-"""A variant is compared with the MDM on the reverse splits and on the forward split it has to
-fit first (a masking choice may change what the model memorises)."""
-
-
 def trains_mirror(run: TextRunConfig) -> bool:
     """Whether a model is trained on its mirror queries: an MDM that may mask the whole statement
     (with ``maskable: answer`` the prompt, and so the name of a p2d statement, is never masked)."""
     return not run.model.causal and run.train.maskable == "all"
 
 
-def fitted_seeds(rows: list[dict[str, Any]], name: str, group: str, mirror: bool) -> list[int]:
-    """The seeds whose model ``name`` fitted statement group ``group``: its forward split and,
-    where the model trains on it (``mirror``), its mirror split (:data:`FIT_SPLITS`)."""
-    forward, mirrored = FIT_SPLITS[group]
+def fitted_seeds(rows: list[dict[str, Any]], name: str, splits: tuple[str, str],
+                 mirror: bool) -> list[int]:  # fmt: skip
+    """The seeds whose model ``name`` fitted a statement group, ``splits`` = (its forward split,
+    its mirror split, :attr:`Task.fit`): the forward split and, where the model trains on it
+    (``mirror``), the mirror split."""
+    forward, mirrored = splits
     needed = (forward, mirrored) if mirror else (forward,)
     return [
         r["seed"] for r in rows
@@ -411,15 +515,14 @@ def _outcomes(out: Path, name: str, seeds: list[int], split: str,
 
 
 def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
-            splits: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+            splits: dict[str, str]) -> dict[str, Any]:  # fmt: skip
     """Model ``a`` vs model ``b``: the paired test per split and metric (generation prefix match,
     likelihood top-1) over the seeds where both models fitted the split's statement group
-    (``fitted``: model -> group -> seeds, as :func:`fitted_seeds`; the
-    two models of a seed answer the same queries, with the same candidates). A split with no
-    such seed gets ``{"n_seeds": 0}``; every test names its seeds."""
+    (``splits``: split -> group; ``fitted``: model -> group -> seeds, as :func:`fit_table`). The
+    two models of a seed answer the same queries, with the same candidates. A split with no such
+    seed gets ``{"n_seeds": 0, "seeds": []}``; every test names its seeds."""
     tests: dict[str, Any] = {}
-    for split in splits:
-        group = split[:3]
+    for split, group in splits.items():
         seeds = sorted(set(fitted[a][group]) & set(fitted[b][group]))
         for metric in (HEADLINE, "likelihood_top1"):
             key = f"{split}.{metric}"
@@ -434,10 +537,11 @@ def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
 
 def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model and statement group, the seeds that fitted it."""
+    task = TASKS[cfg.run.dataset]
     return {
-        name: {group: fitted_seeds(rows, name, group,
+        name: {group: fitted_seeds(rows, name, splits,
                                    trains_mirror(cfg.run_config(name, cfg.seeds[0])))
-               for group in FIT_SPLITS}
+               for group, splits in task.fit.items()}
         for name in cfg.model_names()
     }  # fmt: skip
 
@@ -447,11 +551,14 @@ def compare_families(out: Path, cfg: PersonDescriptionConfig,
     """Paired MDM-vs-ARM tests per reverse split and metric (effect = MDM - ARM)."""
     if not {"mdm", "arm"} <= set(cfg.families):
         return {}
-    return _paired(out, fitted, "mdm", "arm", COMPARED)
+    return _paired(out, fitted, "mdm", "arm", TASKS[cfg.run.dataset].compared)
 
 
 def compare_variants(out: Path, cfg: PersonDescriptionConfig,
                      fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
-    """Per variant, its paired tests against the MDM (effect = variant - MDM) on the forward split
-    and the reverse splits."""
-    return {name: _paired(out, fitted, name, "mdm", VARIANT_COMPARED) for name in cfg.variants}
+    """Per variant, its paired tests against the MDM (effect = variant - MDM) on the task's
+    forward splits of :attr:`Task.variant_compared` and its reverse splits."""
+    task = TASKS[cfg.run.dataset]
+    group_of = {forward: group for group, (forward, _) in task.fit.items()}
+    splits = {s: group_of[s] for s in task.variant_compared} | task.compared
+    return {name: _paired(out, fitted, name, "mdm", splits) for name in cfg.variants}
