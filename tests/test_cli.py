@@ -102,3 +102,24 @@ def test_config_command_prints_resolved_yaml():
     result = CliRunner().invoke(app, ["config", "run", "--set", "model.n_layers=3"])
     assert result.exit_code == 0
     assert "n_layers: 3" in result.stdout
+
+
+def test_reproduce_parent_child_quick_through_the_cli(tmp_path):
+    """`reproduce parent-child --quick` with tiny overrides: its own defaults (Parent–Child data,
+    positional variants), one line per model, and a refused bad variant name exits 2."""
+    out = tmp_path / "pc"
+    tiny = ["--set", "run.train.steps=10", "--set", "run.model.d_model=16", "--set",
+            "run.probe.enabled=false", "--set", 'variants={"mdm-none": ["model.positional=none"]}',
+            "--set", "run.eval.n_mc=1"]  # fmt: skip
+    result = revcurse("reproduce", "parent-child", "--quick", "--out", str(out), "--seeds", "1",
+                      "--workers", "1", "--no-progress", *tiny)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [line.split(" ")[0] for line in result.stdout.splitlines()[:3]] == [
+        "MDM", "ARM", "MDM-NONE"]  # fmt: skip
+    assert "p2c_reverse" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "parent-child"
+    bad = revcurse("reproduce", "parent-child", "--out", str(tmp_path / "bad"), "--set",
+                   'variants={"arm": ["model.positional=none"]}')  # fmt: skip
+    assert bad.returncode == 2 and "variants.arm" in bad.stderr
+    assert not (tmp_path / "bad").exists()

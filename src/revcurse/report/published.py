@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.stats import COMPARISON_HEADER, comparison_cells, effect_clause
+from revcurse.stats import COMPARISON_HEADER, comparison_cells, decision, effect_clause
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -176,41 +176,103 @@ def objective_table(s: dict[str, Any]) -> str:
             + f"\n\nMean ± sd over {n} seeds; mirror is n/a for causal models.")  # fmt: skip
 
 
-PD_SPLITS = (
-    ("p2d_same_train", "training", "forward"), ("p2d_mirror_train", "training", "mirror"),
-    ("p2d_reverse_train", "training", "reverse"), ("d2p_same_train", "training", "forward"),
-    ("d2p_mirror_train", "training", "mirror"), ("d2p_reverse_train", "training", "reverse"),
-    ("p2d_same", "held-out", "forward"), ("p2d_reverse", "held-out", "reverse"),
-    ("d2p_same", "held-out", "forward"), ("d2p_reverse", "held-out", "reverse"),
-)  # fmt: skip
+def scratch_splits(s: dict[str, Any]) -> str:
+    """A from-scratch text experiment's accuracy per split (in the task's table order), headline
+    metric and likelihood top-1, per model."""
+    from revcurse.experiments.from_scratch import TASKS
 
-
-def person_description_splits(s: dict[str, Any]) -> str:
     agg, metric = s["aggregate"], s["headline_metric"]
+    task = TASKS[s["experiment"]]
     rows = [
-        [split, templates, direction,
+        [split, title, s["splits"][split],
          *(_pm(agg[f].get(f"{split}.{m}"), 2) for m in (metric, "likelihood_top1") for f in agg)]
-        for split, templates, direction in PD_SPLITS
+        for title, splits in task.tables for split in splits
     ]  # fmt: skip
-    header = ["split", "templates", "direction",
+    header = ["split", "group", "direction",
               *(f"{f.upper()} {label}" for label in (metric, "likelihood top-1") for f in agg)]  # fmt: skip
     n = min(a["n"] for a in agg.values())
     return _table(header, rows) + (
-        f"\n\nMean ± sd over {n} seeds; likelihood top-1 ranks the right answer among candidates (chance "
-        f"{s['chance_top1']:.2f}). Mirror splits are asked of the MDM only."
+        f"\n\nMean ± sd over {n} seeds; likelihood top-1 ranks the right answer among candidates "
+        f"(chance {s['chance_top1']:.2f}). Mirror splits are asked of bidirectional models only."
     )
 
 
-def person_description_tests(s: dict[str, Any]) -> str:
-    rows = [[*key.split("."), *comparison_cells(t)] for key, t in s["comparison"].items()]
-    return _table(["reverse split", "metric", *COMPARISON_HEADER], rows)
+def scratch_fit(s: dict[str, Any]) -> str:
+    """Which seeds of each model fitted each statement group (forward, and the mirror where the
+    model trains on it, at least the threshold)."""
+    fit = s["fit"]
+    groups = list(fit["splits"])
+    rows = [
+        [name.upper(), "yes" if fit["trains_mirror"][name] else "no",
+         *(f"{len(seeds)}/{s['aggregate'][name]['n']}" for seeds in
+           (fit["fitted_seeds"][name][g] for g in groups))]
+        for name in fit["fitted_seeds"]
+    ]  # fmt: skip
+    header = ["model", "held to its mirror", *(f"{g} fitted seeds" for g in groups)]
+    return _table(header, rows) + (
+        f"\n\nFitted: {fit['metric']} accuracy >= {fit['threshold']} on the group's forward split "
+        "and, for a model trained on it, its mirror split; each group's reverse splits are tested "
+        "over the seeds both compared models fitted."
+    )
 
 
-def person_description_probes(s: dict[str, Any]) -> str:
+def scratch_tests(s: dict[str, Any]) -> str:
+    """The paired tests: MDM - ARM on the reverse splits, then each variant - MDM."""
+    tests = [("MDM - ARM", key, t) for key, t in s.get("comparison", {}).items()]
+    for name, per in (s.get("variant_comparison") or {}).items():
+        tests += [(f"{name.upper()} - MDM", key, t) for key, t in per.items()]
+    rows = [
+        [who, *key.split("."), *(comparison_cells(t)[:4] if t["n_seeds"]
+                                 else ["not run: no seed fitted both", "", "", "0"]),
+         decision(t) if t["n_seeds"] else ""]
+        for who, key, t in tests
+    ]  # fmt: skip
+    return _table(["difference", "split", "metric", "effect", *COMPARISON_HEADER[1:4],
+                   "decision"], rows) + (
+        "\n\nPaired by seed and query over the seeds where both models fitted the split's "
+        "statements. Decision: higher or lower only where the permutation p is below 0.05 and the "
+        "crossed-bootstrap interval excludes 0."
+    )  # fmt: skip
+
+
+def scratch_probes(s: dict[str, Any]) -> str:
     agg = s["aggregate"]
     keys = sorted({k for a in agg.values() for k in a if k.startswith("probe.")})
     rows = [[k.removeprefix("probe."), *(_pm(agg[f].get(k)) for f in agg)] for k in keys]
     return _table(["probe (stage.pairing.quantity)", *(f.upper() for f in agg)], rows)
+
+
+def scratch_curves(s: dict[str, Any]) -> str:
+    """The probes over training for the plain models: attention correlation overall and by
+    distance third, and the gradient cosine's storage and routing parts, at each probed step
+    (mean over seeds)."""
+    rows = []
+    for name in ("mdm", "arm"):
+        c = (s.get("probe_curves") or {}).get(name)
+        if c is None:
+            continue
+        pairing = "mirror" if "mirror" in c["pairings"] else "forward"
+        r = c["pairings"][pairing]
+        for i, step in enumerate(c["steps"]):
+            rows.append([name.upper(), pairing, step, _signed(r["attention_r"][i]),
+                         *(_signed(r[f"attention_r_{t}"][i]) for t in ("near", "middle", "far")),
+                         _signed(r["cos_pair_rev_storage"][i]),
+                         _signed(r["cos_pair_rev_routing"][i])])  # fmt: skip
+    last = next(iter((s.get("probe_curves") or {}).values()), None)
+    dist = ""
+    if last is not None:
+        r = last["pairings"]["mirror" if "mirror" in last["pairings"] else "forward"]
+        dist = ", ".join(f"{t} {r[f'distance_{t}'][-1]:.1f}" for t in ("near", "middle", "far")
+                         if r[f"distance_{t}"][-1] is not None)  # fmt: skip
+    header = ["model", "pairing", "step", "attention r", "r near", "r middle", "r far",
+              "grad cos storage", "grad cos routing"]  # fmt: skip
+    return _table(header, rows) + (
+        "\n\nMean over seeds; attention r averaged over layers and heads. Near / middle / far: the "
+        "probe facts cut into thirds by the total relative distance of their entity spans (mean "
+        f"|i - j| from answer rows to the given entity, paired plus reverse query; {dist}). "
+        "Gradient cosine: paired vs reverse query, storage (embeddings, values and output "
+        "projections, MLP, unembedding) and routing (queries, keys) parameters."
+    )
 
 
 def _fitted_reverse(fit: dict[str, Any]) -> str:
@@ -277,9 +339,17 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy-deep", "parts"): toy_parts,
     ("pe-ablation", "table"): pe_ablation_table,
     ("objective", "table"): objective_table,
-    ("person-description", "splits"): person_description_splits,
-    ("person-description", "tests"): person_description_tests,
-    ("person-description", "probes"): person_description_probes,
+    **{
+        (name, view): fn
+        for name in ("person-description", "parent-child")
+        for view, fn in (
+            ("splits", scratch_splits),
+            ("fit", scratch_fit),
+            ("tests", scratch_tests),
+            ("probes", scratch_probes),
+            ("curves", scratch_curves),
+        )
+    },  # fmt: skip
     **{("distance", n): (lambda s, n=n: slice_table(s, n)) for n in DISTANCE_SLICES},
     **{
         ("distance", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
