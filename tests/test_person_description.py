@@ -149,20 +149,22 @@ def check_paired_tests_read_only_fitted_seeds(out, rows):
                      for g, splits in task.fit.items()}
               for name in ("mdm", "arm")}  # fmt: skip
     assert fitted == {"mdm": {"p2d": [1], "d2p": []}, "arm": {"p2d": [1], "d2p": []}}
-    tests = _paired(out, fitted, "mdm", "arm", task.compared)
+    tests = _paired(out, fitted, "mdm", "arm", task.compared, 0)
 
     def read(name, split):
         lines = (out / f"models/{name}-seed1/generations/{split}.jsonl").read_text().splitlines()
         return [json.loads(line) for line in lines]
 
+    assert {key.split(".")[1] for key in tests} == {"prefix", "likelihood_top1", "chain_top1"}
     for key, t in tests.items():
         split, metric = key.split(".")
         if split.startswith("d2p"):
             assert t == {"n_seeds": 0, "seeds": []}
             continue
         assert t["seeds"] == [1] and t["n_seeds"] == 1
-        field = (lambda r: float(r["prefix"])) if metric == "prefix" else (
-            lambda r: float(r["rank"] == 1))  # fmt: skip
+        field = {"prefix": lambda r: float(r["prefix"]),
+                 "likelihood_top1": lambda r: float(r["rank"] == 1),
+                 "chain_top1": lambda r: float(r["chain_rank"] == 1)}[metric]  # fmt: skip
         a, b = read("mdm", split), read("arm", split)
         expected = sum(field(x) - field(y) for x, y in zip(a, b, strict=True)) / len(a)
         assert t["effect"] == pytest.approx(expected)
@@ -257,13 +259,45 @@ def test_reproduce_parent_child_end_to_end(tmp_path):
     out = tmp_path / "pc"
     assert summary["experiment"] == "parent-child"
     assert set(summary["aggregate"]) == {"mdm", "arm", "mdm-none"}
-    assert set(summary["comparison"]) == {"p2c_reverse.prefix", "p2c_reverse.likelihood_top1"}
+    metrics = ("prefix", "likelihood_top1", "chain_top1")
+    assert set(summary["comparison"]) == {f"p2c_reverse.{m}" for m in metrics}
     assert set(summary["variant_comparison"]["mdm-none"]) == {
-        "c2p_train.prefix", "c2p_train.likelihood_top1", "p2c_reverse.prefix",
-        "p2c_reverse.likelihood_top1"}  # fmt: skip
+        f"{split}.{m}" for split in ("c2p_train", "p2c_reverse") for m in metrics}  # fmt: skip
     none = yaml.safe_load((out / "models/mdm-none-seed0/config.yaml").read_text())
     assert none["model"]["positional"] == "none" and none["dataset"] == "parent-child"
     record = json.loads((out / "models/mdm-seed0/generations/c2p_mirror.jsonl")
                         .read_text().splitlines()[0])  # fmt: skip
     assert record["prompt"] == "Who is " and record["suffix"].startswith("'s ")
     assert "Parent–Child" in (out / "report.md").read_text()
+    check_reevaluation(out, summary)
+
+
+def check_reevaluation(out, summary):
+    """``--reevaluate`` on an experiment whose records lack the chain likelihood (as runs made
+    before it existed do): the saved generations reproduce, the chain metric is added, nothing
+    else changes. A tampered record is refused with exit 2, naming the split, and nothing is
+    rewritten."""
+    from conftest import run_cli
+
+    path = out / "models/mdm-seed0/generations/p2c_reverse.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines()]
+    stripped = [{k: v for k, v in r.items() if "chain" not in k} for r in old]
+    path.write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    done = run_cli("reproduce", "parent-child", "--reevaluate", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    again = json.loads((out / "summary.json").read_text())
+    assert [json.loads(line) for line in path.read_text().splitlines()] == old
+    for name, agg in summary["aggregate"].items():
+        for key, value in agg.items():
+            if key.endswith((".prefix", ".likelihood_top1")):
+                assert again["aggregate"][name][key] == value, (name, key)
+    assert "p2c_reverse.chain_top1" in again["comparison"]
+    assert "--reevaluate" in (out / "command.txt").read_text().splitlines()[-1]
+
+    tampered = dict(old[0], generation="someone else")
+    path.write_text("".join(json.dumps(r) + "\n" for r in [tampered, *old[1:]]))
+    before = (out / "summary.json").read_bytes()
+    refused = run_cli("reproduce", "parent-child", "--reevaluate", "--out", str(out))
+    assert refused.returncode == 2 and "p2c_reverse does not reproduce" in refused.stderr
+    assert (out / "summary.json").read_bytes() == before
+    assert json.loads(path.read_text().splitlines()[0])["generation"] == "someone else"

@@ -114,6 +114,9 @@ def test_likelihood_scores_and_ranks_against_an_exact_bigram_model():
         ranks.add(r["rank"])
     assert len(ranks) >= 2  # not only the extremes
     assert metrics["likelihood_top1"] == sum(r["rank"] == 1 for r in records) / len(records)
+    # an ARM's likelihood is already a left-to-right chain: both ranks are one quantity
+    assert all(r["candidate_chain_logprobs"] == r["candidate_logprobs"] for r in records)
+    assert metrics["chain_top1"] == metrics["likelihood_top1"]
 
 
 def test_infilling_queries_fill_between_prompt_and_suffix():
@@ -139,6 +142,7 @@ def test_infilling_queries_fill_between_prompt_and_suffix():
     assert [r["generation"] for r in records] == ["Mary Ann", "Jo Lee", "Kim Wu"]
     assert all(r["answer_length_given"] for r in records)
     assert metrics["exact"] == 1.0 and metrics["likelihood_top1"] == 1.0
+    assert metrics["chain_top1"] == 1.0
     with pytest.raises(ValueError, match="causal model cannot be asked infilling"):
         evaluate_split(oracle, tok, pairs, causal=True, settings=DecodeConfig(),
                        generator=torch.Generator())  # fmt: skip

@@ -164,6 +164,15 @@ def reproduce(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    reevaluate: Annotated[
+        bool,
+        typer.Option(
+            "--reevaluate",
+            help="person-description / parent-child: evaluate the finished models in --out again "
+            "with the current evaluation (no training; their saved records must reproduce), then "
+            "rewrite the summary and report. Reads the experiment's own config.yaml.",
+        ),
+    ] = False,
 ) -> None:
     """Run a named experiment end to end and write its report (sweeps resume in their --out)."""
     if name not in EXPERIMENTS:
@@ -172,7 +181,9 @@ def reproduce(
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
                                 progress)  # fmt: skip
-    if name in ("person-description", "parent-child"):
+    if reevaluate:
+        _reevaluate(name, options)
+    elif name in ("person-description", "parent-child"):
         _from_scratch(name, options)
     elif name == "toy":
         _toy(options)
@@ -243,6 +254,28 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
         cells = "  ".join(f"{split} {agg[f'{split}.{metric}']['mean']:.3f}" for split in shown)
         typer.echo(f"{model.upper()} ({metric}, n={agg['n']}): {cells}")
     typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
+
+
+@guarded
+def _reevaluate(name: str, o: ExperimentOptions) -> None:
+    from revcurse.experiments import from_scratch as fs
+
+    if name not in ("person-description", "parent-child"):
+        raise RevcurseError(
+            f"--reevaluate: expected person-description or parent-child, got {name}"
+        )
+    if o.out is None or not (o.out / "config.yaml").is_file():
+        raise RevcurseError(f"--out: expected a finished {name} experiment (with config.yaml)")
+    if o.config or o.set_ or o.quick or o.seeds is not None:
+        raise RevcurseError("--reevaluate reads the experiment's own config.yaml; drop "
+                            "--config, --set, --quick and --seeds")  # fmt: skip
+    kind = PersonDescriptionConfig if name == "person-description" else ParentChildConfig
+    cfg = load_yaml(kind, o.out / "config.yaml")
+    if cfg.run.dataset != name:
+        raise RevcurseError(f"{o.out / 'config.yaml'}: holds a {cfg.run.dataset} experiment, "
+                            f"not {name}")  # fmt: skip
+    summary = fs.reevaluate(o.out, cfg, _command_line())
+    typer.echo(f"re-evaluated {len(summary['rows'])} models; report: {o.out / 'report.html'}")
 
 
 @guarded

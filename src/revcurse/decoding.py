@@ -251,3 +251,42 @@ def mdm_answer_logprob(
         per_draw = per_token.sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
         out[i] = per_draw.mean()
     return out
+
+
+@torch.no_grad()
+def mdm_chain_logprob(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    suffix: Suffix = (),
+    fill: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """``log p(answer | prompt, suffix)`` of a masked diffusion model read as a left-to-right chain
+    ``[B]``: ``sum_t log p(a_t | prompt, a_<t, a_>=t masked, suffix)``, the exact probability that
+    unmasking the answer one token per step, left to right, produces it (``suffix`` and ``fill``
+    as in :func:`mdm_generate`).
+
+    Unlike the Monte-Carlo bound of :func:`mdm_answer_logprob` this is a normalised distribution
+    over the answers of one length (it sums to 1 over them; tested). That matters for ranking
+    memorised multi-token candidates: a bidirectional model that sees most of a wrong candidate
+    recognises it from its own visible tokens and fills the rest confidently, so the bound's
+    partly masked draws barely tell candidates apart; the chain starts from the answer fully
+    masked and reveals only what came before. One forward pass of ``len(answer)`` rows per
+    query. For a one-token answer both equal ``log p(a | prompt [MASK] suffix)``."""
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    device = model_device(model)
+    suffixes = per_row(suffix, len(prompts))
+    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
+        length, start = len(a), len(p)
+        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+        rows = clean.repeat(length, 1)  # [T, L]: row t reveals a_<t
+        where = torch.zeros_like(rows, dtype=torch.bool)
+        for t in range(length):
+            rows[t, start + t : start + length] = mask_id
+            where[t, start + t] = True
+        logits = logits_at(model, rows.to(device), None, where.to(device)).cpu()  # [T, V]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        out[i] = logp.gather(-1, torch.tensor(list(a))[:, None]).sum()
+    return out

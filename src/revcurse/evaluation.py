@@ -19,8 +19,11 @@ ways, which give the same quantities:
 Metrics (one name, one quantity, on both paths): the answer matches (toy: the argmax token is the
 answer, ``accuracy``; text: exact / prefix / substring match of the generation); the likelihood
 rank of the right answer among the candidates (ties count against it), whose top-1 rate is the
-toy's ``candidate_accuracy`` and the text's ``likelihood_top1``; ``chance`` is one over the number
-of candidates. Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has
+toy's ``candidate_accuracy`` and the text's ``likelihood_top1``; on text also ``chain_top1``, the
+same rank by the left-to-right chain log-probability (:func:`~revcurse.decoding.mdm_chain_logprob`:
+a normalised distribution over answers, where the Monte-Carlo bound lets a memorised wrong
+candidate score well from its own visible tokens; for an ARM it is its exact likelihood, so its
+``chain_top1`` equals its ``likelihood_top1``); ``chance`` is one over the number of candidates. Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has
 no mirror query, so its ``mirror_*`` metrics are ``None``.
 
 Text splits (:func:`evaluate_split`) draw ``n_distractors`` answers of other queries from their own
@@ -48,6 +51,7 @@ from revcurse.decoding import (
     arm_answer_logprob,
     arm_generate,
     mdm_answer_logprob,
+    mdm_chain_logprob,
     mdm_generate,
     truncate_at,
 )
@@ -85,6 +89,9 @@ class Read:
 
     answers: list[list[int]]
     logprobs: torch.Tensor
+    chain: torch.Tensor | None = None
+    """``[Q, C]`` where asked: each candidate's left-to-right chain log-probability
+    (:func:`~revcurse.decoding.mdm_chain_logprob`; an ARM's own likelihood is already one)."""
 
     @property
     def ranks(self) -> torch.Tensor:
@@ -104,19 +111,36 @@ def read_queries(
     settings: DecodeConfig | None = None,
     generator: torch.Generator | None = None,
     fill: tuple[int, int] | None = None,
+    chain: bool = False,
 ) -> Read:
     """Read ``model`` on ``queries``: the fast batched path when every candidate is one token and
     one token is generated (``settings`` None or ``gen_length`` 1), else generation and per-candidate
     likelihoods (``settings``; ``fill``: an MDM trained on statements padded with EOS to a length
-    sees every query padded the same way)."""
+    sees every query padded the same way); ``chain``: the chain log-probabilities too."""
     if queries.infill and causal:
         raise ValueError("a causal model cannot be asked infilling (mirror) queries")
     if queries.single_token and (settings is None or settings.gen_length == 1) and fill is None:
-        return _read_one_position(model, queries, causal, mask_id, pad_id)
+        read = _read_one_position(model, queries, causal, mask_id, pad_id)
+        read.chain = read.logprobs if chain else None  # one token: the chain is this likelihood
+        return read
     if settings is None or generator is None:
         raise ValueError("multi-token answers need decode settings and a generator")
-    return _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings,
+    read = _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings,
                                generator, fill)  # fmt: skip
+    if chain:
+        read.chain = read.logprobs if causal else _chain_scores(model, queries, mask_id, fill)
+    return read
+
+
+def _chain_scores(model, queries: Queries, mask_id: int, fill) -> torch.Tensor:
+    """Every candidate's chain log-probability under a masked diffusion model ``[Q, C]``."""
+    n_cand = len(queries.candidates[0])
+    scores = torch.empty(len(queries.prompts), n_cand, dtype=torch.float64)
+    for j in range(n_cand):
+        cand = [cands[j] for cands in queries.candidates]
+        scores[:, j] = mdm_chain_logprob(model, queries.prompts, cand, mask_id=mask_id,
+                                         suffix=queries.suffixes, fill=fill)  # fmt: skip
+    return scores
 
 
 def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_id: int) -> Read:
@@ -330,8 +354,9 @@ def evaluate_split(
     read = read_queries(
         model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
         eos_id=eos, settings=settings, generator=generator,
-        fill=None if eos_fill_to is None else (eos, eos_fill_to),
+        fill=None if eos_fill_to is None else (eos, eos_fill_to), chain=True,
     )  # fmt: skip
+    chain_ranks = likelihood_rank(read.chain)
     generations = [tokenizer.decode(truncate_at(row, [eos, tokenizer.pad_id]))
                    for row in read.answers]  # fmt: skip
     ranks = read.ranks
@@ -348,6 +373,8 @@ def evaluate_split(
                 "n_candidates": len(texts[i]),
                 "candidates": texts[i],  # the right answer first
                 "candidate_logprobs": read.logprobs[i].tolist(),
+                "chain_rank": int(chain_ranks[i]),
+                "candidate_chain_logprobs": read.chain[i].tolist(),
                 "source": p.source,
             }
         )
@@ -360,6 +387,7 @@ def evaluate_split(
         "prefix": sum(r["prefix"] for r in records) / n,
         "substring": sum(r["substring"] for r in records) / n,
         "likelihood_top1": sum(r["rank"] == 1 for r in records) / n,
+        "chain_top1": sum(r["chain_rank"] == 1 for r in records) / n,
         "mean_rank": sum(r["rank"] for r in records) / n,
         "chance_top1": 1.0 / len(texts[0]) if texts else 1.0,
     }

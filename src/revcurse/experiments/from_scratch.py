@@ -34,12 +34,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from revcurse import files, training
 from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, to_dict
@@ -270,7 +271,6 @@ def train_run(
     task = TASKS[cfg.dataset]
     prepared = prepare(cfg)
     statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
-    gen_lengths = prepared.gen_lengths
     out.mkdir(parents=True, exist_ok=True)
     resuming = resume and training.check_resumable(out, cfg, require_checkpoint=False)
     files.remove_temporaries(out)
@@ -306,15 +306,7 @@ def train_run(
     after = probes(cfg.train.steps)
     start = time.perf_counter()
     results = {}
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    for name, pairs in splits.items():
-        if causal and task.splits[name] == "mirror":
-            continue  # a causal model cannot be asked to fill text before its context
-        settings = dataclasses.replace(cfg.eval, gen_length=gen_lengths[name])
-        metrics, records = evaluate_split(
-            model, tokenizer, pairs, causal, settings, gen, bos=True,
-            eos_fill_to=fill_to,
-        )  # fmt: skip
+    for name, (metrics, records) in evaluate_run(model, cfg, prepared):
         save_generations(out / "generations" / f"{name}.jsonl", records)
         results[name] = metrics
     files.save_tensors(
@@ -336,6 +328,59 @@ def train_run(
     }  # fmt: skip
     files.write_json(out / "summary.json", summary)
     (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
+    return summary
+
+
+def evaluate_run(
+    model: TransformerLM, cfg: TextRunConfig, prepared: Prepared
+) -> Iterator[tuple[str, tuple[dict[str, float], list[dict[str, Any]]]]]:
+    """Every split the model is asked (a causal model has no mirror), in order: its metrics and
+    per-query records. One generator, seeded by the run's seed, is consumed split after split,
+    so evaluating a model again gives the same generations."""
+    task, causal = TASKS[cfg.dataset], cfg.model.causal
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    fill_to = None if causal else cfg.model.max_seq_len
+    for name, pairs in prepared.splits.items():
+        if causal and task.splits[name] == "mirror":
+            continue  # a causal model cannot be asked to fill text before its context
+        settings = dataclasses.replace(cfg.eval, gen_length=prepared.gen_lengths[name])
+        yield name, evaluate_split(model, prepared.tokenizer, pairs, causal, settings, gen,
+                                   bos=True, eos_fill_to=fill_to)  # fmt: skip
+
+
+REPRODUCED = ("generation", "candidates", "candidate_logprobs", "rank")
+"""What a re-evaluation must give exactly as the original run did before its records are
+replaced."""
+
+
+def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
+    """Evaluate a finished run's saved model again with the current evaluation and rewrite its
+    generations and its summary's split metrics, other fields kept. The vocabulary must be the
+    one the model was saved with, and every saved record's generation, candidates, likelihoods
+    and rank must come out identical (so only what the current evaluation adds, e.g. the chain
+    likelihood, is new); otherwise nothing is written and the run is named in the error."""
+    torch.set_num_threads(cfg.train.threads)
+    prepared = prepare(cfg)
+    path = out / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        saved_vocab = json.loads((f.metadata() or {}).get("vocab", "null"))
+    if saved_vocab != prepared.tokenizer.vocab.tokens:
+        raise RevcurseError(f"{path}: its vocabulary is not the one this config builds")
+    model = TransformerLM(cfg.model, len(prepared.tokenizer))
+    model.load_state_dict(files.load_tensors(path))
+    model.eval()
+    results, written = {}, {}
+    for name, (metrics, records) in evaluate_run(model, cfg, prepared):
+        old = files.read_jsonl(out / "generations" / f"{name}.jsonl")
+        if [{k: r[k] for k in REPRODUCED} for r in old] != [
+            {k: r[k] for k in REPRODUCED} for r in records
+        ]:
+            raise RevcurseError(f"{out}: split {name} does not reproduce its saved records")
+        results[name], written[name] = metrics, records
+    for name, records in written.items():
+        save_generations(out / "generations" / f"{name}.jsonl", records)
+    summary = files.read_json(out / "summary.json") | {"splits": results}
+    files.write_json(out / "summary.json", summary)
     return summary
 
 
@@ -372,16 +417,48 @@ def run_from_scratch(
         prepare(cfg.run_config(name, cfg.seeds[0]))
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
-    summaries = train_families(out, cfg, task.name, command, progress,
-                               worker=execute_run)  # fmt: skip
+    summaries = train_families(out, cfg, task.name, command, progress, worker=execute_run)
+    summary = summarise(out, cfg, summaries)
+    files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
+    write_report(out, cfg, summary)
+    return summary
+
+
+def reevaluate(out: str | Path, cfg: PersonDescriptionConfig, command: str) -> dict[str, Any]:
+    """``--reevaluate``: every finished model of the experiment in ``out`` evaluated again
+    (:func:`reevaluate_run`, no training), then the summary and report rewritten; the command is
+    added to ``command.txt``. ``cfg`` is the experiment's own saved config."""
+    from revcurse.report.from_scratch import write_report
+
+    out = Path(out)
+    summaries = []
+    for name in cfg.model_names():
+        for seed in cfg.seeds:
+            run = out / "models" / f"{name}-seed{seed}"
+            if not (run / "summary.json").is_file():
+                raise RevcurseError(f"{run}: not a finished run (no summary.json)")
+            summaries.append(reevaluate_run(cfg.run_config(name, seed), run))
+    summary = summarise(out, cfg, summaries)
+    previous = (out / "command.txt").read_text() if (out / "command.txt").is_file() else ""
+    files.write_text(out / "command.txt", previous.rstrip("\n") + "\n" + command + "\n")
+    write_report(out, cfg, summary)
+    return summary
+
+
+def summarise(out: Path, cfg: PersonDescriptionConfig, summaries: list[dict]) -> dict[str, Any]:
+    """The experiment's summary from its runs' summaries (model-major, as :func:`train_families`
+    returns them): per-run rows, aggregates, fit, paired tests, probe curves; written to
+    ``summary.json``."""
+    task = TASKS[cfg.run.dataset]
     rows = []
     names = [name for name in cfg.model_names() for _ in cfg.seeds]  # train_families' order
     for name, s in zip(names, summaries, strict=True):
         # "family": the model's name in this experiment (mdm, arm or a variant)
         row = {"family": name, "seed": s["seed"], "final_loss": s["final_loss"]}
         for split, m in s["splits"].items():
-            for metric in ("prefix", "substring", "exact", "likelihood_top1"):
-                row[f"{split}.{metric}"] = m[metric]
+            for metric in ("prefix", "substring", "exact", "likelihood_top1", "chain_top1"):
+                if metric in m:  # chain_top1: runs evaluated since it exists
+                    row[f"{split}.{metric}"] = m[metric]
         for stage in ("before", "after"):
             p = s["probes"][stage]
             for pairing, q in (p or {}).items():
@@ -416,8 +493,6 @@ def run_from_scratch(
         "probe_curves": probe_curves(out, cfg),
     }
     files.write_json(out / "summary.json", summary)
-    files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
-    write_report(out, cfg, summary)
     return summary
 
 
@@ -503,19 +578,30 @@ def fitted_seeds(rows: list[dict[str, Any]], name: str, splits: tuple[str, str],
 
 def _outcomes(out: Path, name: str, seeds: list[int], split: str,
               metric: str) -> list[list[float]]:  # fmt: skip
-    """Per seed, model ``name``'s per-query outcomes on ``split`` (1/0: the generation starts with
-    the answer, or the answer ranks first by likelihood), from the saved records."""
-    per_seed = []
-    for seed in seeds:
-        path = out / "models" / f"{name}-seed{seed}" / "generations" / f"{split}.jsonl"
-        records = files.read_jsonl(path)
-        per_seed.append([float(r["prefix"] if metric == "prefix" else r["rank"] == 1)
-                         for r in records])  # fmt: skip
-    return per_seed
+    """Per seed, model ``name``'s per-query outcomes on ``split`` (1/0: :data:`OUTCOMES`), from
+    the saved records."""
+    return [[float(OUTCOMES[metric](r)) for r in _outcome_records(out, name, seed, split)]
+            for seed in seeds]  # fmt: skip
+
+
+def _outcome_records(out: Path, name: str, seed: int, split: str) -> list[dict[str, Any]]:
+    return files.read_jsonl(
+        out / "models" / f"{name}-seed{seed}" / "generations" / f"{split}.jsonl"
+    )
+
+
+OUTCOMES: dict[str, Callable[[dict[str, Any]], bool]] = {
+    HEADLINE: lambda r: r["prefix"],
+    "likelihood_top1": lambda r: r["rank"] == 1,
+    "chain_top1": lambda r: r["chain_rank"] == 1,
+}
+"""The per-query outcome behind each tested metric: the generation starts with the answer; the
+answer ranks first by likelihood (the Monte-Carlo bound for an MDM); first by the chain
+likelihood."""
 
 
 def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
-            splits: dict[str, str]) -> dict[str, Any]:  # fmt: skip
+            splits: dict[str, str], first_seed: int) -> dict[str, Any]:  # fmt: skip
     """Model ``a`` vs model ``b``: the paired test per split and metric (generation prefix match,
     likelihood top-1) over the seeds where both models fitted the split's statement group
     (``splits``: split -> group; ``fitted``: model -> group -> seeds, as :func:`fit_table`). The
@@ -524,7 +610,9 @@ def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
     tests: dict[str, Any] = {}
     for split, group in splits.items():
         seeds = sorted(set(fitted[a][group]) & set(fitted[b][group]))
-        for metric in (HEADLINE, "likelihood_top1"):
+        # runs evaluated before the chain likelihood existed have no chain ranks
+        chain = "chain_rank" in _outcome_records(out, a, first_seed, split)[0]
+        for metric in (HEADLINE, "likelihood_top1", *(["chain_top1"] if chain else [])):
             key = f"{split}.{metric}"
             if not seeds:
                 tests[key] = {"n_seeds": 0, "seeds": []}
@@ -551,7 +639,7 @@ def compare_families(out: Path, cfg: PersonDescriptionConfig,
     """Paired MDM-vs-ARM tests per reverse split and metric (effect = MDM - ARM)."""
     if not {"mdm", "arm"} <= set(cfg.families):
         return {}
-    return _paired(out, fitted, "mdm", "arm", TASKS[cfg.run.dataset].compared)
+    return _paired(out, fitted, "mdm", "arm", TASKS[cfg.run.dataset].compared, cfg.seeds[0])
 
 
 def compare_variants(out: Path, cfg: PersonDescriptionConfig,
@@ -561,4 +649,4 @@ def compare_variants(out: Path, cfg: PersonDescriptionConfig,
     task = TASKS[cfg.run.dataset]
     group_of = {forward: group for group, (forward, _) in task.fit.items()}
     splits = {s: group_of[s] for s in task.variant_compared} | task.compared
-    return {name: _paired(out, fitted, name, "mdm", splits) for name in cfg.variants}
+    return {name: _paired(out, fitted, name, "mdm", splits, cfg.seeds[0]) for name in cfg.variants}

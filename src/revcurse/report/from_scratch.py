@@ -204,19 +204,21 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
             )
             + "Cells: mean ± sd "
             "[95% bootstrap interval of the mean]. Likelihood top-1 ranks the right answer among "
-            f"{round(1 / summary['chance_top1'])} candidates (chance {summary['chance_top1']:.2f})."
+            f"{round(1 / summary['chance_top1'])} candidates (chance {summary['chance_top1']:.2f}) "
+            "by the model's likelihood (an MDM's: the Monte-Carlo bound); chain top-1 ranks them "
+            "by the left-to-right chain likelihood (a normalised distribution over answers; an "
+            "ARM's likelihood already is one)."
         ),
     ]
     blocks += fit_checks(summary, metric)
     blocks += comparison_blocks(summary)
+    measures = [m for m in (metric, "likelihood_top1", "chain_top1")
+                if any(k.endswith(f".{m}") for a in agg.values() for k in a)]  # fmt: skip
     for title, splits in task.tables:
         blocks.append(Heading(f"Accuracy, {title}"))
-        header = ["split", "direction"] + [
-            f"{f.upper()} {m}" for f in agg for m in (metric, "likelihood_top1")
-        ]
+        header = ["split", "direction"] + [f"{f.upper()} {m}" for f in agg for m in measures]
         rows = [
-            [s, summary["splits"][s]]
-            + [_cell(agg[f], f"{s}.{m}") for f in agg for m in (metric, "likelihood_top1")]
+            [s, summary["splits"][s]] + [_cell(agg[f], f"{s}.{m}") for f in agg for m in measures]
             for s in splits
         ]
         blocks.append(Table(header, rows))

@@ -177,23 +177,27 @@ def objective_table(s: dict[str, Any]) -> str:
 
 
 def scratch_splits(s: dict[str, Any]) -> str:
-    """A from-scratch text experiment's accuracy per split (in the task's table order), headline
-    metric and likelihood top-1, per model."""
+    """A from-scratch text experiment's accuracy per split (in the task's table order): the
+    headline metric, likelihood top-1 and (runs that have it) chain top-1, per model."""
     from revcurse.experiments.from_scratch import TASKS
 
     agg, metric = s["aggregate"], s["headline_metric"]
     task = TASKS[s["experiment"]]
+    labels = {metric: metric, "likelihood_top1": "likelihood top-1", "chain_top1": "chain top-1"}
+    measures = [m for m in labels if any(k.endswith(f".{m}") for a in agg.values() for k in a)]
     rows = [
         [split, title, s["splits"][split],
-         *(_pm(agg[f].get(f"{split}.{m}"), 2) for m in (metric, "likelihood_top1") for f in agg)]
+         *(_pm(agg[f].get(f"{split}.{m}"), 2) for m in measures for f in agg)]
         for title, splits in task.tables for split in splits
     ]  # fmt: skip
     header = ["split", "group", "direction",
-              *(f"{f.upper()} {label}" for label in (metric, "likelihood top-1") for f in agg)]  # fmt: skip
+              *(f"{f.upper()} {labels[m]}" for m in measures for f in agg)]  # fmt: skip
     n = min(a["n"] for a in agg.values())
     return _table(header, rows) + (
-        f"\n\nMean ± sd over {n} seeds; likelihood top-1 ranks the right answer among candidates "
-        f"(chance {s['chance_top1']:.2f}). Mirror splits are asked of bidirectional models only."
+        f"\n\nMean ± sd over {n} seeds. Likelihood top-1 ranks the right answer among candidates "
+        f"(chance {s['chance_top1']:.2f}) by the model's likelihood (an MDM's: the Monte-Carlo "
+        "bound); chain top-1 by the left-to-right chain likelihood (for an ARM the same "
+        "quantity). Mirror splits are asked of bidirectional models only."
     )
 
 
