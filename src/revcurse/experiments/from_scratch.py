@@ -426,8 +426,9 @@ def run_from_scratch(
 
 def reevaluate(out: str | Path, cfg: PersonDescriptionConfig, command: str) -> dict[str, Any]:
     """``--reevaluate``: every finished model of the experiment in ``out`` evaluated again
-    (:func:`reevaluate_run`, no training), then the summary and report rewritten; the command is
-    added to ``command.txt``. ``cfg`` is the experiment's own saved config."""
+    (:func:`reevaluate_run`, no training; a run whose splits already carry every current metric
+    is kept as it is), then the summary and report rewritten; the command is added to
+    ``command.txt``. ``cfg`` is the experiment's own saved config."""
     from revcurse.report.from_scratch import write_report
 
     out = Path(out)
@@ -437,7 +438,11 @@ def reevaluate(out: str | Path, cfg: PersonDescriptionConfig, command: str) -> d
             run = out / "models" / f"{name}-seed{seed}"
             if not (run / "summary.json").is_file():
                 raise RevcurseError(f"{run}: not a finished run (no summary.json)")
-            summaries.append(reevaluate_run(cfg.run_config(name, seed), run))
+            done = files.read_json(run / "summary.json")
+            if all("chain_top1" in m for m in done["splits"].values()):
+                summaries.append(done)  # already evaluated by the current evaluation
+            else:
+                summaries.append(reevaluate_run(cfg.run_config(name, seed), run))
     summary = summarise(out, cfg, summaries)
     previous = (out / "command.txt").read_text() if (out / "command.txt").is_file() else ""
     files.write_text(out / "command.txt", previous.rstrip("\n") + "\n" + command + "\n")
