@@ -408,8 +408,7 @@ def run_from_scratch(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Train every (model, seed) run of a from-scratch text experiment, then aggregate and write
-    the report (``resume``:
-    continue an interrupted run of it in ``out``)."""
+    the report (``resume``: continue an interrupted run of it in ``out``)."""
     from revcurse.report.from_scratch import write_report
 
     task = TASKS[cfg.run.dataset]
