@@ -304,3 +304,27 @@ def test_sliced_sweep_fit_readings_and_paired_tests_from_the_runs(tmp_path):
         members = [r for r in summary["rows"] if all(r[k] == v for k, v in agg["labels"].items())]
         assert agg["fit"] == fit_summary(members)
     assert "Slice masking" in (tmp_path / "s" / "report.md").read_text()
+
+
+def test_a_finished_run_of_another_config_is_not_read_back(tmp_path):
+    """Experiments name their runs by model and seed (``models/mdm-seed0``), so a rerun into the
+    same directory with other settings finds finished runs under the same names: they are read
+    back only if their config is exactly the job's, else the experiment stops naming the field,
+    and the finished run is left as it was."""
+    from revcurse.config import ToyExperimentConfig
+    from revcurse.errors import RevcurseError
+    from revcurse.experiments.toy import run_toy
+
+    tiny = ["data.n_pairs=8", "model.d_model=16", "model.n_heads=2", "train.steps=20",
+            "train.warmup_steps=2", "train.log_every=5", "train.eval_every=10",
+            "probe.enabled=false", "families=[mdm]", "seeds=[0]", "workers=1"]  # fmt: skip
+    cfg = apply_overrides(ToyExperimentConfig(), tiny)
+    run_toy(cfg, tmp_path / "t", progress=False)
+    done = tmp_path / "t" / "models" / "mdm-seed0" / "summary.json"
+    before = done.read_bytes()
+    run_toy(cfg, tmp_path / "t", progress=False, force=True)  # same config: read back
+    assert done.read_bytes() == before
+    other = apply_overrides(cfg, ["train.steps=30"])
+    with pytest.raises(RevcurseError, match=r"mdm-seed0: a finished run of another config.*steps"):
+        run_toy(other, tmp_path / "t", progress=False, force=True)
+    assert done.read_bytes() == before

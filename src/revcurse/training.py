@@ -279,12 +279,12 @@ def restore_state(
     return step, loop
 
 
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     """The first dotted field where two config dicts differ, with both values."""
     for key in sorted(set(a) | set(b)):
         x, y = a.get(key), b.get(key)
         if isinstance(x, dict) and isinstance(y, dict):
-            found = _first_difference(x, y, f"{prefix}{key}.")
+            found = first_difference(x, y, f"{prefix}{key}.")
             if found:
                 return found
         elif x != y:
@@ -318,14 +318,14 @@ def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
     except RevcurseError as err:
         raise RevcurseError(f"{out}: not a resumable run ({err})") from None
     if saved != cfg:
-        diff = _first_difference(to_dict(saved), to_dict(cfg))
+        diff = first_difference(to_dict(saved), to_dict(cfg))
         raise RevcurseError(f"{out}: holds a run of another config ({diff}); cannot resume it")
     try:
         ckpt_cfg = from_dict(type(cfg), json.loads(read_header(last)["config"]), where=str(last))
     except (ValueError, RevcurseError) as err:
         raise RevcurseError(f"{last}: corrupt checkpoint metadata ({err})") from None
     if ckpt_cfg != cfg:
-        diff = _first_difference(to_dict(ckpt_cfg), to_dict(cfg))
+        diff = first_difference(to_dict(ckpt_cfg), to_dict(cfg))
         raise RevcurseError(f"{last}: written by a run of another config ({diff}); cannot resume")
     return True
 

@@ -198,6 +198,24 @@ def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execut
             on_done(pending.pop(ref), ray.get(ref))
 
 
+def _check_finished(job: Job) -> None:
+    """A finished run is read back only if it provably is this job: its ``config.yaml`` loads to
+    exactly the job's config (fields added to the config since it was written take their
+    defaults); otherwise the experiment stops, naming the run and the first differing field."""
+    from revcurse.config import load_yaml
+    from revcurse.errors import RevcurseError
+    from revcurse.training import first_difference
+
+    saved_path = job.run_dir / "config.yaml"
+    saved = load_yaml(type(job.config), saved_path) if saved_path.is_file() else None
+    if saved != job.config:
+        what = ("no config.yaml" if saved is None
+                else first_difference(to_dict(saved), to_dict(job.config)))  # fmt: skip
+        raise RevcurseError(
+            f"{job.run_dir}: a finished run of another config ({what}); choose another --out"
+        )
+
+
 def execute(
     jobs: list[Job],
     store: Store,
@@ -219,6 +237,7 @@ def execute(
     for job in jobs:
         done = job.run_dir / "summary.json"
         if done.is_file():
+            _check_finished(job)
             outcomes[job.run_id] = Outcome("done", files.read_json(done), None)
             store.set_status(job.run_id, "done", outcomes[job.run_id].summary)
         else:
