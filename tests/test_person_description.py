@@ -283,10 +283,16 @@ def check_reevaluation(out, summary):
     old = [json.loads(line) for line in path.read_text().splitlines()]
     stripped = [{k: v for k, v in r.items() if "chain" not in k} for r in old]
     path.write_text("".join(json.dumps(r) + "\n" for r in stripped))
+    run_summary = out / "models/mdm-seed0/summary.json"
+    old_run = json.loads(run_summary.read_text())
+    for metrics in old_run["splits"].values():
+        del metrics["chain_top1"]
+    run_summary.write_text(json.dumps(old_run))
     done = run_cli("reproduce", "parent-child", "--reevaluate", "--out", str(out))
     assert done.returncode == 0, done.stderr
     again = json.loads((out / "summary.json").read_text())
     assert [json.loads(line) for line in path.read_text().splitlines()] == old
+    assert all("chain_top1" in m for m in json.loads(run_summary.read_text())["splits"].values())
     for name, agg in summary["aggregate"].items():
         for key, value in agg.items():
             if key.endswith((".prefix", ".likelihood_top1")):
@@ -296,6 +302,7 @@ def check_reevaluation(out, summary):
 
     tampered = dict(old[0], generation="someone else")
     path.write_text("".join(json.dumps(r) + "\n" for r in [tampered, *old[1:]]))
+    run_summary.write_text(json.dumps(old_run))  # chain-less again: re-evaluated, not kept
     before = (out / "summary.json").read_bytes()
     refused = run_cli("reproduce", "parent-child", "--reevaluate", "--out", str(out))
     assert refused.returncode == 2 and "p2c_reverse does not reproduce" in refused.stderr
