@@ -507,7 +507,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 def _third(p: dict[str, Any], t: int, key: str) -> float | None:
     """Group ``t`` (near, middle, far) of :func:`~revcurse.probes.hf.attention_coupling`'s
-    ``r_by_distance``: its correlation (mean over layers and heads) or its mean distance."""
+    ``r_by_distance``: its correlation (mean over layers and heads) or the midpoint of its
+    range of distances."""
     groups = p["attention"].get("r_by_distance", [])
     if len(groups) != 3:  # too few facts, or a record written before distances were kept
         return None
@@ -529,8 +530,8 @@ CURVES: dict[str, Callable[[dict[str, Any]], float | None]] = {
 }
 """What :func:`probe_curves` follows over training, read from one pairing of a probe record:
 attention correlation (mean over layers and heads), the same within the nearest, middle and
-furthest third of the facts by total relative distance of the entity spans (with each third's
-mean distance), and the gradient cosine of the paired and the reverse query (all parameters,
+furthest third of the facts by total relative distance of the entity spans (with the midpoint
+of each third's range of distances), and the gradient cosine of the paired and the reverse query (all parameters,
 storage and routing parts)."""
 
 

@@ -178,8 +178,8 @@ def curves_table(summary: dict[str, Any]) -> list[Block]:
         Para("The probe facts sorted by their total relative distance (mean |i - j| between the "
              "answer rows and the given entity's tokens, paired query plus reverse query) and "
              "cut into thirds; r is the Pearson correlation of S_pair and S_rev over each third's "
-             "facts, averaged over layers and heads, then over seeds; d is the third's mean "
-             "distance."),
+             "facts, averaged over layers and heads, then over seeds; d is the midpoint of the "
+             "third's range of distances."),
     ]  # fmt: skip
 
 

@@ -273,7 +273,8 @@ def scratch_curves(s: dict[str, Any]) -> str:
     return _table(header, rows) + (
         "\n\nMean over seeds; attention r averaged over layers and heads. Near / middle / far: the "
         "probe facts cut into thirds by the total relative distance of their entity spans (mean "
-        f"|i - j| from answer rows to the given entity, paired plus reverse query; {dist}). "
+        f"|i - j| from answer rows to the given entity, paired plus reverse query; midpoints "
+        f"of the thirds' ranges at the last step: {dist}). "
         "Gradient cosine: paired vs reverse query, storage (embeddings, values and output "
         "projections, MLP, unembedding) and routing (queries, keys) parameters."
     )
