@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.config import dump_yaml
+from revcurse.config import dump_yaml, load_yaml
 from revcurse.errors import RevcurseError
 from revcurse.repro import write_provenance
 
@@ -33,7 +33,8 @@ def start_experiment(
         saved = out / "config.yaml"
         if not saved.is_file():
             raise RevcurseError(f"{out}: nothing to resume (no config.yaml); run without --resume")
-        if saved.read_text() != dump_yaml(cfg):
+        # compared as configs, not text: fields added since it was written take their defaults
+        if load_yaml(type(cfg), saved) != cfg:
             raise RevcurseError(
                 f"{out}: holds this experiment with other settings (config.yaml); resume with the "
                 "same options, or choose another --out"
