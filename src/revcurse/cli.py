@@ -48,6 +48,8 @@ EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description",
     "parent-child",
 )  # fmt: skip
+FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig}
+"""The from-scratch text experiments and their configs."""
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -183,7 +185,7 @@ def reproduce(
                                 progress)  # fmt: skip
     if reevaluate:
         _reevaluate(name, options)
-    elif name in ("person-description", "parent-child"):
+    elif name in FROM_SCRATCH:
         _from_scratch(name, options)
     elif name == "toy":
         _toy(options)
@@ -238,7 +240,7 @@ def _toy(o: ExperimentOptions) -> None:
 def _from_scratch(name: str, o: ExperimentOptions) -> None:
     from revcurse.experiments import from_scratch as fs
 
-    kind = PersonDescriptionConfig if name == "person-description" else ParentChildConfig
+    kind = FROM_SCRATCH[name]
     cfg = load_yaml(kind, o.config) if o.config else kind()
     if o.quick:
         cfg = fs.quick(cfg)
@@ -260,17 +262,14 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
 def _reevaluate(name: str, o: ExperimentOptions) -> None:
     from revcurse.experiments import from_scratch as fs
 
-    if name not in ("person-description", "parent-child"):
-        raise RevcurseError(
-            f"--reevaluate: expected person-description or parent-child, got {name}"
-        )
+    if name not in FROM_SCRATCH:
+        raise RevcurseError(f"--reevaluate: expected {' or '.join(FROM_SCRATCH)}, got {name}")
     if o.out is None or not (o.out / "config.yaml").is_file():
         raise RevcurseError(f"--out: expected a finished {name} experiment (with config.yaml)")
     if o.config or o.set_ or o.quick or o.seeds is not None:
         raise RevcurseError("--reevaluate reads the experiment's own config.yaml; drop "
                             "--config, --set, --quick and --seeds")  # fmt: skip
-    kind = PersonDescriptionConfig if name == "person-description" else ParentChildConfig
-    cfg = load_yaml(kind, o.out / "config.yaml")
+    cfg = load_yaml(FROM_SCRATCH[name], o.out / "config.yaml")
     if cfg.run.dataset != name:
         raise RevcurseError(f"{o.out / 'config.yaml'}: holds a {cfg.run.dataset} experiment, "
                             f"not {name}")  # fmt: skip
@@ -558,8 +557,7 @@ def show_config(
         "run": RunConfig,
         "sweep": SweepConfig,
         "finetune": FinetuneConfig,
-        "person-description": PersonDescriptionConfig,
-        "parent-child": ParentChildConfig,
+        **FROM_SCRATCH,
     }
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")

@@ -749,8 +749,6 @@ class TextRunConfig:
     """Queries evaluated per split (spread over the people; 0: all)."""
 
     def validate(self, where: str) -> None:
-        _check(self.dataset in ("person-description", "parent-child"), where, "dataset",
-               "person-description or parent-child", self.dataset)  # fmt: skip
         top = 30 if self.dataset == "person-description" else 153
         _check(1 <= self.n_people <= top, where, "n_people", f"an integer in 1..{top} for "
                f"{self.dataset}", self.n_people)  # fmt: skip

@@ -23,8 +23,9 @@ toy's ``candidate_accuracy`` and the text's ``likelihood_top1``; on text also ``
 same rank by the left-to-right chain log-probability (:func:`~revcurse.decoding.mdm_chain_logprob`:
 a normalised distribution over answers, where the Monte-Carlo bound lets a memorised wrong
 candidate score well from its own visible tokens; for an ARM it is its exact likelihood, so its
-``chain_top1`` equals its ``likelihood_top1``); ``chance`` is one over the number of candidates. Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has
-no mirror query, so its ``mirror_*`` metrics are ``None``.
+``chain_top1`` equals its ``likelihood_top1``); ``chance`` is one over the number of candidates.
+Directions are those of :data:`~revcurse.data.schema.DIRECTIONS`; a causal model has no mirror
+query, so its ``mirror_*`` metrics are ``None``.
 
 Text splits (:func:`evaluate_split`) draw ``n_distractors`` answers of other queries from their own
 generator (``distractor_seed``), so every model evaluated on a split ranks the same candidates and
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,13 +135,8 @@ def read_queries(
 
 def _chain_scores(model, queries: Queries, mask_id: int, fill) -> torch.Tensor:
     """Every candidate's chain log-probability under a masked diffusion model ``[Q, C]``."""
-    n_cand = len(queries.candidates[0])
-    scores = torch.empty(len(queries.prompts), n_cand, dtype=torch.float64)
-    for j in range(n_cand):
-        cand = [cands[j] for cands in queries.candidates]
-        scores[:, j] = mdm_chain_logprob(model, queries.prompts, cand, mask_id=mask_id,
-                                         suffix=queries.suffixes, fill=fill)  # fmt: skip
-    return scores
+    return _per_candidate(queries, lambda cand: mdm_chain_logprob(
+        model, queries.prompts, cand, mask_id=mask_id, suffix=queries.suffixes, fill=fill))  # fmt: skip
 
 
 def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_id: int) -> Read:
@@ -183,17 +179,24 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, setting
             )  # fmt: skip
             for i, row in zip(rows, filled.tolist(), strict=True):
                 out[i] = row
-    n_cand = len(queries.candidates[0])
-    scores = torch.empty(len(prompts), n_cand, dtype=torch.float64)
-    for j in range(n_cand):
-        cand = [cands[j] for cands in queries.candidates]
-        if causal:
-            scores[:, j] = arm_answer_logprob(model, prompts, cand)
-        else:
-            scores[:, j] = mdm_answer_logprob(model, prompts, cand, mask_id=mask_id,
-                                              n_samples=settings.n_mc, suffix=suffixes,
-                                              generator=generator, fill=fill)  # fmt: skip
+    if causal:
+        scores = _per_candidate(queries, lambda cand: arm_answer_logprob(model, prompts, cand))
+    else:
+        scores = _per_candidate(queries, lambda cand: mdm_answer_logprob(
+            model, prompts, cand, mask_id=mask_id, n_samples=settings.n_mc, suffix=suffixes,
+            generator=generator, fill=fill))  # fmt: skip
     return Read(out, scores)
+
+
+def _per_candidate(
+    queries: Queries, score: Callable[[list[list[int]]], torch.Tensor]
+) -> torch.Tensor:
+    """``score`` of every query's ``j``-th candidate, one call per ``j`` ``[Q, C]`` (float64)."""
+    n_cand = len(queries.candidates[0])
+    scores = torch.empty(len(queries.prompts), n_cand, dtype=torch.float64)
+    for j in range(n_cand):
+        scores[:, j] = score([cands[j] for cands in queries.candidates])
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------

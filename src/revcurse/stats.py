@@ -164,7 +164,10 @@ COMPARISON_HEADER = ["MDM - ARM", "95% interval (crossed bootstrap)", "p (paired
 
 
 def comparison_cells(test: dict[str, Any]) -> list[str]:
-    """A :func:`paired_comparison` result as table cells (see :data:`COMPARISON_HEADER`)."""
+    """A :func:`paired_comparison` result as table cells (see :data:`COMPARISON_HEADER`); a test
+    that was not run (``n_seeds`` 0: no seed fitted what it needs) says so."""
+    if test["n_seeds"] == 0:
+        return ["not run: no seed fitted both models", "", "", "0", ""]
     lo, hi = test["ci"]
     return [f"{test['effect']:+.3f}", f"[{lo:+.3f}, {hi:+.3f}]", format_p(test["p"]),
             f"{test['n_seeds']} x {test['n_queries']}", "yes" if test["gap"] else "no"]  # fmt: skip

@@ -74,6 +74,11 @@ def load_parent_child(path: str | Path | None = None) -> TextDataset:
     )  # fmt: skip
 
 
+def _child_of(forward: TextPair) -> str:
+    """The child named in a :func:`forward_pair` prompt."""
+    return forward.prompt.removeprefix("Who is ").rsplit("'s ", 1)[0]
+
+
 def from_scratch(
     n_pairs: int, path: str | Path | None = None
 ) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
@@ -97,8 +102,7 @@ def from_scratch(
     chosen: list[TextPair] = []
     children: set[str] = set()
     for pair in dataset.train:
-        child = pair.prompt.removeprefix("Who is ").rsplit("'s ", 1)[0]
-        parent = pair.completion.strip()
+        child, parent = _child_of(pair), pair.completion.strip()
         words = set(WORD.findall(child)) & set(WORD.findall(parent))
         if parents[parent] == 1 and child not in children and not words:
             chosen.append(pair)
@@ -111,8 +115,7 @@ def from_scratch(
     forward_only, both = chosen[:n_pairs], chosen[n_pairs : 2 * n_pairs]
 
     def reverse(pair: TextPair) -> TextPair:
-        child = pair.prompt.removeprefix("Who is ").rsplit("'s ", 1)[0]
-        return reverse_pair(pair.completion.strip(), [child], pair.source)
+        return reverse_pair(pair.completion.strip(), [_child_of(pair)], pair.source)
 
     statements = forward_only + both + [reverse(p) for p in both]
     splits = {

@@ -285,6 +285,11 @@ def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -
     return [outcomes[j.run_id].summary for j in jobs]
 
 
+def model_dir(out: Path, name: str, seed: int) -> Path:
+    """Where :func:`train_families` puts model ``name``'s run of ``seed``."""
+    return out / "models" / f"{name}-seed{seed}"
+
+
 def train_families(
     out: Path, cfg: Any, experiment: str, command: str, progress: bool, **kwargs: Any
 ) -> list[dict]:
@@ -298,7 +303,7 @@ def train_families(
         for name in cfg.model_names()
         for s in cfg.seeds
     ]
-    jobs = make_jobs(runs, lambda _, lab: out / "models" / f"{lab['family']}-seed{lab['seed']}")
+    jobs = make_jobs(runs, lambda _, lab: model_dir(out, lab["family"], lab["seed"]))
     return execute_all(jobs, Store(out / "index.sqlite"), experiment, workers=cfg.workers,
                        command=command, progress=progress, **kwargs)  # fmt: skip
 

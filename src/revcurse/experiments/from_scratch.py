@@ -57,7 +57,7 @@ from revcurse.data.schema import Direction, TextPair, mirror_query
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
-from revcurse.experiments.executor import Outcome, guarded, train_families
+from revcurse.experiments.executor import Outcome, guarded, model_dir, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss, text_objective
@@ -434,7 +434,7 @@ def reevaluate(out: str | Path, cfg: PersonDescriptionConfig, command: str) -> d
     summaries = []
     for name in cfg.model_names():
         for seed in cfg.seeds:
-            run = out / "models" / f"{name}-seed{seed}"
+            run = model_dir(out, name, seed)
             if not (run / "summary.json").is_file():
                 raise RevcurseError(f"{run}: not a finished run (no summary.json)")
             done = files.read_json(run / "summary.json")
@@ -542,7 +542,7 @@ def probe_curves(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
     for name in cfg.model_names():
         runs = []
         for seed in cfg.seeds:
-            path = out / "models" / f"{name}-seed{seed}" / "probes.jsonl"
+            path = model_dir(out, name, seed) / "probes.jsonl"
             runs.append({r["step"]: r for r in files.read_jsonl(path)} if path.exists() else {})
         steps = sorted(set.intersection(*(set(r) for r in runs)))
         if not steps:
@@ -590,9 +590,7 @@ def _outcomes(out: Path, name: str, seeds: list[int], split: str,
 
 
 def _outcome_records(out: Path, name: str, seed: int, split: str) -> list[dict[str, Any]]:
-    return files.read_jsonl(
-        out / "models" / f"{name}-seed{seed}" / "generations" / f"{split}.jsonl"
-    )
+    return files.read_jsonl(model_dir(out, name, seed) / "generations" / f"{split}.jsonl")
 
 
 OUTCOMES: dict[str, Callable[[dict[str, Any]], bool]] = {

@@ -25,7 +25,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides
-from revcurse.experiments.executor import deterministic, timings, train_families
+from revcurse.experiments.executor import deterministic, model_dir, timings, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.stats import aggregate, paired_comparison
 
@@ -89,9 +89,7 @@ def compare_families(out: Path, cfg: ToyExperimentConfig) -> dict[str, Any]:
 
     def correct(family: str, direction: str) -> list[list[bool]]:
         return [
-            files.read_json(out / "models" / f"{family}-seed{seed}" / "predictions.json")[
-                "correct"
-            ][direction]
+            files.read_json(model_dir(out, family, seed) / "predictions.json")["correct"][direction]
             for seed in cfg.seeds
         ]
 

@@ -151,14 +151,9 @@ def comparison_section(
 ) -> list[Block]:
     """Paired tests (:func:`revcurse.stats.paired_comparison` results by key) as a heading, a
     table (``labels(key)`` under ``columns``, then ``effect``, interval, p, size, gap) and a note
-    on how to read it; nothing when there are no tests. A test over no seeds (``n_seeds`` 0: no
-    seed fitted what the test needs) is listed as not run."""
+    on how to read it; nothing when there are no tests (a test that was not run is listed so)."""
     if not tests:
         return []
-    rows = [
-        [*labels(key), *comparison_cells(t)] if t["n_seeds"]
-        else [*labels(key), "not run: no seed fitted both models", "", "", "0", ""]
-        for key, t in tests.items()
-    ]  # fmt: skip
+    rows = [[*labels(key), *comparison_cells(t)] for key, t in tests.items()]
     header = [effect, *COMPARISON_HEADER[1:]]
     return [Heading(heading), Table([*columns, *header], rows), Para(note)]

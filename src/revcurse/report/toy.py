@@ -7,6 +7,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
+from revcurse.experiments.executor import model_dir
 from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
@@ -109,7 +110,7 @@ def probe_blocks(out: Path, cfg: ToyExperimentConfig, rows: list[dict[str, Any]]
         for r in rows
         if (
             m := probe_figures.load_probed(
-                out / "models" / f"{r['family']}-seed{r['seed']}", r["family"], r["seed"]
+                model_dir(out, r["family"], r["seed"]), r["family"], r["seed"]
             )
         )
         is not None  # fmt: skip
@@ -189,7 +190,7 @@ def write_report(out: Path, cfg: ToyExperimentConfig, summary: dict[str, Any]) -
     )
     curves = {
         f"{r['family']}-seed{r['seed']}": files.read_jsonl(
-            out / "models" / f"{r['family']}-seed{r['seed']}" / "metrics.jsonl"
+            model_dir(out, r["family"], r["seed"]) / "metrics.jsonl"
         )
         for r in rows
     }
