@@ -38,7 +38,7 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
                  "adapter/adapter_model.safetensors", "generations/before/forward.jsonl",
                  "generations/after/reverse.jsonl"]:  # fmt: skip
         assert (out / name).is_file(), name
-    assert summary["lora_modules"] == 4 * cfg.model.n_layers
+    assert summary["lora_modules"] == 7 * cfg.model.n_layers  # attention + MLP, the default
     assert summary["causal"] == (family == "llama")
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8, 12]
@@ -62,6 +62,39 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
     hf.load_adapter(fresh, out / "adapter")
     b = [p for n, p in fresh.named_parameters() if "lora_B" in n]
     assert len(b) == summary["lora_modules"] and all(p.abs().sum() > 0 for p in b)
+
+
+def save_chat_checkpoint(path, family: str = "llama") -> None:
+    """A tiny random ARM checkpoint directory with a word-level tokenizer and a chat template."""
+    from conftest import chat_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from revcurse.data.text_datasets import load_text_dataset
+
+    data = load_text_dataset(FinetuneConfig().data)
+    texts = [p.prompt + a for ps in [data.train, *data.tests.values()] for p in ps
+             for a in [p.completion, *p.answers]]  # fmt: skip
+    tok = chat_tokenizer(texts)
+    cls, model_cls = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (
+        Qwen2Config, Qwen2ForCausalLM)  # fmt: skip
+    cfg = cls(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+              tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(0)
+    model_cls(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def test_finetune_of_a_local_chat_checkpoint_uses_its_template(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    save_chat_checkpoint(ckpt)
+    for chat in (True, False):
+        cfg = apply_overrides(FinetuneConfig(), [
+            "model.family=llama", f"model.path={ckpt}", f"model.chat_template={chat}", *TINY,
+            "train.steps=4", "probe.every=0"])  # fmt: skip
+        summary = run_finetune(cfg, tmp_path / f"run-{chat}", progress=False)
+        assert summary["chat_template"] is chat
+        assert summary["after"]["reverse"]["n"] == 8
 
 
 def test_finetune_cli_and_its_refusals(tmp_path):

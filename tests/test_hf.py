@@ -6,6 +6,7 @@ Every model is a tiny random one built from a config, offline, on CPU.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -169,7 +170,7 @@ def test_recorded_scores_are_the_eager_attention_logits():
 def test_lora_step_trains_only_adapters_and_adapters_round_trip(name, tmp_path):
     model = hf.build_tiny(name, 30, SHAPE, seed=0)
     base_before = {k: v.clone() for k, v in model.state_dict().items()}
-    assert hf.add_lora(model, r=4, alpha=8, dropout=0.0) == 4 * SHAPE.n_layers
+    assert hf.add_lora(model, r=4, alpha=8, dropout=0.0) == 7 * SHAPE.n_layers
     params = hf.lora_parameters(model)
     assert params and all("lora_" in n for n in params)
     opt = torch.optim.AdamW(params.values(), lr=1e-2)
@@ -205,13 +206,40 @@ def test_lora_step_trains_only_adapters_and_adapters_round_trip(name, tmp_path):
         torch.testing.assert_close(fresh(ids), trained)
 
 
+# Every Linear of one layer, by hand from each architecture's module tree (the reference).
+LAYER_LINEARS = {
+    "llada": ({"q_proj", "k_proj", "v_proj", "attn_out"}, {"ff_proj", "up_proj", "ff_out"}),
+    "llama": ({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"},
+              {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
+}  # fmt: skip
+LAYER_LINEARS["qwen2"] = LAYER_LINEARS["llama"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("which", ["attention", "attention+mlp"])
+def test_lora_targets_are_the_chosen_projections_of_every_layer(name, which):
+    from peft.tuners.lora import LoraLayer
+
+    model = hf.build_tiny(name, 30, SHAPE)
+    assert hf.add_lora(model, 4, 8, 0.0, which=which) == (4 if which == "attention" else 7) * 2
+    attention, mlp = LAYER_LINEARS[name]
+    expected = attention | (mlp if which == "attention+mlp" else set())
+    adapted: dict[int, set[str]] = {}
+    for full, module in model.inner.named_modules():
+        if isinstance(module, LoraLayer):
+            layer, rest = re.search(r"(?:blocks|layers)\.(\d+)\.(.*)$", full).groups()
+            adapted.setdefault(int(layer), set()).add(rest)
+    assert adapted == {n: expected for n in range(SHAPE.n_layers)}
+
+
 def test_lora_count_is_checked_and_bad_targets_refused():
     model = hf.build_tiny("llama", 30, SHAPE)
     with pytest.raises(RevcurseError, match="matched no module"):
         hf.add_lora(model, 4, 8, 0.0, targets=r".*no_such_proj")
     wrong = hf.FamilySpec("llama", True, hf.FAMILIES["llama"].lora_targets, modules_per_layer=3)
     with pytest.raises(RevcurseError, match="adapted 8 modules of llama, expected 6"):
-        hf.add_lora(hf.LogitsModel(hf.build_tiny("llama", 30, SHAPE).inner, wrong), 4, 8, 0.0)
+        hf.add_lora(hf.LogitsModel(hf.build_tiny("llama", 30, SHAPE).inner, wrong), 4, 8, 0.0,
+                    which="attention")  # fmt: skip
 
 
 def test_dream_needs_remote_code_explicitly():

@@ -608,6 +608,11 @@ class HFModelConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: bfloat16 weights on GPU, float32 on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    chat_template: bool = True
+    """Frame every prompt and answer as the checkpoint's chat template does, in training,
+    evaluation and probes, ending answers with its end-of-turn token (when its tokenizer has a
+    template: the paper's Instruct models do). false: raw ``prompt completion`` text ending in EOS,
+    for base models."""
 
     def validate(self, where: str) -> None:
         _check(self.n_layers >= 1, where, "n_layers", "an integer >= 1", self.n_layers)
@@ -624,9 +629,13 @@ class LoraSettings:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
+    targets: Literal["attention", "attention+mlp"] = "attention+mlp"
+    """Which projections of every layer are adapted: the attention's (q, k, v, output) or those
+    and the MLP's (gate/up/down; LLaDA ff_proj/up_proj/ff_out). The default adapts both, as dllm's
+    LoRA recipes and most published ones do; the paper's text does not name its targets. The
+    count is checked after wrapping (4 or 7 per layer)."""
     target_modules: str = ""
-    """A regex over module names (full match); empty: the family's attention projections, whose
-    number is then checked (4 per layer)."""
+    """A regex over module names (full match) that replaces ``targets`` (not count-checked)."""
 
     def validate(self, where: str) -> None:
         _check(self.r >= 1, where, "r", "an integer >= 1", self.r)
@@ -768,10 +777,13 @@ class PersonDescriptionConfig:
     run: TextRunConfig = field(default_factory=TextRunConfig)
     """Shared settings; run.model.causal and run.train.seed are set per model."""
     families: list[Family] = field(default_factory=lambda: ["mdm", "arm"])
-    variants: dict[str, list[str]] = field(default_factory=dict)
+    variants: dict[str, list[str]] = field(
+        default_factory=lambda: {"mdm-answer": ["train.maskable=answer"]}
+    )
     """Further models, each trained for every seed and compared (paired, query by query) with the
-    plain MDM: name -> dotted overrides of ``run``, applied to the MDM's settings, e.g.
-    ``{"mdm-answer": ["train.maskable=answer"]}`` (``model.causal=true`` makes one an ARM)."""
+    plain MDM: name -> dotted overrides of ``run``, applied to the MDM's settings
+    (``model.causal=true`` makes one an ARM). By default the masking choice: an MDM whose loss
+    masks only the answer of each statement (the prompt, a name or a description, stays visible)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = 2
     """Parallel worker processes (one model each)."""

@@ -47,6 +47,7 @@ import torch
 from revcurse import files
 from revcurse.config import DecodeConfig
 from revcurse.data.schema import DIRECTIONS, ReversalDataset, TextPair, directions_for
+from revcurse.data.text import encode_prompt, frame
 from revcurse.data.tokenize import Vocab, pad_batch
 from revcurse.decoding import (
     arm_answer_logprob,
@@ -314,14 +315,18 @@ def text_queries(
 ) -> tuple[Queries, list[list[str]]]:
     """A split's queries with ``n_distractors`` distinct answers of other queries each (never one
     of the query's own accepted answers), drawn from their own generator; an answer ends with EOS
-    except in an infilling query, where the suffix follows it. Also the candidates as text."""
-    eos = tokenizer.eos_id
-    start = [tokenizer.bos_id] if bos else []
-    prompts = [start + tokenizer.encode(p.prompt) for p in pairs]
+    except in an infilling query, where the suffix follows it. Prompts and answers are framed as
+    in training (:func:`~revcurse.data.text.frame`: a chat checkpoint's template and end-of-turn
+    token, or ``[BOS]`` and EOS). Also the candidates as text."""
+    framing = frame(tokenizer, bos)
+    prompts = [encode_prompt(tokenizer, p.prompt, bos) for p in pairs]
     suffixes = [tokenizer.encode(p.suffix) if p.suffix else [] for p in pairs]
     infill = any(suffixes)
+    if infill and framing.tail:
+        raise ValueError("infilling (mirror) queries are not framed for a chat template; ask them "
+                         "of a model without one")  # fmt: skip
     distinct = list(dict.fromkeys(p.completion for p in pairs))
-    encoded = {a: tokenizer.encode(a) + ([] if infill else [eos]) for a in distinct}
+    encoded = {a: tokenizer.encode(a) + ([] if infill else [framing.end]) for a in distinct}
     normal = {a: normalize(a) for a in distinct}
     k = min(n_distractors, len(distinct) - 1)
     texts = []
@@ -352,15 +357,15 @@ def evaluate_split(
     BOS, as the statements of from-scratch models do; ``eos_fill_to``: an MDM trained on statements
     padded with EOS to that length sees every query padded the same way). Infilling queries get an
     answer region as long as the query's own answer (the records say so)."""
-    eos = tokenizer.eos_id
+    eos, end = tokenizer.eos_id, frame(tokenizer, bos).end
     queries, texts = text_queries(tokenizer, pairs, settings.n_distractors, bos, distractor_seed)
     read = read_queries(
         model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
-        eos_id=eos, settings=settings, generator=generator,
+        eos_id=end, settings=settings, generator=generator,
         fill=None if eos_fill_to is None else (eos, eos_fill_to), chain=True,
     )  # fmt: skip
     chain_ranks = likelihood_rank(read.chain)
-    generations = [tokenizer.decode(truncate_at(row, [eos, tokenizer.pad_id]))
+    generations = [tokenizer.decode(truncate_at(row, [end, eos, tokenizer.pad_id]))
                    for row in read.answers]  # fmt: skip
     ranks = read.ranks
     infill = queries.infill

@@ -6,12 +6,17 @@
 
 All three expose ``encode(text) -> ids``, ``decode(ids) -> text`` and the special ids ``pad_id``,
 ``mask_id``, ``bos_id``, ``eos_id``. Words the from-scratch vocabularies never saw map to ``<unk>``.
+
+Every prompt and answer is framed by :func:`frame`: plain (``[BOS] prompt answer [EOS]``), or, for
+an Instruct checkpoint, as its chat template frames one exchange (:class:`ChatFrame`), so that
+training, evaluation and probes all show the model the format it was tuned on.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,10 +79,56 @@ class CharTokenizer(_VocabTokenizer):
         return "".join(self.vocab.tokens[i] for i in ids)
 
 
-class HFTokenizer:
-    """A Hugging Face tokenizer behind the same interface (no special tokens added by encode)."""
+@dataclass(frozen=True)
+class ChatFrame:
+    """How a chat checkpoint frames one exchange: ``head + prompt + tail + answer + [end]``.
 
-    def __init__(self, tokenizer: Any, mask_id: int | None = None) -> None:
+    ``head`` is everything its template writes before the user's text (BOS, a default system turn,
+    the user header), ``tail`` everything between the user's text and the assistant's reply (the
+    end of the user turn, the assistant header), ``end`` the token the template closes an assistant
+    turn with (Llama-3.1 Instruct ``<|eot_id|>``, Qwen2.5 Instruct ``<|im_end|>``, LLaDA Instruct
+    ``<|eot_id|>`` 126348), which is not the base model's EOS. The plain frame (no template) is
+    ``[BOS] + prompt + answer + [EOS]``."""
+
+    head: tuple[int, ...]
+    tail: tuple[int, ...]
+    end: int
+
+
+_CONTENT = "REVCURSECONTENT"
+"""A stand-in for a message's text while a template is rendered: the frame is read around it."""
+
+
+def chat_frame(tokenizer: Any) -> ChatFrame:
+    """The :class:`ChatFrame` of a Hugging Face tokenizer that carries a chat template.
+
+    The template is rendered around stand-in texts and the pieces around them tokenized one by one
+    (every frame token is a special token or a header, so the pieces tokenize as the whole does;
+    :func:`encode_pairs` relies on it to keep the prompt/answer boundary exact)."""
+    user = [{"role": "user", "content": _CONTENT}]
+    prompt = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    exchange = tokenizer.apply_chat_template(
+        user + [{"role": "assistant", "content": _CONTENT}], tokenize=False
+    )
+    if prompt.count(_CONTENT) != 1 or not exchange.startswith(prompt):
+        raise ValueError("the chat template does not render one user turn then the reply's header")
+    head, tail = prompt.split(_CONTENT)
+    after = exchange[len(prompt) :].split(_CONTENT, 1)[1]  # what closes the assistant turn
+
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(tokenizer.encode(text, add_special_tokens=False)) if text else ()
+
+    closing = ids(after)
+    return ChatFrame(ids(head), ids(tail), closing[0] if closing else tokenizer.eos_token_id)
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer behind the same interface (no special tokens added by encode).
+
+    ``chat``: frame prompts and answers as the checkpoint's chat template does (:class:`ChatFrame`)
+    when it has one; Instruct checkpoints were tuned on that frame, base models have none."""
+
+    def __init__(self, tokenizer: Any, mask_id: int | None = None, chat: bool = False) -> None:
         self.tokenizer = tokenizer
         self.mask_id = mask_id if mask_id is not None else tokenizer.mask_token_id
         if self.mask_id is None:
@@ -85,6 +136,7 @@ class HFTokenizer:
         self.eos_id = tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.chat = chat_frame(tokenizer) if chat and tokenizer.chat_template else None
 
     def __len__(self) -> int:
         return len(self.tokenizer)
@@ -96,17 +148,36 @@ class HFTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+def frame(tokenizer: Any, bos: bool) -> ChatFrame:
+    """The tokens around every prompt and after every answer: the checkpoint's chat frame when
+    its tokenizer is in chat mode (the template places BOS itself), else ``[BOS]`` if ``bos``,
+    nothing after the prompt, and EOS after the answer."""
+    chat = getattr(tokenizer, "chat", None)
+    if chat is not None:
+        return chat
+    return ChatFrame((tokenizer.bos_id,) if bos else (), (), tokenizer.eos_id)
+
+
+def encode_prompt(tokenizer: Any, text: str, bos: bool = False) -> list[int]:
+    """A prompt as the model reads it: ``head + text + tail`` of :func:`frame`."""
+    f = frame(tokenizer, bos)
+    return [*f.head, *tokenizer.encode(text), *f.tail]
+
+
 def encode_pairs(
     tokenizer: Any, pairs: Sequence[TextPair], eos: bool = True, bos: bool = False
 ) -> TextBatch:
     """Tokenize prompt and completion separately (so the boundary is exact) and mark each part.
 
     ``bos`` starts every prompt with BOS; a statement to pre-train on whole is then
-    ``TextPair("", statement)``: BOS is its prompt, every other token its answer."""
+    ``TextPair("", statement)``: BOS is its prompt, every other token its answer. A tokenizer in
+    chat mode frames each pair as its template does and ends the answer with its end-of-turn token
+    (:func:`frame`)."""
+    end = frame(tokenizer, bos).end
     rows, n_prompt = [], []
     for pair in pairs:
-        prompt = ([tokenizer.bos_id] if bos else []) + tokenizer.encode(pair.prompt)
-        answer = tokenizer.encode(pair.completion) + ([tokenizer.eos_id] if eos else [])
+        prompt = encode_prompt(tokenizer, pair.prompt, bos)
+        answer = tokenizer.encode(pair.completion) + ([end] if eos else [])
         if not answer:
             raise ValueError(f"{pair.source or pair.prompt!r}: empty answer after tokenization")
         rows.append(prompt + answer)

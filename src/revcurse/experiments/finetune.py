@@ -60,7 +60,9 @@ def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
         model = hf.load_pretrained(
             cfg.model.family, cfg.model.path, dtype, device, trust_remote_code
         )
-        tokenizer = hf.load_tokenizer(cfg.model.family, cfg.model.path, trust_remote_code)
+        tokenizer = hf.load_tokenizer(
+            cfg.model.family, cfg.model.path, trust_remote_code, chat=cfg.model.chat_template
+        )
     else:
         tokenizer = WordTokenizer.fit(texts)
         m = cfg.model
@@ -106,9 +108,8 @@ def run_finetune(
     texts += [p.prompt + a for pairs in dataset.tests.values() for p in pairs for a in p.answers]
     model, tokenizer = build_model(cfg, texts, trust_remote_code)
     spec = model.spec
-    adapted = hf.add_lora(
-        model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None
-    )
+    adapted = hf.add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout,
+                          cfg.lora.target_modules or None, which=cfg.lora.targets)  # fmt: skip
     # Only now, with data, model and adapters in hand, is anything written. Under `accelerate
     # launch` every process trains; only the main one writes, evaluates and probes.
     main = accelerator.is_main_process
@@ -161,7 +162,9 @@ def run_finetune(
         probes(0)
 
     data = encode_pairs(tokenizer, train_pairs, bos=bos)
-    if not spec.causal:  # LLaDA's SFT recipe: answers padded with EOS that are trained on too
+    # LLaDA's SFT recipe: answers (ended by the end-of-turn token in a chat frame) padded with EOS
+    # that are trained on too
+    if not spec.causal:
         data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
     fitted = training.fit(
         model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps),
@@ -183,6 +186,8 @@ def run_finetune(
         "dataset": dataset.name,
         "licence": dataset.licence,
         "model_path": cfg.model.path or "(tiny random model)",
+        # prompts and answers framed by the checkpoint's chat template (else plain text + EOS)
+        "chat_template": getattr(tokenizer, "chat", None) is not None,
         "lora_modules": adapted,
         "trainable_parameters": trainable,
         "total_parameters": total,

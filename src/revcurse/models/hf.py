@@ -40,9 +40,12 @@ class FamilySpec:
     name: str
     causal: bool
     lora_targets: str
-    """A peft ``target_modules`` regex (full match on module names): the adapted projections."""
+    """A peft ``target_modules`` regex (full match on module names): the attention projections."""
     modules_per_layer: int
     """How many modules :attr:`lora_targets` adapts in each layer (checked after wrapping)."""
+    mlp_targets: str = ""
+    """The same for the MLP's projections (``lora.targets: attention+mlp``)."""
+    mlp_per_layer: int = 3
     mask_id: int | None = None
     """``[MASK]`` of the published tokenizer (MDMs); None: take the tokenizer's mask token."""
     shift_logits: bool = False
@@ -57,24 +60,26 @@ class FamilySpec:
     example: str = ""
 
 
-_ATTENTION = "(q_proj|k_proj|v_proj|o_proj)"
+_ATTENTION = r".*layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+_MLP = r".*layers\.\d+\.mlp\.(gate_proj|up_proj|down_proj)"
 FAMILIES: dict[str, FamilySpec] = {
     "llada": FamilySpec(
         "llada", causal=False, lora_targets=r".*blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out)",
-        modules_per_layer=4, mask_id=MASK_TOKEN_ID, example="GSAI-ML/LLaDA-8B-Instruct",
+        modules_per_layer=4, mlp_targets=r".*blocks\.\d+\.(ff_proj|up_proj|ff_out)",
+        mask_id=MASK_TOKEN_ID, example="GSAI-ML/LLaDA-8B-Instruct",
     ),
     "dream": FamilySpec(
-        "dream", causal=False, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
-        modules_per_layer=4, mask_id=151666, shift_logits=True, remote_code=True, mask_4d=True,
-        records_scores=False, example="Dream-org/Dream-v0-Instruct-7B",
+        "dream", causal=False, lora_targets=_ATTENTION, modules_per_layer=4, mlp_targets=_MLP,
+        mask_id=151666, shift_logits=True, remote_code=True, mask_4d=True, records_scores=False,
+        example="Dream-org/Dream-v0-Instruct-7B",
     ),
     "llama": FamilySpec(
-        "llama", causal=True, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
-        modules_per_layer=4, example="meta-llama/Llama-3.1-8B-Instruct",
+        "llama", causal=True, lora_targets=_ATTENTION, modules_per_layer=4, mlp_targets=_MLP,
+        example="meta-llama/Llama-3.1-8B-Instruct",
     ),
     "qwen2": FamilySpec(
-        "qwen2", causal=True, lora_targets=rf".*layers\.\d+\.self_attn\.{_ATTENTION}",
-        modules_per_layer=4, example="Qwen/Qwen2.5-7B-Instruct",
+        "qwen2", causal=True, lora_targets=_ATTENTION, modules_per_layer=4, mlp_targets=_MLP,
+        example="Qwen/Qwen2.5-7B-Instruct",
     ),
 }  # fmt: skip
 
@@ -277,8 +282,9 @@ def load_pretrained(
     return LogitsModel(model.to(device), spec)
 
 
-def load_tokenizer(name: str, path: str, trust_remote_code: bool = False) -> Any:
-    """The published tokenizer behind revcurse's tokenizer interface (mask id from the spec)."""
+def load_tokenizer(name: str, path: str, trust_remote_code: bool = False, chat: bool = True) -> Any:
+    """The published tokenizer behind revcurse's tokenizer interface (mask id from the spec;
+    ``chat``: framed by its chat template when it has one)."""
     from transformers import AutoTokenizer
 
     from revcurse.data.text import HFTokenizer
@@ -288,7 +294,7 @@ def load_tokenizer(name: str, path: str, trust_remote_code: bool = False) -> Any
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     mask_id = spec.mask_id if not spec.causal else (tok.mask_token_id or tok.eos_token_id)
-    return HFTokenizer(tok, mask_id=mask_id)
+    return HFTokenizer(tok, mask_id=mask_id, chat=chat)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,23 +302,40 @@ def load_tokenizer(name: str, path: str, trust_remote_code: bool = False) -> Any
 # --------------------------------------------------------------------------------------------------
 
 
+def lora_targets(spec: FamilySpec, which: str) -> tuple[str, int]:
+    """The peft regex of ``which`` set of projections (``attention`` or ``attention+mlp``) of a
+    family, and how many modules it adapts per layer."""
+    if which == "attention":
+        return spec.lora_targets, spec.modules_per_layer
+    if which == "attention+mlp":
+        regex = f"(?:{spec.lora_targets})|(?:{spec.mlp_targets})"
+        return regex, spec.modules_per_layer + spec.mlp_per_layer
+    raise RevcurseError(f"lora.targets {which!r}: expected attention or attention+mlp")
+
+
 def add_lora(
-    model: LogitsModel, r: int, alpha: float, dropout: float, targets: str | None = None
+    model: LogitsModel,
+    r: int,
+    alpha: float,
+    dropout: float,
+    targets: str | None = None,
+    which: str = "attention+mlp",
 ) -> int:
     """Wrap the model's inner module with peft LoRA adapters; returns the number adapted.
 
-    Raises if the count differs from ``modules_per_layer * n_layers`` of the family (with the
-    family's own targets): a silently mis-targeted LoRA is the classic failure of this step.
+    ``targets`` (a regex) replaces the family's ``which`` set (:func:`lora_targets`). With the
+    family's own set, raises if the count differs from its modules per layer times the layers: a
+    silently mis-targeted LoRA is the classic failure of this step.
     """
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer
 
     spec = model.spec
     n_layers = model.n_layers
+    regex, per_layer = lora_targets(spec, which)
     cfg = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or spec.lora_targets,
-        bias="none",
-    )  # fmt: skip
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets or regex, bias="none"
+    )
     try:
         model.inner = get_peft_model(model.inner, cfg)
     except ValueError as err:  # peft's NoMatchingPeftModuleError is a ValueError
@@ -320,11 +343,11 @@ def add_lora(
             f"lora.target_modules {targets!r} matched no module of {spec.name} ({err})"
         ) from None
     adapted = sum(isinstance(m, LoraLayer) for m in model.inner.modules())
-    expected = spec.modules_per_layer * n_layers
+    expected = per_layer * n_layers
     if targets is None and adapted != expected:
         raise RevcurseError(
             f"LoRA adapted {adapted} modules of {spec.name}, expected {expected} "
-            f"({spec.modules_per_layer} per layer x {n_layers} layers)"
+            f"({per_layer} per layer x {n_layers} layers)"
         )
     if adapted == 0:
         raise RevcurseError(f"lora.target_modules {targets!r} matched no module of {spec.name}")

@@ -41,7 +41,7 @@ import torch
 
 from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
-from revcurse.data.text import fill_row
+from revcurse.data.text import fill_row, frame
 from revcurse.objectives import answer_loss
 from revcurse.probes.attention import coupling_by_distance, pair_coupling
 from revcurse.probes.gradients import group_cosines
@@ -95,11 +95,16 @@ def encode_query(
 def _segments(
     tokenizer: Any, texts: Sequence[str], bos: bool, fill: tuple[int, int] | None
 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """``texts`` tokenized one by one (so every span is exact) and joined, BOS first if asked,
-    filled as :func:`~revcurse.data.text.fill_row` says; with each text's ``[start, end)``."""
-    ids: list[int] = [tokenizer.bos_id] if bos else []
+    """``texts`` tokenized one by one (so every span is exact) and joined in the frame of
+    :func:`~revcurse.data.text.frame` (the last text is the answer: the frame's tail, the end of a
+    chat template's user turn, goes before it), filled as :func:`~revcurse.data.text.fill_row`
+    says; with each text's ``[start, end)``."""
+    framing = frame(tokenizer, bos)
+    ids: list[int] = list(framing.head)
     spans = []
-    for text in texts:
+    for i, text in enumerate(texts):
+        if i == len(texts) - 1:
+            ids += framing.tail
         start = len(ids)
         ids += tokenizer.encode(text) if text else []
         spans.append((start, len(ids)))
