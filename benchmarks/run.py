@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import evaluation  # noqa: E402
+import large_vocab_eval  # noqa: E402
 import lora_step  # noqa: E402
 import per_example  # noqa: E402
 import probe_overhead  # noqa: E402
@@ -34,6 +35,7 @@ def sections(repeats: int, quick: bool) -> dict[str, Callable[[], str]]:
         "lora_step": lambda: lora_step.run(repeats=repeats + 2),
         "probe_overhead": lambda: probe_overhead.run(repeats=repeats),
         "evaluation": lambda: evaluation.run(repeats=repeats),
+        "large_vocab_eval": lambda: large_vocab_eval.run(),
         "sweep_overhead": lambda: sweep_overhead.run(),
         "toy_scaling": lambda: toy_scaling.run(end_to_end=not quick),
     }

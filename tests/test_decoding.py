@@ -295,3 +295,111 @@ def test_mdm_chain_logprob_against_a_step_by_step_reference():
     one = mdm_chain_logprob(model, [prompt], [[5]], mask_id=1, suffix=suffix)
     bound = mdm_answer_logprob(model, [prompt], [[5]], mask_id=1, suffix=suffix, n_samples=2)
     assert one.item() == pytest.approx(bound.item(), abs=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# LLaDA's sampler options against a one-row transcription of its algorithm (full logits)
+# --------------------------------------------------------------------------------------------------
+
+
+def llada_loop(model, prompt, gen_length, steps, block_length, cfg_scale=0.0, dtype=None,
+               banned=(), unconfident=()):  # fmt: skip
+    """LLaDA's ``generate`` for one prompt, step by step over the full ``[1, L, V]`` logits:
+    guidance over the whole sequence, argmax everywhere, confidence from the softmax of every
+    position, positions outside the block and unmasked ones at -inf, top-k committed."""
+    x = torch.tensor([list(prompt) + [MASK] * gen_length])
+    given = x != MASK
+    n_blocks = gen_length // block_length
+    for b in range(n_blocks):
+        hi = len(prompt) + (b + 1) * block_length
+        for k in transfer_counts(block_length, steps // n_blocks):
+            logits = model(x)
+            if cfg_scale > 0:
+                un = model(x.masked_fill(given, MASK))
+                logits = un + (cfg_scale + 1) * (logits - un)
+            logits = logits.clone()
+            logits[..., list(banned)] = -math.inf
+            x0 = logits.argmax(-1)
+            scored = logits.clone()
+            scored[..., list(unconfident)] = -math.inf
+            p = torch.softmax(scored.to(dtype) if dtype else scored.double(), dim=-1)
+            conf = p.gather(-1, x0[..., None])[..., 0].double()
+            conf[:, hi:] = -math.inf
+            conf = torch.where(x == MASK, conf, torch.tensor(-math.inf, dtype=torch.float64))
+            chosen = conf[0].topk(k).indices
+            x[0, chosen] = x0[0, chosen]
+    return x[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"cfg_scale": 1.5},
+        {"steps": 4, "block_length": 4},
+        {"banned": [EOS]},
+        {"unconfident": [EOS, 4]},
+        {"cfg_scale": 0.5, "block_length": 2, "banned": [EOS], "unconfident": [EOS, 4]},
+    ],
+)
+def test_llada_sampler_options_match_its_algorithm_on_a_random_llada(options):
+    from revcurse.models import hf
+
+    model = hf.build_tiny("llada", V, hf.TinyShape(hidden_size=32, n_layers=2), seed=3).eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, V, (n,), generator=gen).tolist() for n in (3, 5, 5, 2)]
+    steps, block = options.pop("steps", 8), options.pop("block_length", 8)
+    ours = mdm_generate(model, prompts, 8, mask_id=MASK, pad_id=PAD, steps=steps,
+                        block_length=block, batch_size=3, **options)  # fmt: skip
+    for prompt, row in zip(prompts, ours.tolist(), strict=True):
+        assert row == llada_loop(model, prompt, 8, steps, block, **options)
+
+
+def test_bf16_confidences_follow_the_models_dtype():
+    # Confidences 0.998, 0.9991, 0.9997, 0.9999 are distinct in float64 but three of them are 1.0
+    # in bf16: which position is committed first depends on the dtype of the softmax.
+    logits = torch.zeros(6, V, dtype=torch.bfloat16)
+    for j, (token, value) in enumerate(zip([10, 11, 12, 13], [9.0, 10.0, 11.0, 12.0], strict=True)):
+        logits[2 + j, token] = value
+    model = lambda ids, attention_mask=None: logits[: ids.shape[1]].expand(ids.shape[0], -1, -1)  # noqa: E731
+    traces = {}
+    for dtype in ("model", "float64"):
+        traces[dtype] = []
+        out = mdm_generate(model, [[9, 9]], 4, mask_id=MASK, pad_id=PAD, confidence_dtype=dtype,
+                           trace=traces[dtype])  # fmt: skip
+        assert out.tolist() == [[10, 11, 12, 13]]
+    assert committed_order(traces["float64"], 2, 4) == [[3], [2], [1], [0]]
+    assert committed_order(traces["model"], 2, 4) != committed_order(traces["float64"], 2, 4)
+    reference = llada_loop(model, [9, 9], 4, 4, 4, dtype=torch.bfloat16)
+    assert reference == [10, 11, 12, 13]
+
+
+def test_suppressed_end_tokens_are_never_predicted_or_committed_last():
+    # Answer slot 1 (position 3) predicts EOS, more confidently than the others predict 10.
+    logits = torch.zeros(6, V)
+    logits[:, 10] = 5.0
+    logits[3, EOS] = 12.0
+    model = lambda ids, attention_mask=None: logits[: ids.shape[1]].expand(ids.shape[0], -1, -1)  # noqa: E731
+    banned = mdm_generate(model, [[9, 9]], 4, mask_id=MASK, pad_id=PAD, banned=[EOS])
+    assert banned.tolist() == [[10] * 4]
+    plain: list[torch.Tensor] = []
+    out = mdm_generate(model, [[9, 9]], 4, mask_id=MASK, pad_id=PAD, trace=plain)
+    assert out.tolist() == [[10, EOS, 10, 10]]
+    assert committed_order(plain, 2, 4)[0] == [1]  # the confident EOS first ...
+    late: list[torch.Tensor] = []
+    out = mdm_generate(model, [[9, 9]], 4, mask_id=MASK, pad_id=PAD, unconfident=[EOS],
+                       trace=late)  # fmt: skip
+    assert out.tolist() == [[10, EOS, 10, 10]]
+    assert committed_order(late, 2, 4)[-1] == [1]  # ... or last, its confidence suppressed
+
+
+def test_random_remasking_commits_in_a_seeded_random_order():
+    model = FixedConfidence([9, 9, 10, 11, 12, 13], [0, 0, 1.0, 4.0, 2.0, 8.0])
+    orders = set()
+    for seed in range(6):
+        trace: list[torch.Tensor] = []
+        out = mdm_generate(model, [[9, 9]], 4, mask_id=MASK, pad_id=PAD, remasking="random",
+                           generator=torch.Generator().manual_seed(seed), trace=trace)  # fmt: skip
+        assert out.tolist() == [[10, 11, 12, 13]]
+        orders.add(tuple(map(tuple, committed_order(trace, 2, 4))))
+    assert len(orders) > 1  # not the one low-confidence order

@@ -156,9 +156,11 @@ def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("report:") == 1  # only the main process reports
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert (
-        torch.cuda.is_available() or json.loads((out / "summary.json").read_text())["n_train"] == 64
-    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert torch.cuda.is_available() or summary["n_train"] == 64
+    # The configured batch (8) is the global one: each of the two processes trains on 4 rows.
+    assert summary["batch"] == {"global_batch": 8, "processes": 2, "per_process": 4,
+                                "micro_batch": 4, "accumulation": 1}  # fmt: skip
 
 
 def test_gpu_smoke_script_checks_pass_on_cpu():

@@ -561,3 +561,22 @@ def test_signals_of_multi_token_answers_on_hf_models_match_autograd_and_the_unem
         torch.testing.assert_close(sig["u"][i], (e_rows @ head).sum(0), atol=1e-5, rtol=1e-4)
     assert sig["z.0"].shape == (len(queries), SHAPE.hidden_size)
     assert len([k for k in sig if k.startswith("z.")]) == SHAPE.n_layers
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_kv_cached_greedy_equals_rerunning_the_sequence(name):
+    model = hf.build_tiny(name, 30, SHAPE, seed=2)
+    hf.add_lora(model, 4, 8, 0.0)
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 30, (n,), generator=gen).tolist() for n in (3, 3, 5, 6, 6, 6)]
+
+    def plain(ids, attention_mask=None):  # the same model without its `greedy` method
+        return model(ids, attention_mask=attention_mask)
+
+    free = arm_generate(plain, prompts, 6, eos_id=29)
+    eos = int(free[1, 2])  # a token some row produces: rows end early and are filled with it
+    for eos_id in (29, eos):
+        cached = arm_generate(model, prompts, 6, eos_id=eos_id, batch_size=2)
+        assert torch.equal(cached, arm_generate(plain, prompts, 6, eos_id=eos_id))
+    assert (arm_generate(model, prompts, 6, eos_id=eos)[1, 2:] == eos).all()

@@ -175,3 +175,32 @@ def test_stale_temporaries_of_a_killed_writer_are_removed_on_resume(tmp_path, mo
     theirs.write_text("mine")
     train(cfg, tmp_path / "run", resume=True)
     assert not stale.exists() and theirs.read_text() == "mine"
+
+
+def test_gradient_accumulation_gives_the_whole_batch_update():
+    """A deterministic loss (next-token) on statements of one length: the same 8 rows per step in
+    one pass, in passes of 2, or of 3 (3 + 3 + 2, weighted by rows) end at the same weights."""
+    from revcurse.data.tokenize import training_batch
+    from revcurse.experiments.toy_run import build_model
+    from revcurse.objectives import run_loss
+    from revcurse.training import batch_layout, fit
+
+    cfg = tiny_run_config(causal=True)
+    dataset, vocab = build_dataset(cfg)
+    data = training_batch(dataset, vocab, "next_token", "all")
+    ends = {}
+    for micro in (0, 2, 3):
+        train_cfg = apply_overrides(cfg.train, ["steps=3", "batch_size=8", "lr=0.01",
+                                                f"micro_batch_size={micro}"])  # fmt: skip
+        model = build_model(cfg, len(vocab))
+        fitted = fit(model, data, run_loss("next_token", vocab.mask_id), train_cfg)
+        ends[micro] = torch.cat([p.detach().flatten() for p in model.parameters()])
+        assert fitted.batch["global_batch"] == 8
+        assert fitted.batch["accumulation"] == {0: 1, 2: 4, 3: 3}[micro]
+    torch.testing.assert_close(ends[2], ends[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ends[3], ends[0], rtol=1e-5, atol=1e-6)
+    # Eight processes share a batch of 64 (8 rows each); it must split evenly.
+    layout = batch_layout(100, apply_overrides(cfg.train, ["batch_size=64"]), 8)
+    assert (layout["per_process"], layout["accumulation"]) == (8, 1)
+    with pytest.raises(RevcurseError, match="do not split evenly over 3 processes"):
+        batch_layout(100, apply_overrides(cfg.train, ["batch_size=64"]), 3)

@@ -210,8 +210,12 @@ class TrainConfig:
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
-    """Sequences per step; 0 (or the training set's size or more) means the whole training set,
-    in its order, every step; otherwise shuffled epochs (the last partial batch dropped)."""
+    """Sequences per optimizer step, over all processes together (the experiment's batch: 8 GPUs
+    do not multiply it); 0 (or the training set's size or more) means the whole training set, in
+    its order, every step; otherwise shuffled epochs (the last partial batch dropped)."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass in one process; 0: its whole share of the batch. Smaller values
+    accumulate gradients over ``share / micro_batch_size`` passes (same update, less memory)."""
     lr: float = 1e-3
     """Peak learning rate."""
     weight_decay: float = 0.0
@@ -248,6 +252,8 @@ class TrainConfig:
         _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
         _check(0 < self.mlm_ratio <= 1, where, "mlm_ratio", "a number in (0, 1]", self.mlm_ratio)
         _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0", self.batch_size)
+        _check(self.micro_batch_size >= 0, where, "micro_batch_size", "an integer >= 0 (0: the "
+               "process's whole share)", self.micro_batch_size)  # fmt: skip
         _check(self.lr > 0, where, "lr", "a number > 0", self.lr)
         _check(self.weight_decay >= 0, where, "weight_decay", "a number >= 0", self.weight_decay)
         _check(0 <= self.beta1 < 1, where, "beta1", "a number in [0, 1)", self.beta1)
@@ -679,11 +685,29 @@ class DecodeConfig:
     """Answers of other queries the correct one is ranked against by likelihood."""
     n_mc: int = 8
     """MDM likelihood: Monte-Carlo draws per answer (stratified mask counts)."""
+    batch_size: int = 0
+    """Queries generated at a time (0: a whole split at once). Memory grows with it, not with the
+    split; at temperature 0 the answers do not depend on it."""
+    cfg_scale: float = 0.0
+    """MDM: LLaDA's unsupervised classifier-free guidance scale (0: off)."""
+    remasking: Literal["low_confidence", "random"] = "low_confidence"
+    """MDM: which masked positions each step commits (LLaDA's two strategies)."""
+    confidence_dtype: Literal["float64", "model"] = "float64"
+    """MDM: the confidence softmax in float64, or in the model's own dtype as LLaDA's current code
+    does (the LLaDA recipes use ``model``; in bf16 ties break differently)."""
+    suppress_eos: bool = False
+    """MDM: never predict EOS (LLaDA's ``logits_eos_inf``)."""
+    suppress_eos_confidence: bool = False
+    """MDM: predictions of EOS or of the end-of-turn token get confidence 0, so they are
+    committed last (LLaDA's ``confidence_eos_eot_inf``, used by its reverse evaluation)."""
 
     def validate(self, where: str) -> None:
         _check(self.gen_length >= 1, where, "gen_length", "an integer >= 1", self.gen_length)
         _check(self.temperature >= 0, where, "temperature", "a number >= 0", self.temperature)
         _check(self.n_mc >= 1, where, "n_mc", "an integer >= 1", self.n_mc)
+        _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0 (0: all)",
+               self.batch_size)  # fmt: skip
+        _check(self.cfg_scale >= 0, where, "cfg_scale", "a number >= 0", self.cfg_scale)
 
 
 @dataclass

@@ -62,6 +62,8 @@ def transfer_counts(n_tokens: int, steps: int) -> list[int]:
 
 
 def _gumbel_argmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None):
+    """``argmax(logits / T + Gumbel noise)`` (a sample of ``softmax(logits / T)``; LLaDA's
+    ``exp(logits) / E^T`` with ``E ~ Exp(1)`` has the same argmax law); the argmax at ``T = 0``."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_(1e-20, 1.0)
@@ -84,6 +86,12 @@ def mdm_generate(
     generator: torch.Generator | None = None,
     trace: list[torch.Tensor] | None = None,
     fill: tuple[int, int] | None = None,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    confidence_dtype: str = "float64",
+    banned: Sequence[int] = (),
+    unconfident: Sequence[int] = (),
+    batch_size: int = 0,
 ) -> torch.Tensor:
     """Fill ``gen_length`` masked tokens after each prompt; returns the answers ``[B, gen_length]``.
 
@@ -94,6 +102,20 @@ def mdm_generate(
     appended to it (tests use it to check the unmasking order). ``fill = (token, length)`` extends
     every row with ``token`` up to ``length`` tokens, for models trained on sequences padded that
     way (an MDM pre-trained with EOS padding sees its usual EOS tail).
+
+    LLaDA's options (its ``generate``): ``cfg_scale`` > 0 is unsupervised classifier-free
+    guidance, ``un + (cfg_scale + 1) * (cond - un)`` with ``un`` the logits of the same state with
+    every given token (prompt, suffix, fill) masked; ``remasking="random"`` commits random masked
+    positions instead of the most confident; ``banned`` tokens are never predicted (its
+    ``logits_eos_inf``: EOS); predictions of an ``unconfident`` token get confidence 0, so they
+    are committed last (its ``confidence_eos_eot_inf``: EOS and EoT; LLaDA's code suppresses both
+    only at temperature 0, where its noisy and plain logits are one tensor, and EoT alone above).
+    ``confidence_dtype``: the softmax of the confidences in float64 or in the logits' own dtype
+    (``model``, as LLaDA's current code does: in bf16 it changes which of near-equal confidences
+    wins). Only the masked positions of the current block are unembedded (``[N, V]``, never
+    ``[B, L, V]``), and ``batch_size`` > 0 fills that many rows at a time: memory is bounded by the
+    batch, not the split. (At temperature 0 the answers do not depend on the batching; above it
+    the noise is drawn per batch.)
     """
     steps = gen_length if steps is None else steps
     block_length = gen_length if block_length is None else block_length
@@ -104,11 +126,23 @@ def mdm_generate(
     n_blocks = gen_length // block_length
     if steps % n_blocks or steps < n_blocks:
         raise ValueError(f"steps {steps} must be a positive multiple of the {n_blocks} blocks")
+    if remasking not in ("low_confidence", "random"):
+        raise ValueError(f"remasking {remasking!r}: expected low_confidence or random")
     steps_per_block = steps // n_blocks
 
     batch = len(prompts)
-    lengths = torch.tensor([len(p) for p in prompts])
     suffixes = per_row(suffix, batch)
+    if 0 < batch_size < batch:
+        options = dict(mask_id=mask_id, pad_id=pad_id, steps=steps, block_length=block_length,
+                       temperature=temperature, generator=generator, trace=trace, fill=fill,
+                       cfg_scale=cfg_scale, remasking=remasking,
+                       confidence_dtype=confidence_dtype, banned=banned, unconfident=unconfident)  # fmt: skip
+        return torch.cat([
+            mdm_generate(model, prompts[i : i + batch_size], gen_length,
+                         suffix=suffixes[i : i + batch_size], **options)  # type: ignore[arg-type]
+            for i in range(0, batch, batch_size)
+        ])  # fmt: skip
+    lengths = torch.tensor([len(p) for p in prompts])
     rows = [
         fill_row(list(p) + [mask_id] * gen_length + s, fill)
         for p, s in zip(prompts, suffixes, strict=True)
@@ -120,6 +154,7 @@ def mdm_generate(
     device = model_device(model)
     x = x.to(device)
     real = x != pad_id  # [B, L]: padding only ever follows the suffix
+    given = real & (x != mask_id)  # [B, L]: what classifier-free guidance hides
     columns = torch.arange(total, device=device)[None, :]  # [1, L]
     start = lengths.to(device)[:, None]  # [B, 1] first answer position of each row
 
@@ -129,43 +164,93 @@ def mdm_generate(
         for k in transfer_counts(block_length, steps_per_block):
             if k == 0:
                 continue
-            logits = model(x, attention_mask=real)  # [B, L, V]
-            pred = _gumbel_argmax(logits, temperature, generator)  # [B, L]
-            conf = torch.softmax(logits.double(), dim=-1).gather(-1, pred[..., None])[..., 0]
-            candidate = in_block & (x == mask_id)
-            conf = conf.masked_fill(~candidate, -math.inf)
+            candidate = in_block & (x == mask_id)  # [B, L]
+            logits = _guided_logits(model, x, real, candidate, given, mask_id, cfg_scale)  # [N, V]
+            if banned:
+                logits[:, list(banned)] = -math.inf
+            pred = _gumbel_argmax(logits, temperature, generator)  # [N]
+            if remasking == "random":
+                chosen_conf = torch.rand(pred.shape, generator=generator, dtype=torch.float64)
+            else:
+                scored = logits
+                if unconfident:
+                    scored = logits.clone()
+                    scored[:, list(unconfident)] = -math.inf
+                if confidence_dtype == "float64":
+                    scored = scored.double()
+                probs = torch.softmax(scored, dim=-1)  # [N, V]
+                chosen_conf = probs.gather(-1, pred[:, None].to(device))[:, 0].double().cpu()
+            conf = torch.full(x.shape, -math.inf, dtype=torch.float64)  # [B, L]
+            conf[candidate.cpu()] = chosen_conf
+            full_pred = torch.zeros(x.shape, dtype=torch.long)
+            full_pred[candidate.cpu()] = pred.cpu()
             chosen = conf.topk(k, dim=-1).indices  # [B, k]
-            x.scatter_(1, chosen, pred.gather(1, chosen))
+            x.scatter_(1, chosen.to(device), full_pred.gather(1, chosen).to(device))
             if trace is not None:
                 trace.append(x.clone())
     x = x.cpu()
     return torch.stack([x[i, int(lengths[i]) : int(lengths[i]) + gen_length] for i in range(batch)])
 
 
+def _guided_logits(
+    model: Model,
+    x: torch.Tensor,  # [B, L]
+    real: torch.Tensor,  # [B, L]
+    where: torch.Tensor,  # [B, L] bool
+    given: torch.Tensor,  # [B, L] bool
+    mask_id: int,
+    cfg_scale: float,
+) -> torch.Tensor:
+    """Logits at ``where`` ``[N, V]``, guided (LLaDA's unsupervised classifier-free guidance)
+    when ``cfg_scale`` > 0."""
+    cond = logits_at(model, x, real, where)
+    if cfg_scale <= 0:
+        return cond
+    un = logits_at(model, x.masked_fill(given, mask_id), real, where)
+    return un + (cfg_scale + 1.0) * (cond - un)
+
+
 @torch.no_grad()
 def arm_generate(
-    model: Model, prompts: Sequence[Sequence[int]], gen_length: int, *, eos_id: int | None = None
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    gen_length: int,
+    *,
+    eos_id: int | None = None,
+    batch_size: int = 0,
 ) -> torch.Tensor:
     """Greedy continuation of each prompt by ``gen_length`` tokens ``[B, gen_length]``.
 
-    Prompts of equal length are decoded together (no padding inside a causal context); a row that
-    produced ``eos_id`` is filled with ``eos_id`` from there on.
+    Prompts of equal length are decoded together (no padding inside a causal context), at most
+    ``batch_size`` at a time (0: all); a row that produced ``eos_id`` is filled with ``eos_id``
+    from there on. A model with a ``greedy`` method (the Hugging Face ARMs: transformers'
+    ``generate`` with its KV cache) decodes with it; any other model reruns the sequence each step
+    and unembeds only its last position.
     """
     out = torch.empty(len(prompts), gen_length, dtype=torch.long)
     device = model_device(model)
+    cached = getattr(model, "greedy", None) if eos_id is not None else None
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
-    for rows in by_length.values():
-        x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-        for j in range(gen_length):
-            nxt = model(x)[:, -1].argmax(dim=-1)  # [b]
-            if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                done |= nxt == eos_id
-            out[rows, j] = nxt.cpu()
-            x = torch.cat([x, nxt[:, None]], dim=1)
+    for group in by_length.values():
+        step = batch_size or len(group)
+        for at in range(0, len(group), step):
+            rows = group[at : at + step]
+            x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+            if cached is not None:
+                out[rows] = cached(x, gen_length, eos_id).cpu()
+                continue
+            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+            for j in range(gen_length):
+                last = torch.zeros(x.shape, dtype=torch.bool, device=device)
+                last[:, -1] = True
+                nxt = logits_at(model, x, None, last).argmax(dim=-1)  # [b]
+                if eos_id is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                    done |= nxt == eos_id
+                out[rows, j] = nxt.cpu()
+                x = torch.cat([x, nxt[:, None]], dim=1)
     return out
 
 

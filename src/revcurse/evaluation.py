@@ -114,11 +114,14 @@ def read_queries(
     generator: torch.Generator | None = None,
     fill: tuple[int, int] | None = None,
     chain: bool = False,
+    text_eos_id: int | None = None,
 ) -> Read:
     """Read ``model`` on ``queries``: the fast batched path when every candidate is one token and
     one token is generated (``settings`` None or ``gen_length`` 1), else generation and per-candidate
     likelihoods (``settings``; ``fill``: an MDM trained on statements padded with EOS to a length
-    sees every query padded the same way); ``chain``: the chain log-probabilities too."""
+    sees every query padded the same way); ``chain``: the chain log-probabilities too.
+    ``eos_id`` ends an answer (a chat checkpoint's end of turn), ``text_eos_id`` is the plain EOS
+    when it differs (what the MDM sampler's EOS suppression options name)."""
     if queries.infill and causal:
         raise ValueError("a causal model cannot be asked infilling (mirror) queries")
     if queries.single_token and (settings is None or settings.gen_length == 1) and fill is None:
@@ -127,7 +130,8 @@ def read_queries(
         return read
     if settings is None or generator is None:
         raise ValueError("multi-token answers need decode settings and a generator")
-    read = _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings,
+    ends = (eos_id, eos_id if text_eos_id is None else text_eos_id)
+    read = _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
                                generator, fill)  # fmt: skip
     if chain:
         read.chain = read.logprobs if causal else _chain_scores(model, queries, mask_id, fill)
@@ -156,16 +160,25 @@ def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_
     return Read(answers, logp.gather(1, queries.candidate_ids))  # [Q, C]
 
 
-def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, settings, generator,
+def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings, generator,
                         fill) -> Read:  # fmt: skip
     prompts, suffixes = queries.prompts, queries.suffixes
+    end, text_eos = ends
+    sampler = dict(
+        cfg_scale=settings.cfg_scale, remasking=settings.remasking,
+        confidence_dtype=settings.confidence_dtype, batch_size=settings.batch_size,
+        banned=[text_eos] if settings.suppress_eos and text_eos is not None else [],
+        unconfident=sorted({t for t in ends if t is not None})
+        if settings.suppress_eos_confidence else [],
+    )  # fmt: skip
     if causal:
-        out = arm_generate(model, prompts, settings.gen_length, eos_id=eos_id).tolist()
+        out = arm_generate(model, prompts, settings.gen_length, eos_id=end,
+                           batch_size=settings.batch_size).tolist()  # fmt: skip
     elif not queries.infill:
         out = mdm_generate(
             model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
             steps=settings.steps, block_length=settings.block_length,
-            temperature=settings.temperature, generator=generator, fill=fill,
+            temperature=settings.temperature, generator=generator, fill=fill, **sampler,
         ).tolist()  # fmt: skip
     else:  # each query fills as many tokens as its right answer has, grouped by that length
         out = [[] for _ in prompts]
@@ -176,7 +189,7 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, eos_id, setting
             filled = mdm_generate(
                 model, [prompts[i] for i in rows], length, mask_id=mask_id, pad_id=pad_id,
                 temperature=settings.temperature, generator=generator,
-                suffix=[suffixes[i] for i in rows], fill=fill,
+                suffix=[suffixes[i] for i in rows], fill=fill, **sampler,
             )  # fmt: skip
             for i, row in zip(rows, filled.tolist(), strict=True):
                 out[i] = row
@@ -362,7 +375,7 @@ def evaluate_split(
     read = read_queries(
         model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
         eos_id=end, settings=settings, generator=generator,
-        fill=None if eos_fill_to is None else (eos, eos_fill_to), chain=True,
+        fill=None if eos_fill_to is None else (eos, eos_fill_to), chain=True, text_eos_id=eos,
     )  # fmt: skip
     chain_ranks = likelihood_rank(read.chain)
     generations = [tokenizer.decode(truncate_at(row, [end, eos, tokenizer.pad_id]))

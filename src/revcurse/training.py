@@ -13,6 +13,10 @@ neither. One policy for everything a run kind could otherwise do its own way:
   step used;
 * **data order**: the whole set every step (``batch_size`` 0 or >= its size, no draw), or shuffled
   epochs drawn from the run's generator, each batch cut to its longest real row;
+* **batch**: ``batch_size`` is global. With ``P`` processes each trains on its ``1/P`` share of
+  the step's rows (one shared draw: in several processes the order has its own generator seeded
+  ``seed``), in passes of ``micro_batch_size`` rows whose gradients accumulate, each weighted by
+  its share of the rows: the update is that of the whole batch (:func:`batch_layout`);
 * **randomness**: one CPU generator seeded ``seed + process index`` draws the epochs and every
   mask of the loss;
 * **non-finite loss**: a :class:`~revcurse.errors.RevcurseError` naming the step, before the
@@ -335,6 +339,21 @@ def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
+def batch_layout(n_rows: int, cfg: TrainConfig, processes: int) -> dict[str, int]:
+    """How one optimizer step's rows are spread: the global batch, each process's share, the rows
+    per forward pass and the passes accumulated (logged with every run)."""
+    rows = n_rows if cfg.batch_size == 0 or cfg.batch_size >= n_rows else cfg.batch_size
+    if rows % processes:
+        raise RevcurseError(
+            f"train.batch_size: {rows} rows per step do not split evenly over {processes} "
+            f"processes; choose a multiple of {processes}"
+        )
+    share = rows // processes
+    micro = min(cfg.micro_batch_size or share, share)
+    return {"global_batch": rows, "processes": processes, "per_process": share,
+            "micro_batch": micro, "accumulation": -(-share // micro)}  # fmt: skip
+
+
 @dataclass
 class Fitted:
     """What :func:`fit` leaves: the live optimizer and generator (a final checkpoint saves them),
@@ -345,6 +364,8 @@ class Fitted:
     mean_loss: float
     seconds: float
     tokens: int
+    batch: dict[str, int]
+    """:func:`batch_layout` of the run."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -378,7 +399,12 @@ def fit(
     accelerator = accelerator or make_accelerator("cpu")
     generator = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
     optimizer = make_optimizer(model, cfg)
-    order = DataOrder(len(data.ids), cfg.batch_size, generator)
+    single = accelerator.num_processes == 1
+    layout = batch_layout(len(data.ids), cfg, accelerator.num_processes)
+    # One process draws the order from its own generator (as every run always has); several share
+    # one draw, so together they train on exactly the rows one process would.
+    shared = generator if single else torch.Generator().manual_seed(cfg.seed)
+    order = DataOrder(len(data.ids), cfg.batch_size, shared)
     metrics = out / "metrics.jsonl" if out is not None else None
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
     main = accelerator.is_main_process
@@ -398,7 +424,12 @@ def fit(
             files.truncate_jsonl(metrics, first)
     elif metrics is not None and main:
         metrics.unlink(missing_ok=True)
-    single = accelerator.num_processes == 1
+    if main:
+        accelerator.print(
+            f"batch: {layout['global_batch']} rows per step = {layout['processes']} process(es) x "
+            f"{layout['per_process']} = {layout['accumulation']} pass(es) of <= "
+            f"{layout['micro_batch']}"
+        )
     if single:
         # One process: accelerate's optimizer wrapper adds nothing but a package lookup per step
         # (~7% of a toy step); the model still goes through prepare (device, autocast).
@@ -406,21 +437,21 @@ def fit(
     else:  # DDP / FSDP / DeepSpeed re-point or wrap the optimizer: both go through prepare
         model, optimizer = accelerator.prepare(model, optimizer)
     params = list(trainable(model).values())
-    whole = select(data, None, accelerator.device) if order.full else None  # the same every step
+    plain = single and layout["accumulation"] == 1
+    # the same every step
+    whole = select(data, None, accelerator.device) if order.full and plain else None
     model.train()
     tokens, start = 0, time.perf_counter()
     bar = tqdm(range(first, cfg.steps), initial=first, total=cfg.steps, desc=desc,
                disable=not progress, leave=False, mininterval=0.5)  # fmt: skip
     for step in bar:
-        batch = whole if whole is not None else select(data, order.next(), accelerator.device)
-        with accelerator.autocast():
-            loss = loss_fn(model, batch, generator)
-        if not torch.isfinite(loss):
-            raise RevcurseError(
-                f"non-finite loss ({loss.item()}) at step {step}; lower train.lr or check the data"
-            )
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        if plain:
+            batch = whole if whole is not None else select(data, order.next(), accelerator.device)
+            loss = _backward(model, batch, loss_fn, generator, accelerator, step, 1.0)
+        else:
+            loss, batch = _accumulate(model, data, order, layout, loss_fn, generator, accelerator,
+                                      step)  # fmt: skip
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         if single:  # foreach: one fused norm over all gradients (what a toy step can afford)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -432,7 +463,8 @@ def fit(
         optimizer.step()
         loss_sum += loss.detach().float().cpu()
         loss_count += 1
-        tokens += int(batch.attention_mask.sum()) if whole is None else 0
+        tokens += batch if isinstance(batch, int) else (
+            int(batch.attention_mask.sum()) if whole is None else 0)  # fmt: skip
 
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -461,4 +493,43 @@ def fit(
     seconds = time.perf_counter() - start
     if whole is not None:
         tokens = int(whole.attention_mask.sum()) * (cfg.steps - first)
-    return Fitted(optimizer, generator, mean_loss, seconds, tokens)
+    return Fitted(optimizer, generator, mean_loss, seconds, tokens, layout)
+
+
+def _backward(model, batch: TextBatch, loss_fn: LossFn, generator, accelerator, step: int,
+              weight: float) -> torch.Tensor:  # fmt: skip
+    """The loss of one forward pass (checked finite) and its gradient, scaled by ``weight``."""
+    with accelerator.autocast():
+        loss = loss_fn(model, batch, generator)
+    if not torch.isfinite(loss):
+        raise RevcurseError(
+            f"non-finite loss ({loss.item()}) at step {step}; lower train.lr or check the data"
+        )
+    accelerator.backward(loss * weight if weight != 1.0 else loss)
+    return loss
+
+
+def _accumulate(model, data: TextBatch, order: DataOrder, layout: dict[str, int],
+                loss_fn: LossFn, generator, accelerator, step: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+    """One step's gradient from this process's share of the global batch, in passes of
+    ``micro_batch`` rows, each weighted by its share (gradient sync only on the last pass).
+    Returns the share's mean loss and its token count."""
+    import contextlib
+
+    rows = order.next()
+    if rows is None:  # the whole set, in its order
+        rows = torch.arange(len(data.ids))
+    share = rows.tensor_split(layout["processes"])[accelerator.process_index]
+    passes = share.split(layout["micro_batch"])
+    total, tokens = torch.zeros(()), 0
+    for i, part in enumerate(passes):
+        batch = select(data, part, accelerator.device)
+        weight = len(part) / len(share)
+        last = i == len(passes) - 1
+        sync = contextlib.nullcontext() if last or layout["processes"] == 1 else (
+            accelerator.no_sync(model))  # fmt: skip
+        with sync:
+            loss = _backward(model, batch, loss_fn, generator, accelerator, step, weight)
+        total += loss.detach().float().cpu() * weight
+        tokens += int(batch.attention_mask.sum())
+    return total, tokens

@@ -192,6 +192,7 @@ def run_finetune(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "n_train": len(train_pairs),
+        "batch": fitted.batch,  # the global batch, its split over processes and passes
         "vocab_size": len(tokenizer),
         "before": before,
         "after": after,

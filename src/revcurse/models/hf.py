@@ -48,6 +48,10 @@ class FamilySpec:
     mlp_per_layer: int = 3
     mask_id: int | None = None
     """``[MASK]`` of the published tokenizer (MDMs); None: take the tokenizer's mask token."""
+    eos_id: int | None = None
+    """The end-of-text token answers are padded with (LLaDA: ``<|endoftext|>`` 126081, which its
+    SFT pads with, while its Instruct tokenizer may name the end of turn 126348 as EOS); None: the
+    tokenizer's."""
     shift_logits: bool = False
     remote_code: bool = False
     """Loading the published weights needs the checkpoint's own code (``--trust-remote-code``)."""
@@ -66,7 +70,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "llada": FamilySpec(
         "llada", causal=False, lora_targets=r".*blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out)",
         modules_per_layer=4, mlp_targets=r".*blocks\.\d+\.(ff_proj|up_proj|ff_out)",
-        mask_id=MASK_TOKEN_ID, example="GSAI-ML/LLaDA-8B-Instruct",
+        mask_id=MASK_TOKEN_ID, eos_id=126081, example="GSAI-ML/LLaDA-8B-Instruct",
     ),
     "dream": FamilySpec(
         "dream", causal=False, lora_targets=_ATTENTION, modules_per_layer=4, mlp_targets=_MLP,
@@ -189,6 +193,23 @@ class LogitsModel(nn.Module):
         logits = self._shift(out if isinstance(out, torch.Tensor) else out.logits)  # [B, L, V]
         return logits if where is None else logits[where]
 
+    @torch.no_grad()
+    def greedy(self, ids: torch.Tensor, n: int, eos_id: int) -> torch.Tensor:
+        """Greedy continuation ``[B, n]`` of unpadded prompts ``ids [B, L]`` with transformers'
+        ``generate`` and its KV cache (ARMs); after ``eos_id`` a row holds ``eos_id``."""
+        from transformers import GenerationConfig
+
+        if not self.causal:
+            raise RevcurseError(f"{self.spec.name}: greedy decoding is for causal models")
+        settings = GenerationConfig(max_new_tokens=n, do_sample=False, num_beams=1,
+                                    eos_token_id=eos_id, pad_token_id=eos_id)  # fmt: skip
+        out = self.inner.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  generation_config=settings)  # fmt: skip
+        new = out[:, ids.shape[1] :]  # [B, <= n]: generate stops once every row has ended
+        if new.shape[1] < n:
+            new = torch.cat([new, new.new_full((len(ids), n - new.shape[1]), eos_id)], dim=1)
+        return new
+
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
         """Dream predicts token i from position i - 1 (its ARM initialisation): realign ``x``
         ``[B, L, ...]`` so that row i holds position i's prediction."""
@@ -294,7 +315,10 @@ def load_tokenizer(name: str, path: str, trust_remote_code: bool = False, chat: 
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     mask_id = spec.mask_id if not spec.causal else (tok.mask_token_id or tok.eos_token_id)
-    return HFTokenizer(tok, mask_id=mask_id, chat=chat)
+    out = HFTokenizer(tok, mask_id=mask_id, chat=chat)
+    if spec.eos_id is not None:
+        out.eos_id = spec.eos_id
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
