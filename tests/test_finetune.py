@@ -128,6 +128,24 @@ def test_finetune_cli_and_its_refusals(tmp_path):
         assert not target.exists(), args  # nothing written
 
 
+def test_fsdp_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from accelerate.utils import DistributedType
+
+    from revcurse import training
+    from revcurse.errors import RevcurseError
+
+    class Sharded:
+        distributed_type = DistributedType.FSDP
+        is_main_process = True
+
+    monkeypatch.setattr(training, "make_accelerator", lambda device: Sharded())
+    with pytest.raises(RevcurseError, match="FSDP shards the weights"):
+        run_finetune(apply_overrides(FinetuneConfig(), TINY), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # The processes that wait while the main one evaluates wait long enough for an 8B MDM.
+    assert training.COLLECTIVE_TIMEOUT.total_seconds() >= 6 * 3600
+
+
 def test_shipped_finetune_and_accelerate_configs_load():
     from pathlib import Path
 

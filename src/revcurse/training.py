@@ -34,6 +34,7 @@ autocast on GPU with :func:`make_accelerator`, float32 on CPU).
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import time
@@ -89,12 +90,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
                              betas=(cfg.beta1, cfg.beta2), fused=True)  # fmt: skip
 
 
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=12)
+"""How long a process waits in a collective: the other processes of a fine-tuning run wait in a
+barrier while the main one evaluates and probes, which takes hours for an 8B MDM (see the cost
+table of docs/finetune.md); the 30-minute default would kill them mid-run."""
+
+
 def make_accelerator(device: str = "auto") -> Any:
-    """An ``accelerate.Accelerator``: bf16 autocast on GPU, plain float32 on CPU."""
-    from accelerate import Accelerator
+    """An ``accelerate.Accelerator``: bf16 autocast on GPU, plain float32 on CPU, collectives that
+    wait :data:`COLLECTIVE_TIMEOUT`."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
+    return Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16",
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

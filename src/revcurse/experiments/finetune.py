@@ -101,6 +101,12 @@ def run_finetune(
     elif out.is_dir() and any(out.iterdir()) and not force:
         prepare_out_dir(out, force)
     accelerator = training.make_accelerator(resolve_device(cfg.model.device))
+    if str(accelerator.distributed_type).endswith("FSDP"):
+        raise RevcurseError(
+            "FSDP shards the weights over the processes, but evaluation and probes run the whole "
+            "model in the main process alone: fine-tune with configs/accelerate/ddp.yaml (LoRA on "
+            "an 8B model in bf16 fits one 80 GB GPU per process) or deepspeed-zero2.yaml"
+        )
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     tests = {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
