@@ -32,6 +32,9 @@ MODELS = {
         "eval.confidence_dtype=model",
     ]),
     "dream-7b": ("dream", "Dream-org/Dream-v0-Instruct-7B", 7.62e9, [
+        # Dream's own sampler and published algorithm (entropy, alg_temp 0); temperature 0 as
+        # every model here is evaluated (its README samples at 0.2 with top_p 0.95)
+        "eval.sampler=dream", "eval.alg=entropy", "eval.alg_temp=0.0",
         "eval.confidence_dtype=model",
     ]),
     "llama-3.1-8b": ("llama", "meta-llama/Llama-3.1-8B-Instruct", 8.03e9, []),

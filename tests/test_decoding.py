@@ -403,3 +403,66 @@ def test_random_remasking_commits_in_a_seeded_random_order():
         assert out.tolist() == [[10, 11, 12, 13]]
         orders.add(tuple(map(tuple, committed_order(trace, 2, 4))))
     assert len(orders) > 1  # not the one low-confidence order
+
+
+# --------------------------------------------------------------------------------------------------
+# Dream's sampler against a one-row transcription of its loop (full logits)
+# --------------------------------------------------------------------------------------------------
+
+
+def dream_loop(model, prompt, gen_length, steps, alg, eps=1e-3):
+    """Dream's ``diffusion_generate`` for one prompt at temperature 0, over full ``[1, L, V]``
+    logits (already realigned): per step, the masked positions' predictions and confidences, and
+    ``int(m * (1 - s / t))`` of them committed by top confidence (all at the last step)."""
+    x = torch.tensor([list(prompt) + [MASK] * gen_length])
+    times = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        masked = x[0] == MASK
+        probs = torch.softmax(model(x)[0][masked], dim=-1)
+        conf, pred = probs.max(dim=-1)
+        if alg == "topk_margin":
+            top2 = probs.sort(dim=-1, descending=True).values
+            conf = top2[:, 0] - top2[:, 1]
+        elif alg == "entropy":
+            conf = (probs * torch.log(probs + 1e-10)).sum(-1)
+        m = int(masked.sum())
+        k = int(m * (1 - float(times[i + 1] / times[i]))) if i < steps - 1 else m
+        if k:
+            new = torch.full((m,), MASK)
+            top = conf.topk(k).indices
+            new[top] = pred[top]
+            x[0, masked] = new
+    return x[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+@pytest.mark.parametrize("steps", [8, 3])
+def test_dream_sampler_matches_its_loop(alg, steps):
+    from revcurse.decoding import dream_generate
+    from revcurse.models import hf
+
+    model = hf.build_tiny("llada", V, hf.TinyShape(hidden_size=32, n_layers=2), seed=5).eval()
+    with torch.no_grad():  # sharper weights: predictions depend on what is already committed
+        for p in model.parameters():
+            p.mul_(8.0)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(4, V, (n,), generator=gen).tolist() for n in (3, 5, 4)]
+    ours = dream_generate(model, prompts, 8, mask_id=MASK, pad_id=PAD, steps=steps, alg=alg,
+                          batch_size=2)  # fmt: skip
+    for prompt, row in zip(prompts, ours.tolist(), strict=True):
+        assert row == dream_loop(model, prompt, 8, steps, alg)
+        assert MASK not in row
+
+
+def test_dream_origin_and_sampled_transfers_are_seeded_and_complete():
+    from revcurse.decoding import dream_generate
+    from revcurse.models import hf
+
+    model = hf.build_tiny("llada", V, hf.TinyShape(hidden_size=32), seed=5).eval()
+    prompts = [[5, 6, 7], [8, 9]]
+    for options in ({"alg": "origin"}, {"alg": "entropy", "alg_temp": 0.5},
+                    {"alg": "maskgit_plus", "temperature": 0.7, "top_p": 0.9, "top_k": 5}):  # fmt: skip
+        runs = [dream_generate(model, prompts, 6, mask_id=MASK, pad_id=PAD, steps=4,
+                               generator=torch.Generator().manual_seed(s), **options)
+                for s in (0, 0)]  # fmt: skip
+        assert torch.equal(runs[0], runs[1]) and MASK not in runs[0].flatten().tolist()

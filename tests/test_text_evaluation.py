@@ -53,6 +53,23 @@ def test_oracle_gets_everything_right_and_records_round_trip(tmp_path):
     assert rescore(tmp_path / "g.jsonl") == records
 
 
+@pytest.mark.parametrize("options", [{"sampler": "dream", "alg": "entropy"},
+                                     {"sampler": "dream", "alg": "origin"},
+                                     {"cfg_scale": 1.0, "suppress_eos_confidence": True,
+                                      "batch_size": 2}])  # fmt: skip
+def test_every_sampler_reads_the_oracle(options):
+    tok = WordTokenizer.fit([p.prompt + p.completion for p in PAIRS])
+    settings = DecodeConfig(gen_length=4, n_distractors=2, n_mc=2, **options)
+    metrics, records = evaluate_split(Oracle(tok), tok, PAIRS, causal=False, settings=settings,
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [r["generation"] for r in records] == ["Mary Ann", "Jo Lee", "Kim Wu"]
+    mirror = [TextPair("Who is", " A", suffix="'s mother? Mary Ann")]
+    if options.get("sampler") == "dream":
+        with pytest.raises(ValueError, match="eval.sampler=llada"):
+            evaluate_split(Oracle(tok), tok, mirror, causal=False, settings=settings,
+                           generator=torch.Generator())  # fmt: skip
+
+
 def test_uninformed_model_scores_low():
     tok = WordTokenizer.fit([p.prompt + p.completion for p in PAIRS])
 

@@ -700,6 +700,20 @@ class DecodeConfig:
     suppress_eos_confidence: bool = False
     """MDM: predictions of EOS or of the end-of-turn token get confidence 0, so they are
     committed last (LLaDA's ``confidence_eos_eot_inf``, used by its reverse evaluation)."""
+    sampler: Literal["llada", "dream"] = "llada"
+    """MDM: LLaDA's sampler (blocks, a fixed number of tokens per step; the options above) or
+    Dream's own (its ``diffusion_generate``: timesteps from 1 to ``timestep_eps``, ``alg``)."""
+    alg: Literal["origin", "maskgit_plus", "topk_margin", "entropy"] = "entropy"
+    """Dream's sampler: which masked positions each step commits (Dream's published default:
+    entropy)."""
+    alg_temp: float = 0.0
+    """Dream's sampler: > 0 draws the committed positions from softmax(confidence / alg_temp)."""
+    top_p: float = 1.0
+    """Dream's sampler, temperature > 0: nucleus filtering (1: off)."""
+    top_k: int = 0
+    """Dream's sampler, temperature > 0: top-k filtering (0: off)."""
+    timestep_eps: float = 1e-3
+    """Dream's sampler: the last timestep (its ``eps``)."""
 
     def validate(self, where: str) -> None:
         _check(self.gen_length >= 1, where, "gen_length", "an integer >= 1", self.gen_length)
@@ -708,6 +722,10 @@ class DecodeConfig:
         _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0 (0: all)",
                self.batch_size)  # fmt: skip
         _check(self.cfg_scale >= 0, where, "cfg_scale", "a number >= 0", self.cfg_scale)
+        _check(0 < self.top_p <= 1, where, "top_p", "a number in (0, 1]", self.top_p)
+        _check(self.top_k >= 0, where, "top_k", "an integer >= 0 (0: off)", self.top_k)
+        _check(0 < self.timestep_eps < 1, where, "timestep_eps", "a number in (0, 1)",
+               self.timestep_eps)  # fmt: skip
 
 
 @dataclass

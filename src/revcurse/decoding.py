@@ -210,6 +210,133 @@ def _guided_logits(
     return un + (cfg_scale + 1.0) * (cond - un)
 
 
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+@torch.no_grad()
+def dream_generate(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    gen_length: int,
+    *,
+    mask_id: int,
+    pad_id: int,
+    steps: int | None = None,
+    alg: str = "entropy",
+    alg_temp: float = 0.0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    eps: float = 1e-3,
+    confidence_dtype: str = "model",
+    generator: torch.Generator | None = None,
+    batch_size: int = 0,
+) -> torch.Tensor:
+    """Dream's own sampler (its ``diffusion_generate``), answers ``[B, gen_length]``.
+
+    Time runs from 1 to ``eps`` over ``steps`` equal intervals; going from ``t`` to ``s`` each row
+    commits ``floor(m * (1 - s / t))`` of its ``m`` masked positions (all that remain at the last
+    step). ``alg`` picks them: ``maskgit_plus`` by the probability of the predicted token,
+    ``topk_margin`` by the gap between the two most probable tokens, ``entropy`` by the negative
+    entropy of the prediction (the most certain first), taken as the top ones or, with ``alg_temp``
+    > 0, drawn from ``softmax(confidence / alg_temp)``; ``origin`` commits each masked position
+    independently with probability ``1 - s / t`` (the absorbing-diffusion reverse step).
+    Predictions are argmaxes at temperature 0, else draws from ``softmax(logits / T)`` filtered to
+    ``top_p`` / ``top_k``. Each row is decoded as Dream decodes a batch of one (its batched code
+    counts masks over the whole batch); the softmax runs in the logits' dtype unless
+    ``confidence_dtype`` is float64. ``model`` gives position i's prediction at row i (revcurse's
+    Dream wrapper realigns Dream's shifted logits).
+    """
+    steps = gen_length if steps is None else steps
+    if alg not in DREAM_ALGS:
+        raise ValueError(f"alg {alg!r}: expected one of {', '.join(DREAM_ALGS)}")
+    batch = len(prompts)
+    if 0 < batch_size < batch:
+        options = dict(mask_id=mask_id, pad_id=pad_id, steps=steps, alg=alg, alg_temp=alg_temp,
+                       temperature=temperature, top_p=top_p, top_k=top_k, eps=eps,
+                       confidence_dtype=confidence_dtype, generator=generator)  # fmt: skip
+        return torch.cat([dream_generate(model, prompts[i : i + batch_size], gen_length,
+                                         **options)  # type: ignore[arg-type]
+                          for i in range(0, batch, batch_size)])  # fmt: skip
+    lengths = [len(p) for p in prompts]
+    total = max(lengths) + gen_length
+    x = torch.full((batch, total), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        x[i, : len(p) + gen_length] = torch.tensor(list(p) + [mask_id] * gen_length)
+    device = model_device(model)
+    x = x.to(device)
+    real = x != pad_id  # [B, L]
+    times = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        masked = x == mask_id  # [B, L]
+        if not masked.any():
+            break
+        logits = logits_at(model, x, real, masked)  # [N, V]
+        if confidence_dtype == "float64":
+            logits = logits.double()
+        rows = masked.nonzero()[:, 0].cpu()  # [N]: the row of each masked position
+        ratio = 1.0 - float(times[i + 1] / times[i]) if i < steps - 1 else 1.0
+        conf, pred = _dream_tokens(logits, alg, temperature, top_p, top_k, generator)  # [N]
+        if alg == "origin":
+            chosen = torch.rand(len(rows), generator=generator, dtype=torch.float64) < ratio
+        else:
+            chosen = torch.zeros(len(rows), dtype=torch.bool)
+            for b in range(batch):
+                mine = (rows == b).nonzero()[:, 0]
+                m = len(mine)
+                k = int(m * ratio) if i < steps - 1 else m
+                if k == 0:
+                    continue
+                if alg_temp > 0:
+                    weights = torch.softmax(conf[mine].double() / alg_temp, dim=-1)
+                    pick = torch.multinomial(weights, k, generator=generator)
+                else:
+                    pick = conf[mine].topk(k).indices
+                chosen[mine[pick]] = True
+        where = masked.nonzero()[chosen.to(device)]  # [n, 2]
+        x[where[:, 0], where[:, 1]] = pred.to(device)[chosen.to(device)]
+    x = x.cpu()
+    return torch.stack([x[i, lengths[i] : lengths[i] + gen_length] for i in range(batch)])
+
+
+def _dream_tokens(
+    logits: torch.Tensor,  # [N, V]
+    alg: str,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dream's prediction and its confidence at each masked position ``([N], [N])``."""
+    if temperature > 0:
+        logits = logits / temperature
+    floor = torch.finfo(logits.dtype).min
+    if 0 < top_p < 1:  # nucleus: keep the smallest set whose mass reaches top_p
+        ordered, order = logits.sort(dim=-1, descending=True)
+        mass = torch.softmax(ordered, dim=-1).cumsum(dim=-1)
+        drop = mass > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), floor)
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, floor)
+    probs = torch.softmax(logits, dim=-1)  # [N, V]
+    if temperature > 0:
+        pred = torch.multinomial(probs.double().cpu(), 1, generator=generator)[:, 0].to(
+            logits.device
+        )
+        conf = probs.gather(-1, pred[:, None])[:, 0]
+    else:
+        conf, pred = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = probs.topk(2, dim=-1).values
+        conf = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        conf = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
+    return conf.cpu(), pred.cpu()
+
+
 @torch.no_grad()
 def arm_generate(
     model: Model,

@@ -52,6 +52,7 @@ from revcurse.data.tokenize import Vocab, pad_batch
 from revcurse.decoding import (
     arm_answer_logprob,
     arm_generate,
+    dream_generate,
     mdm_answer_logprob,
     mdm_chain_logprob,
     mdm_generate,
@@ -174,6 +175,17 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
     if causal:
         out = arm_generate(model, prompts, settings.gen_length, eos_id=end,
                            batch_size=settings.batch_size).tolist()  # fmt: skip
+    elif settings.sampler == "dream":
+        if queries.infill:
+            raise ValueError("Dream's sampler fills answers after the prompt; ask infilling "
+                             "(mirror) queries with eval.sampler=llada")  # fmt: skip
+        out = dream_generate(
+            model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
+            steps=settings.steps, alg=settings.alg, alg_temp=settings.alg_temp,
+            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+            eps=settings.timestep_eps, confidence_dtype=settings.confidence_dtype,
+            generator=generator, batch_size=settings.batch_size,
+        ).tolist()  # fmt: skip
     elif not queries.infill:
         out = mdm_generate(
             model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
