@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_killed
+from conftest import run_cli, run_killed
 from safetensors.torch import load_file
 
 from revcurse import files
@@ -161,3 +161,51 @@ def test_finetune_killed_at_points_of_its_progress_then_resumed_is_identical(tmp
         assert records(out / "probes.jsonl") == records(reference / "probes.jsonl")
         assert not (out / "checkpoints" / "last.safetensors").exists()
     assert resumed >= 1, f"no kill point of {points} left a checkpoint to resume"
+
+
+@pytest.mark.slow
+def test_two_process_finetune_resumes_bit_identically(tmp_path):
+    """Data parallel over two CPU processes (gloo): a run resumed from its step-4 checkpoint
+    (every process's generator and the shared data order restored) ends with the adapters and
+    metrics of the uninterrupted run."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import HANG_GUARD_S
+
+    sets = ["model.family=llada", "train.steps=12", "train.lr=3e-3", "train.batch_size=8",
+            "data.max_eval=4", "data.max_train=40", "probe.n_facts=4", "probe.every=0",
+            "eval.gen_length=3", "eval.n_distractors=2", "eval.n_mc=2", "train.log_every=2",
+            "train.checkpoint_every=4", "train.keep_checkpoints=true"]  # fmt: skip
+
+    def launch(out, *extra):
+        args = [x for s in sets for x in ("--set", s)]
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+             "revcurse", "finetune", "--out", str(out), "--no-progress", *extra, *args],
+            capture_output=True, text=True, timeout=HANG_GUARD_S,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    def stopped_after_step_4(out):  # the state of the run had it stopped after that checkpoint
+        shutil.copytree(full, out)
+        for name in ("adapter", "generations/after"):
+            shutil.rmtree(out / name)
+        for name in ("summary.json", "report.md", "timings.json"):
+            (out / name).unlink()
+        shutil.copy(out / "checkpoints" / "step-0000004.safetensors",
+                    out / "checkpoints" / "last.safetensors")  # fmt: skip
+
+    full, cut, alone = tmp_path / "full", tmp_path / "cut", tmp_path / "alone"
+    launch(full)
+    stopped_after_step_4(cut)
+    launch(cut, "--resume")
+    # One process cannot continue a run of two: its random streams are part of the run.
+    stopped_after_step_4(alone)
+    single = run_cli("finetune", "--out", str(alone), "--resume",
+                     *[x for s in sets for x in ("--set", s)])  # fmt: skip
+    assert single.returncode == 2 and "run of 2 process(es)" in single.stderr
+    a, b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (full, cut))
+    assert same_tensors(a, b)
+    assert records(full / "metrics.jsonl") == records(cut / "metrics.jsonl")

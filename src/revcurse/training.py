@@ -25,7 +25,9 @@ neither. One policy for everything a run kind could otherwise do its own way:
   ``log_every`` steps, the loss averaged over the steps since the last line;
 * **checkpoints**: every ``checkpoint_every`` steps a resume point with the trainable weights, the
   AdamW moments, the generator, the data order and the loop's own sums (``keep_checkpoints``: a
-  ``step-N`` copy too). Resuming loads them and ends bit-identical to an uninterrupted run on CPU.
+  ``step-N`` copy too). Resuming loads them and ends bit-identical to an uninterrupted run on CPU;
+  a run of several processes (DDP) saves every process's generator and the shared order's, and
+  resumes with as many processes.
 
 It runs through ``accelerate``: ``accelerate launch`` with a config of ``configs/accelerate/``
 spreads it over processes; a plain ``python`` call is the same code path in one process (bf16
@@ -165,10 +167,13 @@ def save_state(
     step: int,
     meta: dict[str, str],
     loop_state: dict[str, torch.Tensor] | None = None,
+    extra_rng: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """The trainable weights (``model.*``), AdamW moments (``optimizer.<param>.<field>``), the
     generator state and the loop's own state (``loop.*``) in one safetensors file; ``meta`` (the
-    run's config as JSON, and whatever rebuilds its model) goes into its header."""
+    run's config as JSON, and whatever rebuilds its model) goes into its header. ``extra_rng``:
+    the other processes' generators and the shared data-order one of a run of several processes
+    (``rng.rank<r>``, ``rng.order``)."""
     params = trainable(model)
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in params.items()}
     if optimizer is not None:
@@ -178,6 +183,8 @@ def save_state(
                 tensors[f"optimizer.{names[id(param)]}.{key}"] = torch.as_tensor(value)
     if generator is not None:
         tensors["rng.generator"] = generator.get_state()
+    for key, value in (extra_rng or {}).items():
+        tensors[f"rng.{key}"] = value
     for key, value in (loop_state or {}).items():
         tensors[f"loop.{key}"] = value
     files.save_tensors(path, tensors, {"format": CHECKPOINT_FORMAT, "step": str(step), **meta})
@@ -274,11 +281,27 @@ def restore_state(
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     order: DataOrder,
+    rank: int = 0,
+    processes: int = 1,
 ) -> tuple[int, dict[str, torch.Tensor]]:
     """Load what :func:`save_state` wrote into the live objects; returns the step and the loop's
-    sums. Everything is checked before anything is loaded."""
+    sums. Everything is checked before anything is loaded. In a run of several processes each
+    takes its own generator (``rank``) and all the shared data order's."""
     tensors = files.load_tensors(path)
     step = read_step(path)
+    saved = int(read_header(path).get("processes", "1"))
+    if saved != processes:
+        raise RevcurseError(
+            f"{path}: written by a run of {saved} process(es); resume it with {saved}, not "
+            f"{processes} (each process's random stream is part of the run)"
+        )
+    if rank > 0 or processes > 1:
+        for key in [f"rank{r}" for r in range(1, processes)] + ["order"]:
+            if f"rng.{key}" not in tensors:
+                raise RevcurseError(f"{path}: not a resumable checkpoint of this run (generator "
+                                    f"'{key}' missing)")  # fmt: skip
+        if rank > 0:
+            tensors["rng.generator"] = tensors[f"rng.rank{rank}"]
     _check_state(tensors, model, generator, order, path)
     load_weights(model, tensors, path)
     params = trainable(model)
@@ -287,6 +310,8 @@ def restore_state(
             name, _, field = key.removeprefix("optimizer.").rpartition(".")
             optimizer.state[params[name]][field] = value
     generator.set_state(tensors["rng.generator"])
+    if processes > 1:  # the shared order's own generator (one process draws from `generator`)
+        order.generator.set_state(tensors["rng.order"])
     loop = {k.removeprefix("loop."): v for k, v in tensors.items() if k.startswith("loop.")}
     order.load(loop)
     return step, loop
@@ -420,13 +445,14 @@ def fit(
     loss_sum, loss_count, mean_loss = torch.zeros(()), torch.zeros((), dtype=torch.long), math.nan
     first = 0
     if resume:
-        if accelerator.num_processes > 1:
+        if not single and str(accelerator.distributed_type).endswith("DEEPSPEED"):
             raise RevcurseError(
-                f"{last}: resuming a run of {accelerator.num_processes} processes is not supported "
-                "yet (only the main process's generator is saved); resume it in one process or "
-                "start it over"
+                f"{last}: resuming under DeepSpeed is not supported (its optimizer state is "
+                "sharded over the processes; revcurse saves the main process's); use DDP"
             )
-        first, loop = restore_state(last, model, optimizer, generator, order)
+        first, loop = restore_state(last, model, optimizer, generator, order,
+                                    rank=accelerator.process_index,
+                                    processes=accelerator.num_processes)  # fmt: skip
         loss_sum, loss_count = loop["loss_sum"], loop["loss_count"]
         mean_loss = float(loop["mean_loss"])
         if main:
@@ -485,24 +511,38 @@ def fit(
             bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
         if on_step is not None and done != cfg.steps:
             on_step(done)
-        if out is not None and main and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+        if out is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0:
+            # Every process's generator goes into the checkpoint (a collective: all take part);
+            # weights and AdamW moments are the same in every process under DDP.
+            extra = {} if single else _other_generators(accelerator, generator, shared)
+            header = {**(meta or {}), "processes": str(accelerator.num_processes)}
             loop = {"loss_sum": loss_sum, "loss_count": loss_count,
                     "mean_loss": torch.tensor(mean_loss, dtype=torch.float64), **order.state()}  # fmt: skip
             inner = accelerator.unwrap_model(model)
             # No resume point at the last step: the records written after the loop (final probe,
             # final evaluation) carry that step too, so truncating to it on resume would keep them
             # and then write them again. Resuming from the previous checkpoint redoes the tail.
-            if done != cfg.steps:
-                save_state(last, inner, optimizer, generator, done, meta or {}, loop)
-            if cfg.keep_checkpoints:
+            if main and done != cfg.steps:
+                save_state(last, inner, optimizer, generator, done, header, loop, extra)
+            if main and cfg.keep_checkpoints:
                 kept = out / "checkpoints" / f"step-{done:07d}.safetensors"
-                save_state(kept, inner, optimizer, generator, done, meta or {}, loop)
+                save_state(kept, inner, optimizer, generator, done, header, loop, extra)
     bar.close()
     model.eval()
     seconds = time.perf_counter() - start
     if whole is not None:
         tokens = int(whole.attention_mask.sum()) * (cfg.steps - first)
     return Fitted(optimizer, generator, mean_loss, seconds, tokens, layout)
+
+
+def _other_generators(accelerator, generator: torch.Generator,
+                     shared: torch.Generator) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The generator states of processes 1.. (``rank<r>``) and of the shared data order."""
+    from accelerate.utils import gather_object
+
+    states = gather_object([generator.get_state()])
+    return {**{f"rank{r}": states[r] for r in range(1, len(states))},
+            "order": shared.get_state()}  # fmt: skip
 
 
 def _backward(model, batch: TextBatch, loss_fn: LossFn, generator, accelerator, step: int,
