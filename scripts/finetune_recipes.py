@@ -36,6 +36,8 @@ MODELS = {
         # every model here is evaluated (its README samples at 0.2 with top_p 0.95)
         "eval.sampler=dream", "eval.alg=entropy", "eval.alg_temp=0.0",
         "eval.confidence_dtype=model",
+        # Dream's training weighting (CART, p = 0.3) in place of LLaDA's 1/t
+        "train.loss_weighting=cart", "train.cart_p=0.3",
     ]),
     "llama-3.1-8b": ("llama", "meta-llama/Llama-3.1-8B-Instruct", 8.03e9, []),
     "qwen2.5-7b": ("qwen2", "Qwen/Qwen2.5-7B-Instruct", 7.62e9, []),

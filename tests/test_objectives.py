@@ -226,3 +226,61 @@ def test_answer_only_masks_exactly_the_answer_and_scores_it():
         if answers[b, i]
     ]
     assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+
+
+def test_cart_weights_against_a_float64_loop():
+    from revcurse.objectives import cart_weights
+
+    gen = torch.Generator().manual_seed(0)
+    masked = torch.rand(3, 9, generator=gen) < 0.5
+    real = torch.ones(3, 9, dtype=torch.bool)
+    real[2, 7:] = False  # padding is no context
+    clean = real & ~masked
+    p = 0.3
+    expected = torch.zeros(3, 9, dtype=torch.float64)
+    for b in range(3):
+        for i in range(9):
+            if masked[b, i]:
+                expected[b, i] = sum(0.5 * p * (1 - p) ** (abs(i - j) - 1)
+                                     for j in range(9) if clean[b, j] and j != i)  # fmt: skip
+    torch.testing.assert_close(cart_weights(masked, clean, p).double(), expected,
+                               rtol=1e-6, atol=1e-7)  # fmt: skip
+    # The neighbour of a visible token weighs p/2; each further step multiplies by 1 - p.
+    one = torch.tensor([[False, True, True, True]])
+    torch.testing.assert_close(cart_weights(one, ~one, p)[0],
+                               torch.tensor([0.0, 0.15, 0.105, 0.0735]))  # fmt: skip
+
+
+def test_cart_weighting_replaces_one_over_t_in_the_loss():
+    from revcurse.objectives import _weighted_masked_ce, cart_weights
+
+    gen = torch.Generator().manual_seed(1)
+    targets = torch.randint(0, 7, (2, 5), generator=gen)
+    masked = torch.tensor([[True, False, True, True, False], [False, True, False, False, True]])
+    logits = torch.randn(int(masked.sum()), 7, generator=gen)
+    n = torch.tensor([5, 5])
+    w = cart_weights(masked, ~masked)
+    got = _weighted_masked_ce(logits, targets, masked, torch.tensor([0.5, 0.5]), n, w)
+    ce = torch.nn.functional.cross_entropy(logits, targets[masked], reduction="none")
+    per = torch.zeros(2, 5).masked_scatter(masked, ce)
+    torch.testing.assert_close(got, ((per * w).sum(1) / 5).mean())
+
+
+def test_every_run_kind_passes_its_loss_weighting():
+    from conftest import tiny_run_config
+
+    from revcurse.config import apply_overrides
+    from revcurse.data.tokenize import training_batch
+    from revcurse.experiments.toy_run import build_dataset, build_model, loss_of
+
+    cfg = tiny_run_config()
+    dataset, vocab = build_dataset(cfg)
+    data = training_batch(dataset, vocab, "masked_diffusion", "all")
+    model = build_model(cfg, len(vocab))
+    values = {}
+    for weighting in ("inverse_t", "cart"):
+        run = apply_overrides(cfg, [f"train.loss_weighting={weighting}"])
+        with torch.no_grad():
+            loss = loss_of(run, vocab)(model, data, torch.Generator().manual_seed(0))
+        values[weighting] = loss.item()
+    assert values["inverse_t"] != values["cart"]

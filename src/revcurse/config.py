@@ -213,6 +213,11 @@ class TrainConfig:
     """Sequences per optimizer step, over all processes together (the experiment's batch: 8 GPUs
     do not multiply it); 0 (or the training set's size or more) means the whole training set, in
     its order, every step; otherwise shuffled epochs (the last partial batch dropped)."""
+    loss_weighting: Literal["inverse_t", "cart"] = "inverse_t"
+    """MDM loss: LLaDA's 1/t per masked token, or Dream's context-adaptive weights (CART, the
+    weighting of Dream's training as dllm implements it; ``cart_p``)."""
+    cart_p: float = 0.3
+    """CART: the geometric decay of a visible token's weight with its distance."""
     micro_batch_size: int = 0
     """Sequences per forward pass in one process; 0: its whole share of the batch. Smaller values
     accumulate gradients over ``share / micro_batch_size`` passes (same update, less memory)."""
@@ -252,6 +257,7 @@ class TrainConfig:
         _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
         _check(0 < self.mlm_ratio <= 1, where, "mlm_ratio", "a number in (0, 1]", self.mlm_ratio)
         _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0", self.batch_size)
+        _check(0 < self.cart_p < 1, where, "cart_p", "a number in (0, 1)", self.cart_p)
         _check(self.micro_batch_size >= 0, where, "micro_batch_size", "an integer >= 0 (0: the "
                "process's whole share)", self.micro_batch_size)  # fmt: skip
         _check(self.lr > 0, where, "lr", "a number > 0", self.lr)

@@ -93,13 +93,35 @@ def _weighted_masked_ce(
     masked: torch.Tensor,  # [B, L] bool
     t: torch.Tensor,  # [B]
     n_maskable: torch.Tensor,  # [B] number of maskable tokens per sequence
+    weights: torch.Tensor | None = None,  # [B, L] per-token weights replacing 1/t
 ) -> torch.Tensor:
-    """``mean_b  sum_{i masked} CE(logits_bi, x_bi) / (t_b * n_b)`` (the estimator of Eq. 3)."""
+    """``mean_b  sum_{i masked} CE(logits_bi, x_bi) / (t_b * n_b)`` (the estimator of Eq. 3), or
+    with ``weights``: ``mean_b  sum_{i masked} w_bi CE(logits_bi, x_bi) / n_b``."""
     ce = F.cross_entropy(logits, targets[masked], reduction="none")  # [N]
     per_token = torch.zeros(targets.shape, dtype=ce.dtype, device=ce.device)
     per_token = per_token.masked_scatter(masked, ce)  # [B, L], zero on visible tokens
+    if weights is not None:
+        return ((per_token * weights).sum(dim=1) / n_maskable.clamp(min=1)).mean()
     per_seq = per_token.sum(dim=1) / (t * n_maskable.clamp(min=1))  # [B]
     return per_seq.mean()
+
+
+def cart_weights(
+    masked: torch.Tensor,  # [B, L] bool
+    clean: torch.Tensor,  # [B, L] bool: the visible real tokens
+    p: float = 0.3,
+) -> torch.Tensor:
+    """Dream's context-adaptive token weights (CART, as dllm's Dream trainer computes them), in
+    place of ``1/t``: a masked token ``i`` weighs ``sum_{j clean} (p / 2) (1 - p)^(|i - j| - 1)``,
+    so a masked token next to much visible context counts more than one far from any ``[B, L]``
+    (0 on unmasked tokens)."""
+    L = masked.shape[1]
+    idx = torch.arange(L, device=masked.device)
+    gap = (idx[None, :] - idx[:, None]).abs()  # [L, L]
+    kernel = 0.5 * p * (1.0 - p) ** (gap - 1).clamp(min=0).double()
+    kernel = kernel.masked_fill(gap == 0, 0.0)
+    weights = clean.double() @ kernel  # [B, L]
+    return (weights * masked).to(torch.float32)
 
 
 def masked_diffusion_loss(
@@ -112,6 +134,8 @@ def masked_diffusion_loss(
     *,
     eps: float = 1e-3,
     ratio: float | None = None,
+    weighting: str = "inverse_t",
+    cart_p: float = 0.3,
 ) -> torch.Tensor:
     """One Monte-Carlo draw of the masked-diffusion loss (LLaDA Eq. 3; Eq. 5 for SFT):
 
@@ -121,13 +145,19 @@ def masked_diffusion_loss(
     ablation, which draws nothing for t), each ``maskable`` token masked with probability ``t_b``,
     and ``n_b`` the number of maskable tokens of sequence b. With every real token maskable it is
     the pre-training loss; with only the answer tokens, the prompt is never masked (the SFT loss).
+    ``weighting="cart"`` replaces ``1/t_b`` by Dream's per-token weights (:func:`cart_weights`).
     """
     B = ids.shape[0]
     t = sample_mask_ratio(B, eps, generator) if ratio is None else torch.full((B,), ratio)
     noisy, masked = mask_tokens(ids, t, mask_id, generator, maskable)
     logits = logits_at(model, noisy, _key_mask(attention_mask), masked)  # [N, V]
+    weights = None
+    if weighting == "cart":
+        weights = cart_weights(masked, attention_mask & ~masked, cart_p)
+    elif weighting != "inverse_t":
+        raise ValueError(f"weighting {weighting!r}: expected inverse_t or cart")
     return _weighted_masked_ce(
-        _at_least_float32(logits), ids, masked, t.to(ids.device), maskable.sum(dim=1)
+        _at_least_float32(logits), ids, masked, t.to(ids.device), maskable.sum(dim=1), weights
     )
 
 
@@ -180,12 +210,15 @@ def training_loss(
     *,
     eps: float = 1e-3,
     mlm_ratio: float = 0.15,
+    weighting: str = "inverse_t",
+    cart_p: float = 0.3,
 ) -> torch.Tensor:
     """The loss a run optimises on one batch; ``batch.answer_mask`` holds the tokens the objective
     learns (see the module docstring)."""
     if objective == "masked_diffusion":
         return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
-                                     mask_id, generator, eps=eps)  # fmt: skip
+                                     mask_id, generator, eps=eps, weighting=weighting,
+                                     cart_p=cart_p)  # fmt: skip
     if objective == "mlm":
         return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
                                      mask_id, generator, ratio=mlm_ratio)  # fmt: skip
@@ -204,13 +237,19 @@ def text_objective(causal: bool) -> str:
 
 
 def run_loss(
-    objective: str, mask_id: int, *, eps: float = 1e-3, mlm_ratio: float = 0.15
+    objective: str,
+    mask_id: int,
+    *,
+    eps: float = 1e-3,
+    mlm_ratio: float = 0.15,
+    weighting: str = "inverse_t",
+    cart_p: float = 0.3,
 ) -> Callable[[torch.nn.Module, TextBatch, torch.Generator], torch.Tensor]:
     """:func:`training_loss` bound to a run's objective and settings: ``loss(model, batch,
     generator)``, what :func:`revcurse.training.fit` calls every step."""
 
     def loss(model: torch.nn.Module, batch: TextBatch, generator: torch.Generator) -> torch.Tensor:
         return training_loss(objective, model, batch, mask_id, generator, eps=eps,
-                             mlm_ratio=mlm_ratio)  # fmt: skip
+                             mlm_ratio=mlm_ratio, weighting=weighting, cart_p=cart_p)  # fmt: skip
 
     return loss

@@ -39,6 +39,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -459,12 +460,10 @@ def fit(
             files.truncate_jsonl(metrics, first)
     elif metrics is not None and main:
         metrics.unlink(missing_ok=True)
-    if main:
-        accelerator.print(
-            f"batch: {layout['global_batch']} rows per step = {layout['processes']} process(es) x "
-            f"{layout['per_process']} = {layout['accumulation']} pass(es) of <= "
-            f"{layout['micro_batch']}"
-        )
+    if main and (not single or layout["accumulation"] > 1):  # the layout a user chose, on stderr
+        print(f"batch: {layout['global_batch']} rows per step = {layout['processes']} process(es) "
+              f"x {layout['per_process']}, each in {layout['accumulation']} pass(es) of <= "
+              f"{layout['micro_batch']}", file=sys.stderr)  # fmt: skip
     if single:
         # One process: accelerate's optimizer wrapper adds nothing but a package lookup per step
         # (~7% of a toy step); the model still goes through prepare (device, autocast).

@@ -173,7 +173,8 @@ def run_finetune(
     if not spec.causal:
         data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
     fitted = training.fit(
-        model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps),
+        model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps,
+                              weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
         cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
         resume=resume, accelerator=accelerator,
         on_step=lambda done: probes(done) if probes.due(done) else None, progress=progress,

@@ -296,7 +296,8 @@ def train_run(
     else:
         probes.start()
         probes(0)
-    loss = run_loss(text_objective(causal), tokenizer.mask_id, eps=cfg.train.diffusion_eps)
+    loss = run_loss(text_objective(causal), tokenizer.mask_id, eps=cfg.train.diffusion_eps,
+                    weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p)  # fmt: skip
     meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
     fitted = training.fit(
         model, data, loss, cfg.train, out=out, meta=meta, resume=resuming,

@@ -53,7 +53,8 @@ def build_model(cfg: RunConfig, vocab_size: int) -> TransformerLM:
 def loss_of(cfg: RunConfig, vocab: Vocab) -> training.LossFn:
     """The run's training loss, ``loss(model, batch, generator)``."""
     return run_loss(cfg.objective, vocab.mask_id, eps=cfg.train.diffusion_eps,
-                    mlm_ratio=cfg.train.mlm_ratio)  # fmt: skip
+                    mlm_ratio=cfg.train.mlm_ratio, weighting=cfg.train.loss_weighting,
+                    cart_p=cfg.train.cart_p)  # fmt: skip
 
 
 def checkpoint_meta(cfg: RunConfig, vocab: Vocab) -> dict[str, str]:
