@@ -245,25 +245,23 @@ def scratch_probes(s: dict[str, Any]) -> str:
 
 
 def scratch_curves(s: dict[str, Any]) -> str:
-    """The probes over training for the plain models: attention correlation overall and by
-    distance third, and the gradient cosine's storage and routing parts, at each probed step
-    (mean over seeds)."""
+    """The probes over training for every model and each pairing it has (forward first): attention
+    correlation overall and by distance third, and the gradient cosine's storage and routing
+    parts, at each probed step (mean over seeds)."""
     rows = []
-    for name in ("mdm", "arm"):
-        c = (s.get("probe_curves") or {}).get(name)
-        if c is None:
-            continue
-        pairing = "mirror" if "mirror" in c["pairings"] else "forward"
-        r = c["pairings"][pairing]
-        for i, step in enumerate(c["steps"]):
-            rows.append([name.upper(), pairing, step, _signed(r["attention_r"][i]),
-                         *(_signed(r[f"attention_r_{t}"][i]) for t in ("near", "middle", "far")),
-                         _signed(r["cos_pair_rev_storage"][i]),
-                         _signed(r["cos_pair_rev_routing"][i])])  # fmt: skip
-    last = next(iter((s.get("probe_curves") or {}).values()), None)
+    curves = s.get("probe_curves") or {}
+    for name, c in curves.items():  # every model, each pairing it has: forward first
+        for pairing in sorted(c["pairings"], key=lambda p: p != "forward"):
+            r = c["pairings"][pairing]
+            for i, step in enumerate(c["steps"]):
+                rows.append([name.upper(), pairing, step, _signed(r["attention_r"][i]),
+                             *(_signed(r[f"attention_r_{t}"][i]) for t in ("near", "middle", "far")),
+                             _signed(r["cos_pair_rev_storage"][i]),
+                             _signed(r["cos_pair_rev_routing"][i])])  # fmt: skip
+    first = next(iter(curves.values()), None)
     dist = ""
-    if last is not None:
-        r = last["pairings"]["mirror" if "mirror" in last["pairings"] else "forward"]
+    if first is not None:
+        r = first["pairings"]["forward"]
         dist = ", ".join(f"{t} {r[f'distance_{t}'][-1]:.1f}" for t in ("near", "middle", "far")
                          if r[f"distance_{t}"][-1] is not None)  # fmt: skip
     header = ["model", "pairing", "step", "attention r", "r near", "r middle", "r far",
@@ -272,7 +270,7 @@ def scratch_curves(s: dict[str, Any]) -> str:
         "\n\nMean over seeds; attention r averaged over layers and heads. Near / middle / far: the "
         "probe facts cut into thirds by the total relative distance of their entity spans (mean "
         f"|i - j| from answer rows to the given entity, paired plus reverse query; midpoints "
-        f"of the thirds' ranges at the last step: {dist}). "
+        f"of the thirds' ranges at the last step, forward pairing: {dist}). "
         "Gradient cosine: paired vs reverse query, storage (embeddings, values and output "
         "projections, MLP, unembedding) and routing (queries, keys) parameters."
     )
@@ -382,9 +380,11 @@ def render_block(name: str, view: str, results: Path = RESULTS) -> str:
         raise ValueError(f"no published view '{name} {view}' (known: {known})")
     folder = results / name
     summary = files.read_json(folder / "summary.json")
-    command = (folder / "command.txt").read_text().strip()
+    # one command per line, in the order they ran (a run, then its re-evaluation, say)
+    commands = [c for c in (folder / "command.txt").read_text().splitlines() if c.strip()]
+    written = "`, then `".join(commands)
     source = f"docs/results/{name}/summary.json"
-    return f"{VIEWS[name, view](summary)}\n\n<sub>From `{source}`, written by `{command}`.</sub>\n"
+    return f"{VIEWS[name, view](summary)}\n\n<sub>From `{source}`, written by `{written}`.</sub>\n"
 
 
 def render(text: str, results: Path = RESULTS) -> str:
