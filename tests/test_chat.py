@@ -100,3 +100,18 @@ def test_an_arm_answer_ends_at_the_end_of_turn():
     settings = DecodeConfig(gen_length=5, n_distractors=0)
     metrics, records = evaluate_split(model, tok, pairs, True, settings, torch.Generator())
     assert records[0]["generation"] == "Ann Lee" and metrics["exact"] == 1.0
+
+
+def test_llada_answers_end_with_the_turn_end_and_pad_with_its_eos(tmp_path):
+    """LLaDA Instruct: the template's end of turn closes the answer; its SFT pads with EOS 126081,
+    a family constant, whatever its tokenizer calls EOS."""
+    from revcurse.data.text import pad_with_eos
+    from revcurse.models import hf
+
+    chat_tokenizer(TEXTS).save_pretrained(tmp_path)
+    tok = hf.load_tokenizer("llada", str(tmp_path))
+    assert tok.eos_id == 126081 and tok.mask_id == hf.MASK_TOKEN_ID
+    batch = pad_with_eos(encode_pairs(tok, PAIRS), 32, tok.eos_id)
+    row = batch.ids[0].tolist()
+    end = row.index(tok.chat.end, len(encode_prompt(tok, PAIRS[0].prompt)))
+    assert set(row[end + 1 :]) == {126081}

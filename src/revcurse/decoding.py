@@ -130,66 +130,66 @@ def mdm_generate(
         raise ValueError(f"remasking {remasking!r}: expected low_confidence or random")
     steps_per_block = steps // n_blocks
 
-    batch = len(prompts)
-    suffixes = per_row(suffix, batch)
-    if 0 < batch_size < batch:
-        options = dict(mask_id=mask_id, pad_id=pad_id, steps=steps, block_length=block_length,
-                       temperature=temperature, generator=generator, trace=trace, fill=fill,
-                       cfg_scale=cfg_scale, remasking=remasking,
-                       confidence_dtype=confidence_dtype, banned=banned, unconfident=unconfident)  # fmt: skip
-        return torch.cat([
-            mdm_generate(model, prompts[i : i + batch_size], gen_length,
-                         suffix=suffixes[i : i + batch_size], **options)  # type: ignore[arg-type]
-            for i in range(0, batch, batch_size)
-        ])  # fmt: skip
-    lengths = torch.tensor([len(p) for p in prompts])
-    rows = [
-        fill_row(list(p) + [mask_id] * gen_length + s, fill)
-        for p, s in zip(prompts, suffixes, strict=True)
-    ]
-    total = max(len(r) for r in rows)
-    x = torch.full((batch, total), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        x[i, : len(row)] = torch.tensor(row)
+    suffixes = per_row(suffix, len(prompts))
     device = model_device(model)
-    x = x.to(device)
-    real = x != pad_id  # [B, L]: padding only ever follows the suffix
-    given = real & (x != mask_id)  # [B, L]: what classifier-free guidance hides
-    columns = torch.arange(total, device=device)[None, :]  # [1, L]
-    start = lengths.to(device)[:, None]  # [B, 1] first answer position of each row
 
-    for b in range(n_blocks):
-        lo, hi = start + b * block_length, start + (b + 1) * block_length
-        in_block = (columns >= lo) & (columns < hi)  # [B, L]
-        for k in transfer_counts(block_length, steps_per_block):
-            if k == 0:
-                continue
-            candidate = in_block & (x == mask_id)  # [B, L]
-            logits = _guided_logits(model, x, real, candidate, given, mask_id, cfg_scale)  # [N, V]
-            if banned:
-                logits[:, list(banned)] = -math.inf
-            pred = _gumbel_argmax(logits, temperature, generator)  # [N]
-            if remasking == "random":
-                chosen_conf = torch.rand(pred.shape, generator=generator, dtype=torch.float64)
-            else:
-                scored = logits
-                if unconfident:
-                    scored = logits.clone()
-                    scored[:, list(unconfident)] = -math.inf
-                if confidence_dtype == "float64":
-                    scored = scored.double()
-                probs = torch.softmax(scored, dim=-1)  # [N, V]
-                chosen_conf = probs.gather(-1, pred[:, None].to(device))[:, 0].double().cpu()
-            conf = torch.full(x.shape, -math.inf, dtype=torch.float64)  # [B, L]
-            conf[candidate.cpu()] = chosen_conf
-            full_pred = torch.zeros(x.shape, dtype=torch.long)
-            full_pred[candidate.cpu()] = pred.cpu()
-            chosen = conf.topk(k, dim=-1).indices  # [B, k]
-            x.scatter_(1, chosen.to(device), full_pred.gather(1, chosen).to(device))
-            if trace is not None:
-                trace.append(x.clone())
-    x = x.cpu()
-    return torch.stack([x[i, int(lengths[i]) : int(lengths[i]) + gen_length] for i in range(batch)])
+    def one_batch(prompts: Sequence[Sequence[int]], suffixes: list[list[int]]) -> torch.Tensor:
+        batch = len(prompts)
+        lengths = torch.tensor([len(p) for p in prompts])
+        rows = [
+            fill_row(list(p) + [mask_id] * gen_length + s, fill)
+            for p, s in zip(prompts, suffixes, strict=True)
+        ]
+        total = max(len(r) for r in rows)
+        x = torch.full((batch, total), pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            x[i, : len(row)] = torch.tensor(row)
+        x = x.to(device)
+        real = x != pad_id  # [B, L]: padding only ever follows the suffix
+        given = real & (x != mask_id)  # [B, L]: what classifier-free guidance hides
+        columns = torch.arange(total, device=device)[None, :]  # [1, L]
+        start = lengths.to(device)[:, None]  # [B, 1] first answer position of each row
+
+        for b in range(n_blocks):
+            lo, hi = start + b * block_length, start + (b + 1) * block_length
+            in_block = (columns >= lo) & (columns < hi)  # [B, L]
+            for k in transfer_counts(block_length, steps_per_block):
+                if k == 0:
+                    continue
+                candidate = in_block & (x == mask_id)  # [B, L]
+                logits = _guided_logits(
+                    model, x, real, candidate, given, mask_id, cfg_scale
+                )  # [N, V]
+                if banned:
+                    logits[:, list(banned)] = -math.inf
+                pred = _gumbel_argmax(logits, temperature, generator)  # [N]
+                if remasking == "random":
+                    chosen_conf = torch.rand(pred.shape, generator=generator, dtype=torch.float64)
+                else:
+                    scored = logits
+                    if unconfident:
+                        scored = logits.clone()
+                        scored[:, list(unconfident)] = -math.inf
+                    if confidence_dtype == "float64":
+                        scored = scored.double()
+                    probs = torch.softmax(scored, dim=-1)  # [N, V]
+                    chosen_conf = probs.gather(-1, pred[:, None].to(device))[:, 0].double().cpu()
+                conf = torch.full(x.shape, -math.inf, dtype=torch.float64)  # [B, L]
+                conf[candidate.cpu()] = chosen_conf
+                full_pred = torch.zeros(x.shape, dtype=torch.long)
+                full_pred[candidate.cpu()] = pred.cpu()
+                chosen = conf.topk(k, dim=-1).indices  # [B, k]
+                x.scatter_(1, chosen.to(device), full_pred.gather(1, chosen).to(device))
+                if trace is not None:
+                    trace.append(x.clone())
+        x = x.cpu()
+        return torch.stack(
+            [x[i, int(lengths[i]) : int(lengths[i]) + gen_length] for i in range(batch)]
+        )
+
+    return _in_batches(
+        len(prompts), batch_size, lambda rows: one_batch(prompts[rows], suffixes[rows])
+    )
 
 
 def _guided_logits(
@@ -250,53 +250,67 @@ def dream_generate(
     steps = gen_length if steps is None else steps
     if alg not in DREAM_ALGS:
         raise ValueError(f"alg {alg!r}: expected one of {', '.join(DREAM_ALGS)}")
-    batch = len(prompts)
-    if 0 < batch_size < batch:
-        options = dict(mask_id=mask_id, pad_id=pad_id, steps=steps, alg=alg, alg_temp=alg_temp,
-                       temperature=temperature, top_p=top_p, top_k=top_k, eps=eps,
-                       confidence_dtype=confidence_dtype, generator=generator)  # fmt: skip
-        return torch.cat([dream_generate(model, prompts[i : i + batch_size], gen_length,
-                                         **options)  # type: ignore[arg-type]
-                          for i in range(0, batch, batch_size)])  # fmt: skip
-    lengths = [len(p) for p in prompts]
-    total = max(lengths) + gen_length
-    x = torch.full((batch, total), pad_id, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        x[i, : len(p) + gen_length] = torch.tensor(list(p) + [mask_id] * gen_length)
+
     device = model_device(model)
-    x = x.to(device)
-    real = x != pad_id  # [B, L]
     times = torch.linspace(1, eps, steps + 1, dtype=torch.float64)
-    for i in range(steps):
-        masked = x == mask_id  # [B, L]
-        if not masked.any():
-            break
-        logits = logits_at(model, x, real, masked)  # [N, V]
-        if confidence_dtype == "float64":
-            logits = logits.double()
-        rows = masked.nonzero()[:, 0].cpu()  # [N]: the row of each masked position
-        ratio = 1.0 - float(times[i + 1] / times[i]) if i < steps - 1 else 1.0
-        conf, pred = _dream_tokens(logits, alg, temperature, top_p, top_k, generator)  # [N]
-        if alg == "origin":
-            chosen = torch.rand(len(rows), generator=generator, dtype=torch.float64) < ratio
+
+    def one_batch(prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        batch = len(prompts)
+        lengths = [len(p) for p in prompts]
+        total = max(lengths) + gen_length
+        x = torch.full((batch, total), pad_id, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            x[i, : len(p) + gen_length] = torch.tensor(list(p) + [mask_id] * gen_length)
+        x = x.to(device)
+        real = x != pad_id  # [B, L]
+        for i in range(steps):
+            masked = x == mask_id  # [B, L]
+            if not masked.any():
+                break
+            logits = logits_at(model, x, real, masked)  # [N, V]
+            if confidence_dtype == "float64":
+                logits = logits.double()
+            rows = masked.nonzero()[:, 0].cpu()  # [N]: the row of each masked position
+            ratio = 1.0 - float(times[i + 1] / times[i]) if i < steps - 1 else 1.0
+            conf, pred = _dream_tokens(logits, alg, temperature, top_p, top_k, generator)  # [N]
+            if alg == "origin":
+                chosen = torch.rand(len(rows), generator=generator, dtype=torch.float64) < ratio
+            else:
+                chosen = _dream_commits(rows, batch, conf, ratio, i == steps - 1, alg_temp,
+                                        generator)  # fmt: skip
+            where = masked.nonzero()[chosen.to(device)]  # [n, 2]
+            x[where[:, 0], where[:, 1]] = pred.to(device)[chosen.to(device)]
+        x = x.cpu()
+        return torch.stack([x[i, lengths[i] : lengths[i] + gen_length] for i in range(batch)])
+
+    return _in_batches(len(prompts), batch_size, lambda rows: one_batch(prompts[rows]))
+
+
+def _dream_commits(
+    rows: torch.Tensor,  # [N]: the row of each masked position
+    n_rows: int,
+    conf: torch.Tensor,  # [N]
+    ratio: float,
+    last: bool,
+    alg_temp: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Which masked positions each row commits ``[N]`` (bool): ``floor(m * ratio)`` of its ``m``
+    (all of them at the last step), the most confident, or drawn from
+    ``softmax(confidence / alg_temp)`` when ``alg_temp`` > 0."""
+    chosen = torch.zeros(len(rows), dtype=torch.bool)
+    for b in range(n_rows):
+        mine = (rows == b).nonzero()[:, 0]
+        k = len(mine) if last else int(len(mine) * ratio)
+        if k == 0:
+            continue
+        if alg_temp > 0:
+            weights = torch.softmax(conf[mine].double() / alg_temp, dim=-1)
+            pick = torch.multinomial(weights, k, generator=generator)
         else:
-            chosen = torch.zeros(len(rows), dtype=torch.bool)
-            for b in range(batch):
-                mine = (rows == b).nonzero()[:, 0]
-                m = len(mine)
-                k = int(m * ratio) if i < steps - 1 else m
-                if k == 0:
-                    continue
-                if alg_temp > 0:
-                    weights = torch.softmax(conf[mine].double() / alg_temp, dim=-1)
-                    pick = torch.multinomial(weights, k, generator=generator)
-                else:
-                    pick = conf[mine].topk(k).indices
-                chosen[mine[pick]] = True
-        where = masked.nonzero()[chosen.to(device)]  # [n, 2]
-        x[where[:, 0], where[:, 1]] = pred.to(device)[chosen.to(device)]
-    x = x.cpu()
-    return torch.stack([x[i, lengths[i] : lengths[i] + gen_length] for i in range(batch)])
+            pick = conf[mine].topk(k).indices
+        chosen[mine[pick]] = True
+    return chosen
 
 
 def _dream_tokens(
@@ -360,25 +374,34 @@ def arm_generate(
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
         by_length.setdefault(len(p), []).append(i)
+
+    def decode(rows: list[int]) -> torch.Tensor:  # [b, gen_length]
+        x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
+        if cached is not None:
+            return cached(x, gen_length, eos_id).cpu()
+        new = torch.empty(len(rows), gen_length, dtype=torch.long)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        for j in range(gen_length):
+            last = torch.zeros(x.shape, dtype=torch.bool, device=device)
+            last[:, -1] = True
+            nxt = logits_at(model, x, None, last).argmax(dim=-1)  # [b]
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            new[:, j] = nxt.cpu()
+            x = torch.cat([x, nxt[:, None]], dim=1)
+        return new
+
     for group in by_length.values():
-        step = batch_size or len(group)
-        for at in range(0, len(group), step):
-            rows = group[at : at + step]
-            x = torch.tensor([list(prompts[i]) for i in rows], dtype=torch.long, device=device)
-            if cached is not None:
-                out[rows] = cached(x, gen_length, eos_id).cpu()
-                continue
-            done = torch.zeros(len(rows), dtype=torch.bool, device=device)
-            for j in range(gen_length):
-                last = torch.zeros(x.shape, dtype=torch.bool, device=device)
-                last[:, -1] = True
-                nxt = logits_at(model, x, None, last).argmax(dim=-1)  # [b]
-                if eos_id is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-                    done |= nxt == eos_id
-                out[rows, j] = nxt.cpu()
-                x = torch.cat([x, nxt[:, None]], dim=1)
+        out[group] = _in_batches(len(group), batch_size, lambda rows, g=group: decode(g[rows]))
     return out
+
+
+def _in_batches(n: int, batch_size: int, decode: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+    """``decode`` of consecutive slices of at most ``batch_size`` of ``n`` rows (0: all at once),
+    concatenated along the rows: a decoder's memory is bounded by its batch, not by ``n``."""
+    step = batch_size if batch_size > 0 else n
+    return torch.cat([decode(slice(i, i + step)) for i in range(0, n, step)])
 
 
 def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:

@@ -36,6 +36,7 @@ autocast on GPU with :func:`make_accelerator`, float32 on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -289,14 +290,14 @@ def restore_state(
     sums. Everything is checked before anything is loaded. In a run of several processes each
     takes its own generator (``rank``) and all the shared data order's."""
     tensors = files.load_tensors(path)
-    step = read_step(path)
-    saved = int(read_header(path).get("processes", "1"))
+    header = read_header(path)
+    step, saved = int(header["step"]), int(header.get("processes", "1"))
     if saved != processes:
         raise RevcurseError(
             f"{path}: written by a run of {saved} process(es); resume it with {saved}, not "
             f"{processes} (each process's random stream is part of the run)"
         )
-    if rank > 0 or processes > 1:
+    if processes > 1:  # rank > 0 only then (the count was checked above)
         for key in [f"rank{r}" for r in range(1, processes)] + ["order"]:
             if f"rng.{key}" not in tensors:
                 raise RevcurseError(f"{path}: not a resumable checkpoint of this run (generator "
@@ -483,9 +484,11 @@ def fit(
         if plain:
             batch = whole if whole is not None else select(data, order.next(), accelerator.device)
             loss = _backward(model, batch, loss_fn, generator, accelerator, step, 1.0)
+            # the whole set's tokens are counted once, after the loop
+            step_tokens = int(batch.attention_mask.sum()) if whole is None else 0
         else:
-            loss, batch = _accumulate(model, data, order, layout, loss_fn, generator, accelerator,
-                                      step)  # fmt: skip
+            loss, step_tokens = _accumulate(model, data, order, layout, loss_fn, generator,
+                                            accelerator, step)  # fmt: skip
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         if single:  # foreach: one fused norm over all gradients (what a toy step can afford)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -497,8 +500,7 @@ def fit(
         optimizer.step()
         loss_sum += loss.detach().float().cpu()
         loss_count += 1
-        tokens += batch if isinstance(batch, int) else (
-            int(batch.attention_mask.sum()) if whole is None else 0)  # fmt: skip
+        tokens += step_tokens
 
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -562,8 +564,6 @@ def _accumulate(model, data: TextBatch, order: DataOrder, layout: dict[str, int]
     """One step's gradient from this process's share of the global batch, in passes of
     ``micro_batch`` rows, each weighted by its share (gradient sync only on the last pass).
     Returns the share's mean loss and its token count."""
-    import contextlib
-
     rows = order.next()
     if rows is None:  # the whole set, in its order
         rows = torch.arange(len(data.ids))

@@ -126,14 +126,22 @@ class HFTokenizer:
     """A Hugging Face tokenizer behind the same interface (no special tokens added by encode).
 
     ``chat``: frame prompts and answers as the checkpoint's chat template does (:class:`ChatFrame`)
-    when it has one; Instruct checkpoints were tuned on that frame, base models have none."""
+    when it has one; Instruct checkpoints were tuned on that frame, base models have none.
+    ``mask_id`` / ``eos_id``: the family's own, where they differ from the tokenizer's."""
 
-    def __init__(self, tokenizer: Any, mask_id: int | None = None, chat: bool = False) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        mask_id: int | None = None,
+        chat: bool = False,
+        eos_id: int | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.mask_id = mask_id if mask_id is not None else tokenizer.mask_token_id
         if self.mask_id is None:
             raise ValueError("the tokenizer has no mask token; pass mask_id")
-        self.eos_id = tokenizer.eos_token_id
+        # a family's end of text where its tokenizer names another token EOS (LLaDA Instruct)
+        self.eos_id = eos_id if eos_id is not None else tokenizer.eos_token_id
         self.bos_id = tokenizer.bos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.chat = chat_frame(tokenizer) if chat and tokenizer.chat_template else None

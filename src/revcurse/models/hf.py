@@ -315,10 +315,7 @@ def load_tokenizer(name: str, path: str, trust_remote_code: bool = False, chat: 
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     mask_id = spec.mask_id if not spec.causal else (tok.mask_token_id or tok.eos_token_id)
-    out = HFTokenizer(tok, mask_id=mask_id, chat=chat)
-    if spec.eos_id is not None:
-        out.eos_id = spec.eos_id
-    return out
+    return HFTokenizer(tok, mask_id=mask_id, chat=chat, eos_id=spec.eos_id)
 
 
 # --------------------------------------------------------------------------------------------------
