@@ -16,6 +16,7 @@ from revcurse.data.person_description import (
     training_template_splits,
 )
 from revcurse.errors import RevcurseError
+from revcurse.probes.runner import summary_layers
 
 
 def test_all_training_statements_are_the_shipped_all_prompts_file():
@@ -111,8 +112,9 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     mirrors = {"p2d_mirror_train", "d2p_mirror_train"}
     assert len(summary["splits"]) == 10 and set(mdm["splits"]) == set(summary["splits"])
     assert set(arm["splits"]) == set(summary["splits"]) - mirrors  # no mirror query for an ARM
-    assert arm["probes"]["after"]["forward"]["attention_r_mean"].keys() == {"0", "1"}
-    assert set(mdm["probes"]["after"]) == {"forward", "mirror"}
+    assert summary_layers(arm["probe"], "forward") == [0, 1]
+    assert summary_layers(arm["probe"], "mirror") == []  # a causal model has no mirror pairing
+    assert {"per_fact_cos_fwd_rev_final", "per_fact_cos_mirror_rev_final"} <= mdm["probe"].keys()
     # The mirror query: the forward statement with the reverse answer (the name) to fill.
     record = json.loads((out / "models/mdm-seed0/generations/p2d_mirror_train.jsonl")
                         .read_text().splitlines()[0])  # fmt: skip

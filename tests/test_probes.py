@@ -193,17 +193,12 @@ class ToyWords:
         return self.vocab.encode(text.split())
 
 
-@pytest.mark.parametrize(
-    ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
-)
-def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
-    """One name, one quantity: the toy probe and the natural-language probe (probes.hf), run on the
-    same model, the same facts and the same pairing, give the same scores and correlations."""
+def text_facts(cfg, dataset, vocab, pairings, causal):
+    """The toy facts as the text probes read them (space-separated words, the toy's BOS and EOS
+    fill), encoded for ``pairings``."""
     from revcurse.data.schema import TextPair
-    from revcurse.probes.hf import attention_coupling, encode_facts
+    from revcurse.probes.hf import encode_facts
 
-    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 12, "data.n_filler": 1})
-    toy = coupling(model, cfg.data, vocab, pairing)
     facts = [
         (TextPair(" ".join(f.a + f.relation), " " + " ".join(f.b)),
          TextPair(" ".join(f.b + f.relation), " " + " ".join(f.a)))
@@ -211,7 +206,20 @@ def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
     ]  # fmt: skip
     length = cfg.data.bos + 3 + cfg.data.n_filler + cfg.data.eos  # toy queries end with EOS
     fill = (vocab.eos_id, length) if cfg.data.eos and not causal else None
-    encoded = encode_facts(ToyWords(vocab), facts, [pairing], bos=cfg.data.bos, fill=fill)[pairing]
+    return encode_facts(ToyWords(vocab), facts, pairings, bos=cfg.data.bos, fill=fill)
+
+
+@pytest.mark.parametrize(
+    ("causal", "pairing"), [(False, "mirror"), (False, "forward"), (True, "forward")]
+)
+def test_toy_and_text_probe_paths_give_the_same_coupling(causal, pairing):
+    """One name, one quantity: the toy probe and the natural-language probe (probes.hf), run on the
+    same model, the same facts and the same pairing, give the same scores and correlations."""
+    from revcurse.probes.hf import attention_coupling
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 12, "data.n_filler": 1})
+    toy = coupling(model, cfg.data, vocab, pairing)
+    encoded = text_facts(cfg, dataset, vocab, [pairing], causal)[pairing]
     text = attention_coupling(model, encoded, causal=causal, mask_id=vocab.mask_id)
     torch.testing.assert_close(
         torch.tensor(text["s_pair"]["0"], dtype=torch.float64).T, toy["s_pair"][0]
@@ -230,21 +238,13 @@ def test_toy_and_text_probe_paths_give_the_same_gradient_cosines(causal, pairing
     per parameter group and over all parameters, from the toy probe (per-example gradients by
     vmap) and from the text probe (one backward pass per query, probes.hf), on the same model,
     facts and pairing."""
-    from revcurse.data.schema import TextPair
-    from revcurse.probes.hf import encode_facts, gradient_alignment
+    from revcurse.probes.hf import gradient_alignment
 
     cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 10, "data.n_filler": 1})
     batches = {d: probe_batch(dataset, vocab, d, causal) for d in (pairing, "reverse")}
     toy = G.per_example_cosines(G.per_example_gradients(model, batches[pairing]),
                                 G.per_example_gradients(model, batches["reverse"]))  # fmt: skip
-    facts = [
-        (TextPair(" ".join(f.a + f.relation), " " + " ".join(f.b)),
-         TextPair(" ".join(f.b + f.relation), " " + " ".join(f.a)))
-        for f in dataset.facts
-    ]  # fmt: skip
-    length = cfg.data.bos + 3 + cfg.data.n_filler + cfg.data.eos
-    fill = (vocab.eos_id, length) if cfg.data.eos and not causal else None
-    encoded = encode_facts(ToyWords(vocab), facts, [pairing], bos=cfg.data.bos, fill=fill)[pairing]
+    encoded = text_facts(cfg, dataset, vocab, [pairing], causal)[pairing]
     text = gradient_alignment(model, encoded, causal=causal, mask_id=vocab.mask_id)
     torch.testing.assert_close(torch.tensor(text["cos_pair_rev"], dtype=torch.float64),
                                toy["all"], atol=1e-5, rtol=1e-4)  # fmt: skip
@@ -252,6 +252,35 @@ def test_toy_and_text_probe_paths_give_the_same_gradient_cosines(causal, pairing
     for group, values in text["cos_pair_rev_groups"].items():
         torch.testing.assert_close(torch.tensor(values, dtype=torch.float64), toy[group],
                                    atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_summary_reads_toy_and_text_records_alike(causal):
+    """One name, one quantity, in run summaries too: the toy measure and the text measure, run by
+    the one ProbeRunner on the same model and facts, summarise to the same numbers under every
+    label both carry (attention r overall and per layer, signal cosine, per-fact gradient cosine)."""
+    from revcurse.probes.hf import text_measure
+    from revcurse.probes.inputs import pairings_for
+    from revcurse.probes.runner import ProbeRunner
+
+    cfg, dataset, vocab, model = setup(causal, **{"data.n_pairs": 10, "data.n_filler": 1,
+                                                  "model.n_layers": 2})  # fmt: skip
+    cfg = apply_overrides(cfg, ["probe.per_example_every=1", "probe.distances=[]"])
+    toy = probe_runner(cfg, dataset, vocab, None)
+    encoded = text_facts(cfg, dataset, vocab, pairings_for(causal), causal)
+    text = ProbeRunner(text_measure(encoded, causal=causal, mask_id=vocab.mask_id), None)
+    for step in (0, 3):
+        toy(model, step, final=step == 3)
+        text(model, step, final=step == 3)
+    a, b = toy.summary(), text.summary()
+    shared = sorted((a.keys() & b.keys()) - {"n_probes", "first_step", "final_step"})
+    expected = {f"{label}_{end}" for pairing in pairings_for(causal) for end in ("first", "final")
+                for label in (f"attention_pearson_{pairing}", f"attention_pearson_{pairing}_layer1",
+                              f"signal_u_cosine_{pairing}")}  # fmt: skip
+    expected.add("per_fact_cos_fwd_rev_final")
+    assert expected <= set(shared)
+    for key in shared:
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key
 
 
 @pytest.mark.parametrize("causal", [False, True])

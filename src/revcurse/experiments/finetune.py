@@ -32,8 +32,9 @@ from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
 from revcurse.objectives import run_loss, text_objective
-from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
+from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_measure
 from revcurse.probes.inputs import pairings_for
+from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
 from revcurse.repro import seed_everything, write_provenance
 
 
@@ -138,10 +139,16 @@ def run_finetune(
         pairings_for(spec.causal),
         bos=bos,
     )
-    probes = TextProbeRunner(model, facts, out / "probes.jsonl", causal=spec.causal,
-                             mask_id=mask_id, every=cfg.probe.every,
-                             enabled=main and cfg.probe.enabled, layers=cfg.probe.layers or None,
-                             attention=spec.records_scores)  # fmt: skip
+    measure = text_measure(
+        facts,
+        causal=spec.causal,
+        mask_id=mask_id,
+        layers=cfg.probe.layers or None,
+        attention=spec.records_scores,
+    )
+    probes = ProbeRunner(measure, out / "probes.jsonl", every=cfg.probe.every,
+                         enabled=main and cfg.probe.enabled and probeable(facts),
+                         keep=resume)  # fmt: skip
 
     def evaluate(stage: str) -> dict[str, dict[str, float]]:
         if not main:
@@ -164,8 +171,7 @@ def run_finetune(
         before = evaluate("before")
         if main:
             files.write_json(out / "before.json", before)
-        probes.start()
-        probes(0)
+        probes(model, 0)
 
     data = encode_pairs(tokenizer, train_pairs, bos=bos)
     # LLaDA's SFT recipe: answers (ended by the end-of-turn token in a chat frame) padded with EOS
@@ -177,10 +183,11 @@ def run_finetune(
                               weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
         cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
         resume=resume, accelerator=accelerator,
-        on_step=lambda done: probes(done) if probes.due(done) else None, progress=progress,
+        on_step=lambda done: probes(model, done) if probes.due(done) else None,
+        progress=progress,
     )  # fmt: skip
     speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
-    last_probe = probes(cfg.train.steps)
+    probes(model, cfg.train.steps, final=True)
     after = evaluate("after")
     if not main:
         accelerator.wait_for_everyone()
@@ -203,7 +210,7 @@ def run_finetune(
         "vocab_size": len(tokenizer),
         "before": before,
         "after": after,
-        "probes": {"before": probe_summary(probes.at(0)), "after": probe_summary(last_probe)},
+        "probe": probes.summary() if probes.enabled else None,
     }
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
@@ -211,6 +218,10 @@ def run_finetune(
     (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
     accelerator.wait_for_everyone()
     return summary
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
@@ -245,19 +256,23 @@ def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
             rows,
         ),  # fmt: skip
     ]
-    before, after = summary["probes"]["before"], summary["probes"]["after"]
-    if before is not None and after is not None:
+    probe = summary.get("probe")
+    if probe and "first_step" in probe:
         probe_rows = []
-        for pairing, b in before.items():
-            a = after[pairing]
+        for pairing in pairings_for(summary["causal"]):
+            labels = [
+                (
+                    f"attention r(S_{pairing}, S_rev), layer {n}",
+                    f"attention_pearson_{pairing}_layer{n}",
+                )
+                for n in summary_layers(probe, pairing)
+            ]
+            labels.append((f"gradient cos({pairing}, rev) on LoRA parameters, mean over facts",
+                           f"per_fact_cos_{GRADIENT_PAIRS[pairing]}"))  # fmt: skip
             probe_rows += [
-                [f"attention r(S_{pairing}, S_rev), layer {layer}", f"{r:+.3f}",
-                 f"{a['attention_r_mean'][layer]:+.3f}"]
-                for layer, r in b["attention_r_mean"].items()
-            ]  # fmt: skip
-            probe_rows.append([f"gradient cos({pairing}, rev) on LoRA parameters",
-                               f"{b['cos_pair_rev_mean']:+.3f}",
-                               f"{a['cos_pair_rev_mean']:+.3f}"])  # fmt: skip
+                [text, _signed(probe.get(f"{label}_first")), _signed(probe.get(f"{label}_final"))]
+                for text, label in labels
+            ]
         blocks.append(Table(["probe (pairing named)", "before", "after"], probe_rows))
     blocks.append(Para(f"Training: {speed['tokens_per_second']:.0f} tokens/s, "
                        f"{speed['train_seconds']:.1f} s."))  # fmt: skip

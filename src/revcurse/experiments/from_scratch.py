@@ -61,8 +61,10 @@ from revcurse.experiments.executor import Outcome, guarded, model_dir, train_fam
 from revcurse.experiments.rundir import start_experiment
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss, text_objective
-from revcurse.probes.hf import TextProbeRunner, encode_facts, paired_queries, probe_summary
-from revcurse.probes.inputs import pairings_for
+from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_measure
+from revcurse.probes.inputs import PAIRINGS, pairings_for
+from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
+from revcurse.probes.runner import summarise as summarise_probes
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.stats import aggregate, paired_comparison
 
@@ -288,23 +290,22 @@ def train_run(
         bos=True,
         fill=None if fill_to is None else (tokenizer.eos_id, fill_to),  # as in training
     )
-    probes = TextProbeRunner(model, facts, out / "probes.jsonl", causal=causal,
-                             mask_id=tokenizer.mask_id, every=cfg.probe.every,
-                             enabled=cfg.probe.enabled)  # fmt: skip
+    probes = ProbeRunner(text_measure(facts, causal=causal, mask_id=tokenizer.mask_id),
+                         out / "probes.jsonl", every=cfg.probe.every,
+                         enabled=cfg.probe.enabled and probeable(facts), keep=resuming)  # fmt: skip
     if resuming:
         probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
     else:
-        probes.start()
-        probes(0)
+        probes(model, 0)
     loss = run_loss(text_objective(causal), tokenizer.mask_id, eps=cfg.train.diffusion_eps,
                     weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p)  # fmt: skip
     meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
     fitted = training.fit(
         model, data, loss, cfg.train, out=out, meta=meta, resume=resuming,
         accelerator=training.make_accelerator("cpu"),
-        on_step=lambda done: probes(done) if probes.due(done) else None,
+        on_step=lambda done: probes(model, done) if probes.due(done) else None,
     )  # fmt: skip
-    after = probes(cfg.train.steps)
+    probes(model, cfg.train.steps, final=True)
     start = time.perf_counter()
     results = {}
     for name, (metrics, records) in evaluate_run(model, cfg, prepared):
@@ -323,7 +324,7 @@ def train_run(
         "parameters": model.num_parameters(),
         "final_loss": fitted.mean_loss,
         "splits": results,
-        "probes": {"before": probe_summary(probes.at(0)), "after": probe_summary(after)},
+        "probe": probes.summary() if probes.enabled else None,
         "train_seconds": fitted.seconds,
         "eval_seconds": time.perf_counter() - start,
     }  # fmt: skip
@@ -464,12 +465,7 @@ def summarise(out: Path, cfg: PersonDescriptionConfig, summaries: list[dict]) ->
             for metric in ("prefix", "substring", "exact", "likelihood_top1", "chain_top1"):
                 if metric in m:  # chain_top1: runs evaluated since it exists
                     row[f"{split}.{metric}"] = m[metric]
-        for stage in ("before", "after"):
-            p = s["probes"][stage]
-            for pairing, q in (p or {}).items():
-                row[f"probe.{stage}.{pairing}.cos_pair_rev"] = q["cos_pair_rev_mean"]
-                for layer, r in q["attention_r_mean"].items():
-                    row[f"probe.{stage}.{pairing}.attention_r.layer{layer}"] = r
+        row |= probe_row(model_dir(out, name, s["seed"]) / "probes.jsonl")
         rows.append(row)
     metrics = [k for k in rows[0] if k not in ("family", "seed")]
     fitted = fit_table(cfg, rows)
@@ -499,6 +495,28 @@ def summarise(out: Path, cfg: PersonDescriptionConfig, summaries: list[dict]) ->
     }
     files.write_json(out / "summary.json", summary)
     return summary
+
+
+def probe_row(path: Path) -> dict[str, float]:
+    """A run's probe numbers for the results table, from its records (:func:`summarise_probes`,
+    the summary every run kind writes): per pairing, the gradient cosine of the paired and the
+    reverse query (mean over facts) and each layer's attention correlation, before training (the
+    first record, step 0) and after it (the last)."""
+    records = files.read_jsonl(path) if path.exists() else []
+    probe = summarise_probes(records)
+    row = {}
+    for stage, end in (("before", "first"), ("after", "final")):
+        for pairing in PAIRINGS:
+            if f"n_facts_{pairing}_{end}" not in probe:
+                continue
+            row[f"probe.{stage}.{pairing}.cos_pair_rev"] = probe[
+                f"per_fact_cos_{GRADIENT_PAIRS[pairing]}_{end}"
+            ]
+            for n in summary_layers(probe, pairing):
+                row[f"probe.{stage}.{pairing}.attention_r.layer{n}"] = probe[
+                    f"attention_pearson_{pairing}_layer{n}_{end}"
+                ]
+    return row
 
 
 def _mean(values: list[float | None]) -> float | None:

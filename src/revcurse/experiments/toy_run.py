@@ -34,7 +34,7 @@ from revcurse.errors import RevcurseError
 from revcurse.evaluation import ToyEvaluator
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss
-from revcurse.probes.runner import ProbeRunner
+from revcurse.probes.runner import ProbeRunner, toy_measure
 from revcurse.repro import seed_everything, write_provenance
 
 
@@ -190,8 +190,10 @@ def probe_runner(
     def train_loss(model: torch.nn.Module) -> torch.Tensor:
         return loss(model, data, torch.Generator().manual_seed(cfg.probe.seed))
 
-    return ProbeRunner(cfg.probe, cfg.data, dataset, vocab, cfg.model.causal, train_loss, out,
-                       prefix=prefix, keep=keep)  # fmt: skip
+    measure = toy_measure(cfg.probe, cfg.data, dataset, vocab, cfg.model.causal, train_loss)
+    path = out / "probes" / f"{prefix}probes.jsonl" if out is not None else None
+    return ProbeRunner(measure, path, every=cfg.probe.every, steps=cfg.probe.steps,
+                       keep=keep)  # fmt: skip
 
 
 def config_essentials(cfg: RunConfig) -> dict[str, Any]:

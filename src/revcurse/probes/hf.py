@@ -33,13 +33,11 @@ verbatim (paraphrased descriptions) the whole prompt stands in for it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from revcurse import files
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row, frame
 from revcurse.objectives import answer_loss
@@ -302,75 +300,25 @@ def probe_record(
     return record
 
 
-def probe_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The headline numbers of a :func:`probe_record`, per pairing, for run summaries."""
-    if record is None:
-        return None
-    return {
-        pairing: {
-            "n_facts": p["n_facts"],
-            "attention_r_mean": p["attention"]["r_mean"] if p["attention"] else {},
-            "cos_pair_rev_mean": p["gradients"]["cos_pair_rev_mean"],
-            "signal_u_cosine": p["signals"]["u"]["cosine"] if p.get("signals") else None,
-            "cos_pair_rev_group_means": {
-                group: sum(v) / max(1, len(v))
-                for group, v in p["gradients"].get("cos_pair_rev_groups", {}).items()
-            },
-        }
-        for pairing, p in record["pairings"].items()
-    }
+def text_measure(
+    facts: dict[str, Sequence[tuple[Encoded, Encoded]]],
+    *,
+    causal: bool,
+    mask_id: int,
+    layers: Sequence[int] | None = None,
+    attention: bool = True,
+) -> Callable[[Any, int, bool], tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """:func:`probe_record` of ``facts`` as the :data:`~revcurse.probes.runner.Measure` of a
+    :class:`~revcurse.probes.runner.ProbeRunner` (no tensors saved)."""
+
+    def measure(model: Any, step: int, final: bool):
+        record = probe_record(model, facts, step=step, causal=causal, mask_id=mask_id,
+                              layers=layers, attention=attention)  # fmt: skip
+        return record, {}
+
+    return measure
 
 
-class TextProbeRunner:
-    """:func:`probe_record` at chosen steps of a text run (before, during, after training), each
-    record appended to ``path`` (``probes.jsonl``); the text twin of the toy's
-    :class:`~revcurse.probes.runner.ProbeRunner`, with the same ``due`` / ``truncate`` contract so
-    the training loop's callback and resume treat both alike. ``enabled=False`` (or fewer than 3
-    facts in every pairing) makes every call a no-op returning None."""
-
-    def __init__(
-        self,
-        model: Any,
-        facts: dict[str, Sequence[tuple[Encoded, Encoded]]],
-        path: Path | None,
-        *,
-        causal: bool,
-        mask_id: int,
-        every: int = 0,
-        enabled: bool = True,
-        layers: Sequence[int] | None = None,
-        attention: bool = True,
-    ) -> None:
-        self.model, self.facts, self.path = model, facts, path
-        self.causal, self.mask_id, self.every = causal, mask_id, every
-        self.layers, self.attention = layers, attention
-        self.enabled = enabled and any(len(f) >= 3 for f in facts.values())
-        self.records: list[dict[str, Any]] = []
-
-    def due(self, step: int) -> bool:
-        return self.enabled and self.every > 0 and step % self.every == 0
-
-    def truncate(self, step: int) -> None:
-        """Resume after ``step``: keep (and reload) only the records up to it."""
-        if self.path is not None:
-            self.records = files.truncate_jsonl(self.path, step)
-
-    def start(self) -> None:
-        """A fresh run: drop records a previous attempt left."""
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-
-    def __call__(self, step: int) -> dict[str, Any] | None:
-        if not self.enabled:
-            return None
-        record = probe_record(self.model, self.facts, step=step, causal=self.causal,
-                              mask_id=self.mask_id, layers=self.layers,
-                              attention=self.attention)  # fmt: skip
-        self.records.append(record)
-        if self.path is not None:
-            files.append_jsonl(self.path, record)
-        return record
-
-    def at(self, step: int) -> dict[str, Any] | None:
-        """The record of ``step`` (the one before training, after a resume too)."""
-        return next((r for r in self.records if r["step"] == step), None)
+def probeable(facts: dict[str, Sequence[tuple[Encoded, Encoded]]]) -> bool:
+    """Whether any pairing has the 3 facts a correlation needs."""
+    return any(len(f) >= 3 for f in facts.values())
