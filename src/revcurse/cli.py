@@ -457,19 +457,102 @@ def finetune(
     typer.echo(f"report: {target / 'report.md'}   adapter: {target / 'adapter'}")
 
 
+MODEL_TYPES = {"llama": "llama", "qwen2": "qwen2", "llada": "llada", "dream": "dream"}
+"""A checkpoint's ``config.json`` ``model_type`` (lower case) -> revcurse's model family."""
+
+
 @app.command()
 @guarded
 def evaluate(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="A run directory or a .safetensors checkpoint.")
-    ],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A Hugging Face checkpoint directory (config.json), a revcurse run "
+            "directory (toy, text or fine-tune) or a toy .safetensors checkpoint."
+        ),
+    ],  # fmt: skip
+    adapter: Annotated[
+        Path | None, typer.Option("--adapter", help="A LoRA adapter directory (peft format).")
+    ] = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-remote-code",
+            help="Let transformers run the checkpoint's own code (Dream). Off unless you pass it.",
+        ),  # fmt: skip
+    ] = False,
+    force: ForceOpt = False,
 ) -> None:
-    """Re-evaluate a saved model on its dataset; prints the metrics as JSON."""
+    """Evaluate a model without training it: forward, reverse (and mirror) by generation and by
+    likelihood, probes if probe.enabled. A Hugging Face checkpoint or a fine-tune run writes a run
+    directory and report (--set data.dataset=facts --set data.path=F.jsonl for your own facts); a
+    toy run prints its metrics as JSON; a from-scratch text run is re-evaluated in place."""
+    overrides = list(set_ or [])
+    if not path.exists():
+        raise _fail(f"{path}: not found (expected a Hugging Face checkpoint directory, a run "
+                    "directory or a .safetensors checkpoint)")  # fmt: skip
+    if (path / "config.json").is_file():
+        _evaluate_hf(path, adapter, overrides, out, trust_remote_code, force)
+    elif (path / "adapter").is_dir() and (path / "config.yaml").is_file():
+        if adapter is not None:
+            raise _fail("--adapter: a fine-tune run brings its own (adapter/)")
+        cfg = apply_overrides(load_yaml(FinetuneConfig, path / "config.yaml"),
+                              [*overrides, f"model.adapter={path / 'adapter'}"])  # fmt: skip
+        _evaluate_finetuned(cfg, _target(out, "evaluate"), trust_remote_code, force)
+    elif (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
+        _evaluate_text_run(path, overrides)
+    else:
+        if adapter is not None or overrides or out is not None:
+            raise _fail("a toy run takes no --adapter, --set or --out (its config is its own)")
+        _evaluate_toy(path)
 
+
+def _evaluate_hf(path: Path, adapter: Path | None, overrides: list[str], out: Path | None,
+                 trust_remote_code: bool, force: bool) -> None:  # fmt: skip
+    try:
+        model_type = str(json.loads((path / "config.json").read_text())["model_type"]).lower()
+    except (ValueError, KeyError):
+        raise _fail(f"{path / 'config.json'}: expected a JSON object with 'model_type'") from None
+    family = MODEL_TYPES.get(model_type)
+    if family is None and not any(o.startswith("model.family=") for o in overrides):
+        raise _fail(f"{path / 'config.json'}: model_type {model_type!r} is none of "
+                    f"{sorted(MODEL_TYPES)}; pass --set model.family=llama (any Llama- or "
+                    "Qwen2-architecture ARM) if it is one of them")  # fmt: skip
+    sets = [f"model.family={family}"] if family else []
+    sets += [f"model.path={path}", *([f"model.adapter={adapter}"] if adapter else []), *overrides]
+    cfg = _load(FinetuneConfig, None, sets)
+    _evaluate_finetuned(cfg, _target(out, f"evaluate-{cfg.model.family}-{cfg.data.dataset}"),
+                        trust_remote_code, force)  # fmt: skip
+
+
+def _evaluate_finetuned(cfg: FinetuneConfig, target: Path, trust_remote_code: bool,
+                        force: bool) -> None:  # fmt: skip
+    from revcurse.experiments.finetune import run_evaluation
+
+    summary = run_evaluation(cfg, target, trust_remote_code=trust_remote_code,
+                             command=_command_line(), force=force)  # fmt: skip
+    for split, m in summary["splits"].items():
+        typer.echo(f"{split} ({m['direction']}): exact {m['exact']:.3f}   likelihood top-1 "
+                   f"{m['likelihood_top1']:.3f} (chance {m['chance_top1']:.3f})")  # fmt: skip
+    typer.echo(f"report: {target / 'report.md'}")
+
+
+def _evaluate_text_run(path: Path, overrides: list[str]) -> None:
+    from revcurse.config import TextRunConfig
+    from revcurse.experiments.from_scratch import reevaluate_run
+
+    if overrides:
+        raise _fail("a from-scratch text run is evaluated as it was configured: no --set")
+    summary = reevaluate_run(load_yaml(TextRunConfig, path / "config.yaml"), path)
+    typer.echo(json.dumps({"run": str(path), "splits": summary["splits"]}, indent=2))
+
+
+def _evaluate_toy(path: Path) -> None:
     from revcurse.evaluation import evaluate as evaluate_model
     from revcurse.experiments.toy_run import build_dataset, load_checkpoint
 
-    path = checkpoint
     if path.is_dir():
         path = path / "checkpoints" / "final.safetensors"
     model, cfg, vocab, step = load_checkpoint(path)
@@ -516,21 +599,47 @@ DATASETS = get_args(TextDatasetName)
 @app.command()
 @guarded
 def data(
-    name: Annotated[str, typer.Argument(help=f"Dataset: {', '.join(DATASETS)}.")],
+    name: Annotated[
+        str, typer.Argument(help=f"Dataset: {', '.join(DATASETS)}; or 'convert' (see below).")
+    ],
+    dataset: Annotated[
+        str | None, typer.Argument(help="With 'convert': the dataset to write as facts.")
+    ] = None,
     path: Annotated[
         Path | None,
-        typer.Option("--path", help="A file (parent-child) or folder (person-description, trex)."),
+        typer.Option(
+            "--path", help="A file (parent-child, facts) or folder (person-description, trex)."
+        ),  # fmt: skip
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="With 'convert': the facts file to write.")
     ] = None,
     show: Annotated[int, typer.Option(help="Print this many examples of each split.")] = 1,
 ) -> None:
-    """Load and validate a reversal dataset; print its splits, sizes, licence and examples."""
+    """Load and validate a reversal dataset; print its splits, sizes, licence and examples.
+    `revcurse data convert NAME --out facts.jsonl` writes NAME in revcurse's facts format
+    (revcurse.data.facts) to start your own facts from; `--set data.dataset=facts
+    --set data.path=facts.jsonl` then reads it anywhere a dataset is taken."""
 
     from revcurse.config import TextDataConfig, from_dict
-    from revcurse.data.text_datasets import load_text_dataset
+    from revcurse.data.facts import write_facts
+    from revcurse.data.text_datasets import as_facts, load_text_dataset
 
+    convert = name == "convert"
+    if convert and (dataset is None or out is None):
+        raise _fail("revcurse data convert needs a dataset and --out FILE")
+    if not convert and (dataset is not None or out is not None):
+        raise _fail("a second argument and --out go with 'revcurse data convert' only")
     # The config's own checks: a known name (with a suggestion), T-REx given its folder.
     where = "revcurse data (dataset NAME, --path)"
-    cfg = from_dict(TextDataConfig, {"dataset": name, "path": str(path or "")}, where=where)
+    chosen = dataset if convert else name
+    cfg = from_dict(TextDataConfig, {"dataset": chosen, "path": str(path or "")}, where=where)
+    if convert:
+        facts = as_facts(cfg)
+        write_facts(out, facts)
+        typer.echo(f"{out}: {len(facts.facts)} facts, {len(facts.relations)} relations "
+                   f"(from {chosen}; licence: {facts.licence})")  # fmt: skip
+        return
     ds = load_text_dataset(cfg)
     for warning in ds.warnings:
         typer.echo(f"warning: {warning}", err=True)

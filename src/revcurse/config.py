@@ -600,7 +600,7 @@ def _dotted(cfg: Any, key: str) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 HFFamily = Literal["llada", "dream", "llama", "qwen2"]
-TextDatasetName = Literal["parent-child", "person-description", "trex"]
+TextDatasetName = Literal["parent-child", "person-description", "trex", "facts"]
 
 
 @dataclass
@@ -620,6 +620,9 @@ class HFModelConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: bfloat16 weights on GPU, float32 on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    adapter: str = ""
+    """A LoRA adapter directory (peft format, e.g. a fine-tune run's ``adapter/``) put on the
+    model for ``revcurse evaluate``; empty: none. (Fine-tuning starts new adapters.)"""
     chat_template: bool = True
     """Frame every prompt and answer as the checkpoint's chat template does, in training,
     evaluation and probes, ending answers with its end-of-turn token (when its tokenizer has a
@@ -659,9 +662,11 @@ class TextDataConfig:
     """Which natural-language reversal dataset, and how much of it."""
 
     dataset: TextDatasetName = "parent-child"
+    """A shipped dataset, or ``facts``: your own facts file (the JSONL format of
+    :mod:`revcurse.data.facts`; ``revcurse data convert`` writes a shipped one in it)."""
     path: str = ""
-    """A file (parent-child CSV) or directory (person-description files, T-REx LAMA root); empty:
-    the copy shipped with revcurse (T-REx has none: it needs a path)."""
+    """A file (parent-child CSV, a facts JSONL) or directory (person-description files, T-REx LAMA
+    root); empty: the copy shipped with revcurse (T-REx and facts have none: they need a path)."""
     max_train: int = 0
     """Training statements used (0: all)."""
     max_eval: int = 64
@@ -675,6 +680,8 @@ class TextDataConfig:
         _check(self.dataset != "trex" or bool(self.path), where, "path",
                "the T-REx LAMA directory (relations.jsonl + one file per relation)",
                self.path)  # fmt: skip
+        _check(self.dataset != "facts" or bool(self.path), where, "path",
+               "a facts file (JSONL, see revcurse.data.facts)", self.path)  # fmt: skip
 
 
 @dataclass

@@ -12,10 +12,12 @@ only be asked the reverse if that template is trained on other pairs.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from importlib import resources
 from pathlib import Path
 
+from revcurse.data.facts import FactRecord, Facts, dataset_from_facts, render
 from revcurse.data.records import read_csv_records
 from revcurse.data.schema import TextDataset, TextPair
 from revcurse.errors import RevcurseError
@@ -30,48 +32,55 @@ def default_path() -> Path:
     )
 
 
+FORWARD_TEMPLATE = "Who is {{a}}'s {kind}? {{b}}"
+"""The forward template of relation ``kind`` (mother or father): a = child, b = parent."""
+REVERSE_TEMPLATE = "Name a child of {b}. {a}"
+
+
 def forward_pair(child: str, parent: str, parent_type: str, source: str = "") -> TextPair:
-    return TextPair(f"Who is {child}'s {parent_type}?", f" {parent}", source=source)
+    return render(FORWARD_TEMPLATE.format(kind=parent_type), "forward", child, parent, source)
 
 
 def reverse_pair(parent: str, children: list[str], source: str = "") -> TextPair:
     first, *others = children
-    return TextPair(f"Name a child of {parent}.", f" {first}",
-                    tuple(f" {c}" for c in others), source)  # fmt: skip
+    pair = render(REVERSE_TEMPLATE, "reverse", first, parent, source)
+    return dataclasses.replace(pair, alternatives=tuple(f" {c}" for c in others))
+
+
+def check_row(row: dict[str, str], where: str) -> None:
+    """A Parent–Child row's closed fields, or a one-line error naming the field."""
+    if row["parent_type"] not in ("mother", "father"):
+        raise RevcurseError(
+            f"{where}: field 'parent_type': expected mother or father, got {row['parent_type']!r}"
+        )
+    if row["can_reverse"] not in ("True", "False"):
+        raise RevcurseError(
+            f"{where}: field 'can_reverse': expected True or False, got {row['can_reverse']!r}"
+        )
+
+
+def parent_child_facts(path: str | Path | None = None) -> Facts:
+    """Parent–Child as facts (:mod:`revcurse.data.facts`): a = child, b = parent, relations
+    ``mother`` and ``father``; ids ``pc-<line>``."""
+    path = Path(path) if path is not None else default_path()
+    relations = {
+        kind: {"forward": (FORWARD_TEMPLATE.format(kind=kind),), "reverse": (REVERSE_TEMPLATE,)}
+        for kind in ("mother", "father")
+    }
+    facts = []
+    for lineno, row in read_csv_records(path, COLUMNS, nonempty=("child", "parent")):
+        check_row(row, f"{path}:{lineno}")
+        kind = row["parent_type"]
+        facts.append(FactRecord(f"pc-{lineno}", row["child"], row["parent"],
+                                relations[kind]["forward"], relations[kind]["reverse"],
+                                relation=kind, source=f"{path.name}:{lineno}"))  # fmt: skip
+    return Facts(facts, relations, name="parent-child", licence=LICENCE)
 
 
 def load_parent_child(path: str | Path | None = None) -> TextDataset:
-    """Forward statements for training; forward and reverse queries for testing."""
-    path = Path(path) if path is not None else default_path()
-    rows = []
-    for lineno, row in read_csv_records(path, COLUMNS, nonempty=("child", "parent")):
-        if row["parent_type"] not in ("mother", "father"):
-            raise RevcurseError(
-                f"{path}:{lineno}: field 'parent_type': expected mother or father, "
-                f"got {row['parent_type']!r}"
-            )
-        if row["can_reverse"] not in ("True", "False"):
-            raise RevcurseError(
-                f"{path}:{lineno}: field 'can_reverse': expected True or False, "
-                f"got {row['can_reverse']!r}"
-            )
-        rows.append((lineno, row))
-    children: dict[str, list[str]] = defaultdict(list)
-    for _, row in rows:
-        if row["child"] not in children[row["parent"]]:
-            children[row["parent"]].append(row["child"])
-    forward = [
-        forward_pair(r["child"], r["parent"], r["parent_type"], f"{path.name}:{n}") for n, r in rows
-    ]
-    reverse, seen = [], set()
-    for n, r in rows:
-        if r["parent"] not in seen:
-            seen.add(r["parent"])
-            reverse.append(reverse_pair(r["parent"], children[r["parent"]], f"{path.name}:{n}"))
-    return TextDataset(
-        "parent-child", forward, {"forward": forward, "reverse": reverse},
-        {"forward": "forward", "reverse": "reverse"}, LICENCE,
-    )  # fmt: skip
+    """Forward statements for training; forward and reverse queries for testing (one reverse
+    query per parent, any of their children correct), built from :func:`parent_child_facts`."""
+    return dataset_from_facts(parent_child_facts(path))
 
 
 def _child_of(forward: TextPair) -> str:

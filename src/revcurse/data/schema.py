@@ -96,6 +96,9 @@ class TextPair:
     suffix: str = ""
     """Text after the completion, for infilling queries (the mirror query ``[M..M] REL b``): a
     bidirectional model sees ``prompt [MASK]* suffix``; a causal model cannot be asked them."""
+    fact: str = ""
+    """The id of the fact it states or asks (datasets read as facts, :mod:`revcurse.data.facts`):
+    the probes pair a forward and a reverse query by it."""
 
     @property
     def answers(self) -> tuple[str, ...]:
@@ -120,6 +123,7 @@ def mirror_query(forward: TextPair, answer: str) -> TextPair | None:
         prompt=forward.prompt[:at],
         completion=answer,
         source=forward.source,
+        fact=forward.fact,
         suffix=forward.prompt[at + len(answer) :] + forward.completion,
     )
 

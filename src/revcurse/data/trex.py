@@ -20,8 +20,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from revcurse.data.facts import FactRecord, Facts, dataset_from_facts
 from revcurse.data.records import read_jsonl_records
-from revcurse.data.schema import TextDataset, TextPair
+from revcurse.data.schema import TextDataset
 from revcurse.errors import RevcurseError
 
 LICENCE = "CC BY-NC 4.0 (T-REx, Elsahar et al. 2018, as distributed by LAMA, Petroni et al. 2019)"
@@ -85,31 +86,55 @@ def load_trex(root: str | Path) -> dict[str, Relation]:
     return relations
 
 
-def _query(template: str, known_slot: str, known: str, answer_slot: str, answer: str,
-           source: str) -> TextPair:  # fmt: skip
-    """The template up to the answer slot, with the known entity filled in, asks for ``answer``."""
-    before, _ = template.split(answer_slot)
-    return TextPair(before.replace(known_slot, known).rstrip(), " " + answer, source=source)
+def kept_relations(relations: dict[str, Relation], min_one_to_one: float) -> dict[str, Relation]:
+    """The relations near enough to one-to-one for a reversal split."""
+    return {rid: r for rid, r in relations.items() if r.one_to_one() >= min_one_to_one}
+
+
+def inverse_template(rel: Relation) -> str:
+    """The relation's own inverse template, else ``[Y] is the <label> of [X] .``."""
+    return rel.inverse_template or f"[Y] is the {rel.label} of [X] ."
+
+
+def _as_facts_template(template: str, answer_slot: str, where: str) -> str:
+    """A LAMA template in the facts format (:mod:`revcurse.data.facts`): ``[X]`` -> ``{a}``,
+    ``[Y]`` -> ``{b}``, cut after the answer slot (the LAMA query ends at its answer)."""
+    given = "[X]" if answer_slot == "[Y]" else "[Y]"
+    if template.index(given) > template.index(answer_slot):
+        raise RevcurseError(
+            f"{where}: template {template!r} names the answer {answer_slot} before the entity "
+            f"{given}; a query must end with its answer"
+        )
+    cut = template[: template.index(answer_slot) + len(answer_slot)]
+    return cut.replace("[X]", "{a}").replace("[Y]", "{b}")
+
+
+def trex_facts(relations: dict[str, Relation], min_one_to_one: float = 0.9) -> Facts:
+    """The near one-to-one relations as facts: a = subject, b = object, one facts relation per
+    T-REx relation (its template forward, its inverse reverse); ids ``<relation>-<n>``."""
+    kept = kept_relations(relations, min_one_to_one)
+    templates, facts, generic = {}, [], []
+    for rel in kept.values():
+        if rel.inverse_template is None:
+            generic.append(rel.id)
+        where = f"relation {rel.id}"
+        t = {"forward": (_as_facts_template(rel.template, "[Y]", where),),
+             "reverse": (_as_facts_template(inverse_template(rel), "[X]", where),)}  # fmt: skip
+        templates[rel.id] = t
+        for n, (subject, obj, source) in enumerate(rel.facts):
+            facts.append(FactRecord(f"{rel.id}-{n}", subject, obj, t["forward"], t["reverse"],
+                                    relation=rel.id, source=source))  # fmt: skip
+    notes = {
+        "relations": ",".join(sorted(kept)),
+        "dropped": ",".join(sorted(set(relations) - set(kept))),
+        "generic_inverse_template": ",".join(generic),
+        "min_one_to_one": str(min_one_to_one),
+    }
+    return Facts(facts, templates, name="trex-reversal", licence=LICENCE, notes=notes)
 
 
 def reversal_split(relations: dict[str, Relation], min_one_to_one: float = 0.9) -> TextDataset:
-    """Forward statements and reverse queries of the near one-to-one relations."""
-    kept = {rid: r for rid, r in relations.items() if r.one_to_one() >= min_one_to_one}
-    forward, reverse, generic = [], [], []
-    for rel in kept.values():
-        inverse = rel.inverse_template or f"[Y] is the {rel.label} of [X] ."
-        if rel.inverse_template is None:
-            generic.append(rel.id)
-        for subject, obj, source in rel.facts:
-            forward.append(_query(rel.template, "[X]", subject, "[Y]", obj, source))
-            reverse.append(_query(inverse, "[Y]", obj, "[X]", subject, source))
-    return TextDataset(
-        "trex-reversal", forward, {"forward": forward, "reverse": reverse},
-        {"forward": "forward", "reverse": "reverse"}, LICENCE,
-        notes={
-            "relations": ",".join(sorted(kept)),
-            "dropped": ",".join(sorted(set(relations) - set(kept))),
-            "generic_inverse_template": ",".join(generic),
-            "min_one_to_one": str(min_one_to_one),
-        },
-    )  # fmt: skip
+    """Forward statements and forward and reverse queries of the near one-to-one relations, built
+    from :func:`trex_facts` (a reverse prompt shared by several facts is asked once, every subject
+    correct)."""
+    return dataset_from_facts(trex_facts(relations, min_one_to_one))

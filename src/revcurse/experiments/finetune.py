@@ -25,8 +25,9 @@ import torch
 
 from revcurse import files, training
 from revcurse.config import FinetuneConfig, dump_yaml, to_dict
+from revcurse.data.schema import TextDataset, TextPair
 from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
-from revcurse.data.text_datasets import PROBE_SPLITS, load_text_dataset
+from revcurse.data.text_datasets import load_text_dataset, probe_splits
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
@@ -74,6 +75,165 @@ def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
     return model, tokenizer
 
 
+def load_tests(cfg: FinetuneConfig) -> tuple[TextDataset, dict[str, list[TextPair]]]:
+    """The dataset and the test splits to evaluate (``data.splits``, ``data.max_eval``)."""
+    dataset = load_text_dataset(cfg.data)
+    splits = cfg.data.splits or list(dataset.tests)
+    unknown = [s for s in splits if s not in dataset.tests]
+    if unknown:
+        raise RevcurseError(
+            f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
+            f"expected some of {sorted(dataset.tests)}"
+        )
+    return dataset, {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
+
+
+def vocabulary_texts(dataset: TextDataset, train_pairs: list[TextPair]) -> list[str]:
+    """The texts a tiny model's word tokenizer is fitted on (a run rebuilt from its config gets
+    the same vocabulary)."""
+    texts = [p.prompt + p.completion for p in train_pairs]
+    return texts + [p.prompt + a for ps in dataset.tests.values() for p in ps for a in p.answers]
+
+
+def uses_bos(tokenizer: Any) -> bool:
+    """Pretrained models saw BOS at the start of every document (Llama, LLaDA); Qwen has none."""
+    return getattr(tokenizer, "bos_id", None) is not None
+
+
+def probe_runner(cfg: FinetuneConfig, dataset: TextDataset, model: Any, tokenizer: Any,
+                 out: Path, *, enabled: bool = True, keep: bool = False) -> ProbeRunner:  # fmt: skip
+    """The probes of a Hugging Face model on the dataset's probe splits, paired by fact."""
+    spec = model.spec
+    fwd_split, rev_split = probe_splits(dataset, cfg.data.dataset)
+    facts = encode_facts(
+        tokenizer,
+        paired_queries(dataset.tests[fwd_split], dataset.tests[rev_split], cfg.probe.n_facts),
+        pairings_for(spec.causal),
+        bos=uses_bos(tokenizer),
+    )
+    measure = text_measure(
+        facts,
+        causal=spec.causal,
+        mask_id=tokenizer.mask_id,
+        layers=cfg.probe.layers or None,
+        attention=spec.records_scores,
+    )
+    return ProbeRunner(measure, out / "probes.jsonl", every=cfg.probe.every,
+                       enabled=enabled and cfg.probe.enabled and probeable(facts),
+                       keep=keep)  # fmt: skip
+
+
+def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list[TextPair]],
+                   model: Any, tokenizer: Any, generations: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Every test split by generation and likelihood (:func:`~revcurse.evaluation.evaluate_split`),
+    one generator seeded by ``train.seed`` consumed split after split; generations saved under
+    ``generations``."""
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    results = {}
+    for name, pairs in tests.items():
+        metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal, cfg.eval,
+                                          gen, bos=uses_bos(tokenizer))  # fmt: skip
+        save_generations(generations / f"{name}.jsonl", records)
+        results[name] = metrics | {"direction": dataset.directions[name]}
+    return results
+
+
+def run_evaluation(
+    cfg: FinetuneConfig,
+    out: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    command: str = "(library call)",
+    force: bool = False,
+) -> dict[str, Any]:
+    """``revcurse evaluate`` on a Hugging Face model, with ``model.adapter`` if given: every test
+    split by generation and likelihood, the probes once (``probe.enabled``; gradients on the
+    adapter's parameters, or on every parameter of a model without one: on an 8B model that is
+    three model-sized gradients, so probe there with an adapter or not at all), no training. Writes
+    a run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``generations/<split>.jsonl``,
+    ``probes.jsonl``, ``summary.json``, ``report.md``."""
+    out = Path(out)
+    dataset, tests = load_tests(cfg)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        prepare_out_dir(out, force)  # refuses before a large model is loaded
+    if cfg.model.adapter:
+        hf.check_adapter(cfg.model.adapter)
+    seed_everything(cfg.train.seed)
+    train_pairs = dataset.train[: cfg.data.max_train or None]
+    model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)
+    if cfg.model.adapter:
+        hf.load_adapter(model, cfg.model.adapter, trainable=True)
+    prepare_out_dir(out, force)
+    write_provenance(out, dump_yaml(cfg), command)
+    probes = probe_runner(cfg, dataset, model, tokenizer, out)
+    results = evaluate_tests(cfg, dataset, tests, model, tokenizer, out / "generations")
+    probes(model, 0, final=True)
+    summary = {
+        "family": model.spec.name,
+        "causal": model.spec.causal,
+        "dataset": dataset.name,
+        "licence": dataset.licence,
+        "model_path": cfg.model.path or "(tiny random model)",
+        "adapter": cfg.model.adapter or None,
+        "chat_template": getattr(tokenizer, "chat", None) is not None,
+        "vocab_size": len(tokenizer),
+        "splits": results,
+        "probe": probes.summary() if probes.enabled else None,
+    }
+    files.write_json(out / "summary.json", summary)
+    files.write_text(out / "report.md", render_evaluation(summary))
+    return summary
+
+
+METRICS = ("exact", "prefix", "substring", "likelihood_top1", "chance_top1")
+"""The columns of a split's row in the reports (chance: of the likelihood rank)."""
+HEADER = ["exact", "prefix", "substring", "likelihood top-1", "chance"]
+
+
+def _metric_cells(m: dict[str, Any]) -> list[str]:
+    return [f"{m[k]:.3f}" for k in METRICS]
+
+
+def render_evaluation(summary: dict[str, Any]) -> str:
+    """A Markdown page: accuracy per split (generation and likelihood rank), probe signatures."""
+    from revcurse.report.render import Para, Table, to_markdown
+
+    adapter = f" + adapter {summary['adapter']}" if summary["adapter"] else ""
+    blocks: list[Any] = [
+        Para(
+            f"Model: {summary['model_path']}{adapter} ({summary['family']}, "
+            f"{'causal' if summary['causal'] else 'masked diffusion'}); dataset "
+            f"{summary['dataset']} ({summary['licence']}). Exact / prefix: greedy generation; "
+            "likelihood top-1: the answer ranked first among the candidates."
+        ),  # fmt: skip
+        Table(
+            ["split", "direction", "n", *HEADER],
+            [
+                [name, m["direction"], str(m["n"]), *_metric_cells(m)]
+                for name, m in summary["splits"].items()
+            ],
+        ),  # fmt: skip
+    ]
+    probe = summary.get("probe")
+    if probe and "final_step" in probe:
+        rows = []
+        for pairing in pairings_for(summary["causal"]):
+            rows += [[f"attention r(S_{pairing}, S_rev), layer {n}",
+                      _signed(probe.get(f"attention_pearson_{pairing}_layer{n}_final"))]
+                     for n in summary_layers(probe, pairing)]  # fmt: skip
+            rows.append(
+                [
+                    f"gradient cos({pairing}, rev), mean over facts",
+                    _signed(probe.get(f"per_fact_cos_{GRADIENT_PAIRS[pairing]}_final")),
+                ]
+            )
+        blocks.append(Table(["probe (pairing named)", "value"], rows))
+    return to_markdown(
+        f"Evaluation: {summary['family']} on {summary['dataset']}", blocks, Path(".")
+    )
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     out: str | Path,
@@ -88,14 +248,12 @@ def run_finetune(
     (``resume``: continue the run in ``out`` from its last checkpoint: adapters, AdamW state,
     schedule, data position and generator, so it ends as an uninterrupted run would)."""
     out = Path(out)
-    dataset = load_text_dataset(cfg.data)
-    splits = cfg.data.splits or list(dataset.tests)
-    unknown = [s for s in splits if s not in dataset.tests]
-    if unknown:
+    if cfg.model.adapter:
         raise RevcurseError(
-            f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
-            f"expected some of {sorted(dataset.tests)}"
+            "model.adapter: fine-tuning starts new adapters; evaluate a saved adapter with "
+            "`revcurse evaluate MODEL --adapter DIR`"
         )
+    dataset, tests = load_tests(cfg)
     # Fail before loading a large model: a directory that is not empty, or not this run.
     if resume:
         training.check_resumable(out, cfg, require_checkpoint=True)
@@ -110,10 +268,7 @@ def run_finetune(
         )
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
-    tests = {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
-    texts = [p.prompt + p.completion for p in train_pairs]
-    texts += [p.prompt + a for pairs in dataset.tests.values() for p in pairs for a in p.answers]
-    model, tokenizer = build_model(cfg, texts, trust_remote_code)
+    model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)
     spec = model.spec
     adapted = hf.add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout,
                           cfg.lora.target_modules or None, which=cfg.lora.targets)  # fmt: skip
@@ -129,40 +284,14 @@ def run_finetune(
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id
-    # Pretrained models saw BOS at the start of every document (Llama, LLaDA); Qwen has none.
-    bos = getattr(tokenizer, "bos_id", None) is not None
+    bos = uses_bos(tokenizer)
 
-    fwd_split, rev_split = PROBE_SPLITS[cfg.data.dataset]
-    facts = encode_facts(
-        tokenizer,
-        paired_queries(dataset.tests[fwd_split], dataset.tests[rev_split], cfg.probe.n_facts),
-        pairings_for(spec.causal),
-        bos=bos,
-    )
-    measure = text_measure(
-        facts,
-        causal=spec.causal,
-        mask_id=mask_id,
-        layers=cfg.probe.layers or None,
-        attention=spec.records_scores,
-    )
-    probes = ProbeRunner(measure, out / "probes.jsonl", every=cfg.probe.every,
-                         enabled=main and cfg.probe.enabled and probeable(facts),
-                         keep=resume)  # fmt: skip
+    probes = probe_runner(cfg, dataset, model, tokenizer, out, enabled=main, keep=resume)
 
     def evaluate(stage: str) -> dict[str, dict[str, float]]:
         if not main:
             return {}
-        model.eval()
-        gen = torch.Generator().manual_seed(cfg.train.seed)
-        results = {}
-        for name, pairs in tests.items():
-            metrics, records = evaluate_split(
-                model, tokenizer, pairs, spec.causal, cfg.eval, gen, bos=bos
-            )
-            save_generations(out / "generations" / stage / f"{name}.jsonl", records)
-            results[name] = metrics | {"direction": dataset.directions[name]}
-        return results
+        return evaluate_tests(cfg, dataset, tests, model, tokenizer, out / "generations" / stage)
 
     if resume:  # the adapters are restored by the loop; "before" was measured on the base model
         before = files.read_json(out / "before.json") if main else {}
@@ -229,12 +358,10 @@ def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
     from revcurse.report.render import Para, Table, to_markdown
 
     rows = [
-        [split, summary[stage][split]["direction"], stage]
-        + [f"{summary[stage][split][m]:.3f}" for m in
-           ("exact", "prefix", "substring", "likelihood_top1", "chance_top1")]
+        [split, summary[stage][split]["direction"], stage, *_metric_cells(summary[stage][split])]
         for split in summary["before"]
         for stage in ("before", "after")
-    ]  # fmt: skip
+    ]
     blocks = [
         Para(
             f"Model: `{summary['model_path']}` ({'ARM' if summary['causal'] else 'MDM'}); "
@@ -242,19 +369,7 @@ def render_report(summary: dict[str, Any], speed: dict[str, float]) -> str:
             f"trainable of {summary['total_parameters']:,} parameters; {summary['n_train']} "
             f"training statements. Data licence: {summary['licence']}."
         ),
-        Table(
-            [
-                "split",
-                "direction",
-                "stage",
-                "exact",
-                "prefix",
-                "substring",
-                "likelihood top-1",
-                "chance",
-            ],
-            rows,
-        ),  # fmt: skip
+        Table(["split", "direction", "stage", *HEADER], rows),
     ]
     probe = summary.get("probe")
     if probe and "first_step" in probe:

@@ -385,10 +385,17 @@ def save_adapter(model: LogitsModel, path: str | Path) -> None:
     model.inner.save_pretrained(str(path), safe_serialization=True)
 
 
-def load_adapter(model: LogitsModel, path: str | Path) -> None:
-    """Attach saved adapters to a freshly built base model (weights from safetensors only)."""
-    from peft import PeftModel
-
+def check_adapter(path: str | Path) -> None:
+    """Refuse a directory that holds no peft adapter (before any model is loaded)."""
     if not (Path(path) / "adapter_model.safetensors").is_file():
         raise RevcurseError(f"{path}: no adapter_model.safetensors (peft adapter directory)")
-    model.inner = PeftModel.from_pretrained(model.inner, str(path))
+
+
+def load_adapter(model: LogitsModel, path: str | Path, trainable: bool = False) -> None:
+    """Attach saved adapters to a freshly built base model (weights from safetensors only);
+    ``trainable``: the adapters alone require gradients (the probes' gradients are taken on
+    them, as in the run that trained them)."""
+    from peft import PeftModel
+
+    check_adapter(path)
+    model.inner = PeftModel.from_pretrained(model.inner, str(path), is_trainable=trainable)

@@ -50,8 +50,12 @@ from revcurse.probes.signals import query_signals, signal_alignment
 def paired_queries(
     forward: Sequence[TextPair], reverse: Sequence[TextPair], limit: int
 ) -> list[tuple[TextPair, TextPair]]:
-    """Up to ``limit`` (forward, reverse) pairs where an answer of the reverse query names the
-    entity of the forward prompt (each query used once)."""
+    """Up to ``limit`` (forward, reverse) pairs of the same fact: by fact id where the queries
+    carry ids (datasets read as facts, :mod:`revcurse.data.facts`), else where an answer of the
+    reverse query names the entity of the forward prompt (each query used once)."""
+    if forward and all(p.fact for p in (*forward, *reverse)):
+        by_id = {p.fact: p for p in reverse}
+        return [(f, by_id[f.fact]) for f in forward if f.fact in by_id][:limit]
     pairs, used = [], set()
     for rev in reverse:
         names = [entity_text(a) for a in rev.answers if entity_text(a)]
