@@ -68,7 +68,7 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):
         ([str(other)], "model_type 'gpt2' is none of"),
         ([str(ckpt), "--adapter", str(tmp_path)], "no adapter_model.safetensors"),
         ([str(ckpt), *sets("data.dataset=facts")], "data.path"),
-        ([str(tmp_path / "nothing")], "nothing: not found"),
+        ([str(tmp_path / "nothing")], "nothing: checkpoint not found"),
     ]
     for args, fragment in cases:
         target = tmp_path / "bad"

@@ -491,8 +491,8 @@ def evaluate(
     toy run prints its metrics as JSON; a from-scratch text run is re-evaluated in place."""
     overrides = list(set_ or [])
     if not path.exists():
-        raise _fail(f"{path}: not found (expected a Hugging Face checkpoint directory, a run "
-                    "directory or a .safetensors checkpoint)")  # fmt: skip
+        raise _fail(f"{path}: checkpoint not found (expected a Hugging Face checkpoint "
+                    "directory, a run directory or a .safetensors checkpoint)")  # fmt: skip
     if (path / "config.json").is_file():
         _evaluate_hf(path, adapter, overrides, out, trust_remote_code, force)
     elif (path / "adapter").is_dir() and (path / "config.yaml").is_file():
