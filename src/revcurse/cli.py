@@ -67,6 +67,14 @@ BackendOpt = Annotated[
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty output directory.")]
+RemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Let transformers run the checkpoint's own Python code (needed for Dream). "
+        "Off unless you pass it.",
+    ),
+]
 
 
 def _command_line() -> str:
@@ -415,14 +423,7 @@ def finetune(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(
-            "--trust-remote-code",
-            help="Let transformers run the checkpoint's own Python code (needed for Dream). "
-            "Off unless you pass it.",
-        ),
-    ] = False,
+    trust_remote_code: RemoteCodeOpt = False,
     force: ForceOpt = False,
     resume: Annotated[
         bool,
@@ -476,13 +477,7 @@ def evaluate(
     ] = None,
     set_: SetOpt = None,
     out: OutOpt = None,
-    trust_remote_code: Annotated[
-        bool,
-        typer.Option(
-            "--trust-remote-code",
-            help="Let transformers run the checkpoint's own code (Dream). Off unless you pass it.",
-        ),  # fmt: skip
-    ] = False,
+    trust_remote_code: RemoteCodeOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Evaluate a model without training it: forward, reverse (and mirror) by generation and by
@@ -500,7 +495,7 @@ def evaluate(
             raise _fail("--adapter: a fine-tune run brings its own (adapter/)")
         cfg = apply_overrides(load_yaml(FinetuneConfig, path / "config.yaml"),
                               [*overrides, f"model.adapter={path / 'adapter'}"])  # fmt: skip
-        _evaluate_finetuned(cfg, _target(out, "evaluate"), trust_remote_code, force)
+        _evaluate_finetuned(cfg, out, trust_remote_code, force)
     elif (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
         _evaluate_text_run(path, overrides)
     else:
@@ -523,14 +518,14 @@ def _evaluate_hf(path: Path, adapter: Path | None, overrides: list[str], out: Pa
     sets = [f"model.family={family}"] if family else []
     sets += [f"model.path={path}", *([f"model.adapter={adapter}"] if adapter else []), *overrides]
     cfg = _load(FinetuneConfig, None, sets)
-    _evaluate_finetuned(cfg, _target(out, f"evaluate-{cfg.model.family}-{cfg.data.dataset}"),
-                        trust_remote_code, force)  # fmt: skip
+    _evaluate_finetuned(cfg, out, trust_remote_code, force)
 
 
-def _evaluate_finetuned(cfg: FinetuneConfig, target: Path, trust_remote_code: bool,
+def _evaluate_finetuned(cfg: FinetuneConfig, out: Path | None, trust_remote_code: bool,
                         force: bool) -> None:  # fmt: skip
     from revcurse.experiments.finetune import run_evaluation
 
+    target = _target(out, f"evaluate-{cfg.model.family}-{cfg.data.dataset}")
     summary = run_evaluation(cfg, target, trust_remote_code=trust_remote_code,
                              command=_command_line(), force=force)  # fmt: skip
     for split, m in summary["splits"].items():

@@ -38,6 +38,7 @@ read back, a converted file gives the very dataset its loader gives (tested).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,29 +247,29 @@ def dataset_from_facts(facts: Facts) -> TextDataset:
         for d in f.train
         for t in f.templates(d)
     ]
-    # every entity completing a prompt anywhere in the file is a correct answer to it
+    queries = [
+        (split_name(f.group, d), d, render(f.templates(d)[0], d, f.a, f.b, f.source, f.id))
+        for f in facts.facts
+        for d in TEST_DIRECTIONS
+    ]
+    # every entity completing the prompt in any template of the file is a correct answer to it
     accepted: dict[str, list[str]] = {}
     for f in facts.facts:
         for d in TEST_DIRECTIONS:
             for t in f.templates(d):
                 q = render(t, d, f.a, f.b)
-                accepted.setdefault(q.prompt, [])
-                if q.completion not in accepted[q.prompt]:
-                    accepted[q.prompt].append(q.completion)
+                answers = accepted.setdefault(q.prompt, [])
+                if q.completion not in answers:
+                    answers.append(q.completion)
     tests: dict[str, list[TextPair]] = {}
     directions: dict[str, Direction] = {}
-    asked: dict[str, set[str]] = {}
-    for f in facts.facts:
-        for d in TEST_DIRECTIONS:
-            name = split_name(f.group, d)
-            q = render(f.templates(d)[0], d, f.a, f.b, f.source, f.id)
-            if q.prompt in asked.setdefault(name, set()):
-                continue  # asked once; every answer counts
-            asked[name].add(q.prompt)
-            others = tuple(c for c in accepted[q.prompt] if c != q.completion)
-            tests.setdefault(name, []).append(
-                TextPair(q.prompt, q.completion, others, q.source, fact=f.id)
-            )
-            directions[name] = d
+    asked: set[tuple[str, str]] = set()
+    for name, d, q in queries:
+        if (name, q.prompt) in asked:
+            continue  # asked once; every answer counts
+        asked.add((name, q.prompt))
+        others = tuple(c for c in accepted[q.prompt] if c != q.completion)
+        tests.setdefault(name, []).append(dataclasses.replace(q, alternatives=others))
+        directions[name] = d
     return TextDataset(facts.name, train, tests, directions, facts.licence,
                        notes=dict(facts.notes))  # fmt: skip

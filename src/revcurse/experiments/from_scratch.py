@@ -63,7 +63,7 @@ from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_measure
 from revcurse.probes.inputs import PAIRINGS, pairings_for
-from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
+from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, finite_mean, summary_layers
 from revcurse.probes.runner import summarise as summarise_probes
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.stats import aggregate, paired_comparison
@@ -519,11 +519,6 @@ def probe_row(path: Path) -> dict[str, float]:
     return row
 
 
-def _mean(values: list[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and v == v]  # NaN: a head constant over facts
-    return sum(finite) / len(finite) if finite else None
-
-
 def _third(p: dict[str, Any], t: int, key: str) -> float | None:
     """Group ``t`` (near, middle, far) of :func:`~revcurse.probes.hf.attention_coupling`'s
     ``r_by_distance``: its correlation (mean over layers and heads) or the midpoint of its
@@ -532,20 +527,20 @@ def _third(p: dict[str, Any], t: int, key: str) -> float | None:
     if len(groups) != 3:  # too few facts, or a record written before distances were kept
         return None
     if key == "r":
-        return _mean(list(groups[t]["r_mean"].values()))
-    return _mean(groups[t]["distance"])
+        return finite_mean(list(groups[t]["r_mean"].values()))
+    return finite_mean(groups[t]["distance"])
 
 
 THIRDS = ("near", "middle", "far")
 CURVES: dict[str, Callable[[dict[str, Any]], float | None]] = {
-    "attention_r": lambda p: _mean(list(p["attention"]["r_mean"].values())),
+    "attention_r": lambda p: finite_mean(list(p["attention"]["r_mean"].values())),
     **{
         f"attention_r_{label}": (lambda p, t=t: _third(p, t, "r")) for t, label in enumerate(THIRDS)
     },
     **{f"distance_{label}": (lambda p, t=t: _third(p, t, "d")) for t, label in enumerate(THIRDS)},
     "cos_pair_rev": lambda p: p["gradients"]["cos_pair_rev_mean"],
-    "cos_pair_rev_storage": lambda p: _mean(p["gradients"]["cos_pair_rev_groups"]["storage"]),
-    "cos_pair_rev_routing": lambda p: _mean(p["gradients"]["cos_pair_rev_groups"]["routing"]),
+    "cos_pair_rev_storage": lambda p: finite_mean(p["gradients"]["cos_pair_rev_groups"]["storage"]),
+    "cos_pair_rev_routing": lambda p: finite_mean(p["gradients"]["cos_pair_rev_groups"]["routing"]),
 }
 """What :func:`probe_curves` follows over training, read from one pairing of a probe record:
 attention correlation (mean over layers and heads), the same within the nearest, middle and
@@ -571,7 +566,8 @@ def probe_curves(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
             "pairings": {
                 pairing: {
                     key: [
-                        _mean([read(r[step]["pairings"][pairing]) for r in runs]) for step in steps
+                        finite_mean([read(r[step]["pairings"][pairing]) for r in runs])
+                        for step in steps
                     ]  # fmt: skip
                     for key, read in CURVES.items()
                 }

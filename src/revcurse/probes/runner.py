@@ -201,7 +201,9 @@ LABELS = {
 ``<label>_final`` (first and last probed step) and ``<label>_mean`` (over the probed steps)."""
 
 
-def _mean(values: Iterable[float]) -> float | None:
+def finite_mean(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are neither None nor NaN (a head constant over facts has a
+    NaN correlation); None when there are none."""
     finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(finite) / len(finite) if finite else None
 
@@ -213,7 +215,7 @@ def _toy_values(record: dict[str, Any]) -> dict[str, float | None]:
         out[f"attention_pearson_{pairing}"] = a["mean_pearson"]
         out[f"attention_spearman_{pairing}"] = a["mean_spearman"]
         for n, heads in enumerate(a["pearson"]):
-            out[f"attention_pearson_{pairing}_layer{n}"] = _mean(heads)
+            out[f"attention_pearson_{pairing}_layer{n}"] = finite_mean(heads)
     for pairing, s in record.get("signals", {}).items():
         out[f"signal_u_cosine_{pairing}"] = s["u"]["cosine"]
     g = record.get("gradients")
@@ -241,7 +243,7 @@ def _text_values(record: dict[str, Any]) -> dict[str, float | None]:
         out[f"n_facts_{pairing}"] = p["n_facts"]
         if p.get("attention"):
             r = p["attention"]["r_mean"]  # by layer, mean over heads
-            out[f"attention_pearson_{pairing}"] = _mean(
+            out[f"attention_pearson_{pairing}"] = finite_mean(
                 h for heads in p["attention"]["r"].values() for h in heads
             )
             for n, value in r.items():
@@ -252,7 +254,7 @@ def _text_values(record: dict[str, Any]) -> dict[str, float | None]:
         out[f"per_fact_cos_{pair}"] = g["cos_pair_rev_mean"]
         for part in PARTS:
             if part in g.get("cos_pair_rev_groups", {}):
-                out[f"per_fact_cos_{pair}_{part}"] = _mean(g["cos_pair_rev_groups"][part])
+                out[f"per_fact_cos_{pair}_{part}"] = finite_mean(g["cos_pair_rev_groups"][part])
     return out
 
 
