@@ -14,7 +14,7 @@ import yaml
 
 from revcurse.config import SweepConfig, apply_overrides, config_hash, dump_yaml
 from revcurse.errors import ConfigError
-from revcurse.experiments.sweep import get_named, named_experiments, run_sweep
+from revcurse.experiments.sweep import get_named, load_sweep_config, named_experiments, run_sweep
 from revcurse.store import Store
 
 TINY = [
@@ -71,10 +71,13 @@ def test_named_experiments_expand_to_valid_configs():
         "depth": 60,
         "objective": 30,
         "distance": 195,
-        "bridge": 60,
+        "bridge": 90,
         "scale": 80,
     }
     assert get_named("scale").sweep.train.batch_size == 256
+    # --quick shortens the slice that sets its own steps as well
+    quick, _ = load_sweep_config("bridge", None, [], quick=True)
+    assert {run.train.steps for _, run in quick.expand()} == {3000}
 
 
 def test_store_never_duplicates_and_records_status(tmp_path):

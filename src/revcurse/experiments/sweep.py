@@ -20,8 +20,9 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
   ``a REL [M]`` vs ARM vs ARM with reverse training: which ingredient gives reversal?
 * ``distance``: fillers 0..32 between the entities, in slices (:func:`distance_slices`): the
   masking of fillers, heads, RoPE base, no positional encoding, filler types, an ARM control;
-* ``bridge``: from the toy towards text (:func:`bridge_slices`): entities of 1-3 tokens,
-  relation paraphrases asked in seen and unseen wordings, more facts; MDM and ARM;
+* ``bridge``: from the toy towards text (:func:`bridge_slices`): entities of 1-3 tokens (and of
+  1, 2, 4 on two layers), relation paraphrases asked in seen and unseen wordings, more facts;
+  MDM and ARM;
 * ``scale``: number of pairs (26 .. 2000) x d_model, minibatches of 256.
 """
 
@@ -161,6 +162,13 @@ def bridge_slices() -> dict[str, SliceConfig]:
             question="Does reversal survive entities of several tokens, spelled from shared "
             "token pools so that no token alone names an entity (fit first)?",
         ),
+        "entity-length-deep": SliceConfig(
+            grid={"data.entity_tokens": [1, 2, 4], "model.n_layers": [2], "train.steps": [30000]},
+            compare="data.entity_tokens",
+            question="The same question with entities of 1, 2 and 4 tokens on a model that can "
+            "fit them all: two layers trained five times longer (one layer does not fit "
+            "three-token entities in 6000 steps; fit first, then read the reverse).",
+        ),
         "paraphrases": SliceConfig(
             grid={"data.n_templates": [4], "data.templates_per_fact": [4, 2]},
             compare="data.templates_per_fact",
@@ -222,7 +230,13 @@ def named_experiments() -> dict[str, Named]:
                 probe=ProbeConfig(enabled=False),  # the toy probes read one-token entities
             ),
             x="data.entity_tokens",
-            quick=["seeds=[0]", "train.steps=3000"],
+            quick=[
+                "seeds=[0]",
+                "train.steps=3000",
+                # the deep slice sets its own steps; --quick shortens them too
+                'slices.entity-length-deep.grid={"data.entity_tokens": [1, 2, 4], '
+                '"model.n_layers": [2], "train.steps": [3000]}',
+            ],
             question="From the toy towards text: where does MDM reversal degrade as entities "
             "grow longer, the relation is paraphrased and the facts multiply, and does the ARM "
             "ever reverse?",
