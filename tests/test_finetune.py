@@ -138,7 +138,7 @@ def test_fsdp_is_refused_before_anything_is_written(tmp_path, monkeypatch):
         distributed_type = DistributedType.FSDP
         is_main_process = True
 
-    monkeypatch.setattr(training, "make_accelerator", lambda device: Sharded())
+    monkeypatch.setattr(training, "make_accelerator", lambda device, *trackers: Sharded())
     with pytest.raises(RevcurseError, match="FSDP shards the weights"):
         run_finetune(apply_overrides(FinetuneConfig(), TINY), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

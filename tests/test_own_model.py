@@ -30,7 +30,7 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     ckpt = tmp_path / "ckpt"
     save_chat_checkpoint(ckpt)
     commands = readme_commands()
-    assert len(commands) == 6
+    assert len(commands) == 7
     for line in commands:
         args = shlex.split(line.replace("$CKPT", str(ckpt)))[1:]
         args += [x for s in SMALL.get(args[0], []) for x in ("--set", s)]
@@ -47,3 +47,4 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     assert again["splits"] == ft["after"] == adapted["splits"]
     base = files.read_json(tmp_path / "runs/base/summary.json")
     assert base["splits"] == ft["before"]
+    assert (tmp_path / "harness-tasks" / "revcurse_parent_child.yaml").is_file()

@@ -220,7 +220,7 @@ def test_sweep_and_runs_commands(tmp_path):
         assert fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def _dies_for_seed_1(cfg, run_dir, command, progress=False):
+def _dies_for_seed_1(cfg, run_dir, command, progress=False, log_with=()):
     """A worker that is SIGKILLed (like an OOM kill) when it gets the seed-1 run."""
     from revcurse.experiments.executor import Outcome
 

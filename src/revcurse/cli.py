@@ -23,6 +23,7 @@ from typing import Annotated, Any, TypeVar, get_args
 import typer
 
 from revcurse.config import (
+    DecodeConfig,
     FinetuneConfig,
     ParentChildConfig,
     PersonDescriptionConfig,
@@ -67,6 +68,15 @@ BackendOpt = Annotated[
 
 
 ForceOpt = Annotated[bool, typer.Option("--force", help="Write into a non-empty output directory.")]
+LogWithOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--log-with",
+        help="Mirror every training run's metrics and probes to a tracker: tensorboard (offline, "
+        "under <run>/trackers/), wandb or mlflow (repeatable, or comma-separated). "
+        "metrics.jsonl stays the record.",
+    ),
+]
 RemoteCodeOpt = Annotated[
     bool,
     typer.Option(
@@ -126,6 +136,13 @@ def _guard(fn: Callable[[], T]) -> T:
         raise _fail(f"{where}{err.strerror or err}") from None
 
 
+def _trackers(log_with: list[str] | None) -> tuple[str, ...]:
+    """``--log-with`` values (repeated or comma-separated), checked before anything is written."""
+    from revcurse.tracking import check_trackers
+
+    return check_trackers([n.strip() for v in log_with or [] for n in v.split(",") if n.strip()])
+
+
 def _load(cls: type[T], config: Path | None, overrides: list[str] | None) -> T:
     cfg = load_yaml(cls, config) if config is not None else cls()
     return apply_overrides(cfg, overrides or [])
@@ -174,6 +191,7 @@ def reproduce(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    log_with: LogWithOpt = None,
     reevaluate: Annotated[
         bool,
         typer.Option(
@@ -190,7 +208,7 @@ def reproduce(
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
-                                progress)  # fmt: skip
+                                progress, log_with)  # fmt: skip
     if reevaluate:
         _reevaluate(name, options)
     elif name in FROM_SCRATCH:
@@ -215,9 +233,13 @@ class ExperimentOptions:
     force: bool
     resume: bool
     progress: bool
+    log_with: list[str] | None = None
 
     def overrides(self) -> list[str]:
         return _overrides(self.set_, self.seeds, self.workers)
+
+    def trackers(self) -> tuple[str, ...]:
+        return _trackers(self.log_with)
 
 
 @guarded
@@ -232,7 +254,7 @@ def _toy(o: ExperimentOptions) -> None:
     target = _target(o.out, "toy")
     start = time.perf_counter()
     summary = run_toy(cfg, target, command=_command_line(), progress=o.progress, force=o.force,
-                      resume=o.resume)  # fmt: skip
+                      resume=o.resume, log_with=o.trackers())  # fmt: skip
     elapsed = time.perf_counter() - start
     for family, agg in summary["aggregate"].items():
         fwd, rev = agg["forward_accuracy"], agg["reverse_accuracy"]
@@ -255,8 +277,8 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
     cfg = apply_overrides(cfg, o.overrides())
     target = _target(o.out, name)
     start = time.perf_counter()
-    summary = fs.run_from_scratch(cfg, target, command=_command_line(),
-                                        progress=o.progress, force=o.force, resume=o.resume)  # fmt: skip
+    summary = fs.run_from_scratch(cfg, target, command=_command_line(), progress=o.progress,
+                                  force=o.force, resume=o.resume, log_with=o.trackers())  # fmt: skip
     metric = summary["headline_metric"]
     task = fs.TASKS[cfg.run.dataset]
     shown = [task.probe[0], *task.compared]
@@ -294,7 +316,7 @@ def _sweep(name: str | None, o: ExperimentOptions) -> None:
     target = _target(o.out, cfg.name)
     start = time.perf_counter()
     summary = run_sweep(cfg, target, command=_command_line(), progress=o.progress,
-                        force=o.force, named=named)  # fmt: skip
+                        force=o.force, named=named, log_with=o.trackers())  # fmt: skip
     for agg in summary["aggregates"]:
         labels = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items())
         fwd, rev = agg.get("forward_accuracy"), agg.get("reverse_accuracy")
@@ -321,10 +343,11 @@ def sweep(
         bool, typer.Option("--resume", help="Continue the sweep in --out (a sweep always does).")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    log_with: LogWithOpt = None,
 ) -> None:
     """Run (or resume) a sweep from a YAML SweepConfig: a grid x variants x seeds."""
     _sweep(None, ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force,
-                                   resume, progress))  # fmt: skip
+                                   resume, progress, log_with))  # fmt: skip
 
 
 runs_app = typer.Typer(
@@ -395,6 +418,7 @@ def train(
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    log_with: LogWithOpt = None,
 ) -> None:
     """Train one model (a RunConfig) and write its run directory."""
 
@@ -404,12 +428,14 @@ def train(
     from revcurse.training import check_resumable
 
     cfg = _load(RunConfig, config, set_)
+    trackers = _trackers(log_with)
     if not resume:
         prepare_out_dir(out, force)
     else:  # read-only checks first: nothing in a folder that is not this run is touched
         check_resumable(out, cfg, require_checkpoint=True)
     with run_lock(out, blocking=False):  # the lock the sweep executor's workers hold
-        summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume)
+        summary = train_run(cfg, out, progress=progress, command=_command_line(), resume=resume,
+                            log_with=trackers)  # fmt: skip
     typer.echo(
         f"{summary['family'].upper()} seed {summary['seed']}: "
         f"forward {summary['forward_accuracy']:.3f}  reverse {summary['reverse_accuracy']:.3f}"
@@ -433,6 +459,7 @@ def finetune(
         ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    log_with: LogWithOpt = None,
 ) -> None:
     """LoRA fine-tuning of a Hugging Face MDM/ARM (a FinetuneConfig); evaluates and probes before
     and after. Multi-GPU: `accelerate launch --config_file configs/accelerate/ddp.yaml -m revcurse
@@ -441,12 +468,13 @@ def finetune(
     from revcurse.experiments.finetune import run_finetune
 
     cfg = _load(FinetuneConfig, config, set_)
+    trackers = _trackers(log_with)
     if resume and out is None:
         raise _fail("--resume needs --out: the run directory to continue")
     target = _target(out, f"finetune-{cfg.model.family}-{cfg.data.dataset}")
     summary = run_finetune(cfg, target, trust_remote_code=trust_remote_code,
                            command=_command_line(), force=force, resume=resume,
-                           progress=progress)  # fmt: skip
+                           progress=progress, log_with=trackers)  # fmt: skip
     if not summary:  # a non-main process of a distributed launch: the main one reports
         return
     for split, m in summary["after"].items():
@@ -595,10 +623,11 @@ DATASETS = get_args(TextDatasetName)
 @guarded
 def data(
     name: Annotated[
-        str, typer.Argument(help=f"Dataset: {', '.join(DATASETS)}; or 'convert' (see below).")
+        str,
+        typer.Argument(help=f"Dataset: {', '.join(DATASETS)}; or 'convert' / 'harness' (below)."),
     ],
     dataset: Annotated[
-        str | None, typer.Argument(help="With 'convert': the dataset to write as facts.")
+        str | None, typer.Argument(help="With 'convert' / 'harness': the dataset to write.")
     ] = None,
     path: Annotated[
         Path | None,
@@ -607,29 +636,54 @@ def data(
         ),  # fmt: skip
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="With 'convert': the facts file to write.")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="With 'convert': the facts file; with 'harness': the task folder."
+        ),
     ] = None,
     show: Annotated[int, typer.Option(help="Print this many examples of each split.")] = 1,
+    distractors: Annotated[
+        int, typer.Option(help="With 'harness': wrong candidates per ranking question.")
+    ] = DecodeConfig().n_distractors,
+    gen_length: Annotated[
+        int, typer.Option(help="With 'harness': tokens a generation task may produce.")
+    ] = DecodeConfig().gen_length,
 ) -> None:
     """Load and validate a reversal dataset; print its splits, sizes, licence and examples.
     `revcurse data convert NAME --out facts.jsonl` writes NAME in revcurse's facts format
     (revcurse.data.facts) to start your own facts from; `--set data.dataset=facts
-    --set data.path=facts.jsonl` then reads it anywhere a dataset is taken."""
+    --set data.path=facts.jsonl` then reads it anywhere a dataset is taken.
+    `revcurse data harness NAME --out DIR` writes NAME's splits as lm-evaluation-harness tasks
+    (revcurse.harness): generation and likelihood-ranking variants reading local files."""
 
     from revcurse.config import TextDataConfig, from_dict
     from revcurse.data.facts import write_facts
     from revcurse.data.text_datasets import as_facts, load_text_dataset
 
-    convert = name == "convert"
-    if convert and (dataset is None or out is None):
-        raise _fail("revcurse data convert needs a dataset and --out FILE")
-    if not convert and (dataset is not None or out is not None):
-        raise _fail("a second argument and --out go with 'revcurse data convert' only")
+    action = name if name in ("convert", "harness") else None
+    if action and (dataset is None or out is None):
+        raise _fail(f"revcurse data {action} needs a dataset and --out")
+    if not action and (dataset is not None or out is not None):
+        raise _fail("a second argument and --out go with 'revcurse data convert|harness' only")
+    if distractors < 1 or gen_length < 1:
+        raise _fail("--distractors and --gen-length: expected integers >= 1")
     # The config's own checks: a known name (with a suggestion), T-REx given its folder.
     where = "revcurse data (dataset NAME, --path)"
-    chosen = dataset if convert else name
+    chosen = dataset if action else name
     cfg = from_dict(TextDataConfig, {"dataset": chosen, "path": str(path or "")}, where=where)
-    if convert:
+    if action == "harness":
+        from revcurse.harness import export_harness, task_prefix
+
+        ds = load_text_dataset(cfg)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise RevcurseError(f"{out}: exists and is not an empty folder; choose another --out")
+        tasks, skipped = export_harness(ds, out, n_distractors=distractors, gen_length=gen_length)
+        typer.echo(f"{out}: {len(tasks)} tasks of {ds.name} (licence: {ds.licence})"
+                   + (f"; infilling splits left out: {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+        typer.echo(f"run: lm_eval --model hf --model_args pretrained=CHECKPOINT --include_path "
+                   f"{out} --tasks {task_prefix(ds.name)}")  # fmt: skip
+        return
+    if action == "convert":
         facts = as_facts(cfg)
         write_facts(out, facts)
         typer.echo(f"{out}: {len(facts.facts)} facts, {len(facts.relations)} relations "

@@ -350,8 +350,21 @@ def text_queries(
     if infill and framing.tail:
         raise ValueError("infilling (mirror) queries are not framed for a chat template; ask them "
                          "of a model without one")  # fmt: skip
+    texts = candidates(pairs, n_distractors, distractor_seed)
+    encoded = {
+        a: tokenizer.encode(a) + ([] if infill else [framing.end]) for cs in texts for a in cs
+    }
+    return Queries(prompts, [[encoded[c] for c in cs] for cs in texts], suffixes), texts
+
+
+def candidates(
+    pairs: Sequence[TextPair], n_distractors: int, distractor_seed: int = 0
+) -> list[list[str]]:
+    """Per query, its answer first and then ``n_distractors`` distinct answers of other queries of
+    the split (never one of its own accepted answers, compared normalised), drawn from a generator
+    seeded ``distractor_seed``; every query gets as many as the most constrained one can. The one
+    draw of the likelihood ranking and of the harness export's multiple-choice tasks."""
     distinct = list(dict.fromkeys(p.completion for p in pairs))
-    encoded = {a: tokenizer.encode(a) + ([] if infill else [framing.end]) for a in distinct}
     normal = {a: normalize(a) for a in distinct}
     k = min(n_distractors, len(distinct) - 1)
     texts = []
@@ -362,8 +375,7 @@ def text_queries(
         order = torch.randperm(len(others), generator=choose)[:k].tolist()
         texts.append([p.completion] + [others[i] for i in order])
     k = min(len(c) for c in texts) - 1
-    texts = [c[: 1 + k] for c in texts]
-    return Queries(prompts, [[encoded[c] for c in cs] for cs in texts], suffixes), texts
+    return [c[: 1 + k] for c in texts]
 
 
 @torch.no_grad()

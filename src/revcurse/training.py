@@ -42,7 +42,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from revcurse import files
 from revcurse.config import TrainConfig, from_dict, load_yaml, to_dict
 from revcurse.data.text import TextBatch
 from revcurse.errors import RevcurseError
+from revcurse.tracking import MetricsLog
 
 CHECKPOINT_FORMAT = "revcurse-checkpoint-1"
 LossFn = Callable[[torch.nn.Module, TextBatch, torch.Generator], torch.Tensor]
@@ -100,13 +101,19 @@ barrier while the main one evaluates and probes, which takes hours for an 8B MDM
 table of docs/finetune.md); the 30-minute default would kill them mid-run."""
 
 
-def make_accelerator(device: str = "auto") -> Any:
+def make_accelerator(
+    device: str = "auto", log_with: Sequence[str] = (), out: Path | None = None
+) -> Any:
     """An ``accelerate.Accelerator``: bf16 autocast on GPU, plain float32 on CPU, collectives that
-    wait :data:`COLLECTIVE_TIMEOUT`."""
+    wait :data:`COLLECTIVE_TIMEOUT`; ``log_with`` trackers (checked by
+    :func:`revcurse.tracking.check_trackers`) write under ``out/trackers``."""
     from accelerate import Accelerator, InitProcessGroupKwargs
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    tracked = bool(log_with) and out is not None
     return Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16",
+                       log_with=list(log_with) if tracked else None,
+                       project_dir=str(out / "trackers") if tracked else None,
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)])  # fmt: skip
 
 
@@ -418,6 +425,7 @@ def fit(
     meta: dict[str, str] | None = None,
     resume: bool = False,
     accelerator: Any = None,
+    log: MetricsLog | None = None,
     on_step: Callable[[int], None] | None = None,
     progress: bool = False,
     desc: str = "train",
@@ -427,8 +435,10 @@ def fit(
     ``out``: the run directory (``metrics.jsonl`` and ``checkpoints/`` go there; None writes
     nothing). ``meta``: the checkpoint header (the run's ``config`` JSON at least). ``resume``:
     continue from ``out/checkpoints/last.safetensors`` (the caller has proven it ours with
-    :func:`check_resumable`); metrics after it are dropped and recomputed. ``on_step(done)`` runs
-    after every optimizer step but the last (evaluation, probes); the caller handles the end.
+    :func:`check_resumable`); metrics after it are dropped and recomputed. ``log``: where the
+    train lines go (default: ``out/metrics.jsonl`` and the accelerator's trackers); the caller
+    starts and closes its trackers. ``on_step(done)`` runs after every optimizer step but the last
+    (evaluation, probes); the caller handles the end.
     """
     from tqdm.auto import tqdm
 
@@ -441,9 +451,10 @@ def fit(
     # one draw, so together they train on exactly the rows one process would.
     shared = generator if single else torch.Generator().manual_seed(cfg.seed)
     order = DataOrder(len(data.ids), cfg.batch_size, shared)
-    metrics = out / "metrics.jsonl" if out is not None else None
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
     main = accelerator.is_main_process
+    if log is None:
+        log = MetricsLog(out / "metrics.jsonl" if out is not None else None, accelerator, main)
     loss_sum, loss_count, mean_loss = torch.zeros(()), torch.zeros((), dtype=torch.long), math.nan
     first = 0
     if resume:
@@ -457,10 +468,9 @@ def fit(
                                     processes=accelerator.num_processes)  # fmt: skip
         loss_sum, loss_count = loop["loss_sum"], loop["loss_count"]
         mean_loss = float(loop["mean_loss"])
-        if main:
-            files.truncate_jsonl(metrics, first)
-    elif metrics is not None and main:
-        metrics.unlink(missing_ok=True)
+        log.truncate(first)
+    else:
+        log.clear()
     if main and (not single or layout["accumulation"] > 1):  # the layout a user chose, on stderr
         print(f"batch: {layout['global_batch']} rows per step = {layout['processes']} process(es) "
               f"x {layout['per_process']}, each in {layout['accumulation']} pass(es) of <= "
@@ -506,9 +516,8 @@ def fit(
         if done % cfg.log_every == 0 or done == cfg.steps:
             mean_loss = (loss_sum / loss_count).item()
             loss_sum, loss_count = torch.zeros(()), torch.zeros((), dtype=torch.long)
-            if metrics is not None and main:
-                files.append_jsonl(metrics, {"kind": "train", "step": done, "loss": mean_loss,
-                                             "lr": lr, "grad_norm": float(grad_norm)})  # fmt: skip
+            log.write({"kind": "train", "step": done, "loss": mean_loss, "lr": lr,
+                       "grad_norm": float(grad_norm)})  # fmt: skip
             bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
         if on_step is not None and done != cfg.steps:
             on_step(done)

@@ -62,13 +62,18 @@ def make_jobs(
     return jobs
 
 
-def execute_one(cfg: RunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
+def execute_one(
+    cfg: RunConfig,
+    run_dir: str,
+    command: str,
+    progress: bool = False,
+    log_with: tuple[str, ...] = (),
+) -> Outcome:
     """Train (or resume, or just read back) one toy run; never raises for a failing run."""
     from revcurse.experiments.toy_run import train  # imported in the worker, not at spawn
 
-    return guarded(
-        lambda path: train(cfg, path, command=command, resume=True, progress=progress), run_dir
-    )
+    return guarded(lambda path: train(cfg, path, command=command, resume=True, progress=progress,
+                                      log_with=log_with), run_dir)  # fmt: skip
 
 
 def guarded(run: Callable[[Path], dict[str, Any]], run_dir: str) -> Outcome:
@@ -110,12 +115,19 @@ DIED = "the worker process died (killed by the OS: out of memory?)"
 
 
 def _run_local(
-    jobs: list[Job], workers: int, command: str, on_done, progress: bool, worker=execute_one
+    jobs: list[Job],
+    workers: int,
+    command: str,
+    on_done,
+    progress: bool,
+    worker=execute_one,
+    log_with: tuple[str, ...] = (),
 ) -> None:
-    """Run ``worker(config, run_dir, command)`` for every job in spawned processes."""
+    """Run ``worker(config, run_dir, command, progress, log_with)`` for every job in spawned
+    processes (in this one with one worker)."""
     if workers == 1:
         for job in jobs:
-            on_done(job, worker(job.config, str(job.run_dir), command, progress))
+            on_done(job, worker(job.config, str(job.run_dir), command, progress, log_with))
         return
     ctx = multiprocessing.get_context("spawn")
     _quiet_resource_tracker()
@@ -124,7 +136,8 @@ def _run_local(
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent)
         try:
             futures = {
-                pool.submit(worker, job.config, str(job.run_dir), command): job for job in jobs
+                pool.submit(worker, job.config, str(job.run_dir), command, False, log_with): job
+                for job in jobs
             }
             for future in as_completed(futures):
                 job = futures[future]
@@ -141,7 +154,9 @@ def _run_local(
         for job in remaining.values():
             try:
                 with ProcessPoolExecutor(1, mp_context=ctx, initializer=_die_with_parent) as solo:
-                    outcome = solo.submit(worker, job.config, str(job.run_dir), command).result()
+                    outcome = solo.submit(
+                        worker, job.config, str(job.run_dir), command, False, log_with
+                    ).result()
             except BrokenProcessPool:
                 files.write_json(job.run_dir / "error.json", {"error": DIED})
                 outcome = Outcome("failed", None, DIED)
@@ -177,7 +192,8 @@ def _stop(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execute_one) -> None:
+def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execute_one,
+             log_with: tuple[str, ...] = ()) -> None:  # fmt: skip
     try:
         import ray
     except ImportError:
@@ -191,7 +207,9 @@ def _run_ray(jobs: list[Job], workers: int, command: str, on_done, worker=execut
             kwargs["num_cpus"] = workers
         ray.init(address=address, **kwargs)
     remote = ray.remote(num_cpus=1)(worker)
-    pending = {remote.remote(job.config, str(job.run_dir), command): job for job in jobs}
+    pending = {
+        remote.remote(job.config, str(job.run_dir), command, False, log_with): job for job in jobs
+    }
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
@@ -226,11 +244,13 @@ def execute(
     command: str = "(library call)",
     progress: bool = True,
     worker: Callable[..., Outcome] = execute_one,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Outcome]:
     """Run every job not finished yet; returns the outcome of every job (finished ones included).
 
-    ``worker(config, run_dir, command)`` executes one job (a module-level function, so spawned
-    processes and Ray can import it); the default trains a toy :class:`RunConfig`."""
+    ``worker(config, run_dir, command, progress, log_with)`` executes one job (a module-level
+    function, so spawned processes and Ray can import it); the default trains a toy
+    :class:`RunConfig`. ``log_with``: the trackers every run mirrors its metrics to."""
     store.register(experiment, [(j.run_id, j.labels, to_dict(j.config)) for j in jobs])
     outcomes: dict[str, Outcome] = {}
     todo = []
@@ -258,9 +278,10 @@ def execute(
     workers = max(1, min(workers, len(todo) or 1))
     try:
         if backend == "ray":
-            _run_ray(todo, workers, command, on_done, worker)
+            _run_ray(todo, workers, command, on_done, worker, log_with)
         else:
-            _run_local(todo, workers, command, on_done, progress and workers == 1, worker)
+            _run_local(todo, workers, command, on_done, progress and workers == 1, worker,
+                       log_with)  # fmt: skip
     except KeyboardInterrupt:
         # The index stays consistent: a run that did not finish is pending again, to be resumed.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -37,6 +37,7 @@ from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_mea
 from revcurse.probes.inputs import pairings_for
 from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
 from revcurse.repro import seed_everything, write_provenance
+from revcurse.tracking import MetricsLog
 
 
 def resolve_device(requested: str) -> str:
@@ -101,7 +102,8 @@ def uses_bos(tokenizer: Any) -> bool:
 
 
 def probe_runner(cfg: FinetuneConfig, dataset: TextDataset, model: Any, tokenizer: Any,
-                 out: Path, *, enabled: bool = True, keep: bool = False) -> ProbeRunner:  # fmt: skip
+                 out: Path, *, enabled: bool = True, keep: bool = False,
+                 log: MetricsLog | None = None) -> ProbeRunner:  # fmt: skip
     """The probes of a Hugging Face model on the dataset's probe splits, paired by fact."""
     spec = model.spec
     fwd_split, rev_split = probe_splits(dataset, cfg.data.dataset)
@@ -120,7 +122,7 @@ def probe_runner(cfg: FinetuneConfig, dataset: TextDataset, model: Any, tokenize
     )
     return ProbeRunner(measure, out / "probes.jsonl", every=cfg.probe.every,
                        enabled=enabled and cfg.probe.enabled and probeable(facts),
-                       keep=keep)  # fmt: skip
+                       keep=keep, log=log)  # fmt: skip
 
 
 def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list[TextPair]],
@@ -243,10 +245,12 @@ def run_finetune(
     force: bool = False,
     resume: bool = False,
     progress: bool = True,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fine-tune, evaluate and probe; returns the summary written to ``out/summary.json``
     (``resume``: continue the run in ``out`` from its last checkpoint: adapters, AdamW state,
-    schedule, data position and generator, so it ends as an uninterrupted run would)."""
+    schedule, data position and generator, so it ends as an uninterrupted run would;
+    ``log_with``: trackers that mirror its metrics, probes and evaluations)."""
     out = Path(out)
     if cfg.model.adapter:
         raise RevcurseError(
@@ -259,7 +263,7 @@ def run_finetune(
         training.check_resumable(out, cfg, require_checkpoint=True)
     elif out.is_dir() and any(out.iterdir()) and not force:
         prepare_out_dir(out, force)
-    accelerator = training.make_accelerator(resolve_device(cfg.model.device))
+    accelerator = training.make_accelerator(resolve_device(cfg.model.device), log_with, out)
     if str(accelerator.distributed_type).endswith("FSDP"):
         raise RevcurseError(
             "FSDP shards the weights over the processes, but evaluation and probes run the whole "
@@ -281,12 +285,14 @@ def run_finetune(
         else:
             prepare_out_dir(out, force)
             write_provenance(out, dump_yaml(cfg), command)
+    log = MetricsLog(out / "metrics.jsonl", accelerator, main)
+    log.start(f"{cfg.model.family}-{cfg.data.dataset}-{out.name}", to_dict(cfg))
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id
     bos = uses_bos(tokenizer)
 
-    probes = probe_runner(cfg, dataset, model, tokenizer, out, enabled=main, keep=resume)
+    probes = probe_runner(cfg, dataset, model, tokenizer, out, enabled=main, keep=resume, log=log)
 
     def evaluate(stage: str) -> dict[str, dict[str, float]]:
         if not main:
@@ -311,13 +317,17 @@ def run_finetune(
         model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps,
                               weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
         cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
-        resume=resume, accelerator=accelerator,
+        resume=resume, accelerator=accelerator, log=log,
         on_step=lambda done: probes(model, done) if probes.due(done) else None,
         progress=progress,
     )  # fmt: skip
     speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
     probes(model, cfg.train.steps, final=True)
     after = evaluate("after")
+    for stage, step, results in (("before", 0, before), ("after", cfg.train.steps, after)):
+        for split, metrics in results.items():
+            log.track(f"{stage}/{split}", step, metrics)
+    log.close()
     if not main:
         accelerator.wait_for_everyone()
         return {}

@@ -67,6 +67,7 @@ from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, finite_mean, sum
 from revcurse.probes.runner import summarise as summarise_probes
 from revcurse.repro import seed_everything, write_provenance
 from revcurse.stats import aggregate, paired_comparison
+from revcurse.tracking import MetricsLog
 
 HEADLINE = "prefix"
 """Berglund's metric: the generation starts with the answer (names are followed by template text)."""
@@ -265,10 +266,15 @@ def training_batch(
 
 
 def train_run(
-    cfg: TextRunConfig, out: Path, command: str = "(library call)", resume: bool = True
+    cfg: TextRunConfig,
+    out: Path,
+    command: str = "(library call)",
+    resume: bool = True,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train, evaluate and probe one from-scratch model; writes its run directory (``resume``:
-    continue from its last checkpoint when it holds one of exactly this config)."""
+    continue from its last checkpoint when it holds one of exactly this config; ``log_with``:
+    trackers that mirror its metrics, probes and final evaluation)."""
     torch.set_num_threads(cfg.train.threads)
     task = TASKS[cfg.dataset]
     prepared = prepare(cfg)
@@ -282,6 +288,9 @@ def train_run(
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
     data = training_batch(cfg, statements, tokenizer)
+    accelerator = training.make_accelerator("cpu", log_with, out)
+    log = MetricsLog(out / "metrics.jsonl", accelerator)
+    log.start(out.name, to_dict(cfg))  # <model>-seed<k>
     fill_to = None if causal else cfg.model.max_seq_len
     facts = encode_facts(
         tokenizer,
@@ -292,7 +301,8 @@ def train_run(
     )
     probes = ProbeRunner(text_measure(facts, causal=causal, mask_id=tokenizer.mask_id),
                          out / "probes.jsonl", every=cfg.probe.every,
-                         enabled=cfg.probe.enabled and probeable(facts), keep=resuming)  # fmt: skip
+                         enabled=cfg.probe.enabled and probeable(facts), keep=resuming,
+                         log=log)  # fmt: skip
     if resuming:
         probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
     else:
@@ -302,7 +312,7 @@ def train_run(
     meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
     fitted = training.fit(
         model, data, loss, cfg.train, out=out, meta=meta, resume=resuming,
-        accelerator=training.make_accelerator("cpu"),
+        accelerator=accelerator, log=log,
         on_step=lambda done: probes(model, done) if probes.due(done) else None,
     )  # fmt: skip
     probes(model, cfg.train.steps, final=True)
@@ -311,6 +321,8 @@ def train_run(
     for name, (metrics, records) in evaluate_run(model, cfg, prepared):
         save_generations(out / "generations" / f"{name}.jsonl", records)
         results[name] = metrics
+        log.track(f"eval/{name}", cfg.train.steps, metrics)
+    log.close()
     files.save_tensors(
         out / "model.safetensors",
         model.state_dict(),
@@ -386,9 +398,15 @@ def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
     return summary
 
 
-def execute_run(cfg: TextRunConfig, run_dir: str, command: str, progress: bool = False) -> Outcome:
+def execute_run(
+    cfg: TextRunConfig,
+    run_dir: str,
+    command: str,
+    progress: bool = False,
+    log_with: tuple[str, ...] = (),
+) -> Outcome:
     """The executor's worker: one run, its failure recorded rather than raised."""
-    return guarded(lambda path: train_run(cfg, path, command), run_dir)
+    return guarded(lambda path: train_run(cfg, path, command, log_with=log_with), run_dir)
 
 
 def quick(cfg: PersonDescriptionConfig) -> PersonDescriptionConfig:
@@ -408,9 +426,11 @@ def run_from_scratch(
     progress: bool = True,
     force: bool = False,
     resume: bool = False,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train every (model, seed) run of a from-scratch text experiment, then aggregate and write
-    the report (``resume``: continue an interrupted run of it in ``out``)."""
+    the report (``resume``: continue an interrupted run of it in ``out``; ``log_with``: trackers
+    every run mirrors its metrics to)."""
     from revcurse.report.from_scratch import write_report
 
     task = TASKS[cfg.run.dataset]
@@ -418,7 +438,8 @@ def run_from_scratch(
         prepare(cfg.run_config(name, cfg.seeds[0]))
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
-    summaries = train_families(out, cfg, task.name, command, progress, worker=execute_run)
+    summaries = train_families(out, cfg, task.name, command, progress, worker=execute_run,
+                               log_with=log_with)  # fmt: skip
     summary = summarise(out, cfg, summaries)
     files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
     write_report(out, cfg, summary)

@@ -386,8 +386,10 @@ def run_sweep(
     progress: bool = True,
     force: bool = False,
     named: Named | None = None,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run (or resume) a sweep into ``out``; write summary, timings and report; return summary."""
+    """Run (or resume) a sweep into ``out``; write summary, timings and report; return summary
+    (``log_with``: trackers every run mirrors its metrics to)."""
     from revcurse.report.sweep import write_report  # matplotlib only when reporting
 
     out = Path(out)
@@ -398,7 +400,8 @@ def run_sweep(
     jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
     start = time.perf_counter()
     outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
-                       backend=cfg.backend, command=command, progress=progress)  # fmt: skip
+                       backend=cfg.backend, command=command, progress=progress,
+                       log_with=log_with)  # fmt: skip
     summary = summarize(cfg.name, jobs, outcomes)
     if cfg.slices:
         summary["slices"] = {

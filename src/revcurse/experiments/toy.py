@@ -46,15 +46,17 @@ def run_toy(
     progress: bool = True,
     force: bool = False,
     resume: bool = False,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train every (family, seed) model, then write summary, figures and report into ``out``
-    (``resume``: continue an interrupted run of it there)."""
+    (``resume``: continue an interrupted run of it there; ``log_with``: trackers every model
+    mirrors its metrics to)."""
     from revcurse.report.toy import write_report  # report depends on matplotlib; keep it late
 
     out = start_experiment(out, cfg, command, force, resume)
 
     start = time.perf_counter()
-    summaries = train_families(out, cfg, "toy", command, progress)
+    summaries = train_families(out, cfg, "toy", command, progress, log_with=log_with)
     rows = [deterministic(s) for s in summaries]
     summary = {
         "experiment": "toy",

@@ -36,6 +36,7 @@ from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss
 from revcurse.probes.runner import ProbeRunner, toy_measure
 from revcurse.repro import seed_everything, write_provenance
+from revcurse.tracking import MetricsLog
 
 
 def build_dataset(cfg: RunConfig) -> tuple[ReversalDataset, Vocab]:
@@ -90,8 +91,10 @@ def train(
     progress: bool = False,
     command: str | None = None,
     resume: bool = False,
+    log_with: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train one model as ``cfg`` says; write its run directory (if ``out_dir``); return its summary.
+    ``log_with``: trackers that mirror its metrics and probes (:mod:`revcurse.tracking`).
 
     Everything random (initialisation, batch order, mask ratios and masks) is drawn from generators
     seeded by ``cfg.train.seed``, so the same config gives the same summary. With ``resume`` and a
@@ -112,18 +115,19 @@ def train(
     data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable)
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
+    accelerator = training.make_accelerator("cpu", log_with, out)
+    log = MetricsLog(out / "metrics.jsonl" if out is not None else None, accelerator)
+    log.start(f"{cfg.model.family}-seed{tc.seed}-{config_hash(cfg)}", to_dict(cfg))
     probes = None
     if cfg.probe.enabled:
-        probes = probe_runner(cfg, dataset, vocab, out, keep=resuming, data=data)
+        probes = probe_runner(cfg, dataset, vocab, out, keep=resuming, data=data, log=log)
     evaluate = ToyEvaluator(dataset, vocab)
-    metrics = out / "metrics.jsonl" if out is not None else None
 
     def on_step(done: int) -> None:
         if tc.eval_every and done % tc.eval_every == 0:
             scores = evaluate(model)
             scores.pop("predictions"), scores.pop("correct")
-            if metrics is not None:
-                files.append_jsonl(metrics, {"kind": "eval", "step": done, **scores})
+            log.write({"kind": "eval", "step": done, **scores})
         if probes is not None and probes.due(done):
             probes(model, done)
 
@@ -135,7 +139,7 @@ def train(
     start = time.perf_counter()
     fitted = training.fit(
         model, data, loss_of(cfg, vocab), tc, out=out, meta=checkpoint_meta(cfg, vocab),
-        resume=resuming, on_step=on_step, progress=progress,
+        resume=resuming, accelerator=accelerator, log=log, on_step=on_step, progress=progress,
         desc=f"{cfg.model.family} seed {tc.seed}",
     )  # fmt: skip
     if probes is not None:
@@ -145,8 +149,8 @@ def train(
 
     scores = evaluate(model)
     predictions = {"answers": scores.pop("predictions"), "correct": scores.pop("correct")}
-    if metrics is not None:
-        files.append_jsonl(metrics, {"kind": "eval", "step": tc.steps, **scores})
+    log.write({"kind": "eval", "step": tc.steps, **scores})
+    log.close()
     summary = {
         "family": cfg.model.family,
         "seed": tc.seed,
@@ -178,6 +182,7 @@ def probe_runner(
     prefix: str = "",
     keep: bool = False,
     data: TextBatch | None = None,
+    log: MetricsLog | None = None,
 ) -> ProbeRunner:
     """The probes of a toy run: its facts, and its training loss on ``data`` (the run's training
     batch, built here when not given) with the probes' fixed mask draw (``probe.seed``), so the
@@ -193,7 +198,7 @@ def probe_runner(
     measure = toy_measure(cfg.probe, cfg.data, dataset, vocab, cfg.model.causal, train_loss)
     path = out / "probes" / f"{prefix}probes.jsonl" if out is not None else None
     return ProbeRunner(measure, path, every=cfg.probe.every, steps=cfg.probe.steps,
-                       keep=keep)  # fmt: skip
+                       keep=keep, log=log)  # fmt: skip
 
 
 def config_essentials(cfg: RunConfig) -> dict[str, Any]:

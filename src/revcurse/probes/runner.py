@@ -36,6 +36,7 @@ from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import PARTS, alignment
 from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, stack_queries, toy_queries
 from revcurse.probes.signals import query_signals, signal_alignment
+from revcurse.tracking import MetricsLog
 
 Measure = Callable[[Any, int, bool], tuple[dict[str, Any], dict[str, torch.Tensor]]]
 """``(model, step, final) -> (JSON record, tensors to save)``; the model is in eval mode."""
@@ -46,7 +47,8 @@ class ProbeRunner:
     caller asks for (the step before training, the final one). Records are appended to ``path``
     (none written when it is None); ``keep`` keeps the records already there (a resumed run, see
     :meth:`truncate`), else they are dropped. ``enabled=False`` (a process other than the main
-    one, too) makes every call a no-op and touches no file."""
+    one, too) makes every call a no-op and touches no file. ``log``: a run's metrics log whose
+    trackers also show each record's labelled numbers (``probe/<label>``)."""
 
     def __init__(
         self,
@@ -57,8 +59,9 @@ class ProbeRunner:
         steps: Iterable[int] = (),
         enabled: bool = True,
         keep: bool = False,
+        log: MetricsLog | None = None,
     ) -> None:
-        self.measure, self.path = measure, path
+        self.measure, self.path, self.log = measure, path, log
         self.every, self.steps, self.enabled = every, frozenset(steps), enabled
         self.records: list[dict[str, Any]] = []
         self.seconds = 0.0
@@ -93,6 +96,8 @@ class ProbeRunner:
                 target = self.path.parent / f"{stem}step-{step:07d}.safetensors"
                 files.save_tensors(target, tensors, {"step": str(step)})
             files.append_jsonl(self.path, record)
+        if self.log is not None:
+            self.log.track("probe", step, record_values(record))
         return record
 
     def at(self, step: int) -> dict[str, Any] | None:

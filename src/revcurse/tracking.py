@@ -1,0 +1,131 @@
+"""The metrics log of a run: ``metrics.jsonl`` (the record) mirrored to experiment trackers.
+
+Every line a run writes to ``metrics.jsonl`` (``{"kind": "train" | "eval", "step": ..., ...}``)
+goes through :class:`MetricsLog`, which also hands its numbers to the trackers a user asked for
+with ``--log-with`` (accelerate's trackers: TensorBoard, Weights & Biases, MLflow), as
+``<kind>/<field>`` at that step; probe records arrive as ``probe/<label>`` (the labels of
+:data:`revcurse.probes.runner.LABELS`). The trackers are a view for people: ``metrics.jsonl`` stays
+the record that reports and resumes read, and the choice of trackers is not part of a run's
+config (a run logged to TensorBoard is the same run, with the same id, as one that is not).
+
+TensorBoard writes event files under ``<run>/trackers/revcurse/`` and needs no network. W&B and
+MLflow are set up by their own environment (``WANDB_MODE=offline``, ``MLFLOW_TRACKING_URI``); W&B
+keeps its files under ``<run>/trackers/`` too. A resumed run logs again from its checkpoint's
+step, so a tracker may show the steps after it twice; ``metrics.jsonl`` is truncated and holds
+them once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from revcurse import files
+from revcurse.errors import RevcurseError
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+"""The trackers ``--log-with`` takes (accelerate's names)."""
+PROJECT = "revcurse"
+"""The project (W&B), experiment (MLflow) and folder under ``trackers/`` (TensorBoard)."""
+
+
+def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
+    """``names`` validated, in order and once each: known to accelerate, their package installed.
+    Called before anything is written, so a typo or a missing package costs no half-made run."""
+    chosen: list[str] = []
+    for name in names:
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RevcurseError(f"--log-with: unknown tracker {name!r} (expected one of "
+                                f"{', '.join(TRACKERS)}){hint}")  # fmt: skip
+        if importlib.util.find_spec(name) is None:
+            raise RevcurseError(f"--log-with {name}: the {name} package is not installed "
+                                f"(pip install {name})")  # fmt: skip
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """A nested config as the flat scalar hyperparameters trackers take (``model.d_model``:
+    64); lists and other values become their text."""
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flat_config(value, f"{name}.")
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def scalars(kind: str, values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a record as ``<kind>/<field>`` (the step, flags and text left out)."""
+    return {
+        f"{kind}/{key}": float(value)
+        for key, value in values.items()
+        if key != "step"
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    }
+
+
+class MetricsLog:
+    """``metrics.jsonl`` of one run and the trackers of its accelerator.
+
+    ``path`` None writes no file (a run without a directory); ``accelerator`` None or one made
+    without ``log_with`` tracks nothing. Only the main process writes; every process may call.
+    """
+
+    def __init__(self, path: Path | None, accelerator: Any = None, main: bool = True) -> None:
+        self.path, self.accelerator, self.main = path, accelerator, main
+        self.tracking = bool(accelerator is not None and accelerator.log_with)
+
+    def start(self, run_name: str, config: Mapping[str, Any]) -> None:
+        """Open the trackers' run, with the run's resolved config as its hyperparameters."""
+        if not self.tracking:
+            return
+        self.accelerator.init_trackers(
+            PROJECT,
+            config=flat_config(config),
+            init_kwargs={
+                "wandb": {"name": run_name, "dir": str(self.accelerator.project_dir)},
+                "mlflow": {"run_name": run_name},
+            },
+        )
+
+    def clear(self) -> None:
+        """A fresh run: no lines yet."""
+        if self.path is not None and self.main:
+            self.path.unlink(missing_ok=True)
+
+    def truncate(self, step: int) -> None:
+        """A resumed run: keep the lines up to ``step``, the checkpoint's."""
+        if self.path is not None and self.main:
+            files.truncate_jsonl(self.path, step)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One line ``{"kind", "step", ...}`` to the file, its numbers to the trackers."""
+        if self.path is not None and self.main:
+            files.append_jsonl(self.path, record)
+        self.track(record["kind"], record["step"], record)
+
+    def track(self, kind: str, step: int, values: Mapping[str, Any]) -> None:
+        """Numbers that have a record of their own (probes) to the trackers only."""
+        if self.tracking:
+            self.accelerator.log(scalars(kind, values), step=step)
+
+    def close(self) -> None:
+        """Flush and close the trackers' run (the process group, if any, is left alone)."""
+        if self.tracking and self.main:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers.clear()

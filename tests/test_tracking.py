@@ -1,0 +1,141 @@
+"""``--log-with``: trackers mirror a run's record (metrics.jsonl, probes.jsonl) and change nothing
+in it. TensorBoard's event files, read back with TensorBoard's own reader, are checked value by
+value against the record; W&B and MLflow go through the same code path (accelerate's trackers)
+and are not installed here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import run_cli, tiny_run_config
+from test_finetune import TINY
+
+from revcurse import files, tracking
+from revcurse.config import FinetuneConfig, apply_overrides
+from revcurse.errors import RevcurseError
+from revcurse.experiments.finetune import run_finetune
+from revcurse.experiments.toy_run import train
+from revcurse.probes.runner import record_values
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    EventAccumulator,
+)
+
+
+def scalars(run: Path) -> dict[str, dict[int, float]]:
+    """Every scalar TensorBoard holds for a run: tag -> step -> value."""
+    events = EventAccumulator(
+        str(run / "trackers" / tracking.PROJECT), size_guidance={"scalars": 0}
+    )
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def expected(lines: list[dict], prefix=lambda line: line["kind"]) -> dict[str, dict[int, float]]:
+    """What the trackers should hold for record lines: every finite number, at its step."""
+    out: dict[str, dict[int, float]] = {}
+    for line in lines:
+        for tag, value in tracking.scalars(prefix(line), line).items():
+            out.setdefault(tag, {})[line["step"]] = value
+    return out
+
+
+def assert_same(logged: dict[int, float], record: dict[int, float], tag: str) -> None:
+    assert logged.keys() == record.keys(), tag
+    for step, value in record.items():  # TensorBoard stores float32
+        assert logged[step] == pytest.approx(value, rel=1e-6, abs=1e-7), (tag, step)
+
+
+def test_tensorboard_holds_the_toy_runs_metrics_and_probes_exactly(tmp_path):
+    cfg = apply_overrides(tiny_run_config(), ["probe.every=10"])
+    plain = train(cfg, tmp_path / "plain")
+    tracked = train(cfg, tmp_path / "tracked", log_with=("tensorboard",))
+    # the trackers are a view: the run (its id, every number, its files) is the same without them
+    drop = ("train_seconds", "probe_seconds")
+    assert {k: v for k, v in plain.items() if k not in drop} == {
+        k: v for k, v in tracked.items() if k not in drop
+    }
+    record = files.read_jsonl(tmp_path / "tracked" / "metrics.jsonl")
+    assert record == files.read_jsonl(tmp_path / "plain" / "metrics.jsonl")
+
+    logged = scalars(tmp_path / "tracked")
+    want = expected(record)
+    probes = files.read_jsonl(tmp_path / "tracked" / "probes" / "probes.jsonl")
+    for tag, by_step in expected(
+        [{"step": p["step"], **record_values(p)} for p in probes], lambda _: "probe"
+    ).items():
+        want[tag] = by_step
+    assert {"train/loss", "eval/reverse_accuracy", "probe/attention_pearson_mirror"} <= set(want)
+    assert set(logged) == set(want)
+    for tag in want:
+        assert_same(logged[tag], want[tag], tag)
+    # the resolved config is stored as the run's hyperparameters
+    (hparams,) = (tmp_path / "tracked" / "trackers").rglob("hparams.yml")
+    assert yaml.safe_load(hparams.read_text())["model.d_model"] == cfg.model.d_model
+
+
+def test_tensorboard_holds_a_finetune_runs_loss_and_evaluations(tmp_path):
+    cfg = apply_overrides(FinetuneConfig(), ["model.family=llada", *TINY])
+    summary = run_finetune(cfg, tmp_path / "run", progress=False, log_with=("tensorboard",))
+    logged = scalars(tmp_path / "run")
+    record = files.read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    for tag, by_step in expected(record).items():
+        assert_same(logged[tag], by_step, tag)
+    for stage, step in (("before", 0), ("after", cfg.train.steps)):
+        for split, metrics in summary[stage].items():
+            assert logged[f"{stage}/{split}/exact"][step] == pytest.approx(metrics["exact"])
+
+
+def test_trackers_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    assert tracking.check_trackers(["tensorboard", "tensorboard"]) == ("tensorboard",)
+    with pytest.raises(RevcurseError, match="did you mean 'tensorboard'"):
+        tracking.check_trackers(["tensorbord"])
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RevcurseError, match=r"the wandb package is not installed \(pip install"):
+        tracking.check_trackers(["wandb"])
+    monkeypatch.undo()
+
+    out = tmp_path / "run"
+    done = run_cli("train", "--out", str(out), "--log-with", "tensorboard,tensorbord")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --log-with: unknown tracker 'tensorbord' (expected one of tensorboard, wandb, "
+        "mlflow); did you mean 'tensorboard'?"
+    ]
+    assert not out.exists()
+
+
+def test_the_command_line_logs_a_run_to_tensorboard(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("train", "--out", str(out), "--log-with", "tensorboard", "--no-progress",
+                   "--set", "train.steps=10", "--set", "train.log_every=5", "--set",
+                   "probe.enabled=false")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [line["step"] for line in lines if line["kind"] == "train"]
+    assert sorted(scalars(out)["train/loss"]) == train_steps == [5, 10]
+
+
+def test_tensorboard_holds_a_text_runs_metrics_probes_and_evaluation(tmp_path):
+    from revcurse.config import TextRunConfig
+    from revcurse.experiments.from_scratch import train_run
+
+    cfg = apply_overrides(TextRunConfig(), ["n_people=2", "train.steps=8", "max_eval=4",
+                                            "probe.n_facts=4", "probe.every=4",
+                                            "train.log_every=4"])  # fmt: skip
+    summary = train_run(cfg, tmp_path / "run", log_with=("tensorboard",))
+    logged = scalars(tmp_path / "run")
+    want = expected(files.read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    probes = files.read_jsonl(tmp_path / "run" / "probes.jsonl")
+    want |= expected([{"step": p["step"], **record_values(p)} for p in probes], lambda _: "probe")
+    for split, metrics in summary["splits"].items():
+        for tag, value in tracking.scalars(f"eval/{split}", metrics).items():
+            want[tag] = {cfg.train.steps: value}
+    assert {"probe/attention_pearson_mirror", "eval/d2p_mirror_train/exact"} <= set(want)
+    assert set(logged) == set(want)
+    for tag in want:
+        assert_same(logged[tag], want[tag], tag)
