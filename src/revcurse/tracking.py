@@ -79,42 +79,45 @@ def scalars(kind: str, values: Mapping[str, Any]) -> dict[str, float]:
 
 
 class MetricsLog:
-    """``metrics.jsonl`` of one run and the trackers of its accelerator.
+    """``out/metrics.jsonl`` of one run and the trackers of its accelerator (one made without
+    ``log_with`` tracks nothing). Every process may call; only the main one writes the file, and
+    only it holds trackers (accelerate starts them there). ``out`` None: a run without a
+    directory, no file."""
 
-    ``path`` None writes no file (a run without a directory); ``accelerator`` None or one made
-    without ``log_with`` tracks nothing. Only the main process writes; every process may call.
-    """
+    def __init__(self, out: Path | None, accelerator: Any) -> None:
+        main = accelerator.is_main_process
+        self.path = out / "metrics.jsonl" if out is not None and main else None
+        self.name = out.name if out is not None else ""
+        self.accelerator = accelerator
+        self.tracking = bool(accelerator.log_with)
 
-    def __init__(self, path: Path | None, accelerator: Any = None, main: bool = True) -> None:
-        self.path, self.accelerator, self.main = path, accelerator, main
-        self.tracking = bool(accelerator is not None and accelerator.log_with)
-
-    def start(self, run_name: str, config: Mapping[str, Any]) -> None:
-        """Open the trackers' run, with the run's resolved config as its hyperparameters."""
+    def start(self, config: Mapping[str, Any]) -> None:
+        """Open the trackers' run, named after the run's folder, with its resolved config as its
+        hyperparameters."""
         if not self.tracking:
             return
         self.accelerator.init_trackers(
             PROJECT,
             config=flat_config(config),
             init_kwargs={
-                "wandb": {"name": run_name, "dir": str(self.accelerator.project_dir)},
-                "mlflow": {"run_name": run_name},
+                "wandb": {"name": self.name, "dir": str(self.accelerator.project_dir)},
+                "mlflow": {"run_name": self.name},
             },
         )
 
     def clear(self) -> None:
         """A fresh run: no lines yet."""
-        if self.path is not None and self.main:
+        if self.path is not None:
             self.path.unlink(missing_ok=True)
 
     def truncate(self, step: int) -> None:
         """A resumed run: keep the lines up to ``step``, the checkpoint's."""
-        if self.path is not None and self.main:
+        if self.path is not None:
             files.truncate_jsonl(self.path, step)
 
     def write(self, record: dict[str, Any]) -> None:
         """One line ``{"kind", "step", ...}`` to the file, its numbers to the trackers."""
-        if self.path is not None and self.main:
+        if self.path is not None:
             files.append_jsonl(self.path, record)
         self.track(record["kind"], record["step"], record)
 
@@ -125,7 +128,7 @@ class MetricsLog:
 
     def close(self) -> None:
         """Flush and close the trackers' run (the process group, if any, is left alone)."""
-        if self.tracking and self.main:
+        if self.tracking:
             for tracker in self.accelerator.trackers:
                 tracker.finish()
             self.accelerator.trackers.clear()

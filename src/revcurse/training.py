@@ -454,7 +454,7 @@ def fit(
     last = out / "checkpoints" / "last.safetensors" if out is not None else None
     main = accelerator.is_main_process
     if log is None:
-        log = MetricsLog(out / "metrics.jsonl" if out is not None else None, accelerator, main)
+        log = MetricsLog(out, accelerator)
     loss_sum, loss_count, mean_loss = torch.zeros(()), torch.zeros((), dtype=torch.long), math.nan
     first = 0
     if resume:

@@ -285,8 +285,8 @@ def run_finetune(
         else:
             prepare_out_dir(out, force)
             write_provenance(out, dump_yaml(cfg), command)
-    log = MetricsLog(out / "metrics.jsonl", accelerator, main)
-    log.start(f"{cfg.model.family}-{cfg.data.dataset}-{out.name}", to_dict(cfg))
+    log = MetricsLog(out, accelerator)
+    log.start(to_dict(cfg))
     trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     mask_id = tokenizer.mask_id

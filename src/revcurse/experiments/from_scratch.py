@@ -289,8 +289,8 @@ def train_run(
     model = TransformerLM(cfg.model, len(tokenizer))
     data = training_batch(cfg, statements, tokenizer)
     accelerator = training.make_accelerator("cpu", log_with, out)
-    log = MetricsLog(out / "metrics.jsonl", accelerator)
-    log.start(out.name, to_dict(cfg))  # <model>-seed<k>
+    log = MetricsLog(out, accelerator)
+    log.start(to_dict(cfg))
     fill_to = None if causal else cfg.model.max_seq_len
     facts = encode_facts(
         tokenizer,

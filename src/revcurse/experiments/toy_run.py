@@ -116,8 +116,8 @@ def train(
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
     accelerator = training.make_accelerator("cpu", log_with, out)
-    log = MetricsLog(out / "metrics.jsonl" if out is not None else None, accelerator)
-    log.start(f"{cfg.model.family}-seed{tc.seed}-{config_hash(cfg)}", to_dict(cfg))
+    log = MetricsLog(out, accelerator)
+    log.start(to_dict(cfg))
     probes = None
     if cfg.probe.enabled:
         probes = probe_runner(cfg, dataset, vocab, out, keep=resuming, data=data, log=log)
