@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "finetune": [*TINY, "train.steps=4"],
     "evaluate": [s for s in TINY if not s.startswith(("train.", "probe.every"))],
-}
+    "reproduce": ["run.n_people=4", "run.max_eval=4", "run.train.steps=10", "run.model.d_model=32",
+                  "run.eval.n_mc=1", "run.eval.n_distractors=3", "run.probe.n_facts=4",
+                  "run.probe.every=5", "seeds=[0]", "workers=1"],
+}  # fmt: skip
 
 
 def readme_commands() -> list[str]:
@@ -30,11 +33,11 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     ckpt = tmp_path / "ckpt"
     save_chat_checkpoint(ckpt)
     commands = readme_commands()
-    assert len(commands) == 7
+    assert len(commands) == 9
     for line in commands:
         args = shlex.split(line.replace("$CKPT", str(ckpt)))[1:]
         args += [x for s in SMALL.get(args[0], []) for x in ("--set", s)]
-        if args[0] == "finetune":
+        if args[0] in ("finetune", "reproduce"):
             args.append("--no-progress")
         done = subprocess.run([sys.executable, "-m", "revcurse", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=HANG_GUARD_S)  # fmt: skip
@@ -48,3 +51,5 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     base = files.read_json(tmp_path / "runs/base/summary.json")
     assert base["splits"] == ft["before"]
     assert (tmp_path / "harness-tasks" / "revcurse_parent_child.yaml").is_file()
+    scratch = files.read_json(tmp_path / "runs/scratch/summary.json")
+    assert scratch["experiment"] == "facts" and "fwd_reverse.prefix" in scratch["comparison"]

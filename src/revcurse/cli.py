@@ -24,6 +24,7 @@ import typer
 
 from revcurse.config import (
     DecodeConfig,
+    FactsExperimentConfig,
     FinetuneConfig,
     ParentChildConfig,
     PersonDescriptionConfig,
@@ -47,10 +48,11 @@ app = typer.Typer(
 
 EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description",
-    "parent-child",
+    "parent-child", "facts",
 )  # fmt: skip
-FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig}
-"""The from-scratch text experiments and their configs."""
+FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,
+                "facts": FactsExperimentConfig}  # fmt: skip
+"""The from-scratch text experiments and their configs (facts: your own facts file, run.path)."""
 T = TypeVar("T")
 
 ConfigOpt = Annotated[
@@ -196,8 +198,8 @@ def reproduce(
         bool,
         typer.Option(
             "--reevaluate",
-            help="person-description / parent-child: evaluate the finished models in --out again "
-            "with the current evaluation (no training; their saved records must reproduce), then "
+            help="person-description / parent-child / facts: evaluate the finished models in --out "
+            "again with the current evaluation (no training; their saved records must reproduce), then "
             "rewrite the summary and report. Reads the experiment's own config.yaml.",
         ),
     ] = False,
@@ -280,7 +282,7 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
     summary = fs.run_from_scratch(cfg, target, command=_command_line(), progress=o.progress,
                                   force=o.force, resume=o.resume, log_with=o.trackers())  # fmt: skip
     metric = summary["headline_metric"]
-    task = fs.TASKS[cfg.run.dataset]
+    task = fs.task_for(cfg.run)
     shown = [task.probe[0], *task.compared]
     for model, agg in summary["aggregate"].items():
         cells = "  ".join(f"{split} {agg[f'{split}.{metric}']['mean']:.3f}" for split in shown)
@@ -642,6 +644,15 @@ def data(
         ),
     ] = None,
     show: Annotated[int, typer.Option(help="Print this many examples of each split.")] = 1,
+    from_scratch: Annotated[
+        int,
+        typer.Option(
+            "--from-scratch",
+            help="With 'convert parent-child': write reproduce parent-child's from-scratch layout "
+            "instead, N pairs trained forward only (group fwd) and N both ways (group both), for "
+            "reproduce facts.",
+        ),
+    ] = 0,
     distractors: Annotated[
         int, typer.Option(help="With 'harness': wrong candidates per ranking question.")
     ] = DecodeConfig().n_distractors,
@@ -652,7 +663,8 @@ def data(
     """Load and validate a reversal dataset; print its splits, sizes, licence and examples.
     `revcurse data convert NAME --out facts.jsonl` writes NAME in revcurse's facts format
     (revcurse.data.facts) to start your own facts from; `--set data.dataset=facts
-    --set data.path=facts.jsonl` then reads it anywhere a dataset is taken.
+    --set data.path=facts.jsonl` then reads it anywhere a dataset is taken (`reproduce facts
+    --set run.path=facts.jsonl` trains models on it from scratch).
     `revcurse data harness NAME --out DIR` writes NAME's splits as lm-evaluation-harness tasks
     (revcurse.harness): generation and likelihood-ranking variants reading local files."""
 
@@ -683,8 +695,14 @@ def data(
         typer.echo(f"run: lm_eval --model hf --model_args pretrained=CHECKPOINT --include_path "
                    f"{out} --tasks {task_prefix(ds.name)}")  # fmt: skip
         return
+    if from_scratch and (action != "convert" or chosen != "parent-child" or from_scratch < 0):
+        raise _fail("--from-scratch N: expected N >= 1 with 'revcurse data convert parent-child'")
     if action == "convert":
-        facts = as_facts(cfg)
+        from revcurse.data.parent_child import from_scratch_facts
+
+        facts = (
+            from_scratch_facts(from_scratch, cfg.path or None) if from_scratch else as_facts(cfg)
+        )
         write_facts(out, facts)
         typer.echo(f"{out}: {len(facts.facts)} facts, {len(facts.relations)} relations "
                    f"(from {chosen}; licence: {facts.licence})")  # fmt: skip
@@ -704,7 +722,10 @@ def data(
 @app.command("config")
 def show_config(
     kind: Annotated[
-        str, typer.Argument(help="toy, run, sweep, finetune, person-description or parent-child.")
+        str,
+        typer.Argument(
+            help="toy, run, sweep, finetune, person-description, parent-child or facts."
+        ),
     ] = "toy",
     config: ConfigOpt = None,
     set_: SetOpt = None,

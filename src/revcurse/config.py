@@ -41,7 +41,7 @@ Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
 Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
 Maskable = Literal["all", "entities", "no_fillers", "answer"]
-TextTask = Literal["person-description", "parent-child"]
+TextTask = Literal["person-description", "parent-child", "facts"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -782,11 +782,20 @@ class FinetuneConfig:
 @dataclass
 class TextRunConfig:
     """One model trained from scratch on natural-language facts (a run of ``reproduce
-    person-description`` or ``reproduce parent-child``)."""
+    person-description``, ``parent-child`` or ``facts``)."""
 
     dataset: TextTask = "person-description"
-    """person-description (Berglund's Experiment 1 statements) or parent-child (the celebrity
-    pairs laid out for a from-scratch model: :func:`revcurse.data.parent_child.from_scratch`)."""
+    """person-description (Berglund's Experiment 1 statements), parent-child (the celebrity
+    pairs laid out for a from-scratch model: :func:`revcurse.data.parent_child.from_scratch`) or
+    facts (your own facts file, ``path``, laid out by its groups and trained directions:
+    :func:`revcurse.experiments.from_scratch.facts_task`)."""
+    path: str = ""
+    """dataset facts: the facts file (the format of :mod:`revcurse.data.facts`); empty otherwise."""
+    path_sha256: str = ""
+    """dataset facts: the SHA-256 of the facts file's bytes. Filled in when an experiment starts,
+    so that its resolved config, and every run id, names the very facts trained on; a file that
+    no longer matches it is refused (a resumed or re-evaluated run reads the facts it trained on,
+    or nothing)."""
 
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=52)
@@ -808,15 +817,27 @@ class TextRunConfig:
     n_people: int = 10
     """People per group whose statements are trained on. Person–Description (groups p2d, d2p,
     both): 10 gives 1200 of the 3600 statements; 30 is the whole file (needs several times the
-    steps). Parent–Child (groups forward-only, both directions): child–parent pairs per group."""
+    steps). Parent–Child (groups forward-only, both directions): child–parent pairs per group.
+    Facts: at most this many facts of each group, the first in file order."""
     max_eval: int = 60
-    """Queries evaluated per split (spread over the people; 0: all)."""
+    """Queries evaluated per split (spread over the people or facts; 0: all)."""
 
     def validate(self, where: str) -> None:
-        top = 30 if self.dataset == "person-description" else 153
-        _check(1 <= self.n_people <= top, where, "n_people", f"an integer in 1..{top} for "
-               f"{self.dataset}", self.n_people)  # fmt: skip
+        top = {"person-description": 30, "parent-child": 153}.get(self.dataset)
+        if top is None:
+            _check(self.n_people >= 1, where, "n_people", "an integer >= 1", self.n_people)
+        else:
+            _check(1 <= self.n_people <= top, where, "n_people", f"an integer in 1..{top} for "
+                   f"{self.dataset}", self.n_people)  # fmt: skip
         _check(self.max_eval >= 0, where, "max_eval", "an integer >= 0", self.max_eval)
+        facts = self.dataset == "facts"
+        _check(facts == bool(self.path), where, "path",
+               "a facts file for dataset facts" if facts else "empty (a path is read only for "
+               "dataset facts)", self.path)  # fmt: skip
+        _check(self.path_sha256 == "" or (facts and re.fullmatch(r"[0-9a-f]{64}",
+               self.path_sha256) is not None), where, "path_sha256",
+               "empty or the 64 hex digits of a facts file's SHA-256 (filled in by revcurse)",
+               self.path_sha256)  # fmt: skip
         self.train.check_text(where)
 
     @property
@@ -906,6 +927,34 @@ class ParentChildConfig(PersonDescriptionConfig):
     )
     """The MDM with absolute (sinusoidal, learned) and no positions, each compared with the RoPE
     MDM."""
+
+
+@dataclass
+class FactsExperimentConfig(PersonDescriptionConfig):
+    """``revcurse reproduce facts``: from-scratch MDMs and ARMs on your own facts file
+    (``run.path``), laid out by its groups and trained directions; the fit-first paired tests of
+    the other from-scratch experiments on every group's untrained direction."""
+
+    run: TextRunConfig = field(
+        default_factory=lambda: TextRunConfig(
+            dataset="facts",
+            model=ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=32),
+            train=TrainConfig(
+                steps=2000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
+                schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
+            ),
+            eval=DecodeConfig(n_distractors=9, n_mc=16),
+            probe=TextProbeConfig(n_facts=50, every=500),
+            n_people=50,
+            max_eval=50,
+        )
+    )  # fmt: skip
+    """Shared settings, Parent–Child's: 50 facts per group, 2000 steps; run.path names the
+    facts file (required) and run.model.max_seq_len must hold its longest statement (refused with
+    the length needed otherwise)."""
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    """Further models compared with the MDM (as in ``reproduce person-description``); none by
+    default."""
 
 
 def entity_pool(n_pairs: int, entity_tokens: int) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,14 @@ def write_text(path: str | Path, text: str) -> None:
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     _atomic(Path(path), lambda tmp: tmp.write_bytes(data))
+
+
+def sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (names a data file's exact content)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RevcurseError(f"{path}: file not found")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -134,3 +134,23 @@ def from_scratch(
         "p2c_both": [reverse(p) for p in both],
     }
     return statements, splits
+
+
+def from_scratch_facts(n_pairs: int, path: str | Path | None = None) -> Facts:
+    """:func:`from_scratch`'s layout as facts (:mod:`revcurse.data.facts`), for ``reproduce
+    facts``: its forward-only pairs in group ``fwd`` (trained forward), the others in group
+    ``both`` (trained both ways); ids and relations as :func:`parent_child_facts`. Read by
+    :func:`revcurse.experiments.from_scratch.facts_task`, it gives ``reproduce parent-child``'s
+    statements, splits and tests (tested)."""
+    _, splits = from_scratch(n_pairs, path)
+    relations = parent_child_facts(path).relations
+    facts = []
+    for group, train, pairs in (("fwd", ("forward",), splits["c2p_train"]),
+                                ("both", ("forward", "reverse"), splits["c2p_both"])):  # fmt: skip
+        for pair in pairs:
+            kind = pair.prompt.rsplit("'s ", 1)[1].removesuffix("?")
+            templates = relations[kind]
+            facts.append(FactRecord(pair.fact, _child_of(pair), pair.completion.strip(),
+                                    templates["forward"], templates["reverse"], train, group,
+                                    kind, pair.source))  # fmt: skip
+    return Facts(facts, relations, name="parent-child-from-scratch", licence=LICENCE)

@@ -1,5 +1,5 @@
-"""``revcurse reproduce person-description`` and ``parent-child``: MDMs vs ARMs trained from scratch
-on natural-language facts.
+"""``revcurse reproduce person-description``, ``parent-child`` and ``facts``: MDMs vs ARMs trained
+from scratch on natural-language facts.
 
 A multi-layer bidirectional Transformer with the masked-diffusion loss (MDM) and the same
 Transformer, causal, with the next-token loss (ARM), pre-trained from scratch on whole statements
@@ -19,6 +19,11 @@ trained, which splits are asked, which must be fitted first, which reverse split
 trained forward only, the other half in both directions (which teaches the reverse template);
 the reverse of the forward-only pairs is the test.
 
+**Your facts** (``reproduce facts``, :func:`facts_task`): a facts file (:mod:`revcurse.data.facts`)
+laid out by its groups. A group's trained directions are its training statements; a direction it
+does not train is its reverse test, its mirror split and fit check come from the trained one, as
+for Parent–Child's forward-only pairs (whose layout a facts file can state: tested).
+
 Every model is scored with prefix / substring / exact match of the MDM sampler's or the ARM's
 greedy generations and the likelihood rank of the right answer among 9 other answers of its split
 (decoding-free). The attention and gradient probes of :mod:`revcurse.probes.hf` run on (forward,
@@ -34,16 +39,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
 
 from revcurse import files, training
-from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, to_dict
+from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, load_yaml, to_dict
+from revcurse.data.facts import TEST_DIRECTIONS, Facts, dataset_from_facts, read_facts, split_name
 from revcurse.data.parent_child import from_scratch as parent_child_from_scratch
 from revcurse.data.person_description import (
     TESTS,
@@ -101,13 +108,23 @@ class Task:
     the model memorises)."""
     tables: tuple[tuple[str, tuple[str, ...]], ...]
     """The report's split tables: (title, splits)."""
+    title: str
+    """The report's title."""
+    probed: tuple[str, str, str]
+    """In words, for the report: the probes' forward query, their mirror query (the trained
+    statement with the reverse answer masked) and the reverse query."""
+    unit: str
+    """What ``n_people`` counts, per group."""
 
 
-def _spread(pairs: list[TextPair], n: int) -> list[TextPair]:
-    """``n`` queries evenly spaced over the split (so every person and many templates appear)."""
-    if n == 0 or len(pairs) <= n:
-        return list(pairs)
-    return [pairs[(i * len(pairs)) // n] for i in range(n)]
+T = TypeVar("T")
+
+
+def _spread(items: Sequence[T], n: int) -> list[T]:
+    """``n`` items evenly spaced over ``items`` (so every person and many templates appear)."""
+    if n == 0 or len(items) <= n:
+        return list(items)
+    return [items[(i * len(items)) // n] for i in range(n)]
 
 
 HELD_OUT = ("p2d_same", "p2d_reverse", "d2p_same", "d2p_reverse")
@@ -174,6 +191,13 @@ TASKS: dict[str, Task] = {
             ),
             ("held-out templates", HELD_OUT),
         ),  # fmt: skip
+        title="Person–Description from scratch: masked diffusion vs autoregressive",
+        probed=(
+            "the p2d query 'name -> description'",
+            "the p2d statement with the name masked",
+            "'description -> name'",
+        ),  # fmt: skip
+        unit="people",
     ),
     "parent-child": Task(
         name="parent-child",
@@ -195,14 +219,152 @@ TASKS: dict[str, Task] = {
             ("pairs trained forward only", ("c2p_train", "c2p_mirror", "p2c_reverse")),
             ("pairs trained in both directions", ("c2p_both", "p2c_both")),
         ),
+        title="Parent–Child from scratch: masked diffusion vs autoregressive",
+        probed=(
+            "the query 'child -> parent'",
+            "the statement with the child masked",
+            "'parent -> child'",
+        ),  # fmt: skip
+        unit="pairs",
     ),
 }
-"""Every from-scratch text task, by ``run.dataset``."""
+"""The shipped from-scratch text tasks, by ``run.dataset`` (``facts``: :func:`facts_task`)."""
+
+
+def pin_facts(run: TextRunConfig) -> TextRunConfig:
+    """``run`` with its facts file's SHA-256 filled in (dataset facts; others unchanged); a file
+    that no longer matches a digest already there is refused."""
+    if run.dataset != "facts":
+        return run
+    digest = _digest(run)
+    return dataclasses.replace(run, path_sha256=digest)
+
+
+def _digest(run: TextRunConfig) -> str:
+    path = Path(run.path)
+    if not path.is_file():
+        raise RevcurseError(f"run.path: {path}: facts file not found")
+    digest = files.sha256(path)
+    if run.path_sha256 and digest != run.path_sha256:
+        raise RevcurseError(
+            f"run.path: {path} has changed since this experiment started (SHA-256 "
+            f"{digest[:12]}..., its config has {run.path_sha256[:12]}...); start a new experiment "
+            "(another --out) to train on the new facts"
+        )
+    return digest
+
+
+def facts_of(run: TextRunConfig) -> Facts:
+    """The facts of ``run.path`` a run trains on: at most ``n_people`` per group, the first in
+    file order (the file checked against ``run.path_sha256`` where it is filled in)."""
+    _digest(run)
+    facts = read_facts(run.path)
+    taken: Counter[str] = Counter()
+    kept = []
+    for fact in facts.facts:
+        if taken[fact.group] < run.n_people:
+            kept.append(fact)
+            taken[fact.group] += 1
+    return dataclasses.replace(facts, facts=kept)
+
+
+def trained_directions(facts: Facts) -> dict[str, tuple[Direction, ...]]:
+    """Group -> the directions its facts are trained in. A group is read as one layout (its
+    splits are trained or untrained as a whole), so all its facts must train the same ones."""
+    first = {}
+    for fact in facts.facts:
+        if not fact.train:
+            raise RevcurseError(
+                f"{fact.source}: field 'train': expected at least one direction (a from-scratch "
+                "model cannot learn a fact it never reads)"
+            )
+        seen = first.setdefault(fact.group, fact)
+        if set(fact.train) != set(seen.train):
+            raise RevcurseError(
+                f"{fact.source}: field 'train': {list(fact.train)}, but fact {seen.id!r} of the "
+                f"same group ({seen.source}) is trained in {list(seen.train)}; a group's splits "
+                "are trained or untrained as a whole: give these facts another 'group'"
+            )
+    return {g: tuple(d for d in TEST_DIRECTIONS if d in f.train) for g, f in first.items()}
+
+
+def facts_data(run: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
+    """A facts file's training statements (:func:`revcurse.data.facts.dataset_from_facts` of
+    :func:`facts_of`) and its test splits, asked about ``max_eval`` facts per group evenly spread
+    over it (the same facts in every split of the group, so forward and reverse pair up)."""
+    facts = facts_of(run)
+    dataset = dataset_from_facts(facts)
+    groups: dict[str, list[str]] = {}
+    for fact in facts.facts:
+        groups.setdefault(fact.group, []).append(fact.id)
+    asked = {i for ids in groups.values() for i in _spread(ids, run.max_eval)}
+    splits = {name: [q for q in queries if q.fact in asked]
+              for name, queries in dataset.tests.items()}  # fmt: skip
+    return dataset.train, splits
+
+
+def facts_task(run: TextRunConfig) -> Task:
+    """The :class:`Task` of a facts file: per group, its trained directions' splits
+    (``<group>_forward`` / ``<group>_reverse``, forward = trained in the task's terms); where a
+    group leaves one direction untrained, that split is its reverse test, ``<group>_mirror`` the
+    trained statement with the untrained query's answer masked, and both the trained and the
+    mirror split must be fitted first. Refused when no group leaves a direction untrained."""
+    facts = facts_of(run)
+    splits: dict[str, Direction] = {}
+    mirrors: dict[str, tuple[str, str]] = {}
+    fit: dict[str, tuple[str, str]] = {}
+    compared: dict[str, str] = {}
+    tables = []
+    for group, trained in trained_directions(facts).items():
+        name = {d: split_name(group, d) for d in TEST_DIRECTIONS}
+        for d in TEST_DIRECTIONS:
+            splits[name[d]] = "forward" if d in trained else "reverse"
+        shown = tuple(name.values())
+        label = group or "(no group)"
+        if len(trained) == 1:
+            (known,) = trained
+            (untrained,) = (d for d in TEST_DIRECTIONS if d != known)
+            mirror = split_name(group, "mirror")
+            splits[mirror] = "mirror"
+            mirrors[mirror] = (name[known], name[untrained])
+            fit[label] = (name[known], mirror)
+            compared[name[untrained]] = label
+            shown = (name[known], mirror, name[untrained])
+        where = f"group {group!r}, " if group else ""
+        tables.append((f"{where}trained {' and '.join(trained)}", shown))
+    if not compared:
+        raise RevcurseError(
+            f"run.path: {run.path}: every group is trained in both directions, so no direction "
+            'is left to test reversal on (train some facts in one: "train": ["forward"])'
+        )
+    return Task(
+        name="facts",
+        build=facts_data,
+        splits=splits,
+        mirrors=mirrors,
+        probe=next(iter(mirrors.values())),
+        fit=fit,
+        compared=compared,
+        variant_compared=tuple(known for known, _ in fit.values()),
+        tables=tuple(tables),
+        title=f"{facts.name}, trained from scratch: masked diffusion vs autoregressive",
+        probed=(
+            "the trained query",
+            "the trained statement with the reverse answer masked",
+            "the untrained query",
+        ),  # fmt: skip
+        unit="facts at most",
+    )
+
+
+def task_for(run: TextRunConfig) -> Task:
+    """The from-scratch task ``run`` trains on."""
+    return facts_task(run) if run.dataset == "facts" else TASKS[run.dataset]
 
 
 def build_data(cfg: TextRunConfig) -> tuple[list[TextPair], dict[str, list[TextPair]]]:
     """The task's training statements and splits, with its mirror splits added."""
-    task = TASKS[cfg.dataset]
+    task = task_for(cfg)
     statements, splits = task.build(cfg)
     for name, (forward, reverse) in task.mirrors.items():
         facts = paired_queries(splits[forward], splits[reverse], len(splits[reverse]))
@@ -276,7 +438,8 @@ def train_run(
     continue from its last checkpoint when it holds one of exactly this config; ``log_with``:
     trackers that mirror its metrics, probes and final evaluation)."""
     torch.set_num_threads(cfg.train.threads)
-    task = TASKS[cfg.dataset]
+    cfg = pin_facts(cfg)
+    task = task_for(cfg)
     prepared = prepare(cfg)
     statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +514,7 @@ def evaluate_run(
     """Every split the model is asked (a causal model has no mirror), in order: its metrics and
     per-query records. One generator, seeded by the run's seed, is consumed split after split,
     so evaluating a model again gives the same generations."""
-    task, causal = TASKS[cfg.dataset], cfg.model.causal
+    task, causal = task_for(cfg), cfg.model.causal
     gen = torch.Generator().manual_seed(cfg.train.seed)
     fill_to = None if causal else cfg.model.max_seq_len
     for name, pairs in prepared.splits.items():
@@ -433,7 +596,8 @@ def run_from_scratch(
     every run mirrors its metrics to)."""
     from revcurse.report.from_scratch import write_report
 
-    task = TASKS[cfg.run.dataset]
+    cfg = _pinned(cfg, Path(out), resume)
+    task = task_for(cfg.run)
     for name in cfg.model_names():  # bad settings fail before any write
         prepare(cfg.run_config(name, cfg.seeds[0]))
     out = start_experiment(out, cfg, command, force, resume)
@@ -444,6 +608,17 @@ def run_from_scratch(
     files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
     write_report(out, cfg, summary)
     return summary
+
+
+def _pinned(cfg: PersonDescriptionConfig, out: Path, resume: bool) -> PersonDescriptionConfig:
+    """``cfg`` with its facts file's digest filled in (:func:`pin_facts`): when resuming, the one
+    the experiment started with, so a facts file changed since is named as such."""
+    run, saved = cfg.run, out / "config.yaml"
+    if resume and run.dataset == "facts" and not run.path_sha256 and saved.is_file():
+        before = load_yaml(type(cfg), saved).run
+        if before.path == run.path:
+            run = dataclasses.replace(run, path_sha256=before.path_sha256)
+    return dataclasses.replace(cfg, run=pin_facts(run))
 
 
 def reevaluate(out: str | Path, cfg: PersonDescriptionConfig, command: str) -> dict[str, Any]:
@@ -476,7 +651,7 @@ def summarise(out: Path, cfg: PersonDescriptionConfig, summaries: list[dict]) ->
     """The experiment's summary from its runs' summaries (model-major, as :func:`train_families`
     returns them): per-run rows, aggregates, fit, paired tests, probe curves; written to
     ``summary.json``."""
-    task = TASKS[cfg.run.dataset]
+    task = task_for(cfg.run)
     rows = []
     names = [name for name in cfg.model_names() for _ in cfg.seeds]  # train_families' order
     for name, s in zip(names, summaries, strict=True):
@@ -664,7 +839,7 @@ def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
 
 def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per model and statement group, the seeds that fitted it."""
-    task = TASKS[cfg.run.dataset]
+    task = task_for(cfg.run)
     return {
         name: {group: fitted_seeds(rows, name, splits,
                                    trains_mirror(cfg.run_config(name, cfg.seeds[0])))
@@ -678,14 +853,14 @@ def compare_families(out: Path, cfg: PersonDescriptionConfig,
     """Paired MDM-vs-ARM tests per reverse split and metric (effect = MDM - ARM)."""
     if not {"mdm", "arm"} <= set(cfg.families):
         return {}
-    return _paired(out, fitted, "mdm", "arm", TASKS[cfg.run.dataset].compared, cfg.seeds[0])
+    return _paired(out, fitted, "mdm", "arm", task_for(cfg.run).compared, cfg.seeds[0])
 
 
 def compare_variants(out: Path, cfg: PersonDescriptionConfig,
                      fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
     """Per variant, its paired tests against the MDM (effect = variant - MDM) on the task's
     forward splits of :attr:`Task.variant_compared` and its reverse splits."""
-    task = TASKS[cfg.run.dataset]
+    task = task_for(cfg.run)
     group_of = {forward: group for group, (forward, _) in task.fit.items()}
     splits = {s: group_of[s] for s in task.variant_compared} | task.compared
     return {name: _paired(out, fitted, name, "mdm", splits, cfg.seeds[0]) for name in cfg.variants}

@@ -10,7 +10,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
-from revcurse.experiments.from_scratch import TASKS, Task
+from revcurse.experiments.from_scratch import Task, task_for
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import (
     Block,
@@ -23,18 +23,6 @@ from revcurse.report.render import (
     to_html,
     to_markdown,
 )
-
-TITLES = {
-    "person-description": "Person–Description from scratch: masked diffusion vs autoregressive",
-    "parent-child": "Parent–Child from scratch: masked diffusion vs autoregressive",
-}
-PROBED = {
-    "person-description": ("the p2d query 'name -> description'", "the p2d statement with the "
-                           "name masked", "'description -> name'"),
-    "parent-child": ("the query 'child -> parent'", "the statement with the child masked",
-                     "'parent -> child'"),
-}  # fmt: skip
-"""Per task: the forward pairing's query, the mirror pairing's query, the reverse query."""
 
 
 def _cell(agg: dict[str, Any], key: str) -> str:
@@ -59,11 +47,13 @@ def figure(out: Path, summary: dict[str, Any], metric: str, task: Task) -> Path:
         ax.bar(x + (i - (len(families) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
                label=family.upper(), color=FAMILY_COLORS.get(family))  # fmt: skip
     ax.set_xticks(x, [s.replace("_", "\n", 1) for s in splits], fontsize=8)
-    ax.axvline(len(task.tables[0][1]) - 0.5, color="#999", lw=0.8, ls="--")
+    edges = np.cumsum([len(group) for _, group in task.tables])[:-1]
+    for edge in edges:  # one block of bars per table, left to right
+        ax.axvline(edge - 0.5, color="#999", lw=0.8, ls="--")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{metric} accuracy")
-    (left, _), (right, _) = task.tables
-    ax.set_title(f"left: {left}   |   right: {right} (mean ± sd over seeds)")
+    blocks = "   |   ".join(title for title, _ in task.tables)
+    ax.set_title(f"{blocks} (left to right; mean ± sd over seeds)", fontsize=9)
     ax.legend()
     return save(fig, out / "figures" / f"accuracy_{metric}.png")
 
@@ -187,13 +177,12 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
     agg = summary["aggregate"]
     metric = summary["headline_metric"]
     run = cfg.run
-    task = TASKS[run.dataset]
-    forward, mirror, reverse = PROBED[task.name]
+    task = task_for(run)
+    forward, mirror, reverse = task.probed
     blocks: list[Block] = [
         Para(
             f"{len(cfg.seeds)} seeds per family; {summary['n_statements']} training statements "
-            f"({run.n_people} {'people' if task.name == 'person-description' else 'pairs'} "
-            f"per group); {run.model.n_layers} layers, d_model "
+            f"({run.n_people} {task.unit} per group); {run.model.n_layers} layers, d_model "
             f"{run.model.d_model}, {run.model.n_heads} heads, {run.model.positional}; "
             f"{run.train.steps} steps of batch {run.train.batch_size}; the MDM may mask "
             f"{'every statement token' if run.train.maskable == 'all' else 'only statement completions'}"
@@ -243,6 +232,6 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
     if over_training is not None:
         blocks.append(Figure(over_training, "probes over training, mean over seeds"))
     blocks += curves_table(summary)
-    title = TITLES[task.name]
+    title = task.title
     files.write_text(out / "report.html", to_html(title, blocks))
     files.write_text(out / "report.md", to_markdown(title, blocks, out))
