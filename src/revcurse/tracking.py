@@ -9,8 +9,11 @@ the record that reports and resumes read, and the choice of trackers is not part
 config (a run logged to TensorBoard is the same run, with the same id, as one that is not).
 
 TensorBoard writes event files under ``<run>/trackers/revcurse/`` and needs no network. W&B and
-MLflow are set up by their own environment (``WANDB_MODE=offline``, ``MLFLOW_TRACKING_URI``); W&B
-keeps its files under ``<run>/trackers/`` too. A resumed run logs again from its checkpoint's
+MLflow are set up by their own environment. W&B keeps its files under ``<run>/trackers/wandb/``
+(``WANDB_MODE=offline``: no account or network; ``wandb sync`` uploads them later). MLflow logs to
+``MLFLOW_TRACKING_URI`` (a server, a database, or a local folder ``file:///...``, which MLflow 3
+takes only with ``MLFLOW_ALLOW_FILE_STORE=true``), in experiment ``revcurse``, one MLflow run per
+run folder, named after it. All three are tested offline, value by value against the record. A resumed run logs again from its checkpoint's
 step, so a tracker may show the steps after it twice; ``metrics.jsonl`` is truncated and holds
 them once.
 """
