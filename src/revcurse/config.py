@@ -895,26 +895,31 @@ class PersonDescriptionConfig:
         return apply_overrides(run, self.variants.get(name, []))
 
 
+def pair_run(dataset: TextTask, max_seq_len: int) -> TextRunConfig:
+    """The from-scratch settings for two-entity facts (Parent–Child's, and your facts'): 2 layers,
+    d_model 128, 2000 steps of batch 64, 50 facts per group, 50 queries per split, probes on 50
+    facts every 500 steps."""
+    return TextRunConfig(
+        dataset=dataset,
+        model=ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=max_seq_len),
+        train=TrainConfig(
+            steps=2000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
+            schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
+        ),
+        eval=DecodeConfig(n_distractors=9, n_mc=16),
+        probe=TextProbeConfig(n_facts=50, every=500),
+        n_people=50,
+        max_eval=50,
+    )  # fmt: skip
+
+
 @dataclass
 class ParentChildConfig(PersonDescriptionConfig):
     """``revcurse reproduce parent-child``: from-scratch MDMs (RoPE, sinusoidal and learned
     absolute positions, none) and a RoPE ARM on Parent–Child pairs, half trained forward only and
     half in both directions; does MDM reversal need RoPE?"""
 
-    run: TextRunConfig = field(
-        default_factory=lambda: TextRunConfig(
-            dataset="parent-child",
-            model=ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=20),
-            train=TrainConfig(
-                steps=2000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
-                schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
-            ),
-            eval=DecodeConfig(n_distractors=9, n_mc=16),
-            probe=TextProbeConfig(n_facts=50, every=500),
-            n_people=50,
-            max_eval=50,
-        )
-    )  # fmt: skip
+    run: TextRunConfig = field(default_factory=lambda: pair_run("parent-child", max_seq_len=20))
     """Shared settings: 50 pairs per group (150 training statements), 2000 steps (a one-seed
     pilot fitted forward and mirror at 1.00); run.model.causal and run.train.seed are set per
     model."""
@@ -935,20 +940,7 @@ class FactsExperimentConfig(PersonDescriptionConfig):
     (``run.path``), laid out by its groups and trained directions; the fit-first paired tests of
     the other from-scratch experiments on every group's untrained direction."""
 
-    run: TextRunConfig = field(
-        default_factory=lambda: TextRunConfig(
-            dataset="facts",
-            model=ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=32),
-            train=TrainConfig(
-                steps=2000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
-                schedule="cosine", log_every=50, eval_every=0, checkpoint_every=500,
-            ),
-            eval=DecodeConfig(n_distractors=9, n_mc=16),
-            probe=TextProbeConfig(n_facts=50, every=500),
-            n_people=50,
-            max_eval=50,
-        )
-    )  # fmt: skip
+    run: TextRunConfig = field(default_factory=lambda: pair_run("facts", max_seq_len=32))
     """Shared settings, Parent–Child's: 50 facts per group, 2000 steps; run.path names the
     facts file (required) and run.model.max_seq_len must hold its longest statement (refused with
     the length needed otherwise)."""

@@ -328,7 +328,7 @@ def slice_tests(s: dict[str, Any], name: str) -> str:
 
 
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
-BRIDGE_SLICES = ("entity-length", "paraphrases", "facts")
+BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
