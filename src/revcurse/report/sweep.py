@@ -355,7 +355,8 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
         Para(
             f"{summary['n_runs']} runs ({summary['n_failed']} failed), seeds {cfg.seeds}. Accuracy "
             "is top-1 over the vocabulary; intervals are 95% percentile-bootstrap intervals of "
-            "the mean over seeds (narrow and optimistic with 3 seeds; the std is beside them)."
+            f"the mean over seeds (narrow and optimistic with {len(cfg.seeds)} seeds; the std is "
+            "beside them)."
         )
     )
     if summary.get("slices"):
