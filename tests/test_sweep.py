@@ -331,3 +331,25 @@ def test_a_finished_run_of_another_config_is_not_read_back(tmp_path):
     with pytest.raises(RevcurseError, match=r"mdm-seed0: a finished run of another config.*steps"):
         run_toy(other, tmp_path / "t", progress=False, force=True)
     assert done.read_bytes() == before
+
+
+def test_a_slice_figure_puts_the_filler_count_else_the_compared_key_on_its_axis(tmp_path):
+    from revcurse.report.sweep import figure_axis, slice_figure
+
+    def cells(**values):
+        keys = list(values)
+        rows = [dict(zip(keys, combo, strict=True)) for combo in zip(*values.values(), strict=True)]
+        fit = {"reverse": {"mean": 0.5}}
+        return keys, [{"labels": r, "fit": fit} for r in rows]
+
+    keys, made = cells(**{"data.n_filler": [0, 4], "model.n_heads": [1, 4]})
+    assert figure_axis(keys, made, "model.n_heads") == "data.n_filler"
+    keys, made = cells(**{"data.entity_tokens": [1, 2, 4], "model.causal": [False] * 3})
+    assert figure_axis(keys, made, "data.entity_tokens") == "data.entity_tokens"
+    keys, made = cells(**{"data.n_pairs": [100, 400]})
+    assert figure_axis(keys, made, "") == "data.n_pairs"  # no compared key: the one that varies
+    keys, made = cells(**{"model.positional": ["rope", "none"]})
+    assert figure_axis(keys, made, "model.positional") is None  # not a number
+    keys, made = cells(**{"data.entity_tokens": [1, 2, 4], "model.causal": [False] * 3})
+    path = slice_figure("length", "data.entity_tokens", keys, made, tmp_path / "f.png")
+    assert path.is_file() and path.stat().st_size > 0

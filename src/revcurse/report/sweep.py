@@ -248,27 +248,51 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                   *comparison_cells(c["test"])[:4], c["decision"],
                   f"{c['fit']['value']} / {c['fit']['baseline']}"] for c in tests],
             ))  # fmt: skip
-        if "data.n_filler" in keys and len({a["labels"]["data.n_filler"] for a in cells}) > 1:
-            fig = slice_figure(name, keys, cells, out / "figures" / f"slice-{name}.png")
+        x = figure_axis(keys, cells, info["compare"])
+        if x is not None:
+            fig = slice_figure(name, x, keys, cells, out / "figures" / f"slice-{name}.png")
             blocks.append(Figure(fig, f"Slice {name}: reverse accuracy over fitted seeds against "
-                                      "the filler count (hollow: no seed fitted; the value is "
-                                      "then the all-seed mean)."))  # fmt: skip
+                                      f"{_short(x)} (hollow: no seed fitted; the value is then "
+                                      "the all-seed mean)."))  # fmt: skip
     return blocks
 
 
-def slice_figure(name: str, keys: list[str], cells: list[dict[str, Any]], path: Path) -> Path:
-    """Reverse accuracy (fitted seeds; hollow markers where none fitted) against n_filler, one
-    line per value of the slice's other keys."""
-    others = [k for k in keys if k != "data.n_filler"]
+AXIS_LABELS = {
+    "data.n_filler": "fillers between REL and the second entity (distance = fillers + 2)",
+    "data.entity_tokens": "tokens per entity",
+    "data.templates_per_fact": "paraphrases each fact is trained in",
+    "data.n_pairs": "facts",
+}
+
+
+def figure_axis(keys: list[str], cells: list[dict[str, Any]], compare: str) -> str | None:
+    """The numeric key a slice's figure puts on its x axis: the filler count where it varies
+    (the distance slices), else the compared key, else any key that varies; None when no
+    numeric key takes two values."""
+
+    def varies(key: str) -> bool:
+        values = {a["labels"].get(key) for a in cells}
+        return len(values) > 1 and all(isinstance(v, int | float) for v in values)
+
+    for key in ("data.n_filler", compare, *keys):
+        if key in keys and varies(key):
+            return key
+    return None
+
+
+def slice_figure(name: str, axis: str, keys: list[str], cells: list[dict[str, Any]],
+                 path: Path) -> Path:  # fmt: skip
+    """Reverse accuracy (fitted seeds; hollow markers where none fitted) against the key ``axis``,
+    one line per value of the slice's other keys."""
+    others = [k for k in keys if k != axis]
     lines: dict[str, list[tuple[int, float, bool]]] = defaultdict(list)
     for agg in cells:
         label = _cell_name(agg["labels"], others) or "reverse"
         fit = agg["fit"]
         if fit.get("reverse"):
-            lines[label].append((agg["labels"]["data.n_filler"], fit["reverse"]["mean"], True))
+            lines[label].append((agg["labels"][axis], fit["reverse"]["mean"], True))
         elif "reverse_accuracy" in agg:
-            lines[label].append((agg["labels"]["data.n_filler"],
-                                 agg["reverse_accuracy"]["mean"], False))  # fmt: skip
+            lines[label].append((agg["labels"][axis], agg["reverse_accuracy"]["mean"], False))
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (label, pts) in enumerate(sorted(lines.items())):
         pts.sort()
@@ -277,8 +301,11 @@ def slice_figure(name: str, keys: list[str], cells: list[dict[str, Any]], path: 
         ax.plot(xs, [p[1] for p in pts], color=color, ls=LINESTYLES[i % 4], label=label)
         for x, y, good in pts:
             ax.scatter([x], [y], color=color if good else "white", edgecolor=color, zorder=3)
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("fillers between REL and the second entity (distance = fillers + 2)")
+    if axis == "data.n_filler":
+        ax.set_xscale("symlog", linthresh=1)
+    else:
+        ax.set_xticks(sorted({p[0] for pts in lines.values() for p in pts}))
+    ax.set_xlabel(AXIS_LABELS.get(axis, _short(axis)))
     ax.set_ylabel("reverse accuracy")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(f"slice {name}", fontsize=10)
