@@ -143,14 +143,12 @@ def from_scratch_facts(n_pairs: int, path: str | Path | None = None) -> Facts:
     :func:`revcurse.experiments.from_scratch.facts_task`, it gives ``reproduce parent-child``'s
     statements, splits and tests (tested)."""
     _, splits = from_scratch(n_pairs, path)
-    relations = parent_child_facts(path).relations
-    facts = []
-    for group, train, pairs in (("fwd", ("forward",), splits["c2p_train"]),
-                                ("both", ("forward", "reverse"), splits["c2p_both"])):  # fmt: skip
-        for pair in pairs:
-            kind = pair.prompt.rsplit("'s ", 1)[1].removesuffix("?")
-            templates = relations[kind]
-            facts.append(FactRecord(pair.fact, _child_of(pair), pair.completion.strip(),
-                                    templates["forward"], templates["reverse"], train, group,
-                                    kind, pair.source))  # fmt: skip
-    return Facts(facts, relations, name="parent-child-from-scratch", licence=LICENCE)
+    every = parent_child_facts(path)
+    by_id = {fact.id: fact for fact in every.facts}  # each forward query carries its fact's id
+    facts = [
+        dataclasses.replace(by_id[pair.fact], train=train, group=group)
+        for group, train, split in (("fwd", ("forward",), "c2p_train"),
+                                    ("both", ("forward", "reverse"), "c2p_both"))
+        for pair in splits[split]
+    ]  # fmt: skip
+    return Facts(facts, every.relations, name="parent-child-from-scratch", licence=LICENCE)
