@@ -39,6 +39,24 @@ def test_reproduce_toy_writes_a_complete_run_directory(tmp_path):
         assert (run / "checkpoints" / "final.safetensors").is_file()
         assert (run / "metrics.jsonl").read_text().count("\n") >= 6
     assert summary["chance"]["reverse"] == pytest.approx(0.1)
+    # The published comparison, recomputed by hand from each model's saved per-fact answers:
+    # MDM - ARM over 2 seeds x 10 facts, and equal to the difference of the family means.
+    for direction in ("forward", "reverse"):
+        test = summary["comparison"][f"{direction}_accuracy"]
+        correct = {
+            (r["family"], r["seed"]): json.loads(
+                (out / "models" / f"{r['family']}-seed{r['seed']}" / "predictions.json").read_text()
+            )["correct"][direction]
+            for r in rows
+        }  # fmt: skip
+        diff = [m - a for s in (0, 1) for m, a in zip(correct["mdm", s], correct["arm", s],
+                                                      strict=True)]  # fmt: skip
+        assert (test["n_seeds"], test["n_queries"]) == (2, 10)
+        assert test["effect"] == pytest.approx(sum(diff) / 20)
+        means = {f: sum(r[f"{direction}_accuracy"] for r in rows if r["family"] == f) / 2
+                 for f in ("mdm", "arm")}  # fmt: skip
+        assert test["effect"] == pytest.approx(means["mdm"] - means["arm"])
+        assert test["ci"][0] <= test["effect"] <= test["ci"][1]
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http" not in html.split("<body>")[1]
     assert "reproduce toy" in (out / "command.txt").read_text()

@@ -106,6 +106,31 @@ def test_temperature_sampling_is_seeded():
     assert len({tuple(r) for r in a.tolist()}) > 1  # near-uniform logits: rows differ
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
+def test_temperature_samples_follow_softmax_of_logits_over_temperature(temperature):
+    """LLaDA's sampler at T > 0 draws each token from softmax(logits / T) (Gumbel-max). A model
+    whose logits are 0, 1, 2 on three tokens at every position, asked one token for 30,000
+    prompts at once: the counts against that law by a chi-square test (seeded, so the test is
+    deterministic; the exponential-noise draw puts 77% instead of 67% on the top token at T = 1,
+    a chi-square in the thousands)."""
+    from scipy import stats
+
+    logits = torch.full((V,), -1e9)
+    logits[[5, 6, 7]] = torch.tensor([0.0, 1.0, 2.0])
+
+    def fixed(ids, attention_mask=None):
+        return logits.expand(*ids.shape, V).clone()
+
+    n = 30_000
+    out = mdm_generate(fixed, [[9]] * n, 1, mask_id=MASK, pad_id=PAD, temperature=temperature,
+                       generator=torch.Generator().manual_seed(1), batch_size=0)  # fmt: skip
+    counts = torch.bincount(out[:, 0], minlength=V)[[5, 6, 7]].double().numpy()
+    assert counts.sum() == n  # no other token is ever drawn
+    law = torch.softmax(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) / temperature, 0)
+    test = stats.chisquare(counts, law.numpy() * n)
+    assert test.pvalue > 1e-3, (counts / n, law)
+
+
 def test_bad_block_configuration_is_rejected():
     with pytest.raises(ValueError, match="multiple of block_length"):
         mdm_generate(Successor(), [[4]], 5, mask_id=MASK, pad_id=PAD, block_length=2)
@@ -466,3 +491,47 @@ def test_dream_origin_and_sampled_transfers_are_seeded_and_complete():
                                generator=torch.Generator().manual_seed(s), **options)
                 for s in (0, 0)]  # fmt: skip
         assert torch.equal(runs[0], runs[1]) and MASK not in runs[0].flatten().tolist()
+
+
+def nucleus_loop(logits: torch.Tensor, top_p: float, top_k: int) -> torch.Tensor:
+    """Dream's top-p then top-k filter, one row at a time in float64, as its docs state it: walk
+    the tokens from the most probable down and keep each while the mass *before* it has not
+    passed top_p (so the token that crosses top_p is kept, and the first always is); then keep
+    the k most probable of those. Returns the filtered distribution ``[N, V]``."""
+    out = torch.zeros(logits.shape, dtype=torch.float64)
+    for n, row in enumerate(logits.double()):
+        probs = torch.softmax(row, 0)
+        keep = set()
+        before = 0.0
+        for token in sorted(range(len(row)), key=lambda t: -float(row[t])):
+            if keep and before > top_p:
+                break
+            keep.add(token)
+            before += float(probs[token])
+        if 0 < top_k < len(keep):  # the k most probable of those kept
+            bar = sorted((float(row[t]) for t in keep), reverse=True)[top_k - 1]
+            keep = {t for t in keep if float(row[t]) >= bar}
+        kept = torch.tensor(sorted(keep))
+        out[n, kept] = torch.softmax(row[kept], 0)
+    return out
+
+
+@pytest.mark.parametrize(("top_p", "top_k"), [(0.9, 0), (0.5, 0), (0.3, 0), (0.95, 3), (1.0, 2)])
+def test_dream_nucleus_filter_against_a_transcription(top_p, top_k):
+    """The confidences Dream's sampler reads (the top probability, and the negative entropy) after
+    its nucleus / top-k filter, against :func:`nucleus_loop`: keeping one token too few or too
+    many changes the renormalised distribution and so both confidences; at T > 0 every draw
+    falls in the kept set."""
+    from revcurse.decoding import _dream_tokens
+
+    logits = torch.randn(64, 12, generator=torch.Generator().manual_seed(4)) * 2
+    want = nucleus_loop(logits, top_p, top_k)  # [N, V]
+    conf, pred = _dream_tokens(logits, "maskgit_plus", 0.0, top_p, top_k, None)
+    torch.testing.assert_close(conf.double(), want.max(-1).values, rtol=1e-5, atol=1e-6)
+    assert torch.equal(pred, logits.argmax(-1))
+    entropy, _ = _dream_tokens(logits, "entropy", 0.0, top_p, top_k, None)
+    expected = (want * torch.log(want + 1e-10)).sum(-1)
+    torch.testing.assert_close(entropy.double(), expected, rtol=1e-4, atol=1e-5)
+    _, drawn = _dream_tokens(logits, "maskgit_plus", 1.0, top_p, top_k,
+                             torch.Generator().manual_seed(0))  # fmt: skip
+    assert bool((want[torch.arange(64), drawn] > 0).all())

@@ -50,14 +50,16 @@ def test_strict_candidate_and_mirror_accuracy_against_hand_counts():
 
     def scores(direction, q):
         answer = q.answer[0]
-        wrong = "a1" if answer != "a1" else "a2"
+        # the query's second candidate (its first other one): a model answering it is wrong, for
+        # strict accuracy as for top-1 among the candidates
+        wrong = next(c for c in dataset.candidates[direction] if c != q.answer)[0]
         if direction == "forward":  # facts 0-2 right; fact 3 answers a filler (a non-candidate)
             return {answer: 5.0} if q.fact < 3 else {"<f0>": 9.0, answer: 5.0}
         if direction == "mirror":  # facts 0, 1 right; 2, 3 wrong among the candidates too
             return {answer: 5.0} if q.fact < 2 else {wrong: 5.0}
         # reverse: never strictly right (a filler wins), but the answer leads the candidates
-        # for facts 0 and 1
-        return {"<f0>": 9.0, answer: 5.0} if q.fact < 2 else {"<f0>": 9.0, wrong: 5.0}
+        # for facts 0 and 1 and comes second, strictly, for facts 2 and 3 (not top-1)
+        return {"<f0>": 9.0, answer: 5.0} if q.fact < 2 else {"<f0>": 9.0, wrong: 5.0, answer: 3.0}
 
     got = evaluate(Scripted(False, vocab, dataset, scores), dataset, vocab)
     assert got["forward_accuracy"] == 0.75 and got["forward_candidate_accuracy"] == 1.0
@@ -68,7 +70,7 @@ def test_strict_candidate_and_mirror_accuracy_against_hand_counts():
     # log p of the answer, reverse fact 0: logits 9 (filler), 5 (answer), 0 elsewhere.
     V = len(vocab)
     lp0 = 5 - math.log(math.exp(9) + math.exp(5) + (V - 2))
-    lp2 = 0 - math.log(math.exp(9) + math.exp(5) + (V - 2))
+    lp2 = 3 - math.log(math.exp(9) + math.exp(5) + math.exp(3) + (V - 3))
     assert got["reverse_answer_logprob"] == pytest.approx((2 * lp0 + 2 * lp2) / 4, rel=1e-6)
     assert got["reverse_chance"] == 0.25
 

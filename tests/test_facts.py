@@ -151,3 +151,23 @@ def test_cli_converts_and_refuses_with_exit_2(tmp_path):
     bad = write_lines(tmp_path / "bad.jsonl", [{"id": "a", "a": "A"}])
     result = runner.invoke(app, ["data", "facts", "--path", bad])
     assert result.exit_code == 2 and "bad.jsonl:1: missing field 'b'" in result.output
+
+
+def test_an_answer_counts_when_any_template_of_any_fact_completes_the_prompt(tmp_path):
+    """Fact 'x' states its reverse first as "The old capital of {b} is {a}." and then, in its
+    second (paraphrase) template, exactly as fact 'de' asks its reverse: "The capital of {b} is
+    {a}.". So Bonn is an accepted answer to de's reverse query, found only in a second template;
+    and de's forward query is asked in its first template only, with nothing else accepted."""
+    path = write_lines(tmp_path / "mine.jsonl", [
+        {"id": "de", "a": "Berlin", "b": "Germany", "forward": ["{a} is the capital of {b}."],
+         "reverse": ["The capital of {b} is {a}."]},
+        {"id": "x", "a": "Bonn", "b": "Germany", "forward": ["{a} was the capital of {b}."],
+         "reverse": ["The old capital of {b} is {a}.", "The capital of {b} is {a}."]},
+    ])  # fmt: skip
+    ds = dataset_from_facts(read_facts(path))
+    by_prompt = {p.prompt: p for p in ds.tests["reverse"]}
+    assert set(by_prompt) == {"The capital of Germany is", "The old capital of Germany is"}
+    asked = by_prompt["The capital of Germany is"]
+    assert (asked.completion, asked.alternatives, asked.fact) == (" Berlin.", (" Bonn.",), "de")
+    assert by_prompt["The old capital of Germany is"].alternatives == ()
+    assert [p.alternatives for p in ds.tests["forward"]] == [(), ()]

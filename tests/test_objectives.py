@@ -284,3 +284,44 @@ def test_every_run_kind_passes_its_loss_weighting():
             loss = loss_of(run, vocab)(model, data, torch.Generator().manual_seed(0))
         values[weighting] = loss.item()
     assert values["inverse_t"] != values["cart"]
+
+
+def test_cart_loss_on_a_padded_batch_counts_only_real_visible_tokens_as_context():
+    """The whole CART loss on a right-padded batch against a float64 loop: replay the mask draw,
+    then for every masked token weigh its cross-entropy by the visible *real* tokens around it
+    (padding is no context) and divide by the sequence's maskable count. Sequences of 8, 5 and 3
+    real tokens in a width of 8, so padding sits next to masked tokens and counting it as
+    context changes the loss."""
+    from revcurse.objectives import masked_diffusion_loss
+
+    B, L, V, pad, mask_id, p = 3, 8, 9, 0, 1, 0.3
+    gen = torch.Generator().manual_seed(2)
+    ids = torch.randint(2, V, (B, L), generator=gen)
+    real = torch.arange(L)[None, :] < torch.tensor([8, 5, 3])[:, None]
+    ids = ids.masked_fill(~real, pad)
+    table = torch.randn(V, V, generator=gen, dtype=torch.float64)
+
+    class Bigramish(torch.nn.Module):  # logits at i from the token at i and its left neighbour
+        def forward(self, x, attention_mask=None):
+            left = torch.cat([x[:, :1], x[:, :-1]], dim=1)
+            return table[x] + 0.5 * table[left]
+
+    got = masked_diffusion_loss(Bigramish(), ids, real, real, mask_id,
+                                torch.Generator().manual_seed(11), weighting="cart", cart_p=p)  # fmt: skip
+    replay = torch.Generator().manual_seed(11)
+    t = sample_mask_ratio(B, 1e-3, replay)
+    noisy, masked = mask_tokens(ids, t, mask_id, replay, real)
+    assert masked.any() and (masked & real).sum() < real.sum()  # both masked and visible tokens
+    logits = Bigramish()(noisy)
+    expected = 0.0
+    for b in range(B):
+        total = 0.0
+        for i in range(L):
+            if not masked[b, i]:
+                continue
+            w = sum(0.5 * p * (1 - p) ** (abs(i - j) - 1) for j in range(L)
+                    if j != i and real[b, j] and not masked[b, j])  # fmt: skip
+            logp = logits[b, i] - torch.logsumexp(logits[b, i], dim=0)
+            total += w * -float(logp[ids[b, i]])
+        expected += total / int(real[b].sum())
+    assert got.item() == pytest.approx(expected / B, rel=1e-6)

@@ -127,7 +127,23 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     fitted = summary["fit"]["fitted_seeds"]
     assert all(t["n_seeds"] == len(set(fitted["mdm"][k[:3]]) & set(fitted["arm"][k[:3]]))
                for k, t in tests.items())  # fmt: skip
+    check_fit_flags(summary)
     check_paired_tests_read_only_fitted_seeds(out, summary["rows"])
+
+
+def check_fit_flags(summary):
+    """The published fit flags, recomputed from the rows: a seed fitted a group where the model's
+    prefix accuracy is at least 0.95 on the group's forward split and, for the plain MDM (the one
+    model trained on its mirror), on its mirror split too."""
+    fit = summary["fit"]
+    assert fit["threshold"] == 0.95 and fit["metric"] == "prefix"
+    assert fit["trains_mirror"] == {"mdm": True, "arm": False, "mdm-answer": False}
+    for name, groups in fit["fitted_seeds"].items():
+        for group, (forward, mirror) in fit["splits"].items():
+            needed = [forward, mirror] if name == "mdm" else [forward]
+            want = [r["seed"] for r in summary["rows"] if r["family"] == name
+                    and all(r[f"{split}.prefix"] >= 0.95 for split in needed)]  # fmt: skip
+            assert groups[group] == want, (name, group)
 
 
 def check_paired_tests_read_only_fitted_seeds(out, rows):
@@ -310,3 +326,48 @@ def check_reevaluation(out, summary):
     assert refused.returncode == 2 and "p2c_reverse does not reproduce" in refused.stderr
     assert (out / "summary.json").read_bytes() == before
     assert json.loads(path.read_text().splitlines()[0])["generation"] == "someone else"
+
+
+def test_paired_tests_use_the_seeds_both_models_fitted_not_either(tmp_path):
+    """The MDM fitted the group on seeds 0 and 1, the ARM on 1 and 2: the test runs over seed 1
+    alone (the intersection), and its effect is that seed's hand-counted mean difference. Records
+    are written so that every other seed would move the effect: over seeds 0-2 (the union) the
+    prefix effect would be 0.75 instead of 0.25."""
+    from revcurse.experiments.executor import model_dir
+    from revcurse.experiments.from_scratch import _paired
+
+    def write(name, seed, prefix, rank, chain_rank):
+        records = [{"prefix": p, "rank": r, "chain_rank": c}
+                   for p, r, c in zip(prefix, rank, chain_rank, strict=True)]  # fmt: skip
+        path = model_dir(tmp_path, name, seed) / "generations" / "g_reverse.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    for seed in (0, 1, 2):
+        good = seed != 1  # seed 1: the MDM answers 1 of 4, elsewhere all 4; the ARM none
+        write("mdm", seed, [True, good, good, good], [1, 1 if good else 2, 1, 1], [1, 2, 2, 2])
+        write("arm", seed, [False] * 4, [2] * 4, [2, 2, 2, 1 if seed == 1 else 2])
+    fitted = {"mdm": {"g": [0, 1]}, "arm": {"g": [1, 2]}}
+    tests = _paired(tmp_path, fitted, "mdm", "arm", {"g_reverse": "g"}, first_seed=0)
+    assert set(tests) == {"g_reverse.prefix", "g_reverse.likelihood_top1", "g_reverse.chain_top1"}
+    assert all(t["seeds"] == [1] and t["n_seeds"] == 1 for t in tests.values())
+    assert tests["g_reverse.prefix"]["effect"] == pytest.approx(0.25)  # (1 - 0) / 4
+    assert tests["g_reverse.likelihood_top1"]["effect"] == pytest.approx(0.75)  # 3 of 4 vs 0
+    assert tests["g_reverse.chain_top1"]["effect"] == pytest.approx(0.0)  # 1 vs 1 (fact 0 / 3)
+    none = _paired(tmp_path, {"mdm": {"g": [0]}, "arm": {"g": [2]}}, "mdm", "arm",
+                   {"g_reverse": "g"}, first_seed=0)  # fmt: skip
+    assert all(t == {"n_seeds": 0, "seeds": []} for t in none.values())
+
+
+def test_a_seed_fits_a_group_only_with_its_mirror_where_the_model_trains_on_it():
+    """fitted_seeds against hand-made rows: seed 0 fits forward and mirror, seed 1 forward only
+    (mirror 0.90), seed 2 neither, seed 3 exactly at the threshold. The MDM, held to its mirror,
+    fitted seeds 0 and 3; a model not trained on the mirror fitted 0, 1 and 3; rows of another
+    model never count."""
+    from revcurse.experiments.from_scratch import fitted_seeds
+
+    rows = [{"family": "mdm", "seed": s, "g_same.prefix": f, "g_mirror.prefix": m}
+            for s, f, m in [(0, 1.0, 1.0), (1, 1.0, 0.9), (2, 0.5, 1.0), (3, 0.95, 0.95)]]  # fmt: skip
+    rows.append({"family": "arm", "seed": 4, "g_same.prefix": 1.0, "g_mirror.prefix": 1.0})
+    assert fitted_seeds(rows, "mdm", ("g_same", "g_mirror"), mirror=True) == [0, 3]
+    assert fitted_seeds(rows, "mdm", ("g_same", "g_mirror"), mirror=False) == [0, 1, 3]

@@ -65,6 +65,16 @@ def test_pearson_and_spearman_against_numpy_style_reference():
     assert pearson(x, y).item() == pytest.approx(ref.item(), rel=1e-12)
     assert spearman(x, y).item() == pytest.approx(0.8)  # ranks 01234 vs 10324
     assert spearman(x, -x).item() == pytest.approx(-1.0)
+    # scipy's Spearman on shuffled continuous data, per row of a [rows, N] batch
+    from scipy import stats
+
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(3, 40, generator=g), torch.randn(3, 40, generator=g)
+    b = b + a  # correlated
+    got = spearman(a, b)
+    for row in range(3):
+        want = stats.spearmanr(a[row].numpy(), b[row].numpy()).statistic
+        assert got[row].item() == pytest.approx(want, abs=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -77,6 +87,7 @@ def test_entity_scores_match_manual_rope_scores(causal, pairing):
     result = coupling(model, cfg.data, vocab, pairing)
     assert result["pairing"] == pairing
     attn = model.model.layers[0].self_attn
+    manual = {}  # direction -> [H, N] the scores recomputed here
     for direction, scores in ((pairing, result["s_pair"]), ("reverse", result["s_rev"])):
         batch = probe_batch(dataset, vocab, direction, causal)
         with torch.no_grad():
@@ -89,9 +100,11 @@ def test_entity_scores_match_manual_rope_scores(causal, pairing):
 
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mass = result["mass_pair" if direction == pairing else "mass_rev"]
+        manual[direction] = torch.zeros(2, n, dtype=torch.float64)
         for i in range(n):
             a, e = batch.answer_pos[i], batch.entity_pos[i]
             expected = (q[i, :, a] * k[i, :, e]).sum(-1) / math.sqrt(8)
+            manual[direction][:, i] = expected.double()
             torch.testing.assert_close(scores[0, :, i].float(), expected, atol=1e-5, rtol=1e-5)
             # The attention probability on the entity: a softmax over the keys the row sees.
             row = (q[i, :, a, None, :] * k[i]).sum(-1).double() / math.sqrt(8)  # [H, L]
@@ -100,6 +113,13 @@ def test_entity_scores_match_manual_rope_scores(causal, pairing):
             torch.testing.assert_close(mass[0, :, i], expected_mass, atol=1e-6, rtol=1e-5)
     assert result["delta"] == 4
     assert result["pearson"].shape == (1, 2)
+    # The published coupling r is numpy's correlation of these pre-softmax scores over facts (not
+    # of the attention probabilities, nor of one direction with itself).
+    import numpy as np
+
+    for head in range(2):
+        x, y = manual[pairing][head].numpy(), manual["reverse"][head].numpy()
+        assert float(result["pearson"][0, head]) == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -358,6 +378,81 @@ def test_per_example_cosines_average_to_batch_gradient():
     torch.testing.assert_close(cos["all"], torch.ones(len(batch), dtype=torch.float64))
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_alignment_cosines_pair_the_right_losses_against_a_float64_model(per_example):
+    """Every batch cosine :func:`alignment` publishes (``grad_cos_fwd_rev``, ``mirror_rev``,
+    ``train_rev``, over all parameters and per part), against the same model in float64: each
+    loss differentiated on its own with autograd, flattened, and the cosines taken by numpy. The
+    three query losses differ, so pairing mirror with forward (or any other swap) fails here."""
+    import copy
+
+    import numpy as np
+
+    cfg, dataset, vocab, model = setup(False)
+    batches = {d: probe_batch(dataset, vocab, d, False) for d in ("forward", "reverse", "mirror")}
+    fixed = torch.Generator().manual_seed(0)
+    mask = torch.rand(batches["forward"].ids.shape, generator=fixed) < 0.5
+    mask_id = vocab.mask_id
+
+    def train_loss(m):  # a fixed-mask denoising loss on the forward statements
+        ids = batches["forward"].ids
+        logits = m(ids.masked_fill(mask, mask_id))
+        return torch.nn.functional.cross_entropy(logits[mask], ids[mask])
+
+    summary, _ = G.alignment(model, batches, lambda: train_loss(model), 1e-3, per_example)
+    ref = copy.deepcopy(model).double()
+    names = [n for n, _ in ref.named_parameters()]
+
+    def flat(loss, keep=lambda n: True):
+        grads = torch.autograd.grad(loss, list(ref.parameters()), allow_unused=True)
+        return np.concatenate([
+            (g if g is not None else torch.zeros_like(p)).detach().flatten().numpy()
+            for n, p, g in zip(names, ref.parameters(), grads, strict=True) if keep(n)
+        ])  # fmt: skip
+
+    def cos(x, y):
+        return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)))
+
+    routing = lambda n: n.endswith(("q_proj.weight", "k_proj.weight"))  # noqa: E731
+    storage = lambda n: any(t in n for t in ("embed", "v_proj", "o_proj", "mlp", "lm_head"))  # noqa: E731
+    loss = {d: (lambda b=b: G.batch_loss(ref, b)) for d, b in batches.items()}
+    loss["train"] = lambda: train_loss(ref)
+    for label, first in (("cos_fwd_rev", "forward"), ("cos_mirror_rev", "mirror"),
+                         ("cos_train_rev", "train")):  # fmt: skip
+        for part, keep in (("all", lambda n: True), ("routing", routing), ("storage", storage)):
+            expected = cos(flat(loss[first](), keep), flat(loss["reverse"](), keep))
+            assert summary[label][part] == pytest.approx(expected, abs=2e-5), (label, part)
+    # the three pairings are different numbers, so a swap cannot pass by coincidence
+    values = [summary[k]["all"] for k in ("cos_fwd_rev", "cos_mirror_rev", "cos_train_rev")]
+    assert min(abs(a - b) for a, b in ((values[0], values[1]), (values[1], values[2]),
+                                       (values[0], values[2]))) > 1e-3  # fmt: skip
+    for d in ("forward", "reverse", "mirror"):
+        assert summary["loss"][d] == pytest.approx(loss[d]().item(), rel=1e-5)
+    if per_example:  # the per-fact cosines' distribution, fact by fact in float64
+        for label, first in (("fwd_rev", "forward"), ("mirror_rev", "mirror")):
+            per_fact = []
+            for i in range(len(batches["reverse"])):
+                a, b = batches[first].head(i + 1), batches["reverse"].head(i + 1)
+                one = [type(a)(*(t[i : i + 1] for t in (x.ids, x.answer_pos, x.answer_id,
+                                                         x.entity_pos))) for x in (a, b)]  # fmt: skip
+                per_fact.append(cos(flat(G.batch_loss(ref, one[0])),
+                                    flat(G.batch_loss(ref, one[1]))))  # fmt: skip
+            x = np.asarray(per_fact)
+            got = summary[f"per_fact_cos_{label}"]
+            assert got["mean"] == pytest.approx(x.mean(), abs=2e-5)
+            assert got["q10"] == pytest.approx(np.quantile(x, 0.1), abs=2e-5)
+            assert got["median"] == pytest.approx(np.median(x), abs=2e-5)
+            assert got["q90"] == pytest.approx(np.quantile(x, 0.9), abs=2e-5)
+            assert got["frac_positive"] == pytest.approx((x > 0).mean())
+    # The first-order check: -lr <g_train, g_rev>, in total and per part (published as ΔL_rev).
+    first = summary["first_order"]
+    g_train, g_rev = flat(loss["train"]()), flat(loss["reverse"]())
+    assert first["predicted"] == pytest.approx(-1e-3 * float(g_train @ g_rev), rel=1e-4)
+    for part, keep in (("routing", routing), ("storage", storage)):
+        expected = -1e-3 * float(flat(loss["train"](), keep) @ flat(loss["reverse"](), keep))
+        assert first["predicted_parts"][part] == pytest.approx(expected, rel=1e-4, abs=1e-12)
+
+
 def forward_and_reverse_gradients(causal: bool):
     """A fresh model, its reverse batch and the forward- and reverse-loss gradients."""
     cfg, dataset, vocab, model = setup(causal)
@@ -521,3 +616,54 @@ def test_signals_do_not_depend_on_how_queries_are_read(causal):
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-6, rtol=1e-5)
+
+
+def test_probe_summary_labels_against_hand_made_records():
+    """The run summary's probe labels (the published ``probe.*_first/_final/_mean``), from three
+    hand-made toy records: each label's value at the first and last probed step and its mean
+    over the steps that carry it (the per-fact cosine only at the last two), every quantity
+    under its own name."""
+    from revcurse.probes.runner import summarise
+
+    def record(step, r, rho, cos, u, per_fact):
+        grads = {"loss": {"reverse": 2.0 - step / 100},
+                 "cos_fwd_rev": {"all": cos, "storage": cos / 2, "routing": -cos, "qk": 9.0},
+                 "cos_train_rev": {"all": cos + 0.1},
+                 "first_order": {"predicted": -cos / 10, "actual": -cos / 20,
+                                 "predicted_parts": {"storage": -cos / 30, "routing": 0.0}}}  # fmt: skip
+        if per_fact is not None:
+            grads["per_fact_cos_fwd_rev"] = {"mean": per_fact}
+        return {"step": step, "final": step == 200,
+                "attention": {"forward": {"mean_pearson": r, "mean_spearman": rho,
+                                          "pearson": [[r - 0.1, r + 0.1], [r, r]],
+                                          "mass_pair": [[0.5]], "mass_rev": [[0.25]]}},
+                "signals": {"forward": {"u": {"cosine": u}}},
+                "gradients": grads}  # fmt: skip
+
+    records = [record(0, 0.1, 0.2, 0.3, 0.4, None), record(100, 0.5, 0.6, 0.7, 0.8, 0.2),
+               record(200, 0.3, -0.2, 0.2, 0.0, 0.6)]  # fmt: skip
+    got = summarise(records)
+    expected = {
+        "attention_pearson_forward": (0.1, 0.3, 0.3),
+        "attention_spearman_forward": (0.2, -0.2, 0.2),
+        "attention_pearson_forward_layer0": (0.1, 0.3, 0.3),
+        "signal_u_cosine_forward": (0.4, 0.0, 0.4),
+        "grad_cos_fwd_rev": (0.3, 0.2, 0.4),
+        "grad_cos_fwd_rev_storage": (0.15, 0.1, 0.2),
+        "grad_cos_fwd_rev_routing": (-0.3, -0.2, -0.4),
+        "grad_cos_train_rev": (0.4, 0.3, 0.5),
+        "first_order_predicted": (-0.03, -0.02, -0.04),
+        "first_order_actual": (-0.015, -0.01, -0.02),
+        "first_order_storage": (-0.01, -0.2 / 30, -0.4 / 30),
+    }
+    for label, (first, final, mean) in expected.items():
+        assert got[f"{label}_first"] == pytest.approx(first), label
+        assert got[f"{label}_final"] == pytest.approx(final), label
+        assert got[f"{label}_mean"] == pytest.approx(mean), label
+    # present at two of the three steps: no first value, the mean over those two
+    assert "per_fact_cos_fwd_rev_first" not in got
+    assert got["per_fact_cos_fwd_rev_final"] == 0.6
+    assert got["per_fact_cos_fwd_rev_mean"] == pytest.approx(0.4)
+    assert "grad_cos_fwd_rev_qk_mean" not in got  # groups other than the parts are not labels
+    assert (got["first_step"], got["final_step"], got["n_probes"]) == (0, 200, 3)
+    assert got["reverse_loss_final"] == 0.0

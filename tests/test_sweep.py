@@ -353,3 +353,38 @@ def test_a_slice_figure_puts_the_filler_count_else_the_compared_key_on_its_axis(
     keys, made = cells(**{"data.entity_tokens": [1, 2, 4], "model.causal": [False] * 3})
     path = slice_figure("length", "data.entity_tokens", keys, made, tmp_path / "f.png")
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_contrasts_read_value_minus_baseline_with_each_cells_own_fit(tmp_path):
+    """Contrasts on hand-made runs (no training): in the masking slice the 'entities' cells answer
+    every reverse query and fit (with one filler: on seed 0 only), the 'all' baseline cells
+    answer none and do not fit their mirror. Without fillers the contrast is entities - all = +1
+    on both seeds, decided 'higher'; with one filler +0.5, all of it from one seed, so the
+    crossed interval reaches 0 and it stays 'undecided' although its permutation p is small. Each
+    carries the value cell's fit label ('reverses') and the baseline's ('unfitted')."""
+    from types import SimpleNamespace
+
+    from revcurse import files
+    from revcurse.experiments.sweep import contrasts
+
+    cfg = sliced_sweep()
+    jobs, outcomes = [], {}
+    for n, (labels, _) in enumerate(cfg.expand()):
+        good = labels["train.maskable"] == "entities" and (
+            labels["data.n_filler"] == 0 or labels["seed"] == 0
+        )
+        run_dir = tmp_path / f"run{n}"
+        files.write_json(run_dir / "predictions.json",
+                         {"correct": {"reverse": [good] * 6}})  # fmt: skip
+        jobs.append(SimpleNamespace(run_id=f"r{n}", labels=labels, run_dir=run_dir))
+        outcomes[f"r{n}"] = SimpleNamespace(status="done", summary={
+            "forward_accuracy": 1.0, "mirror_accuracy": 1.0 if good else 0.5,
+            "reverse_accuracy": 1.0 if good else 0.0})  # fmt: skip
+    masking = [c for c in contrasts(cfg, jobs, outcomes) if c["slice"] == "masking"]
+    assert [c["cell"] for c in masking] == [{"data.n_filler": 0}, {"data.n_filler": 1}]
+    for c, effect, decided in zip(masking, (1.0, 0.5), ("higher", "undecided"), strict=True):
+        assert (c["value"], c["baseline"], c["seeds"]) == ("entities", "all", [0, 1])
+        assert c["test"]["effect"] == effect and c["test"]["n_queries"] == 6
+        assert c["decision"] == decided
+        assert c["fit"] == {"value": "reverses", "baseline": "unfitted"}
+    assert masking[1]["test"]["p"] < 0.05 and masking[1]["test"]["ci"][0] <= 0

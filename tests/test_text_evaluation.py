@@ -163,3 +163,39 @@ def test_infilling_queries_fill_between_prompt_and_suffix():
     with pytest.raises(ValueError, match="causal model cannot be asked infilling"):
         evaluate_split(oracle, tok, pairs, causal=True, settings=DecodeConfig(),
                        generator=torch.Generator())  # fmt: skip
+
+
+def test_likelihood_and_chain_ranks_each_count_their_own_scores(monkeypatch):
+    """An MDM's two rankings come from two estimators (the Monte-Carlo bound, the chain
+    likelihood). Both are replaced here by hand-set tables that disagree, so each published rate
+    must follow its own table: by the bound the right answers rank 1, 2, 3 (likelihood top-1 1/3,
+    mean rank 2), by the chain 3, 1, 1 (chain top-1 2/3). Counting one rank for the other, or
+    top-2 for top-1, fails."""
+    import revcurse.evaluation as E
+
+    tok = WordTokenizer.fit([p.prompt + p.completion for p in PAIRS])
+    query_of = {tuple(tok.encode(p.prompt)): i for i, p in enumerate(PAIRS)}
+    answer_of = {tok.encode(p.completion)[0]: i for i, p in enumerate(PAIRS)}
+    # [query, answer]: the score of each answer as that query's candidate (right one on the diagonal)
+    bound = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.5, 0.0], [1.0, 0.0, -1.0]], dtype=torch.float64)
+    chain = torch.tensor([[-1.0, 1.0, 0.0], [1.0, 2.0, 0.0], [1.0, 0.0, 2.0]], dtype=torch.float64)
+
+    def table(values):
+        def score(model, prompts, cands, **kw):
+            return torch.tensor([float(values[query_of[tuple(p)], answer_of[c[0]]])
+                                 for p, c in zip(prompts, cands, strict=True)],
+                                dtype=torch.float64)  # fmt: skip
+
+        return score
+
+    monkeypatch.setattr(E, "mdm_answer_logprob", table(bound))
+    monkeypatch.setattr(E, "mdm_chain_logprob", table(chain))
+    metrics, records = evaluate_split(Oracle(tok), tok, PAIRS, causal=False,
+                                      settings=DecodeConfig(gen_length=4, n_distractors=2, n_mc=4),
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert [r["rank"] for r in records] == [1, 2, 3]
+    assert [r["chain_rank"] for r in records] == [3, 1, 1]
+    assert metrics["likelihood_top1"] == pytest.approx(1 / 3)
+    assert metrics["chain_top1"] == pytest.approx(2 / 3)
+    assert metrics["mean_rank"] == pytest.approx(2.0)
+    assert [r["logprob"] for r in records] == [2.0, 0.5, -1.0]

@@ -304,7 +304,9 @@ def alignment(
         summary[f"per_fact_cos_{label}"] = {
             "mean": float(values.mean()),
             "q10": float(values.quantile(0.1)),
-            "median": float(values.median()),
+            # quantile(0.5), not median(): for an even count torch's median is the lower of the
+            # two middle values, not their mean
+            "median": float(values.quantile(0.5)),
             "q90": float(values.quantile(0.9)),
             "frac_positive": float((values > 0).double().mean()),
         }

@@ -12,13 +12,23 @@ from the text (a test runs it); ``python -m revcurse.report.published --write`` 
 a rerun. :func:`publish` copies a finished experiment directory's results (summary, config,
 command, report, figures; no model weights) into ``docs/results/<experiment>/``.
 
-Prose around the blocks carries no measured number; when a rerun changes a claim, the prose is
-rewritten in words.
+A measured number in running text is an inline value, rendered the same way from a path into
+the summary (:func:`resolve`)::
+
+    MDM reversal falls to <!-- value: bridge aggregates[slices~entity-length-deep,labels/data.entity_tokens=2,labels/family=mdm]/fit/reverse/mean .2f -->0.20<!-- /value -->
+
+and :func:`unmarked_numbers` fails the check on any number shaped like a measurement (a decimal,
+a percentage, a ratio such as ``2x``) left in the prose outside a block or a value, unless it is a
+documented design constant (:data:`DESIGN_NUMBERS`). So "every number is checked" holds by
+construction: a measured number either re-renders from its results file or fails the check.
+When a rerun changes a claim, the prose around the values is rewritten in words.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import re
 import shutil
 import sys
@@ -27,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.stats import COMPARISON_HEADER, comparison_cells, decision, effect_clause
+from revcurse.stats import COMPARISON_HEADER, comparison_cells, decision, effect_clause, format_p
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
@@ -37,6 +47,14 @@ BLOCK = re.compile(
     re.S,
 )
 PUBLISHED_FILES = ("summary.json", "config.yaml", "command.txt", "report.md", "timings.json")
+VALUE = re.compile(
+    r"<!-- value: (?P<name>[\w-]+) (?P<path>\S+) (?P<fmt>\S+) -->(?P<body>[^<\n]*)<!-- /value -->"
+)
+ESTIMATES = re.compile(
+    r"<!-- estimates: (?P<command>[^>]+?) -->\n(?P<body>.*?)<!-- /estimates -->", re.S
+)
+"""A table of arithmetic estimates (not measurements) and the command that prints it; the tests
+compare the body with that command's output."""
 
 
 def _pm(metric: dict[str, Any] | None, digits: int = 3) -> str:
@@ -369,6 +387,179 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
 
 
 # --------------------------------------------------------------------------------------------------
+# Inline values: a path into a summary, and a format
+# --------------------------------------------------------------------------------------------------
+
+_STEP = re.compile(r"(?P<key>[^/\[@]+)(?:\[(?P<where>[^\]]*)\])?")
+
+
+def _matches(item: Any, where: str) -> bool:
+    """Whether a list element passes every ``key=value`` (``value`` read as JSON where it parses,
+    else a string) and ``key~member`` condition of a filter; keys are ``/``-separated paths."""
+    for cond in where.split(","):
+        member = "~" in cond
+        key, value = cond.split("~" if member else "=", 1)
+        try:
+            found = _walk(item, key.split("/"))
+        except KeyError:
+            return False
+        try:
+            want = json.loads(value)
+        except json.JSONDecodeError:
+            want = value
+        if (want not in found) if member else (found != want):
+            return False
+    return True
+
+
+def _walk(node: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(key)
+        node = node[key]
+    return node
+
+
+REDUCERS: dict[str, Callable[[list[float]], float]] = {
+    "min": min, "max": max, "mean": lambda v: sum(v) / len(v), "count": len,
+    "absmin": lambda v: min(abs(x) for x in v), "absmax": lambda v: max(abs(x) for x in v),
+}  # fmt: skip
+
+
+def _keys(node: Any, key: str, path: str) -> list[Any]:
+    """The values under ``key`` (a glob such as ``*reverse*.prefix`` may match several)."""
+    if not isinstance(node, dict):
+        raise KeyError(f"{path}: {key!r} under a non-mapping")
+    if "*" in key:
+        hits = [v for k, v in node.items() if fnmatch.fnmatchcase(k, key)]
+        if not hits:
+            raise KeyError(f"{path}: no key matches {key!r}")
+        return hits
+    if key not in node:
+        raise KeyError(f"{path}: no key {key!r}")
+    return [node[key]]
+
+
+def _select(nodes: list[Any], where: str, path: str) -> list[Any]:
+    """A list step: ``[i]`` or ``[a:b]`` by position, else a filter (:func:`_matches`)."""
+    if re.fullmatch(r"-?\d+", where):
+        return [n[int(where)] for n in nodes]
+    if re.fullmatch(r"-?\d*:-?\d*", where):
+        a, b = (int(x) if x else None for x in where.split(":"))
+        return [x for n in nodes for x in n[a:b]]
+    picked = [x for n in nodes for x in n if _matches(x, where)]
+    if not picked:
+        raise KeyError(f"{path}: nothing matches [{where}]")
+    return picked
+
+
+def resolve(summary: dict[str, Any], path: str) -> Any:
+    """The value at ``path`` in a summary: ``/``-separated keys (a ``*`` glob may match several);
+    a list step ``[i]`` or ``[a:b]`` takes positions, ``[key=value,...]`` (or ``[key~member]``: a
+    list-valued key that holds member) the elements that match. Where a step gives several
+    values, the rest of the path maps over them, and a final ``@min``, ``@max``, ``@mean``,
+    ``@count``, ``@absmin`` or ``@absmax`` must reduce them to one. Raises ``KeyError`` naming the
+    step that found nothing."""
+    path, _, reducer = path.partition("@")
+    nodes, many = [summary], False
+    for step in re.findall(r"(?:[^/\[]|\[[^\]]*\])+", path):  # "/" splits outside brackets
+        m = _STEP.fullmatch(step)
+        if m is None:
+            raise KeyError(f"{path}: bad step {step!r}")
+        nodes = [v for n in nodes for v in _keys(n, m["key"], path)]
+        if m["where"] is not None:
+            nodes = _select(nodes, m["where"], path)
+        many = many or len(nodes) > 1 or (m["where"] is not None and ":" in m["where"])
+    if reducer:
+        if reducer not in REDUCERS:
+            raise KeyError(f"{path}: unknown reducer @{reducer} (known: {', '.join(REDUCERS)})")
+        return REDUCERS[reducer]([float(v) for v in nodes])
+    if many or len(nodes) != 1:
+        raise KeyError(f"{path}: {len(nodes)} values and no @reducer")
+    return nodes[0]
+
+
+def format_value(value: Any, fmt: str) -> str:
+    """``fmt`` is a format spec (``.2f``, ``+.3f``, ``d``), ``p`` (a p-value as the tables print
+    it), or ``str``; a trailing ``u`` writes minus signs as the typographic minus."""
+    minus = fmt.endswith("u") and fmt != "u"
+    spec = fmt[:-1] if minus else fmt
+    text = format_p(value) if spec == "p" else str(value) if spec == "str" else format(value, spec)
+    return text.replace("-", "−") if minus else text
+
+
+def render_value(name: str, path: str, fmt: str, results: Path = RESULTS) -> str:
+    return format_value(resolve(files.read_json(results / name / "summary.json"), path), fmt)
+
+
+# Numbers shaped like measurements: decimals (0.20, −0.796, .5), percentages, ratios (2x, 1.2x).
+MEASURED = re.compile(r"(?<![\w.])[+−-]?(?:\d+\.\d+|\.\d+|\d+(?:\.\d+)?%|\d+(?:\.\d+)?x\b)")
+DESIGN_NUMBERS: tuple[tuple[str, str], ...] = (
+    (r"arXiv:? ?\d{4}\.\d{4,5}", "a paper's identifier"),
+    (r"(?:Llama|Qwen|CC BY(?:-NC)?) ?-?\d+(?:\.\d+)+", "a model's or licence's version"),
+    (r"\b95% (?:percentile-bootstrap )?interval", "the interval level (stats.paired_comparison)"),
+    (r"p < 0\.05", "the significance level (stats.decision)"),
+    (
+        r"MLM (?:at )?15% or\s+50%|MLM 15%, MLM 50%|MLM 50% misses",
+        "the objective ablation's masking rates",
+    ),
+    (
+        r"at least 0\.95|at >= 0\.95|>= 0\.95|\b0\.95 \(prefix\)|≥ 0\.99",
+        "the fit thresholds (config)",
+    ),
+    (r"\(chance 0\.1\)", "one over the 10 candidates of the design"),
+    (r"about 2\.7 GB", "the size of PyPI's CUDA torch wheel (install advice)"),
+    (r"samples at 0\.2 with top-p 0\.95", "Dream's published sampler settings"),
+    (r"betas \(0\.9, 0\.999", "AdamW's default betas (config)"),
+    (r"`?train\.cart_p`? = 0\.3", "Dream's CART constant (config)"),
+    (r"\(the aim is >= 0\.9x\)|that 2x aim", "a benchmark's target, not a result"),
+    (
+        r"40% of its 989 TFLOP/s bf16 peak in training and 15% in evaluation",
+        "assumptions of the cost estimate",
+    ),
+)
+"""Numbers in prose that are design constants, levels or names, not measurements: each pattern
+with the reason it is exempt (a test keeps every pattern in use)."""
+
+
+def _blank(m: re.Match[str]) -> str:
+    return "\n" * m.group(0).count("\n")
+
+
+def _prose(text: str) -> str:
+    """``text`` with everything the number check does not read blanked out (line numbers kept):
+    results blocks, inline values, estimate tables, fenced and inline code, HTML comments and
+    link targets."""
+    for pattern in (BLOCK, VALUE, ESTIMATES, re.compile(r"^```.*?^```", re.S | re.M),
+                    re.compile(r"<!--.*?-->", re.S), re.compile(r"`[^`\n]*`"),
+                    re.compile(r"\]\([^)\s]*\)")):  # fmt: skip
+        text = pattern.sub(_blank, text)
+    return text
+
+
+def unmarked_numbers(root: Path = ROOT) -> list[str]:
+    """One line per measured-looking number in README/docs prose outside every results block and
+    inline value that no :data:`DESIGN_NUMBERS` pattern covers."""
+    found = []
+    exempt = [re.compile(p) for p, _ in DESIGN_NUMBERS]
+    for path in documents(root):
+        prose = _prose(path.read_text())
+        covered = [m.span() for p in exempt for m in p.finditer(prose)]
+        for m in MEASURED.finditer(prose):
+            if not any(a <= m.start() and m.end() <= b for a, b in covered):
+                line = prose[: m.start()].count("\n") + 1
+                found.append(f"{path.relative_to(root)}:{line}: number '{m.group(0)}' outside a "
+                             "results block or value (render it from docs/results/)")  # fmt: skip
+    return found
+
+
+def design_patterns_in_use(root: Path = ROOT) -> dict[str, bool]:
+    """For each :data:`DESIGN_NUMBERS` pattern, whether some document's prose still uses it."""
+    texts = [_prose(p.read_text()) for p in documents(root)]
+    return {p: any(re.search(p, t) for t in texts) for p, _ in DESIGN_NUMBERS}
+
+
+# --------------------------------------------------------------------------------------------------
 # Rendering, checking, publishing
 # --------------------------------------------------------------------------------------------------
 
@@ -388,9 +579,16 @@ def render_block(name: str, view: str, results: Path = RESULTS) -> str:
 
 
 def render(text: str, results: Path = RESULTS) -> str:
-    """``text`` with every marked block re-rendered."""
-    return BLOCK.sub(
+    """``text`` with every marked block and inline value re-rendered."""
+    text = BLOCK.sub(
         lambda m: m["open"] + render_block(m["name"], m["view"], results) + m["close"], text
+    )
+    return VALUE.sub(
+        lambda m: m.group(0).replace(
+            f"-->{m['body']}<!--",
+            f"-->{render_value(m['name'], m['path'], m['fmt'], results)}<!--",
+        ),
+        text,
     )
 
 
@@ -399,16 +597,29 @@ def documents(root: Path = ROOT) -> list[Path]:
 
 
 def check(root: Path = ROOT) -> list[str]:
-    """One line per marked block whose text differs from what its results file renders."""
+    """One line per marked block or inline value whose text differs from what its results file
+    renders, and per measured-looking number outside them (:func:`unmarked_numbers`)."""
     stale = []
+    results = root / "docs" / "results"
     for path in documents(root):
         text = path.read_text()
         for m in BLOCK.finditer(text):
-            if m["body"] != render_block(m["name"], m["view"], root / "docs" / "results"):
+            if m["body"] != render_block(m["name"], m["view"], results):
                 line = text[: m.start()].count("\n") + 1
                 stale.append(f"{path.relative_to(root)}:{line}: block '{m['name']} {m['view']}' "
                              "differs from its results file")  # fmt: skip
-    return stale
+        for m in VALUE.finditer(text):
+            line = text[: m.start()].count("\n") + 1
+            try:
+                want = render_value(m["name"], m["path"], m["fmt"], results)
+            except (KeyError, ValueError, TypeError) as e:
+                stale.append(f"{path.relative_to(root)}:{line}: value '{m['name']} {m['path']}' "
+                             f"cannot be read: {e}")  # fmt: skip
+                continue
+            if m["body"] != want:
+                stale.append(f"{path.relative_to(root)}:{line}: value '{m['name']} {m['path']}' "
+                             f"reads {m['body']!r}, its results file gives {want!r}")  # fmt: skip
+    return stale + unmarked_numbers(root)
 
 
 def write(root: Path = ROOT) -> list[Path]:
