@@ -77,7 +77,7 @@ def test_multi_token_entities_are_distinct_sequences_over_shared_pools():
 
     cfg = ToyDataConfig(n_pairs=30, entity_tokens=3, n_filler=2, bos=True)
     d = build_toy(cfg)
-    pool = entity_pool(30, 3)
+    pool = entity_pool(cfg)
     assert pool**3 >= 60 > (pool - 1) ** 3
     for side in ("a", "b"):
         entities = [getattr(f, side) for f in d.facts]
@@ -90,6 +90,54 @@ def test_multi_token_entities_are_distinct_sequences_over_shared_pools():
         assert [r for r, t in zip(roles, statement, strict=True) if t in fact.b] == ["entity"] * 3
         assert roles.count("filler") == 2 and roles.count("relation") == 1
     assert d.candidates["reverse"] == [f.a for f in d.facts]
+
+
+def test_unique_spelling_gives_each_entity_tokens_no_other_entity_uses():
+    """Length without sharing: every token of an entity belongs to it alone (each token appears
+    in exactly one entity of its side), the pool is n_pairs x L, and the statements, queries and
+    vocabulary are built from those entities."""
+    from revcurse.config import entity_pool, toy_vocab_size
+
+    cfg = ToyDataConfig(n_pairs=12, entity_tokens=4, entity_spelling="unique")
+    d = build_toy(cfg)
+    assert entity_pool(cfg) == 48
+    for side in ("a", "b"):
+        entities = [getattr(f, side) for f in d.facts]
+        owners: dict[str, set[int]] = {}
+        for i, e in enumerate(entities):
+            for t in e:
+                owners.setdefault(t, set()).add(i)
+        assert len(owners) == 48 and all(len(o) == 1 for o in owners.values())
+    assert [q.answer for q in d.queries["reverse"]] == [f.a for f in d.facts]
+    assert len(Vocab.from_dataset(d)) == toy_vocab_size(cfg)
+
+
+@pytest.mark.parametrize(("length", "pool"), [(2, 40), (4, 15), (2, 4)])
+def test_a_chosen_pool_spells_the_entities_from_that_many_tokens(length, pool):
+    """entity_pool sets the shared pool: every token is drawn from it, and with many entities
+    per token (pool 4, two tokens: 16 sequences for 12 entities) the tokens are shared."""
+    from revcurse.config import entity_pool
+
+    cfg = ToyDataConfig(n_pairs=12, entity_tokens=length, entity_pool=pool)
+    d = build_toy(cfg)
+    assert entity_pool(cfg) == pool
+    for side, prefix in (("a", "a"), ("b", "B")):
+        entities = [getattr(f, side) for f in d.facts]
+        assert len(set(entities)) == 12
+        assert {t for e in entities for t in e} <= {f"{prefix}{i}" for i in range(pool)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [({"entity_tokens": 2, "entity_pool": 3}, "sequences number at least n_pairs=12"),
+     ({"entity_tokens": 1, "entity_pool": 20}, "0 unless entity_tokens > 1"),
+     ({"entity_tokens": 2, "entity_pool": 20, "entity_spelling": "unique"}, "0 unless")],
+)  # fmt: skip
+def test_impossible_entity_pools_are_refused_naming_the_field(overrides, message):
+    from revcurse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"field 'entity_pool'.*" + message):
+        ToyDataConfig(n_pairs=12, **overrides).validate("data")
 
 
 def test_paraphrases_train_each_fact_in_its_templates_and_ask_it_in_one_it_never_saw():

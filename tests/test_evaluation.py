@@ -131,3 +131,46 @@ def test_multi_token_toy_answers_match_a_hand_decoding_loop(causal):
                                                                strict=True)]  # fmt: skip
             assert scores["correct"][key] == right
             assert scores[f"{key}_accuracy"] == sum(right) / len(right)
+            # every answer is right or in exactly one class of wrong answers
+            wrong = (
+                "wrong_entity",
+                "wrong_copy",
+                "wrong_other_side",
+                "wrong_mixture",
+                "wrong_other",
+            )
+            total = scores[f"{key}_accuracy"] + sum(scores[f"{key}_{w}"] for w in wrong)
+            assert total == pytest.approx(1.0)
+            first = [p.split()[0] == q.answer[0] for p, q in zip(expected, asked[direction],
+                                                                  strict=True)]  # fmt: skip
+            assert scores[f"{key}_first_token_accuracy"] == pytest.approx(sum(first) / len(first))
+
+
+def test_where_multi_token_answers_come_from_by_hand():
+    """Seven two-token queries over entities (1,2) (3,4) (1,5) (6,7) of the answer side; the
+    other side's entities are (8,9) and (9,8), the queries giving (8,9). Answers: right; another
+    entity sharing token 1; an entity sharing nothing; a mixture of answer-side tokens that
+    spells no entity; a token of the other side; a copy of the given entity; a filler (10, 11).
+    First-token accuracy 3/7 (answers 1, 2 and 4 start with the right token), later-token
+    accuracy 1/7, one of each wrong class, and the classes plus the exact match cover all."""
+    from revcurse.evaluation import answer_sources
+
+    entities = [[1, 2], [3, 4], [1, 5], [6, 7]]
+    answers = [[1, 2], [1, 5], [3, 4], [1, 4], [8, 2], [8, 9], [10, 11]]
+    rights = [[1, 2], [1, 2], [1, 2], [1, 2], [6, 7], [6, 7], [6, 7]]
+    candidates = [[r] + [e for e in entities if e != r] for r in rights]
+    got = answer_sources(answers, candidates, [[8, 9]] * 7, {8, 9})
+    assert got == pytest.approx({
+        "first_token_accuracy": 3 / 7, "later_token_accuracy": 1 / 7,
+        "wrong_entity": 2 / 7, "wrong_entity_sharing": 1 / 7, "wrong_copy": 1 / 7,
+        "wrong_other_side": 1 / 7, "wrong_mixture": 1 / 7, "wrong_other": 1 / 7,
+    })  # fmt: skip
+    wrong = ("wrong_entity", "wrong_copy", "wrong_other_side", "wrong_mixture", "wrong_other")
+    assert 1 / 7 + sum(got[w] for w in wrong) == pytest.approx(1.0)
+
+
+def test_every_answer_source_has_one_column_title():
+    from revcurse.evaluation import ANSWER_SOURCES
+    from revcurse.report.sweep import SOURCE_LABELS
+
+    assert [name for name, _ in SOURCE_LABELS] == list(ANSWER_SOURCES)

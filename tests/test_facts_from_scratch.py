@@ -163,6 +163,15 @@ def test_reproduce_facts_end_to_end_then_a_changed_file_is_refused(tmp_path):
     assert set(summary["comparison"]) == {
         f"fwd_reverse.{m}" for m in ("prefix", "likelihood_top1", "chain_top1")}  # fmt: skip
     assert summary["fit"]["splits"] == {"fwd": ["fwd_forward", "fwd_mirror"]}
+    # the published tests run over the seeds both models fitted, and read the rows' difference
+    fitted = summary["fit"]["fitted_seeds"]
+    both = sorted(set(fitted["mdm"]["fwd"]) & set(fitted["arm"]["fwd"]))
+    rows = {(r["family"], r["seed"]): r for r in summary["rows"]}
+    for key, test in summary["comparison"].items():
+        assert test["seeds"] == both, key
+        if both:
+            diff = [rows["mdm", s][key] - rows["arm", s][key] for s in both]
+            assert test["effect"] == pytest.approx(sum(diff) / len(diff)), key
     assert summary["n_statements"] == 6 + 2 * 6
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["run"]["path_sha256"] == files.sha256(path)

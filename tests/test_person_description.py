@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -371,3 +372,60 @@ def test_a_seed_fits_a_group_only_with_its_mirror_where_the_model_trains_on_it()
     rows.append({"family": "arm", "seed": 4, "g_same.prefix": 1.0, "g_mirror.prefix": 1.0})
     assert fitted_seeds(rows, "mdm", ("g_same", "g_mirror"), mirror=True) == [0, 3]
     assert fitted_seeds(rows, "mdm", ("g_same", "g_mirror"), mirror=False) == [0, 1, 3]
+
+
+def test_family_and_variant_tests_are_read_mdm_minus_arm_and_variant_minus_mdm(monkeypatch):
+    """The published differences are MDM - ARM on the reverse splits and variant - MDM on the
+    variant's splits (forward ones first): the tests are asked in that order, of those splits."""
+    import revcurse.experiments.from_scratch as F
+
+    asked = []
+    monkeypatch.setattr(F, "_paired", lambda out, fitted, a, b, splits, first: asked.append(
+        (a, b, dict(splits))) or {})  # fmt: skip
+    cfg = apply_overrides(PersonDescriptionConfig(),
+                          ['variants={"mdm-answer": ["train.maskable=answer"]}'])  # fmt: skip
+    task = F.task_for(cfg.run)
+    F.compare_families(Path("unused"), cfg, {})
+    F.compare_variants(Path("unused"), cfg, {})
+    forward = {split: group for group, (split, _) in task.fit.items()}
+    assert asked == [("mdm", "arm", dict(task.compared)),
+                     ("mdm-answer", "mdm", {s: forward[s] for s in task.variant_compared}
+                      | dict(task.compared))]  # fmt: skip
+
+
+def test_probe_curves_are_seed_means_of_each_quantity_by_name(tmp_path):
+    """The published curves from hand-made probe records of two seeds at two steps: every value
+    is the mean over both seeds of the quantity its name says (attention r over layers; the
+    near, middle and far thirds in that order; the midpoint of each third's distances; the
+    storage and routing parts of the per-fact gradient cosine)."""
+    from revcurse import files
+    from revcurse.experiments.executor import model_dir
+    from revcurse.experiments.from_scratch import probe_curves
+
+    def record(step, seed):
+        k = step + 10 * seed  # distinct per step and seed
+        thirds = [{"r_mean": {"0": k + 0.1 * t, "1": k + 0.1 * t + 0.2}, "distance": [t, t + 2]}
+                  for t in range(3)]  # fmt: skip
+        return {"step": step, "pairings": {"forward": {
+            "attention": {"r_mean": {"0": k, "1": k + 1}, "r_by_distance": thirds},
+            "gradients": {"cos_pair_rev_mean": k + 0.5,
+                          "cos_pair_rev_groups": {"storage": [k, k + 2], "routing": [-k, -k]}},
+        }}}  # fmt: skip
+
+    cfg = apply_overrides(PersonDescriptionConfig(), ["families=[arm]", "seeds=[0, 1]", "variants={}"])
+    for seed in (0, 1):
+        path = model_dir(tmp_path, "arm", seed) / "probes.jsonl"
+        for step in (0, 5):
+            files.append_jsonl(path, record(step, seed))
+    curves = probe_curves(tmp_path, cfg)
+    assert list(curves) == ["arm"] and curves["arm"]["steps"] == [0, 5]
+    got = curves["arm"]["pairings"]["forward"]
+    for i, step in enumerate((0, 5)):
+        k = step + 5  # the mean of step + 0 and step + 10 over the two seeds
+        assert got["attention_r"][i] == pytest.approx(k + 0.5)
+        for t, third in enumerate(("near", "middle", "far")):
+            assert got[f"attention_r_{third}"][i] == pytest.approx(k + 0.1 * t + 0.1)
+            assert got[f"distance_{third}"][i] == pytest.approx(t + 1)
+        assert got["cos_pair_rev"][i] == pytest.approx(k + 0.5)
+        assert got["cos_pair_rev_storage"][i] == pytest.approx(k + 1)
+        assert got["cos_pair_rev_routing"][i] == pytest.approx(-k)

@@ -131,6 +131,8 @@ def test_decision_needs_the_permutation_p_and_the_interval_to_agree():
     assert decision({"p": 0.001, "ci": [-0.5, -0.1]}) == "lower"
     assert decision({"p": 0.001, "ci": [-0.2, 0.7]}) == "undecided"  # seed-dependent effect
     assert decision({"p": 0.2, "ci": [0.1, 0.5]}) == "undecided"
+    assert decision({"p": 0.07, "ci": [0.1, 0.5]}) == "undecided"  # the 0.05 level, not 0.1
+    assert decision({"p": 0.049, "ci": [0.1, 0.5]}) == "higher"
     # A clustered case: large per-seed effects of opposite sign. The pairs look different to the
     # permutation test, but the crossed bootstrap over seeds spans 0.
     from revcurse.stats import paired_comparison
@@ -190,3 +192,23 @@ def test_fit_labels_at_their_boundaries(reverse, label):
 
     rows = [{"forward_accuracy": 1.0, "mirror_accuracy": 1.0, "reverse_accuracy": reverse}] * 2
     assert fit_summary(rows)["label"] == label
+
+
+def test_fit_summary_reads_the_rank_and_answer_sources_over_fitted_seeds():
+    """Beside generation, the reverse likelihood-rank accuracy (``reverse_rank``) and any metric
+    asked (the multi-token answer sources) are averaged over the fitted seeds only."""
+    from revcurse.stats import fit_summary
+
+    rows = [
+        {"forward_accuracy": 1.0, "mirror_accuracy": 1.0, "reverse_accuracy": 0.1,
+         "reverse_candidate_accuracy": 0.6, "reverse_wrong_mixture": 0.5},
+        {"forward_accuracy": 1.0, "mirror_accuracy": 1.0, "reverse_accuracy": 0.3,
+         "reverse_candidate_accuracy": 0.8, "reverse_wrong_mixture": 0.3},
+        {"forward_accuracy": 0.2, "mirror_accuracy": 1.0, "reverse_accuracy": 0.0,
+         "reverse_candidate_accuracy": 0.0, "reverse_wrong_mixture": 1.0},  # not fitted
+    ]  # fmt: skip
+    out = fit_summary(rows, ["reverse_wrong_mixture"])
+    assert out["reverse_rank"]["values"] == [0.6, 0.8]
+    assert out["reverse_rank"]["mean"] == pytest.approx(0.7)
+    assert out["fitted_metrics"]["reverse_wrong_mixture"]["mean"] == pytest.approx(0.4)
+    assert "fitted_metrics" not in fit_summary(rows)

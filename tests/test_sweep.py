@@ -72,12 +72,20 @@ def test_named_experiments_expand_to_valid_configs():
         "objective": 30,
         "distance": 195,
         "bridge": 90,
+        "entity-length": 50,  # 7 MDM cells and 3 ARM cells: shared cells run once
         "scale": 80,
     }
     assert get_named("scale").sweep.train.batch_size == 256
     # --quick shortens the slice that sets its own steps as well
     quick, _ = load_sweep_config("bridge", None, [], quick=True)
     assert {run.train.steps for _, run in quick.expand()} == {3000}
+    # entity-length: each slice moves one of length, spelling and pool; the cells, once each
+    cells = {(r.data.entity_tokens, r.data.entity_spelling, r.data.entity_pool, r.model.causal)
+             for _, r in get_named("entity-length").sweep.expand()}  # fmt: skip
+    assert cells == {(1, "unique", 0, False), (2, "unique", 0, False), (4, "unique", 0, False),
+                     (2, "shared", 0, False), (4, "shared", 0, False), (4, "shared", 15, False),
+                     (2, "shared", 100, False), (1, "unique", 0, True), (2, "unique", 0, True),
+                     (4, "unique", 0, True)}  # fmt: skip
 
 
 def test_store_never_duplicates_and_records_status(tmp_path):

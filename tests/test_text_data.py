@@ -201,3 +201,15 @@ def test_pad_with_eos_makes_the_tail_visible_answer_tokens():
     assert batch.attention_mask.all()
     assert batch.prompt_mask[:, 0].all() and not batch.prompt_mask[:, 1:].any()
     assert (batch.answer_mask == ~batch.prompt_mask).all()
+
+
+def test_non_finite_scores_are_refused_not_ranked_first():
+    """A NaN compares false with everything, so ``>=`` would count no candidate above a NaN
+    answer and rank it first: a model whose weights are NaN would score perfect. Such scores are
+    refused; a -inf score (probability zero) is valid and ranks last."""
+    nan = float("nan")
+    with pytest.raises(RevcurseError, match="not finite .* for 1 of 2 queries"):
+        likelihood_rank(torch.tensor([[nan, nan, nan], [-1.0, -2.0, -3.0]]))
+    with pytest.raises(RevcurseError, match="not finite"):
+        likelihood_rank(torch.tensor([[float("inf"), -1.0]]))
+    assert likelihood_rank(torch.tensor([[float("-inf"), -1.0, -2.0]])).tolist() == [3]

@@ -47,8 +47,8 @@ app = typer.Typer(
 )
 
 EXPERIMENTS = (
-    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "scale", "person-description",
-    "parent-child", "facts",
+    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length", "scale",
+    "person-description", "parent-child", "facts",
 )  # fmt: skip
 FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,
                 "facts": FactsExperimentConfig}  # fmt: skip

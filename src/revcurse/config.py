@@ -83,7 +83,15 @@ class ToyDataConfig:
     entity_tokens: int = 1
     """Tokens per entity. Above 1, each entity is a distinct sequence of tokens from a pool per
     side that all entities of that side share (like first and last names), so no single token
-    identifies an entity."""
+    identifies an entity (``entity_spelling`` decides)."""
+    entity_spelling: Literal["shared", "unique"] = "shared"
+    """How entities of several tokens are spelled: ``shared``, distinct sequences drawn from one
+    pool of tokens per side (tokens are shared between entities); ``unique``, each entity its own
+    tokens, used by no other entity (the pool is n_pairs x entity_tokens): length without
+    sharing."""
+    entity_pool: int = 0
+    """With ``shared`` spelling, the tokens per side's pool (its sequences must number at least
+    n_pairs); 0: the smallest pool whose sequences number at least twice the entities."""
     n_templates: int = 1
     """Paraphrases of the relation: distinct relation tokens that state the same relation."""
     templates_per_fact: int = 0
@@ -97,6 +105,16 @@ class ToyDataConfig:
         _check(self.filler_vocab >= 1, where, "filler_vocab", "an integer >= 1", self.filler_vocab)
         _check(self.entity_tokens >= 1, where, "entity_tokens", "an integer >= 1",
                self.entity_tokens)  # fmt: skip
+        _check(self.entity_spelling in ("shared", "unique"), where, "entity_spelling",
+               "one of 'shared', 'unique'", self.entity_spelling)  # fmt: skip
+        if self.entity_pool:
+            _check(self.entity_tokens > 1 and self.entity_spelling == "shared", where,
+                   "entity_pool", "0 unless entity_tokens > 1 with shared spelling",
+                   self.entity_pool)  # fmt: skip
+            _check(self.entity_pool >= 2 and self.entity_pool**self.entity_tokens >= self.n_pairs,
+                   where, "entity_pool",
+                   f"a pool whose {self.entity_tokens}-token sequences number at least "
+                   f"n_pairs={self.n_pairs}", self.entity_pool)  # fmt: skip
         _check(self.n_templates >= 1, where, "n_templates", "an integer >= 1", self.n_templates)
         _check(0 <= self.templates_per_fact <= self.n_templates, where, "templates_per_fact",
                f"an integer from 0 to n_templates={self.n_templates}",
@@ -949,14 +967,20 @@ class FactsExperimentConfig(PersonDescriptionConfig):
     default."""
 
 
-def entity_pool(n_pairs: int, entity_tokens: int) -> int:
+def entity_pool(data: ToyDataConfig) -> int:
     """Tokens per side from which the toy's entities are spelled: ``n_pairs`` for one-token
-    entities, else the smallest pool whose sequences number at least twice the entities (so
-    they are drawn without replacement from many, and tokens are shared)."""
-    if entity_tokens == 1:
+    entities; ``n_pairs x entity_tokens`` with unique spelling; else ``data.entity_pool`` or, by
+    default, the smallest pool whose sequences number at least twice the entities (so they are
+    drawn without replacement from many, and tokens are shared)."""
+    n_pairs, length = data.n_pairs, data.entity_tokens
+    if length == 1:
         return n_pairs
+    if data.entity_spelling == "unique":
+        return n_pairs * length
+    if data.entity_pool:
+        return data.entity_pool
     pool = 2
-    while pool**entity_tokens < 2 * n_pairs:
+    while pool**length < 2 * n_pairs:
         pool += 1
     return pool
 
@@ -964,7 +988,7 @@ def entity_pool(n_pairs: int, entity_tokens: int) -> int:
 def toy_vocab_size(data: ToyDataConfig) -> int:
     """The toy vocabulary's size: 4 specials, the relation tokens, the two entity pools, every
     filler."""
-    pool = entity_pool(data.n_pairs, data.entity_tokens)
+    pool = entity_pool(data)
     return 4 + data.n_templates + 2 * pool + data.filler_vocab
 
 

@@ -246,6 +246,55 @@ def toy_queries(
     return Queries(prompts, candidates, suffixes)
 
 
+ANSWER_SOURCES = ("first_token_accuracy", "later_token_accuracy", "wrong_entity",
+                  "wrong_entity_sharing", "wrong_copy", "wrong_other_side", "wrong_mixture",
+                  "wrong_other")  # fmt: skip
+"""Where multi-token answers come from (:func:`answer_sources`), per direction in toy metrics."""
+
+
+def answer_sources(
+    answers: Sequence[Sequence[int]],  # [Q] each query's generated tokens
+    candidates: Sequence[Sequence[Sequence[int]]],  # [Q][C] the side's entities, right first
+    given: Sequence[Sequence[int]],  # [Q] the entity each query gives (the other side's)
+    other_side: set[int],  # the tokens of the other side's entities
+) -> dict[str, float]:
+    """Per-position accuracy and the source of wrong answers for multi-token answers, as
+    fractions of the queries: ``first_token_accuracy`` (the first generated token is the
+    answer's), ``later_token_accuracy`` (mean over the later positions); a wrong answer is
+    ``wrong_entity`` (another real entity of the answer side; ``wrong_entity_sharing`` counts
+    those that share a token with the right one), else ``wrong_copy`` (the query's own given
+    entity, repeated), else ``wrong_other_side`` (it holds a token of the other side's entities),
+    else ``wrong_mixture`` (answer-side tokens that spell no entity), else ``wrong_other``
+    (fillers, specials). The wrong classes and the exact matches add up to all queries. Toy
+    queries carry every entity of the answer side as candidates."""
+    n = max(1, len(answers))
+    out = dict.fromkeys(ANSWER_SOURCES, 0.0)
+    for answer, cands, own in zip(answers, candidates, given, strict=True):
+        got, right = tuple(answer), tuple(cands[0])
+        out["first_token_accuracy"] += got[:1] == right[:1]
+        later = [g == r for g, r in zip(got[1:], right[1:], strict=False)]
+        out["later_token_accuracy"] += sum(later) / max(1, len(right) - 1)
+        if got == right:
+            continue
+        side = {t for c in cands for t in c}
+        if got in {tuple(c) for c in cands[1:]}:
+            out["wrong_entity"] += 1
+            out["wrong_entity_sharing"] += bool(set(got) & set(right))
+        elif got == tuple(own):
+            out["wrong_copy"] += 1
+        elif any(t in other_side for t in got):
+            out["wrong_other_side"] += 1
+        elif all(t in side for t in got):
+            out["wrong_mixture"] += 1
+        else:
+            out["wrong_other"] += 1
+    return {k: v / n for k, v in out.items()}
+
+
+OTHER_SIDE = {"forward": "reverse", "reverse": "forward", "mirror": "forward"}
+"""The direction whose answers are the other side's entities (the given entity of a query)."""
+
+
 class ToyEvaluator:
     """:func:`evaluate` with the queries of every direction encoded once (a run evaluates every
     ``eval_every`` steps). One-token entities take the fast batched path; longer ones (the
@@ -302,6 +351,12 @@ class ToyEvaluator:
             # contiguous: a reduction over a strided column sums in another order (last bits)
             out[f"{key}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
             out[f"{key}_chance"] = self.dataset.chance(direction)
+            if not queries.single_token:  # multi-token entities: where the answers come from
+                other = self.queries[OTHER_SIDE[direction]].candidates  # per fact, in order
+                given = [c[0] for c in other]
+                sources = answer_sources(read.answers, queries.candidates, given,
+                                         {t for c in other[0] for t in c})  # fmt: skip
+                out |= {f"{key}_{name}": value for name, value in sources.items()}
             predictions[key] = [" ".join(vocab.decode(a)) for a in read.answers]
             correct[key] = right
         out["predictions"] = predictions

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
-from revcurse.data.text import WORD  # the word tokenizer's split, so matches agree with it
+from revcurse.data.text import WORD
+from revcurse.errors import RevcurseError  # the word tokenizer's split, so matches agree with it
 
 
 def normalize(text: str) -> str:
@@ -38,5 +39,14 @@ def substring_match(generation: str, answers: Sequence[str]) -> bool:
 
 def likelihood_rank(scores: torch.Tensor) -> torch.Tensor:
     """Rank (1 = best) of column 0 (the correct answer) among each row's candidates ``[Q, 1 + K]``;
-    ties count against the correct answer."""
+    ties count against the correct answer. Scores that are NaN or +inf are refused: NaN compares
+    false with everything, so a broken model would otherwise rank every answer first (-inf, a
+    probability of zero, is a valid score and ranks last)."""
+    bad = torch.isnan(scores) | (scores == float("inf"))
+    if bool(bad.any()):
+        rows = int(bad.any(dim=1).sum())
+        raise RevcurseError(
+            f"the model's scores are not finite (NaN or +inf) for {rows} of {len(scores)} "
+            "queries; refusing to rank them (are its weights finite?)"
+        )
     return 1 + (scores[:, 1:] >= scores[:, :1]).sum(dim=1)

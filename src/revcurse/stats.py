@@ -182,22 +182,30 @@ def fitted(row: dict[str, Any]) -> bool:
     return all(v >= FIT_THRESHOLD for v in checks if v is not None)
 
 
-def fit_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def fit_summary(rows: Sequence[dict[str, Any]], over_fitted: Sequence[str] = ()) -> dict[str, Any]:
     """The reversal reading of one cell (its seeds), fit first: how many seeds fitted, the reverse
     accuracy over the fitted seeds only (:func:`aggregate`, absent if none fitted), and a label:
     ``unfitted`` where no seed fitted (an optimisation result, not a reversal one), else
     ``reverses`` / ``fails`` / ``partial`` for a fitted-seed mean of at least 0.9 / at most 0.1
     / between (labels for tables; the numbers stand beside them). Where the runs asked queries in
     a paraphrase the fact was never trained in, ``forward_unseen`` and ``reverse_unseen`` are
-    their accuracies over the same fitted seeds."""
+    their accuracies over the same fitted seeds. ``reverse_rank`` is the reverse candidate
+    (likelihood top-1) accuracy over the fitted seeds, where the rows have it (for multi-token
+    answers generation and rank can disagree, so a claim is read from both); each metric named in
+    ``over_fitted`` is aggregated over the fitted seeds under ``fitted_metrics``."""
     good = [r for r in rows if fitted(r)]
     out: dict[str, Any] = {"threshold": FIT_THRESHOLD, "n": len(rows), "n_fitted": len(good)}
     if not good:
         return out | {"label": "unfitted"}
     # with the queries in a paraphrase the fact was never trained in (the toy bridge), if any
     agg = aggregate(good, ["reverse_accuracy", "forward_unseen_accuracy",
-                           "reverse_unseen_accuracy"])  # fmt: skip
+                           "reverse_unseen_accuracy", "reverse_candidate_accuracy"])  # fmt: skip
     out |= {k.removesuffix("_accuracy"): v for k, v in agg.items() if "unseen" in k}
+    if "reverse_candidate_accuracy" in agg:
+        out["reverse_rank"] = agg["reverse_candidate_accuracy"]
+    extra = {k: v for k, v in aggregate(good, over_fitted).items() if k != "n"}
+    if extra:
+        out["fitted_metrics"] = extra
     reverse = agg.get("reverse_accuracy")
     if reverse is None:
         return out | {"label": "n/a"}

@@ -20,7 +20,8 @@ for draw):
 
 * ``entity_tokens = L > 1``: every entity is L tokens, a distinct sequence over a pool of tokens
   its side shares (``a0 a3``, ``a3 a1``, ...), so an answer is several tokens and no token alone
-  names the entity;
+  names the entity; ``entity_pool`` sets the pool's size, and ``entity_spelling = unique`` gives
+  each entity tokens of its own instead (``a0 a1``, ``a2 a3``, ...: length without sharing);
 * ``n_templates = K > 1``: the relation has K paraphrases, relation tokens ``<rel>``, ``<rel1>``,
   ... that state the same relation; each fact is trained in ``templates_per_fact`` of them (all
   by default), drawn per fact. Queries are asked in the fact's first trained paraphrase; when a
@@ -41,11 +42,14 @@ from revcurse.data.tokenize import BOS, EOS
 REL = "<rel>"
 
 
-def _entities(rng: np.random.Generator, prefix: str, n: int, length: int) -> list[Tokens]:
-    """``n`` distinct entities of ``length`` tokens from the side's pool (module docstring)."""
+def _entities(rng: np.random.Generator, prefix: str, cfg: ToyDataConfig) -> list[Tokens]:
+    """The side's ``n_pairs`` distinct entities of ``entity_tokens`` tokens (module docstring)."""
+    n, length = cfg.n_pairs, cfg.entity_tokens
     if length == 1:
         return [(f"{prefix}{i}",) for i in range(n)]
-    pool = entity_pool(n, length)
+    if cfg.entity_spelling == "unique":  # entity i: tokens i*L .. i*L + L - 1, no draw
+        return [tuple(f"{prefix}{i * length + k}" for k in range(length)) for i in range(n)]
+    pool = entity_pool(cfg)
     codes = rng.choice(pool**length, size=n, replace=False)
     return [tuple(f"{prefix}{(int(c) // pool**k) % pool}" for k in range(length)) for c in codes]
 
@@ -65,8 +69,8 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     else:
         filler_ids = rng.integers(cfg.filler_vocab, size=(n, cfg.n_filler))
     # Draws the one-token, one-paraphrase task never makes come after its own, so it is unchanged.
-    a_entities = _entities(rng, "a", n, length)
-    b_entities = _entities(rng, "B", n, length)
+    a_entities = _entities(rng, "a", cfg)
+    b_entities = _entities(rng, "B", cfg)
     k = cfg.n_templates
     templates = [rng.permutation(k) for _ in range(n)] if k > 1 else [np.zeros(1, int)] * n
 

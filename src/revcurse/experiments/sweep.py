@@ -44,6 +44,7 @@ from revcurse.config import (
     load_yaml,
 )
 from revcurse.errors import RevcurseError
+from revcurse.evaluation import ANSWER_SOURCES
 from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
@@ -184,6 +185,48 @@ def bridge_slices() -> dict[str, SliceConfig]:
     }
 
 
+def entity_length_slices() -> dict[str, SliceConfig]:
+    """Length or shared tokens (#28, section 1): in the bridge an entity of L tokens is spelled
+    from a pool its side shares, and the pool shrinks as L grows (100 tokens at L=1, 15 at L=2, 4
+    at L=4), so length and sharing change together. Each slice moves one of them; all cells are
+    MDMs on the bridge's deep setting (two layers, 30000 steps, 4 heads), with the ARM as a
+    control on the unshared cells."""
+    return {
+        "length-unique": SliceConfig(
+            grid={"data.entity_tokens": [1, 2, 4], "data.entity_spelling": ["unique"]},
+            compare="data.entity_tokens",
+            question="Length without sharing: does MDM reversal fall with length when every "
+            "entity has tokens no other entity uses?",
+        ),
+        "sharing": SliceConfig(
+            grid={"data.entity_tokens": [2, 4], "data.entity_spelling": ["unique", "shared"]},
+            compare="data.entity_spelling",
+            question="Sharing at a fixed length: does spelling the entities from the bridge's "
+            "shared pool (15 tokens at L=2, 4 at L=4) lower reversal against unique tokens?",
+        ),
+        "pool-4": SliceConfig(
+            grid={"data.entity_tokens": [4], "data.entity_pool": [0, 15]},
+            compare="data.entity_pool",
+            question="Four-token entities from the two-token pool size (15 tokens) against the "
+            "bridge's smallest pool (0: 4 tokens): does a larger pool restore reversal?",
+        ),
+        "pool-2": SliceConfig(
+            grid={"data.entity_tokens": [2], "data.entity_pool": [0, 100]},
+            compare="data.entity_pool",
+            question="Two-token entities from a pool as large as the one-token side's (100) "
+            "against the bridge's (0: 15 tokens): the pool varied at fixed length.",
+        ),
+        "arm": SliceConfig(
+            grid={
+                "model.causal": [True],
+                "data.entity_tokens": [1, 2, 4],
+                "data.entity_spelling": ["unique"],
+            },  # fmt: skip
+            question="Control: does the ARM reverse any of the unshared cells?",
+        ),
+    }
+
+
 def named_experiments() -> dict[str, Named]:
     """The registry of ``revcurse reproduce NAME`` sweeps (fresh objects on every call)."""
     return {
@@ -240,6 +283,19 @@ def named_experiments() -> dict[str, Named]:
             question="From the toy towards text: where does MDM reversal degrade as entities "
             "grow longer, the relation is paraphrased and the facts multiply, and does the ARM "
             "ever reverse?",
+        ),
+        "entity-length": Named(
+            SweepConfig(
+                name="entity-length",
+                grid={"model.causal": [False], "model.n_heads": [4], "model.n_layers": [2]},
+                slices=entity_length_slices(),
+                train=TrainConfig(steps=30000, eval_every=0, checkpoint_every=500),
+                probe=ProbeConfig(enabled=False),  # the toy probes read one-token entities
+            ),
+            x="data.entity_tokens",
+            quick=["seeds=[0]", "train.steps=3000"],
+            question="Does MDM reversal follow the entities' length or the tokens they share? "
+            "(Each slice moves one; fit first; generation and likelihood rank read together.)",
         ),
         "scale": Named(
             SweepConfig(
@@ -304,7 +360,8 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
         cell: dict[str, Any] = {"labels": {k: members[0][k] for k in label_keys}}
         if "slices" in members[0]:
             cell["slices"] = list(dict.fromkeys(s for m in members for s in m["slices"]))
-        aggregates.append(cell | agg | {"fit": fit_summary(members)})
+        fit = fit_summary(members, [f"reverse_{m}" for m in ANSWER_SOURCES])
+        aggregates.append(cell | agg | {"fit": fit})
     return {
         "experiment": name,
         "rows": rows,

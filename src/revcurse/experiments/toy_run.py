@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from revcurse import files, training
-from revcurse.config import RunConfig, config_hash, dump_yaml, from_dict, to_dict
+from revcurse.config import RunConfig, config_hash, dump_yaml, entity_pool, from_dict, to_dict
 from revcurse.data.schema import ReversalDataset
 from revcurse.data.tokenize import TextBatch, Vocab, training_batch
 from revcurse.data.toy import build_toy
@@ -215,6 +215,8 @@ def config_essentials(cfg: RunConfig) -> dict[str, Any]:
         "n_pairs": d.n_pairs,
         "n_filler": d.n_filler,
         "entity_tokens": d.entity_tokens,
+        "entity_spelling": d.entity_spelling,
+        "entity_pool": entity_pool(d),
         "n_templates": d.n_templates,
         "templates_per_fact": d.trained_templates,
         "steps": t.steps,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
+from revcurse.report.sweep import SOURCE_LABELS
 from revcurse.stats import COMPARISON_HEADER, comparison_cells, decision, effect_clause, format_p
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -307,6 +308,8 @@ def slice_table(s: dict[str, Any], name: str) -> str:
     keys = s["slices"][name]["keys"]
     cells = [a for a in s["aggregates"] if name in a.get("slices", [])]
     unseen = any("reverse_unseen" in a["fit"] for a in cells)
+    # summaries written since the rank is kept over fitted seeds show it beside generation
+    rank = any("reverse_rank" in a["fit"] for a in cells)
     rows = []
     for agg in cells:
         fit = agg["fit"]
@@ -314,11 +317,13 @@ def slice_table(s: dict[str, Any], name: str) -> str:
             *(agg["labels"][k] for k in keys), f"{fit['n_fitted']}/{fit['n']}",
             _pm(agg.get("forward_accuracy"), 2), _pm(agg.get("mirror_accuracy"), 2),
             _fitted_reverse(fit),
+            *([_pm(fit.get("reverse_rank"), 2)] if rank else []),
             *([_pm(fit.get("forward_unseen"), 2), _pm(fit.get("reverse_unseen"), 2)]
               if unseen else []),
         ])  # fmt: skip
     header = [*(k.split(".")[-1] for k in keys), "fitted seeds", "forward", "mirror",
               "reverse, fitted seeds",
+              *(["reverse by likelihood rank (top-1), fitted seeds"] if rank else []),
               *(["forward, unseen paraphrase", "reverse, unseen paraphrase"] if unseen else [])]  # fmt: skip
     threshold = s["aggregates"][0]["fit"]["threshold"]
     return _table(header, rows) + (
@@ -345,8 +350,29 @@ def slice_tests(s: dict[str, Any], name: str) -> str:
     )
 
 
+def slice_sources(s: dict[str, Any], name: str) -> str:
+    """Where the reverse answers of a slice's multi-token cells come from, over fitted seeds:
+    per-position accuracy and the classes of wrong answers (:func:`~revcurse.evaluation.
+    answer_sources`), as fractions of the queries."""
+    keys = s["slices"][name]["keys"]
+    cells = [a for a in s["aggregates"]
+             if name in a.get("slices", []) and a["fit"].get("fitted_metrics")]  # fmt: skip
+    rows = [[*(a["labels"][k] for k in keys), f"{a['fit']['n_fitted']}/{a['fit']['n']}",
+             *(_pm(a["fit"]["fitted_metrics"].get(f"reverse_{m}"), 2) for m, _ in SOURCE_LABELS)]
+            for a in cells]  # fmt: skip
+    header = [*(k.split(".")[-1] for k in keys), "fitted seeds", *(t for _, t in SOURCE_LABELS)]
+    return _table(header, rows) + (
+        "\n\nReverse queries of the multi-token cells, fractions of the queries, mean ± sd over "
+        "the fitted seeds. A wrong answer is another entity of the answer's side (some sharing a "
+        "token with the right one), else a copy of the query's own entity, else one holding a "
+        "token of the other side, else a mixture of its own side's tokens that spells no entity, "
+        "else anything else."
+    )
+
+
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
 BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
+ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
@@ -383,6 +409,16 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         for n in BRIDGE_SLICES
         if n != "facts"
     },  # different facts: nothing to pair
+    **{("entity-length", n): (lambda s, n=n: slice_table(s, n)) for n in ENTITY_LENGTH_SLICES},
+    **{
+        ("entity-length", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in ENTITY_LENGTH_SLICES
+        if n != "arm"
+    },  # the ARM control compares nothing
+    **{
+        ("entity-length", f"{n}-sources"): (lambda s, n=n: slice_sources(s, n))
+        for n in ENTITY_LENGTH_SLICES
+    },
 }
 
 

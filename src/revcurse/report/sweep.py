@@ -160,6 +160,15 @@ def _mean(agg: dict[str, Any], metric: str) -> str:
     return f"{agg[metric]['mean']:.2f}" if metric in agg else "n/a"
 
 
+SOURCE_LABELS = [
+    ("first_token_accuracy", "first token right"), ("later_token_accuracy", "later tokens right"),
+    ("wrong_entity", "another entity"), ("wrong_entity_sharing", "... sharing a token"),
+    ("wrong_copy", "a copy of the given entity"), ("wrong_other_side", "tokens of the other side"),
+    ("wrong_mixture", "a mixture of its side's tokens"), ("wrong_other", "anything else"),
+]  # fmt: skip
+"""Column titles of :data:`revcurse.evaluation.ANSWER_SOURCES` in tables."""
+
+
 def _fit_mean(fit: dict[str, Any], key: str) -> str:
     return f"{fit[key]['mean']:.2f}" if key in fit else "-"
 
@@ -195,6 +204,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
         keys = list(info["keys"])
         cells = [a for a in summary["aggregates"] if name in a.get("slices", [])]
         unseen = any("reverse_unseen" in a["fit"] for a in cells)
+        rank = any("reverse_rank" in a["fit"] for a in cells)
         table = []
         for agg in cells:
             fit = agg["fit"]
@@ -207,6 +217,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                 _mean(agg, "forward_accuracy"), _mean(agg, "mirror_accuracy"),
                 _mean(agg, "reverse_accuracy"),
                 f"{rev['mean']:.2f} [{rev['ci95'][0]:.2f}, {rev['ci95'][1]:.2f}]" if rev else "-",
+                *([_fit_mean(fit, "reverse_rank")] if rank else []),
                 fit["label"], _mean(agg, "probe.attention_pearson_mirror_final"),
                 _head_masses(members),
                 *([_fit_mean(fit, "forward_unseen"), _fit_mean(fit, "reverse_unseen")]
@@ -223,6 +234,7 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                     "mirror",
                     "reverse (all seeds)",
                     "reverse (fitted seeds) [95% CI]",
+                    *(["reverse by likelihood rank, top-1 (fitted seeds)"] if rank else []),
                     "reading",
                     "coupling r (mirror pairing)",
                     "heads: mass mirror→reverse",
@@ -238,6 +250,19 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                 table,
             ),  # fmt: skip
         ]
+        sourced = [a for a in cells if a["fit"].get("fitted_metrics")]
+        if sourced:
+            blocks += [
+                Para("Where the reverse answers come from (multi-token cells, fitted seeds, "
+                     "fractions of the queries): per-position accuracy, and each wrong answer as "
+                     "another entity of its side (some sharing a token with the right one), a "
+                     "copy of the query's own entity, one holding a token of the other side, a "
+                     "mixture of its side's tokens, or anything else."),
+                Table(["cell", "fitted seeds", *(t for _, t in SOURCE_LABELS)],
+                      [[_cell_name(a["labels"], keys), f"{a['fit']['n_fitted']}/{a['fit']['n']}",
+                        *(_fit_mean(a["fit"]["fitted_metrics"], f"reverse_{m}")
+                          for m, _ in SOURCE_LABELS)] for a in sourced]),
+            ]  # fmt: skip
         tests = [c for c in summary.get("contrasts", []) if c["slice"] == name]
         if tests:
             blocks.append(Table(
