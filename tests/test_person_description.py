@@ -412,7 +412,9 @@ def test_probe_curves_are_seed_means_of_each_quantity_by_name(tmp_path):
                           "cos_pair_rev_groups": {"storage": [k, k + 2], "routing": [-k, -k]}},
         }}}  # fmt: skip
 
-    cfg = apply_overrides(PersonDescriptionConfig(), ["families=[arm]", "seeds=[0, 1]", "variants={}"])
+    cfg = apply_overrides(
+        PersonDescriptionConfig(), ["families=[arm]", "seeds=[0, 1]", "variants={}"]
+    )
     for seed in (0, 1):
         path = model_dir(tmp_path, "arm", seed) / "probes.jsonl"
         for step in (0, 5):
