@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+from safetensors.torch import load_file, save_file
 from test_finetune import TINY, save_chat_checkpoint
 from typer.testing import CliRunner
 
@@ -64,7 +66,25 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):
     other = tmp_path / "gpt"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    pickled = tmp_path / "pickled"  # the same weights as pytorch_model.bin only
+    save_chat_checkpoint(pickled)
+    state = load_file(pickled / "model.safetensors")
+    torch.save(state, pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    missing = tmp_path / "missing"  # one tensor fewer than the model needs
+    save_chat_checkpoint(missing)
+    state = load_file(missing / "model.safetensors")
+    del state["model.layers.1.mlp.down_proj.weight"]
+    save_file(state, missing / "model.safetensors", metadata={"format": "pt"})
+    nan = tmp_path / "nan"  # every weight NaN
+    save_chat_checkpoint(nan)
+    state = load_file(nan / "model.safetensors")
+    save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()},
+              nan / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
     cases = [
+        ([str(pickled)], "no *.safetensors weights (it holds pytorch_model.bin)"),
+        ([str(missing)], "lacks 1 tensor(s) the model needs (model.layers.1.mlp.down_proj.weight)"),
+        ([str(nan)], "non-finite weights (NaN or inf) in model.embed_tokens.weight"),
         ([str(other)], "model_type 'gpt2' is none of"),
         ([str(ckpt), "--adapter", str(tmp_path)], "no adapter_model.safetensors"),
         ([str(ckpt), *sets("data.dataset=facts")], "data.path"),

@@ -78,6 +78,13 @@ def test_a_hand_written_file_gives_the_dataset_worked_out_by_hand(tmp_path):
         ({"id": "a", "a": "A", "b": "B", "relation": "r", "colour": 1}, "unknown field 'colour'"),
         ({"relation": "r", "forward": ["{a} {b}"], "reverse": ["{b} {a}"]}, "'r' is defined twice"),
         ({"a": "A", "b": "B"}, "mine.jsonl:2: expected a fact (fields id, a, b, ...) or a relation"),
+        # a group names test splits and so files: no path may hide in it
+        ({"id": "a", "a": "A", "b": "B", "relation": "r", "group": "../victim/PWNED"},
+         "mine.jsonl:2: field 'group': expected a plain name"),
+        ({"id": "a", "a": "A", "b": "B", "relation": "r", "group": "/etc/cron.d/x"},
+         "mine.jsonl:2: field 'group': expected a plain name"),
+        ({"id": "a", "a": "A", "b": "B", "relation": "r", "group": ".hidden"},
+         "field 'group': expected a plain name"),
     ],
 )  # fmt: skip
 def test_malformed_lines_are_one_line_errors_naming_file_line_and_field(tmp_path, line, message):
@@ -148,6 +155,12 @@ def test_cli_converts_and_refuses_with_exit_2(tmp_path):
         app, ["data", "convert", "person-description", "--out", str(tmp_path / "x")]
     )
     assert refused.exit_code == 2 and not (tmp_path / "x").exists()
+    # an existing file is never overwritten: the user's notes survive, byte for byte
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my notes\n")
+    again = runner.invoke(app, ["data", "convert", "parent-child", "--out", str(notes)])
+    assert again.exit_code == 2 and "already exists" in again.output
+    assert notes.read_text() == "my notes\n"
     bad = write_lines(tmp_path / "bad.jsonl", [{"id": "a", "a": "A"}])
     result = runner.invoke(app, ["data", "facts", "--path", bad])
     assert result.exit_code == 2 and "bad.jsonl:1: missing field 'b'" in result.output
@@ -171,3 +184,18 @@ def test_an_answer_counts_when_any_template_of_any_fact_completes_the_prompt(tmp
     assert (asked.completion, asked.alternatives, asked.fact) == (" Berlin.", (" Bonn.",), "de")
     assert by_prompt["The old capital of Germany is"].alternatives == ()
     assert [p.alternatives for p in ds.tests["forward"]] == [(), ()]
+
+
+def test_entity_text_that_looks_like_a_placeholder_is_rendered_literally(tmp_path):
+    """An entity whose text holds "{b}" is written as it is: the template's placeholders are
+    filled in one pass, never the entity text substituted again."""
+    path = write_lines(tmp_path / "odd.jsonl", [
+        {"id": "x", "a": "Tom {b}", "b": "Ann {a}", "forward": ["Who is {a}'s mother? {b}"],
+         "reverse": ["Name a child of {b}. {a}"]},
+    ])  # fmt: skip
+    ds = dataset_from_facts(read_facts(path))
+    assert [(p.prompt, p.completion) for p in ds.train] == [
+        ("Who is Tom {b}'s mother?", " Ann {a}")
+    ]
+    (reverse,) = ds.tests["reverse"]
+    assert (reverse.prompt, reverse.completion) == ("Name a child of Ann {a}.", " Tom {b}")

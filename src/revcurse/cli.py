@@ -700,6 +700,8 @@ def data(
     if action == "convert":
         from revcurse.data.parent_child import from_scratch_facts
 
+        if out.exists() or out.is_symlink():  # every other output refuses to overwrite, too
+            raise _fail(f"--out {out}: already exists; choose a new file (nothing was written)")
         facts = (
             from_scratch_facts(from_scratch, cfg.path or None) if from_scratch else as_facts(cfg)
         )

@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from revcurse import files
 from revcurse.data.records import read_jsonl_records
 from revcurse.data.schema import Direction, TextDataset, TextPair
 from revcurse.errors import RevcurseError
@@ -104,12 +106,16 @@ def check_template(template: Any, direction: Direction) -> str | None:
     return None
 
 
+PLACEHOLDER = re.compile(r"\{a\}|\{b\}")
+
+
 def render(template: str, direction: Direction, a: str, b: str, source: str = "",
            fact: str = "") -> TextPair:  # fmt: skip
     """The query (or statement) ``template`` makes of a fact: prompt up to the answer slot (its
     trailing space moved into the completion), completion `` answer`` + the rest."""
     before, after = split_template(template, direction)
-    prompt = before.replace("{a}", a).replace("{b}", b).rstrip()
+    # one pass over the placeholders: an entity whose text holds "{b}" stays as written
+    prompt = PLACEHOLDER.sub(lambda m: a if m.group(0) == "{a}" else b, before).rstrip()
     answer = b if direction == "forward" else a
     return TextPair(prompt, f" {answer}{after}", source=source, fact=fact)
 
@@ -193,6 +199,8 @@ def read_facts(path: str | Path) -> Facts:
         group = r.get("group", "")
         if not isinstance(group, str):
             raise RevcurseError(f"{where}: field 'group': expected a string, got {group!r}")
+        if group:  # it names test splits, and so files: generations/<group>_<direction>.jsonl
+            files.plain_name(group, f"{where}: field 'group'")
         facts.append(FactRecord(fid, a, b, templates["forward"], templates["reverse"],
                                 tuple(dict.fromkeys(train)), group, relation,
                                 f"{path.name}:{lineno}"))  # fmt: skip
@@ -213,8 +221,6 @@ def _string(record: dict[str, Any], key: str, where: str) -> str:
 def write_facts(path: str | Path, facts: Facts) -> None:
     """``facts`` as a facts file: its name and licence, its relations, then one line per fact
     (templates given by relation where the fact has one); written atomically."""
-    from revcurse import files
-
     lines: list[dict[str, Any]] = [{"dataset": facts.name, "licence": facts.licence}]
     lines += [
         {"relation": name, "forward": list(t["forward"]), "reverse": list(t["reverse"])}

@@ -20,7 +20,8 @@ stock SDPA kernel and, only while a probe records, also keeps the pre-softmax sc
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,7 +286,9 @@ def load_pretrained(
                 f"model.path {path!r}: LLaDA loads from a local directory holding config.json and "
                 "*.safetensors (e.g. `huggingface-cli download GSAI-ML/LLaDA-8B-Instruct`)"
             )
-        return LogitsModel(load_llada(path, dtype, device), spec)
+        model = load_llada(path, dtype, device)  # strict: every tensor present
+        check_loaded(path, model, [])
+        return LogitsModel(model, spec)
     if spec.remote_code and not trust_remote_code:
         raise RevcurseError(
             f"family {name!r} needs the checkpoint's own code; pass --trust-remote-code if you "
@@ -293,14 +296,50 @@ def load_pretrained(
         )
     import transformers
 
+    _only_safetensors(path)
+    if not sys.stderr.isatty():  # its loading bar is for a person at a terminal, not for logs
+        transformers.utils.logging.disable_progress_bar()
     _register_recording_attention()
     auto = transformers.AutoModel if spec.remote_code else transformers.AutoModelForCausalLM
     # Remote code keys its own attention classes by implementation name: give it a stock one.
     attention = "sdpa" if spec.remote_code else RECORDING
-    model = auto.from_pretrained(
-        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attention
-    )
+    # use_safetensors: never unpickle a checkpoint's .bin; loading info: refuse missing tensors
+    # rather than run with the random weights transformers would put in their place
+    model, info = auto.from_pretrained(
+        path, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attention,
+        use_safetensors=True, output_loading_info=True,
+    )  # fmt: skip
+    check_loaded(path, model, info.get("missing_keys", []))
     return LogitsModel(model.to(device), spec)
+
+
+def _only_safetensors(path: str) -> None:
+    """A local checkpoint folder must hold safetensors weights: pickled ``*.bin`` / ``*.pt``
+    files are never loaded (unpickling runs code), so a folder with only those is refused."""
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+        found = f" (it holds {', '.join(pickled[:3])})" if pickled else ""
+        raise RevcurseError(
+            f"model.path {path}: no *.safetensors weights{found}; revcurse loads safetensors "
+            "only and never unpickles a checkpoint (convert it with safetensors first)"
+        )
+
+
+def check_loaded(path: str, model: torch.nn.Module, missing: Sequence[str]) -> None:
+    """Refuse a checkpoint that lacks tensors the model needs or holds non-finite weights, naming
+    the first few (a model evaluated with random or NaN weights reports numbers that mean
+    nothing)."""
+    if missing:
+        names = ", ".join(sorted(missing)[:3]) + (" ..." if len(missing) > 3 else "")
+        raise RevcurseError(
+            f"model.path {path}: the checkpoint lacks {len(missing)} tensor(s) the model needs "
+            f"({names}); refusing to fill them with random weights"
+        )
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        names = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise RevcurseError(f"model.path {path}: non-finite weights (NaN or inf) in {names}")
 
 
 def load_tokenizer(name: str, path: str, trust_remote_code: bool = False, chat: bool = True) -> Any:

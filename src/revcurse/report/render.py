@@ -106,15 +106,21 @@ def to_html(title: str, blocks: Sequence[Block]) -> str:
     )
 
 
+MD_SPECIAL = re.compile(r"([\\`*_\[\]!#|])")
+
+
 def md_text(text: str) -> str:
-    """Text for Markdown: HTML special characters as entities (Markdown viewers render raw HTML,
-    and report text can carry dataset strings)."""
-    return html.escape(str(text), quote=False)
+    """Text for Markdown, literally as given: report text can carry dataset strings (a facts
+    file's name, prompts, entities), so HTML special characters become entities (viewers render
+    raw HTML), Markdown's punctuation is backslash-escaped (no link, image, emphasis or heading
+    can be injected) and line breaks become spaces (no new block can start)."""
+    escaped = html.escape(MD_SPECIAL.sub(r"\\\1", str(text)), quote=False)
+    return " ".join(escaped.splitlines())
 
 
 def md_cell(value: Any) -> str:
-    """A table cell: :func:`md_text`, pipes escaped, on one line."""
-    return md_text(fmt(value)).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """A table cell: :func:`md_text` (pipes escaped, on one line)."""
+    return md_text(fmt(value))
 
 
 def to_markdown(title: str, blocks: Sequence[Block], root: Path) -> str:
