@@ -204,3 +204,47 @@ def test_gradient_accumulation_gives_the_whole_batch_update():
     assert (layout["per_process"], layout["accumulation"]) == (8, 1)
     with pytest.raises(RevcurseError, match="do not split evenly over 3 processes"):
         batch_layout(100, apply_overrides(cfg.train, ["batch_size=64"]), 3)
+
+
+def test_a_symlinked_run_lock_is_refused_and_its_target_left_untouched(tmp_path):
+    """A run folder whose .lock is a symlink to a user's file: taking the lock refuses in one
+    line, and the file it points to keeps every byte (opening it with 'w' truncated it)."""
+    from revcurse.errors import RevcurseError
+    from revcurse.files import run_lock
+
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("years of work\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    with (
+        pytest.raises(RevcurseError, match=r"\.lock: cannot be used as this run's lock"),
+        run_lock(run, blocking=False),
+    ):
+        pass
+    assert victim.read_text() == "years of work\n"
+    plain = tmp_path / "plain"
+    with run_lock(plain, blocking=False):  # an ordinary run takes its lock as before
+        assert (plain / ".lock").is_file()
+
+
+def test_force_into_a_users_folder_leaves_their_hidden_files_alone(tmp_path):
+    """--force lets a run write into a non-empty folder; it does not make the folder ours. A file
+    of the user's that happens to look like one of revcurse's temporaries survives, below the
+    folder and in it; only a resume of a run (its config matched) clears temporaries."""
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    folder = tmp_path / "mine"
+    (folder / "deep").mkdir(parents=True)
+    keep = [folder / ".draft.abcdefgh.tmp", folder / "deep" / ".notes.12345678.tmp"]
+    for path in keep:
+        path.write_text("mine\n")
+    tiny = ["--set", "data.n_pairs=4", "--set", "model.d_model=8", "--set", "model.n_heads=1",
+            "--set", "train.steps=2", "--set", "train.warmup_steps=0", "--set", "probe.enabled=false"]  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["train", "--out", str(folder), "--force", "--no-progress", *tiny]
+    )
+    assert result.exit_code == 0, result.output
+    assert all(path.read_text() == "mine\n" for path in keep)

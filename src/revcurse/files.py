@@ -78,7 +78,15 @@ def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
     a one-line error (two ``revcurse train --resume`` on one run). The lock dies with its process.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as fh:
+    lock = run_dir / ".lock"
+    try:
+        # O_NOFOLLOW and no O_TRUNC: a .lock that is a symlink is refused, and whatever it is,
+        # locking never truncates or writes it
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        raise RevcurseError(f"{lock}: cannot be used as this run's lock ({err.strerror}; is it a "
+                            "symlink?); remove it if it is not yours") from None  # fmt: skip
+    with os.fdopen(fd, "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

@@ -339,6 +339,15 @@ def first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return ""
 
 
+def holds_run(out: Path, cfg: Any) -> bool:
+    """Whether ``out`` provably holds a run of exactly ``cfg`` (its ``config.yaml`` equals it),
+    checkpoint or not: where a resume may clear the temporaries a killed writer left."""
+    try:
+        return (out / "config.yaml").is_file() and load_yaml(type(cfg), out / "config.yaml") == cfg
+    except RevcurseError:
+        return False
+
+
 def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
     """Whether ``out`` holds a resumable run of exactly ``cfg`` (any run config); refuses anything
     else without touching it. A run directory is proven ours by its ``config.yaml`` (equal to

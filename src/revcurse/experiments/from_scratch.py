@@ -444,7 +444,8 @@ def train_run(
     statements, splits, tokenizer = prepared.statements, prepared.splits, prepared.tokenizer
     out.mkdir(parents=True, exist_ok=True)
     resuming = resume and training.check_resumable(out, cfg, require_checkpoint=False)
-    files.remove_temporaries(out)
+    if training.holds_run(out, cfg):
+        files.remove_temporaries(out)  # provably this run: clear what a killed writer left
     if not resuming:
         write_provenance(out, dump_yaml(cfg), command)
     causal = cfg.model.causal

@@ -11,6 +11,7 @@ from revcurse import files
 from revcurse.config import dump_yaml, load_yaml
 from revcurse.errors import RevcurseError
 from revcurse.repro import write_provenance
+from revcurse.training import holds_run
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -41,6 +42,9 @@ def start_experiment(
             )
     else:
         prepare_out_dir(out, force)
-    files.remove_temporaries(out)  # left by a run killed mid-write; no one writes now
+    # only in a folder provably holding this experiment (never in one that --force merely lets
+    # us write into): clear what a killed writer left
+    if resume or holds_run(out, cfg):
+        files.remove_temporaries(out)
     write_provenance(out, dump_yaml(cfg), command)
     return out

@@ -451,8 +451,10 @@ def run_sweep(
 
     out = Path(out)
     runs = cfg.expand()
+    ours = (out / "index.sqlite").is_file()  # a sweep's folder from before, not a user's
     prepare_sweep_dir(out, cfg.name, force)
-    files.remove_temporaries(out)  # left by a sweep killed mid-write; no one writes now
+    if ours:  # clear what a sweep killed mid-write left; no one writes now
+        files.remove_temporaries(out)
     write_provenance(out, dump_yaml(cfg), command)
     jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
     start = time.perf_counter()

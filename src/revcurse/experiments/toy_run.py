@@ -106,8 +106,8 @@ def train(
     torch.set_num_threads(tc.threads)
     out = Path(out_dir) if out_dir is not None else None
     resuming = bool(resume and out is not None and training.check_resumable(out, cfg, False))
-    if out is not None and out.is_dir():
-        files.remove_temporaries(out)  # a previous writer of this run killed mid-write
+    if out is not None and training.holds_run(out, cfg):  # resumed, or started over (--force)
+        files.remove_temporaries(out)  # provably this run: clear what a killed writer left
     if out is not None and not resuming:
         write_provenance(out, dump_yaml(cfg), command)
 
