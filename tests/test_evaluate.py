@@ -81,7 +81,19 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):
     state = load_file(nan / "model.safetensors")
     save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()},
               nan / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    odd = {}  # config.json files that are not what a checkpoint holds
+    for name, text in {"list": "[1, 2]", "string": '"llama"', "no-type": '{"hidden": 8}',
+                       "deep": "[" * 100_000 + "]" * 100_000,
+                       "repeated": '{"model_type": "llama", "model_type": "gpt2"}'}.items():  # fmt: skip
+        odd[name] = tmp_path / f"config-{name}"
+        odd[name].mkdir()
+        (odd[name] / "config.json").write_text(text)
     cases = [
+        ([str(odd["list"])], "expected a JSON object with 'model_type'"),
+        ([str(odd["string"])], "expected a JSON object with 'model_type'"),
+        ([str(odd["no-type"])], "expected a JSON object with 'model_type'"),
+        ([str(odd["deep"])], "not a readable JSON object (RecursionError)"),
+        ([str(odd["repeated"])], "not a readable JSON object (key 'model_type' is repeated)"),
         ([str(pickled)], "no *.safetensors weights (it holds pytorch_model.bin)"),
         ([str(missing)], "lacks 1 tensor(s) the model needs (model.layers.1.mlp.down_proj.weight)"),
         ([str(nan)], "non-finite weights (NaN or inf) in model.embed_tokens.weight"),

@@ -346,6 +346,19 @@ CASES = [
          lambda t, r: ["sweep", "--out", str(t / "o"), "--config", str(_write(
              t / "s.yaml", "grid:\n  model.positional: &a [rope]\n  model.norm: *a\n"))],
          "aliases (*name) are not allowed"),
+    Case("yaml-deep", "a YAML config 20,000 levels deep (a RecursionError traceback before)",
+         lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
+                       str(_write(t / "s.yaml", "grid: " + "[" * 20000 + "]" * 20000 + "\n"))],
+         "nested more than 64 levels deep"),
+    Case("yaml-repeated-key", "a YAML config naming one key twice (last one won silently)",
+         lambda t, r: ["sweep", "--out", str(t / "o"), "--config",
+                       str(_write(t / "s.yaml", "seeds: [0]\nname: a\nseeds: [1]\n"))],
+         "s.yaml:3: key 'seeds' is repeated (first at line 1)"),
+    Case("json-repeated-key", "a facts line naming one field twice (last one won silently)",
+         lambda t, r: ["data", "facts", "--path", str(_write(t / "f.jsonl",
+                       '{"id": "x", "a": "A", "a": "B", "b": "C", "forward": ["{a} {b}"], '
+                       '"reverse": ["{b} {a}"]}\n'))],
+         "f.jsonl:1: invalid JSON (key 'a' is repeated)"),
     Case("probe-overrides", "probe command given a non-probe override",
          lambda t, r: ["probe", str(r), "--set", "train.lr=1"], "only takes probe.*"),
     # checkpoints

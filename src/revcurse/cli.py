@@ -536,10 +536,16 @@ def evaluate(
 
 def _evaluate_hf(path: Path, adapter: Path | None, overrides: list[str], out: Path | None,
                  trust_remote_code: bool, force: bool) -> None:  # fmt: skip
+    from revcurse import files
+
     try:
-        model_type = str(json.loads((path / "config.json").read_text())["model_type"]).lower()
-    except (ValueError, KeyError):
-        raise _fail(f"{path / 'config.json'}: expected a JSON object with 'model_type'") from None
+        config = files.loads((path / "config.json").read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as err:
+        why = err.msg if isinstance(err, json.JSONDecodeError) else type(err).__name__
+        raise _fail(f"{path / 'config.json'}: not a readable JSON object ({why})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise _fail(f"{path / 'config.json'}: expected a JSON object with 'model_type'")
+    model_type = config["model_type"].lower()
     family = MODEL_TYPES.get(model_type)
     if family is None and not any(o.startswith("model.family=") for o in overrides):
         raise _fail(f"{path / 'config.json'}: model_type {model_type!r} is none of "

@@ -1180,14 +1180,65 @@ class _NoAliasLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        # a repeated key is refused rather than taken last-wins: one of the two values would be
+        # dropped without a word
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is repeated (first at line {seen[key].line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+MAX_YAML_DEPTH = 64
+"""How deeply a revcurse YAML file may nest (configs nest a few levels; a file thousands of
+levels deep would exhaust Python's recursion instead of getting a one-line error)."""
+
 
 def safe_yaml(text: str) -> Any:
-    """Parse YAML text the way every revcurse read does: safe types only, no aliases."""
+    """Parse YAML text the way every revcurse read does: safe types only, no aliases, no repeated
+    keys, at most :data:`MAX_YAML_DEPTH` levels."""
+    if max_nesting(text, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:
+        raise yaml.YAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep")
     loader = _NoAliasLoader(text)
     try:
         return loader.get_single_data()
     finally:
         loader.dispose()
+
+
+def max_nesting(text: str, limit: int) -> int:
+    """The deepest nesting of YAML's flow brackets or block indentation in ``text``, counted from
+    the token stream without building anything, and no further than one level past ``limit``
+    (so a hostile file costs little)."""
+    depth = deepest = 0
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(
+                token,
+                (
+                    yaml.FlowMappingStartToken,
+                    yaml.FlowSequenceStartToken,
+                    yaml.BlockMappingStartToken,
+                    yaml.BlockSequenceStartToken,
+                ),
+            ):
+                depth += 1
+                deepest = max(deepest, depth)
+                if deepest > limit:
+                    break
+            elif isinstance(
+                token, (yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken, yaml.BlockEndToken)
+            ):
+                depth -= 1
+    except yaml.YAMLError:
+        return deepest  # the parser that follows reports the syntax error with its line
+    return deepest
 
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
@@ -1200,7 +1251,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
+        problem = getattr(err, "problem", None) or str(err) or "invalid YAML"
         raise ConfigError(f"{path}{line}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: expected a UTF-8 YAML file") from None

@@ -157,7 +157,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads(line))
         except json.JSONDecodeError as err:
             raise RevcurseError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
     return records
@@ -193,15 +193,35 @@ def truncate_jsonl(path: str | Path, step: int) -> list[dict[str, Any]]:
     return kept
 
 
+class _RepeatedKey(json.JSONDecodeError):
+    """A JSON object that names one key twice (``json`` keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _RepeatedKey(f"key {key!r} is repeated", "", 0)
+        out[key] = value
+    return out
+
+
+def loads(text: str) -> Any:
+    """``json.loads`` that refuses an object naming a key twice (a ``JSONDecodeError`` whose
+    ``msg`` names the key): every JSON and JSONL file revcurse reads goes through it."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file with a one-line error naming the file when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
         raise RevcurseError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text())
+        return loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise RevcurseError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        line = "" if isinstance(err, _RepeatedKey) else f":{err.lineno}"
+        raise RevcurseError(f"{path}{line}: invalid JSON ({err.msg})") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:

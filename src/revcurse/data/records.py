@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from revcurse import files
 from revcurse.errors import RevcurseError
 
 
@@ -32,7 +33,7 @@ def read_jsonl_records(
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = files.loads(line)
         except json.JSONDecodeError as err:
             raise RevcurseError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(record, dict):
