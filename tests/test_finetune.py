@@ -199,3 +199,42 @@ def test_gpu_smoke_script_checks_pass_on_cpu():
     spec.loader.exec_module(module)
     result = module.smoke("llada", "cpu", torch.float32, steps=2, batch_size=4)
     assert result["ok"] and result["tokens_per_second"] > 0
+
+
+def test_a_second_finetune_on_a_run_being_trained_is_refused(tmp_path):
+    """Two fine-tunes on one folder at once (two `--resume`, or a start-over beside a running
+    one) would both append records: the main process holds the run's lock, and a second one
+    stops with one line before writing anything of its own."""
+    from revcurse.files import Busy, run_lock
+
+    out = tmp_path / "ft"
+    cfg = apply_overrides(FinetuneConfig(), [*TINY, "train.steps=2", "probe.every=0"])
+    with (
+        run_lock(out, blocking=False),  # another process training this run
+        pytest.raises(Busy, match="another process is training this run"),
+    ):
+        run_finetune(cfg, out, progress=False, force=True)
+    assert [p.name for p in out.iterdir()] == [".lock"]  # no config, no records
+    assert run_finetune(cfg, out, progress=False, force=True)["after"]  # free again: it runs
+
+
+def test_a_fine_tune_names_its_facts_and_refuses_to_resume_on_changed_ones(tmp_path):
+    """The run's config pins its facts file's SHA-256; after the file changes (same count, other
+    entities) a resume stops with one line naming data.path, and nothing in the run changes."""
+    from revcurse import files
+    from revcurse.errors import RevcurseError
+
+    facts = tmp_path / "facts.jsonl"
+    converted = CliRunner().invoke(app, ["data", "convert", "parent-child", "--out", str(facts)])
+    assert converted.exit_code == 0, converted.output
+    out = tmp_path / "ft"
+    cfg = apply_overrides(FinetuneConfig(), [*TINY, "train.steps=2", "probe.every=0",
+                                             "data.dataset=facts", f"data.path={facts}"])  # fmt: skip
+    run_finetune(cfg, out, progress=False)
+    saved = load_yaml(FinetuneConfig, out / "config.yaml")
+    assert saved.data.path_sha256 == files.sha256(facts)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    facts.write_text(facts.read_text().replace('"a": "', '"a": "Other ', 1))
+    with pytest.raises(RevcurseError, match=r"data.path: .*facts.jsonl has changed since this run"):
+        run_finetune(cfg, out, progress=False, resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -396,3 +396,29 @@ def test_contrasts_read_value_minus_baseline_with_each_cells_own_fit(tmp_path):
         assert c["decision"] == decided
         assert c["fit"] == {"value": "reverses", "baseline": "unfitted"}
     assert masking[1]["test"]["p"] < 0.05 and masking[1]["test"]["ci"][0] <= 0
+
+
+def test_one_folder_holds_one_sweep_and_one_sweep_runs_in_it_at_a_time(tmp_path):
+    """A second sweep of another grid under the same default name would mix its runs into the
+    first one's index: refused naming the field, --force or not. The same sweep resumes, with
+    other workers too (how it executes is not what it computes). And while one sweep holds the
+    folder, another started beside it stops with one line."""
+    from revcurse.errors import RevcurseError
+    from revcurse.files import Busy, run_lock
+
+    out = tmp_path / "s"
+    cfg = apply_overrides(tiny_sweep(**{"model.positional": ["rope"]}), ["seeds=[0]", "name=sweep"])
+    run_sweep(cfg, out, progress=False)
+    index = (out / "index.sqlite").read_bytes()
+    other = apply_overrides(cfg, ['grid={"model.positional": ["alibi"]}'])
+    for force in (False, True):
+        with pytest.raises(RevcurseError, match=r"holds a sweep of other settings \(field 'grid"):
+            run_sweep(other, out, progress=False, force=force)
+    assert (out / "index.sqlite").read_bytes() == index
+    again = run_sweep(apply_overrides(cfg, ["workers=1"]), out, progress=False)
+    assert again["n_runs"] == 1 and again["n_failed"] == 0
+    with (
+        run_lock(out, blocking=False),  # a sweep running in this folder
+        pytest.raises(Busy, match="another process"),
+    ):
+        run_sweep(cfg, out, progress=False)

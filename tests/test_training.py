@@ -248,3 +248,28 @@ def test_force_into_a_users_folder_leaves_their_hidden_files_alone(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert all(path.read_text() == "mine\n" for path in keep)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good_file(
+    tmp_path, monkeypatch
+):
+    """A checkpoint write that fails for lack of space (ENOSPC, as a full disk raises it) is a
+    one-line error naming the file; the checkpoint it would have replaced keeps every byte and no
+    temporary is left beside it."""
+    import errno
+
+    import revcurse.files as F
+    from revcurse.errors import RevcurseError
+
+    path = tmp_path / "checkpoints" / "last.safetensors"
+    F.save_tensors(path, {"w": torch.ones(3)}, {"step": "10"})
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(F, "save_file", full)
+    with pytest.raises(RevcurseError, match=r"last.safetensors: could not be written \(No space"):
+        F.save_tensors(path, {"w": torch.zeros(3)}, {"step": "20"})
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["last.safetensors"]

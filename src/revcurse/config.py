@@ -685,6 +685,9 @@ class TextDataConfig:
     path: str = ""
     """A file (parent-child CSV, a facts JSONL) or directory (person-description files, T-REx LAMA
     root); empty: the copy shipped with revcurse (T-REx and facts have none: they need a path)."""
+    path_sha256: str = ""
+    """The SHA-256 of the facts file at ``path``, filled in when a fine-tune starts: a resume
+    refuses a file that has changed since (leave empty)."""
     max_train: int = 0
     """Training statements used (0: all)."""
     max_eval: int = 64
@@ -700,6 +703,10 @@ class TextDataConfig:
                self.path)  # fmt: skip
         _check(self.dataset != "facts" or bool(self.path), where, "path",
                "a facts file (JSONL, see revcurse.data.facts)", self.path)  # fmt: skip
+        _check(self.path_sha256 == "" or (self.dataset == "facts" and re.fullmatch(
+               r"[0-9a-f]{64}", self.path_sha256) is not None), where, "path_sha256",
+               "empty, or the SHA-256 of a facts file (64 hex digits)",
+               self.path_sha256)  # fmt: skip
 
 
 @dataclass

@@ -44,6 +44,12 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
         write(Path(tmp))
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except (OSError, SafetensorError) as err:  # a full disk, a quota, a read-only folder
+        Path(tmp).unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise RevcurseError(
+            f"{path}: could not be written ({reason}); the file it would replace is intact"
+        ) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

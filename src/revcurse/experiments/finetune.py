@@ -17,6 +17,8 @@ Run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``metrics.jsonl``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 
 from revcurse import files, training
-from revcurse.config import FinetuneConfig, dump_yaml, to_dict
+from revcurse.config import FinetuneConfig, dump_yaml, load_yaml, to_dict
 from revcurse.data.schema import TextDataset, TextPair
 from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
 from revcurse.data.text_datasets import load_text_dataset, probe_splits
@@ -236,6 +238,27 @@ def render_evaluation(summary: dict[str, Any]) -> str:
     )
 
 
+def pin_facts(cfg: FinetuneConfig, resuming: Path | None) -> FinetuneConfig:
+    """``cfg`` with its facts file's SHA-256 in ``data.path_sha256`` (other datasets unchanged),
+    so the run's config names the facts it trains on; resuming the run in ``resuming``, a file
+    that has changed since the run started is refused."""
+    if cfg.data.dataset != "facts":
+        return cfg
+    path = Path(cfg.data.path)
+    if not path.is_file():
+        raise RevcurseError(f"data.path: {path}: facts file not found")
+    digest = files.sha256(path)
+    started = cfg.data.path_sha256
+    if resuming is not None and (resuming / "config.yaml").is_file():
+        started = started or load_yaml(FinetuneConfig, resuming / "config.yaml").data.path_sha256
+    if started and started != digest:
+        raise RevcurseError(
+            f"data.path: {path} has changed since this run started (SHA-256 {digest[:12]}..., "
+            f"the run's config has {started[:12]}...); fine-tune on the new facts in another --out"
+        )
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path_sha256=digest))
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     out: str | Path,
@@ -257,6 +280,7 @@ def run_finetune(
             "model.adapter: fine-tuning starts new adapters; evaluate a saved adapter with "
             "`revcurse evaluate MODEL --adapter DIR`"
         )
+    cfg = pin_facts(cfg, out if resume else None)
     dataset, tests = load_tests(cfg)
     # Fail before loading a large model: a directory that is not empty, or not this run.
     if resume:
@@ -279,84 +303,95 @@ def run_finetune(
     # Only now, with data, model and adapters in hand, is anything written. Under `accelerate
     # launch` every process trains; only the main one writes, evaluates and probes.
     main = accelerator.is_main_process
+    # One process at a time on a run (two `--resume` on one folder would both append records):
+    # the main process holds its lock from the first write to the last.
+    held = contextlib.ExitStack()
     if main:
-        if resume:
-            files.remove_temporaries(out)
-        else:
-            prepare_out_dir(out, force)
-            write_provenance(out, dump_yaml(cfg), command)
-    log = MetricsLog(out, accelerator)
-    log.start(to_dict(cfg))
-    trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
-    total = sum(p.numel() for p in model.parameters())
-    mask_id = tokenizer.mask_id
-    bos = uses_bos(tokenizer)
-
-    probes = probe_runner(cfg, dataset, model, tokenizer, out, enabled=main, keep=resume, log=log)
-
-    def evaluate(stage: str) -> dict[str, dict[str, float]]:
-        if not main:
-            return {}
-        return evaluate_tests(cfg, dataset, tests, model, tokenizer, out / "generations" / stage)
-
-    if resume:  # the adapters are restored by the loop; "before" was measured on the base model
-        before = files.read_json(out / "before.json") if main else {}
-        probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
-    else:
-        before = evaluate("before")
+        if not resume:
+            prepare_out_dir(out, force)  # before the lock file, which makes the folder non-empty
+        held.enter_context(files.run_lock(out, blocking=False))
+    with held:
         if main:
-            files.write_json(out / "before.json", before)
-        probes(model, 0)
+            if resume:
+                files.remove_temporaries(out)
+            else:
+                write_provenance(out, dump_yaml(cfg), command)
+        log = MetricsLog(out, accelerator)
+        log.start(to_dict(cfg))
+        trainable = sum(p.numel() for p in hf.lora_parameters(model).values())
+        total = sum(p.numel() for p in model.parameters())
+        mask_id = tokenizer.mask_id
+        bos = uses_bos(tokenizer)
 
-    data = encode_pairs(tokenizer, train_pairs, bos=bos)
-    # LLaDA's SFT recipe: answers (ended by the end-of-turn token in a chat frame) padded with EOS
-    # that are trained on too
-    if not spec.causal:
-        data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
-    fitted = training.fit(
-        model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps,
-                              weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
-        cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
-        resume=resume, accelerator=accelerator, log=log,
-        on_step=lambda done: probes(model, done) if probes.due(done) else None,
-        progress=progress,
-    )  # fmt: skip
-    speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
-    probes(model, cfg.train.steps, final=True)
-    after = evaluate("after")
-    for stage, step, results in (("before", 0, before), ("after", cfg.train.steps, after)):
-        for split, metrics in results.items():
-            log.track(f"{stage}/{split}", step, metrics)
-    log.close()
-    if not main:
+        probes = probe_runner(
+            cfg, dataset, model, tokenizer, out, enabled=main, keep=resume, log=log
+        )
+
+        def evaluate(stage: str) -> dict[str, dict[str, float]]:
+            if not main:
+                return {}
+            return evaluate_tests(
+                cfg, dataset, tests, model, tokenizer, out / "generations" / stage
+            )
+
+        if resume:  # the adapters are restored by the loop; "before" was measured on the base model
+            before = files.read_json(out / "before.json") if main else {}
+            probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
+        else:
+            before = evaluate("before")
+            if main:
+                files.write_json(out / "before.json", before)
+            probes(model, 0)
+
+        data = encode_pairs(tokenizer, train_pairs, bos=bos)
+        # LLaDA's SFT recipe: answers (ended by the end-of-turn token in a chat frame) padded with EOS
+        # that are trained on too
+        if not spec.causal:
+            data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
+        fitted = training.fit(
+            model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps,
+                                  weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
+            cfg.train, out=out, meta={"config": json.dumps(to_dict(cfg))},
+            resume=resume, accelerator=accelerator, log=log,
+            on_step=lambda done: probes(model, done) if probes.due(done) else None,
+            progress=progress,
+        )  # fmt: skip
+        speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
+        probes(model, cfg.train.steps, final=True)
+        after = evaluate("after")
+        for stage, step, results in (("before", 0, before), ("after", cfg.train.steps, after)):
+            for split, metrics in results.items():
+                log.track(f"{stage}/{split}", step, metrics)
+        log.close()
+        if not main:
+            accelerator.wait_for_everyone()
+            return {}
+        hf.save_adapter(model, out / "adapter")
+
+        summary = {
+            "family": spec.name,
+            "causal": spec.causal,
+            "dataset": dataset.name,
+            "licence": dataset.licence,
+            "model_path": cfg.model.path or "(tiny random model)",
+            # prompts and answers framed by the checkpoint's chat template (else plain text + EOS)
+            "chat_template": getattr(tokenizer, "chat", None) is not None,
+            "lora_modules": adapted,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "n_train": len(train_pairs),
+            "batch": fitted.batch,  # the global batch, its split over processes and passes
+            "vocab_size": len(tokenizer),
+            "before": before,
+            "after": after,
+            "probe": probes.summary() if probes.enabled else None,
+        }
+        files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
+        files.write_text(out / "report.md", render_report(summary, speed))
+        (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
         accelerator.wait_for_everyone()
-        return {}
-    hf.save_adapter(model, out / "adapter")
-
-    summary = {
-        "family": spec.name,
-        "causal": spec.causal,
-        "dataset": dataset.name,
-        "licence": dataset.licence,
-        "model_path": cfg.model.path or "(tiny random model)",
-        # prompts and answers framed by the checkpoint's chat template (else plain text + EOS)
-        "chat_template": getattr(tokenizer, "chat", None) is not None,
-        "lora_modules": adapted,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
-        "n_train": len(train_pairs),
-        "batch": fitted.batch,  # the global batch, its split over processes and passes
-        "vocab_size": len(tokenizer),
-        "before": before,
-        "after": after,
-        "probe": probes.summary() if probes.enabled else None,
-    }
-    files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    files.write_text(out / "timings.json", json.dumps(speed, indent=2) + "\n")
-    files.write_text(out / "report.md", render_report(summary, speed))
-    (out / "checkpoints" / "last.safetensors").unlink(missing_ok=True)  # the run is complete
-    accelerator.wait_for_everyone()
-    return summary
+        return summary
 
 
 def _signed(value: float | None) -> str:

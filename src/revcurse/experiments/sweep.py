@@ -42,6 +42,7 @@ from revcurse.config import (
     apply_overrides,
     dump_yaml,
     load_yaml,
+    to_dict,
 )
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ANSWER_SOURCES
@@ -49,6 +50,7 @@ from revcurse.experiments.executor import deterministic, execute, make_jobs, tim
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
+from revcurse.training import first_difference
 
 PROBE_METRICS = (
     "probe.attention_pearson_mirror_mean",
@@ -319,22 +321,43 @@ def get_named(name: str) -> Named:
     return named[name]
 
 
-def prepare_sweep_dir(out: Path, name: str, force: bool) -> None:
-    """A sweep may write into an empty folder or resume its own; anything else is refused."""
+EXECUTION = ("workers", "backend")
+"""Sweep fields that say how the runs execute, not what they compute: a sweep may resume with
+others."""
+
+
+def prepare_sweep_dir(out: Path, cfg: SweepConfig, force: bool) -> None:
+    """A sweep may write into an empty folder or resume its own (the same settings, bar how it
+    executes); anything else is refused, ``--force`` or not for another sweep's folder, since two
+    sweeps in one index would mix their runs."""
     if out.exists() and not out.is_dir():
         raise RevcurseError(f"{out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        index = out / "index.sqlite"
-        if not index.is_file():
-            raise RevcurseError(
-                f"{out}: directory is not empty and holds no sweep; choose another --out or pass "
-                "--force"
-            )
+    index = out / "index.sqlite"
+    if out.is_dir() and any(out.iterdir()) and not force and not index.is_file():
+        raise RevcurseError(
+            f"{out}: directory is not empty and holds no sweep; choose another --out or pass "
+            "--force"
+        )
+    if index.is_file():
         names = {r["experiment"] for r in Store(index, create=False).rows()}
-        if names and names != {name}:
+        if names and names != {cfg.name}:
             raise RevcurseError(
-                f"{out}: holds sweep {sorted(names)[0]!r}, not {name!r}; choose another --out"
+                f"{out}: holds sweep {sorted(names)[0]!r}, not {cfg.name!r}; choose another --out"
             )
+        saved = out / "config.yaml"
+        if saved.is_file():
+            try:
+                before = to_dict(load_yaml(SweepConfig, saved))
+            except RevcurseError as err:
+                raise RevcurseError(f"{out}: its config.yaml is not a sweep's ({err})") from None
+            here = to_dict(cfg)
+            for key in EXECUTION:
+                before.pop(key, None), here.pop(key, None)
+            if before != here:
+                raise RevcurseError(
+                    f"{out}: holds a sweep of other settings ({first_difference(before, here)}); "
+                    "resume it with the same settings, or choose another --out"
+                )
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -452,34 +475,36 @@ def run_sweep(
     out = Path(out)
     runs = cfg.expand()
     ours = (out / "index.sqlite").is_file()  # a sweep's folder from before, not a user's
-    prepare_sweep_dir(out, cfg.name, force)
-    if ours:  # clear what a sweep killed mid-write left; no one writes now
-        files.remove_temporaries(out)
-    write_provenance(out, dump_yaml(cfg), command)
-    jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
-    start = time.perf_counter()
-    outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
-                       backend=cfg.backend, command=command, progress=progress,
-                       log_with=log_with)  # fmt: skip
-    summary = summarize(cfg.name, jobs, outcomes)
-    if cfg.slices:
-        summary["slices"] = {
-            n: {"question": s.question, "keys": cfg.slice_keys(n), "compare": s.compare}
-            for n, s in cfg.slices.items()
-        }
-        summary["contrasts"] = contrasts(cfg, jobs, outcomes)
-    files.write_json(out / "summary.json", summary)
-    files.write_json(
-        out / "timings.json",
-        {
-            "wall_seconds": time.perf_counter() - start,
-            "workers": cfg.workers,
-            "backend": cfg.backend,
-            "runs": {j.run_id: timings(outcomes[j.run_id].summary or {}) for j in jobs},
-        },
-    )
-    write_report(out, cfg, summary, named)
-    return summary
+    prepare_sweep_dir(out, cfg, force)
+    # one sweep at a time in a folder: two started at once would both pass the checks above
+    with files.run_lock(out, blocking=False):
+        if ours:  # clear what a sweep killed mid-write left; no one writes now
+            files.remove_temporaries(out)
+        write_provenance(out, dump_yaml(cfg), command)
+        jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
+        start = time.perf_counter()
+        outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
+                           backend=cfg.backend, command=command, progress=progress,
+                           log_with=log_with)  # fmt: skip
+        summary = summarize(cfg.name, jobs, outcomes)
+        if cfg.slices:
+            summary["slices"] = {
+                n: {"question": s.question, "keys": cfg.slice_keys(n), "compare": s.compare}
+                for n, s in cfg.slices.items()
+            }
+            summary["contrasts"] = contrasts(cfg, jobs, outcomes)
+        files.write_json(out / "summary.json", summary)
+        files.write_json(
+            out / "timings.json",
+            {
+                "wall_seconds": time.perf_counter() - start,
+                "workers": cfg.workers,
+                "backend": cfg.backend,
+                "runs": {j.run_id: timings(outcomes[j.run_id].summary or {}) for j in jobs},
+            },
+        )
+        write_report(out, cfg, summary, named)
+        return summary
 
 
 def load_sweep_config(
