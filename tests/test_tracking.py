@@ -209,3 +209,44 @@ def test_tensorboard_holds_a_text_runs_metrics_probes_and_evaluation(tmp_path):
     assert set(logged) == set(want)
     for tag in want:
         assert_same(logged[tag], want[tag], tag)
+
+
+def test_a_tracker_missing_its_setup_or_failing_to_import_is_one_line_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    """W&B with neither offline mode, a key nor a login; MLflow 3 on a local folder without
+    MLFLOW_ALLOW_FILE_STORE; a package that is installed but fails to import: each is one line,
+    exit 2, and no run folder (a traceback after a half-written folder that blocked the retry,
+    before)."""
+    import importlib
+
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    tiny = ["--set", "data.n_pairs=4", "--set", "model.d_model=8", "--set", "model.n_heads=1",
+            "--set", "train.steps=2", "--set", "probe.enabled=false"]  # fmt: skip
+
+    def refused(tracker: str, fragment: str) -> None:
+        out = tmp_path / f"run-{tracker}"
+        result = CliRunner().invoke(app, ["train", "--out", str(out), "--no-progress",
+                                          "--log-with", tracker, *tiny])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], result.stderr
+        assert not out.exists()
+
+    refused("wandb", "set WANDB_MODE=offline")
+    refused("mlflow", "MLFLOW_ALLOW_FILE_STORE=true")
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorboard":
+            raise RuntimeError("protobuf version mismatch\nmore lines")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    refused("tensorboard", "fails to import (RuntimeError: protobuf version mismatch)")

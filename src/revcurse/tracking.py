@@ -21,8 +21,10 @@ them once.
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,9 +51,44 @@ def check_trackers(names: Sequence[str]) -> tuple[str, ...]:
         if importlib.util.find_spec(name) is None:
             raise RevcurseError(f"--log-with {name}: the {name} package is not installed "
                                 f"(pip install {name})")  # fmt: skip
+        try:  # a package that is there but broken fails here, before anything is written
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 (any import failure is the user's to fix)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise RevcurseError(f"--log-with {name}: the {name} package fails to import "
+                                f"({type(err).__name__}: {first})") from None  # fmt: skip
+        problem = _setting_problem(name)
+        if problem:
+            raise RevcurseError(f"--log-with {name}: {problem}")
         if name not in chosen:
             chosen.append(name)
     return tuple(chosen)
+
+
+def _setting_problem(name: str) -> str | None:
+    """What a tracker lacks in this environment to start (its own setup, read from the variables
+    it reads), or None: checked before a run writes anything, where the tracker would otherwise
+    fail after the run folder exists."""
+    env = os.environ
+    if name == "wandb":
+        mode = env.get("WANDB_MODE", "").lower()
+        netrc = Path(env.get("NETRC", Path.home() / ".netrc"))
+        logged_in = netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+        if (
+            mode not in ("offline", "disabled", "dryrun")
+            and not env.get("WANDB_API_KEY")
+            and (not logged_in)
+        ):
+            return ("W&B needs an account or offline mode: set WANDB_MODE=offline (files under "
+                    "<run>/trackers/wandb, `wandb sync` uploads them later), WANDB_API_KEY, or "
+                    "run `wandb login`")  # fmt: skip
+    if name == "mlflow":
+        uri = env.get("MLFLOW_TRACKING_URI", "")
+        local = not uri or uri.startswith("file:") or "://" not in uri
+        if local and env.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+            return ("MLflow 3 logs to a local folder only with MLFLOW_ALLOW_FILE_STORE=true; set "
+                    "it, or MLFLOW_TRACKING_URI to a server or database (e.g. sqlite:///mlflow.db)")  # fmt: skip
+    return None
 
 
 def flat_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
