@@ -88,7 +88,23 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):
         odd[name] = tmp_path / f"config-{name}"
         odd[name].mkdir()
         (odd[name] / "config.json").write_text(text)
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=32, tie_word_embeddings=False))  # fmt: skip
+    foreign = tmp_path / "foreign-adapter"  # made for a model of another width
+    get_peft_model(small, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        foreign
+    )
+    linked = tmp_path / "linked-adapter"  # files that are links out of their folder
+    linked.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (linked / name).symlink_to(foreign / name)
     cases = [
+        ([str(ckpt), "--adapter", str(foreign)], "this adapter does not fit the model"),
+        ([str(ckpt), "--adapter", str(linked)], "outside the adapter folder"),
         ([str(odd["list"])], "expected a JSON object with 'model_type'"),
         ([str(odd["string"])], "expected a JSON object with 'model_type'"),
         ([str(odd["no-type"])], "expected a JSON object with 'model_type'"),

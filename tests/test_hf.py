@@ -86,7 +86,24 @@ def test_llada_loads_a_published_layout_checkpoint_strictly(tmp_path):
         {k: state[k] for k in keys[1 : len(keys) // 2]},
         tmp_path / "model-00001-of-00002.safetensors",
     )
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(
+        RevcurseError, match=rf"lacks tensor\(s\) for this config.json \(1: {keys[0]}\)"
+    ):
+        load_llada(tmp_path)
+    # the tensor back with the wrong shape; an unknown tensor; a truncated shard: one line each
+    shard = tmp_path / "model-00001-of-00002.safetensors"
+    save_file({**{k: state[k] for k in keys[1 : len(keys) // 2]},
+               keys[0]: torch.zeros(3, 3)}, shard)  # fmt: skip
+    with pytest.raises(RevcurseError, match=rf"wrongly shaped tensor\(s\).*{keys[0]}"):
+        load_llada(tmp_path)
+    state[keys[0]] = torch.randn(shapes[keys[0]], generator=gen)
+    save_file({**{k: state[k] for k in keys[: len(keys) // 2]}, "extra.weight": torch.ones(1)},
+              shard)  # fmt: skip
+    with pytest.raises(RevcurseError, match=r"unknown tensor\(s\).*extra.weight"):
+        load_llada(tmp_path)
+    save_file({k: state[k] for k in keys[: len(keys) // 2]}, shard)
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(RevcurseError, match="not a valid safetensors file"):
         load_llada(tmp_path)
 
 
@@ -94,8 +111,14 @@ def test_llada_refuses_config_variants_it_does_not_implement(tmp_path):
     (tmp_path / "config.json").write_text(
         json.dumps(tiny_llada_config().to_dict() | {"alibi": True})
     )
-    with pytest.raises(ValueError, match="alibi"):
+    with pytest.raises(RevcurseError, match="field 'alibi' = True is not supported"):
         LLaDAConfig.from_json(tmp_path / "config.json")
+    for text, message in [("[1, 2]", "expected a JSON object, got list"),
+                          ('{"d_model": "wide"}', "field 'd_model': expected a number"),
+                          ('{"d_model": 8, "d_model": 16}', "key 'd_model' is repeated")]:  # fmt: skip
+        (tmp_path / "config.json").write_text(text)
+        with pytest.raises(RevcurseError, match=message):
+            LLaDAConfig.from_json(tmp_path / "config.json")
 
 
 @pytest.mark.parametrize("n_kv_heads", [4, 2])

@@ -425,16 +425,31 @@ def save_adapter(model: LogitsModel, path: str | Path) -> None:
 
 
 def check_adapter(path: str | Path) -> None:
-    """Refuse a directory that holds no peft adapter (before any model is loaded)."""
-    if not (Path(path) / "adapter_model.safetensors").is_file():
+    """Refuse a directory that holds no peft adapter, or whose adapter files are links leading
+    out of it (before any model is loaded)."""
+    folder = Path(path)
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
         raise RevcurseError(f"{path}: no adapter_model.safetensors (peft adapter directory)")
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        file = folder / name
+        if file.is_symlink() and folder.resolve() not in file.resolve().parents:
+            raise RevcurseError(f"{file}: a link to {file.resolve()}, outside the adapter folder; "
+                                "copy the adapter's files into it")  # fmt: skip
 
 
 def load_adapter(model: LogitsModel, path: str | Path, trainable: bool = False) -> None:
     """Attach saved adapters to a freshly built base model (weights from safetensors only);
     ``trainable``: the adapters alone require gradients (the probes' gradients are taken on
-    them, as in the run that trained them)."""
+    them, as in the run that trained them). An adapter made for another base model (other
+    shapes, other module names) is refused in one line."""
     from peft import PeftModel
 
     check_adapter(path)
-    model.inner = PeftModel.from_pretrained(model.inner, str(path), is_trainable=trainable)
+    try:
+        model.inner = PeftModel.from_pretrained(model.inner, str(path), is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as err:  # shape mismatch, unknown modules
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RevcurseError(
+            f"{path}: this adapter does not fit the model ({first[:300]})"
+        ) from None

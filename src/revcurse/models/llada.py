@@ -24,16 +24,18 @@ safetensors works with no remote code. Hook points (``hook_q``, ``hook_k`` after
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn import functional as F
 
+from revcurse import files
+from revcurse.errors import RevcurseError
 from revcurse.models.positional import apply_rope, rope_inv_freq
 from revcurse.models.transformer import HookPoint
 
@@ -64,7 +66,12 @@ class LLaDAConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> LLaDAConfig:
         """Read the known fields of a published ``config.json`` (other keys are ignored)."""
-        data = json.loads(Path(path).read_text())
+        try:
+            data = files.loads(Path(path).read_text())
+        except (OSError, ValueError, RecursionError) as err:
+            raise RevcurseError(f"{path}: not a readable LLaDA config ({err})") from None
+        if not isinstance(data, dict):
+            raise RevcurseError(f"{path}: expected a JSON object, got {type(data).__name__}")
         # Variants this module does not implement must not load silently into the wrong maths.
         unsupported = {
             "block_type": data.get("block_type", "llama") != "llama",
@@ -75,9 +82,16 @@ class LLaDAConfig:
         }
         bad = [k for k, v in unsupported.items() if v]
         if bad:
-            raise ValueError(f"{path}: field {bad[0]!r} = {data.get(bad[0])!r} is not supported")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+            raise RevcurseError(f"{path}: field {bad[0]!r} = {data.get(bad[0])!r} is not supported")
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known and v is not None}
+        for key, value in values.items():  # the published fields are numbers
+            want = known[key].type
+            if (
+                want in (int, "int") and (not isinstance(value, int) or isinstance(value, bool))
+            ) or (want in (float, "float") and not isinstance(value, int | float)):
+                raise RevcurseError(f"{path}: field {key!r}: expected a number, got {value!r}")
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,13 +247,26 @@ def load_llada(
     cfg = LLaDAConfig.from_json(path / "config.json")
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
-        raise FileNotFoundError(f"{path}: no *.safetensors weights")
+        raise RevcurseError(f"{path}: no *.safetensors weights")
     with torch.device("meta"):
         model = LLaDAModelLM(cfg)
     state: dict[str, torch.Tensor] = {}
     for shard in shards:
-        state.update(load_file(shard, device=str(device)))
+        try:
+            state.update(load_file(shard, device=str(device)))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise RevcurseError(f"{shard}: not a valid safetensors file ({err})") from None
     state = {k: v.to(dtype) for k, v in state.items()}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    for problem, names in (("lacks", missing), ("holds unknown", unexpected),
+                           ("holds wrongly shaped", wrong)):  # fmt: skip
+        if names:
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            raise RevcurseError(f"{path}: the checkpoint {problem} tensor(s) for this config.json "
+                                f"({len(names)}: {shown})")  # fmt: skip
     model.load_state_dict(state, strict=True, assign=True)
     # The meta-device build left the derived RoPE frequencies unset; recompute them for real.
     model.inv_freq = rope_inv_freq(cfg.d_model // cfg.n_heads, cfg.rope_theta).to(device)
