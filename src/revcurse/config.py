@@ -39,7 +39,7 @@ T = TypeVar("T")
 Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
-Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only"]
+Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar"]
 Maskable = Literal["all", "entities", "no_fillers", "answer"]
 TextTask = Literal["person-description", "parent-child", "facts"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -216,7 +216,9 @@ class TrainConfig:
 
     objective: Objective = "auto"
     """masked_diffusion (MDM), next_token (ARM), mlm (fixed ratio), answer_only (mask only the
-    answer entity), or auto: masked_diffusion or next_token from model.causal. Text runs: auto."""
+    answer entity), masked_ar (a causal model reading inputs masked at t ~ U(0.05, 0.95),
+    predicting the original next tokens), or auto: masked_diffusion or next_token from
+    model.causal. Text runs: auto."""
     mlm_ratio: float = 0.15
     """Masking ratio of the mlm objective."""
     maskable: Maskable = "all"
@@ -393,9 +395,9 @@ class RunConfig:
                 f"{where}: field 'train.objective': {objective} needs a bidirectional model "
                 "(model.causal=false)"
             )
-        if objective == "next_token" and not self.model.causal:
+        if objective in ("next_token", "masked_ar") and not self.model.causal:
             raise ConfigError(
-                f"{where}: field 'train.objective': next_token needs a causal model "
+                f"{where}: field 'train.objective': {objective} needs a causal model "
                 "(model.causal=true)"
             )
         if self.probe.enabled and self.data.entity_tokens > 1:

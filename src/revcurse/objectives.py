@@ -22,6 +22,10 @@ Two ablations of the any-order objective (the ``objective`` experiment) call the
   each statement is masked, nothing else (:func:`answer_loss`, the deterministic t = 1 term, which
   the probes also use as their query loss).
 
+``masked_ar`` (Pan et al. 2025) is the masked objective on causal attention: a causal model reads
+inputs masked at ``t ~ U(0.05, 0.95)`` and predicts the original next tokens
+(:func:`masked_ar_loss`); it is asked queries as an ARM is, left to right.
+
 :func:`training_loss` picks one of them for a run; every run kind (toy, from-scratch text, LoRA
 fine-tuning) calls it on a :class:`~revcurse.data.text.TextBatch` whose ``answer_mask`` holds the
 tokens the objective learns (masked_diffusion, mlm: the maskable ones; next_token: the predicted
@@ -175,6 +179,32 @@ def next_token_loss(
     return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted[:, 1:]])
 
 
+MASKED_AR_RATIO = (0.05, 0.95)
+"""The masked-AR input masking ratio's range (Pan et al. 2025, arXiv 2510.09885)."""
+
+
+def masked_ar_loss(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L] clean sequences, right-padded
+    predicted: torch.Tensor,  # [B, L] bool: the tokens that are predicted (position 0 never is)
+    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
+    mask_id: int,
+    generator: torch.Generator,
+    ratio: tuple[float, float] = MASKED_AR_RATIO,
+) -> torch.Tensor:
+    """Masked-AR (Pan et al. 2025, arXiv 2510.09885): a causal model reads its input with each
+    real token replaced by ``[MASK]`` with probability ``t ~ U(ratio)`` (one ``t`` per sequence,
+    drawn first from ``generator``, then the masks), and is trained to predict the *original*
+    next token at every position: the next-token loss of :func:`next_token_loss` on a noised
+    prefix. The targets are never masked; only what the model reads is."""
+    low, high = ratio
+    t = low + (high - low) * torch.rand(ids.shape[0], generator=generator)  # [B]
+    noisy, _ = mask_tokens(ids, t, mask_id, generator, attention_mask)
+    where = F.pad(predicted[:, 1:], (0, 1))  # [B, L]: position i predicts token i + 1
+    logits = logits_at(model, noisy, _key_mask(attention_mask), where)  # [N, V]
+    return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted[:, 1:]])
+
+
 def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
     """The padding mask to pass to the model, or None when nothing is padded (saves a masked_fill)."""
     return None if bool(real.all()) else real
@@ -198,7 +228,7 @@ def answer_loss(
     return F.cross_entropy(_at_least_float32(logits), ids[answer_mask])
 
 
-OBJECTIVES = ("masked_diffusion", "next_token", "mlm", "answer_only")
+OBJECTIVES = ("masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar")
 
 
 def training_loss(
@@ -224,6 +254,9 @@ def training_loss(
                                      mask_id, generator, ratio=mlm_ratio)  # fmt: skip
     if objective == "next_token":
         return next_token_loss(model, batch.ids, batch.answer_mask, batch.attention_mask)
+    if objective == "masked_ar":
+        return masked_ar_loss(model, batch.ids, batch.answer_mask, batch.attention_mask, mask_id,
+                              generator)  # fmt: skip
     if objective == "answer_only":
         return answer_loss(
             model, batch.ids, batch.answer_mask, batch.attention_mask, False, mask_id
