@@ -386,3 +386,50 @@ def test_masked_ar_trains_a_causal_toy_model_and_is_refused_on_a_bidirectional_o
         apply_overrides(tiny_run_config(causal=False), ["train.objective=masked_ar"]).validate(
             "run"
         )
+
+
+def test_entity_masking_masks_each_entity_whole_at_rate_t():
+    """Whole-entity masking on the toy's two-token entities: over many draws every entity is
+    masked all or nothing, each token (entity or not) is masked with probability t, and the
+    relation token is drawn on its own. With token masking the two tokens of an entity part
+    often."""
+    from revcurse.config import ToyDataConfig
+    from revcurse.data.tokenize import Vocab, training_batch
+    from revcurse.data.toy import build_toy
+
+    dataset = build_toy(ToyDataConfig(n_pairs=6, entity_tokens=2, bos=True, eos=True))
+    vocab = Vocab.from_dataset(dataset)
+    batch = training_batch(dataset, vocab, "masked_diffusion", "all", "entity")
+    # [BOS] a a REL B B [EOS]: the entities' second tokens point at their first
+    assert batch.unit_start[0].tolist() == [0, 1, 1, 3, 4, 4, 6]
+    token = training_batch(dataset, vocab, "masked_diffusion", "all")
+    assert token.unit_start is None
+    reps = 3000
+    ids = batch.ids.repeat(reps, 1)  # [6 * reps, 7]
+    t = torch.full((len(ids),), 0.3)
+    gen = torch.Generator().manual_seed(0)
+    _, masked = mask_tokens(ids, t, vocab.mask_id, gen, None, batch.unit_start.repeat(reps, 1))
+    for a, b in ((1, 2), (4, 5)):
+        assert torch.equal(masked[:, a], masked[:, b])  # each entity whole
+    rate = masked.double().mean(0)  # [L]
+    assert torch.allclose(rate, torch.full_like(rate, 0.3), atol=0.02)
+    assert not torch.equal(masked[:, 2], masked[:, 3])  # the relation: its own draw
+    _, apart = mask_tokens(ids, t, vocab.mask_id, torch.Generator().manual_seed(0))
+    assert (apart[:, 1] != apart[:, 2]).double().mean() > 0.3  # token masking splits entities
+
+
+def test_entity_masking_is_refused_where_nothing_is_masked_or_on_text_runs():
+    from conftest import tiny_run_config
+
+    from revcurse.config import TextRunConfig, apply_overrides
+    from revcurse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.mask_unit': entity masking needs a masked"):
+        apply_overrides(tiny_run_config(causal=True), ["train.mask_unit=entity"]).validate("run")
+    with pytest.raises(ConfigError, match="train.mask_unit"):
+        apply_overrides(TextRunConfig(), ["train.mask_unit=entity"])
+    cfg = apply_overrides(tiny_run_config(), ["train.mask_unit=entity", "data.entity_tokens=2",
+                                              "probe.enabled=false"])  # fmt: skip
+    from revcurse.experiments.toy_run import train
+
+    assert train(cfg, None, progress=False)["forward_accuracy"] is not None

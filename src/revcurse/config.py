@@ -227,6 +227,10 @@ class TrainConfig:
     entities (the two entity slots only) or no_fillers (every token but the fillers). Text runs:
     all (the whole statement, LLaDA's pre-training loss) or answer (only the statement's
     completion, e.g. the description after "{name}, known for being": LLaDA's SFT loss)."""
+    mask_unit: Literal["token", "entity"] = "token"
+    """What the masked_diffusion and mlm objectives mask at once: each token on its own, or (toy
+    runs) every entity whole, one draw per entity at rate t and one per other token, as DiffER's
+    whole-entity masking (arXiv 2601.07347) does."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
@@ -310,6 +314,8 @@ class TrainConfig:
             self.checkpoint_every,
         )
         _check(self.threads >= 1, where, "threads", "an integer >= 1", self.threads)
+        _check(self.mask_unit in ("token", "entity"), where, "mask_unit",
+               "one of 'token', 'entity'", self.mask_unit)  # fmt: skip
 
     def check_text(self, where: str) -> None:
         """Refuse, in the config that holds this as ``train``, the settings only toy runs have (a
@@ -319,6 +325,9 @@ class TrainConfig:
                self.objective)  # fmt: skip
         _check(self.maskable in ("all", "answer"), where, "train.maskable",
                "all or answer for a text run", self.maskable)  # fmt: skip
+        _check(self.mask_unit == "token", where, "train.mask_unit",
+               "token for a text run (entity masking is a toy-run setting so far)",
+               self.mask_unit)  # fmt: skip
         _check(self.eval_every == 0, where, "train.eval_every",
                "0 (text runs evaluate before and after training)", self.eval_every)  # fmt: skip
 
@@ -394,6 +403,11 @@ class RunConfig:
             raise ConfigError(
                 f"{where}: field 'train.objective': {objective} needs a bidirectional model "
                 "(model.causal=false)"
+            )
+        if self.train.mask_unit == "entity" and objective not in ("masked_diffusion", "mlm"):
+            raise ConfigError(
+                f"{where}: field 'train.mask_unit': entity masking needs a masked objective "
+                f"(masked_diffusion or mlm), not {objective}"
             )
         if objective in ("next_token", "masked_ar") and not self.model.causal:
             raise ConfigError(

@@ -78,13 +78,19 @@ def mask_tokens(
     mask_id: int,
     generator: torch.Generator,
     maskable: torch.Tensor | None = None,  # [B, L] bool; default: every position
+    unit_start: torch.Tensor | None = None,  # [B, L] each position's unit's first position
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward (noising) process: each maskable token becomes ``mask_id`` with probability t.
+    """The forward (noising) process: each maskable token becomes ``mask_id`` with probability t;
+    with ``unit_start``, the tokens of a unit (an entity) share one draw, so they are masked
+    together, each still with probability t.
 
     The uniforms are drawn on the (CPU) generator and then moved, so a run draws the same masks on
     any device. Returns ``(noisy [B, L], masked [B, L] bool)``.
     """
-    draw = torch.rand(tokens.shape, generator=generator) < t.cpu()[:, None]  # [B, L]
+    uniform = torch.rand(tokens.shape, generator=generator)  # [B, L]
+    if unit_start is not None:  # every token reads its unit's first draw
+        uniform = uniform.gather(1, unit_start.cpu())
+    draw = uniform < t.cpu()[:, None]  # [B, L]
     masked = draw.to(tokens.device)
     if maskable is not None:
         masked &= maskable
@@ -140,6 +146,7 @@ def masked_diffusion_loss(
     ratio: float | None = None,
     weighting: str = "inverse_t",
     cart_p: float = 0.3,
+    unit_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One Monte-Carlo draw of the masked-diffusion loss (LLaDA Eq. 3; Eq. 5 for SFT):
 
@@ -150,10 +157,12 @@ def masked_diffusion_loss(
     and ``n_b`` the number of maskable tokens of sequence b. With every real token maskable it is
     the pre-training loss; with only the answer tokens, the prompt is never masked (the SFT loss).
     ``weighting="cart"`` replaces ``1/t_b`` by Dream's per-token weights (:func:`cart_weights`).
+    ``unit_start`` masks units (entities) whole (:func:`mask_tokens`); each token is still masked
+    with probability t, so the 1/t weight keeps its meaning.
     """
     B = ids.shape[0]
     t = sample_mask_ratio(B, eps, generator) if ratio is None else torch.full((B,), ratio)
-    noisy, masked = mask_tokens(ids, t, mask_id, generator, maskable)
+    noisy, masked = mask_tokens(ids, t, mask_id, generator, maskable, unit_start)
     logits = logits_at(model, noisy, _key_mask(attention_mask), masked)  # [N, V]
     weights = None
     if weighting == "cart":
@@ -248,10 +257,11 @@ def training_loss(
     if objective == "masked_diffusion":
         return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
                                      mask_id, generator, eps=eps, weighting=weighting,
-                                     cart_p=cart_p)  # fmt: skip
+                                     cart_p=cart_p, unit_start=batch.unit_start)  # fmt: skip
     if objective == "mlm":
         return masked_diffusion_loss(model, batch.ids, batch.answer_mask, batch.attention_mask,
-                                     mask_id, generator, ratio=mlm_ratio)  # fmt: skip
+                                     mask_id, generator, ratio=mlm_ratio,
+                                     unit_start=batch.unit_start)  # fmt: skip
     if objective == "next_token":
         return next_token_loss(model, batch.ids, batch.answer_mask, batch.attention_mask)
     if objective == "masked_ar":

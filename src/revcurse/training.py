@@ -157,10 +157,13 @@ def select(data: TextBatch, rows: torch.Tensor | None, device: torch.device) -> 
     """Rows ``rows`` of ``data`` (all for None), cut to their longest real length and moved to
     ``device``."""
     parts = (data.ids, data.prompt_mask, data.answer_mask, data.attention_mask)
+    units = data.unit_start
     if rows is not None:
         parts = tuple(x[rows] for x in parts)
+        units = None if units is None else units[rows]
     length = int(parts[3].sum(dim=1).max())  # attention_mask: the real tokens
-    return TextBatch(*(x[:, :length].to(device) for x in parts))
+    return TextBatch(*(x[:, :length].to(device) for x in parts),
+                     None if units is None else units[:, :length])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class TextBatch:
     prompt_mask: torch.Tensor  # [B, L] True on prompt tokens
     answer_mask: torch.Tensor  # [B, L] True on answer tokens (EOS included when added)
     attention_mask: torch.Tensor  # [B, L] True on real tokens
+    unit_start: torch.Tensor | None = None
+    """``[B, L]`` the first position of the unit each token is masked with (whole-entity masking:
+    every token of an entity points at the entity's first token); None: each token alone."""
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -107,8 +110,19 @@ def maskable_mask(dataset: ReversalDataset, choice: str, shape: tuple[int, int])
     return mask
 
 
+def entity_units(roles: Sequence[Sequence[str]], shape: tuple[int, ...]) -> torch.Tensor:
+    """``[N, L]`` each position's unit start for whole-entity masking: the first position of the
+    run of ``entity`` roles it belongs to, else itself (padding included)."""
+    start = torch.arange(shape[1]).repeat(shape[0], 1)  # [N, L]
+    for n, row in enumerate(roles):
+        for i in range(1, len(row)):
+            if row[i] == "entity" and row[i - 1] == "entity":
+                start[n, i] = start[n, i - 1]
+    return start
+
+
 def training_batch(
-    dataset: ReversalDataset, vocab: Vocab, objective: str, maskable: str
+    dataset: ReversalDataset, vocab: Vocab, objective: str, maskable: str, mask_unit: str = "token"
 ) -> TextBatch:
     """The toy training statements as the loop's :class:`TextBatch`, whose ``answer_mask`` holds the
     tokens ``objective`` learns: the ``maskable`` ones (masked_diffusion, mlm), every real token
@@ -122,4 +136,5 @@ def training_batch(
         learned = real
     else:
         learned = maskable_mask(dataset, maskable, shape) & real
-    return TextBatch(ids, torch.zeros_like(real), learned, real)
+    units = entity_units(dataset.roles, shape) if mask_unit == "entity" else None
+    return TextBatch(ids, torch.zeros_like(real), learned, real, units)

@@ -112,7 +112,7 @@ def train(
         write_provenance(out, dump_yaml(cfg), command)
 
     dataset, vocab = build_dataset(cfg)
-    data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable)
+    data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable, tc.mask_unit)
     model = build_model(cfg, len(vocab))
     seed_everything(tc.seed)
     accelerator = training.make_accelerator("cpu", log_with, out)
@@ -188,7 +188,9 @@ def probe_runner(
     batch, built here when not given) with the probes' fixed mask draw (``probe.seed``), so the
     probed training-loss gradient is a function of the weights alone."""
     data = (
-        training_batch(dataset, vocab, cfg.objective, cfg.train.maskable) if data is None else data
+        training_batch(dataset, vocab, cfg.objective, cfg.train.maskable, cfg.train.mask_unit)
+        if data is None
+        else data
     )
     loss = loss_of(cfg, vocab)
 
