@@ -359,6 +359,17 @@ CASES = [
                        '{"id": "x", "a": "A", "a": "B", "b": "C", "forward": ["{a} {b}"], '
                        '"reverse": ["{b} {a}"]}\n'))],
          "f.jsonl:1: invalid JSON (key 'a' is repeated)"),
+    Case("facts-group-path", "a facts group that is a path (its test files were written outside "
+         "the output)",
+         lambda t, r: ["data", "harness", "facts", "--out", str(t / "h"), "--path",
+                       str(_write(t / "g.jsonl", '{"id": "x", "a": "A", "b": "B", "forward": '
+                                  '["{a} {b}"], "reverse": ["{b} {a}"], '
+                                  '"group": "../victim/PWNED"}\n'))],
+         "g.jsonl:1: field 'group': expected a plain name"),
+    Case("convert-overwrite", "data convert onto an existing file (overwritten before)",
+         lambda t, r: ["data", "convert", "parent-child", "--out",
+                       str(_write(t / "notes.jsonl", "my notes\n"))],
+         "already exists"),
     Case("probe-overrides", "probe command given a non-probe override",
          lambda t, r: ["probe", str(r), "--set", "train.lr=1"], "only takes probe.*"),
     # checkpoints
