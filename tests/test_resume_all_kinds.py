@@ -189,7 +189,9 @@ def test_two_process_finetune_resumes_bit_identically(tmp_path):
              "revcurse", "finetune", "--out", str(out), "--no-progress", *extra, *args],
             capture_output=True, text=True, timeout=HANG_GUARD_S,
         )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
+        # a rank's one-line refusal first: rank 0's traceback would push it out of the tail
+        refusals = [line for line in done.stderr.splitlines() if "error: " in line]
+        assert done.returncode == 0, "\n".join([*refusals, done.stderr[-3000:]])
 
     def stopped_after_step_4(out):  # the state of the run had it stopped after that checkpoint
         shutil.copytree(full, out)
