@@ -541,7 +541,7 @@ class SweepConfig:
 
     def validate(self, where: str) -> None:
         _check(
-            re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, where, "name",
+            is_plain_name(self.name), where, "name",
             "a plain name (letters, digits, '.', '_', '-'; it names a folder under runs/)",
             self.name,
         )  # fmt: skip
@@ -1023,6 +1023,16 @@ def toy_sequence_length(data: ToyDataConfig) -> int:
 # --------------------------------------------------------------------------------------------------
 # Generic machinery: dict <-> dataclass, YAML, overrides
 # --------------------------------------------------------------------------------------------------
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+"""A name that may become part of a file name (a sweep's folder, a facts group's split files):
+letters, digits and ``_ . -``, not starting with a dot or a separator, at most 100 characters."""
+
+
+def is_plain_name(value: str) -> bool:
+    """Whether ``value`` is a :data:`PLAIN_NAME` (and holds no ``..``): no path can hide in it."""
+    return PLAIN_NAME.fullmatch(value) is not None and ".." not in value
 
 
 def _check(ok: bool, where: str, name: str, expected: str, got: Any) -> None:

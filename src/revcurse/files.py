@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from revcurse.config import is_plain_name
 from revcurse.errors import RevcurseError
 
 
@@ -103,19 +104,13 @@ def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
-"""A name that may become part of a file name: letters, digits and ``_ . + -``, not starting
-with a dot or a separator, at most 100 characters (so no path separator, no ``..``, no
-absolute path)."""
-
-
 def plain_name(value: str, where: str) -> str:
-    """``value`` if it is a :data:`PLAIN_NAME`, else a one-line error naming ``where`` (the
-    file:line and field, or the config field). Names that become file names (split, group,
-    sweep and experiment names) are checked where they enter, never trusted at the write."""
-    if not PLAIN_NAME.fullmatch(value) or ".." in value:
+    """``value`` if it is a plain name (:data:`revcurse.config.PLAIN_NAME`, the sweep name's rule
+    too), else a one-line error naming ``where`` (the file:line and field). Names that become
+    file names are checked where they enter, never trusted at the write."""
+    if not is_plain_name(value):
         raise RevcurseError(
-            f"{where}: expected a plain name (letters, digits, '_', '.', '+', '-'; no path), "
+            f"{where}: expected a plain name (letters, digits, '_', '.', '-'; no path), "
             f"got {value!r}"
         )
     return value
