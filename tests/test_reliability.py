@@ -58,6 +58,11 @@ class Case:
     what: str
     setup: Callable[[Path, Path], list[str]]  # (tmp, trained run) -> CLI args
     expect: str  # a fragment of the one-line error
+    # What the rest of the machine is like while the command runs: environment variables, a
+    # failing library or disk (monkeypatch, tmp) ...
+    patch: Callable[[pytest.MonkeyPatch, Path], None] | None = None
+    # ... and a folder whose run lock another process holds (tmp -> folder).
+    locked: Callable[[Path], Path] | None = None
 
 
 def _write(path: Path, text: str) -> Path:
@@ -164,6 +169,139 @@ def _resumable(tmp: Path, run: Path, how: str = "") -> Path:
         (copy / "config.yaml").unlink()
     save_file(tensors, str(copy / "checkpoints" / "last.safetensors"), metadata=meta)
     return copy
+
+
+# Hugging Face checkpoints, adapters, trackers and locks (the surfaces of the second review)
+
+
+def _hf(tmp: Path, how: str = "") -> Path:
+    """A tiny random Llama chat checkpoint, then spoiled as ``how`` says."""
+    from safetensors.torch import load_file, save_file
+    from test_finetune import save_chat_checkpoint
+
+    ckpt = tmp / "ckpt"
+    save_chat_checkpoint(ckpt)
+    weights = ckpt / "model.safetensors"
+    state = load_file(weights)
+    if how == "pickle-only":  # the same weights, as transformers' pickle file alone
+        torch.save(state, ckpt / "pytorch_model.bin")
+        weights.unlink()
+    elif how == "missing-tensor":
+        del state["model.layers.1.mlp.down_proj.weight"]
+        save_file(state, weights, metadata={"format": "pt"})
+    elif how == "nan":
+        save_file({k: torch.full_like(v, float("nan")) for k, v in state.items()}, weights,
+                  metadata={"format": "pt"})  # fmt: skip
+    return ckpt
+
+
+def _hf_config(tmp: Path, text: str) -> Path:
+    return _write(tmp / "cfg" / "config.json", text).parent
+
+
+def _adapter(tmp: Path, how: str) -> Path:
+    """A LoRA adapter made for a Llama of another width; ``linked``: its files as symlinks."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2,
+                                         intermediate_size=32, tie_word_embeddings=False))  # fmt: skip
+    foreign = tmp / "foreign-adapter"
+    get_peft_model(small, LoraConfig(r=2, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        foreign
+    )
+    if how != "linked":
+        return foreign
+    linked = tmp / "linked-adapter"
+    linked.mkdir()
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (linked / name).symlink_to(foreign / name)
+    return linked
+
+
+def _llada(tmp: Path, how: str) -> Path:
+    """A tiny LLaDA checkpoint in the published layout, spoiled as ``how`` says."""
+    from safetensors.torch import save_file
+    from test_hf import tiny_llada_config
+
+    from revcurse.models.llada import LLaDAModelLM
+
+    cfg = tiny_llada_config()
+    folder = tmp / "llada"
+    state = {k: v.contiguous() for k, v in LLaDAModelLM(cfg).state_dict().items()}
+    config = cfg.to_dict() | {"model_type": "llada", "alibi": how == "alibi"}
+    if how == "missing-tensor":
+        del state["model.transformer.blocks.0.attn_norm.weight"]
+    elif how == "text-number":
+        config["d_model"] = "wide"
+    _write(folder / "config.json", json.dumps(config))
+    save_file(state, folder / "model.safetensors")
+    if how == "truncated":
+        shard = folder / "model.safetensors"
+        shard.write_bytes(shard.read_bytes()[:100])
+    return folder
+
+
+def _no_tracker_setup(mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        mp.delenv(var, raising=False)
+    mp.setenv("NETRC", str(tmp / "no-netrc"))  # no stored W&B login either
+
+
+def _broken_tensorboard(mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorboard":
+            raise RuntimeError("protobuf version mismatch\nmore lines")
+        return real(name, *args, **kwargs)
+
+    mp.setattr(importlib, "import_module", broken)
+
+
+def _disk_full(mp: pytest.MonkeyPatch, tmp: Path) -> None:
+    import errno
+
+    def failing(path, write):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    mp.setattr(files, "_atomic", failing)
+
+
+def _symlinked_lock(tmp: Path, run: Path) -> Path:
+    copy = _resumable(tmp, run)
+    _write(tmp / "thesis.txt", "years of work\n")
+    (copy / ".lock").unlink(missing_ok=True)  # the lock file the run left
+    (copy / ".lock").symlink_to(tmp / "thesis.txt")
+    return copy
+
+
+def _facts_changed_after_finetune(tmp: Path) -> list[str]:
+    """A two-step fine-tune of the tiny random model on a facts file, then one entity of the
+    file renamed; the arguments that resume it."""
+    from test_finetune import TINY as FT
+
+    facts = tmp / "facts.jsonl"
+    assert CliRunner().invoke(app, ["data", "convert", "parent-child", "--out", str(facts)])\
+        .exit_code == 0  # fmt: skip
+    sets = [x for v in [*FT, "train.steps=2", "probe.every=0", "data.dataset=facts",
+                        f"data.path={facts}"] for x in ("--set", v)]  # fmt: skip
+    args = ["finetune", "--out", str(tmp / "ft"), "--no-progress", *sets]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    facts.write_text(facts.read_text().replace('"a": "', '"a": "Other ', 1))
+    return [*args, "--resume"]
+
+
+def _sweep_folder(tmp: Path) -> Path:
+    """A finished one-run sweep under the default name."""
+    grid = 'grid: {"model.positional": [rope]}\nseeds: [0]\n'
+    args = ["sweep", "--out", str(tmp / "s"), "--no-progress", "--config",
+            str(_write(tmp / "a.yaml", grid)), *TINY]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    return tmp / "s"
 
 
 def _foreign_folder(tmp: Path) -> Path:
@@ -391,6 +529,104 @@ CASES = [
     Case("ckpt-bad-meta", "a checkpoint whose config metadata is not JSON",
          lambda t, r: ["evaluate", str(_tamper_checkpoint(t, r, "bad-meta"))],
          "corrupt checkpoint metadata"),
+    # Hugging Face checkpoints and adapters (`evaluate`; `finetune` loads through the same code)
+    Case("hf-pickle-only", "a checkpoint folder holding only pytorch_model.bin (unpickled before)",
+         lambda t, r: ["evaluate", str(_hf(t, "pickle-only")), "--out", str(t / "ev")],
+         "no *.safetensors weights (it holds pytorch_model.bin)"),
+    Case("hf-missing-tensor", "a checkpoint lacking a tensor (random weights and a warning before)",
+         lambda t, r: ["evaluate", str(_hf(t, "missing-tensor")), "--out", str(t / "ev")],
+         "lacks 1 tensor(s) the model needs (model.layers.1.mlp.down_proj.weight)"),
+    Case("hf-nan-weights", "a checkpoint whose weights are all NaN (every query scored as answered before)",
+         lambda t, r: ["evaluate", str(_hf(t, "nan")), "--out", str(t / "ev")],
+         "non-finite weights (NaN or inf) in model.embed_tokens.weight"),
+    Case("hf-config-list", "a config.json that is a list (a traceback before)",
+         lambda t, r: ["evaluate", str(_hf_config(t, "[1, 2]")), "--out", str(t / "ev")],
+         "expected a JSON object with 'model_type'"),
+    Case("hf-config-string", "a config.json that is a string",
+         lambda t, r: ["evaluate", str(_hf_config(t, '"llama"')), "--out", str(t / "ev")],
+         "expected a JSON object with 'model_type'"),
+    Case("hf-config-no-type", "a config.json without model_type",
+         lambda t, r: ["evaluate", str(_hf_config(t, '{"hidden": 8}')), "--out", str(t / "ev")],
+         "expected a JSON object with 'model_type'"),
+    Case("hf-config-deep", "a config.json nested 100,000 levels deep",
+         lambda t, r: ["evaluate", str(_hf_config(t, "[" * 100_000 + "]" * 100_000)),
+                       "--out", str(t / "ev")],
+         "not a readable JSON object (RecursionError)"),
+    Case("hf-config-repeated", "a config.json naming model_type twice",
+         lambda t, r: ["evaluate", str(_hf_config(t, '{"model_type": "llama", "model_type": '
+                                                      '"gpt2"}')), "--out", str(t / "ev")],
+         "not a readable JSON object (key 'model_type' is repeated)"),
+    Case("hf-model-type", "a checkpoint of an architecture revcurse does not load",
+         lambda t, r: ["evaluate", str(_hf_config(t, '{"model_type": "gpt2"}')),
+                       "--out", str(t / "ev")],
+         "model_type 'gpt2' is none of"),
+    Case("adapter-foreign", "an adapter made for a model of another width (a traceback before)",
+         lambda t, r: ["evaluate", str(_hf(t)), "--adapter", str(_adapter(t, "foreign")),
+                       "--out", str(t / "ev")],
+         "this adapter does not fit the model"),
+    Case("adapter-linked", "adapter files that are links out of their folder (followed before)",
+         lambda t, r: ["evaluate", str(_hf(t)), "--adapter", str(_adapter(t, "linked")),
+                       "--out", str(t / "ev")],
+         "outside the adapter folder"),
+    Case("adapter-missing", "an adapter folder without adapter weights",
+         lambda t, r: ["evaluate", str(_hf(t)), "--adapter", str(_write(t / "a" / "x", "").parent),
+                       "--out", str(t / "ev")],
+         "no adapter_model.safetensors"),
+    Case("llada-alibi", "an LLaDA config.json with a field value revcurse does not implement",
+         lambda t, r: ["evaluate", str(_llada(t, "alibi")), "--out", str(t / "ev")],
+         "field 'alibi' = True is not supported"),
+    Case("llada-text-number", "an LLaDA config.json holding text for a number (a traceback before)",
+         lambda t, r: ["evaluate", str(_llada(t, "text-number")), "--out", str(t / "ev")],
+         "field 'd_model': expected a number"),
+    Case("llada-missing-tensor", "an LLaDA checkpoint lacking a tensor (a traceback before)",
+         lambda t, r: ["evaluate", str(_llada(t, "missing-tensor")), "--out", str(t / "ev")],
+         "lacks tensor(s) for this config.json (1: model.transformer.blocks.0.attn_norm.weight)"),
+    Case("llada-truncated", "a truncated LLaDA shard (a SafetensorError traceback before)",
+         lambda t, r: ["evaluate", str(_llada(t, "truncated")), "--out", str(t / "ev")],
+         "model.safetensors: not a valid safetensors file"),
+    # trackers: checked before the run folder exists (a half-written folder blocked the retry)
+    Case("tracker-wandb", "W&B with neither offline mode, a key nor a login (a traceback before)",
+         lambda t, r: ["train", "--out", str(t / "o"), "--log-with", "wandb", *TINY],
+         "set WANDB_MODE=offline", patch=_no_tracker_setup),
+    Case("tracker-mlflow", "MLflow on a local folder without MLFLOW_ALLOW_FILE_STORE",
+         lambda t, r: ["train", "--out", str(t / "o"), "--log-with", "mlflow", *TINY],
+         "MLFLOW_ALLOW_FILE_STORE=true", patch=_no_tracker_setup),
+    Case("tracker-broken", "a tracker package that is installed but fails to import",
+         lambda t, r: ["train", "--out", str(t / "o"), "--log-with", "tensorboard", *TINY],
+         "fails to import (RuntimeError: protobuf version mismatch)", patch=_broken_tensorboard),
+    # writing
+    Case("disk-full", "a full disk (a 54-line traceback before)",
+         lambda t, r: ["train", "--out", str(t / "o"), *TINY],
+         "No space left on device", patch=_disk_full),
+    Case("lock-symlink", "a run whose .lock is a symlink to a user's file (truncated before)",
+         lambda t, r: ["train", "--out", str(_symlinked_lock(t, r)), "--resume", *TINY],
+         "cannot be used as this run's lock"),
+    Case("train-busy", "a second train --resume on a run being trained (both ran before)",
+         lambda t, r: ["train", "--out", str(_resumable(t, r)), "--resume", *TINY],
+         "another process is training this run", locked=lambda t: t / "copy"),
+    Case("finetune-busy", "a fine-tune into a run being fine-tuned (both ran before)",
+         lambda t, r: ["finetune", "--out", str(t / "ft"), "--force", "--no-progress"],
+         "another process is training this run", locked=lambda t: t / "ft"),
+    Case("finetune-facts-changed", "finetune --resume after its facts file changed (resumed on the "
+         "new file before)", lambda t, r: _facts_changed_after_finetune(t),
+         "facts.jsonl has changed since this run"),
+    Case("finetune-not-empty", "a fine-tune into a non-empty folder",
+         lambda t, r: ["finetune", "--out", str(_write(t / "mine" / "notes.txt", "x").parent)],
+         "directory is not empty"),
+    Case("sweep-other-grid", "a sweep of another grid into a sweep's folder under the same name "
+         "(the grids mixed before)",
+         lambda t, r: ["sweep", "--out", str(_sweep_folder(t)), "--no-progress", "--config",
+                       str(_write(t / "b.yaml", 'grid: {"model.positional": [alibi]}\nseeds: '
+                                  "[0]\n")), *TINY],
+         "holds a sweep of other settings (field 'grid"),
+    Case("sweep-busy", "a sweep into a folder another sweep is running in (both started before)",
+         lambda t, r: ["sweep", "--out", str(_sweep_folder(t)), "--no-progress", "--config",
+                       str(t / "a.yaml"), *TINY],
+         "another process", locked=lambda t: t / "s"),
+    Case("convert-dir", "data convert onto an existing folder (named an internal temporary before)",
+         lambda t, r: ["data", "convert", "parent-child", "--out", str(_write(t / "d" / "x",
+                                                                              "").parent)],
+         "already exists"),
 ]  # fmt: skip
 
 
@@ -407,11 +643,20 @@ def test_catalogue_has_at_least_30_distinct_cases():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_with_one_line_and_nothing_changes(tmp_path, trained, case):
+def test_bad_input_is_refused_with_one_line_and_nothing_changes(
+    tmp_path, trained, case, monkeypatch
+):
+    import contextlib
+
     args = case.setup(tmp_path, trained)
-    before = _snapshot(tmp_path)
-    trained_before = _snapshot(trained)
-    result = CliRunner().invoke(app, args)
+    if case.patch:
+        case.patch(monkeypatch, tmp_path)
+    with contextlib.ExitStack() as stack:
+        if case.locked:  # held here: flock excludes a second open of the same file
+            stack.enter_context(files.run_lock(case.locked(tmp_path), blocking=False))
+        before = _snapshot(tmp_path)
+        trained_before = _snapshot(trained)
+        result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, (case.id, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), (case.id, result.stderr)

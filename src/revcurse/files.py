@@ -83,9 +83,15 @@ def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
 
     ``blocking`` waits for another holder (the sweep executor's workers); otherwise a held lock is
     a one-line error (two ``revcurse train --resume`` on one run). The lock dies with its process.
+
+    When the work inside fails before writing anything but the lock (a full disk at the first
+    file, say), the lock file, and the folder if this call made it, are removed again: a retry
+    does not meet a folder that is "not empty" with nothing of the run in it.
     """
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
+    made_lock = not lock.exists()
     try:
         # O_NOFOLLOW and no O_TRUNC: a .lock that is a symlink is refused, and whatever it is,
         # locking never truncates or writes it
@@ -100,6 +106,12 @@ def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
             raise Busy(f"{run_dir}: another process is training this run") from None
         try:
             yield
+        except BaseException:
+            if made_lock and [p.name for p in run_dir.iterdir()] == [".lock"]:
+                lock.unlink()
+                if created:
+                    run_dir.rmdir()
+            raise
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

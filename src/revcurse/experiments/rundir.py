@@ -15,12 +15,13 @@ from revcurse.training import holds_run
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse to write into a non-empty directory unless ``force`` (nothing is overwritten)."""
+    """Refuse to write into a non-empty directory unless ``force`` (nothing is overwritten).
+    Creates nothing: the first write (or the run's lock) makes the folder, so a run refused
+    before it wrote anything leaves no empty folder behind."""
     if out.exists() and not out.is_dir():
         raise RevcurseError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise RevcurseError(f"{out}: directory is not empty; choose another --out or pass --force")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def start_experiment(
