@@ -422,3 +422,56 @@ def test_one_folder_holds_one_sweep_and_one_sweep_runs_in_it_at_a_time(tmp_path)
         pytest.raises(Busy, match="another process"),
     ):
         run_sweep(cfg, out, progress=False)
+
+
+def test_runs_of_a_sweep_started_before_a_config_field_was_added_are_not_trained_again(tmp_path):
+    """A field added to RunConfig renames every run (the id hashes the whole config), and a
+    resumed sweep used to train all of them again beside the finished ones (seen on a 100-run
+    sweep resumed after train.mask_unit was added: every cell twice). A run whose config, read
+    with today's defaults, is the job's is taken back: finished, or resumed from its checkpoint;
+    the renamed row it stood beside leaves the index."""
+    import shutil
+
+    out = tmp_path / "s"
+    cfg = tiny_sweep(**{"model.positional": ["rope"]})
+    first = run_sweep(cfg, out, progress=False)
+    store = Store(out / "index.sqlite")
+    rows = store.rows()
+    assert len(rows) == 2  # two seeds
+
+    # Make the folder look written before train.mask_unit existed: the field absent from every
+    # config and each run under the id that config hashed to; one run not finished (no summary,
+    # no checkpoint to resume from) and the renamed row of the other already registered, pending.
+    import sqlite3
+
+    old_ids = {}
+    for row in rows:
+        config = row["config"]
+        del config["train"]["mask_unit"]
+        old = "old" + row["run_id"][3:]
+        old_ids[row["run_id"]] = old
+        shutil.move(out / "runs" / row["run_id"], out / "runs" / old)
+        saved = yaml.safe_load((out / "runs" / old / "config.yaml").read_text())
+        del saved["train"]["mask_unit"]
+        (out / "runs" / old / "config.yaml").write_text(yaml.safe_dump(saved))
+        with sqlite3.connect(store.path) as conn:
+            conn.execute("UPDATE runs SET run_id = ?, config = ? WHERE run_id = ?",
+                         (old, json.dumps(config), row["run_id"]))  # fmt: skip
+    unfinished, finished = rows[0]["run_id"], rows[1]["run_id"]
+    (out / "runs" / old_ids[unfinished] / "summary.json").unlink()
+    store.set_status(old_ids[unfinished], "pending")
+    store.register("t", [(finished, rows[1]["labels"], rows[1]["config"])])
+
+    again = run_sweep(cfg, out, progress=False)
+    # the finished run read back under its old id; the other trained again (nothing to resume
+    # from) under its own; the rows they stood beside gone from the index
+    assert {r["run_id"]: r["status"] for r in store.rows()} == {
+        old_ids[finished]: "done",
+        unfinished: "done",
+    }
+    assert not (out / "runs" / finished).exists()
+    assert json.loads((out / "runs" / unfinished / "summary.json").read_text())
+    # the same results, one run under its old name
+    name = {finished: old_ids[finished], unfinished: unfinished}
+    assert again["rows"] == [r | {"run_id": name[r["run_id"]]} for r in first["rows"]]
+    assert again["aggregates"] == first["aggregates"]

@@ -81,6 +81,12 @@ class Store:
                 ],
             )
 
+    def forget(self, run_ids: list[str]) -> None:
+        """Drop the rows of ``run_ids`` (runs another row of equal config stands for); their
+        folders are left alone."""
+        with self._connect() as conn:
+            conn.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in run_ids])
+
     def set_status(
         self,
         run_id: str,

@@ -62,6 +62,64 @@ def make_jobs(
     return jobs
 
 
+def adopt_earlier_runs(jobs: list[Job], store: Store, experiment: str) -> list[Job]:
+    """Jobs of a sweep whose runs live in folders named by run id (``DIR/<run_id>``), each given
+    back the id and folder of the furthest run of the same config the index already holds.
+
+    A run id hashes the whole resolved config, so a field added to the config since the sweep
+    started (at its default, computing what the run computed before) renames every run, and a
+    resumed sweep would train them all again beside the finished ones. Identity is what
+    :func:`_check_finished` proves, the config read back with today's defaults: a job takes over
+    another row's run when that row's config equals the job's and its run got further (finished,
+    or a checkpoint to resume from, against the job's own; a tie keeps the job's own). The other
+    rows of a job's config leave the index; their folders stay where they are."""
+    from revcurse.config import ConfigError, from_dict
+
+    rows = store.rows(experiment)
+    if not rows:
+        return jobs
+
+    def progress(run_id: str, parent: Path, status: str | None) -> int:
+        folder = parent / run_id
+        if status == "done" and (folder / "summary.json").is_file():
+            return 2
+        return int((folder / "checkpoints" / "last.safetensors").is_file())
+
+    parsed: dict[tuple[type, str], Any] = {}
+
+    def read(cls: type, row: dict[str, Any]) -> Any:  # each row's config parsed once
+        if (cls, row["run_id"]) not in parsed:
+            try:
+                parsed[cls, row["run_id"]] = from_dict(cls, row["config"])
+            except (ConfigError, TypeError):  # a config of another shape: no job's
+                parsed[cls, row["run_id"]] = None
+        return parsed[cls, row["run_id"]]
+
+    ids = {job.run_id for job in jobs}
+    adopted = []
+    for job in jobs:
+        parent = job.run_dir.parent
+        own = next((r for r in rows if r["run_id"] == job.run_id), None)
+        best, best_progress = None, progress(job.run_id, parent, own and own["status"])
+        for row in rows:
+            if row["run_id"] in ids or best_progress == 2:
+                continue
+            if read(type(job.config), row) != job.config:
+                continue
+            found = progress(row["run_id"], parent, row["status"])
+            if found > best_progress:
+                best, best_progress = row, found
+        chosen = job if best is None else Job(best["run_id"], job.labels, job.config,
+                                              parent / best["run_id"])  # fmt: skip
+        ids.add(chosen.run_id)
+        adopted.append(chosen)
+    chosen_ids = {job.run_id for job in adopted}
+    configs = [job.config for job in adopted]
+    store.forget([r["run_id"] for r in rows if r["run_id"] not in chosen_ids
+                  and any(read(type(c), r) == c for c in configs)])  # fmt: skip
+    return adopted
+
+
 def execute_one(
     cfg: RunConfig,
     run_dir: str,

@@ -46,7 +46,13 @@ from revcurse.config import (
 )
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ANSWER_SOURCES
-from revcurse.experiments.executor import deterministic, execute, make_jobs, timings
+from revcurse.experiments.executor import (
+    adopt_earlier_runs,
+    deterministic,
+    execute,
+    make_jobs,
+    timings,
+)
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
@@ -481,9 +487,11 @@ def run_sweep(
         if ours:  # clear what a sweep killed mid-write left; no one writes now
             files.remove_temporaries(out)
         write_provenance(out, dump_yaml(cfg), command)
-        jobs = make_jobs(runs, lambda run_id, _: out / "runs" / run_id)
+        store = Store(out / "index.sqlite")
+        jobs = adopt_earlier_runs(make_jobs(runs, lambda run_id, _: out / "runs" / run_id),
+                                  store, cfg.name)  # fmt: skip
         start = time.perf_counter()
-        outcomes = execute(jobs, Store(out / "index.sqlite"), cfg.name, workers=cfg.workers,
+        outcomes = execute(jobs, store, cfg.name, workers=cfg.workers,
                            backend=cfg.backend, command=command, progress=progress,
                            log_with=log_with)  # fmt: skip
         summary = summarize(cfg.name, jobs, outcomes)
