@@ -152,13 +152,13 @@ def test_paraphrases_train_each_fact_in_its_templates_and_ask_it_in_one_it_never
         assert d.queries["reverse"][i].prompt == f.b + f.relation
         assert f.relation[0] in rels
     every_trained = set().union(*trained.values())
-    for i, q in enumerate(d.unseen_queries["reverse"]):
+    for i, q in enumerate(d.query_groups["unseen"]["reverse"]):
         relation = q.prompt[1]
         assert relation not in trained[i] and relation in every_trained  # read with others only
         assert q.answer == d.facts[i].a
-    assert len(d.unseen_queries["mirror"]) == 20
+    assert len(d.query_groups["unseen"]["mirror"]) == 20
     # Trained in every paraphrase: no unseen queries.
-    assert build_toy(ToyDataConfig(n_pairs=5, n_templates=3)).unseen_queries == {}
+    assert build_toy(ToyDataConfig(n_pairs=5, n_templates=3)).query_groups == {}
 
 
 def test_bridge_settings_are_validated():
@@ -179,3 +179,49 @@ def test_shared_fillers_vary_by_position_not_by_fact():
     assert len(set(next(iter(fillers)))) > 1  # ... of several filler types
     per_fact = build_toy(ToyDataConfig(n_pairs=30, n_filler=6, filler_vocab=8))
     assert len({f.relation[1:] for f in per_fact.facts}) == 30  # drawn per fact: one per fact
+
+
+def test_facts_trained_both_ways_use_the_inverse_relation_and_leave_the_test_to_the_others():
+    """data.both_fraction, by hand on four unshuffled facts: two drawn facts are also trained as
+    ``B INV a``; every reverse query asks with INV; the main queries are the other two facts,
+    the drawn ones a group of their own. Off, the dataset is the one it always was."""
+    d = build_toy(ToyDataConfig(n_pairs=4, both_fraction=0.5, shuffle_pairs=False))
+    both = sorted(q.fact for q in d.query_groups["both"]["forward"])
+    rest = [i for i in range(4) if i not in both]
+    assert len(both) == 2
+    expected = []
+    for i in range(4):
+        expected.append((f"a{i}", "<rel>", f"B{i}"))
+        if i in both:
+            expected.append((f"B{i}", "<inv>", f"a{i}"))
+    assert d.train == expected
+    for group, facts in (("", rest), ("both", both)):
+        asked = d.query_groups[group] if group else d.queries
+        assert [(q.fact, q.prompt, q.answer) for q in asked["reverse"]] == [
+            (i, (f"B{i}", "<inv>"), (f"a{i}",)) for i in facts
+        ]
+        assert [(q.fact, q.prompt, q.answer, q.suffix) for q in asked["mirror"]] == [
+            (i, (), (f"a{i}",), ("<rel>", f"B{i}")) for i in facts
+        ]
+        assert [q.fact for q in asked["forward"]] == facts
+    assert d.answer_spans == [(2, 3)] * 6 and "<inv>" in d.extra_tokens
+    plain = build_toy(ToyDataConfig(n_pairs=4, shuffle_pairs=False))
+    assert plain.query_groups == {} and "<inv>" not in plain.extra_tokens
+    assert len(plain.queries["reverse"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"both_fraction": 1.0}, "leaves 1 to 9 of the"),
+        ({"both_fraction": 0.04}, "leaves 1 to 9 of the"),  # rounds to no fact
+        ({"both_fraction": float("nan")}, "leaves 1 to 9 of the"),
+        ({"both_fraction": 0.5, "reverse_augment": True}, "0 with reverse_augment"),
+        ({"both_fraction": 0.5, "n_templates": 2}, "0 with reverse_augment"),
+    ],
+)
+def test_both_fraction_is_validated(overrides, fragment):
+    from revcurse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"field 'both_fraction': expected .*{fragment}"):
+        ToyDataConfig(n_pairs=10, **overrides).validate("data")

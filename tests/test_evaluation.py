@@ -120,8 +120,8 @@ def test_multi_token_toy_answers_match_a_hand_decoding_loop(causal):
         return ids[len(prompt) : len(prompt) + 2]
 
     with torch.no_grad():
-        for key, asked in (("reverse", dataset.queries), ("reverse_unseen", dataset.unseen_queries),
-                           ("forward_unseen", dataset.unseen_queries)):  # fmt: skip
+        for key, asked in (("reverse", dataset.queries), ("reverse_unseen", dataset.query_groups["unseen"]),
+                           ("forward_unseen", dataset.query_groups["unseen"])):  # fmt: skip
             direction = key.removesuffix("_unseen")
             expected = [" ".join(vocab.decode(decode(vocab.encode(q.prompt),
                                                       vocab.encode(q.suffix))))
@@ -174,3 +174,42 @@ def test_every_answer_source_has_one_column_title():
     from revcurse.report.sweep import SOURCE_LABELS
 
     assert [name for name, _ in SOURCE_LABELS] == list(ANSWER_SOURCES)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_facts_trained_both_ways_are_scored_as_a_group_of_their_own(causal):
+    """With data.both_fraction the reverse test is the facts trained forward only; the facts
+    trained both ways are scored under ``*_both`` (the fit check of their inverse statements).
+    Reference: each query's top-1 token read off the model's logits one query at a time."""
+    from conftest import tiny_run_config
+
+    from revcurse.config import apply_overrides
+    from revcurse.evaluation import ToyEvaluator
+    from revcurse.models.transformer import TransformerLM
+
+    cfg = apply_overrides(tiny_run_config(causal=causal), [
+        "data.n_pairs=10", "data.both_fraction=0.3", "probe.enabled=false"])  # fmt: skip
+    dataset = build_toy(cfg.data)
+    vocab = Vocab.from_dataset(dataset)
+    torch.manual_seed(0)
+    model = TransformerLM(apply_overrides(cfg, ["model.init_std=0.5"]).model, len(vocab)).eval()
+    scores = ToyEvaluator(dataset, vocab)(model)
+    both = {q.fact for q in dataset.query_groups["both"]["reverse"]}
+    assert len(both) == 3
+    assert {q.fact for q in dataset.queries["reverse"]} == set(range(10)) - both
+    with torch.no_grad():
+        for key, asked in (("reverse", dataset.queries), ("forward", dataset.queries),
+                           ("reverse_both", dataset.query_groups["both"]),
+                           ("forward_both", dataset.query_groups["both"])):  # fmt: skip
+            expected = []
+            for q in asked[key.split("_")[0]]:
+                prompt = vocab.encode(q.prompt)
+                ids = prompt if causal else prompt + [vocab.mask_id] + vocab.encode(q.suffix)
+                logits = model(torch.tensor([ids]))[0, len(prompt) - 1 if causal else len(prompt)]
+                expected.append(vocab.decode([int(logits.argmax())])[0])
+                if key.startswith("reverse"):
+                    assert q.prompt[1] == "<inv>"
+            assert scores["predictions"][key] == expected
+            right = [p == q.answer[0] for p, q in zip(expected, asked[key.split("_")[0]],
+                                                        strict=True)]  # fmt: skip
+            assert scores[f"{key}_accuracy"] == sum(right) / len(right)

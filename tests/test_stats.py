@@ -212,3 +212,14 @@ def test_fit_summary_reads_the_rank_and_answer_sources_over_fitted_seeds():
     assert out["reverse_rank"]["mean"] == pytest.approx(0.7)
     assert out["fitted_metrics"]["reverse_wrong_mixture"]["mean"] == pytest.approx(0.4)
     assert "fitted_metrics" not in fit_summary(rows)
+
+
+def test_a_run_fitted_only_if_it_fitted_the_inverse_statements_it_was_trained_on():
+    """With facts trained in both directions, their reverse is training data: a run that has not
+    fitted it has not fitted its data, whatever its forward and mirror accuracies."""
+    from revcurse.stats import fitted
+
+    row = {"forward_accuracy": 1.0, "mirror_accuracy": 1.0}
+    assert fitted(row) and fitted(row | {"reverse_both_accuracy": 0.99})
+    assert not fitted(row | {"reverse_both_accuracy": 0.5})
+    assert fitted({"forward_accuracy": 1.0, "mirror_accuracy": None, "reverse_both_accuracy": 1.0})

@@ -73,6 +73,7 @@ def test_named_experiments_expand_to_valid_configs():
         "distance": 195,
         "bridge": 90,
         "entity-length": 50,  # 7 MDM cells and 3 ARM cells: shared cells run once
+        "weight-decay": 40,  # 4 decays x MDM and ARM
         "scale": 80,
     }
     assert get_named("scale").sweep.train.batch_size == 256
@@ -475,3 +476,25 @@ def test_runs_of_a_sweep_started_before_a_config_field_was_added_are_not_trained
     name = {finished: old_ids[finished], unfinished: unfinished}
     assert again["rows"] == [r | {"run_id": name[r["run_id"]]} for r in first["rows"]]
     assert again["aggregates"] == first["aggregates"]
+
+
+def test_the_weight_decay_experiment_compares_decays_per_family_and_draws_curves(tmp_path):
+    """`reproduce weight-decay --quick`, shrunk: both families' slices compare each decay with
+    none, and the report draws every cell's accuracies over training from the runs' evaluations."""
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    out = tmp_path / "wd"
+    sets = ["data.n_pairs=10", "train.steps=40", "train.eval_every=20", "model.d_model=16",
+            "train.warmup_steps=2", "workers=1"]  # fmt: skip
+    result = CliRunner().invoke(app, ["reproduce", "weight-decay", "--quick", "--out", str(out),
+                                      "--no-progress", *[x for s in sets for x in ("--set", s)]])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["slices"]) == {"arm", "mdm"} and summary["n_runs"] == 8
+    compared = {(c["slice"], c["value"]) for c in summary["contrasts"]}
+    assert compared == {(s, v) for s in ("arm", "mdm") for v in (0.1, 1.0, 3.0)}
+    assert all(r["reverse_both_accuracy"] is not None for r in summary["rows"])
+    assert (out / "figures" / "curves.png").is_file()
+    assert "figures/curves.png" in (out / "report.md").read_text()

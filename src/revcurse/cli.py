@@ -47,7 +47,8 @@ app = typer.Typer(
 )
 
 EXPERIMENTS = (
-    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length", "scale",
+    "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length",
+    "weight-decay", "scale",
     "person-description", "parent-child", "facts",
 )  # fmt: skip
 FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,

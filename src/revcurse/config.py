@@ -92,6 +92,13 @@ class ToyDataConfig:
     entity_pool: int = 0
     """With ``shared`` spelling, the tokens per side's pool (its sequences must number at least
     n_pairs); 0: the smallest pool whose sequences number at least twice the entities."""
+    both_fraction: float = 0.0
+    """Fraction of the facts also trained in the inverse direction, ``B_i INV f.. a_i``, with a
+    relation token of its own (``<inv>``, the inverse relation; Kim et al., arXiv 2509.21993,
+    train the inverse relation on other facts of their knowledge graph). Reverse queries are then
+    asked with ``<inv>``: those of the facts trained forward only are the test (``reverse``;
+    ``forward`` and ``mirror`` are asked of the same facts), those of the facts trained both ways
+    a fit check (``*_both`` metrics). Drawn per dataset; 0: off."""
     n_templates: int = 1
     """Paraphrases of the relation: distinct relation tokens that state the same relation."""
     templates_per_fact: int = 0
@@ -115,10 +122,23 @@ class ToyDataConfig:
                    where, "entity_pool",
                    f"a pool whose {self.entity_tokens}-token sequences number at least "
                    f"n_pairs={self.n_pairs}", self.entity_pool)  # fmt: skip
+        if self.both_fraction:
+            both = self.both_facts
+            _check(math.isfinite(self.both_fraction) and 1 <= both < self.n_pairs, where,
+                   "both_fraction", f"a fraction that leaves 1 to {self.n_pairs - 1} of the "
+                   f"n_pairs={self.n_pairs} facts trained both ways", self.both_fraction)  # fmt: skip
+            _check(not self.reverse_augment and self.n_templates == 1, where, "both_fraction",
+                   "0 with reverse_augment or several n_templates (each trains reversed "
+                   "statements its own way)", self.both_fraction)  # fmt: skip
         _check(self.n_templates >= 1, where, "n_templates", "an integer >= 1", self.n_templates)
         _check(0 <= self.templates_per_fact <= self.n_templates, where, "templates_per_fact",
                f"an integer from 0 to n_templates={self.n_templates}",
                self.templates_per_fact)  # fmt: skip
+
+    @property
+    def both_facts(self) -> int:
+        """How many facts ``both_fraction`` trains in both directions."""
+        return round(self.both_fraction * self.n_pairs) if math.isfinite(self.both_fraction) else 0
 
     @property
     def trained_templates(self) -> int:

@@ -230,14 +230,12 @@ def _per_candidate(
 # --------------------------------------------------------------------------------------------------
 
 
-def toy_queries(
-    dataset: ReversalDataset, vocab: Vocab, direction: str, unseen: bool = False
-) -> Queries:
+def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str, group: str = "") -> Queries:
     """The direction's queries with all of its candidate answers (the right one moved first);
-    ``unseen``: those asked in a paraphrase the fact was not trained in."""
+    ``group``: those of one of the dataset's ``query_groups`` (``unseen``, ``both``)."""
     pool = [vocab.encode(c) for c in dataset.candidates[direction]]
     prompts, candidates, suffixes = [], [], []
-    asked = dataset.unseen_queries if unseen else dataset.queries
+    asked = dataset.query_groups[group] if group else dataset.queries
     for q in asked[direction]:
         right = vocab.encode(q.answer)
         prompts.append(vocab.encode(q.prompt))
@@ -307,8 +305,10 @@ class ToyEvaluator:
         self.dataset, self.vocab, self.n_mc = dataset, vocab, n_mc
         self.queries = {d: toy_queries(dataset, vocab, d) for d in DIRECTIONS
                         if d in dataset.queries}  # fmt: skip
-        self.unseen = {d: toy_queries(dataset, vocab, d, unseen=True)
-                       for d in DIRECTIONS if dataset.unseen_queries.get(d)}  # fmt: skip
+        self.groups = {
+            group: {d: toy_queries(dataset, vocab, d, group) for d in DIRECTIONS if asked.get(d)}
+            for group, asked in dataset.query_groups.items()
+        }  # fmt: skip
 
     def _read(self, model: Any, queries: Queries) -> Read:
         vocab = self.vocab
@@ -326,8 +326,9 @@ class ToyEvaluator:
         """Toy accuracy metrics for every direction the model can be asked (``accuracy``: the
         model's answer is the right one; ``candidate_accuracy``: the answer ranks first among the
         direction's candidates by likelihood; ``answer_logprob``: mean log p of the answer;
-        ``chance``), the same with an ``_unseen`` suffix for queries in a paraphrase the fact was
-        not trained in, plus the per-query predictions (``predictions[key]``) and correctness
+        ``chance``), the same with a group's suffix for the dataset's ``query_groups``
+        (``_unseen``: a paraphrase the fact was not trained in; ``_both``: facts trained in both
+        directions), plus the per-query predictions (``predictions[key]``) and correctness
         (``correct[key]``, the units of the paired tests)."""
         vocab = self.vocab
         was_training = model.training
@@ -336,10 +337,10 @@ class ToyEvaluator:
         predictions: dict[str, list[str]] = {}
         correct: dict[str, list[bool]] = {}
         asked = directions_for(model.causal)
-        sets = [(d, self.queries.get(d)) for d in DIRECTIONS]
-        sets += [(f"{d}_unseen", q) for d, q in self.unseen.items()]
-        for key, queries in sets:
-            direction = key.removesuffix("_unseen")
+        sets = [(d, d, self.queries.get(d), self.queries) for d in DIRECTIONS]
+        sets += [(f"{d}_{group}", d, q, qs) for group, qs in self.groups.items()
+                 for d, q in qs.items()]  # fmt: skip
+        for key, direction, queries, same_facts in sets:
             if direction not in asked or queries is None:
                 for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
                     out[f"{key}_{metric}"] = None
@@ -352,7 +353,7 @@ class ToyEvaluator:
             out[f"{key}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
             out[f"{key}_chance"] = self.dataset.chance(direction)
             if not queries.single_token:  # multi-token entities: where the answers come from
-                other = self.queries[OTHER_SIDE[direction]].candidates  # per fact, in order
+                other = same_facts[OTHER_SIDE[direction]].candidates  # per fact, in order
                 given = [c[0] for c in other]
                 sources = answer_sources(read.answers, queries.candidates, given,
                                          {t for c in other[0] for t in c})  # fmt: skip

@@ -35,6 +35,7 @@ METRICS = (
     "forward_unseen_accuracy",
     "mirror_unseen_accuracy",
     "reverse_unseen_accuracy",
+    "reverse_both_accuracy",
 )
 
 
@@ -174,9 +175,12 @@ def comparison_cells(test: dict[str, Any]) -> list[str]:
 
 
 def fitted(row: dict[str, Any]) -> bool:
-    """Whether one run fitted its training data: forward accuracy, and mirror accuracy where the
-    model has a mirror query (bidirectional models), at least :data:`FIT_THRESHOLD`."""
-    checks = [row.get("forward_accuracy"), row.get("mirror_accuracy")]
+    """Whether one run fitted its training data: forward accuracy, mirror accuracy where the
+    model has a mirror query (bidirectional models), and the reverse accuracy of the facts
+    trained in both directions where there are some (the toy's ``both_fraction``), at least
+    :data:`FIT_THRESHOLD`."""
+    checks = [row.get("forward_accuracy"), row.get("mirror_accuracy"),
+              row.get("reverse_both_accuracy")]  # fmt: skip
     if checks[0] is None:
         return False
     return all(v >= FIT_THRESHOLD for v in checks if v is not None)

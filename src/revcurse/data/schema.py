@@ -74,9 +74,12 @@ class ReversalDataset:
     roles: list[tuple[str, ...]] = field(default_factory=list)
     """Per training statement, the role of each token: ``special`` (BOS, EOS), ``entity``,
     ``relation`` or ``filler``; which of them may be masked is the run's ``train.maskable``."""
-    unseen_queries: dict[Direction, list[Query]] = field(default_factory=dict)
-    """The queries again, asked in a wording the fact was never trained in (the toy's relation
-    paraphrases); empty where there is none. Same candidates as ``queries``."""
+    query_groups: dict[str, dict[Direction, list[Query]]] = field(default_factory=dict)
+    """Further queries, by group name (the suffix of their metrics, ``reverse_<group>_accuracy``):
+    ``unseen``, the queries again in a wording the fact was never trained in (the toy's relation
+    paraphrases); ``both``, the queries of facts trained in both directions (the toy's
+    ``both_fraction``: ``queries`` then holds the facts trained forward only). Same candidates as
+    ``queries``."""
 
     def chance(self, direction: Direction) -> float:
         """Accuracy of a uniform guess among the candidate answers of ``direction``."""

@@ -15,6 +15,13 @@ apart at test time.
 With ``reverse_augment`` the reversed statements ``B_pi(i) REL f.. a_i`` are trained too (reverse
 training, a control in which the reverse query is in the training distribution).
 
+With ``both_fraction = f > 0`` (the setting of Kim et al., arXiv 2509.21993, where the inverse
+relation is trained on other facts), a drawn f x N of the facts are also trained as
+``B_pi(i) INV f.. a_i``, with their own relation token ``<inv>``, and every reverse query asks
+``B_pi(i) INV f.. [M]``. The queries of the facts trained forward only are the test; those of the
+facts trained both ways are a group of their own (``both``), the fit check of the inverse
+statements.
+
 The bridge towards natural text (all off by default, and then the dataset is the one above, draw
 for draw):
 
@@ -26,7 +33,7 @@ for draw):
   ... that state the same relation; each fact is trained in ``templates_per_fact`` of them (all
   by default), drawn per fact. Queries are asked in the fact's first trained paraphrase; when a
   fact is not trained in all of them, every query is asked again in a paraphrase that fact was
-  never trained in (``unseen_queries``), one the model read only with other facts.
+  never trained in (the ``unseen`` query group), one the model read only with other facts.
 
 The dataset is a pure function of :class:`~revcurse.config.ToyDataConfig` (numpy PCG64 draws).
 """
@@ -40,6 +47,8 @@ from revcurse.data.schema import Fact, Query, ReversalDataset, Tokens
 from revcurse.data.tokenize import BOS, EOS
 
 REL = "<rel>"
+INV = "<inv>"
+"""The inverse relation's token (``both_fraction``)."""
 
 
 def _entities(rng: np.random.Generator, prefix: str, cfg: ToyDataConfig) -> list[Tokens]:
@@ -73,6 +82,8 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
     b_entities = _entities(rng, "B", cfg)
     k = cfg.n_templates
     templates = [rng.permutation(k) for _ in range(n)] if k > 1 else [np.zeros(1, int)] * n
+    both = set(rng.permutation(n)[: cfg.both_facts].tolist()) if cfg.both_fraction else set()
+    inverse = INV if cfg.both_fraction else None
 
     bos = (BOS,) if cfg.bos else ()
     eos = (EOS,) if cfg.eos else ()
@@ -82,8 +93,8 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
         + ("filler",) * cfg.n_filler + ("entity",) * length + ("special",) * len(eos)
     )  # fmt: skip
     answer_start = len(bos) + length + 1 + cfg.n_filler
-    queries: dict = {"forward": [], "reverse": [], "mirror": []}
-    unseen: dict = {"forward": [], "reverse": [], "mirror": []}
+    groups: dict = {name: {"forward": [], "reverse": [], "mirror": []}
+                    for name in ("", "unseen", "both")}  # fmt: skip
     for i in range(n):
         a, b = a_entities[i], b_entities[int(partner[i])]
         fillers = tuple(f"<f{int(j)}>" for j in filler_ids[i])
@@ -93,25 +104,28 @@ def build_toy(cfg: ToyDataConfig) -> ReversalDataset:
             train.append(bos + a + relation + b + eos)
             answer_spans.append((answer_start, answer_start + length))
             roles.append(statement_roles)
-            if cfg.reverse_augment:
-                train.append(bos + b + relation + a + eos)
+            reversed_relation = (inverse, *fillers) if i in both else relation
+            if cfg.reverse_augment or i in both:
+                train.append(bos + b + reversed_relation + a + eos)
                 answer_spans.append(answer_spans[-1])
                 roles.append(statement_roles)
         relation = (relation_token(trained[0]), *fillers)
         facts.append(Fact(a=a, relation=relation, b=b))
-        asked = [(queries, relation)]
+        asked = [("both" if i in both else "", relation)]
         if len(trained) < k:
-            asked.append((unseen, (relation_token(int(templates[i][len(trained)])), *fillers)))
-        for into, rel in asked:
+            asked.append(("unseen", (relation_token(int(templates[i][len(trained)])), *fillers)))
+        for group, rel in asked:
+            into = groups[group]
+            inverse_rel = (inverse, *rel[1:]) if inverse else rel
             into["forward"].append(Query(i, "forward", bos + a + rel, b, eos))
-            into["reverse"].append(Query(i, "reverse", bos + b + rel, a, eos))
+            into["reverse"].append(Query(i, "reverse", bos + b + inverse_rel, a, eos))
             into["mirror"].append(Query(i, "mirror", bos, a, rel + b + eos))
     candidates = {"forward": list(b_entities), "reverse": list(a_entities),
                   "mirror": list(a_entities)}  # fmt: skip
     fillers = [f"<f{j}>" for j in range(cfg.filler_vocab)]
-    relations = [relation_token(t) for t in range(k)]
+    relations = [relation_token(t) for t in range(k)] + ([INV] if inverse else [])
     return ReversalDataset(
-        "toy", facts, train, queries, candidates, extra_tokens=fillers + relations,
+        "toy", facts, train, groups.pop(""), candidates, extra_tokens=fillers + relations,
         answer_spans=answer_spans, roles=roles,
-        unseen_queries=unseen if any(unseen.values()) else {},
+        query_groups={name: qs for name, qs in groups.items() if any(qs.values())},
     )  # fmt: skip

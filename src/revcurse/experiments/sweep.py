@@ -23,6 +23,11 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
 * ``bridge``: from the toy towards text (:func:`bridge_slices`): entities of 1-3 tokens (and of
   1, 2, 4 on two layers), relation paraphrases asked in seen and unseen wordings, more facts;
   MDM and ARM;
+* ``entity-length``: length or shared tokens (:func:`entity_length_slices`): entities of 1, 2, 4
+  tokens spelled from unique or shared pools, the pool varied at fixed length; an ARM control;
+* ``weight-decay``: ARMs that reverse? (:func:`weight_decay_slices`) half the facts trained in
+  both directions with an inverse relation, weight decay 0 .. 3, MDM and ARM, curves over
+  training;
 * ``scale``: number of pairs (26 .. 2000) x d_model, minibatches of 256.
 """
 
@@ -38,6 +43,7 @@ from revcurse.config import (
     ProbeConfig,
     SliceConfig,
     SweepConfig,
+    ToyDataConfig,
     TrainConfig,
     apply_overrides,
     dump_yaml,
@@ -81,6 +87,8 @@ class Named:
     quick: list[str] = field(default_factory=lambda: ["seeds=[0]", "train.steps=1500"])
     """Overrides of ``--quick``."""
     question: str = ""
+    curves: bool = False
+    """Draw every cell's accuracies over training (from the runs' evaluations) in the report."""
 
 
 CAUSAL = {"model.causal": [False, True]}
@@ -235,6 +243,33 @@ def entity_length_slices() -> dict[str, SliceConfig]:
     }
 
 
+WEIGHT_DECAYS = [0.0, 0.1, 1.0, 3.0]
+"""AdamW's decoupled weight decay in the weight-decay experiment (Kim et al.'s threshold is 1)."""
+
+
+def weight_decay_slices() -> dict[str, SliceConfig]:
+    """ARMs that reverse (#28, section 4): Kim et al. (arXiv 2509.21993) see GPT-NeoX models
+    trained from scratch reverse once weight decay reaches 1, where the inverse relation is
+    trained on other facts. Here half of the toy's facts are trained in both directions (the
+    inverse relation its own token) and the reverse is asked of the other half; each family's
+    slice compares weight decays against none (paired by seed)."""
+    question = ("With the inverse relation trained on half of the facts, does weight decay {} "
+                "make the {} answer the reverse of the other half (fit first: forward, and the "
+                "inverse statements it was trained on)?")  # fmt: skip
+    return {
+        "arm": SliceConfig(
+            grid={"model.causal": [True], "train.weight_decay": WEIGHT_DECAYS},
+            compare="train.weight_decay",
+            question=question.format(">= 1", "ARM"),
+        ),
+        "mdm": SliceConfig(
+            grid={"model.causal": [False], "train.weight_decay": WEIGHT_DECAYS},
+            compare="train.weight_decay",
+            question=question.format("(any)", "MDM"),
+        ),
+    }
+
+
 def named_experiments() -> dict[str, Named]:
     """The registry of ``revcurse reproduce NAME`` sweeps (fresh objects on every call)."""
     return {
@@ -304,6 +339,27 @@ def named_experiments() -> dict[str, Named]:
             quick=["seeds=[0]", "train.steps=3000"],
             question="Does MDM reversal follow the entities' length or the tokens they share? "
             "(Each slice moves one; fit first; generation and likelihood rank read together.)",
+        ),
+        "weight-decay": Named(
+            SweepConfig(
+                name="weight-decay",
+                grid={"model.n_heads": [4], "model.n_layers": [2]},
+                slices=weight_decay_slices(),
+                data=ToyDataConfig(both_fraction=0.5),
+                # A constant rate after warm-up: decoupled decay is lr x wd per step, and a
+                # cosine schedule would weaken it tenfold by the end, where a late transition
+                # would show. 20000 full-batch steps (20000 epochs of the 100 facts), 6.7x the
+                # toy's budget; evaluated every 500 steps to draw the curves.
+                train=TrainConfig(
+                    steps=20000, schedule="constant", eval_every=500, checkpoint_every=500
+                ),  # fmt: skip
+                probe=ProbeConfig(enabled=False),  # not the question; costly on two layers
+            ),
+            x="train.weight_decay",
+            quick=["seeds=[0]", "train.steps=3000"],
+            curves=True,
+            question="Does weight decay make an ARM reverse when the inverse relation is trained "
+            'on other facts (Kim et al.), and does "the ARM never reverses" survive?',
         ),
         "scale": Named(
             SweepConfig(

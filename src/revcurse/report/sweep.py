@@ -97,6 +97,50 @@ def metrics_figure(
     return save(fig, path)
 
 
+CURVES = [("forward_accuracy", "forward (the test facts)"),
+          ("reverse_both_accuracy", "reverse of the facts trained both ways (fit check)"),
+          ("reverse_accuracy", "reverse of the facts trained forward only (the test)")]  # fmt: skip
+"""The panels of :func:`curves_figure`: metric and title (metrics a run lacks are skipped)."""
+
+
+def curves_figure(out: Path, rows: list[dict[str, Any]], x: str, path: Path) -> Path | None:
+    """Accuracies over training from each run's evaluations (``runs/<id>/metrics.jsonl``): a
+    row of panels per family, one colour per value of ``x``, the mean over seeds drawn thick and
+    each seed thin (a late transition in one seed stays visible)."""
+    done = [r for r in rows if r["status"] == "done"]
+    panels = [(m, t) for m, t in CURVES if any(r.get(m) is not None for r in done)]
+    families = list(dict.fromkeys(r["family"] for r in done))
+    if not panels or not families:
+        return None
+    values = list(dict.fromkeys(r[x] for r in done))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(values)))
+    fig, axes = plt.subplots(len(families), len(panels), squeeze=False,
+                             figsize=(4.2 * len(panels), 3.2 * len(families)))  # fmt: skip
+    for row_axes, family in zip(axes, families, strict=True):
+        for ax, (metric, title) in zip(row_axes, panels, strict=True):
+            for i, (value, colour) in enumerate(zip(values, colours, strict=True)):
+                seeds = []
+                for r in done:
+                    if r["family"] != family or r[x] != value:
+                        continue
+                    evals = [m for m in files.read_jsonl(out / "runs" / r["run_id"] / "metrics.jsonl")
+                             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
+                    steps = [m["step"] for m in evals]
+                    seeds.append((steps, [m[metric] for m in evals]))
+                    ax.plot(steps, seeds[-1][1], color=colour, lw=0.6, alpha=0.5)
+                if seeds and len({tuple(s) for s, _ in seeds}) == 1:
+                    ax.plot(seeds[0][0], np.mean([v for _, v in seeds], axis=0), color=colour,
+                            lw=2, ls=LINESTYLES[i % 4], label=f"{x.split('.')[-1]} = {value}")  # fmt: skip
+            ax.set_title(f"{family.upper()}: {title}", fontsize=8)
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xlabel("step")
+    # below the panels, where it covers no curve (a line styled per value: equal curves overlap)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(values), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save(fig, path)
+
+
 def distance_theory(cfg: SweepConfig, rows: list[dict[str, Any]]) -> dict:
     """Theory curves for the distance experiment, on the n_filler axis (Delta = n_filler + 2)."""
     head_dim = cfg.model.d_model // cfg.model.n_heads
@@ -190,7 +234,8 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
     blocks: list[Block] = [
         Para(
             f"A cell's reverse accuracy is read over the seeds that fitted: forward (and, for an "
-            f"MDM, mirror) accuracy >= {FIT_THRESHOLD}. A cell with no fitted seed is 'unfitted', "
+            f"MDM, mirror; where facts are trained in both directions, their reverse too) "
+            f"accuracy >= {FIT_THRESHOLD}. A cell with no fitted seed is 'unfitted', "
             "an optimisation result and not a reversal one. Labels: reverses / fails / partial "
             "for a fitted-seed mean >= 0.9 / <= 0.1 / between. Heads: attention mass on the "
             "context entity b in the mirror query [M] REL f.. b → in the reverse query "
@@ -430,6 +475,11 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
                 "q, k at D = n_filler + 2; the points are the learned models' mean coupling."
             )
         )
+    if named is not None and getattr(named, "curves", False):
+        curve_fig = curves_figure(out, rows, x, out / "figures" / "curves.png")
+        if curve_fig is not None:
+            blocks.append(Figure(curve_fig, f"Accuracy over training, one colour per {x}: thick, "
+                                            "the mean over seeds; thin, each seed."))  # fmt: skip
     if cfg.name == "depth":
         layer_fig = per_layer_figure(out, rows, out / "figures" / "coupling_per_layer.png")
         if layer_fig is not None:
