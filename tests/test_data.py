@@ -167,9 +167,8 @@ def test_bridge_settings_are_validated():
 
     with pytest.raises(ConfigError, match="templates_per_fact.*from 0 to n_templates=2"):
         apply_overrides(RunConfig(), ["data.n_templates=2", "data.templates_per_fact=3"])
-    with pytest.raises(ConfigError, match="probe.enabled.*one-token entities"):
-        apply_overrides(RunConfig(), ["data.entity_tokens=2"])
-    apply_overrides(RunConfig(), ["data.entity_tokens=2", "probe.enabled=false"])
+    # multi-token entities are probed too (the probes of natural-language facts)
+    apply_overrides(RunConfig(), ["data.entity_tokens=2"])
 
 
 def test_shared_fillers_vary_by_position_not_by_fact():

@@ -667,3 +667,53 @@ def test_probe_summary_labels_against_hand_made_records():
     assert "grad_cos_fwd_rev_qk_mean" not in got  # groups other than the parts are not labels
     assert (got["first_step"], got["final_step"], got["n_probes"]) == (0, 200, 3)
     assert got["reverse_loss_final"] == 0.0
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_mass_grid_of_multi_token_toy_entities_is_the_models_own_attention_pattern(causal):
+    """Toy entities of two tokens: each query's given entity spans both tokens, and the grid
+    (answer position x entity token) is the model's own post-softmax pattern (``hook_pattern``)
+    at those rows and keys, averaged over the facts, with the answer masked for an MDM."""
+    from revcurse.models.hooks import capture
+    from revcurse.probes.attention import mass_grid
+    from revcurse.probes.inputs import reading_rows, toy_pairs
+
+    cfg, dataset, vocab, model = setup(causal, **{"model.n_layers": 2, "data.entity_tokens": 2})
+    pairs = toy_pairs(dataset, vocab, causal)
+    assert set(pairs) == ({"forward"} if causal else {"forward", "mirror"})
+    names = [f"model.layers.{n}.self_attn.hook_pattern" for n in range(2)]
+    for facts in pairs.values():
+        for queries in ([f for f, _ in facts], [r for _, r in facts]):
+            got = mass_grid(model.eval(), queries, causal=causal, mask_id=vocab.mask_id)
+            assert got.shape == (2, model.cfg.n_heads, 2, 2)
+            expected = torch.zeros_like(got)
+            for q in queries:
+                assert (
+                    q.entity[1] - q.entity[0] == 2 and not q.answer[0] <= q.entity[0] < q.answer[1]
+                )
+                ids = list(q.ids)
+                if not causal:
+                    ids[q.answer[0] : q.answer[1]] = [vocab.mask_id] * 2
+                with torch.no_grad(), capture(model, names) as cache:
+                    model(torch.tensor([ids]))
+                r0, r1 = reading_rows(q, causal)
+                for n, name in enumerate(names):
+                    expected[n] += cache[name][0, :, r0:r1, q.entity[0] : q.entity[1]].double()
+            torch.testing.assert_close(got, expected / len(queries), atol=1e-6, rtol=1e-5)
+
+
+def test_a_multi_token_toy_run_is_probed_with_the_multi_token_probes(tmp_path):
+    """The toy's probes on entities of two tokens: the records of natural-language facts
+    (coupling, gradient alignment, signals per pairing) plus the position grids, summarised
+    under the same labels as any run."""
+    cfg = apply_overrides(tiny_run_config(causal=False), [
+        "data.entity_tokens=2", "train.steps=20", "probe.every=10"])  # fmt: skip
+    summary = train(cfg, tmp_path / "run", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "probes" / "probes.jsonl").open()]
+    assert [r["step"] for r in records] == [0, 10, 20]
+    mirror = records[-1]["pairings"]["mirror"]
+    assert mirror["n_facts"] == cfg.data.n_pairs
+    grid = mirror["attention"]["mass_grid_rev"]["0"]  # [heads][answer position][entity token]
+    assert len(grid) == cfg.model.n_heads and all(len(row) == 2 for h in grid for row in h)
+    assert "attention_pearson_mirror_final" in summary["probe"]
+    assert "per_fact_cos_mirror_rev_final" in summary["probe"]

@@ -434,11 +434,6 @@ class RunConfig:
                 f"{where}: field 'train.objective': {objective} needs a causal model "
                 "(model.causal=true)"
             )
-        if self.probe.enabled and self.data.entity_tokens > 1:
-            raise ConfigError(
-                f"{where}: field 'probe.enabled': the toy probes read one-token entities, got "
-                f"data.entity_tokens={self.data.entity_tokens}; set probe.enabled=false"
-            )
         self.model.check_fits(toy_vocab_size(self.data), where)
         seq_len = toy_sequence_length(self.data)
         if seq_len > self.model.max_seq_len:

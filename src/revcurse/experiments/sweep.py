@@ -313,7 +313,9 @@ def named_experiments() -> dict[str, Named]:
                 grid={"model.causal": [False, True], "model.n_heads": [4]},
                 slices=bridge_slices(),
                 train=TrainConfig(steps=6000, eval_every=0, checkpoint_every=500),
-                probe=ProbeConfig(enabled=False),  # the toy probes read one-token entities
+                probe=ProbeConfig(
+                    enabled=False
+                ),  # as published (probe the checkpoints: revcurse probe)
             ),
             x="data.entity_tokens",
             quick=[
@@ -333,7 +335,7 @@ def named_experiments() -> dict[str, Named]:
                 grid={"model.causal": [False], "model.n_heads": [4], "model.n_layers": [2]},
                 slices=entity_length_slices(),
                 train=TrainConfig(steps=30000, eval_every=0, checkpoint_every=500),
-                probe=ProbeConfig(enabled=False),  # the toy probes read one-token entities
+                probe=ProbeConfig(enabled=False),  # probed afterwards from the final checkpoints
             ),
             x="data.entity_tokens",
             quick=["seeds=[0]", "train.steps=3000"],

@@ -80,6 +80,41 @@ def entity_reads(
     return {"score": read(scores, lambda x: x.mean(-1)), "mass": read(probs, lambda x: x.sum(-1))}
 
 
+@torch.no_grad()
+def mass_grid(
+    model: Any, queries: Sequence[Encoded], *, causal: bool, mask_id: int
+) -> torch.Tensor | None:
+    """Where each answer position looks, ``[layers, heads, A, E]`` (float64, mean over the
+    queries): the attention probability from the a-th row that reads the answer (its masked
+    position for an MDM, the position predicting it for an ARM) on the e-th token of the given
+    entity, the softmax over the keys the row may see. None when the queries' answers or entities
+    differ in length (no common grid). One forward pass per query."""
+    from revcurse.models.hf import recording_scores
+
+    if not queries or len({(q.answer[1] - q.answer[0], q.entity[1] - q.entity[0])
+                           for q in queries}) != 1:  # fmt: skip
+        return None
+    device = next(model.parameters()).device
+    total: torch.Tensor | None = None
+    for q in queries:
+        ids, reading = query_input(q, causal, mask_id, device)
+        with recording_scores(model) as cache:
+            model(ids)
+        (r0, r1), (e0, e1) = reading[0].tolist(), q.entity
+        length = ids.shape[1]
+        hidden = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        grids = []
+        for name in sorted(cache):
+            scores = cache[name][0].double()  # [H, L, L]
+            if causal:
+                scores = scores.masked_fill(hidden, float("-inf"))
+            grids.append(scores.softmax(-1)[:, r0:r1, e0:e1])  # [H, A, E]
+        grid = torch.stack(grids).cpu()  # [layers, H, A, E]
+        total = grid if total is None else total + grid
+    assert total is not None
+    return total / len(queries)
+
+
 def query_scores(
     model: Any,
     queries: Sequence[Encoded],

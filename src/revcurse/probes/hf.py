@@ -41,7 +41,7 @@ import torch
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row, frame
 from revcurse.objectives import answer_loss
-from revcurse.probes.attention import coupling_by_distance, pair_coupling
+from revcurse.probes.attention import coupling_by_distance, mass_grid, pair_coupling
 from revcurse.probes.gradients import group_cosines
 from revcurse.probes.inputs import Encoded, Pairing, pairings_for, span_distance
 from revcurse.probes.signals import query_signals, signal_alignment
@@ -187,6 +187,7 @@ def attention_coupling(
         "mass_pair": {str(n): c["mass_pair"][n].mean(-1).tolist() for n in chosen},
         "mass_rev": {str(n): c["mass_rev"][n].mean(-1).tolist() for n in chosen},
         "distance": distance,
+        **_grids(model, facts, chosen, causal=causal, mask_id=mask_id),
         # the correlation over the nearest, middle and furthest third of the facts
         "r_by_distance": [
             {
@@ -198,6 +199,19 @@ def attention_coupling(
             for b in by_distance
         ],  # fmt: skip
     }
+
+
+def _grids(model: Any, facts: Sequence[tuple[Encoded, Encoded]], layers: Sequence[int], *,
+           causal: bool, mask_id: int) -> dict[str, Any]:  # fmt: skip
+    """``mass_grid_pair`` / ``mass_grid_rev``: per layer, head, answer position and entity token,
+    the attention mass (:func:`~revcurse.probes.attention.mass_grid`, mean over facts), where every
+    fact's answers and entities have one length each (the toy's); else nothing."""
+    pair = mass_grid(model, [f for f, _ in facts], causal=causal, mask_id=mask_id)
+    rev = mass_grid(model, [r for _, r in facts], causal=causal, mask_id=mask_id)
+    if pair is None or rev is None:
+        return {}
+    return {"mass_grid_pair": {str(n): pair[n].tolist() for n in layers},
+            "mass_grid_rev": {str(n): rev[n].tolist() for n in layers}}  # fmt: skip
 
 
 def _query_gradient(model: Any, params: dict[str, torch.Tensor], q: Encoded, causal: bool,

@@ -138,15 +138,31 @@ def check_pairing(pairing: str, causal: bool) -> Pairing:
 
 def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: Direction) -> list[Encoded]:
     """One direction's toy queries as :class:`Encoded`; the given entity is ``a`` for forward,
-    ``b`` otherwise (it occurs once in each query)."""
+    ``b`` otherwise: all of its tokens (the bridge's entities have several), located outside the
+    answer (the two entities are of different sides, so their tokens never coincide)."""
     side = "a" if direction == "forward" else "b"
     out = []
     for q in dataset.queries[direction]:
         ids = vocab.encode(q.prompt) + vocab.encode(q.answer) + vocab.encode(q.suffix)
-        start = len(q.prompt)
-        at = ids.index(vocab.encode(getattr(dataset.facts[q.fact], side))[0])
-        out.append(Encoded(ids, entity=(at, at + 1), answer=(start, start + len(q.answer))))
+        start, end = len(q.prompt), len(q.prompt) + len(q.answer)
+        entity = vocab.encode(getattr(dataset.facts[q.fact], side))
+        at = next(i for i in range(len(ids) - len(entity) + 1)
+                  if ids[i : i + len(entity)] == entity and not start <= i < end)  # fmt: skip
+        out.append(Encoded(ids, entity=(at, at + len(entity)), answer=(start, end)))
     return out
+
+
+def toy_pairs(
+    dataset: ReversalDataset, vocab: Vocab, causal: bool
+) -> dict[Pairing, list[tuple[Encoded, Encoded]]]:
+    """Per pairing the model allows, ``(paired query, reverse query)`` of every toy fact, in the
+    form the multi-token probes read (:func:`revcurse.probes.hf.probe_record`); each reverse
+    query is one object in every pairing, so it is scored and differentiated once."""
+    reverse = toy_queries(dataset, vocab, "reverse")
+    return {
+        pairing: list(zip(toy_queries(dataset, vocab, pairing), reverse, strict=True))
+        for pairing in pairings_for(causal)
+    }
 
 
 def probe_batch(

@@ -5,7 +5,8 @@ checkpoint probed afterwards): it decides when a probe is due, appends each reco
 (and its tensors, if any, to ``step-<N>.safetensors`` beside it), keeps the records of a resumed
 run up to its checkpoint, and times itself. *What* is measured is a :data:`Measure` handed to it:
 
-* :func:`toy_measure` on one-token toy facts: the attention coupling per pairing
+* :func:`toy_measure` on one-token toy facts (toy entities of several tokens are read as
+  multi-token facts, below): the attention coupling per pairing
   (``record["attention"][pairing]``, with per-layer/head/fact ``s_<pairing>`` / ``s_rev_<pairing>``
   tensors), batch gradient cosines per parameter group and part, the losses, the first-order check,
   per-fact cosines by vmap, signal alignment; at the final step also the coupling as a function of
@@ -34,7 +35,14 @@ from revcurse.data.schema import ReversalDataset
 from revcurse.data.tokenize import Vocab
 from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import PARTS, alignment
-from revcurse.probes.inputs import PAIRINGS, ProbeBatch, pairings_for, stack_queries, toy_queries
+from revcurse.probes.inputs import (
+    PAIRINGS,
+    ProbeBatch,
+    pairings_for,
+    stack_queries,
+    toy_pairs,
+    toy_queries,
+)
 from revcurse.probes.signals import query_signals, signal_alignment
 from revcurse.tracking import MetricsLog
 
@@ -122,6 +130,11 @@ def toy_measure(
     for the final distance curve); ``train_loss(model)`` the run's training loss with a fixed mask
     draw (a deterministic function of the weights) for the training-gradient cosine and the
     first-order check."""
+    if data.entity_tokens > 1:  # multi-token entities: the probes of natural-language facts
+        from revcurse.probes.hf import text_measure
+
+        return text_measure(toy_pairs(dataset, vocab, causal), causal=causal,
+                            mask_id=vocab.mask_id, attention=probe.attention)  # fmt: skip
     directions = ["forward", "reverse"] + ([] if causal else ["mirror"])
     queries = {d: toy_queries(dataset, vocab, d) for d in directions}
     batches: dict[str, ProbeBatch] = {
