@@ -13,6 +13,7 @@ from revcurse.decoding import (
     arm_generate,
     mdm_answer_logprob,
     mdm_chain_logprob,
+    mdm_exact_bound,
     mdm_generate,
     stratified_mask_counts,
     transfer_counts,
@@ -251,6 +252,51 @@ def test_mdm_likelihood_is_unbiased_for_a_bayes_optimal_model(length, seed):
                                         generator=g) for _ in range(300)])  # fmt: skip
     stderr = float(est.std()) / math.sqrt(len(est))
     assert abs(float(est.mean()) - exact) < 4 * stderr + 1e-3, (float(est.mean()), exact, stderr)
+
+
+@pytest.mark.parametrize(("length", "seed"), [(3, 0), (5, 1)])
+def test_the_exact_bound_is_log_p_for_a_bayes_optimal_model(length, seed):
+    """For conditionals of one joint distribution the bound's expectation is log p(a) (the
+    any-order chain rule), so the enumerated expectation must land on it."""
+    model = BayesOptimal(length, seed)
+    answer = torch.randint(4, 6, (length,), generator=torch.Generator().manual_seed(seed)).tolist()
+    got = mdm_exact_bound(model, [[9]], [answer], mask_id=MASK)
+    assert got.item() == pytest.approx(model.logp(answer), abs=1e-9)
+
+
+def test_the_exact_bound_is_what_the_monte_carlo_draws_estimate_on_an_inconsistent_model():
+    """A random MDM has no joint: its bound is not log p of anything, and only the estimator's own
+    expectation can check it. Reference: every masked set, one forward pass each, weighted by
+    hand (L/l over the L counts, uniform over the sets of a count), with a suffix and an EOS
+    fill. The Monte-Carlo mean over 400 calls of 8 draws lands on it (4 standard errors), and
+    differs from the chain, so the test would notice the two computations swapped."""
+    model = _tiny_mdm()
+    prompt, answer, suffix, fill = [2, 4], [5, 0, 2], [3], (3, 9)
+    length = len(answer)
+    expected = 0.0
+    for count in range(1, length + 1):
+        subsets = list(itertools.combinations(range(length), count))
+        for subset in subsets:
+            ids = prompt + answer + suffix
+            ids = ids + [fill[0]] * (fill[1] - len(ids))
+            for j in subset:
+                ids[len(prompt) + j] = 1
+            logp = torch.log_softmax(model(torch.tensor([ids]))[0], -1)
+            term = sum(logp[len(prompt) + j, answer[j]].item() for j in subset)
+            expected += (length / count) * term / len(subsets) / length
+    got = mdm_exact_bound(model, [prompt, prompt], [answer, [4, 4, 4]], mask_id=1, suffix=suffix,
+                          fill=fill)  # fmt: skip
+    assert got[0].item() == pytest.approx(expected, abs=1e-10)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.cat([mdm_answer_logprob(model, [prompt], [answer], mask_id=1, n_samples=8,
+                                          suffix=suffix, fill=fill, generator=g)
+                       for _ in range(400)])  # fmt: skip
+    stderr = float(draws.std()) / math.sqrt(len(draws))
+    assert abs(float(draws.mean()) - expected) < 4 * stderr
+    chain = mdm_chain_logprob(model, [prompt], [answer], mask_id=1, suffix=suffix, fill=fill)
+    assert abs(chain.item() - expected) > 0.1  # another quantity (0.26 apart here)
+    with pytest.raises(ValueError, match="at most 12 tokens"):
+        mdm_exact_bound(model, [prompt], [[4] * 13], mask_id=1)
 
 
 def test_likelihoods_unembedding_only_the_read_positions_match_full_logits():

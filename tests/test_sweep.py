@@ -498,3 +498,55 @@ def test_the_weight_decay_experiment_compares_decays_per_family_and_draws_curves
     assert all(r["reverse_both_accuracy"] is not None for r in summary["rows"])
     assert (out / "figures" / "curves.png").is_file()
     assert "figures/curves.png" in (out / "report.md").read_text()
+
+
+def test_mc_draws_rescores_a_sweeps_mdm_runs_and_redoes_its_paired_tests(tmp_path):
+    """`revcurse analyse mc-draws` on a tiny two-slice sweep of one- and two-token entities:
+    every MDM run scored by each scorer; the exact scorer's per-fact correctness is the ranking of
+    mdm_exact_bound computed here; the paired tests are the sweep's, one set per scorer, and with
+    one-token answers every scorer agrees (each draw masks the one token). The sweep folder is not
+    written to; a second call reuses the per-run scores."""
+    import torch
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+    from revcurse.data.toy import build_toy
+    from revcurse.decoding import mdm_exact_bound
+    from revcurse.evaluation import per_candidate, toy_queries
+    from revcurse.experiments.toy_run import load_checkpoint
+    from revcurse.metrics import likelihood_rank
+
+    cfg = apply_overrides(tiny_sweep(), [
+        'grid={"model.causal": [false]}', "data.entity_spelling=unique",
+        'slices={"length": {"grid": {"data.entity_tokens": [1, 2]}, '
+        '"compare": "data.entity_tokens"}}'])  # fmt: skip
+    sweep = tmp_path / "s"
+    run_sweep(cfg, sweep, progress=False)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    out = tmp_path / "mc"
+    args = ["analyse", "mc-draws", str(sweep), "--out", str(out), "--draws", "2,4",
+            "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scorers"] == ["mc-2", "mc-4", "exact", "chain"]
+    assert len(summary["cells"]) == 2 and all(len(c["runs"]) == 2 for c in summary["cells"])
+    for name in summary["scorers"]:
+        (test,) = summary["contrasts"][name]
+        assert (test["slice"], test["value"], test["baseline"]) == ("length", 2, 1)
+    two = next(c for c in summary["cells"] if c["labels"]["data.entity_tokens"] == 2)
+    run = two["runs"][0]
+    model, run_cfg, vocab, _ = load_checkpoint(sweep / "runs" / run / "checkpoints" /
+                                               "final.safetensors")  # fmt: skip
+    queries = toy_queries(build_toy(run_cfg.data), vocab, "reverse")
+    exact = per_candidate(queries, lambda cand: mdm_exact_bound(
+        model.eval(), queries.prompts, cand, mask_id=vocab.mask_id))  # fmt: skip
+    saved = json.loads((out / "runs" / f"{run}.json").read_text())
+    assert saved["correct"]["exact"] == (likelihood_rank(exact) == 1).tolist()
+    one = next(c for c in summary["cells"] if c["labels"]["data.entity_tokens"] == 1)
+    assert len({one["accuracy"][n]["mean"] for n in summary["scorers"]}) == 1
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+    stamp = (out / "runs" / f"{run}.json").stat().st_mtime_ns
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert (out / "runs" / f"{run}.json").stat().st_mtime_ns == stamp
+    assert torch.is_tensor(exact)

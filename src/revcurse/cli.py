@@ -353,6 +353,45 @@ def sweep(
                                    resume, progress, log_with))  # fmt: skip
 
 
+analyse_app = typer.Typer(
+    help="Analyses of finished experiments (they read its folder, never write to it).",
+    no_args_is_help=True,
+)
+app.add_typer(analyse_app, name="analyse")
+
+
+@analyse_app.command("mc-draws")
+@guarded
+def analyse_mc_draws(
+    sweep: Annotated[
+        Path, typer.Argument(help="A finished toy sweep folder (e.g. entity-length).")
+    ],
+    out: OutOpt = None,
+    draws: Annotated[
+        str, typer.Option("--draws", help="Monte-Carlo draw counts, comma-separated.")
+    ] = "8,16,32,128",
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Re-score every MDM run's reverse candidates with N Monte-Carlo draws of the likelihood
+    bound, its exact expectation and the chain likelihood; redo the sweep's paired tests with each
+    (where do decisions stop changing?). Resumes: runs scored before are reused."""
+    from revcurse.experiments.mc_draws import measure
+
+    try:
+        counts = [int(x) for x in draws.split(",")]
+    except ValueError:
+        raise _fail(f"--draws: expected comma-separated integers, got {draws!r}") from None
+    if not counts or min(counts) < 1:
+        raise _fail(f"--draws: expected counts >= 1, got {draws!r}")
+    target = out or sweep.parent / f"{sweep.name}-mc-draws"
+    summary = measure(sweep, target, counts, command=_command_line(), progress=progress)
+    for cell in summary["cells"]:
+        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        values = "  ".join(f"{n} {cell['accuracy'][n]['mean']:.3f}" for n in summary["scorers"])
+        typer.echo(f"{name}: {values}")
+    typer.echo(f"report: {target / 'report.md'}")
+
+
 runs_app = typer.Typer(
     help="Query the run index of a sweep or experiment folder.", no_args_is_help=True
 )

@@ -488,6 +488,51 @@ def mdm_answer_logprob(
     return out
 
 
+EXACT_BOUND_MAX_LENGTH = 12
+"""The longest answer :func:`mdm_exact_bound` enumerates (2^12 - 1 = 4095 masked rows)."""
+
+
+@torch.no_grad()
+def mdm_exact_bound(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    suffix: Suffix = (),
+    fill: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The expectation of :func:`mdm_answer_logprob`'s Monte-Carlo bound, computed exactly ``[B]``:
+    ``(1 / L) sum_{l=1..L} (L / l) mean_{|S| = l} sum_{j in S} log p(a_j | prompt, a masked at S)``
+    over every non-empty set S of masked answer positions (``2^L - 1`` rows in one forward pass
+    per answer). What any number of Monte-Carlo draws estimates, without their noise: the limit
+    the draws are measured against, affordable for short answers (the toy's entities; at most
+    :data:`EXACT_BOUND_MAX_LENGTH` tokens)."""
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    device = model_device(model)
+    suffixes = per_row(suffix, len(prompts))
+    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
+        length, start = len(a), len(p)
+        if length > EXACT_BOUND_MAX_LENGTH:
+            raise ValueError(f"an answer of {length} tokens has 2^{length} - 1 masked sets; the "
+                             f"exact bound enumerates at most {EXACT_BOUND_MAX_LENGTH} tokens")  # fmt: skip
+        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+        sets = torch.tensor([[(k >> j) & 1 for j in range(length)] for k in range(1, 2**length)],
+                            dtype=torch.bool)  # [2^L - 1, L]: every non-empty masked set  # fmt: skip
+        mask = torch.zeros(len(sets), len(clean), dtype=torch.bool)
+        mask[:, start : start + length] = sets
+        noisy = clean.expand_as(mask).masked_fill(mask, mask_id)
+        logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
+        per_set = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+        size = sets.sum(-1)  # [2^L - 1] l = |S|
+        sets_of_size = torch.tensor([math.comb(length, int(k)) for k in size], dtype=torch.float64)
+        # each set's share: (1 / L) * (L / l) / C(L, l) = 1 / (l * C(L, l))
+        out[i] = (per_set.sum(-1) / (size.double() * sets_of_size)).sum()
+    return out
+
+
 @torch.no_grad()
 def mdm_chain_logprob(
     model: Model,

@@ -141,7 +141,7 @@ def read_queries(
 
 def _chain_scores(model, queries: Queries, mask_id: int, fill) -> torch.Tensor:
     """Every candidate's chain log-probability under a masked diffusion model ``[Q, C]``."""
-    return _per_candidate(queries, lambda cand: mdm_chain_logprob(
+    return per_candidate(queries, lambda cand: mdm_chain_logprob(
         model, queries.prompts, cand, mask_id=mask_id, suffix=queries.suffixes, fill=fill))  # fmt: skip
 
 
@@ -206,15 +206,15 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
             for i, row in zip(rows, filled.tolist(), strict=True):
                 out[i] = row
     if causal:
-        scores = _per_candidate(queries, lambda cand: arm_answer_logprob(model, prompts, cand))
+        scores = per_candidate(queries, lambda cand: arm_answer_logprob(model, prompts, cand))
     else:
-        scores = _per_candidate(queries, lambda cand: mdm_answer_logprob(
+        scores = per_candidate(queries, lambda cand: mdm_answer_logprob(
             model, prompts, cand, mask_id=mask_id, n_samples=settings.n_mc, suffix=suffixes,
             generator=generator, fill=fill))  # fmt: skip
     return Read(out, scores)
 
 
-def _per_candidate(
+def per_candidate(
     queries: Queries, score: Callable[[list[list[int]]], torch.Tensor]
 ) -> torch.Tensor:
     """``score`` of every query's ``j``-th candidate, one call per ``j`` ``[Q, C]`` (float64)."""

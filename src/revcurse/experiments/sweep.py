@@ -436,11 +436,11 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
         if outcome.error is not None:
             row["error"] = outcome.error
         rows.append(row)
-    label_keys = _cell_keys(jobs)
+    label_keys = cell_keys(jobs)
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         if row["status"] == "done":
-            groups.setdefault(_cell(row, label_keys), []).append(row)
+            groups.setdefault(cell_of(row, label_keys), []).append(row)
     aggregates = []
     for members in groups.values():
         agg = aggregate(members, [*METRICS, *PROBE_METRICS])
@@ -458,26 +458,29 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
     }
 
 
-def _cell_keys(jobs) -> list[str]:
+def cell_keys(jobs) -> list[str]:
     """The labels that name a cell of the sweep, whose runs are its seeds. Slice membership is
     not one of them: a slice may hold only some of a cell's seeds."""
     return [k for k in jobs[0].labels if k not in ("seed", "slices")] if jobs else []
 
 
-def _cell(labels: dict[str, Any], keys: list[str]) -> tuple:
+def cell_of(labels: dict[str, Any], keys: list[str]) -> tuple:
     return tuple(repr(labels[k]) for k in keys)
 
 
-def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
+def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None) -> list[dict[str, Any]]:
     """The paired tests the slices ask for (:attr:`SliceConfig.compare`): within each slice, for
     every combination of its other keys, each later value of the compared key against the first,
     on reverse accuracy paired by (seed, fact) over the seeds both cells finished. Each carries
-    both cells' fit labels: a test between cells that did not fit is reported, not read."""
+    both cells' fit labels: a test between cells that did not fit is reported, not read.
+    ``correct(cell, seeds)``: the per-seed, per-fact outcomes compared (default: whether each
+    reverse query was answered right, the runs' generation; :mod:`.mc_draws` passes ranks)."""
+    correct = _reverse_correct if correct is None else correct
     done = {j.run_id: j for j in jobs if outcomes[j.run_id].status == "done"}
     cells: dict[tuple, dict[int, Any]] = {}  # cell -> seed -> job
-    label_keys = _cell_keys(jobs)
+    label_keys = cell_keys(jobs)
     for job in done.values():
-        cells.setdefault(_cell(job.labels, label_keys), {})[job.labels["seed"]] = job
+        cells.setdefault(cell_of(job.labels, label_keys), {})[job.labels["seed"]] = job
     out = []
     for slice_name, piece in cfg.slices.items():
         if not piece.compare:
@@ -489,18 +492,18 @@ def contrasts(cfg: SweepConfig, jobs, outcomes) -> list[dict[str, Any]]:
         for job in members:
             if job.labels[piece.compare] != baseline:
                 continue
-            base_key = _cell(job.labels, label_keys)
+            base_key = cell_of(job.labels, label_keys)
             if base_key in seen:
                 continue
             seen.add(base_key)
             where = {k: job.labels[k] for k in where_keys}
             for value in others:
-                a = cells.get(_cell(job.labels | {piece.compare: value}, label_keys), {})
+                a = cells.get(cell_of(job.labels | {piece.compare: value}, label_keys), {})
                 b = cells[base_key]
                 seeds = sorted(set(a) & set(b))
                 if not seeds:
                     continue
-                test = paired_comparison(_reverse_correct(a, seeds), _reverse_correct(b, seeds))
+                test = paired_comparison(correct(a, seeds), correct(b, seeds))
                 out.append({
                     "slice": slice_name, "key": piece.compare, "value": value,
                     "baseline": baseline, "cell": where, "seeds": seeds,

@@ -386,7 +386,8 @@ def slice_figure(name: str, axis: str, keys: list[str], cells: list[dict[str, An
 
 def head_mass_figure(rows: list[dict[str, Any]], slice_name: str, path: Path) -> Path | None:
     """Per head and seed (last layer): attention mass on the context entity in the mirror query
-    (x) against the reverse query (y), one panel per maskable choice, coloured by filler count.
+    (x) against the reverse query (y), one panel per maskable choice, coloured by filler count
+    (or the swept key that varies).
     A head on the diagonal reads the entity in both queries; one on the x axis only in the
     mirror (the configuration it was trained on)."""
     pts = [r for r in rows if slice_name in r.get("slices", []) and r["status"] == "done"
@@ -394,13 +395,18 @@ def head_mass_figure(rows: list[dict[str, Any]], slice_name: str, path: Path) ->
     if not pts:
         return None
     panels = list(dict.fromkeys(r.get("train.maskable", "all") for r in pts))
-    fillers = sorted({r["data.n_filler"] for r in pts})
+    # coloured by the filler count where the sweep varies it, else by the first swept key that
+    # varies among these runs (the bridge's entity length, say), else one colour
+    varying = [k for k in pts[0] if "." in k and k != "train.maskable" and k.startswith(
+        ("data.", "model.", "train.")) and len({repr(r.get(k)) for r in pts}) > 1]  # fmt: skip
+    key = "data.n_filler" if "data.n_filler" in varying else (varying[0] if varying else None)
+    values = sorted({r.get(key) for r in pts}, key=repr) if key else [None]
     cmap = plt.get_cmap("viridis")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False)
     for ax, maskable in zip(axes[0], panels, strict=True):
         for r in (r for r in pts if r.get("train.maskable", "all") == maskable):
             mass = r["probe.attention_mass_final"]
-            color = cmap(fillers.index(r["data.n_filler"]) / max(1, len(fillers) - 1))
+            color = cmap(values.index(r.get(key) if key else None) / max(1, len(values) - 1))
             ax.scatter(mass["mirror"][-1], mass["reverse"][-1], s=10, color=color, alpha=0.7)
         ax.plot([0, 1], [0, 1], color="gray", lw=0.6, ls=":")
         ax.set_xlim(-0.02, 1.02)
@@ -408,9 +414,12 @@ def head_mass_figure(rows: list[dict[str, Any]], slice_name: str, path: Path) ->
         ax.set_title(f"maskable={maskable}", fontsize=9)
         ax.set_xlabel("mass on b, mirror query [M] REL f.. b")
     axes[0][0].set_ylabel("mass on b, reverse query b REL f.. [M]")
-    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i / max(1, len(fillers) - 1)),
-                          label=f"{k} fillers") for i, k in enumerate(fillers)]  # fmt: skip
-    axes[0][-1].legend(handles=handles, fontsize=7)
+    name = "fillers" if key == "data.n_filler" else (key or "").split(".")[-1]
+    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i / max(1, len(values) - 1)),
+                          label=f"{v} {name}" if key == "data.n_filler" else f"{name}={v}")
+               for i, v in enumerate(values)] if key else []  # fmt: skip
+    if handles:
+        axes[0][-1].legend(handles=handles, fontsize=7)
     fig.tight_layout()
     return save(fig, path)
 

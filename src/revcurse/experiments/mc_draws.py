@@ -1,0 +1,190 @@
+"""How many Monte-Carlo draws the MDM's likelihood ranking needs (#28, section 5).
+
+Evaluation ranks an MDM's multi-token candidate answers by the Monte-Carlo likelihood bound of
+:func:`~revcurse.decoding.mdm_answer_logprob` (LLaDA Eq. 6, the low-variance form) with
+``eval.n_mc`` draws: 8 in the toy, 16 in the fine-tune recipes, where LLaDA, Dream and dllm use
+128. Too few draws add noise to every score, and a noisy score can move the right answer off
+first place: the rank-based reverse accuracy falls, and a paired test between two cells can
+change its decision.
+
+This module re-scores the final checkpoints of a finished toy sweep, every MDM run, with every
+scorer side by side:
+
+* ``mc-N``: the bound with N draws (a generator seeded 0 per run and scorer, fresh draws, not the
+  evaluation's own: the published 8-draw numbers came from draws after generation);
+* ``exact``: the bound's expectation, every masked set enumerated
+  (:func:`~revcurse.decoding.mdm_exact_bound`): what the draws estimate, without their noise, and
+  affordable for the toy's entities of at most four tokens;
+* ``chain``: the left-to-right chain probability (:func:`~revcurse.decoding.mdm_chain_logprob`),
+  another quantity, a normalised distribution over the answers.
+
+For each scorer it reports the reverse candidate accuracy of every cell (mean over seeds) and
+re-runs the sweep's paired tests (:func:`~revcurse.experiments.sweep.contrasts`) on rank
+correctness, so the question "where do decisions stop changing" is read against the exact bound.
+Per-run scores are written as they finish (``runs/<run_id>.json``) and a rerun reuses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from revcurse import files
+from revcurse.config import SweepConfig, load_yaml
+from revcurse.decoding import mdm_answer_logprob, mdm_chain_logprob, mdm_exact_bound
+from revcurse.errors import RevcurseError
+from revcurse.evaluation import per_candidate, toy_queries
+from revcurse.experiments.executor import Job, Outcome
+from revcurse.experiments.sweep import cell_keys, cell_of, contrasts
+from revcurse.metrics import likelihood_rank
+from revcurse.repro import write_provenance
+from revcurse.stats import aggregate
+
+DRAWS = (8, 16, 32, 128)
+"""The draw counts compared by default."""
+
+
+def scorer_names(draws: Sequence[int]) -> list[str]:
+    return [f"mc-{n}" for n in draws] + ["exact", "chain"]
+
+
+def sweep_results(folder: Path) -> tuple[SweepConfig, list[Job], dict[str, Outcome]]:
+    """A finished sweep's config, jobs and outcomes, read from its folder (``config.yaml``,
+    ``summary.json`` and each run's own summary) without writing to it."""
+    for name in ("config.yaml", "summary.json"):
+        if not (folder / name).is_file():
+            raise RevcurseError(f"{folder}: not a finished sweep (no {name})")
+    cfg = load_yaml(SweepConfig, folder / "config.yaml")
+    rows = files.read_json(folder / "summary.json")["rows"]
+    jobs, outcomes = [], {}
+    for labels, run in cfg.expand():
+        row = next((r for r in rows if all(r.get(k) == v for k, v in labels.items())), None)
+        if row is None:
+            raise RevcurseError(f"{folder}/summary.json: no run with labels {labels}")
+        job = Job(row["run_id"], labels, run, folder / "runs" / row["run_id"])
+        done = row["status"] == "done"
+        summary = files.read_json(job.run_dir / "summary.json") if done else None
+        jobs.append(job)
+        outcomes[job.run_id] = Outcome(row["status"], summary, row.get("error"))
+    return cfg, jobs, outcomes
+
+
+@torch.no_grad()
+def score_run(run_dir: Path, draws: Sequence[int]) -> dict[str, Any]:
+    """Every scorer's reverse ranking of one MDM run's final checkpoint: per query whether the
+    right entity ranks first (``correct``) and the candidate accuracy (``accuracy``)."""
+    from revcurse.data.toy import build_toy
+    from revcurse.experiments.toy_run import load_checkpoint
+
+    model, cfg, vocab, _ = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
+    model.eval()
+    torch.set_num_threads(cfg.train.threads)
+    queries = toy_queries(build_toy(cfg.data), vocab, "reverse")
+    mask = vocab.mask_id
+
+    def mc(n: int):
+        generator = torch.Generator().manual_seed(0)
+        return lambda cand: mdm_answer_logprob(model, queries.prompts, cand, mask_id=mask,
+                                               n_samples=n, suffix=queries.suffixes,
+                                               generator=generator)  # fmt: skip
+
+    scorers = {f"mc-{n}": mc(n) for n in draws}
+    scorers["exact"] = lambda cand: mdm_exact_bound(model, queries.prompts, cand, mask_id=mask,
+                                                    suffix=queries.suffixes)  # fmt: skip
+    scorers["chain"] = lambda cand: mdm_chain_logprob(model, queries.prompts, cand, mask_id=mask,
+                                                      suffix=queries.suffixes)  # fmt: skip
+    out: dict[str, Any] = {"correct": {}, "accuracy": {}}
+    for name, score in scorers.items():
+        right = (likelihood_rank(per_candidate(queries, score)) == 1).tolist()
+        out["correct"][name] = right
+        out["accuracy"][name] = sum(right) / len(right)
+    return out
+
+
+def measure(
+    sweep: Path, out: Path, draws: Sequence[int] = DRAWS, *, command: str = "(library call)",
+    progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Score every finished MDM run of ``sweep`` with every scorer (reusing the per-run files a
+    previous call left in ``out``), then write ``summary.json`` and ``report.md`` into ``out``."""
+    cfg, jobs, outcomes = sweep_results(sweep)
+    mdm = [j for j in jobs if outcomes[j.run_id].status == "done" and not j.config.model.causal]
+    if not mdm:
+        raise RevcurseError(f"{sweep}: no finished MDM run to score")
+    names = scorer_names(draws)
+    write_provenance(out, f"draws: {list(draws)}\nsweep: {sweep}\n", command)
+    scores: dict[str, dict[str, Any]] = {}
+    for job in tqdm(mdm, desc="runs scored", unit="run", disable=not progress):
+        path = out / "runs" / f"{job.run_id}.json"
+        saved = files.read_json(path) if path.is_file() else None
+        if saved is None or sorted(saved["correct"]) != sorted(names):
+            saved = score_run(job.run_dir, draws)
+            files.write_json(path, saved)
+        scores[job.run_id] = saved
+
+    keys = cell_keys(jobs)
+    cells: dict[tuple, dict[str, Any]] = {}
+    for job in mdm:
+        cell = cells.setdefault(cell_of(job.labels, keys), {
+            "labels": {k: job.labels[k] for k in keys}, "runs": []})  # fmt: skip
+        cell["runs"].append(job.run_id)
+    for cell in cells.values():
+        cell["accuracy"] = {
+            name: aggregate([{"a": scores[r]["accuracy"][name]} for r in cell["runs"]], ["a"])["a"]
+            for name in names
+        }  # fmt: skip
+    tests = {}
+    for name in names:
+
+        def correct(cell: dict[int, Job], seeds: list[int], name: str = name) -> list[list[bool]]:
+            return [scores[cell[s].run_id]["correct"][name] for s in seeds]
+
+        tests[name] = contrasts(cfg, mdm, outcomes, correct=correct)
+    summary = {"sweep": str(sweep), "draws": list(draws), "scorers": names,
+               "cells": list(cells.values()), "contrasts": tests}  # fmt: skip
+    files.write_json(out / "summary.json", summary)
+    write_report(out, summary)
+    return summary
+
+
+def write_report(out: Path, summary: dict[str, Any]) -> None:
+    """``report.md``: each cell's reverse candidate accuracy and each paired test's effect and
+    decision, one column per scorer."""
+    from revcurse.report.render import Heading, Para, Table, to_markdown
+
+    names = summary["scorers"]
+
+    def cell_name(labels: dict[str, Any]) -> str:
+        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in labels.items())
+
+    accuracy = Table(["cell", *names], [
+        [cell_name(c["labels"]), *(f"{c['accuracy'][n]['mean']:.3f}" for n in names)]
+        for c in summary["cells"]
+    ])  # fmt: skip
+    first = summary["contrasts"][names[0]]
+    rows = []
+    for i, c in enumerate(first):
+        decided = [summary["contrasts"][n][i] for n in names]
+        rows.append([f"{c['slice']}: {c['value']} - {c['baseline']}", cell_name(c["cell"]),
+                     *(f"{d['test']['effect']:+.3f} ({d['decision']})" for d in decided)])  # fmt: skip
+    blocks = [
+        Para(
+            f"Reverse candidate accuracy (the right entity ranked first among every entity of its "
+            f"side) of the MDM runs of {summary['sweep']}, re-scored with each scorer: the "
+            "Monte-Carlo bound with N draws (mc-N), its exact expectation (exact) and the "
+            "left-to-right chain (chain). Mean over seeds."
+        ),  # fmt: skip
+        accuracy,
+        Heading("The sweep's paired tests on rank correctness"),
+        Para(
+            "Effect (value minus baseline, paired by seed and fact) and decision per scorer; "
+            "a decision that changes with the draws and settles at the exact bound's says how "
+            "many draws are enough."
+        ),  # fmt: skip
+        Table(["contrast", "where", *names], rows),
+    ]
+    files.write_text(out / "report.md", to_markdown("MDM likelihood: how many draws", blocks, out))
