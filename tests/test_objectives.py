@@ -418,7 +418,7 @@ def test_entity_masking_masks_each_entity_whole_at_rate_t():
     assert (apart[:, 1] != apart[:, 2]).double().mean() > 0.3  # token masking splits entities
 
 
-def test_entity_masking_is_refused_where_nothing_is_masked_or_on_text_runs():
+def test_entity_masking_is_refused_where_nothing_is_masked():
     from conftest import tiny_run_config
 
     from revcurse.config import TextRunConfig, apply_overrides
@@ -427,7 +427,7 @@ def test_entity_masking_is_refused_where_nothing_is_masked_or_on_text_runs():
     with pytest.raises(ConfigError, match="train.mask_unit': entity masking needs a masked"):
         apply_overrides(tiny_run_config(causal=True), ["train.mask_unit=entity"]).validate("run")
     with pytest.raises(ConfigError, match="train.mask_unit"):
-        apply_overrides(TextRunConfig(), ["train.mask_unit=entity"])
+        apply_overrides(TextRunConfig(), ["train.mask_unit=entity", "model.causal=true"])
     cfg = apply_overrides(tiny_run_config(), ["train.mask_unit=entity", "data.entity_tokens=2",
                                               "probe.enabled=false"])  # fmt: skip
     from revcurse.experiments.toy_run import train

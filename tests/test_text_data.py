@@ -213,3 +213,74 @@ def test_non_finite_scores_are_refused_not_ranked_first():
     with pytest.raises(RevcurseError, match="not finite"):
         likelihood_rank(torch.tensor([[float("inf"), -1.0]]))
     assert likelihood_rank(torch.tensor([[float("-inf"), -1.0, -2.0]])).tolist() == [3]
+
+
+def test_entity_units_by_hand():
+    """Whole-entity masking units on encoded statements: each verbatim occurrence of a named
+    entity (the longest of overlapping names first) is one unit, every other token its own; an
+    entity cut inside a word, or a row that is not the text's own tokens, keeps token units."""
+    from revcurse.data.text import entity_units
+
+    texts = ["Alice Smith is the mother of Bob Jones.", "Who is Bob Jones's mother?",
+             "Alicea sings.", "Bob Jones is tall."]  # fmt: skip
+    tok = WordTokenizer.fit(texts)
+    rows = [[tok.bos_id, *tok.encode(t)] for t in texts]
+    rows[3] = [tok.bos_id, *tok.encode("Alice Smith is tall.")]  # not this text's tokens
+    length = max(map(len, rows)) + 2
+    ids = torch.full((len(rows), length), tok.pad_id)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    starts, with_units = entity_units(tok, texts, ["Bob", "Alice Smith", "Bob Jones", "Alice"],
+                                      ids, offset=1)  # fmt: skip
+    own = list(range(length))
+    # BOS Alice Smith is the mother of Bob Jones . : positions 1-2 and 7-8 are entities
+    assert starts[0].tolist() == [0, 1, 1, 3, 4, 5, 6, 7, 7, 9, *own[10:]]
+    # BOS Who is Bob Jones ' s mother ? : "Bob Jones" (longest), not "Bob" alone
+    assert starts[1].tolist() == [0, 1, 2, 3, 3, *own[5:]]
+    assert starts[2].tolist() == own  # "Alice" inside "Alicea": no unit
+    assert starts[3].tolist() == own  # the row holds other tokens than the text
+    assert with_units == 2
+
+
+def test_a_from_scratch_run_masks_named_entities_whole():
+    """Parent–Child from scratch with train.mask_unit=entity: in every statement the child and the
+    parent are one unit each (BOS, the other words, the EOS fill their own), and the masking draws
+    one uniform per unit. An ARM, or a fine-tune, is refused the setting."""
+    from revcurse.config import FinetuneConfig, TextRunConfig, apply_overrides
+    from revcurse.data.schema import named_entities
+    from revcurse.errors import ConfigError
+    from revcurse.experiments.from_scratch import prepare, training_batch
+    from revcurse.objectives import mask_tokens
+
+    cfg = apply_overrides(TextRunConfig(), ["dataset=parent-child", "n_people=6",
+                                            "train.mask_unit=entity"])  # fmt: skip
+    prepared = prepare(cfg)
+    tok, statements = prepared.tokenizer, prepared.statements
+    pairs = [*statements, *(p for split in prepared.splits.values() for p in split)]
+    batch = training_batch(cfg, statements, tok, named_entities(pairs))
+
+    def unit_of(row: int, text: str) -> list[int]:
+        """The positions of ``text``'s tokens in the row, checked to be one unit."""
+        want, ids = tok.encode(text.strip()), batch.ids[row].tolist()
+        at = next(i for i in range(len(ids)) if ids[i : i + len(want)] == want)
+        span = list(range(at, at + len(want)))
+        units = batch.unit_start[row].tolist()
+        assert [i for i, u in enumerate(units) if u == at] == span, (text, units)
+        return span
+
+    for row, s in enumerate(statements):
+        reverse = s.prompt.startswith("Name a child of ")
+        child = s.completion if reverse else s.prompt.removeprefix("Who is ").split("'s ")[0]
+        parent = s.prompt.removeprefix("Name a child of ").removesuffix(".") if reverse else (
+            s.completion)  # fmt: skip
+        entity = unit_of(row, child) + unit_of(row, parent)
+        others = [i for i in range(batch.ids.shape[1]) if i not in entity]
+        assert all(batch.unit_start[row, i] == i for i in others)  # every other token alone
+    noisy, masked = mask_tokens(batch.ids, torch.full((len(statements),), 0.5), tok.mask_id,
+                                torch.Generator().manual_seed(0), None, batch.unit_start)  # fmt: skip
+    same_unit = batch.unit_start[:, 1:] == batch.unit_start[:, :-1]
+    assert (masked[:, 1:] == masked[:, :-1])[same_unit].all()  # a unit is masked whole
+    with pytest.raises(ConfigError, match="train.mask_unit': expected token for an ARM"):
+        apply_overrides(TextRunConfig(), ["model.causal=true", "train.mask_unit=entity"])
+    with pytest.raises(ConfigError, match="train.mask_unit': expected token for a fine-tune"):
+        apply_overrides(FinetuneConfig(), ["train.mask_unit=entity"])

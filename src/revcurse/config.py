@@ -248,9 +248,11 @@ class TrainConfig:
     all (the whole statement, LLaDA's pre-training loss) or answer (only the statement's
     completion, e.g. the description after "{name}, known for being": LLaDA's SFT loss)."""
     mask_unit: Literal["token", "entity"] = "token"
-    """What the masked_diffusion and mlm objectives mask at once: each token on its own, or (toy
-    runs) every entity whole, one draw per entity at rate t and one per other token, as DiffER's
-    whole-entity masking (arXiv 2601.07347) does."""
+    """What the masked_diffusion and mlm objectives mask at once: each token on its own, or every
+    entity whole, one draw per entity at rate t and one per other token, as DiffER's whole-entity
+    masking (arXiv 2601.07347) does. Toy runs: the two entity slots. From-scratch text runs: every
+    occurrence in a statement of an entity the dataset names (the answers of its queries and
+    statements: names, parents, descriptions as worded), found verbatim, longest first."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
@@ -337,16 +339,17 @@ class TrainConfig:
         _check(self.mask_unit in ("token", "entity"), where, "mask_unit",
                "one of 'token', 'entity'", self.mask_unit)  # fmt: skip
 
-    def check_text(self, where: str) -> None:
+    def check_text(self, where: str, entity_masking: bool = False) -> None:
         """Refuse, in the config that holds this as ``train``, the settings only toy runs have (a
-        text run's loss follows model.causal)."""
+        text run's loss follows model.causal; ``entity_masking``: whether this kind of run masks
+        entities whole)."""
         _check(self.objective == "auto", where, "train.objective",
                "auto (text runs train masked_diffusion or next_token by model.causal)",
                self.objective)  # fmt: skip
         _check(self.maskable in ("all", "answer"), where, "train.maskable",
                "all or answer for a text run", self.maskable)  # fmt: skip
-        _check(self.mask_unit == "token", where, "train.mask_unit",
-               "token for a text run (entity masking is a toy-run setting so far)",
+        _check(self.mask_unit == "token" or entity_masking, where, "train.mask_unit",
+               "token for a fine-tune (entity masking is for toy and from-scratch runs so far)",
                self.mask_unit)  # fmt: skip
         _check(self.eval_every == 0, where, "train.eval_every",
                "0 (text runs evaluate before and after training)", self.eval_every)  # fmt: skip
@@ -894,7 +897,10 @@ class TextRunConfig:
                self.path_sha256) is not None), where, "path_sha256",
                "empty or the 64 hex digits of a facts file's SHA-256 (filled in by revcurse)",
                self.path_sha256)  # fmt: skip
-        self.train.check_text(where)
+        self.train.check_text(where, entity_masking=True)
+        _check(self.train.mask_unit == "token" or not self.model.causal, where,
+               "train.mask_unit", "token for an ARM (its next-token loss masks nothing)",
+               self.train.mask_unit)  # fmt: skip
 
     @property
     def family(self) -> str:

@@ -8,6 +8,7 @@ the same record serves single-token toy entities and multi-token natural-languag
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,6 +113,13 @@ def entity_text(answer: str) -> str:
     """An answer as the entity it names, for finding it in another query's text: surrounding
     space and a final period (descriptions end their sentence) are not part of it."""
     return answer.strip().removesuffix(".")
+
+
+def named_entities(pairs: Iterable[TextPair]) -> list[str]:
+    """The entities a dataset names: every answer (completion and alternatives) of its statements
+    and queries, as :func:`entity_text` reads them, each once (what whole-entity masking masks)."""
+    return list(dict.fromkeys(e for p in pairs for a in (p.completion, *p.alternatives)
+                              if (e := entity_text(a))))  # fmt: skip
 
 
 def mirror_query(forward: TextPair, answer: str) -> TextPair | None:

@@ -201,6 +201,42 @@ def encode_pairs(
     return TextBatch(ids, prompt_mask, real & ~prompt_mask, real)
 
 
+def entity_units(
+    tokenizer: Any, texts: Sequence[str], entities: Sequence[str], ids: torch.Tensor, offset: int
+) -> tuple[torch.Tensor, int]:
+    """Whole-entity masking units of encoded statements: ``ids [B, L]`` holds each of ``texts``
+    from position ``offset`` on (after BOS); returns ``[B, L]`` the first position of the unit
+    each token is masked with, and how many texts held an entity. Every verbatim occurrence in a
+    text of one of ``entities`` (longest first, not overlapping) is one unit; every other token is
+    its own. The text is tokenized piece by piece around the occurrences so the spans are exact;
+    where the pieces are not the row's own tokens (an entity cut inside a word), that row keeps
+    token units."""
+    starts = torch.arange(ids.shape[1]).repeat(len(texts), 1)  # [B, L]
+    names = sorted({e for e in entities if e.strip()}, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(e) for e in names)) if names else None
+    with_units = 0
+    for row, text in enumerate(texts):
+        if pattern is None:
+            break
+        found = list(pattern.finditer(text))
+        if not found:
+            continue
+        pieces, spans, at = [], [], 0
+        for m in found:
+            pieces += tokenizer.encode(text[at : m.start()])
+            piece = tokenizer.encode(m.group(0))
+            spans.append((offset + len(pieces), offset + len(pieces) + len(piece)))
+            pieces += piece
+            at = m.end()
+        pieces += tokenizer.encode(text[at:])
+        if pieces != ids[row, offset : offset + len(pieces)].tolist():
+            continue
+        for lo, hi in spans:
+            starts[row, lo:hi] = lo
+        with_units += 1
+    return starts, with_units
+
+
 def fill_row(row: list[int], fill: tuple[int, int] | None) -> list[int]:
     """``row`` extended with ``token`` up to ``length`` for ``fill = (token, length)`` (the EOS fill
     of an MDM trained on :func:`pad_with_eos` statements); unchanged for ``None``."""
@@ -224,4 +260,8 @@ def pad_with_eos(batch: TextBatch, length: int, eos_id: int) -> TextBatch:
     ids[:, :L] = batch.ids.masked_fill(~batch.attention_mask, eos_id)
     prompt = torch.zeros(B, length, dtype=torch.bool)
     prompt[:, :L] = batch.prompt_mask
-    return TextBatch(ids, prompt, ~prompt, torch.ones(B, length, dtype=torch.bool))
+    units = None
+    if batch.unit_start is not None:  # the fill's tokens are units of their own
+        units = torch.arange(length).repeat(B, 1)
+        units[:, :L] = batch.unit_start
+    return TextBatch(ids, prompt, ~prompt, torch.ones(B, length, dtype=torch.bool), units)

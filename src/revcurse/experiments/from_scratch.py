@@ -60,8 +60,8 @@ from revcurse.data.person_description import (
     training_statements,
     training_template_splits,
 )
-from revcurse.data.schema import Direction, TextPair, mirror_query
-from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, pad_with_eos
+from revcurse.data.schema import Direction, TextPair, mirror_query, named_entities
+from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.executor import Outcome, guarded, model_dir, train_families
@@ -411,17 +411,24 @@ def prepare(cfg: TextRunConfig) -> Prepared:
 
 
 def training_batch(
-    cfg: TextRunConfig, statements: list[TextPair], tokenizer: WordTokenizer
+    cfg: TextRunConfig,
+    statements: list[TextPair],
+    tokenizer: WordTokenizer,
+    entities: Sequence[str] = (),
 ) -> TextBatch:
     """The statements as ``[BOS] statement`` rows whose ``answer_mask`` is what the MDM may mask:
     the whole statement (``train.maskable: all``, the pre-training loss) or only its completion
     (``answer``: the prompt part stays visible, the SFT loss). The MDM's rows are then filled with
     EOS to ``max_seq_len`` (maskable, so it learns to end its answers). An ARM's next-token loss
-    reads every statement token either way."""
+    reads every statement token either way. With ``train.mask_unit: entity`` every occurrence of
+    one of ``entities`` in a statement is masked whole (:func:`~revcurse.data.text.entity_units`)."""
     causal = cfg.model.causal
+    texts = [s.prompt + s.completion for s in statements]
     if cfg.train.maskable == "all" or causal:
-        statements = [TextPair("", s.prompt + s.completion) for s in statements]
+        statements = [TextPair("", text) for text in texts]
     data = encode_pairs(tokenizer, statements, bos=True)
+    if cfg.train.mask_unit == "entity":  # every named entity masked whole (DiffER)
+        data.unit_start, _ = entity_units(tokenizer, texts, entities, data.ids, offset=1)
     if not causal:
         data = pad_with_eos(data, cfg.model.max_seq_len, tokenizer.eos_id)
     return data
@@ -451,7 +458,8 @@ def train_run(
     causal = cfg.model.causal
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))
-    data = training_batch(cfg, statements, tokenizer)
+    named = named_entities([*statements, *(p for split in splits.values() for p in split)])
+    data = training_batch(cfg, statements, tokenizer, named)
     accelerator = training.make_accelerator("cpu", log_with, out)
     log = MetricsLog(out, accelerator)
     log.start(to_dict(cfg))
