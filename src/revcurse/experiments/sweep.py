@@ -25,6 +25,8 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
   MDM and ARM;
 * ``entity-length``: length or shared tokens (:func:`entity_length_slices`): entities of 1, 2, 4
   tokens spelled from unique or shared pools, the pool varied at fixed length; an ARM control;
+* ``entity-masking``: whole-entity masking against token masking on the multi-token cells of
+  ``entity-length`` (:func:`entity_masking_slices`);
 * ``weight-decay``: ARMs that reverse? (:func:`weight_decay_slices`) half the facts trained in
   both directions with an inverse relation, weight decay 0 .. 3, MDM and ARM, curves over
   training;
@@ -243,6 +245,27 @@ def entity_length_slices() -> dict[str, SliceConfig]:
     }
 
 
+def entity_masking_slices() -> dict[str, SliceConfig]:
+    """Whole-entity masking (#28, section 2; DiffER, arXiv 2601.07347): the multi-token cells of
+    ``entity-length`` (two layers, 30000 steps, MDM) trained with each entity masked whole
+    against token by token, paired by seed; one slice per spelling, so each reads its own
+    question."""
+    question = ("With {} spelling, does masking each entity whole (one draw per entity) restore "
+                "the reversal that token-by-token masking loses at 2 and 4 tokens?")  # fmt: skip
+    return {
+        spelling: SliceConfig(
+            grid={
+                "data.entity_tokens": [2, 4],
+                "data.entity_spelling": [spelling],
+                "train.mask_unit": ["token", "entity"],
+            },  # fmt: skip
+            compare="train.mask_unit",
+            question=question.format(spelling),
+        )
+        for spelling in ("unique", "shared")
+    }
+
+
 WEIGHT_DECAYS = [0.0, 0.1, 1.0, 3.0]
 """AdamW's decoupled weight decay in the weight-decay experiment (Kim et al.'s threshold is 1)."""
 
@@ -341,6 +364,19 @@ def named_experiments() -> dict[str, Named]:
             quick=["seeds=[0]", "train.steps=3000"],
             question="Does MDM reversal follow the entities' length or the tokens they share? "
             "(Each slice moves one; fit first; generation and likelihood rank read together.)",
+        ),
+        "entity-masking": Named(
+            SweepConfig(
+                name="entity-masking",
+                grid={"model.causal": [False], "model.n_heads": [4], "model.n_layers": [2]},
+                slices=entity_masking_slices(),
+                train=TrainConfig(steps=30000, eval_every=0, checkpoint_every=500),
+                probe=ProbeConfig(enabled=False),  # entity-length's cells, as they were run
+            ),
+            x="data.entity_tokens",
+            quick=["seeds=[0]", "train.steps=3000"],
+            question="Does whole-entity masking (DiffER) restore MDM reversal of multi-token "
+            "entities where token masking loses it?",
         ),
         "weight-decay": Named(
             SweepConfig(
