@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -382,7 +383,9 @@ def test_masked_ar_trains_a_causal_toy_model_and_is_refused_on_a_bidirectional_o
     cfg = apply_overrides(tiny_run_config(causal=True), ["train.objective=masked_ar"])
     summary = train(cfg, None, progress=False)
     assert summary["objective"] == "masked_ar" and summary["mirror_accuracy"] is None
-    with pytest.raises(ConfigError, match="train.objective': masked_ar needs a causal model"):
+    with pytest.raises(
+        ConfigError, match="train.objective': masked_ar needs an autoregressive model"
+    ):
         apply_overrides(tiny_run_config(causal=False), ["train.objective=masked_ar"]).validate(
             "run"
         )
@@ -433,3 +436,68 @@ def test_entity_masking_is_refused_where_nothing_is_masked():
     from revcurse.experiments.toy_run import train
 
     assert train(cfg, None, progress=False)["forward_accuracy"] is not None
+
+
+def test_prefix_lm_reads_each_prefix_alone_with_full_attention():
+    """prefix_lm against a loop: for every predicted token x_k, run a full-attention model on
+    the truncated sequence x_<k alone (its own forward pass) and take the cross-entropy of x_k at
+    position k - 1; the mean over the predicted tokens (padding never predicted). With causal
+    attention the same loss is the next-token loss (nothing after a position is read either
+    way), so the test would notice the prefix not being cut."""
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+    from revcurse.objectives import next_token_loss, prefix_lm_loss
+
+    ids = torch.tensor([[5, 6, 7, 8, 2], [5, 3, 4, 0, 0]])
+    real = ids != 0
+    torch.manual_seed(0)
+    full = TransformerLM(ModelConfig(causal=True, attention="full", n_layers=2, n_heads=2,
+                                     d_model=16, init_std=0.3), 9).double().eval()  # fmt: skip
+    got = prefix_lm_loss(full, ids, real, real)
+    terms = []
+    for b in range(2):
+        for k in range(1, ids.shape[1]):
+            if real[b, k]:
+                logits = full(ids[b : b + 1, :k])[0, k - 1]
+                terms.append(-torch.log_softmax(logits, -1)[ids[b, k]].item())
+    assert got.item() == pytest.approx(sum(terms) / len(terms), rel=1e-10)
+    # one cut prefix matters: the full sequence read at once sees the future
+    leaked = torch.nn.functional.cross_entropy(full(ids)[:, :-1][real[:, 1:]],
+                                               ids[:, 1:][real[:, 1:]])  # fmt: skip
+    assert abs(leaked.item() - got.item()) > 1e-3
+    causal = TransformerLM(dataclasses.replace(full.cfg, attention="auto"), 9).double().eval()
+    causal.load_state_dict(full.state_dict())
+    assert prefix_lm_loss(causal, ids, real, real).item() == pytest.approx(
+        next_token_loss(causal, ids, real, real).item(), rel=1e-10
+    )
+
+
+def test_the_attention_mask_is_set_apart_from_the_family():
+    """model.attention=causal: a masked model whose logits at a position do not move when a later
+    token changes, read at its masked slots and asked no mirror query (it could not see what
+    follows the answer); model.attention=full: an autoregressive model only with prefix_lm (with
+    causal attention prefix_lm is next_token, the grid's control). The refusals name the field."""
+    from conftest import tiny_run_config
+
+    from revcurse.config import ModelConfig, apply_overrides
+    from revcurse.errors import ConfigError
+    from revcurse.experiments.toy_run import train
+    from revcurse.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(attention="causal", d_model=16, n_heads=2), 9).eval()
+    a, b = torch.tensor([[3, 4, 5, 6]]), torch.tensor([[3, 4, 5, 7]])
+    assert torch.equal(model(a)[0, :3], model(b)[0, :3]) and not model.causal
+    cfg = apply_overrides(tiny_run_config(), ["model.attention=causal"])
+    summary = train(cfg, None, progress=False)
+    assert summary["mirror_accuracy"] is None and summary["reverse_accuracy"] is not None
+    assert "attention_pearson_mirror_final" not in summary["probe"]
+    assert "attention_pearson_forward_final" in summary["probe"]
+    for sets, fragment in [
+        (["model.causal=true", "model.attention=full"], "model.attention': an autoregressive"),
+        (["train.objective=prefix_lm"], "prefix_lm needs an autoregressive model"),
+        (["model.causal=true", "model.attention=full", "train.objective=prefix_lm"],
+         "probe.enabled"),
+    ]:  # fmt: skip
+        with pytest.raises(ConfigError, match=fragment):
+            apply_overrides(tiny_run_config(), sets)

@@ -73,6 +73,7 @@ def test_named_experiments_expand_to_valid_configs():
         "distance": 195,
         "bridge": 90,
         "entity-length": 50,  # 7 MDM cells and 3 ARM cells: shared cells run once
+        "objective-attention": 30,  # 6 cells: the MDM and the ARM shared by two slices each
         "entity-masking": 40,  # L {2, 4} x spelling x mask unit, MDM
         "weight-decay": 40,  # 4 decays x MDM and ARM
         "scale": 80,

@@ -48,7 +48,7 @@ app = typer.Typer(
 
 EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length",
-    "entity-masking", "weight-decay", "scale",
+    "objective-attention", "entity-masking", "weight-decay", "scale",
     "person-description", "parent-child", "facts",
 )  # fmt: skip
 FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,

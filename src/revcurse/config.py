@@ -39,7 +39,9 @@ T = TypeVar("T")
 Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
-Objective = Literal["auto", "masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar"]
+Objective = Literal[
+    "auto", "masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar", "prefix_lm"
+]
 Maskable = Literal["all", "entities", "no_fillers", "answer"]
 TextTask = Literal["person-description", "parent-child", "facts"]
 Schedule = Literal["cosine", "linear", "constant"]
@@ -151,7 +153,15 @@ class ModelConfig:
     """One small Transformer; ``causal`` switches a bidirectional encoder (MDM) / decoder (ARM)."""
 
     causal: bool = False
-    """True: causal decoder (ARM). False: bidirectional encoder (MDM)."""
+    """True: causal decoder (ARM). False: bidirectional encoder (MDM). The family: how the model is
+    trained by default, read (the next token after the prompt, or the masked answer slot) and
+    which queries it can be asked; its attention follows unless ``attention`` says otherwise."""
+    attention: Literal["auto", "causal", "full"] = "auto"
+    """The attention mask alone: ``auto`` follows ``causal``; ``causal`` makes a masked model
+    attend to the left only (the masked objective with causal attention); ``full`` lets an
+    autoregressive model attend both ways within what it reads (with the prefix_lm objective,
+    next-token prediction from a prefix read bidirectionally). The objective x attention grid
+    (``reproduce objective-attention``)."""
     d_model: int = 64
     """Residual stream width."""
     n_layers: int = 1
@@ -174,6 +184,11 @@ class ModelConfig:
     """Share the input embedding and the unembedding (lm_head)."""
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of every weight matrix."""
+
+    @property
+    def attends_causally(self) -> bool:
+        """Whether each position attends only to itself and the positions before it."""
+        return self.causal if self.attention == "auto" else self.attention == "causal"
 
     def validate(self, where: str) -> None:
         _check(self.d_model >= 1, where, "d_model", "an integer >= 1", self.d_model)
@@ -237,8 +252,10 @@ class TrainConfig:
     objective: Objective = "auto"
     """masked_diffusion (MDM), next_token (ARM), mlm (fixed ratio), answer_only (mask only the
     answer entity), masked_ar (a causal model reading inputs masked at t ~ U(0.05, 0.95),
-    predicting the original next tokens), or auto: masked_diffusion or next_token from
-    model.causal. Text runs: auto."""
+    predicting the original next tokens), prefix_lm (next-token prediction where each prefix is
+    read on its own: with model.attention=full every prefix is read both ways; with causal
+    attention it is next_token, at a few times the cost), or auto:
+    masked_diffusion or next_token from model.causal. Text runs: auto."""
     mlm_ratio: float = 0.15
     """Masking ratio of the mlm objective."""
     maskable: Maskable = "all"
@@ -432,11 +449,27 @@ class RunConfig:
                 f"{where}: field 'train.mask_unit': entity masking needs a masked objective "
                 f"(masked_diffusion or mlm), not {objective}"
             )
-        if objective in ("next_token", "masked_ar") and not self.model.causal:
+        if objective in ("next_token", "masked_ar", "prefix_lm") and not self.model.causal:
             raise ConfigError(
-                f"{where}: field 'train.objective': {objective} needs a causal model "
+                f"{where}: field 'train.objective': {objective} needs an autoregressive model "
                 "(model.causal=true)"
             )
+        if self.model.causal and not self.model.attends_causally and objective != "prefix_lm":
+            raise ConfigError(
+                f"{where}: field 'model.attention': an autoregressive model attends both ways "
+                "only with the prefix_lm objective (any other would read the tokens it predicts)"
+            )
+        if objective == "prefix_lm":
+            if self.data.entity_tokens > 1:
+                raise ConfigError(
+                    f"{where}: field 'data.entity_tokens': expected 1 with prefix_lm (its "
+                    "multi-token answers would need scoring prefix by prefix; not implemented)"
+                )
+            if self.probe.enabled:
+                raise ConfigError(
+                    f"{where}: field 'probe.enabled': the probes read a query with its answer in "
+                    "place, which full attention would see; set probe.enabled=false"
+                )
         self.model.check_fits(toy_vocab_size(self.data), where)
         seq_len = toy_sequence_length(self.data)
         if seq_len > self.model.max_seq_len:
@@ -898,6 +931,9 @@ class TextRunConfig:
                "empty or the 64 hex digits of a facts file's SHA-256 (filled in by revcurse)",
                self.path_sha256)  # fmt: skip
         self.train.check_text(where, entity_masking=True)
+        _check(self.model.attention == "auto", where, "model.attention",
+               "auto for a text run (the objective x attention cells are toy runs so far)",
+               self.model.attention)  # fmt: skip
         _check(self.train.mask_unit == "token" or not self.model.causal, where,
                "train.mask_unit", "token for an ARM (its next-token loss masks nothing)",
                self.train.mask_unit)  # fmt: skip

@@ -46,7 +46,7 @@ import torch
 
 from revcurse import files
 from revcurse.config import DecodeConfig
-from revcurse.data.schema import DIRECTIONS, ReversalDataset, TextPair, directions_for
+from revcurse.data.schema import DIRECTIONS, ReversalDataset, TextPair, directions_for, one_way
 from revcurse.data.text import encode_prompt, frame
 from revcurse.data.tokenize import Vocab, pad_batch
 from revcurse.decoding import (
@@ -336,7 +336,7 @@ class ToyEvaluator:
         out: dict[str, Any] = {}
         predictions: dict[str, list[str]] = {}
         correct: dict[str, list[bool]] = {}
-        asked = directions_for(model.causal)
+        asked = directions_for(one_way(model))
         sets = [(d, d, self.queries.get(d), self.queries) for d in DIRECTIONS]
         sets += [(f"{d}_{group}", d, q, qs) for group, qs in self.groups.items()
                  for d, q in qs.items()]  # fmt: skip

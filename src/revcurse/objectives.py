@@ -214,6 +214,31 @@ def masked_ar_loss(
     return F.cross_entropy(_at_least_float32(logits), ids[:, 1:][predicted[:, 1:]])
 
 
+def prefix_lm_loss(
+    model: torch.nn.Module,
+    ids: torch.Tensor,  # [B, L] clean sequences, right-padded
+    predicted: torch.Tensor,  # [B, L] bool: the tokens that are predicted (position 0 never is)
+    attention_mask: torch.Tensor,  # [B, L] bool: real tokens
+) -> torch.Tensor:
+    """Next-token prediction from prefixes read with full attention (the next-token objective x
+    bidirectional attention cell of the objective x attention grid): for every predicted token
+    ``x_k`` the model reads ``x_<k`` alone, every position seeing every other, and predicts
+    ``x_k`` at position ``k - 1``; the mean cross-entropy over the predicted tokens. One row per
+    (sequence, k): the sequence with every key from ``k`` on hidden, so nothing after the prefix
+    reaches any position. ``model`` must attend both ways (``model.attention=full``); with
+    causal attention this is exactly :func:`next_token_loss`, at L times its cost."""
+    B, L = ids.shape
+    k = torch.arange(1, L, device=ids.device)  # [L - 1] the predicted position
+    take = predicted[:, 1:] & attention_mask[:, 1:]  # [B, L - 1]
+    rows = take.nonzero()  # [N, 2] (sequence, k - 1)
+    n, j = rows[:, 0], k[rows[:, 1]]  # [N] sequence and predicted position
+    positions = torch.arange(L, device=ids.device)  # [L]
+    keys = (positions[None] < j[:, None]) & attention_mask[n]  # [N, L] the prefix x_<k
+    where = positions[None] == (j - 1)[:, None]  # [N, L] reads the prefix's last position
+    logits = logits_at(model, ids[n], keys, where)  # [N, V]
+    return F.cross_entropy(_at_least_float32(logits), ids[n, j])
+
+
 def _key_mask(real: torch.Tensor) -> torch.Tensor | None:
     """The padding mask to pass to the model, or None when nothing is padded (saves a masked_fill)."""
     return None if bool(real.all()) else real
@@ -237,7 +262,7 @@ def answer_loss(
     return F.cross_entropy(_at_least_float32(logits), ids[answer_mask])
 
 
-OBJECTIVES = ("masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar")
+OBJECTIVES = ("masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar", "prefix_lm")
 
 
 def training_loss(
@@ -267,6 +292,8 @@ def training_loss(
     if objective == "masked_ar":
         return masked_ar_loss(model, batch.ids, batch.answer_mask, batch.attention_mask, mask_id,
                               generator)  # fmt: skip
+    if objective == "prefix_lm":
+        return prefix_lm_loss(model, batch.ids, batch.answer_mask, batch.attention_mask)
     if objective == "answer_only":
         return answer_loss(
             model, batch.ids, batch.answer_mask, batch.attention_mask, False, mask_id

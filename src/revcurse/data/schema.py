@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["forward", "reverse", "mirror"]
 DIRECTIONS: tuple[Direction, Direction, Direction] = ("forward", "mirror", "reverse")
@@ -28,6 +28,13 @@ def directions_for(causal: bool) -> tuple[Direction, ...]:
     """The directions a model can be asked: a causal model sees no context right of its answer, so
     the mirror query (answer first) has nothing to condition on and is not asked."""
     return tuple(d for d in DIRECTIONS if not (causal and d == "mirror"))
+
+
+def one_way(model: Any) -> bool:
+    """Whether ``model`` cannot be asked to fill an answer from what follows it: read as an
+    autoregressive model, or attending to the left only (a masked model with causal attention,
+    ``model.attention=causal``). Such a model has no mirror query and no mirror pairing."""
+    return bool(model.causal or getattr(model, "attends_causally", model.causal))
 
 
 Tokens = tuple[str, ...]

@@ -126,13 +126,13 @@ def training_batch(
 ) -> TextBatch:
     """The toy training statements as the loop's :class:`TextBatch`, whose ``answer_mask`` holds the
     tokens ``objective`` learns: the ``maskable`` ones (masked_diffusion, mlm), every real token
-    (next_token, masked_ar), or the answer entity (answer_only)."""
+    (next_token, masked_ar, prefix_lm), or the answer entity (answer_only)."""
     ids = encode_statements(vocab, dataset.train)  # [N, L]
     shape = tuple(ids.shape)
     real = ids != vocab.pad_id
     if objective == "answer_only":
         learned = span_mask(dataset.answer_spans, shape)
-    elif objective in ("next_token", "masked_ar"):  # every token after the first is predicted
+    elif objective in ("next_token", "masked_ar", "prefix_lm"):  # every token after the first
         learned = real
     else:
         learned = maskable_mask(dataset, maskable, shape) & real

@@ -25,6 +25,8 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
   MDM and ARM;
 * ``entity-length``: length or shared tokens (:func:`entity_length_slices`): entities of 1, 2, 4
   tokens spelled from unique or shared pools, the pool varied at fixed length; an ARM control;
+* ``objective-attention``: the objective x attention grid and masked-AR
+  (:func:`objective_attention_slices`);
 * ``entity-masking``: whole-entity masking against token masking on the multi-token cells of
   ``entity-length`` (:func:`entity_masking_slices`);
 * ``weight-decay``: ARMs that reverse? (:func:`weight_decay_slices`) half the facts trained in
@@ -266,6 +268,42 @@ def entity_masking_slices() -> dict[str, SliceConfig]:
     }
 
 
+def objective_attention_slices() -> dict[str, SliceConfig]:
+    """The objective x attention grid (#28, section 3), one variable per paired test: the toy's
+    one-token facts (1 layer, 4 heads, 3000 steps); docs/experiments.md defines every cell."""
+    return {
+        "family": SliceConfig(
+            grid={"model.causal": [False, True]},
+            compare="model.causal",
+            question="The reference: the masked diffusion model (bidirectional) against the "
+            "next-token ARM (causal).",
+        ),
+        "masked-attention": SliceConfig(
+            grid={"model.causal": [False], "model.attention": ["auto", "causal"]},
+            compare="model.attention",
+            question="Masked objective: does causal attention lose the reversal bidirectional "
+            "attention gives?",
+        ),
+        "next-token-attention": SliceConfig(
+            grid={
+                "model.causal": [True],
+                "train.objective": ["prefix_lm"],
+                "model.attention": ["auto", "full"],
+            },  # fmt: skip
+            compare="model.attention",
+            question="Next-token objective, each prefix read on its own: does reading it both "
+            "ways (full) reverse where reading it left to right (auto: the ARM's loss) does not?",
+        ),
+        "masked-ar": SliceConfig(
+            # auto is next_token for the ARM: the family slice's ARM, trained once
+            grid={"model.causal": [True], "train.objective": ["auto", "masked_ar"]},
+            compare="train.objective",
+            question="Causal attention: does masking the inputs (masked-AR, Pan et al.) make "
+            "the ARM (auto: next_token) reverse?",
+        ),
+    }
+
+
 WEIGHT_DECAYS = [0.0, 0.1, 1.0, 3.0]
 """AdamW's decoupled weight decay in the weight-decay experiment (Kim et al.'s threshold is 1)."""
 
@@ -364,6 +402,19 @@ def named_experiments() -> dict[str, Named]:
             quick=["seeds=[0]", "train.steps=3000"],
             question="Does MDM reversal follow the entities' length or the tokens they share? "
             "(Each slice moves one; fit first; generation and likelihood rank read together.)",
+        ),
+        "objective-attention": Named(
+            SweepConfig(
+                name="objective-attention",
+                grid={"model.n_heads": [4]},
+                slices=objective_attention_slices(),
+                train=TrainConfig(checkpoint_every=500),
+                probe=ProbeConfig(enabled=False),  # prefix_lm cannot be probed (full attention)
+            ),
+            x="model.attention",
+            quick=["seeds=[0]", "train.steps=1500"],
+            question="Objective or attention? Next-token and masked objectives, each with "
+            "causal and bidirectional attention, and masked-AR: which cells reverse?",
         ),
         "entity-masking": Named(
             SweepConfig(

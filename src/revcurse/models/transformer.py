@@ -169,7 +169,7 @@ class TransformerModel(nn.Module):
         bias = self.alibi(L) if self.alibi is not None else None
 
         mask = None  # [B or 1, 1, Lq, Lk]
-        if self.cfg.causal:
+        if self.cfg.attends_causally:
             mask = self.causal_mask[:L, :L][None, None]
         if attention_mask is not None:
             keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, Lk]
@@ -208,7 +208,13 @@ class TransformerLM(nn.Module):
 
     @property
     def causal(self) -> bool:
+        """The family (how the model is read and asked); its attention is
+        :attr:`attends_causally`."""
         return self.cfg.causal
+
+    @property
+    def attends_causally(self) -> bool:
+        return self.cfg.attends_causally
 
     selects_positions = True
     """``forward`` takes ``where`` (see :func:`revcurse.objectives.logits_at`)."""

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 
 from revcurse.config import ToyDataConfig
+from revcurse.data.schema import one_way
 from revcurse.data.tokenize import Vocab
 from revcurse.models.transformer import TransformerLM
 from revcurse.probes.inputs import (
@@ -49,7 +50,8 @@ def entity_reads(
     ``score``: the mean pre-softmax score q.k/sqrt(Dh) (+ ALiBi bias) over the rows and keys (the
     coupling's S). ``mass``: the attention probability on the entity's keys (summed over them,
     mean over the rows), the softmax taken over the keys a row may see (``causal``: none after
-    it; the queries carry no padding before the rows read). One-token spans (the toy facts) are
+    it, for a causal model or one whose attention is causal; the queries carry no padding
+    before the rows read). One-token spans (the toy facts) are
     gathered in one indexing step; wider ones are averaged query by query."""
     from revcurse.models.hf import recording_scores
 
@@ -57,7 +59,9 @@ def entity_reads(
         model(ids)
     scores = [cache[n].double() for n in sorted(cache)]  # each [N, H, Lq, Lk]
     length = ids.shape[1]
-    hidden = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+    # the mask is the model's attention's (a masked model may attend causally, model.attention)
+    left_only = getattr(model, "attends_causally", causal)
+    hidden = torch.ones(length, length, dtype=torch.bool).triu(1) if left_only else None
     probs = [
         (s.masked_fill(hidden.to(s.device), float("-inf")) if hidden is not None else s).softmax(-1)
         for s in scores
@@ -106,7 +110,7 @@ def mass_grid(
         grids = []
         for name in sorted(cache):
             scores = cache[name][0].double()  # [H, L, L]
-            if causal:
+            if getattr(model, "attends_causally", causal):
                 scores = scores.masked_fill(hidden, float("-inf"))
             grids.append(scores.softmax(-1)[:, r0:r1, e0:e1])  # [H, A, E]
         grid = torch.stack(grids).cpu()  # [layers, H, A, E]
@@ -235,7 +239,7 @@ def coupling(
     ``n_filler`` fillers; default: as trained). ``cache`` (by direction and filler count) lets several
     pairings of one model score the shared reverse queries once."""
     k = data.n_filler if n_filler is None else n_filler
-    check_pairing(pairing, model.causal)
+    check_pairing(pairing, one_way(model))
     cache = {} if cache is None else cache
     queries: dict[str, list[Encoded]] = {}
     for direction in (pairing, "reverse"):  # the same query objects for every pairing

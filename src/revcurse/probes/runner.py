@@ -31,7 +31,7 @@ import torch
 
 from revcurse import files
 from revcurse.config import ProbeConfig, ToyDataConfig
-from revcurse.data.schema import ReversalDataset
+from revcurse.data.schema import ReversalDataset, one_way
 from revcurse.data.tokenize import Vocab
 from revcurse.probes.attention import coupling, coupling_vs_distance
 from revcurse.probes.gradients import PARTS, alignment
@@ -148,7 +148,7 @@ def toy_measure(
         if pc.attention:
             record["attention"], record["distance"] = {}, {}
             scores: dict = {}  # the reverse queries' scores, shared by the pairings
-            for pairing in pairings_for(model.causal):
+            for pairing in pairings_for(one_way(model)):
                 c = coupling(model, data, vocab, pairing, cache=scores)
                 record["attention"][pairing] = {
                     "delta": c["delta"],
@@ -190,7 +190,7 @@ def toy_measure(
             rev = signals("reverse")
             record["signals"] = {
                 pairing: signal_alignment(signals(pairing), rev)
-                for pairing in pairings_for(model.causal)
+                for pairing in pairings_for(one_way(model))
             }
         return record, tensors
 
