@@ -238,3 +238,47 @@ def test_a_fine_tune_names_its_facts_and_refuses_to_resume_on_changed_ones(tmp_p
     with pytest.raises(RevcurseError, match=r"data.path: .*facts.jsonl has changed since this run"):
         run_finetune(cfg, out, progress=False, resume=True)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_whole_entity_masking_in_a_fine_tune_masks_each_answer_entity_as_one_unit(tmp_path, chat):
+    """train.mask_unit=entity in a fine-tune: the answer's entity (the completion, its final
+    period aside) is one unit wherever the frame puts it (a real chat template's, with a subword
+    tokenizer's leading space; or [BOS] prompt answer EOS), the end token and the EOS fill are their
+    own, and the prompt is never masked. Refused for an autoregressive family."""
+    import dataclasses
+
+    from revcurse.errors import ConfigError
+    from revcurse.experiments.finetune import (
+        build_model,
+        load_tests,
+        training_data,
+        vocabulary_texts,
+    )
+
+    with pytest.raises(ConfigError, match="train.mask_unit': expected token for an autoregressive"):
+        apply_overrides(FinetuneConfig(), ["model.family=llama", "train.mask_unit=entity"])
+    sets = ["model.family=llada", "train.mask_unit=entity", *TINY]
+    if chat:
+        save_chat_checkpoint(tmp_path / "ckpt")
+        sets = ["model.family=llama", f"model.path={tmp_path / 'ckpt'}", *TINY]
+    cfg = apply_overrides(FinetuneConfig(), sets)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mask_unit="entity"))
+    dataset, _ = load_tests(cfg)
+    pairs = dataset.train[: cfg.data.max_train]
+    _, tok = build_model(cfg, vocabulary_texts(dataset, pairs), False)
+    data = training_data(cfg, tok, pairs, dataset, bos=not chat, causal=False)
+    assert not (data.answer_mask & data.prompt_mask).any()
+    held = 0
+    for row, pair in enumerate(pairs):
+        first = int(data.prompt_mask[row].sum())  # the answer's first position
+        units = data.unit_start[row].tolist()
+        assert units[:first] == list(range(first))  # the prompt: token units (never masked)
+        entity = [i for i, u in enumerate(units) if u == first]
+        if len(entity) > 1:
+            held += 1
+            want = tok.encode(pair.completion.rstrip().removesuffix("."))  # the space before it
+            assert data.ids[row, entity].tolist() == want, (pair.completion, entity)
+        rest = [i for i in range(first, len(units)) if i not in entity]
+        assert all(units[i] == i for i in rest)  # end token and fill alone
+    assert held >= len(pairs) // 2

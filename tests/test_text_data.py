@@ -284,3 +284,36 @@ def test_a_from_scratch_run_masks_named_entities_whole():
         apply_overrides(TextRunConfig(), ["model.causal=true", "train.mask_unit=entity"])
     with pytest.raises(ConfigError, match="train.mask_unit': expected token for a fine-tune"):
         apply_overrides(FinetuneConfig(), ["train.mask_unit=entity"])
+
+
+def test_entity_units_fold_the_space_before_an_entity_into_it_for_subword_tokenizers():
+    """A byte-level BPE (GPT-2's kind, trained here on a few sentences) folds the space before a
+    word into its first token: an entity is found as `` Mary Leakey``, the pieces then tokenize
+    to the row's own tokens, and the entity is one unit (cut at the space it would not be)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from revcurse.data.text import entity_units
+
+    texts = ["Who is Ann Lee's mother? Mary Leakey", "Name a child of Mary Leakey."]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts * 20, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+
+    class Subword:
+        def encode(self, text: str) -> list[int]:
+            return bpe.encode(text).ids
+
+    tok = Subword()
+    rows = [tok.encode(t) for t in texts]
+    ids = torch.zeros(2, max(map(len, rows)), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    starts, held = entity_units(tok, texts, ["Mary Leakey", "Ann Lee"], ids, offset=0)
+    assert held == 2
+    for row, text in enumerate(texts):
+        at = text.index(" Mary Leakey")
+        before = len(tok.encode(text[:at]))
+        width = len(tok.encode(" Mary Leakey"))
+        span = list(range(before, before + width))
+        assert width >= 2 and [i for i, u in enumerate(starts[row].tolist()) if u == before] == span

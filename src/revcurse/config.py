@@ -267,9 +267,10 @@ class TrainConfig:
     mask_unit: Literal["token", "entity"] = "token"
     """What the masked_diffusion and mlm objectives mask at once: each token on its own, or every
     entity whole, one draw per entity at rate t and one per other token, as DiffER's whole-entity
-    masking (arXiv 2601.07347) does. Toy runs: the two entity slots. From-scratch text runs: every
-    occurrence in a statement of an entity the dataset names (the answers of its queries and
-    statements: names, parents, descriptions as worded), found verbatim, longest first."""
+    masking (arXiv 2601.07347) does. Toy runs: the two entity slots. Text runs (from scratch, and
+    fine-tuning a masked diffusion model, where only the answer is ever masked): every occurrence
+    of an entity the dataset names (the answers of its queries and statements: names, parents,
+    descriptions as worded), found verbatim, longest first."""
     steps: int = 3000
     """Optimizer steps."""
     batch_size: int = 0
@@ -366,8 +367,7 @@ class TrainConfig:
         _check(self.maskable in ("all", "answer"), where, "train.maskable",
                "all or answer for a text run", self.maskable)  # fmt: skip
         _check(self.mask_unit == "token" or entity_masking, where, "train.mask_unit",
-               "token for a fine-tune (entity masking is for toy and from-scratch runs so far)",
-               self.mask_unit)  # fmt: skip
+               "token for this kind of run", self.mask_unit)  # fmt: skip
         _check(self.eval_every == 0, where, "train.eval_every",
                "0 (text runs evaluate before and after training)", self.eval_every)  # fmt: skip
 
@@ -868,7 +868,10 @@ class FinetuneConfig:
     probe: TextProbeConfig = field(default_factory=TextProbeConfig)
 
     def validate(self, where: str) -> None:
-        self.train.check_text(where)
+        self.train.check_text(where, entity_masking=True)
+        _check(self.train.mask_unit == "token" or self.model.family in ("llada", "dream"), where,
+               "train.mask_unit", "token for an autoregressive family (its next-token loss "
+               "masks nothing)", self.train.mask_unit)  # fmt: skip
 
 
 @dataclass

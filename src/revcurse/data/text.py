@@ -202,15 +202,21 @@ def encode_pairs(
 
 
 def entity_units(
-    tokenizer: Any, texts: Sequence[str], entities: Sequence[str], ids: torch.Tensor, offset: int
+    tokenizer: Any,
+    texts: Sequence[str],
+    entities: Sequence[str],
+    ids: torch.Tensor,
+    offset: int | Sequence[int],
 ) -> tuple[torch.Tensor, int]:
-    """Whole-entity masking units of encoded statements: ``ids [B, L]`` holds each of ``texts``
-    from position ``offset`` on (after BOS); returns ``[B, L]`` the first position of the unit
-    each token is masked with, and how many texts held an entity. Every verbatim occurrence in a
-    text of one of ``entities`` (longest first, not overlapping) is one unit; every other token is
-    its own. The text is tokenized piece by piece around the occurrences so the spans are exact;
-    where the pieces are not the row's own tokens (an entity cut inside a word), that row keeps
-    token units."""
+    """Whole-entity masking units of encoded texts: ``ids [B, L]`` holds each of ``texts`` from
+    position ``offset`` on (after BOS; per row, after a prompt); returns ``[B, L]`` the first
+    position of the unit each token is masked with, and how many texts held an entity. Every
+    verbatim occurrence in a text of one of ``entities`` (longest first, not overlapping; with the
+    whitespace before it, which subword tokenizers fold into the entity's first token) is one unit;
+    every other token is its own. The text is tokenized piece by piece around the occurrences so
+    the spans are exact; where the pieces are not the row's own tokens (an entity cut inside a
+    word), that row keeps token units."""
+    offsets = [offset] * len(texts) if isinstance(offset, int) else list(offset)
     starts = torch.arange(ids.shape[1]).repeat(len(texts), 1)  # [B, L]
     names = sorted({e for e in entities if e.strip()}, key=len, reverse=True)
     pattern = re.compile("|".join(re.escape(e) for e in names)) if names else None
@@ -221,15 +227,18 @@ def entity_units(
         found = list(pattern.finditer(text))
         if not found:
             continue
-        pieces, spans, at = [], [], 0
+        pieces, spans, at, first = [], [], 0, offsets[row]
         for m in found:
-            pieces += tokenizer.encode(text[at : m.start()])
-            piece = tokenizer.encode(m.group(0))
-            spans.append((offset + len(pieces), offset + len(pieces) + len(piece)))
+            start = m.start()
+            while start > at and text[start - 1].isspace():
+                start -= 1
+            pieces += tokenizer.encode(text[at:start]) if start > at else []
+            piece = tokenizer.encode(text[start : m.end()])
+            spans.append((first + len(pieces), first + len(pieces) + len(piece)))
             pieces += piece
             at = m.end()
-        pieces += tokenizer.encode(text[at:])
-        if pieces != ids[row, offset : offset + len(pieces)].tolist():
+        pieces += tokenizer.encode(text[at:]) if at < len(text) else []
+        if pieces != ids[row, first : first + len(pieces)].tolist():
             continue
         for lo, hi in spans:
             starts[row, lo:hi] = lo

@@ -27,8 +27,8 @@ import torch
 
 from revcurse import files, training
 from revcurse.config import FinetuneConfig, dump_yaml, load_yaml, to_dict
-from revcurse.data.schema import TextDataset, TextPair
-from revcurse.data.text import WordTokenizer, encode_pairs, pad_with_eos
+from revcurse.data.schema import TextDataset, TextPair, named_entities
+from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
 from revcurse.data.text_datasets import load_text_dataset, probe_splits
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
@@ -259,6 +259,24 @@ def pin_facts(cfg: FinetuneConfig, resuming: Path | None) -> FinetuneConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path_sha256=digest))
 
 
+def training_data(cfg: FinetuneConfig, tokenizer: Any, train_pairs: list[TextPair],
+                  dataset: TextDataset, *, bos: bool, causal: bool) -> TextBatch:  # fmt: skip
+    """The fine-tune's training batch: each pair in its frame (a chat template's, or ``[BOS]``),
+    the answer the part learned; an MDM's answers (ended by the end-of-turn token in a chat frame)
+    padded with EOS that are trained on too (LLaDA's SFT recipe). With ``train.mask_unit:
+    entity`` every entity the dataset names is masked whole where it occurs in an answer
+    (:func:`~revcurse.data.text.entity_units`; the prompt is never masked in SFT)."""
+    data = encode_pairs(tokenizer, train_pairs, bos=bos)
+    if cfg.train.mask_unit == "entity":
+        pairs = [*dataset.train, *(p for split in dataset.tests.values() for p in split)]
+        prompts = data.prompt_mask.sum(dim=1).tolist()  # each answer's first position
+        data.unit_start, _ = entity_units(tokenizer, [p.completion for p in train_pairs],
+                                          named_entities(pairs), data.ids, prompts)  # fmt: skip
+    if not causal:
+        data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
+    return data
+
+
 def run_finetune(
     cfg: FinetuneConfig,
     out: str | Path,
@@ -343,11 +361,7 @@ def run_finetune(
                 files.write_json(out / "before.json", before)
             probes(model, 0)
 
-        data = encode_pairs(tokenizer, train_pairs, bos=bos)
-        # LLaDA's SFT recipe: answers (ended by the end-of-turn token in a chat frame) padded with EOS
-        # that are trained on too
-        if not spec.causal:
-            data = pad_with_eos(data, data.ids.shape[1], tokenizer.eos_id)
+        data = training_data(cfg, tokenizer, train_pairs, dataset, bos=bos, causal=spec.causal)
         fitted = training.fit(
             model, data, run_loss(text_objective(spec.causal), mask_id, eps=cfg.train.diffusion_eps,
                                   weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p),
