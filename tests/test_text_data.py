@@ -245,7 +245,7 @@ def test_entity_units_by_hand():
 def test_a_from_scratch_run_masks_named_entities_whole():
     """Parent–Child from scratch with train.mask_unit=entity: in every statement the child and the
     parent are one unit each (BOS, the other words, the EOS fill their own), and the masking draws
-    one uniform per unit. An ARM, or a fine-tune, is refused the setting."""
+    one uniform per unit. An ARM, or an autoregressive fine-tune, is refused the setting."""
     from revcurse.config import FinetuneConfig, TextRunConfig, apply_overrides
     from revcurse.data.schema import named_entities
     from revcurse.errors import ConfigError
@@ -282,8 +282,8 @@ def test_a_from_scratch_run_masks_named_entities_whole():
     assert (masked[:, 1:] == masked[:, :-1])[same_unit].all()  # a unit is masked whole
     with pytest.raises(ConfigError, match="train.mask_unit': expected token for an ARM"):
         apply_overrides(TextRunConfig(), ["model.causal=true", "train.mask_unit=entity"])
-    with pytest.raises(ConfigError, match="train.mask_unit': expected token for a fine-tune"):
-        apply_overrides(FinetuneConfig(), ["train.mask_unit=entity"])
+    with pytest.raises(ConfigError, match="train.mask_unit': expected token for an autoregressive"):
+        apply_overrides(FinetuneConfig(), ["train.mask_unit=entity"])  # Llama by default
 
 
 def test_entity_units_fold_the_space_before_an_entity_into_it_for_subword_tokenizers():
