@@ -552,3 +552,31 @@ def test_mc_draws_rescores_a_sweeps_mdm_runs_and_redoes_its_paired_tests(tmp_pat
     assert CliRunner().invoke(app, args).exit_code == 0
     assert (out / "runs" / f"{run}.json").stat().st_mtime_ns == stamp
     assert torch.is_tensor(exact)
+
+
+def test_a_slice_comparing_the_family_pairs_the_arm_with_the_mdm(tmp_path):
+    """The family label follows model.causal, so a slice comparing model.causal found no ARM cell
+    to pair with the MDM and silently reported no test (the objective-attention sweep's family
+    slice, caught when it was first run). Hand-made runs: the MDM answers every reverse query, the
+    ARM none: ARM - MDM = -1, decided lower."""
+    from types import SimpleNamespace
+
+    from revcurse import files
+    from revcurse.experiments.sweep import contrasts
+
+    cfg = apply_overrides(tiny_sweep(), [
+        'grid={"model.n_heads": [4]}',
+        'slices={"family": {"grid": {"model.causal": [false, true]}, '
+        '"compare": "model.causal"}}'])  # fmt: skip
+    jobs, outcomes = [], {}
+    for n, (labels, _) in enumerate(cfg.expand()):
+        mdm = labels["family"] == "mdm"
+        run_dir = tmp_path / f"run{n}"
+        files.write_json(run_dir / "predictions.json", {"correct": {"reverse": [mdm] * 5}})
+        jobs.append(SimpleNamespace(run_id=f"r{n}", labels=labels, run_dir=run_dir))
+        outcomes[f"r{n}"] = SimpleNamespace(status="done", summary={
+            "forward_accuracy": 1.0, "mirror_accuracy": 1.0 if mdm else None,
+            "reverse_accuracy": 1.0 if mdm else 0.0})  # fmt: skip
+    (test,) = contrasts(cfg, jobs, outcomes)
+    assert (test["value"], test["baseline"], test["test"]["effect"]) == (True, False, -1.0)
+    assert test["decision"] == "lower" and test["fit"] == {"value": "fails", "baseline": "reverses"}

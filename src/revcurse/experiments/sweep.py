@@ -585,7 +585,10 @@ def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None) -> list[dict[str, 
             seen.add(base_key)
             where = {k: job.labels[k] for k in where_keys}
             for value in others:
-                a = cells.get(cell_of(job.labels | {piece.compare: value}, label_keys), {})
+                target = job.labels | {piece.compare: value}
+                if piece.compare == "model.causal":  # the family label follows it
+                    target["family"] = "arm" if value else "mdm"
+                a = cells.get(cell_of(target, label_keys), {})
                 b = cells[base_key]
                 seeds = sorted(set(a) & set(b))
                 if not seeds:

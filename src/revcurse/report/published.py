@@ -373,6 +373,7 @@ def slice_sources(s: dict[str, Any], name: str) -> str:
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
 BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
+OBJECTIVE_ATTENTION_SLICES = ("family", "masked-attention", "next-token-attention", "masked-ar")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
@@ -418,6 +419,14 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     **{
         ("entity-length", f"{n}-sources"): (lambda s, n=n: slice_sources(s, n))
         for n in ENTITY_LENGTH_SLICES
+    },
+    **{
+        ("objective-attention", n): (lambda s, n=n: slice_table(s, n))
+        for n in OBJECTIVE_ATTENTION_SLICES
+    },
+    **{
+        ("objective-attention", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in OBJECTIVE_ATTENTION_SLICES
     },
 }
 
