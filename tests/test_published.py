@@ -230,7 +230,8 @@ def test_scratch_tests_are_differences_over_the_seeds_both_models_fitted(name):
 VERIFICATION = published.ROOT / "docs" / "verification.md"
 NOT_MEASURED = {
     # design labels and config values carried in rows and cells
-    "batch_size", "causal", "d_model", "entity_tokens", "filler_shared", "filler_vocab", "lr",
+    "batch_size", "causal", "d_model", "entity_pool", "entity_tokens", "filler_shared",
+    "filler_vocab", "lr",
     "mlp", "n_filler", "n_heads", "n_layers", "n_pairs", "n_params", "n_templates", "rope_base",
     "templates_per_fact", "steps", "seed", "slices", "keys", "value", "baseline",
     # names: model families and variants, statement groups and directions keyed in the fit table

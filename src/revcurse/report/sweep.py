@@ -319,12 +319,41 @@ def slice_blocks(out: Path, summary: dict[str, Any]) -> list[Block]:
                   f"{c['fit']['value']} / {c['fit']['baseline']}"] for c in tests],
             ))  # fmt: skip
         x = figure_axis(keys, cells, info["compare"])
+        path = out / "figures" / f"slice-{name}.png"
         if x is not None:
-            fig = slice_figure(name, x, keys, cells, out / "figures" / f"slice-{name}.png")
+            fig = slice_figure(name, x, keys, cells, path)
             blocks.append(Figure(fig, f"Slice {name}: reverse accuracy over fitted seeds against "
                                       f"{_short(x)} (hollow: no seed fitted; the value is then "
                                       "the all-seed mean)."))  # fmt: skip
+        elif len(cells) > 1:  # categorical cells (a family, an attention, an objective)
+            fig = cells_figure(name, keys, cells, path)
+            blocks.append(Figure(fig, f"Slice {name}: reverse accuracy of each cell, mean over "
+                                      "the fitted seeds (hatched: no seed fitted, the all-seed "
+                                      "mean); dots: each seed."))  # fmt: skip
     return blocks
+
+
+def cells_figure(name: str, keys: list[str], cells: list[dict[str, Any]], path: Path) -> Path:
+    """One bar per cell of a slice whose keys are not numbers: reverse accuracy over the fitted
+    seeds (hatched where none fitted: the all-seed mean), each seed's value as a dot."""
+    varying = [k for k in keys if len({repr(a["labels"].get(k)) for a in cells}) > 1] or keys
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(cells)), 3.8))
+    for i, agg in enumerate(cells):
+        fit = agg["fit"]
+        fitted = bool(fit.get("reverse"))
+        height = fit["reverse"]["mean"] if fitted else agg["reverse_accuracy"]["mean"]
+        ax.bar(i, height, color=f"C{i}", alpha=0.8 if fitted else 0.3,
+               hatch=None if fitted else "//", edgecolor=f"C{i}")  # fmt: skip
+        seeds = agg["reverse_accuracy"]["values"]
+        ax.scatter([i] * len(seeds), seeds, s=12, color="black", zorder=3)
+    ax.set_xticks(range(len(cells)),
+                  [_cell_name(a["labels"], varying).replace(", ", "\n") for a in cells],
+                  fontsize=8)  # fmt: skip
+    ax.set_ylabel("reverse accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"slice {name}", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)
 
 
 AXIS_LABELS = {
@@ -342,7 +371,9 @@ def figure_axis(keys: list[str], cells: list[dict[str, Any]], compare: str) -> s
 
     def varies(key: str) -> bool:
         values = {a["labels"].get(key) for a in cells}
-        return len(values) > 1 and all(isinstance(v, int | float) for v in values)
+        return len(values) > 1 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in values
+        )
 
     for key in ("data.n_filler", compare, *keys):
         if key in keys and varies(key):
