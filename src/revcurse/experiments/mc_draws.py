@@ -98,8 +98,12 @@ def score_run(run_dir: Path, draws: Sequence[int]) -> dict[str, Any]:
     scorers["chain"] = lambda cand: mdm_chain_logprob(model, queries.prompts, cand, mask_id=mask,
                                                       suffix=queries.suffixes)  # fmt: skip
     out: dict[str, Any] = {"correct": {}, "accuracy": {}}
+    one_token = queries.single_token  # every draw masks the one token: all scorers are one
     for name, score in scorers.items():
-        right = (likelihood_rank(per_candidate(queries, score)) == 1).tolist()
+        if one_token and out["correct"]:
+            right = next(iter(out["correct"].values()))
+        else:
+            right = (likelihood_rank(per_candidate(queries, score)) == 1).tolist()
         out["correct"][name] = right
         out["accuracy"][name] = sum(right) / len(right)
     return out
