@@ -580,3 +580,37 @@ def test_a_slice_comparing_the_family_pairs_the_arm_with_the_mdm(tmp_path):
     (test,) = contrasts(cfg, jobs, outcomes)
     assert (test["value"], test["baseline"], test["test"]["effect"]) == (True, False, -1.0)
     assert test["decision"] == "lower" and test["fit"] == {"value": "fails", "baseline": "reverses"}
+
+
+def test_analyse_probes_summarises_each_multi_token_cells_position_grids(tmp_path):
+    """`revcurse analyse probes` on a tiny sweep of one- and two-token entities: only the two-token
+    MDM cell is probed; its grids are the mean over seeds and heads of each run's final record,
+    recomputed here from the per-run files; the sweep folder is not written to."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+
+    cfg = apply_overrides(tiny_sweep(), [
+        'grid={"model.causal": [false]}', "data.entity_spelling=unique", "probe.enabled=false",
+        'slices={"length": {"grid": {"data.entity_tokens": [1, 2]}, '
+        '"compare": "data.entity_tokens"}}'])  # fmt: skip
+    sweep = tmp_path / "s"
+    run_sweep(cfg, sweep, progress=False)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    out = tmp_path / "pr"
+    result = CliRunner().invoke(app, ["analyse", "probes", str(sweep), "--out", str(out),
+                                      "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    (cell,) = summary["cells"]
+    assert cell["labels"]["data.entity_tokens"] == 2 and len(cell["runs"]) == 2
+    records = [json.loads((out / "runs" / f"{r}.json").read_text()) for r in cell["runs"]]
+    for pairing in ("mirror", "forward"):
+        grids = [np.mean(r["pairings"][pairing]["attention"]["mass_grid_rev"]["0"], axis=0)
+                 for r in records]  # fmt: skip
+        np.testing.assert_allclose(cell["probes"][pairing]["grid_rev"]["0"],
+                                   np.mean(grids, axis=0), rtol=1e-12)  # fmt: skip
+        assert np.array(cell["probes"][pairing]["grid_pair"]["0"]).shape == (2, 2)
+    assert (out / "figures" / "grids.png").is_file()
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before

@@ -392,6 +392,29 @@ def analyse_mc_draws(
     typer.echo(f"report: {target / 'report.md'}")
 
 
+@analyse_app.command("probes")
+@guarded
+def analyse_probes(
+    sweep: Annotated[
+        Path, typer.Argument(help="A finished toy sweep folder (e.g. entity-length).")
+    ],
+    out: OutOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Probe the final checkpoint of every MDM run with multi-token entities of a finished toy
+    sweep (coupling, gradient cosine, the position grids) and summarise per cell. Resumes."""
+    from revcurse.experiments.sweep_probes import measure
+
+    target = out or sweep.parent / f"{sweep.name}-probes"
+    summary = measure(sweep, target, command=_command_line(), progress=progress)
+    for cell in summary["cells"]:
+        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        values = "  ".join(f"{p}: r {v['r']:+.2f} cos {v['cos_pair_rev']:+.2f}"
+                           for p, v in cell["probes"].items())  # fmt: skip
+        typer.echo(f"{name}: {values}")
+    typer.echo(f"report: {target / 'report.md'}")
+
+
 runs_app = typer.Typer(
     help="Query the run index of a sweep or experiment folder.", no_args_is_help=True
 )
