@@ -105,9 +105,11 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     from revcurse.report.figures import plt, save
     from revcurse.report.render import Figure, Para, Table, to_markdown
 
-    def name(labels: dict[str, Any]) -> str:
-        return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in labels.items()
-                         if k not in ("family", "model.causal"))  # fmt: skip
+    varying = [k for k in summary["cells"][0]["labels"]
+               if len({repr(c["labels"][k]) for c in summary["cells"]}) > 1]  # fmt: skip
+
+    def name(labels: dict[str, Any]) -> str:  # the keys that tell the cells apart
+        return ", ".join(f"{k.split('.')[-1]}={labels[k]}" for k in varying) or "the cell"
 
     rows = [[name(c["labels"]), pairing, f"{p['r']:+.2f}", f"{p['cos_pair_rev']:+.2f}"]
             for c in summary["cells"] for pairing, p in c["probes"].items()]  # fmt: skip
@@ -129,7 +131,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
                                      (row[1], "grid_rev", "reverse")):  # fmt: skip
                 grid = np.array(probes[which][last])  # [A, E]
                 image = ax.imshow(grid, vmin=0, vmax=max(0.05, float(grid.max())), cmap="viridis")
-                ax.set_title(f"{name(cell['labels'])}\n{title} query, layer {last}", fontsize=7)
+                ax.set_title(f"{name(cell['labels'])}\n{title} query, layer {last}", fontsize=6)
                 ax.set_xlabel("given entity's token", fontsize=7)
                 ax.set_ylabel("answer position", fontsize=7)
                 ax.set_xticks(range(grid.shape[1]))
