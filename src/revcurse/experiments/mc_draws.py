@@ -34,12 +34,11 @@ import torch
 from tqdm.auto import tqdm
 
 from revcurse import files
-from revcurse.config import SweepConfig, load_yaml
 from revcurse.decoding import mdm_answer_logprob, mdm_chain_logprob, mdm_exact_bound
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import per_candidate, toy_queries
-from revcurse.experiments.executor import Job, Outcome
-from revcurse.experiments.sweep import cell_keys, cell_of, contrasts
+from revcurse.experiments.executor import Job
+from revcurse.experiments.sweep import cell_keys, cell_of, contrasts, sweep_results
 from revcurse.metrics import likelihood_rank
 from revcurse.repro import write_provenance
 from revcurse.stats import aggregate
@@ -50,27 +49,6 @@ DRAWS = (8, 16, 32, 128)
 
 def scorer_names(draws: Sequence[int]) -> list[str]:
     return [f"mc-{n}" for n in draws] + ["exact", "chain"]
-
-
-def sweep_results(folder: Path) -> tuple[SweepConfig, list[Job], dict[str, Outcome]]:
-    """A finished sweep's config, jobs and outcomes, read from its folder (``config.yaml``,
-    ``summary.json`` and each run's own summary) without writing to it."""
-    for name in ("config.yaml", "summary.json"):
-        if not (folder / name).is_file():
-            raise RevcurseError(f"{folder}: not a finished sweep (no {name})")
-    cfg = load_yaml(SweepConfig, folder / "config.yaml")
-    rows = files.read_json(folder / "summary.json")["rows"]
-    jobs, outcomes = [], {}
-    for labels, run in cfg.expand():
-        row = next((r for r in rows if all(r.get(k) == v for k, v in labels.items())), None)
-        if row is None:
-            raise RevcurseError(f"{folder}/summary.json: no run with labels {labels}")
-        job = Job(row["run_id"], labels, run, folder / "runs" / row["run_id"])
-        done = row["status"] == "done"
-        summary = files.read_json(job.run_dir / "summary.json") if done else None
-        jobs.append(job)
-        outcomes[job.run_id] = Outcome(row["status"], summary, row.get("error"))
-    return cfg, jobs, outcomes
 
 
 @torch.no_grad()

@@ -57,6 +57,8 @@ from revcurse.config import (
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ANSWER_SOURCES
 from revcurse.experiments.executor import (
+    Job,
+    Outcome,
     adopt_earlier_runs,
     deterministic,
     execute,
@@ -613,6 +615,27 @@ def _reverse_correct(cell: dict[int, Any], seeds: list[int]) -> list[list[bool]]
 
 def _fit_label(cell: dict[int, Any], seeds: list[int], outcomes) -> str:
     return fit_summary([outcomes[cell[s].run_id].summary for s in seeds])["label"]
+
+
+def sweep_results(folder: Path) -> tuple[SweepConfig, list[Job], dict[str, Outcome]]:
+    """A finished sweep's config, jobs and outcomes, read from its folder (``config.yaml``,
+    ``summary.json`` and each run's own summary) without writing to it."""
+    for name in ("config.yaml", "summary.json"):
+        if not (folder / name).is_file():
+            raise RevcurseError(f"{folder}: not a finished sweep (no {name})")
+    cfg = load_yaml(SweepConfig, folder / "config.yaml")
+    rows = files.read_json(folder / "summary.json")["rows"]
+    jobs, outcomes = [], {}
+    for labels, run in cfg.expand():
+        row = next((r for r in rows if all(r.get(k) == v for k, v in labels.items())), None)
+        if row is None:
+            raise RevcurseError(f"{folder}/summary.json: no run with labels {labels}")
+        job = Job(row["run_id"], labels, run, folder / "runs" / row["run_id"])
+        done = row["status"] == "done"
+        summary = files.read_json(job.run_dir / "summary.json") if done else None
+        jobs.append(job)
+        outcomes[job.run_id] = Outcome(row["status"], summary, row.get("error"))
+    return cfg, jobs, outcomes
 
 
 def run_sweep(

@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 from revcurse import files
 from revcurse.config import apply_overrides
 from revcurse.errors import RevcurseError
-from revcurse.experiments.mc_draws import sweep_results
-from revcurse.experiments.sweep import cell_keys, cell_of
+from revcurse.experiments.sweep import cell_keys, cell_of, sweep_results
 from revcurse.repro import write_provenance
 
 
