@@ -370,6 +370,37 @@ def slice_sources(s: dict[str, Any], name: str) -> str:
     )
 
 
+def draws_accuracy(s: dict[str, Any]) -> str:
+    """``analyse mc-draws``: each cell's reverse candidate accuracy under each scorer."""
+    names = s["scorers"]
+    varying = [k for k in s["cells"][0]["labels"]
+               if len({repr(c["labels"][k]) for c in s["cells"]}) > 1]  # fmt: skip
+    rows = [[*(c["labels"][k] for k in varying), *(_pm(c["accuracy"][n], 2) for n in names)]
+            for c in s["cells"]]  # fmt: skip
+    return _table([*(k.split(".")[-1] for k in varying), *names], rows) + (
+        "\n\nReverse candidate accuracy (the right entity first among every entity of its side), "
+        "mean ± sd over seeds: the Monte-Carlo bound with N draws (mc-N), its exact expectation, "
+        "the left-to-right chain."
+    )
+
+
+def draws_tests(s: dict[str, Any]) -> str:
+    """``analyse mc-draws``: the sweep's paired tests on rank correctness, one column per scorer
+    (effect and decision)."""
+    names = s["scorers"]
+    first = s["contrasts"][names[0]]
+    rows = []
+    for i, c in enumerate(first):
+        where = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in c["cell"].items())
+        cells = [s["contrasts"][n][i] for n in names]
+        rows.append([f"{c['slice']}: {c['value']} - {c['baseline']}", where,
+                     *(f"{d['test']['effect']:+.3f} ({d['decision']})" for d in cells)])  # fmt: skip
+    return _table(["contrast", "where", *names], rows) + (
+        "\n\nPaired by seed and fact on whether the right entity ranks first; decisions as in "
+        "every sweep (p < 0.05 and an interval excluding 0)."
+    )
+
+
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
 BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
@@ -420,6 +451,8 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         ("entity-length", f"{n}-sources"): (lambda s, n=n: slice_sources(s, n))
         for n in ENTITY_LENGTH_SLICES
     },
+    ("entity-length-mc-draws", "accuracy"): draws_accuracy,
+    ("entity-length-mc-draws", "tests"): draws_tests,
     **{
         ("objective-attention", n): (lambda s, n=n: slice_table(s, n))
         for n in OBJECTIVE_ATTENTION_SLICES
