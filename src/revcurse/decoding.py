@@ -446,6 +446,21 @@ def stratified_mask_counts(
     return [min(length, 1 + int(length * (k + u) / n_samples)) for k in range(n_samples)]
 
 
+def _masked_logps(
+    model: Model,
+    clean: torch.Tensor,  # [L] the sequence with the answer in place
+    noisy: torch.Tensor,  # [n, L] rows of it with some answer tokens masked
+    mask: torch.Tensor,  # [n, L] bool: the masked positions
+    device: torch.device,
+) -> torch.Tensor:
+    """``[n, L]`` float64: log p of each masked token's clean value at its position (only the
+    masked positions are unembedded), zero elsewhere."""
+    logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
+    return torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+
+
 @torch.no_grad()
 def mdm_answer_logprob(
     model: Model,
@@ -479,10 +494,7 @@ def mdm_answer_logprob(
             rows.append(clean.masked_fill(mask, mask_id))
             masks.append(mask)
         noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
-        logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
-        per_token = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+        per_token = _masked_logps(model, clean, noisy, mask, device)
         per_draw = per_token.sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
         out[i] = per_draw.mean()
     return out
@@ -522,10 +534,7 @@ def mdm_exact_bound(
         mask = torch.zeros(len(sets), len(clean), dtype=torch.bool)
         mask[:, start : start + length] = sets
         noisy = clean.expand_as(mask).masked_fill(mask, mask_id)
-        logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
-        per_set = torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+        per_set = _masked_logps(model, clean, noisy, mask, device)
         size = sets.sum(-1)  # [2^L - 1] l = |S|
         sets_of_size = torch.tensor([math.comb(length, int(k)) for k in size], dtype=torch.float64)
         # each set's share: (1 / L) * (L / l) / C(L, l) = 1 / (l * C(L, l))

@@ -38,7 +38,7 @@ from revcurse.decoding import mdm_answer_logprob, mdm_chain_logprob, mdm_exact_b
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import per_candidate, toy_queries
 from revcurse.experiments.executor import Job
-from revcurse.experiments.sweep import cell_keys, cell_of, contrasts, sweep_results
+from revcurse.experiments.sweep import cells_of, contrasts, sweep_results
 from revcurse.metrics import likelihood_rank
 from revcurse.repro import write_provenance
 from revcurse.stats import aggregate
@@ -108,13 +108,8 @@ def measure(
             files.write_json(path, saved)
         scores[job.run_id] = saved
 
-    keys = cell_keys(jobs)
-    cells: dict[tuple, dict[str, Any]] = {}
-    for job in mdm:
-        cell = cells.setdefault(cell_of(job.labels, keys), {
-            "labels": {k: job.labels[k] for k in keys}, "runs": []})  # fmt: skip
-        cell["runs"].append(job.run_id)
-    for cell in cells.values():
+    cells = cells_of(jobs, mdm)
+    for cell in cells:
         cell["accuracy"] = {
             name: aggregate([{"a": scores[r]["accuracy"][name]} for r in cell["runs"]], ["a"])["a"]
             for name in names
@@ -127,7 +122,7 @@ def measure(
 
         tests[name] = contrasts(cfg, mdm, outcomes, correct=correct)
     summary = {"sweep": str(sweep), "draws": list(draws), "scorers": names,
-               "cells": list(cells.values()), "contrasts": tests}  # fmt: skip
+               "cells": cells, "contrasts": tests}  # fmt: skip
     files.write_json(out / "summary.json", summary)
     write_report(out, summary)
     return summary

@@ -557,6 +557,18 @@ def cell_of(labels: dict[str, Any], keys: list[str]) -> tuple:
     return tuple(repr(labels[k]) for k in keys)
 
 
+def cells_of(jobs, chosen) -> list[dict[str, Any]]:
+    """The cells (labels without the seed, :func:`cell_keys` of ``jobs``) of the ``chosen`` jobs,
+    in order of first appearance: ``{"labels", "runs"}``, the run ids of each cell's seeds."""
+    keys = cell_keys(jobs)
+    cells: dict[tuple, dict[str, Any]] = {}
+    for job in chosen:
+        cell = cells.setdefault(cell_of(job.labels, keys), {
+            "labels": {k: job.labels[k] for k in keys}, "runs": []})  # fmt: skip
+        cell["runs"].append(job.run_id)
+    return list(cells.values())
+
+
 def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None) -> list[dict[str, Any]]:
     """The paired tests the slices ask for (:attr:`SliceConfig.compare`): within each slice, for
     every combination of its other keys, each later value of the compared key against the first,

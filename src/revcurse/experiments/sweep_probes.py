@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from revcurse import files
 from revcurse.config import apply_overrides
 from revcurse.errors import RevcurseError
-from revcurse.experiments.sweep import cell_keys, cell_of, sweep_results
+from revcurse.experiments.sweep import cells_of, sweep_results
 from revcurse.repro import write_provenance
 
 
@@ -84,15 +84,10 @@ def measure(
         if not path.is_file():
             files.write_json(path, probe_run(job.run_dir))
         records[job.run_id] = files.read_json(path)
-    keys = cell_keys(jobs)
-    cells: dict[tuple, dict[str, Any]] = {}
-    for job in chosen:
-        cell = cells.setdefault(cell_of(job.labels, keys), {
-            "labels": {k: job.labels[k] for k in keys}, "runs": []})  # fmt: skip
-        cell["runs"].append(job.run_id)
-    for cell in cells.values():
+    cells = cells_of(jobs, chosen)
+    for cell in cells:
         cell["probes"] = _cell_probes([records[r] for r in cell["runs"]])
-    summary = {"sweep": str(sweep), "cells": list(cells.values())}
+    summary = {"sweep": str(sweep), "cells": cells}
     files.write_json(out / "summary.json", summary)
     write_report(out, summary)
     return summary
