@@ -16,6 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import compile_gain  # noqa: E402
+import eval_scaling  # noqa: E402
 import evaluation  # noqa: E402
 import large_vocab_eval  # noqa: E402
 import lora_step  # noqa: E402
@@ -38,6 +40,10 @@ def sections(repeats: int, quick: bool) -> dict[str, Callable[[], str]]:
         "large_vocab_eval": lambda: large_vocab_eval.run(),
         "sweep_overhead": lambda: sweep_overhead.run(),
         "toy_scaling": lambda: toy_scaling.run(end_to_end=not quick),
+        "eval_scaling": lambda: eval_scaling.run(
+            eval_scaling.PAIRS[:2] if quick else eval_scaling.PAIRS
+        ),
+        "compile_gain": lambda: compile_gain.run(),
     }
 
 

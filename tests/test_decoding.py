@@ -581,3 +581,77 @@ def test_dream_nucleus_filter_against_a_transcription(top_p, top_k):
     _, drawn = _dream_tokens(logits, "maskgit_plus", 1.0, top_p, top_k,
                              torch.Generator().manual_seed(0))  # fmt: skip
     assert bool((want[torch.arange(64), drawn] > 0).all())
+
+
+# ---------------------------------------------------------------- batched likelihoods
+
+
+class Counting:
+    """A model that counts its forward passes and the rows each one read."""
+
+    def __init__(self, model) -> None:
+        self.model, self.rows = model, []
+        self.selects_positions = True
+
+    def __call__(self, ids, attention_mask=None, where=None):
+        self.rows.append(ids.shape[0])
+        return self.model(ids, attention_mask=attention_mask, where=where)
+
+
+SCORERS = {
+    "arm": lambda m, p, a, s, k: arm_answer_logprob(m, p, a, batch_rows=k),
+    "mc": lambda m, p, a, s, k: mdm_answer_logprob(
+        m,
+        p,
+        a,
+        mask_id=1,
+        n_samples=5,
+        suffix=s,
+        generator=torch.Generator().manual_seed(3),
+        batch_rows=k,
+    ),  # fmt: skip
+    "exact": lambda m, p, a, s, k: mdm_exact_bound(m, p, a, mask_id=1, suffix=s, batch_rows=k),
+    "chain": lambda m, p, a, s, k: mdm_chain_logprob(m, p, a, mask_id=1, suffix=s, batch_rows=k),
+}
+
+
+@pytest.mark.parametrize("scorer", list(SCORERS))
+def test_scoring_many_rows_per_forward_gives_each_rows_own_value(scorer):
+    """Rows of every answer share forward passes (padded to the longest, the padding hidden by
+    the attention mask): each answer's score equals the one read a row per forward pass, and a
+    pass never reads more than ``batch_rows`` rows. Prompts, answers and suffixes of different
+    lengths, so the batches really are padded; float64 weights, so equality is to rounding."""
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(causal=scorer == "arm"), 20).double().eval()
+    prompts = [[3, 4, 5], [6, 7], [8], [9, 10, 11, 12]]
+    answers = [[8, 9], [10, 11, 12], [13], [14, 15, 16, 17]]
+    suffixes = [] if scorer == "arm" else [[2], [], [2, 5, 6], [4]]
+    one_by_one = Counting(model)
+    slow = SCORERS[scorer](one_by_one, prompts, answers, suffixes, 1)
+    batched = Counting(model)
+    fast = SCORERS[scorer](batched, prompts, answers, suffixes, 3 if scorer == "arm" else 7)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+    n_rows = sum(one_by_one.rows)
+    assert set(one_by_one.rows) == {1} and n_rows > 3  # every answer's rows were read
+    k = 3 if scorer == "arm" else 7
+    assert batched.rows == [k] * (n_rows // k) + ([n_rows % k] if n_rows % k else [])
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "llada"])
+def test_batched_scores_of_hugging_face_models_match_one_row_at_a_time(name):
+    """The same on tiny random Hugging Face models behind revcurse's wrapper (right padding and
+    their own attention masks; float32, so equal to float rounding)."""
+    from revcurse.models import hf
+
+    shape = hf.TinyShape(hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=48)
+    model = hf.build_tiny(name, 40, shape).eval()
+    prompts = [[3, 4, 5, 6, 7], [6, 7], [8, 30, 31]]
+    answers = [[8, 9], [10, 11, 12, 13, 14], [13]]
+    scorer = SCORERS["arm" if name != "llada" else "mc"]
+    suffixes = [] if name != "llada" else [[2], [], [5, 6]]
+    slow = scorer(model, prompts, answers, suffixes, 1)
+    fast = scorer(model, prompts, answers, suffixes, 64)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-4)

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from revcurse.config import ToyDataConfig
 from revcurse.data.tokenize import Vocab
@@ -213,3 +215,57 @@ def test_facts_trained_both_ways_are_scored_as_a_group_of_their_own(causal):
             right = [p == q.answer[0] for p, q in zip(expected, asked[key.split("_")[0]],
                                                         strict=True)]  # fmt: skip
             assert scores[f"{key}_accuracy"] == sum(right) / len(right)
+
+
+# ---------------------------------------------------------------- many facts, bounded memory
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_ranking_a_shared_pool_in_place_is_the_rank_with_the_answer_moved_first(data):
+    """``pool_rank`` (the answer where the pool holds it) against ``likelihood_rank`` (the answer
+    moved to column 0), on small integer scores so that ties are common (they count against
+    the answer in both)."""
+    from revcurse.metrics import likelihood_rank, pool_rank
+
+    n_q, n_c = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 8))
+    scores = torch.tensor(data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=n_c,
+                                                      max_size=n_c), min_size=n_q, max_size=n_q)),
+                          dtype=torch.float64)  # fmt: skip
+    right = torch.tensor(data.draw(st.lists(st.integers(0, n_c - 1), min_size=n_q, max_size=n_q)))
+    moved = torch.stack([torch.cat([row[r : r + 1], row[:r], row[r + 1 :]])
+                         for row, r in zip(scores, right.tolist(), strict=True)])  # fmt: skip
+    assert pool_rank(scores, right).tolist() == likelihood_rank(moved).tolist()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_toy_evaluator_reads_queries_in_bounded_batches_with_the_same_metrics(
+    causal, monkeypatch
+):
+    """Queries read a few at a time against their shared pool give the metrics of one pass over
+    explicit per-query candidate lists (the form every query had before), and no forward pass
+    reads more than the batch."""
+    import revcurse.evaluation as E
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+
+    dataset = build_toy(ToyDataConfig(n_pairs=23, seed=1))
+    vocab = Vocab.from_dataset(dataset)
+    torch.manual_seed(0)
+    model = TransformerLM(ModelConfig(causal=causal), len(vocab)).double().eval()
+    whole = E.ToyEvaluator(dataset, vocab)
+    for queries in whole.queries.values():  # the lists a shared pool stands for
+        queries.candidates = [queries.candidates[i] for i in range(len(queries.candidates))]
+    reference = whole(model)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    monkeypatch.setattr(E, "EVAL_BATCH_ROWS", 5)
+    batched = E.ToyEvaluator(dataset, vocab)
+    assert all(q.pool is not None for q in batched.queries.values())
+    got = batched(model)
+    assert max(seen) == 5 and len(seen) > 3
+    for key, value in reference.items():
+        if key.endswith("answer_logprob") and value is not None:
+            assert got[key] == pytest.approx(value, abs=1e-12)
+        else:
+            assert got[key] == value, key

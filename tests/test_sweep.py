@@ -541,8 +541,8 @@ def test_mc_draws_rescores_a_sweeps_mdm_runs_and_redoes_its_paired_tests(tmp_pat
     model, run_cfg, vocab, _ = load_checkpoint(sweep / "runs" / run / "checkpoints" /
                                                "final.safetensors")  # fmt: skip
     queries = toy_queries(build_toy(run_cfg.data), vocab, "reverse")
-    exact = per_candidate(queries, lambda cand: mdm_exact_bound(
-        model.eval(), queries.prompts, cand, mask_id=vocab.mask_id))  # fmt: skip
+    exact = per_candidate(queries, lambda ps, cands, ss: mdm_exact_bound(
+        model.eval(), ps, cands, mask_id=vocab.mask_id, suffix=ss))  # fmt: skip
     saved = json.loads((out / "runs" / f"{run}.json").read_text())
     assert saved["correct"]["exact"] == (likelihood_rank(exact) == 1).tolist()
     one = next(c for c in summary["cells"] if c["labels"]["data.entity_tokens"] == 1)

@@ -273,3 +273,46 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good_fil
         F.save_tensors(path, {"w": torch.zeros(3)}, {"step": "20"})
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.safetensors"]
+
+
+def test_the_default_batch_is_the_whole_set_only_up_to_a_bound():
+    """batch_size 0 keeps the whole set every step while it is small (every published run), and
+    draws shuffled batches of FULL_BATCH_MAX rows once it is larger, so a step at 10,000 facts
+    costs what one at 1,024 does."""
+    from revcurse.config import TrainConfig
+    from revcurse.training import FULL_BATCH_MAX, DataOrder, batch_layout
+
+    small = DataOrder(FULL_BATCH_MAX, 0, torch.Generator().manual_seed(0))
+    assert small.full and small.next() is None
+    large = DataOrder(10_000, 0, torch.Generator().manual_seed(0))
+    rows = [large.next() for _ in range(10_000 // FULL_BATCH_MAX)]
+    assert not large.full and {len(r) for r in rows} == {FULL_BATCH_MAX}
+    assert len(torch.cat(rows).unique()) == len(torch.cat(rows))  # one epoch: no row twice
+    assert batch_layout(10_000, TrainConfig(batch_size=0), 1)["global_batch"] == FULL_BATCH_MAX
+    assert batch_layout(10_000, TrainConfig(batch_size=20_000), 1)["global_batch"] == 10_000
+    assert batch_layout(300, TrainConfig(batch_size=0), 1)["global_batch"] == 300
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_compiled_run_trains_the_uncompiled_runs_model(tmp_path, causal):
+    """train.compile steps a torch.compile wrapper of the model: the same draws and updates, so
+    the same losses and weights up to float rounding (inductor fuses and reorders float32
+    arithmetic). Stated tolerance over 20 steps: losses within 1e-4 relative, weights within 1e-4;
+    the checkpoint holds the plain model's weights (no compile wrapper's names)."""
+    cfg = apply_overrides(tiny_run_config(causal=causal), ["train.checkpoint_every=10"])
+    from torch._dynamo.utils import counters
+
+    plain = train(cfg, tmp_path / "plain")
+    counters.clear()
+    compiled = train(apply_overrides(cfg, ["train.compile=true"]), tmp_path / "compiled")
+    assert counters["stats"]["unique_graphs"] > 0  # it really ran compiled
+    assert compiled["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-4)
+    losses = [[r["loss"] for r in files.read_jsonl(tmp_path / run / "metrics.jsonl")
+               if r["kind"] == "train"] for run in ("plain", "compiled")]  # fmt: skip
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    a, _, _, _ = load_checkpoint(tmp_path / "plain" / "checkpoints" / "final.safetensors")
+    b, _, _, _ = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "final.safetensors")
+    for (name, x), (other, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert name == other
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)

@@ -646,10 +646,12 @@ def _evaluate_text_run(path: Path, overrides: list[str]) -> None:
 def _evaluate_toy(path: Path) -> None:
     from revcurse.evaluation import evaluate as evaluate_model
     from revcurse.experiments.toy_run import build_dataset, load_checkpoint
+    from revcurse.repro import use_threads
 
     if path.is_dir():
         path = path / "checkpoints" / "final.safetensors"
     model, cfg, vocab, step = load_checkpoint(path)
+    use_threads(cfg.train.threads)
     dataset, _ = build_dataset(cfg)
     metrics = evaluate_model(model, dataset, vocab)
     metrics.pop("predictions"), metrics.pop("correct")

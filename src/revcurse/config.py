@@ -275,8 +275,10 @@ class TrainConfig:
     """Optimizer steps."""
     batch_size: int = 0
     """Sequences per optimizer step, over all processes together (the experiment's batch: 8 GPUs
-    do not multiply it); 0 (or the training set's size or more) means the whole training set, in
-    its order, every step; otherwise shuffled epochs (the last partial batch dropped)."""
+    do not multiply it); the training set's size or more means the whole set, in its order,
+    every step, and so does 0 on a set of at most 1024 rows (larger sets: batches of 1024, so a
+    step stays bounded as the facts multiply); otherwise shuffled epochs (the last partial batch
+    dropped)."""
     loss_weighting: Literal["inverse_t", "cart"] = "inverse_t"
     """MDM loss: LLaDA's 1/t per masked token, or Dream's context-adaptive weights (CART, the
     weighting of Dream's training as dllm implements it; ``cart_p``)."""
@@ -316,6 +318,11 @@ class TrainConfig:
     """Seed of the initialisation and of every random draw during training."""
     threads: int = 1
     """torch intra-op threads for this run (1 is fastest for toy sizes)."""
+    compile: bool = False
+    """Train the model wrapped in ``torch.compile`` (inductor). The same run up to float rounding
+    (tested to a stated tolerance); the first steps pay the compilation (seconds to a minute), so
+    it pays only on long runs (BENCHMARKS.md measures where). Evaluation and probes read the
+    uncompiled model."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)

@@ -26,8 +26,9 @@ Every function takes ``model``: a callable ``ids [B, L] (+ attention_mask) -> lo
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -414,21 +415,64 @@ def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return out
 
 
+SCORE_BATCH_ROWS = 64
+"""Sequences read per forward pass when scoring answer likelihoods: rows of every query and
+candidate share forwards (memory grows with this, not with the number of queries)."""
+
+
+def _read_rows(
+    model: Model,
+    rows: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    batch_rows: int = SCORE_BATCH_ROWS,
+) -> Iterator[torch.Tensor]:
+    """Log-probabilities of target tokens, ``batch_rows`` sequences per forward pass.
+
+    Each row is ``(ids [L], where [L] bool, targets [n])``: the model reads ``ids`` and is scored
+    at the ``n`` positions ``where`` on ``targets`` (the next token for an ARM, the clean token
+    under a mask for an MDM). Yields, row by row in input order, ``[n]`` float64 ``log p(target)``.
+    Rows of different lengths are right-padded and their padding hidden by the attention mask,
+    which changes no real position's logits (up to float rounding); only the scored positions
+    are unembedded. Rows are drawn from ``rows`` lazily, so a generator that builds them (and
+    draws their masks) runs in step with the reads."""
+    device = model_device(model)
+    rows = iter(rows)
+    while chunk := list(itertools.islice(rows, max(1, batch_rows))):
+        lengths = [len(ids) for ids, _, _ in chunk]
+        width = max(lengths)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)  # [b, L] (0 pads, never read)
+        where = torch.zeros(len(chunk), width, dtype=torch.bool)  # [b, L]
+        for i, (row, at, _) in enumerate(chunk):
+            ids[i, : len(row)], where[i, : len(row)] = row, at
+        real = None
+        if min(lengths) < width:
+            real = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # [b, L]
+            real = real.to(device)
+        logits = logits_at(model, ids.to(device), real, where.to(device)).cpu()  # [N, V]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        targets = torch.cat([t for _, _, t in chunk])  # [N] in the row-major order of where
+        picked = logp.gather(-1, targets[:, None])[:, 0]  # [N]
+        yield from picked.split([len(t) for _, _, t in chunk])
+
+
 @torch.no_grad()
 def arm_answer_logprob(
-    model: Model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]]
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> torch.Tensor:
-    """Exact ``log p(answer | prompt)`` of a causal model, one value per pair ``[B]`` (float64)."""
-    out = torch.empty(len(prompts), dtype=torch.float64)
-    device = model_device(model)
-    for i, (p, a) in enumerate(zip(prompts, answers, strict=True)):
-        ids = torch.tensor([list(p) + list(a)], device=device)
-        where = torch.zeros(ids.shape, dtype=torch.bool, device=device)  # [1, L]
-        where[0, len(p) - 1 : len(p) + len(a) - 1] = True  # the positions predicting the answer
-        logits = logits_at(model, ids, None, where)  # [len(a), V]
-        logp = torch.log_softmax(logits.double(), dim=-1).cpu()
-        out[i] = logp[torch.arange(len(a)), torch.tensor(list(a))].sum()
-    return out
+    """Exact ``log p(answer | prompt)`` of a causal model, one value per pair ``[B]`` (float64),
+    ``batch_rows`` pairs per forward pass."""
+
+    def rows():
+        for p, a in zip(prompts, answers, strict=True):
+            ids = torch.tensor(list(p) + list(a))  # [L]
+            where = torch.zeros(len(ids), dtype=torch.bool)
+            where[len(p) - 1 : len(p) + len(a) - 1] = True  # the positions predicting the answer
+            yield ids, where, torch.tensor(list(a))
+
+    return _sums(_read_rows(model, rows(), batch_rows), [1] * len(prompts))
 
 
 def stratified_mask_counts(
@@ -446,19 +490,21 @@ def stratified_mask_counts(
     return [min(length, 1 + int(length * (k + u) / n_samples)) for k in range(n_samples)]
 
 
-def _masked_logps(
-    model: Model,
+def _masked_rows(
     clean: torch.Tensor,  # [L] the sequence with the answer in place
-    noisy: torch.Tensor,  # [n, L] rows of it with some answer tokens masked
-    mask: torch.Tensor,  # [n, L] bool: the masked positions
-    device: torch.device,
-) -> torch.Tensor:
-    """``[n, L]`` float64: log p of each masked token's clean value at its position (only the
-    masked positions are unembedded), zero elsewhere."""
-    logits = logits_at(model, noisy.to(device), None, mask.to(device)).cpu()  # [N, V]
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    token_logp = logp.gather(-1, clean.expand_as(noisy)[mask][:, None])[:, 0]  # [N]
-    return torch.zeros(mask.shape, dtype=torch.float64).masked_scatter(mask, token_logp)
+    mask: torch.Tensor,  # [n, L] bool: the answer positions each row masks
+    mask_id: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`_read_rows` rows that score each masked token's clean value at its position."""
+    for row in mask:
+        yield clean.masked_fill(row, mask_id), row, clean[row]
+
+
+def _sums(per_row: Iterable[torch.Tensor], counts: Sequence[int]) -> torch.Tensor:
+    """``[len(counts)]`` float64: the sums of consecutive groups of ``counts[i]`` rows' values."""
+    per_row = iter(per_row)
+    return torch.tensor([sum(float(next(per_row).sum()) for _ in range(k)) for k in counts],
+                        dtype=torch.float64)  # fmt: skip
 
 
 @torch.no_grad()
@@ -472,31 +518,32 @@ def mdm_answer_logprob(
     suffix: Suffix = (),
     generator: torch.Generator | None = None,
     fill: tuple[int, int] | None = None,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> torch.Tensor:
     """Monte-Carlo lower bound on ``log p(answer | prompt, suffix)`` of a masked diffusion model
-    ``[B]`` (``suffix`` and ``fill`` as in :func:`mdm_generate`).
+    ``[B]`` (``suffix`` and ``fill`` as in :func:`mdm_generate`), the draws of every answer read
+    ``batch_rows`` at a time. The masks are drawn answer by answer in order, so the estimate does
+    not depend on ``batch_rows``.
 
     For a single-token answer every draw masks that token, so the bound is exact:
     ``log p(a | prompt [MASK] suffix)``.
     """
+    counts: list[list[int]] = []  # per answer, the number of tokens each draw masks
+
+    def rows():
+        for p, a, s in zip(prompts, answers, per_row(suffix, len(prompts)), strict=True):
+            counts.append(stratified_mask_counts(len(a), n_samples, generator))
+            clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+            mask = torch.zeros(n_samples, len(clean), dtype=torch.bool)  # [n, L]
+            for k, count in enumerate(counts[-1]):
+                mask[k, torch.randperm(len(a), generator=generator)[:count] + len(p)] = True
+            yield from _masked_rows(clean, mask, mask_id)
+
+    read = _read_rows(model, rows(), batch_rows)
     out = torch.empty(len(prompts), dtype=torch.float64)
-    device = model_device(model)
-    suffixes = per_row(suffix, len(prompts))
-    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
-        length = len(a)
-        counts = stratified_mask_counts(length, n_samples, generator)
-        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
-        rows, masks = [], []
-        for count in counts:
-            chosen = torch.randperm(length, generator=generator)[:count] + len(p)
-            mask = torch.zeros(len(clean), dtype=torch.bool)
-            mask[chosen] = True
-            rows.append(clean.masked_fill(mask, mask_id))
-            masks.append(mask)
-        noisy, mask = torch.stack(rows), torch.stack(masks)  # [n, L]
-        per_token = _masked_logps(model, clean, noisy, mask, device)
-        per_draw = per_token.sum(-1) * length / torch.tensor(counts, dtype=torch.float64)
-        out[i] = per_draw.mean()
+    for i, a in enumerate(answers):
+        per_draw = torch.stack([next(read).sum() for _ in range(n_samples)])  # [n]
+        out[i] = (per_draw * len(a) / torch.tensor(counts[i], dtype=torch.float64)).mean()
     return out
 
 
@@ -513,32 +560,39 @@ def mdm_exact_bound(
     mask_id: int,
     suffix: Suffix = (),
     fill: tuple[int, int] | None = None,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> torch.Tensor:
     """The expectation of :func:`mdm_answer_logprob`'s Monte-Carlo bound, computed exactly ``[B]``:
     ``(1 / L) sum_{l=1..L} (L / l) mean_{|S| = l} sum_{j in S} log p(a_j | prompt, a masked at S)``
-    over every non-empty set S of masked answer positions (``2^L - 1`` rows in one forward pass
-    per answer). What any number of Monte-Carlo draws estimates, without their noise: the limit
-    the draws are measured against, affordable for short answers (the toy's entities; at most
-    :data:`EXACT_BOUND_MAX_LENGTH` tokens)."""
-    out = torch.empty(len(prompts), dtype=torch.float64)
-    device = model_device(model)
-    suffixes = per_row(suffix, len(prompts))
-    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
-        length, start = len(a), len(p)
-        if length > EXACT_BOUND_MAX_LENGTH:
-            raise ValueError(f"an answer of {length} tokens has 2^{length} - 1 masked sets; the "
+    over every non-empty set S of masked answer positions (``2^L - 1`` rows per answer, read
+    ``batch_rows`` at a time). What any number of Monte-Carlo draws estimates, without their
+    noise: the limit the draws are measured against, affordable for short answers (the toy's
+    entities; at most :data:`EXACT_BOUND_MAX_LENGTH` tokens)."""
+    for a in answers:
+        if len(a) > EXACT_BOUND_MAX_LENGTH:
+            raise ValueError(f"an answer of {len(a)} tokens has 2^{len(a)} - 1 masked sets; the "
                              f"exact bound enumerates at most {EXACT_BOUND_MAX_LENGTH} tokens")  # fmt: skip
-        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
-        sets = torch.tensor([[(k >> j) & 1 for j in range(length)] for k in range(1, 2**length)],
-                            dtype=torch.bool)  # [2^L - 1, L]: every non-empty masked set  # fmt: skip
-        mask = torch.zeros(len(sets), len(clean), dtype=torch.bool)
-        mask[:, start : start + length] = sets
-        noisy = clean.expand_as(mask).masked_fill(mask, mask_id)
-        per_set = _masked_logps(model, clean, noisy, mask, device)
-        size = sets.sum(-1)  # [2^L - 1] l = |S|
-        sets_of_size = torch.tensor([math.comb(length, int(k)) for k in size], dtype=torch.float64)
+
+    def sets_of(length: int) -> torch.Tensor:  # [2^L - 1, L]: every non-empty masked set
+        return torch.tensor([[(k >> j) & 1 for j in range(length)] for k in range(1, 2**length)],
+                            dtype=torch.bool)  # fmt: skip
+
+    def rows():
+        for p, a, s in zip(prompts, answers, per_row(suffix, len(prompts)), strict=True):
+            clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+            sets = sets_of(len(a))
+            mask = torch.zeros(len(sets), len(clean), dtype=torch.bool)
+            mask[:, len(p) : len(p) + len(a)] = sets
+            yield from _masked_rows(clean, mask, mask_id)
+
+    read = _read_rows(model, rows(), batch_rows)
+    out = torch.empty(len(prompts), dtype=torch.float64)
+    for i, a in enumerate(answers):
+        size = sets_of(len(a)).sum(-1)  # [2^L - 1] l = |S|
+        per_set = torch.stack([next(read).sum() for _ in range(len(size))])
+        sets_of_size = torch.tensor([math.comb(len(a), int(k)) for k in size], dtype=torch.float64)
         # each set's share: (1 / L) * (L / l) / C(L, l) = 1 / (l * C(L, l))
-        out[i] = (per_set.sum(-1) / (size.double() * sets_of_size)).sum()
+        out[i] = (per_set / (size.double() * sets_of_size)).sum()
     return out
 
 
@@ -551,6 +605,7 @@ def mdm_chain_logprob(
     mask_id: int,
     suffix: Suffix = (),
     fill: tuple[int, int] | None = None,
+    batch_rows: int = SCORE_BATCH_ROWS,
 ) -> torch.Tensor:
     """``log p(answer | prompt, suffix)`` of a masked diffusion model read as a left-to-right chain
     ``[B]``: ``sum_t log p(a_t | prompt, a_<t, a_>=t masked, suffix)``, the exact probability that
@@ -562,20 +617,19 @@ def mdm_chain_logprob(
     memorised multi-token candidates: a bidirectional model that sees most of a wrong candidate
     recognises it from its own visible tokens and fills the rest confidently, so the bound's
     partly masked draws barely tell candidates apart; the chain starts from the answer fully
-    masked and reveals only what came before. One forward pass of ``len(answer)`` rows per
-    query. For a one-token answer both equal ``log p(a | prompt [MASK] suffix)``."""
-    out = torch.empty(len(prompts), dtype=torch.float64)
-    device = model_device(model)
-    suffixes = per_row(suffix, len(prompts))
-    for i, (p, a, s) in enumerate(zip(prompts, answers, suffixes, strict=True)):
-        length, start = len(a), len(p)
-        clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
-        rows = clean.repeat(length, 1)  # [T, L]: row t reveals a_<t
-        where = torch.zeros_like(rows, dtype=torch.bool)
-        for t in range(length):
-            rows[t, start + t : start + length] = mask_id
-            where[t, start + t] = True
-        logits = logits_at(model, rows.to(device), None, where.to(device)).cpu()  # [T, V]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        out[i] = logp.gather(-1, torch.tensor(list(a))[:, None]).sum()
-    return out
+    masked and reveals only what came before. ``len(answer)`` rows per query, read
+    ``batch_rows`` at a time. For a one-token answer both equal
+    ``log p(a | prompt [MASK] suffix)``."""
+
+    def rows():
+        for p, a, s in zip(prompts, answers, per_row(suffix, len(prompts)), strict=True):
+            length, start = len(a), len(p)
+            clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+            for t in range(length):  # row t reveals a_<t and is scored on a_t
+                ids = clean.clone()
+                ids[start + t : start + length] = mask_id
+                where = torch.zeros(len(clean), dtype=torch.bool)
+                where[start + t] = True
+                yield ids, where, clean[where]
+
+    return _sums(_read_rows(model, rows(), batch_rows), [len(a) for a in answers])

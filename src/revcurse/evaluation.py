@@ -7,14 +7,19 @@ candidate answers, the right one first. :func:`read_queries` reads a model on th
 ways, which give the same quantities:
 
 * **fast batched path**, when every candidate is one token and one token is generated (the toy
-  task): one forward pass over all queries; the model's answer is the argmax over the whole
-  vocabulary at the answer slot (an MDM fills the ``[MASK]`` of ``prompt [MASK] suffix``, an ARM
-  predicts the token after ``prompt``: exactly what the sampler or greedy decoding produce for one
-  token), and every candidate's log-probability is read from the same softmax (exact: for a
+  task): forward passes of :data:`EVAL_BATCH_ROWS` queries, each unembedding the answer slot
+  only; the model's answer is the argmax over the whole vocabulary at that slot (an MDM fills the
+  ``[MASK]`` of ``prompt [MASK] suffix``, an ARM predicts the token after ``prompt``: exactly what
+  the sampler or greedy decoding produce for one token), and every candidate's log-probability is read from the same softmax (exact: for a
   one-token answer the masked-diffusion bound is the likelihood);
 * **general path**: generation (:func:`~revcurse.decoding.mdm_generate`, LLaDA's low-confidence
   remasking sampler; :func:`~revcurse.decoding.arm_generate`, greedy) and per-candidate
-  likelihoods (exact for an ARM, the unbiased Monte-Carlo bound for an MDM), in batches.
+  likelihoods (exact for an ARM, the unbiased Monte-Carlo bound for an MDM), the rows of every
+  query and candidate sharing forward passes (:func:`per_candidate`).
+
+Memory stays linear in the queries: toy queries rank one shared pool (:class:`SharedPool`, every
+entity of the answer side) kept once, not a list of every candidate per query, and the one-token
+path ranks each batch against it as it goes (nothing of size queries x candidates is held).
 
 Metrics (one name, one quantity, on both paths): the answer matches (toy: the argmax token is the
 answer, ``accuracy``; text: exact / prefix / substring match of the generation); the likelihood
@@ -58,7 +63,36 @@ from revcurse.decoding import (
     mdm_generate,
     truncate_at,
 )
-from revcurse.metrics import exact_match, likelihood_rank, normalize, prefix_match, substring_match
+from revcurse.metrics import (
+    exact_match,
+    likelihood_rank,
+    normalize,
+    pool_rank,
+    prefix_match,
+    substring_match,
+)
+from revcurse.objectives import logits_at
+
+
+class SharedPool(Sequence[list[list[int]]]):
+    """Every query's candidates when all queries rank one pool (the toy: every entity of the
+    answer side), as ``queries.candidates``: per query its answer first, then the rest of the pool
+    in order. Held as the pool and one index per query, so memory grows with queries plus pool
+    where a list per query would grow with their product; a query's list is built when read."""
+
+    def __init__(self, pool: list[list[int]], right: list[int]) -> None:
+        if len({tuple(c) for c in pool}) != len(pool):
+            raise ValueError("a shared candidate pool must not repeat an answer")
+        self.pool, self.right = pool, right
+
+    def __len__(self) -> int:
+        return len(self.right)
+
+    def __getitem__(self, q):  # type: ignore[override]
+        if isinstance(q, slice):
+            return [self[i] for i in range(*q.indices(len(self)))]
+        r = self.right[q]
+        return [self.pool[r]] + self.pool[:r] + self.pool[r + 1 :]
 
 
 @dataclass
@@ -66,8 +100,9 @@ class Queries:
     """Reversal queries as token ids: the one input of :func:`read_queries`."""
 
     prompts: list[list[int]]
-    candidates: list[list[list[int]]]
-    """Per query, its candidate answers, the right one first (all queries have as many)."""
+    candidates: Sequence[list[list[int]]]
+    """Per query, its candidate answers, the right one first (all queries have as many): a list
+    per query, or a :class:`SharedPool`."""
     suffixes: list[list[int]]
     """Per query, the tokens after the answer ([] for none: the answer ends the sequence)."""
 
@@ -75,31 +110,54 @@ class Queries:
     def infill(self) -> bool:
         return any(self.suffixes)
 
-    @functools.cached_property
-    def single_token(self) -> bool:
-        return all(len(c) == 1 for cands in self.candidates for c in cands)
+    @property
+    def pool(self) -> SharedPool | None:
+        return self.candidates if isinstance(self.candidates, SharedPool) else None
 
     @functools.cached_property
-    def candidate_ids(self) -> torch.Tensor:
-        """``[Q, C]`` token of each one-token candidate (the fast path's gather index)."""
-        return torch.tensor([[c[0] for c in cs] for cs in self.candidates])
+    def answers(self) -> list[list[int]]:
+        """Each query's right answer ``[Q]``."""
+        if self.pool is not None:
+            return [self.pool.pool[r] for r in self.pool.right]
+        return [cands[0] for cands in self.candidates]
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.pool.pool) if self.pool is not None else len(self.candidates[0])
+
+    @functools.cached_property
+    def single_token(self) -> bool:
+        every = (
+            self.pool.pool if self.pool is not None else (c for cs in self.candidates for c in cs)
+        )
+        return all(len(c) == 1 for c in every)
 
 
 @dataclass
 class Read:
-    """What the model did on :class:`Queries`: its answer to each ``[Q]`` (token ids) and the
-    log-probability of every candidate ``[Q, C]`` (float64, the right one in column 0)."""
+    """What the model did on :class:`Queries`: its answer to each query (token ids), the
+    log-probability of each right answer ``[Q]`` (float64) and its rank among the query's
+    candidates ``[Q]`` (1 = best, ties against it); with per-query candidates also every
+    candidate's log-probability ``[Q, C]`` (the right one in column 0)."""
 
     answers: list[list[int]]
-    logprobs: torch.Tensor
+    right_logprob: torch.Tensor
+    ranks: torch.Tensor
+    logprobs: torch.Tensor | None = None
     chain: torch.Tensor | None = None
     """``[Q, C]`` where asked: each candidate's left-to-right chain log-probability
     (:func:`~revcurse.decoding.mdm_chain_logprob`; an ARM's own likelihood is already one)."""
 
-    @property
-    def ranks(self) -> torch.Tensor:
-        """Rank (1 = best) of the right answer among the candidates ``[Q]``."""
-        return likelihood_rank(self.logprobs)
+    @classmethod
+    def scored(cls, answers: list[list[int]], logprobs: torch.Tensor) -> Read:
+        """From every candidate's log-probability ``[Q, C]``, the right one in column 0."""
+        # contiguous: a reduction over a strided column sums in another order (last bits)
+        return cls(answers, logprobs[:, 0].contiguous(), likelihood_rank(logprobs), logprobs)
+
+
+EVAL_BATCH_ROWS = 256
+"""Queries per forward pass on the one-token path: memory is bounded by it (logits of one
+position per query), not by the number of queries or candidates."""
 
 
 @torch.no_grad()
@@ -127,7 +185,10 @@ def read_queries(
         raise ValueError("a causal model cannot be asked infilling (mirror) queries")
     if queries.single_token and (settings is None or settings.gen_length == 1) and fill is None:
         read = _read_one_position(model, queries, causal, mask_id, pad_id)
-        read.chain = read.logprobs if chain else None  # one token: the chain is this likelihood
+        if chain:  # one token: the chain is this likelihood
+            if read.logprobs is None:
+                raise ValueError("chain scores are kept for per-query candidates only")
+            read.chain = read.logprobs
         return read
     if settings is None or generator is None:
         raise ValueError("multi-token answers need decode settings and a generator")
@@ -141,24 +202,49 @@ def read_queries(
 
 def _chain_scores(model, queries: Queries, mask_id: int, fill) -> torch.Tensor:
     """Every candidate's chain log-probability under a masked diffusion model ``[Q, C]``."""
-    return per_candidate(queries, lambda cand: mdm_chain_logprob(
-        model, queries.prompts, cand, mask_id=mask_id, suffix=queries.suffixes, fill=fill))  # fmt: skip
+    return per_candidate(queries, lambda prompts, cands, suffixes: mdm_chain_logprob(
+        model, prompts, cands, mask_id=mask_id, suffix=suffixes, fill=fill))  # fmt: skip
 
 
 def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_id: int) -> Read:
-    """One forward pass: logits at each query's answer slot ``[Q, V]``. Queries are left-aligned,
-    so padding only ever follows the slot."""
-    if causal:
-        rows, slot = queries.prompts, [len(p) - 1 for p in queries.prompts]
+    """Logits at each query's answer slot only, :data:`EVAL_BATCH_ROWS` queries per forward pass:
+    the answer is the argmax over the vocabulary, each candidate's log-probability is read from
+    the same softmax. A :class:`SharedPool` is ranked batch by batch, so nothing of size queries x
+    candidates is ever held."""
+    pool = queries.pool
+    if pool is not None:
+        pool_ids = torch.tensor([c[0] for c in pool.pool])  # [C]
+        right_col = torch.tensor(pool.right)  # [Q]
     else:
-        rows = [p + [mask_id] + s for p, s in zip(queries.prompts, queries.suffixes, strict=True)]
-        slot = [len(p) for p in queries.prompts]
-    ids = pad_batch(rows, pad_id)  # [Q, L]
-    logits = model(ids, attention_mask=ids != pad_id)  # [Q, L, V]
-    logits = logits[torch.arange(len(slot)), torch.tensor(slot)]  # [Q, V]
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    answers = [[t] for t in logits.argmax(dim=-1).tolist()]
-    return Read(answers, logp.gather(1, queries.candidate_ids))  # [Q, C]
+        cand_ids = torch.tensor([[c[0] for c in cs] for cs in queries.candidates])  # [Q, C]
+    answers: list[list[int]] = []
+    right, ranks, kept = [], [], []
+    for start in range(0, len(queries.prompts), EVAL_BATCH_ROWS):
+        batch = range(start, min(start + EVAL_BATCH_ROWS, len(queries.prompts)))
+        prompts = [queries.prompts[i] for i in batch]
+        if causal:  # an ARM predicts the token after the prompt
+            rows, slot = prompts, [len(p) - 1 for p in prompts]
+        else:  # an MDM fills the [MASK] of prompt [MASK] suffix
+            rows = [
+                p + [mask_id] + queries.suffixes[i] for p, i in zip(prompts, batch, strict=True)
+            ]
+            slot = [len(p) for p in prompts]
+        ids = pad_batch(rows, pad_id)  # [b, L] left-aligned: padding only ever follows the slot
+        where = torch.zeros(ids.shape, dtype=torch.bool)
+        where[torch.arange(len(slot)), torch.tensor(slot)] = True
+        logits = logits_at(model, ids, ids != pad_id, where)  # [b, V]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        answers += [[t] for t in logits.argmax(dim=-1).tolist()]
+        if pool is not None:
+            scores = logp[:, pool_ids]  # [b, C]
+            col = right_col[start : start + len(batch)]
+            right.append(scores.gather(1, col[:, None])[:, 0])
+            ranks.append(pool_rank(scores, col))
+        else:
+            kept.append(logp.gather(1, cand_ids[start : start + len(batch)]))  # [b, C]
+    if pool is None:
+        return Read.scored(answers, torch.cat(kept))
+    return Read(answers, torch.cat(right), torch.cat(ranks))
 
 
 def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings, generator,
@@ -206,23 +292,32 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
             for i, row in zip(rows, filled.tolist(), strict=True):
                 out[i] = row
     if causal:
-        scores = per_candidate(queries, lambda cand: arm_answer_logprob(model, prompts, cand))
+        scores = per_candidate(queries, lambda ps, cands, _: arm_answer_logprob(model, ps, cands))
     else:
-        scores = per_candidate(queries, lambda cand: mdm_answer_logprob(
-            model, prompts, cand, mask_id=mask_id, n_samples=settings.n_mc, suffix=suffixes,
+        scores = per_candidate(queries, lambda ps, cands, ss: mdm_answer_logprob(
+            model, ps, cands, mask_id=mask_id, n_samples=settings.n_mc, suffix=ss,
             generator=generator, fill=fill))  # fmt: skip
-    return Read(out, scores)
+    return Read.scored(out, scores)
 
 
-def per_candidate(
-    queries: Queries, score: Callable[[list[list[int]]], torch.Tensor]
-) -> torch.Tensor:
-    """``score`` of every query's ``j``-th candidate, one call per ``j`` ``[Q, C]`` (float64)."""
-    n_cand = len(queries.candidates[0])
-    scores = torch.empty(len(queries.prompts), n_cand, dtype=torch.float64)
+Scorer = Callable[[list[list[int]], list[list[int]], list[list[int]]], torch.Tensor]
+"""``(prompts, answers, suffixes) -> [N]`` float64 log-probabilities, one per row."""
+
+
+def per_candidate(queries: Queries, score: Scorer) -> torch.Tensor:
+    """``score`` of every query's every candidate ``[Q, C]`` (float64), in one call over all of
+    them, so one forward pass reads several candidates (the scorers batch their rows). The rows
+    go candidate by candidate (every query's first, then every query's second, ...): the order
+    the Monte-Carlo draws were made in when each candidate had a call of its own."""
+    n_q, n_cand = len(queries.prompts), queries.n_candidates
+    lists = [queries.candidates[i] for i in range(n_q)]  # a shared pool's lists, built once
+    prompts, answers, suffixes = [], [], []
     for j in range(n_cand):
-        scores[:, j] = score([cands[j] for cands in queries.candidates])
-    return scores
+        for i in range(n_q):
+            prompts.append(queries.prompts[i])
+            answers.append(lists[i][j])
+            suffixes.append(queries.suffixes[i])
+    return score(prompts, answers, suffixes).view(n_cand, n_q).T.contiguous()  # [Q, C]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,14 +329,12 @@ def toy_queries(dataset: ReversalDataset, vocab: Vocab, direction: str, group: s
     """The direction's queries with all of its candidate answers (the right one moved first);
     ``group``: those of one of the dataset's ``query_groups`` (``unseen``, ``both``)."""
     pool = [vocab.encode(c) for c in dataset.candidates[direction]]
-    prompts, candidates, suffixes = [], [], []
+    index = {tuple(c): k for k, c in enumerate(pool)}
     asked = dataset.query_groups[group] if group else dataset.queries
-    for q in asked[direction]:
-        right = vocab.encode(q.answer)
-        prompts.append(vocab.encode(q.prompt))
-        candidates.append([right] + [c for c in pool if c != right])
-        suffixes.append(vocab.encode(q.suffix))
-    return Queries(prompts, candidates, suffixes)
+    prompts = [vocab.encode(q.prompt) for q in asked[direction]]
+    suffixes = [vocab.encode(q.suffix) for q in asked[direction]]
+    right = [index[tuple(vocab.encode(q.answer))] for q in asked[direction]]
+    return Queries(prompts, SharedPool(pool, right), suffixes)
 
 
 ANSWER_SOURCES = ("first_token_accuracy", "later_token_accuracy", "wrong_entity",
@@ -346,17 +439,15 @@ class ToyEvaluator:
                     out[f"{key}_{metric}"] = None
                 continue
             read = self._read(model, queries)
-            right = [a == c[0] for a, c in zip(read.answers, queries.candidates, strict=True)]
+            right = [a == r for a, r in zip(read.answers, queries.answers, strict=True)]
             out[f"{key}_accuracy"] = sum(right) / len(right)
             out[f"{key}_candidate_accuracy"] = (read.ranks == 1).double().mean().item()
-            # contiguous: a reduction over a strided column sums in another order (last bits)
-            out[f"{key}_answer_logprob"] = read.logprobs[:, 0].contiguous().mean().item()
+            out[f"{key}_answer_logprob"] = read.right_logprob.mean().item()
             out[f"{key}_chance"] = self.dataset.chance(direction)
             if not queries.single_token:  # multi-token entities: where the answers come from
-                other = same_facts[OTHER_SIDE[direction]].candidates  # per fact, in order
-                given = [c[0] for c in other]
-                sources = answer_sources(read.answers, queries.candidates, given,
-                                         {t for c in other[0] for t in c})  # fmt: skip
+                other = same_facts[OTHER_SIDE[direction]]  # per fact, in order
+                sources = answer_sources(read.answers, queries.candidates, other.answers,
+                                         {t for c in other.candidates[0] for t in c})  # fmt: skip
                 out |= {f"{key}_{name}": value for name, value in sources.items()}
             predictions[key] = [" ".join(vocab.decode(a)) for a in read.answers]
             correct[key] = right

@@ -17,6 +17,14 @@ import revcurse
 from revcurse import files
 
 
+def use_threads(threads: int) -> None:
+    """torch's intra-op thread count for everything a run does (``train.threads``): training,
+    evaluation and probes of a run, and ``revcurse evaluate`` of it, run with the same setting.
+    Left unset, torch takes every core, which on small models is slower (thread start-up and
+    contention outweigh the arithmetic) and makes shared machines slower still."""
+    torch.set_num_threads(threads)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch globally and return a fresh torch generator with that seed.
 

@@ -11,8 +11,9 @@ neither. One policy for everything a run kind could otherwise do its own way:
 * **schedule**: :func:`lr_factor`, a pure function of the step (linear warmup, then cosine / linear
   decay or constant), so a resumed run needs no scheduler state; the logged ``lr`` is the one the
   step used;
-* **data order**: the whole set every step (``batch_size`` 0 or >= its size, no draw), or shuffled
-  epochs drawn from the run's generator, each batch cut to its longest real row;
+* **data order**: the whole set every step (``batch_size`` >= its size, or 0 on a set of at most
+  :data:`FULL_BATCH_MAX` rows; no draw), or shuffled epochs drawn from the run's generator (0 on
+  a larger set: batches of :data:`FULL_BATCH_MAX`), each batch cut to its longest real row;
 * **batch**: ``batch_size`` is global. With ``P`` processes each trains on its ``1/P`` share of
   the step's rows (one shared draw: in several processes the order has its own generator seeded
   ``seed``), in passes of ``micro_batch_size`` rows whose gradients accumulate, each weighted by
@@ -122,6 +123,20 @@ def make_accelerator(
 # --------------------------------------------------------------------------------------------------
 
 
+FULL_BATCH_MAX = 1024
+"""``batch_size`` 0 trains on the whole set every step up to this many rows, and on shuffled
+batches of this many beyond: a step's memory and time (rows x vocabulary logits, which both grow
+with the number of facts) stay bounded as the facts multiply. Every published experiment with
+``batch_size`` 0 has fewer rows, so it trains as it always did."""
+
+
+def step_rows(batch_size: int, n: int) -> int:
+    """Rows per optimizer step for ``train.batch_size`` on a set of ``n`` rows."""
+    if batch_size == 0:
+        return min(n, FULL_BATCH_MAX)
+    return min(batch_size, n)
+
+
 class DataOrder:
     """Which rows each step trains on: all of them (no draw), or shuffled epochs of ``batch_size``
     rows (the last partial batch dropped). Its state (the epoch's permutation and the position in
@@ -129,8 +144,8 @@ class DataOrder:
 
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
         self.n = n
-        self.full = batch_size == 0 or batch_size >= n
-        self.batch_size = n if self.full else batch_size
+        self.batch_size = step_rows(batch_size, n)
+        self.full = self.batch_size == n
         self.generator = generator
         self.order = torch.zeros(0, dtype=torch.long)  # [n] once an epoch is drawn
         self.position = 0
@@ -397,7 +412,7 @@ def check_resumable(out: Path, cfg: Any, require_checkpoint: bool) -> bool:
 def batch_layout(n_rows: int, cfg: TrainConfig, processes: int) -> dict[str, int]:
     """How one optimizer step's rows are spread: the global batch, each process's share, the rows
     per forward pass and the passes accumulated (logged with every run)."""
-    rows = n_rows if cfg.batch_size == 0 or cfg.batch_size >= n_rows else cfg.batch_size
+    rows = step_rows(cfg.batch_size, n_rows)
     if rows % processes:
         raise RevcurseError(
             f"train.batch_size: {rows} rows per step do not split evenly over {processes} "
@@ -494,6 +509,8 @@ def fit(
     else:  # DDP / FSDP / DeepSpeed re-point or wrap the optimizer: both go through prepare
         model, optimizer = accelerator.prepare(model, optimizer)
     params = list(trainable(model).values())
+    if cfg.compile:  # the loop steps the compiled wrapper; checkpoints unwrap it (same weights)
+        model = torch.compile(model)
     plain = single and layout["accumulation"] == 1
     # the same every step
     whole = select(data, None, accelerator.device) if order.full and plain else None
@@ -540,7 +557,7 @@ def fit(
             header = {**(meta or {}), "processes": str(accelerator.num_processes)}
             loop = {"loss_sum": loss_sum, "loss_count": loss_count,
                     "mean_loss": torch.tensor(mean_loss, dtype=torch.float64), **order.state()}  # fmt: skip
-            inner = accelerator.unwrap_model(model)
+            inner = accelerator.unwrap_model(model, keep_torch_compile=False)
             # No resume point at the last step: the records written after the loop (final probe,
             # final evaluation) carry that step too, so truncating to it on resume would keep them
             # and then write them again. Resuming from the previous checkpoint redoes the tail.

@@ -38,7 +38,7 @@ from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_measure
 from revcurse.probes.inputs import pairings_for
 from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
-from revcurse.repro import seed_everything, write_provenance
+from revcurse.repro import seed_everything, use_threads, write_provenance
 from revcurse.tracking import MetricsLog
 
 
@@ -163,6 +163,7 @@ def run_evaluation(
         prepare_out_dir(out, force)  # refuses before a large model is loaded
     if cfg.model.adapter:
         hf.check_adapter(cfg.model.adapter)
+    use_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)
@@ -312,6 +313,7 @@ def run_finetune(
             "model in the main process alone: fine-tune with configs/accelerate/ddp.yaml (LoRA on "
             "an 8B model in bf16 fits one 80 GB GPU per process) or deepspeed-zero2.yaml"
         )
+    use_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)

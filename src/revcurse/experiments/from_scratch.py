@@ -72,7 +72,7 @@ from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_mea
 from revcurse.probes.inputs import PAIRINGS, pairings_for
 from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, finite_mean, summary_layers
 from revcurse.probes.runner import summarise as summarise_probes
-from revcurse.repro import seed_everything, write_provenance
+from revcurse.repro import seed_everything, use_threads, write_provenance
 from revcurse.stats import aggregate, paired_comparison
 from revcurse.tracking import MetricsLog
 
@@ -444,7 +444,7 @@ def train_run(
     """Train, evaluate and probe one from-scratch model; writes its run directory (``resume``:
     continue from its last checkpoint when it holds one of exactly this config; ``log_with``:
     trackers that mirror its metrics, probes and final evaluation)."""
-    torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     cfg = pin_facts(cfg)
     task = task_for(cfg)
     prepared = prepare(cfg)
@@ -545,7 +545,7 @@ def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
     one the model was saved with, and every saved record's generation, candidates, likelihoods
     and rank must come out identical (so only what the current evaluation adds, e.g. the chain
     likelihood, is new); otherwise nothing is written and the run is named in the error."""
-    torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     prepared = prepare(cfg)
     path = out / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:

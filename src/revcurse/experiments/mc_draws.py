@@ -40,7 +40,7 @@ from revcurse.evaluation import per_candidate, toy_queries
 from revcurse.experiments.executor import Job
 from revcurse.experiments.sweep import cells_of, contrasts, sweep_results
 from revcurse.metrics import likelihood_rank
-from revcurse.repro import write_provenance
+from revcurse.repro import use_threads, write_provenance
 from revcurse.stats import aggregate
 
 DRAWS = (8, 16, 32, 128)
@@ -60,21 +60,21 @@ def score_run(run_dir: Path, draws: Sequence[int]) -> dict[str, Any]:
 
     model, cfg, vocab, _ = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
     model.eval()
-    torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     queries = toy_queries(build_toy(cfg.data), vocab, "reverse")
     mask = vocab.mask_id
 
     def mc(n: int):
         generator = torch.Generator().manual_seed(0)
-        return lambda cand: mdm_answer_logprob(model, queries.prompts, cand, mask_id=mask,
-                                               n_samples=n, suffix=queries.suffixes,
-                                               generator=generator)  # fmt: skip
+        return lambda ps, cands, ss: mdm_answer_logprob(model, ps, cands, mask_id=mask,
+                                                        n_samples=n, suffix=ss,
+                                                        generator=generator)  # fmt: skip
 
     scorers = {f"mc-{n}": mc(n) for n in draws}
-    scorers["exact"] = lambda cand: mdm_exact_bound(model, queries.prompts, cand, mask_id=mask,
-                                                    suffix=queries.suffixes)  # fmt: skip
-    scorers["chain"] = lambda cand: mdm_chain_logprob(model, queries.prompts, cand, mask_id=mask,
-                                                      suffix=queries.suffixes)  # fmt: skip
+    scorers["exact"] = lambda ps, cands, ss: mdm_exact_bound(model, ps, cands, mask_id=mask,
+                                                             suffix=ss)  # fmt: skip
+    scorers["chain"] = lambda ps, cands, ss: mdm_chain_logprob(model, ps, cands, mask_id=mask,
+                                                               suffix=ss)  # fmt: skip
     out: dict[str, Any] = {"correct": {}, "accuracy": {}}
     one_token = queries.single_token  # every draw masks the one token: all scorers are one
     for name, score in scorers.items():

@@ -27,17 +27,16 @@ from revcurse import files
 from revcurse.config import apply_overrides
 from revcurse.errors import RevcurseError
 from revcurse.experiments.sweep import cells_of, sweep_results
-from revcurse.repro import write_provenance
+from revcurse.repro import use_threads, write_provenance
 
 
 def probe_run(run_dir: Path) -> dict[str, Any]:
     """The final probe record of one toy run's final checkpoint (nothing written)."""
-    import torch
 
     from revcurse.experiments.toy_run import build_dataset, load_checkpoint, probe_runner
 
     model, cfg, vocab, step = load_checkpoint(run_dir / "checkpoints" / "final.safetensors")
-    torch.set_num_threads(cfg.train.threads)
+    use_threads(cfg.train.threads)
     cfg = apply_overrides(cfg, ["probe.enabled=true", "probe.distances=[]"])
     dataset, _ = build_dataset(cfg)
     return probe_runner(cfg, dataset, vocab, None)(model, step, final=True)

@@ -35,7 +35,7 @@ from revcurse.evaluation import ToyEvaluator
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import run_loss
 from revcurse.probes.runner import ProbeRunner, toy_measure
-from revcurse.repro import seed_everything, write_provenance
+from revcurse.repro import seed_everything, use_threads, write_provenance
 from revcurse.tracking import MetricsLog
 
 
@@ -103,7 +103,7 @@ def train(
     are dropped and recomputed).
     """
     tc = cfg.train
-    torch.set_num_threads(tc.threads)
+    use_threads(tc.threads)
     out = Path(out_dir) if out_dir is not None else None
     resuming = bool(resume and out is not None and training.check_resumable(out, cfg, False))
     if out is not None and training.holds_run(out, cfg):  # resumed, or started over (--force)
