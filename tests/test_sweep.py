@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -614,3 +615,35 @@ def test_analyse_probes_summarises_each_multi_token_cells_position_grids(tmp_pat
         assert np.array(cell["probes"][pairing]["grid_pair"]["0"]).shape == (2, 2)
     assert (out / "figures" / "grids.png").is_file()
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
+def test_a_sweep_copies_another_sweeps_finished_runs_of_identical_config(tmp_path):
+    """--reuse-runs: runs of another sweep whose config is exactly one of this sweep's are copied
+    in (same bytes, plus where they came from) and not trained; runs of other configs are
+    trained; the other sweep is only read; a run this sweep already has is never replaced."""
+    import hashlib
+
+    from revcurse.experiments.executor import COPIED_FROM
+
+    first = tiny_sweep(**{"model.causal": [False]})
+    run_sweep(first, tmp_path / "first", progress=False)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest()
+              for p in (tmp_path / "first").rglob("*") if p.is_file()}  # fmt: skip
+    second = apply_overrides(tiny_sweep(**{"model.causal": [False, True]}), ["name=second"])
+    summary = run_sweep(second, tmp_path / "second", progress=False, reuse=tmp_path / "first")
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in (tmp_path / "first").rglob("*") if p.is_file()}  # fmt: skip
+    assert after == before
+    runs = {r["run_id"]: r for r in summary["rows"]}
+    copied = [i for i in runs if (tmp_path / "second" / "runs" / i / COPIED_FROM).is_file()]
+    assert sorted(runs[i]["family"] for i in copied) == ["mdm", "mdm"]  # the ARMs were trained
+    assert all(runs[i]["status"] == "done" for i in runs)
+    for run_id in copied:
+        origin = Path((tmp_path / "second" / "runs" / run_id / COPIED_FROM).read_text().strip())
+        for name in ("summary.json", "predictions.json", "checkpoints/final.safetensors"):
+            assert (origin / name).read_bytes() == (
+                tmp_path / "second" / "runs" / run_id / name).read_bytes()  # fmt: skip
+    mine = tmp_path / "second" / "runs" / copied[0] / "summary.json"
+    stamp = mine.stat().st_mtime_ns
+    run_sweep(second, tmp_path / "second", progress=False, reuse=tmp_path / "first")
+    assert mine.stat().st_mtime_ns == stamp

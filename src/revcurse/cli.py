@@ -195,6 +195,15 @@ def reproduce(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     log_with: LogWithOpt = None,
+    reuse_runs: Annotated[
+        Path | None,
+        typer.Option(
+            "--reuse-runs",
+            help="A sweep: copy in the finished runs of this other sweep folder whose config is "
+            "exactly one of this sweep's runs (training is deterministic: the same files), "
+            "instead of training them again. The other folder is only read.",
+        ),
+    ] = None,
     reevaluate: Annotated[
         bool,
         typer.Option(
@@ -211,7 +220,9 @@ def reproduce(
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
-                                progress, log_with)  # fmt: skip
+                                progress, log_with, reuse_runs)  # fmt: skip
+    if reuse_runs is not None and (name in FROM_SCRATCH or name == "toy" or reevaluate):
+        raise _fail("--reuse-runs: only a sweep (a named experiment of toy runs) copies runs")
     if reevaluate:
         _reevaluate(name, options)
     elif name in FROM_SCRATCH:
@@ -237,6 +248,7 @@ class ExperimentOptions:
     resume: bool
     progress: bool
     log_with: list[str] | None = None
+    reuse_runs: Path | None = None
 
     def overrides(self) -> list[str]:
         return _overrides(self.set_, self.seeds, self.workers)
@@ -319,7 +331,8 @@ def _sweep(name: str | None, o: ExperimentOptions) -> None:
     target = _target(o.out, cfg.name)
     start = time.perf_counter()
     summary = run_sweep(cfg, target, command=_command_line(), progress=o.progress,
-                        force=o.force, named=named, log_with=o.trackers())  # fmt: skip
+                        force=o.force, named=named, log_with=o.trackers(),
+                        reuse=o.reuse_runs)  # fmt: skip
     for agg in summary["aggregates"]:
         labels = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in agg["labels"].items())
         fwd, rev = agg.get("forward_accuracy"), agg.get("reverse_accuracy")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -118,6 +119,47 @@ def adopt_earlier_runs(jobs: list[Job], store: Store, experiment: str) -> list[J
     store.forget([r["run_id"] for r in rows if r["run_id"] not in chosen_ids
                   and any(read(type(c), r) == c for c in configs)])  # fmt: skip
     return adopted
+
+
+COPIED_FROM = "copied_from.txt"
+"""In a run copied from another sweep (:func:`copy_finished_runs`): where it was trained."""
+
+
+def copy_finished_runs(jobs: list[Job], source: Path) -> list[Job]:
+    """Jobs whose run another sweep (the folder ``source``) has already finished, their folders
+    copied in: a job with no folder of its own takes a copy of a finished run of ``source``
+    whose ``config.yaml`` loads to exactly its config (the proof :func:`_check_finished` asks
+    of any run read back; training is deterministic, so training it again would give the same
+    files). The copy is written beside and renamed into place, ``.lock`` left out, with
+    :data:`COPIED_FROM` naming its origin; ``source`` is only read. Returns the jobs copied."""
+    from revcurse.config import ConfigError, load_yaml
+    from revcurse.errors import RevcurseError
+
+    runs = source / "runs"
+    if not runs.is_dir():
+        raise RevcurseError(f"--reuse-runs {source}: not a sweep folder (no runs/ in it)")
+    finished: dict[Path, Any] = {}
+    for folder in sorted(p for p in runs.iterdir() if (p / "summary.json").is_file()):
+        try:
+            finished[folder] = (
+                load_yaml(type(jobs[0].config), folder / "config.yaml") if jobs else None
+            )
+        except (ConfigError, OSError):  # a run of another kind, or unreadable: not a match
+            continue
+    copied = []
+    for job in jobs:
+        if job.run_dir.exists():  # its own run (finished, or to resume): never replaced
+            continue
+        match = next((f for f, config in finished.items() if config == job.config), None)
+        if match is None:
+            continue
+        partial = job.run_dir.with_name(job.run_dir.name + ".copying")
+        shutil.rmtree(partial, ignore_errors=True)  # a copy interrupted before its rename
+        shutil.copytree(match, partial, ignore=shutil.ignore_patterns(".lock", "*.tmp"))
+        (partial / COPIED_FROM).write_text(f"{match.resolve()}\n")
+        partial.rename(job.run_dir)
+        copied.append(job)
+    return copied
 
 
 def execute_one(

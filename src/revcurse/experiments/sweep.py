@@ -37,6 +37,7 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ from revcurse.experiments.executor import (
     Job,
     Outcome,
     adopt_earlier_runs,
+    copy_finished_runs,
     deterministic,
     execute,
     make_jobs,
@@ -659,12 +661,16 @@ def run_sweep(
     force: bool = False,
     named: Named | None = None,
     log_with: tuple[str, ...] = (),
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep into ``out``; write summary, timings and report; return summary
-    (``log_with``: trackers every run mirrors its metrics to)."""
+    (``log_with``: trackers every run mirrors its metrics to; ``reuse``: another sweep's folder
+    whose finished runs of identical config are copied in rather than trained again)."""
     from revcurse.report.sweep import write_report  # matplotlib only when reporting
 
     out = Path(out)
+    if reuse is not None and not (Path(reuse) / "runs").is_dir():  # refused before any write
+        raise RevcurseError(f"--reuse-runs {reuse}: not a sweep folder (no runs/ in it)")
     runs = cfg.expand()
     ours = (out / "index.sqlite").is_file()  # a sweep's folder from before, not a user's
     prepare_sweep_dir(out, cfg, force)
@@ -676,6 +682,10 @@ def run_sweep(
         store = Store(out / "index.sqlite")
         jobs = adopt_earlier_runs(make_jobs(runs, lambda run_id, _: out / "runs" / run_id),
                                   store, cfg.name)  # fmt: skip
+        if reuse is not None:
+            copied = copy_finished_runs(jobs, Path(reuse))
+            print(f"copied {len(copied)} finished run(s) of identical config from {reuse}",
+                  file=sys.stderr)  # fmt: skip
         start = time.perf_counter()
         outcomes = execute(jobs, store, cfg.name, workers=cfg.workers,
                            backend=cfg.backend, command=command, progress=progress,
