@@ -141,3 +141,13 @@ def test_reproduce_parent_child_quick_through_the_cli(tmp_path):
                    'variants={"arm": ["model.positional=none"]}')  # fmt: skip
     assert bad.returncode == 2 and "variants.arm" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_version_names_revcurse_and_torch():
+    from importlib.metadata import version
+
+    import torch
+
+    done = run_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"revcurse {version('revcurse')} (torch {torch.__version__})"

@@ -56,6 +56,7 @@ def test_a_local_checkpoint_is_evaluated_on_your_own_facts(tmp_path):
     lines = (tmp_path / "ev" / "generations" / "reverse.jsonl").read_text().splitlines()
     assert len(lines) == 8 and "prompt" in json.loads(lines[0])
     assert "reverse (reverse): exact" in result.output
+    assert "evaluating the first 8 queries of each split" in result.output  # said, not silent
 
 
 def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):

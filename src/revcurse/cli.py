@@ -46,6 +46,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        import torch
+
+        typer.echo(f"revcurse {version('revcurse')} (torch {torch.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Print revcurse's version (and torch's) and exit.",
+        ),  # fmt: skip
+    ] = False,
+) -> None:
+    """Reproduce, measure and extend the reversal curse (masked diffusion vs autoregressive LMs)."""
+
+
 EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length",
     "objective-attention", "entity-masking", "weight-decay", "scale",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,12 @@ def load_tests(cfg: FinetuneConfig) -> tuple[TextDataset, dict[str, list[TextPai
             f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
             f"expected some of {sorted(dataset.tests)}"
         )
+    cut = {s: len(dataset.tests[s]) for s in splits if cfg.data.max_eval
+           and len(dataset.tests[s]) > cfg.data.max_eval}  # fmt: skip
+    if cut:  # said, never silent: the metrics are of a subsample
+        sizes = ", ".join(f"{s} {n:,}" for s, n in cut.items())
+        print(f"evaluating the first {cfg.data.max_eval} queries of each split ({sizes} in all; "
+              "--set data.max_eval=0 evaluates every query)", file=sys.stderr)  # fmt: skip
     return dataset, {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
 
 

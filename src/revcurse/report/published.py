@@ -308,6 +308,8 @@ def slice_table(s: dict[str, Any], name: str) -> str:
     keys = s["slices"][name]["keys"]
     cells = [a for a in s["aggregates"] if name in a.get("slices", [])]
     unseen = any("reverse_unseen" in a["fit"] for a in cells)
+    # with facts trained in both directions (data.both_fraction): their reverse, part of the fit
+    both = any(a.get("reverse_both_accuracy") for a in cells)
     # summaries written since the rank is kept over fitted seeds show it beside generation
     rank = any("reverse_rank" in a["fit"] for a in cells)
     rows = []
@@ -320,14 +322,21 @@ def slice_table(s: dict[str, Any], name: str) -> str:
             *([_pm(fit.get("reverse_rank"), 2)] if rank else []),
             *([_pm(fit.get("forward_unseen"), 2), _pm(fit.get("reverse_unseen"), 2)]
               if unseen else []),
+            *([_pm(agg.get("reverse_both_accuracy"), 2)] if both else []),
         ])  # fmt: skip
     header = [*(k.split(".")[-1] for k in keys), "fitted seeds", "forward", "mirror",
               "reverse, fitted seeds",
               *(["reverse by likelihood rank (top-1), fitted seeds"] if rank else []),
-              *(["forward, unseen paraphrase", "reverse, unseen paraphrase"] if unseen else [])]  # fmt: skip
+              *(["forward, unseen paraphrase", "reverse, unseen paraphrase"] if unseen else []),
+              *(["reverse of the facts trained both ways"] if both else [])]  # fmt: skip
     threshold = s["aggregates"][0]["fit"]["threshold"]
+    trained = " and the reverse of the facts trained both ways" if both else ""
     return _table(header, rows) + (
-        f"\n\nMean ± sd over seeds. Fitted: forward and (MDM) mirror accuracy >= {threshold}; "
+        f"\n\nMean ± sd over seeds. Fitted: forward and (MDM) mirror accuracy{trained} >= "
+        f"{threshold}; reverse accuracy is read over the fitted seeds only (the facts trained "
+        "forward only, where some were trained both ways), and a cell with none is unfitted."
+        if both
+        else f"\n\nMean ± sd over seeds. Fitted: forward and (MDM) mirror accuracy >= {threshold}; "
         "reverse accuracy is read over the fitted seeds only, and a cell with none is unfitted."
     )
 
@@ -405,6 +414,7 @@ DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types
 BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
 OBJECTIVE_ATTENTION_SLICES = ("family", "masked-attention", "next-token-attention", "masked-ar")
+WEIGHT_DECAY_SLICES = ("arm", "mdm")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
@@ -460,6 +470,11 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     **{
         ("objective-attention", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
         for n in OBJECTIVE_ATTENTION_SLICES
+    },
+    **{("weight-decay", n): (lambda s, n=n: slice_table(s, n)) for n in WEIGHT_DECAY_SLICES},
+    **{
+        ("weight-decay", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in WEIGHT_DECAY_SLICES
     },
 }
 
