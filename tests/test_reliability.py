@@ -631,6 +631,12 @@ CASES = [
          lambda t, r: ["reproduce", "toy", "--quick", "--out", str(t / "o"), "--no-progress",
                        "--reuse-runs", str(t)],
          "only a sweep"),
+    Case("evaluate-experiment", "evaluate of an experiment folder (named a checkpoint the user "
+         "never typed before)", lambda t, r: ["evaluate", str(_sweep_folder(t))],
+         "an experiment folder of"),
+    Case("evaluate-not-a-run", "evaluate of a folder that holds no run",
+         lambda t, r: ["evaluate", str(_write(t / "mine" / "notes.txt", "x").parent)],
+         "not a run directory"),
     Case("convert-dir", "data convert onto an existing folder (named an internal temporary before)",
          lambda t, r: ["data", "convert", "parent-child", "--out", str(_write(t / "d" / "x",
                                                                               "").parent)],

@@ -688,6 +688,14 @@ def _evaluate_toy(path: Path) -> None:
     from revcurse.repro import use_threads
 
     if path.is_dir():
+        if (path / "runs").is_dir() and (path / "config.yaml").is_file():
+            raise _fail(f"{path}: an experiment folder of {len(list((path / 'runs').iterdir()))} "
+                        f"runs, not one run; evaluate one of them (revcurse runs list {path} "
+                        f"lists them): revcurse evaluate {path / 'runs'}/<run id>")  # fmt: skip
+        if not (path / "checkpoints" / "final.safetensors").is_file():
+            raise _fail(f"{path}: not a run directory (expected a Hugging Face checkpoint's "
+                        "config.json, a text run's model.safetensors and config.yaml, a "
+                        "fine-tune run's adapter/, or a toy run's checkpoints/final.safetensors)")  # fmt: skip
         path = path / "checkpoints" / "final.safetensors"
     model, cfg, vocab, step = load_checkpoint(path)
     use_threads(cfg.train.threads)
