@@ -1005,6 +1005,7 @@ def test_interrupting_a_multi_run_job_stops_everything_and_it_resumes(tmp_path, 
     assert proc.returncode == (143 if how == "sigterm" else 130), err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err, err
+    assert "last checkpoint" in lines[0]  # says what a resume trains again
     assert not _group_running(proc.pid), "a worker outlived the interrupt"
     # Queued runs never started; the index holds no run as 'running'.
     started = {p.name for p in (out / "models").iterdir()}

@@ -131,7 +131,9 @@ def _resume_command() -> str:
 def _interrupted(signum: int) -> typer.Exit:
     """Ctrl-C or SIGTERM: everything is stopped; say how to go on, exit 128 + the signal."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C changes nothing now
-    typer.echo(f"interrupted; finished runs are kept, resume with: {_resume_command()}", err=True)
+    typer.echo(f"interrupted; finished runs are kept, interrupted ones continue from their last "
+               f"checkpoint (every train.checkpoint_every steps; the steps since are trained "
+               f"again): {_resume_command()}", err=True)  # fmt: skip
     return typer.Exit(128 + signum)
 
 
