@@ -151,3 +151,14 @@ def test_version_names_revcurse_and_torch():
     done = run_cli("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"revcurse {version('revcurse')} (torch {torch.__version__})"
+
+
+def test_config_facts_prints_the_template_to_fill_in_without_a_file():
+    """`revcurse config facts` is where a user starts, before any facts file exists: the template
+    (run.path empty) on stdout, loadable once the path is filled in, and a note saying so."""
+    import yaml
+
+    done = run_cli("config", "facts")
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["run"]["path"] == ""
+    assert "set it to your facts file" in done.stderr

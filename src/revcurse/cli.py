@@ -862,6 +862,11 @@ def show_config(
     }
     if kind not in kinds:
         raise _fail(f"unknown config kind {kind!r}; expected one of: {', '.join(kinds)}")
+    if kind == "facts" and config is None and not set_:  # the template to fill in: no file yet
+        typer.echo(dump_yaml(kinds[kind]()), nl=False)
+        typer.echo("note: run.path is empty; set it to your facts file (--set run.path=F.jsonl)",
+                   err=True)  # fmt: skip
+        return
     cfg = _guard(lambda: _load(kinds[kind], config, set_))
     typer.echo(dump_yaml(cfg), nl=False)
 
