@@ -162,3 +162,32 @@ def test_config_facts_prints_the_template_to_fill_in_without_a_file():
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["run"]["path"] == ""
     assert "set it to your facts file" in done.stderr
+
+
+def test_runs_list_reads_folders_without_a_sweep_index(tmp_path):
+    """`runs list` on a folder of single runs (a fine-tune, an evaluation, a toy run; each a
+    config.yaml beside a summary.json) lists each with its headline numbers; a folder with none
+    is a one-line refusal."""
+    split = {"likelihood_top1": 0.25, "exact": 0.0}
+    made = {
+        "ft": {"family": "llama", "dataset": "parent-child", "before": {"reverse": split},
+               "after": {"reverse": split | {"likelihood_top1": 0.5}}},
+        "ev": {"family": "llada", "dataset": "parent-child", "splits": {"reverse": split}},
+        "deep/toy": {"family": "mdm", "forward_accuracy": 1.0, "reverse_accuracy": 0.875},
+    }  # fmt: skip
+    for name, summary in made.items():
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "config.yaml").write_text("{}\n")
+        (tmp_path / name / "summary.json").write_text(json.dumps(summary))
+    done = run_cli("runs", "list", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "ev  evaluate  llada on parent-child  reverse 0.250",
+        "ft  finetune  llama on parent-child  before: reverse 0.250  after: reverse 0.500",
+        "deep/toy  toy run  mdm  fwd 1.000 rev 0.875",
+    ]
+    empty = run_cli("runs", "list", str(tmp_path / "deep"))  # the toy run is one level down
+    assert empty.returncode == 0 and empty.stdout.startswith("toy  toy run")
+    (tmp_path / "none").mkdir()
+    refused = run_cli("runs", "list", str(tmp_path / "none"))
+    assert refused.returncode == 2 and "no finished run in it" in refused.stderr

@@ -468,10 +468,21 @@ def runs_list(
     folder: Annotated[Path, typer.Argument(help="A sweep or experiment output folder.")],
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
 ) -> None:
-    """One line per run: id, status, swept values, forward and reverse accuracy."""
+    """One line per run: id, status, swept values, forward and reverse accuracy. A folder without a
+    sweep index (single runs, fine-tune and evaluate folders, or a folder of them): one line per
+    finished run found in it."""
 
     from revcurse.store import Store
 
+    if not (folder / "index.sqlite").is_file():
+        if status not in (None, "done"):
+            raise RevcurseError(f"{folder}: no sweep index; only finished runs can be listed")
+        lines = [_run_line(p.parent, folder) for p in _finished_runs(folder)]
+        if not lines:
+            raise RevcurseError(f"{folder}: no sweep index and no finished run in it")
+        for line in lines:
+            typer.echo(line)
+        return
     for row in Store(folder / "index.sqlite", create=False).rows(status=status):
         labels = " ".join(f"{k.split('.')[-1]}={v}" for k, v in row["labels"].items())
         result = ""
@@ -481,6 +492,41 @@ def runs_list(
         elif row["error"]:
             result = row["error"]
         typer.echo(f"{row['run_id']}  {row['status']:<7}  {labels}  {result}")
+
+
+def _finished_runs(folder: Path, depth: int = 4) -> list[Path]:
+    """``summary.json`` files of the runs under ``folder`` (each beside its ``config.yaml``),
+    ``depth`` folders deep at most, in path order."""
+    found = []
+    for level in range(depth + 1):
+        for path in sorted(folder.glob("/".join(["*"] * level + ["summary.json"]))):
+            if (path.parent / "config.yaml").is_file():
+                found.append(path)
+    return found
+
+
+def _run_line(run: Path, root: Path) -> str:
+    """A finished run in one line: where, what kind, its headline numbers."""
+    from revcurse import files
+
+    s = files.read_json(run / "summary.json")
+    where = str(run.relative_to(root)) if run != root else str(run)
+
+    def top1(splits: dict[str, Any]) -> str:
+        return "  ".join(f"{k} {v['likelihood_top1']:.3f}" for k, v in splits.items()
+                         if isinstance(v, dict) and "likelihood_top1" in v)  # fmt: skip
+
+    if "after" in s:  # a fine-tune: before and after, likelihood top-1 per split
+        return (f"{where}  finetune  {s['family']} on {s['dataset']}  before: {top1(s['before'])}"
+                f"  after: {top1(s['after'])}")  # fmt: skip
+    if "splits" in s and "dataset" in s:
+        return f"{where}  evaluate  {s['family']} on {s['dataset']}  {top1(s['splits'])}"
+    if "forward_accuracy" in s and "reverse_accuracy" in s:
+        return (f"{where}  toy run  {s.get('family', '?')}  fwd {s['forward_accuracy']:.3f} "
+                f"rev {s['reverse_accuracy']:.3f}")  # fmt: skip
+    if "splits" in s:
+        return f"{where}  text run  {s.get('family', '?')}  {top1(s['splits'])}"
+    return f"{where}  {', '.join(sorted(s)[:4])}"
 
 
 @runs_app.command("compare")
