@@ -223,7 +223,7 @@ def test_sweep_and_runs_commands(tmp_path):
             ["runs", "compare", str(out), "--by", "model.causal", "--metric", "nope"],
             "unknown metric",
         ),
-        (["runs", "list", str(tmp_path)], "no run index here"),
+        (["runs", "list", str(tmp_path / "out" / "figures")], "no finished run in it"),
         (["sweep", "--out", str(tmp_path / "x")], "needs --config"),
         (["reproduce", "depth", "--out", str(out)], "holds sweep 't', not 'depth'"),
     ]:

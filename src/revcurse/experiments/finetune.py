@@ -89,13 +89,19 @@ def load_tests(cfg: FinetuneConfig) -> tuple[TextDataset, dict[str, list[TextPai
             f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
             f"expected some of {sorted(dataset.tests)}"
         )
-    cut = {s: len(dataset.tests[s]) for s in splits if cfg.data.max_eval
-           and len(dataset.tests[s]) > cfg.data.max_eval}  # fmt: skip
-    if cut:  # said, never silent: the metrics are of a subsample
+    return dataset, {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
+
+
+def say_subsample(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list]) -> None:
+    """Say on stderr when the splits evaluated are cut to ``data.max_eval`` queries (the metrics
+    are then of a subsample; never silent), once the run has started: a refusal stays one line."""
+    cut = {
+        s: len(dataset.tests[s]) for s, kept in tests.items() if len(kept) < len(dataset.tests[s])
+    }
+    if cut:
         sizes = ", ".join(f"{s} {n:,}" for s, n in cut.items())
         print(f"evaluating the first {cfg.data.max_eval} queries of each split ({sizes} in all; "
               "--set data.max_eval=0 evaluates every query)", file=sys.stderr)  # fmt: skip
-    return dataset, {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
 
 
 def vocabulary_texts(dataset: TextDataset, train_pairs: list[TextPair]) -> list[str]:
@@ -178,6 +184,7 @@ def run_evaluation(
         hf.load_adapter(model, cfg.model.adapter, trainable=True)
     prepare_out_dir(out, force)
     write_provenance(out, dump_yaml(cfg), command)
+    say_subsample(cfg, dataset, tests)
     probes = probe_runner(cfg, dataset, model, tokenizer, out)
     results = evaluate_tests(cfg, dataset, tests, model, tokenizer, out / "generations")
     probes(model, 0, final=True)
@@ -365,6 +372,8 @@ def run_finetune(
             before = files.read_json(out / "before.json") if main else {}
             probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
         else:
+            if main:
+                say_subsample(cfg, dataset, tests)
             before = evaluate("before")
             if main:
                 files.write_json(out / "before.json", before)
