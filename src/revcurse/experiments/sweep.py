@@ -549,6 +549,38 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
     }
 
 
+CURVE_METRICS = ("forward_accuracy", "reverse_both_accuracy", "reverse_accuracy")
+"""What a sweep with curves (``Named.curves``) follows over training, where the runs have it."""
+
+
+def eval_history(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
+    """A run's evaluations of ``metric`` over training (its ``metrics.jsonl``): steps, values."""
+    evals = [m for m in files.read_jsonl(run_dir / "metrics.jsonl")
+             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
+    return [m["step"] for m in evals], [m[metric] for m in evals]
+
+
+def curve_ranges(out: Path, jobs, outcomes) -> list[dict[str, Any]]:
+    """What the curves show, as numbers a claim can cite: per cell (its seeds' finished runs) and
+    metric of :data:`CURVE_METRICS`, the lowest and highest value any seed had at any evaluation
+    during training (``min``, ``max``), how many evaluations that is over all seeds, and the range
+    at each seed's last evaluation (``last_min``, ``last_max``)."""
+    done = [j for j in jobs if outcomes[j.run_id].status == "done"]
+    out_cells = []
+    for cell in cells_of(jobs, done):
+        entry: dict[str, Any] = {"labels": cell["labels"]}
+        for metric in CURVE_METRICS:
+            runs = [eval_history(out / "runs" / r, metric)[1] for r in cell["runs"]]
+            if not all(runs):
+                continue
+            every = [v for values in runs for v in values]
+            last = [values[-1] for values in runs]
+            entry[metric] = {"min": min(every), "max": max(every), "evaluations": len(every),
+                             "last_min": min(last), "last_max": max(last)}  # fmt: skip
+        out_cells.append(entry)
+    return out_cells
+
+
 def cell_keys(jobs) -> list[str]:
     """The labels that name a cell of the sweep, whose runs are its seeds. Slice membership is
     not one of them: a slice may hold only some of a cell's seeds."""
@@ -697,6 +729,8 @@ def run_sweep(
                 for n, s in cfg.slices.items()
             }
             summary["contrasts"] = contrasts(cfg, jobs, outcomes)
+        if named is not None and named.curves:
+            summary["curves"] = curve_ranges(out, jobs, outcomes)
         files.write_json(out / "summary.json", summary)
         files.write_json(
             out / "timings.json",

@@ -410,6 +410,30 @@ def draws_tests(s: dict[str, Any]) -> str:
     )
 
 
+def curve_table(s: dict[str, Any]) -> str:
+    """A sweep's curves over training as ranges (``summary["curves"]``): per cell, the lowest and
+    highest accuracy any seed had at any evaluation, and the range at the seeds' last one."""
+    titles = {"forward_accuracy": "forward", "reverse_both_accuracy": "reverse, trained both ways",
+              "reverse_accuracy": "reverse, trained forward only (the test)"}  # fmt: skip
+    metrics = [m for m in titles if any(m in c for c in s["curves"])]
+    keys = [
+        k for k in s["curves"][0]["labels"] if len({repr(c["labels"][k]) for c in s["curves"]}) > 1
+    ]
+    rows = []
+    for cell in s["curves"]:
+        ranges = []
+        for m in metrics:
+            r = cell.get(m)
+            ranges.append("n/a" if r is None else f"{r['min']:.2f} – {r['max']:.2f} "
+                          f"(last: {r['last_min']:.2f} – {r['last_max']:.2f})")  # fmt: skip
+        rows.append([*(cell["labels"][k] for k in keys), *ranges])
+    n = s["curves"][0][metrics[0]]["evaluations"]
+    return _table([*(k.split(".")[-1] for k in keys), *(titles[m] for m in metrics)], rows) + (
+        f"\n\nLowest – highest accuracy of any seed at any evaluation during training ({n} "
+        "evaluations per cell over its seeds), and the range at the seeds' last evaluation."
+    )
+
+
 DISTANCE_SLICES = ("masking", "heads", "rope-base", "no-position", "filler-types", "arm")
 BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
@@ -472,6 +496,7 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         for n in OBJECTIVE_ATTENTION_SLICES
     },
     **{("weight-decay", n): (lambda s, n=n: slice_table(s, n)) for n in WEIGHT_DECAY_SLICES},
+    ("weight-decay", "curves"): curve_table,
     **{
         ("weight-decay", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
         for n in WEIGHT_DECAY_SLICES

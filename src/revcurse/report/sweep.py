@@ -17,6 +17,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import SweepConfig, dump_yaml
+from revcurse.experiments.sweep import CURVE_METRICS, eval_history
 from revcurse.probes.theory import rope_score_correlation
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_html, to_markdown
@@ -97,10 +98,11 @@ def metrics_figure(
     return save(fig, path)
 
 
-CURVES = [("forward_accuracy", "forward (the test facts)"),
-          ("reverse_both_accuracy", "reverse of the facts trained both ways (fit check)"),
-          ("reverse_accuracy", "reverse of the facts trained forward only (the test)")]  # fmt: skip
-"""The panels of :func:`curves_figure`: metric and title (metrics a run lacks are skipped)."""
+CURVE_TITLES = {"forward_accuracy": "forward (the test facts)",
+                "reverse_both_accuracy": "reverse of the facts trained both ways (fit check)",
+                "reverse_accuracy": "reverse of the facts trained forward only (the test)"}  # fmt: skip
+"""The panels of :func:`curves_figure`, one per :data:`~revcurse.experiments.sweep.CURVE_METRICS`
+(metrics a run lacks are skipped)."""
 
 
 def curves_figure(out: Path, rows: list[dict[str, Any]], x: str, path: Path) -> Path | None:
@@ -108,7 +110,9 @@ def curves_figure(out: Path, rows: list[dict[str, Any]], x: str, path: Path) -> 
     row of panels per family, one colour per value of ``x``, the mean over seeds drawn thick and
     each seed thin (a late transition in one seed stays visible)."""
     done = [r for r in rows if r["status"] == "done"]
-    panels = [(m, t) for m, t in CURVES if any(r.get(m) is not None for r in done)]
+    panels = [
+        (m, CURVE_TITLES[m]) for m in CURVE_METRICS if any(r.get(m) is not None for r in done)
+    ]
     families = list(dict.fromkeys(r["family"] for r in done))
     if not panels or not families:
         return None
@@ -123,10 +127,8 @@ def curves_figure(out: Path, rows: list[dict[str, Any]], x: str, path: Path) -> 
                 for r in done:
                     if r["family"] != family or r[x] != value:
                         continue
-                    evals = [m for m in files.read_jsonl(out / "runs" / r["run_id"] / "metrics.jsonl")
-                             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
-                    steps = [m["step"] for m in evals]
-                    seeds.append((steps, [m[metric] for m in evals]))
+                    steps, curve = eval_history(out / "runs" / r["run_id"], metric)
+                    seeds.append((steps, curve))
                     ax.plot(steps, seeds[-1][1], color=colour, lw=0.6, alpha=0.5)
                 if seeds and len({tuple(s) for s, _ in seeds}) == 1:
                     ax.plot(seeds[0][0], np.mean([v for _, v in seeds], axis=0), color=colour,
