@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from revcurse import files  # noqa: E402
 
@@ -68,7 +69,7 @@ def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path
         train = [r for r in records if r.get("kind") == "train"]
         evals = [r for r in records if r.get("kind") == "eval"]
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color=color,
-                     alpha=0.7, lw=1, label=label)  # fmt: skip
+                     alpha=0.7, lw=1)  # fmt: skip
         steps = [r["step"] for r in evals]
         ax_acc.plot(steps, [r["forward_accuracy"] for r in evals], color=color, alpha=0.7, lw=1)
         ax_acc.plot(steps, [r["reverse_accuracy"] for r in evals], color=color, alpha=0.7, lw=1,
@@ -77,7 +78,11 @@ def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training loss")
     ax_loss.set_title("Training loss\n(MDM: diffusion bound, ARM: next-token CE)", fontsize=10)
-    ax_loss.legend(fontsize=6, ncol=2)
+    # one entry per family: every model of a family has its colour, so seeds are not listed
+    families = list(dict.fromkeys(label.split("-")[0] for label in curves))
+    ax_loss.legend(handles=[Line2D([], [], color=FAMILY_COLORS.get(f, "gray"),
+                                   label=f"{f.upper()} (one line per seed)") for f in families],
+                   fontsize=7)  # fmt: skip
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("top-1 accuracy")
     ax_acc.set_ylim(-0.02, 1.02)

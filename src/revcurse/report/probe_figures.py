@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.ticker import SymmetricalLogLocator
+from matplotlib.ticker import FixedLocator, NullLocator
 
 from revcurse import files
 from revcurse.probes.gradients import GROUPS
@@ -59,6 +59,25 @@ def _series(records: Sequence[dict[str, Any]], *path: str) -> tuple[list[int], l
 
 
 PAIRING_STYLE = {"mirror": "-", "forward": "--"}
+PAIRING_MEANING = {"mirror": "mirror pairing (same answer)",
+                   "forward": "forward pairing (other answer)"}  # fmt: skip
+
+
+def _key_below(fig, models: Sequence[ProbedModel], pairings: Sequence[str] = ()) -> None:
+    """One legend under the panels (where it covers no curve): a colour per family and a line
+    style per pairing; every seed is a thin line of its family's colour, so seeds are not
+    listed one by one (they would all read the same)."""
+    from matplotlib.lines import Line2D
+
+    families = list(dict.fromkeys(m.family for m in models))
+    handles = [Line2D([], [], color=FAMILY_COLORS.get(f, "gray"), lw=1.5,
+                      label=f"{f.upper()} (one line per seed)") for f in families]  # fmt: skip
+    handles += [Line2D([], [], color="black", lw=1, ls=PAIRING_STYLE[p], label=PAIRING_MEANING[p])
+                for p in pairings]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+
+
 PAIRING_QUERY = {"mirror": "[M] REL b", "forward": "a REL [M]"}
 
 
@@ -90,7 +109,7 @@ def attention_scatter(models: Sequence[ProbedModel], path: Path) -> Path | None:
 def attention_vs_step(models: Sequence[ProbedModel], path: Path) -> Path:
     """Mean (over layers and heads) Pearson correlation of S_pair and S_rev against step, one line
     per model and pairing (solid: mirror, dashed: forward)."""
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
     for m in models:
         for pairing in PAIRINGS:
             steps, values = _series(m.records, "attention", pairing, "mean_pearson")
@@ -100,9 +119,8 @@ def attention_vs_step(models: Sequence[ProbedModel], path: Path) -> Path:
     ax.axhline(0, color="black", lw=0.6)
     ax.set_xlabel("step")
     ax.set_ylabel("Pearson r(S_pair, S_rev) over facts")
-    ax.set_title("Attention-score coupling during training (solid: mirror, dashed: forward)",
-                 fontsize=9)  # fmt: skip
-    ax.legend(fontsize=5, ncol=2)
+    ax.set_title("Attention-score coupling during training", fontsize=9)
+    _key_below(fig, models, PAIRINGS)
     return save(fig, path)
 
 
@@ -220,7 +238,7 @@ def reverse_loss(models: Sequence[ProbedModel], path: Path) -> Path:
     for m in models:
         color = FAMILY_COLORS.get(m.family, "gray")
         steps, values = _series(m.records, "gradients", "loss", "reverse")
-        ax_loss.plot(steps, values, color=color, lw=1, alpha=0.8, label=m.label)
+        ax_loss.plot(steps, values, color=color, lw=1, alpha=0.8)
         for r in m.records:
             fo = r.get("gradients", {}).get("first_order")
             if fo:
@@ -231,21 +249,25 @@ def reverse_loss(models: Sequence[ProbedModel], path: Path) -> Path:
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("reverse-query loss (CE)")
     ax_loss.set_title("Reverse loss, training on forward statements only", fontsize=10)
-    ax_loss.legend(fontsize=6, ncol=2)
     if predicted:
         ax_fo.scatter(predicted, actual, s=8, c=colors, alpha=0.7)
         lim = max(max(map(abs, predicted)), max(map(abs, actual)))
         ax_fo.plot([-lim, lim], [-lim, lim], color="gray", ls=":", lw=0.8)
         linthresh = lim / 1e4
+        # 0 and every second decade outside the linear band: ticks at +-linthresh sit a few
+        # pixels from 0 and their labels collide with its
+        top = int(np.floor(np.log10(lim)))
+        decades = [10.0**k for k in range(top, int(np.floor(np.log10(linthresh))) + 1, -2)]
+        ticks = sorted([0.0, *decades, *(-d for d in decades)])
         for axis, set_scale in ((ax_fo.xaxis, ax_fo.set_xscale), (ax_fo.yaxis, ax_fo.set_yscale)):
             set_scale("symlog", linthresh=linthresh)
-            # every second decade only: symlog's default ticks collide around zero
-            axis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=100))
+            axis.set_major_locator(FixedLocator(ticks))
+            axis.set_minor_locator(NullLocator())
         ax_fo.tick_params(labelsize=7)
     ax_fo.set_xlabel("predicted  -lr <g_train, g_rev>")
     ax_fo.set_ylabel("actual change of reverse loss")
     ax_fo.set_title("First-order check of one SGD step on the training loss", fontsize=10)
-    fig.tight_layout()
+    _key_below(fig, models)
     return save(fig, path)
 
 
@@ -266,5 +288,5 @@ def signal_cosines(models: Sequence[ProbedModel], path: Path) -> Path:
                       "z.0": "signal at o_proj input (layer 0)"}[name], fontsize=9)  # fmt: skip
         ax.set_xlabel("step")
     axes[0].set_ylabel("mean cos(pair, rev) over facts")
-    fig.tight_layout()
+    _key_below(fig, models, PAIRINGS)
     return save(fig, path)
