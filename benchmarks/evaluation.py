@@ -18,9 +18,10 @@ import time
 import torch
 
 from revcurse.config import RunConfig, TextRunConfig
+from revcurse.data.tasks import TASKS
 from revcurse.data.tokenize import training_batch
 from revcurse.evaluation import evaluate, evaluate_split
-from revcurse.experiments.from_scratch import TASKS, prepare
+from revcurse.experiments.from_scratch import prepare
 from revcurse.experiments.toy_run import build_dataset, build_model
 from revcurse.models.transformer import TransformerLM
 from revcurse.objectives import training_loss

@@ -14,8 +14,9 @@ from conftest import run_cli
 
 from revcurse import files
 from revcurse.config import FactsExperimentConfig, ParentChildConfig, apply_overrides
+from revcurse.data.tasks import TASKS, facts_task, pin_facts
 from revcurse.errors import ConfigError, RevcurseError
-from revcurse.experiments.from_scratch import TASKS, build_data, facts_task, pin_facts
+from revcurse.experiments.from_scratch import build_data
 
 
 def write_lines(path, lines) -> str:

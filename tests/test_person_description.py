@@ -151,7 +151,8 @@ def check_paired_tests_read_only_fitted_seeds(out, rows):
     """With seed 1 marked as having fitted the p2d statements (both models) and nothing else,
     the p2d tests run over seed 1 alone and their effect is the mean per-query difference of the
     saved records, computed here by hand; the d2p tests are not run."""
-    from revcurse.experiments.from_scratch import TASKS, _paired, fitted_seeds
+    from revcurse.data.tasks import TASKS
+    from revcurse.experiments.from_scratch import _paired, fitted_seeds
 
     task = TASKS["person-description"]
     fake = []
@@ -334,8 +335,8 @@ def test_paired_tests_use_the_seeds_both_models_fitted_not_either(tmp_path):
     alone (the intersection), and its effect is that seed's hand-counted mean difference. Records
     are written so that every other seed would move the effect: over seeds 0-2 (the union) the
     prefix effect would be 0.75 instead of 0.25."""
-    from revcurse.experiments.executor import model_dir
     from revcurse.experiments.from_scratch import _paired
+    from revcurse.files import model_dir
 
     def write(name, seed, prefix, rank, chain_rank):
         records = [{"prefix": p, "rank": r, "chain_rank": c}
@@ -399,8 +400,8 @@ def test_probe_curves_are_seed_means_of_each_quantity_by_name(tmp_path):
     near, middle and far thirds in that order; the midpoint of each third's distances; the
     storage and routing parts of the per-fact gradient cosine)."""
     from revcurse import files
-    from revcurse.experiments.executor import model_dir
     from revcurse.experiments.from_scratch import probe_curves
+    from revcurse.files import model_dir
 
     def record(step, seed):
         k = step + 10 * seed  # distinct per step and seed

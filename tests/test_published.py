@@ -199,7 +199,7 @@ def test_scratch_tests_are_differences_over_the_seeds_both_models_fitted(name):
     """Every paired test of a from-scratch experiment runs over exactly the seeds both compared
     models fitted the split's group on (summary['fit']), and its effect is the difference of the
     two models' per-seed split metrics (summary rows) averaged over those seeds."""
-    from revcurse.experiments.from_scratch import TASKS
+    from revcurse.data.tasks import TASKS
 
     s = _summary(name)
     fitted = s["fit"]["fitted_seeds"]

@@ -7,8 +7,8 @@ import pytest
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig
-from revcurse.experiments.executor import model_dir
 from revcurse.experiments.toy import compare_families
+from revcurse.files import model_dir
 
 
 def test_comparison_is_mdm_minus_arm_over_the_saved_per_query_outcomes(tmp_path):

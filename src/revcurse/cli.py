@@ -311,6 +311,7 @@ def _toy(o: ExperimentOptions) -> None:
 
 @guarded
 def _from_scratch(name: str, o: ExperimentOptions) -> None:
+    from revcurse.data.tasks import task_for
     from revcurse.experiments import from_scratch as fs
 
     kind = FROM_SCRATCH[name]
@@ -323,7 +324,7 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
     summary = fs.run_from_scratch(cfg, target, command=_command_line(), progress=o.progress,
                                   force=o.force, resume=o.resume, log_with=o.trackers())  # fmt: skip
     metric = summary["headline_metric"]
-    task = fs.task_for(cfg.run)
+    task = task_for(cfg.run)
     shown = [task.probe[0], *task.compared]
     for model, agg in summary["aggregate"].items():
         cells = "  ".join(f"{split} {agg[f'{split}.{metric}']['mean']:.3f}" for split in shown)

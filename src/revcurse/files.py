@@ -116,6 +116,12 @@ def run_lock(run_dir: Path, blocking: bool = True) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def model_dir(out: Path, name: str, seed: int) -> Path:
+    """Where an experiment of several models (``reproduce toy``, the from-scratch experiments)
+    keeps model ``name``'s run of ``seed``: ``out/models/<name>-seed<seed>``."""
+    return out / "models" / f"{name}-seed{seed}"
+
+
 def plain_name(value: str, where: str) -> str:
     """``value`` if it is a plain name (:data:`revcurse.config.PLAIN_NAME`, the sweep name's rule
     too), else a one-line error naming ``where`` (the file:line and field). Names that become

@@ -172,3 +172,11 @@ class MetricsLog:
             for tracker in self.accelerator.trackers:
                 tracker.finish()
             self.accelerator.trackers.clear()
+
+
+def eval_history(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
+    """A run's evaluations of ``metric`` over training, read back from the ``metrics.jsonl`` a
+    :class:`MetricsLog` wrote: the steps and the values."""
+    evals = [m for m in files.read_jsonl(run_dir / "metrics.jsonl")
+             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
+    return [m["step"] for m in evals], [m[metric] for m in evals]

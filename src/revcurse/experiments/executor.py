@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from revcurse import files
 from revcurse.config import RunConfig, config_hash, to_dict
+from revcurse.files import model_dir
 from revcurse.store import Store
 
 
@@ -404,11 +405,6 @@ def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -
         if outcomes[job.run_id].status != "done":
             raise RevcurseError(f"{job.run_dir}: training failed: {outcomes[job.run_id].error}")
     return [outcomes[j.run_id].summary for j in jobs]
-
-
-def model_dir(out: Path, name: str, seed: int) -> Path:
-    """Where :func:`train_families` puts model ``name``'s run of ``seed``."""
-    return out / "models" / f"{name}-seed{seed}"
 
 
 def train_families(

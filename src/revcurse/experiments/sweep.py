@@ -70,6 +70,7 @@ from revcurse.experiments.executor import (
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
+from revcurse.tracking import eval_history
 from revcurse.training import first_difference
 
 PROBE_METRICS = (
@@ -551,13 +552,6 @@ def summarize(name: str, jobs, outcomes) -> dict[str, Any]:
 
 CURVE_METRICS = ("forward_accuracy", "reverse_both_accuracy", "reverse_accuracy")
 """What a sweep with curves (``Named.curves``) follows over training, where the runs have it."""
-
-
-def eval_history(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
-    """A run's evaluations of ``metric`` over training (its ``metrics.jsonl``): steps, values."""
-    evals = [m for m in files.read_jsonl(run_dir / "metrics.jsonl")
-             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
-    return [m["step"] for m in evals], [m[metric] for m in evals]
 
 
 def curve_ranges(out: Path, jobs, outcomes) -> list[dict[str, Any]]:

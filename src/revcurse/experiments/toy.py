@@ -25,8 +25,9 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, apply_overrides
-from revcurse.experiments.executor import deterministic, model_dir, timings, train_families
+from revcurse.experiments.executor import deterministic, timings, train_families
 from revcurse.experiments.rundir import start_experiment
+from revcurse.files import model_dir
 from revcurse.stats import aggregate, paired_comparison
 
 QUICK_OVERRIDES = ("train.steps=1500",)

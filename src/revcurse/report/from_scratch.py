@@ -10,7 +10,7 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
-from revcurse.experiments.from_scratch import Task, task_for
+from revcurse.data.tasks import Task, task_for
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import (
     Block,

@@ -198,7 +198,7 @@ def objective_table(s: dict[str, Any]) -> str:
 def scratch_splits(s: dict[str, Any]) -> str:
     """A from-scratch text experiment's accuracy per split (in the task's table order): the
     headline metric, likelihood top-1 and (runs that have it) chain top-1, per model."""
-    from revcurse.experiments.from_scratch import TASKS
+    from revcurse.data.tasks import TASKS
 
     agg, metric = s["aggregate"], s["headline_metric"]
     task = TASKS[s["experiment"]]

@@ -17,11 +17,11 @@ import numpy as np
 
 from revcurse import files
 from revcurse.config import SweepConfig, dump_yaml
-from revcurse.experiments.sweep import CURVE_METRICS, eval_history
 from revcurse.probes.theory import rope_score_correlation
 from revcurse.report.figures import FAMILY_COLORS, plt, save
 from revcurse.report.render import Block, Figure, Heading, Para, Pre, Table, to_html, to_markdown
 from revcurse.stats import FIT_THRESHOLD, comparison_cells
+from revcurse.tracking import eval_history
 
 PANELS = [
     ("forward_accuracy", "forward accuracy"),
@@ -101,18 +101,17 @@ def metrics_figure(
 CURVE_TITLES = {"forward_accuracy": "forward (the test facts)",
                 "reverse_both_accuracy": "reverse of the facts trained both ways (fit check)",
                 "reverse_accuracy": "reverse of the facts trained forward only (the test)"}  # fmt: skip
-"""The panels of :func:`curves_figure`, one per :data:`~revcurse.experiments.sweep.CURVE_METRICS`
-(metrics a run lacks are skipped)."""
+"""The panels of :func:`curves_figure`: one per metric whose curves the sweep's summary carries
+(``summary["curves"]``: the sweep's ``CURVE_METRICS``), titled."""
 
 
-def curves_figure(out: Path, rows: list[dict[str, Any]], x: str, path: Path) -> Path | None:
+def curves_figure(out: Path, rows: list[dict[str, Any]], metrics: list[str], x: str,
+                  path: Path) -> Path | None:  # fmt: skip
     """Accuracies over training from each run's evaluations (``runs/<id>/metrics.jsonl``): a
     row of panels per family, one colour per value of ``x``, the mean over seeds drawn thick and
     each seed thin (a late transition in one seed stays visible)."""
     done = [r for r in rows if r["status"] == "done"]
-    panels = [
-        (m, CURVE_TITLES[m]) for m in CURVE_METRICS if any(r.get(m) is not None for r in done)
-    ]
+    panels = [(m, CURVE_TITLES.get(m, m)) for m in metrics]
     families = list(dict.fromkeys(r["family"] for r in done))
     if not panels or not families:
         return None
@@ -518,7 +517,9 @@ def write_report(out: Path, cfg: SweepConfig, summary: dict[str, Any], named: An
             )
         )
     if named is not None and getattr(named, "curves", False):
-        curve_fig = curves_figure(out, rows, x, out / "figures" / "curves.png")
+        metrics = list(dict.fromkeys(m for c in summary.get("curves", []) for m in c
+                                     if m != "labels"))  # fmt: skip
+        curve_fig = curves_figure(out, rows, metrics, x, out / "figures" / "curves.png")
         if curve_fig is not None:
             blocks.append(Figure(curve_fig, f"Accuracy over training, one colour per {x}: thick, "
                                             "the mean over seeds; thin, each seed."))  # fmt: skip

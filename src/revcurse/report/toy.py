@@ -7,7 +7,7 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import ToyExperimentConfig, dump_yaml
-from revcurse.experiments.executor import model_dir
+from revcurse.files import model_dir
 from revcurse.report import figures, probe_figures
 from revcurse.report.render import (
     Block,
