@@ -55,7 +55,9 @@ def test_a_local_checkpoint_is_evaluated_on_your_own_facts(tmp_path):
     assert all(m["n"] == 8 for m in summary["splits"].values())
     lines = (tmp_path / "ev" / "generations" / "reverse.jsonl").read_text().splitlines()
     assert len(lines) == 8 and "prompt" in json.loads(lines[0])
-    assert "reverse (reverse): exact" in result.output
+    reverse = summary["splits"]["reverse"]
+    se = (reverse["exact"] * (1 - reverse["exact"]) / 8) ** 0.5  # binomial, by hand
+    assert f"reverse (reverse, n=8): exact {reverse['exact']:.3f} ± {se:.3f}" in result.output
     assert "evaluating the first 8 queries of each split" in result.output  # said, not silent
 
 

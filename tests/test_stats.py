@@ -223,3 +223,11 @@ def test_a_run_fitted_only_if_it_fitted_the_inverse_statements_it_was_trained_on
     assert fitted(row) and fitted(row | {"reverse_both_accuracy": 0.99})
     assert not fitted(row | {"reverse_both_accuracy": 0.5})
     assert fitted({"forward_accuracy": 1.0, "mirror_accuracy": None, "reverse_both_accuracy": 1.0})
+
+
+def test_a_proportions_standard_error_is_the_binomial_one():
+    from revcurse.stats import proportion_se, with_se
+
+    assert proportion_se(0.25, 12) == pytest.approx(0.125)  # sqrt(0.25 * 0.75 / 12)
+    assert proportion_se(1.0, 5) == 0.0
+    assert with_se(0.25, 12) == "0.250 ± 0.125"

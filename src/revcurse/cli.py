@@ -715,9 +715,12 @@ def _evaluate_finetuned(cfg: FinetuneConfig, out: Path | None, trust_remote_code
     target = _target(out, f"evaluate-{cfg.model.family}-{cfg.data.dataset}")
     summary = run_evaluation(cfg, target, trust_remote_code=trust_remote_code,
                              command=_command_line(), force=force)  # fmt: skip
+    from revcurse.stats import with_se
+
     for split, m in summary["splits"].items():
-        typer.echo(f"{split} ({m['direction']}): exact {m['exact']:.3f}   likelihood top-1 "
-                   f"{m['likelihood_top1']:.3f} (chance {m['chance_top1']:.3f})")  # fmt: skip
+        typer.echo(f"{split} ({m['direction']}, n={m['n']}): exact {with_se(m['exact'], m['n'])}"
+                   f"   likelihood top-1 {with_se(m['likelihood_top1'], m['n'])} "
+                   f"(chance {m['chance_top1']:.3f}; ± binomial standard error)")  # fmt: skip
     typer.echo(f"report: {target / 'report.md'}")
 
 

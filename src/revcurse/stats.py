@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,6 +140,17 @@ def decision(test: dict[str, Any], level: float = 0.95) -> str:
     if test["p"] >= 1.0 - level:
         return "undecided"
     return "higher" if lo > 0 else "lower" if hi < 0 else "undecided"
+
+
+def proportion_se(p: float, n: int) -> float:
+    """The binomial standard error of a proportion ``p`` of ``n`` queries, ``sqrt(p (1 - p) / n)``
+    (what lm_eval prints as ``± stderr`` beside an accuracy); NaN for no queries."""
+    return math.sqrt(p * (1.0 - p) / n) if n > 0 else math.nan
+
+
+def with_se(p: float, n: int) -> str:
+    """``p ± se`` to three decimals: a proportion of ``n`` queries with its standard error."""
+    return f"{p:.3f} ± {proportion_se(p, n):.3f}"
 
 
 def format_p(p: float) -> str:

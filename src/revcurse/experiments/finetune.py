@@ -40,6 +40,7 @@ from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_mea
 from revcurse.probes.inputs import pairings_for
 from revcurse.probes.runner import GRADIENT_PAIRS, ProbeRunner, summary_layers
 from revcurse.repro import seed_everything, use_threads, write_provenance
+from revcurse.stats import with_se
 from revcurse.tracking import MetricsLog
 
 
@@ -211,7 +212,9 @@ HEADER = ["exact", "prefix", "substring", "likelihood top-1", "chance"]
 
 
 def _metric_cells(m: dict[str, Any]) -> list[str]:
-    return [f"{m[k]:.3f}" for k in METRICS]
+    """A split's proportions, each with its binomial standard error over the split's queries
+    (chance is a design number: bare)."""
+    return [f"{m[k]:.3f}" if k == "chance_top1" else with_se(m[k], m["n"]) for k in METRICS]
 
 
 def render_evaluation(summary: dict[str, Any]) -> str:
@@ -224,7 +227,8 @@ def render_evaluation(summary: dict[str, Any]) -> str:
             f"Model: {summary['model_path']}{adapter} ({summary['family']}, "
             f"{'causal' if summary['causal'] else 'masked diffusion'}); dataset "
             f"{summary['dataset']} ({summary['licence']}). Exact / prefix: greedy generation; "
-            "likelihood top-1: the answer ranked first among the candidates."
+            "likelihood top-1: the answer ranked first among the candidates. Each proportion "
+            "± its binomial standard error over the split's n queries."
         ),  # fmt: skip
         Table(
             ["split", "direction", "n", *HEADER],
