@@ -213,6 +213,9 @@ def test_sweep_and_runs_commands(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "4 runs, 0 failed" in result.stdout
+    # where it writes, said once and first (not once per run)
+    assert result.stderr.splitlines()[0] == f"writing to {out}"
+    assert result.stderr.count("writing to") == 1
     listed = runner.invoke(app, ["runs", "list", str(out)])
     assert listed.exit_code == 0 and listed.stdout.count(" done ") == 4
     compared = runner.invoke(app, ["runs", "compare", str(out), "--by", "model.causal"])

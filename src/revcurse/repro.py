@@ -70,8 +70,15 @@ def environment() -> dict[str, Any]:
     }
 
 
-def write_provenance(out: Path, config_yaml: str, command: str | None) -> None:
-    """``config.yaml``, ``command.txt`` and ``env.json``: what every run folder starts with."""
+def write_provenance(
+    out: Path, config_yaml: str, command: str | None, announce: bool = True
+) -> None:
+    """``config.yaml``, ``command.txt`` and ``env.json``: what every run folder starts with. A
+    command from the command line also says on stderr where it writes (``announce``; the runs
+    inside an experiment do not), first thing once the folder is claimed, so a refusal before
+    that stays one line."""
     files.write_text(out / "config.yaml", config_yaml)
     files.write_text(out / "command.txt", (command or "(library call)") + "\n")
     files.write_json(out / "env.json", environment())
+    if announce and command is not None and command != "(library call)":
+        print(f"writing to {out}", file=sys.stderr, flush=True)

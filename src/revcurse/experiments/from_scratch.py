@@ -168,7 +168,7 @@ def train_run(
     if training.holds_run(out, cfg):
         files.remove_temporaries(out)  # provably this run: clear what a killed writer left
     if not resuming:
-        write_provenance(out, dump_yaml(cfg), command)
+        write_provenance(out, dump_yaml(cfg), command, announce=False)  # one model of many
     causal = cfg.model.causal
     seed_everything(cfg.train.seed)
     model = TransformerLM(cfg.model, len(tokenizer))

@@ -109,7 +109,7 @@ def train(
     if out is not None and training.holds_run(out, cfg):  # resumed, or started over (--force)
         files.remove_temporaries(out)  # provably this run: clear what a killed writer left
     if out is not None and not resuming:
-        write_provenance(out, dump_yaml(cfg), command)
+        write_provenance(out, dump_yaml(cfg), command, announce=False)  # one model of many
 
     dataset, vocab = build_dataset(cfg)
     data: TextBatch = training_batch(dataset, vocab, cfg.objective, tc.maskable, tc.mask_unit)
