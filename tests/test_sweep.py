@@ -667,3 +667,21 @@ def test_a_sweep_copies_another_sweeps_finished_runs_of_identical_config(tmp_pat
     stamp = mine.stat().st_mtime_ns
     run_sweep(second, tmp_path / "second", progress=False, reuse=tmp_path / "first")
     assert mine.stat().st_mtime_ns == stamp
+
+
+def test_several_workers_show_the_steps_inside_their_runs(tmp_path):
+    """What the sweep's bar shows while runs train in other processes: each run's last logged
+    training step (read from the end of its metrics.jsonl, a line being written skipped), all
+    of a finished run's steps, summed against the steps asked."""
+    from revcurse.experiments.executor import Job, last_step, steps_done
+
+    cfg = apply_overrides(tiny_sweep(), ["train.steps=40"]).expand()[0][1]
+    jobs = [Job(name, {}, cfg, tmp_path / name) for name in ("a", "b", "c")]
+    (tmp_path / "a").mkdir()
+    lines = [{"kind": "train", "step": 10, "loss": 1.0}, {"kind": "eval", "step": 10},
+             {"kind": "train", "step": 20, "loss": 0.5}]  # fmt: skip
+    (tmp_path / "a" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "st'
+    )
+    assert last_step(tmp_path / "a") == 20 and last_step(tmp_path / "b") == 0
+    assert steps_done(jobs, finished={"c"}) == (20 + 0 + 40, 120)

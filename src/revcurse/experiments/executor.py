@@ -15,6 +15,7 @@ function as Ray tasks; the run directories must then be on a filesystem every no
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -22,7 +23,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,40 @@ def _die_with_parent() -> None:
 
 
 DIED = "the worker process died (killed by the OS: out of memory?)"
+TICK_SECONDS = 2.0
+"""How often the sweep process reads its runs' progress while several workers train them."""
+
+
+def last_step(run_dir: Path) -> int:
+    """The last training step a run logged (its ``metrics.jsonl``, read from the end); 0 before
+    its first line. Read while the run writes: a partial last line is skipped."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            tail = fh.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    for line in reversed(tail):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "train":
+            return int(record.get("step", 0))
+    return 0
+
+
+def steps_done(jobs: list[Job], finished: set[str]) -> tuple[int, int]:
+    """Training steps done and asked over ``jobs`` (a finished run counts all of its steps): the
+    aggregate a sweep shows while several workers train."""
+    done = total = 0
+    for job in jobs:
+        steps = int(getattr(getattr(job.config, "train", None), "steps", 0) or 0)
+        total += steps
+        done += steps if job.run_id in finished else min(steps, last_step(job.run_dir))
+    return done, total
 
 
 def _run_local(
@@ -223,9 +258,11 @@ def _run_local(
     progress: bool,
     worker=execute_one,
     log_with: tuple[str, ...] = (),
+    on_tick: Callable[[], None] | None = None,
 ) -> None:
     """Run ``worker(config, run_dir, command, progress, log_with)`` for every job in spawned
-    processes (in this one with one worker)."""
+    processes (in this one with one worker); ``on_tick`` runs every :data:`TICK_SECONDS` while
+    they train (the progress of the runs inside, which the workers cannot draw themselves)."""
     if workers == 1:
         for job in jobs:
             on_done(job, worker(job.config, str(job.run_dir), command, progress, log_with))
@@ -240,10 +277,15 @@ def _run_local(
                 pool.submit(worker, job.config, str(job.run_dir), command, False, log_with): job
                 for job in jobs
             }
-            for future in as_completed(futures):
-                job = futures[future]
-                on_done(job, future.result())
-                del remaining[job.run_id]
+            pending = set(futures)
+            while pending:  # woken by each finished run, and every few seconds for progress
+                finished, pending = wait(pending, timeout=TICK_SECONDS, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = futures[future]
+                    on_done(job, future.result())
+                    del remaining[job.run_id]
+                if on_tick is not None:
+                    on_tick()
         except BaseException:  # KeyboardInterrupt (Ctrl-C, SIGTERM) above all
             _stop(pool)
             raise
@@ -377,12 +419,18 @@ def execute(
     for job in todo:
         store.set_status(job.run_id, "running")
     workers = max(1, min(workers, len(todo) or 1))
+
+    def on_tick() -> None:  # several workers: the steps inside the runs, not just finished runs
+        done, total = steps_done(todo, set(outcomes))
+        if total:
+            bar.set_postfix_str(f"steps {done:,}/{total:,} ({100 * done / total:.0f}%)")
+
     try:
         if backend == "ray":
             _run_ray(todo, workers, command, on_done, worker, log_with)
         else:
             _run_local(todo, workers, command, on_done, progress and workers == 1, worker,
-                       log_with)  # fmt: skip
+                       log_with, on_tick if progress else None)  # fmt: skip
     except KeyboardInterrupt:
         # The index stays consistent: a run that did not finish is pending again, to be resumed.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
