@@ -59,6 +59,17 @@ def test_a_local_checkpoint_is_evaluated_on_your_own_facts(tmp_path):
     se = (reverse["exact"] * (1 - reverse["exact"]) / 8) ** 0.5  # binomial, by hand
     assert f"reverse (reverse, n=8): exact {reverse['exact']:.3f} ± {se:.3f}" in result.output
     assert "evaluating the first 8 queries of each split" in result.output  # said, not silent
+    # a cut split ranks the candidates its queries have in the whole split, as the harness
+    # export writes them (the export draws over the whole split)
+    from revcurse.data.text_datasets import load_text_dataset
+    from revcurse.harness import documents
+
+    cfg = apply_overrides(FinetuneConfig(), ["data.dataset=facts",
+                                             f"data.path={tmp_path / 'facts.jsonl'}", *EVAL])  # fmt: skip
+    whole = load_text_dataset(cfg.data).tests["reverse"]
+    exported = [d["choices"] for d in documents(whole, cfg.eval.n_distractors)][:8]
+    ranked = [json.loads(line)["candidates"] for line in lines]
+    assert ranked == exported and len(whole) > 8
 
 
 def test_refusals_are_one_line_exit_2_and_write_nothing(tmp_path):

@@ -116,6 +116,7 @@ def test_cli_writes_the_tasks_and_refuses_bad_requests(tmp_path):
     done = run_cli("data", "harness", "parent-child", "--out", str(tmp_path / "tasks"))
     assert done.returncode == 0, done.stderr
     assert "--include_path" in done.stdout and "--tasks revcurse_parent_child" in done.stdout
+    assert "--limit 64" in done.stdout  # what revcurse evaluate reads by default
     assert (tmp_path / "tasks" / "revcurse_parent_child.yaml").is_file()
     again = run_cli("data", "harness", "parent-child", "--out", str(tmp_path / "tasks"))
     assert again.returncode == 2 and "not an empty folder" in again.stderr

@@ -862,8 +862,11 @@ def data(
         tasks, skipped = export_harness(ds, out, n_distractors=distractors, gen_length=gen_length)
         typer.echo(f"{out}: {len(tasks)} tasks of {ds.name} (licence: {ds.licence})"
                    + (f"; infilling splits left out: {', '.join(skipped)}" if skipped else ""))  # fmt: skip
+        limit = TextDataConfig().max_eval
         typer.echo(f"run: lm_eval --model hf --model_args pretrained=CHECKPOINT --include_path "
-                   f"{out} --tasks {task_prefix(ds.name)}")  # fmt: skip
+                   f"{out} --tasks {task_prefix(ds.name)} --limit {limit}")  # fmt: skip
+        typer.echo(f"(--limit {limit}: the first {limit} queries of each split, with the candidates "
+                   "revcurse evaluate ranks for them by default; drop it to score every query)")  # fmt: skip
         return
     if from_scratch and (action != "convert" or chosen != "parent-child" or from_scratch < 0):
         raise _fail("--from-scratch N: expected N >= 1 with 'revcurse data convert parent-child'")

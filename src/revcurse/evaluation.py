@@ -484,12 +484,14 @@ def text_queries(
     n_distractors: int,
     bos: bool = False,
     distractor_seed: int = 0,
+    split: Sequence[TextPair] | None = None,
 ) -> tuple[Queries, list[list[str]]]:
     """A split's queries with ``n_distractors`` distinct answers of other queries each (never one
     of the query's own accepted answers), drawn from their own generator; an answer ends with EOS
     except in an infilling query, where the suffix follows it. Prompts and answers are framed as
     in training (:func:`~revcurse.data.text.frame`: a chat checkpoint's template and end-of-turn
-    token, or ``[BOS]`` and EOS). Also the candidates as text."""
+    token, or ``[BOS]`` and EOS). Also the candidates as text (``split``: as in
+    :func:`candidates`)."""
     framing = frame(tokenizer, bos)
     prompts = [encode_prompt(tokenizer, p.prompt, bos) for p in pairs]
     suffixes = [tokenizer.encode(p.suffix) if p.suffix else [] for p in pairs]
@@ -497,7 +499,7 @@ def text_queries(
     if infill and framing.tail:
         raise ValueError("infilling (mirror) queries are not framed for a chat template; ask them "
                          "of a model without one")  # fmt: skip
-    texts = candidates(pairs, n_distractors, distractor_seed)
+    texts = candidates(pairs, n_distractors, distractor_seed, split)
     encoded = {
         a: tokenizer.encode(a) + ([] if infill else [framing.end]) for cs in texts for a in cs
     }
@@ -505,12 +507,22 @@ def text_queries(
 
 
 def candidates(
-    pairs: Sequence[TextPair], n_distractors: int, distractor_seed: int = 0
+    pairs: Sequence[TextPair],
+    n_distractors: int,
+    distractor_seed: int = 0,
+    split: Sequence[TextPair] | None = None,
 ) -> list[list[str]]:
     """Per query, its answer first and then ``n_distractors`` distinct answers of other queries of
     the split (never one of its own accepted answers, compared normalised), drawn from a generator
     seeded ``distractor_seed``; every query gets as many as the most constrained one can. The one
-    draw of the likelihood ranking and of the harness export's multiple-choice tasks."""
+    draw of the likelihood ranking and of the harness export's multiple-choice tasks. ``split``:
+    the whole split when ``pairs`` is its first queries (a subsample evaluated): the candidates
+    are those of the whole split's draw, so a query ranks the same candidates whether its split is
+    evaluated whole, cut, or exported to the harness."""
+    if split is not None:
+        if list(split[: len(pairs)]) != list(pairs):
+            raise ValueError("the evaluated queries must be the first queries of their split")
+        return candidates(split, n_distractors, distractor_seed)[: len(pairs)]
     distinct = list(dict.fromkeys(p.completion for p in pairs))
     normal = {a: normalize(a) for a in distinct}
     k = min(n_distractors, len(distinct) - 1)
@@ -536,13 +548,16 @@ def evaluate_split(
     bos: bool = False,
     eos_fill_to: int | None = None,
     distractor_seed: int = 0,
+    split: Sequence[TextPair] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Aggregate metrics and one record per query of a text split (``bos``: prompts start with
     BOS, as the statements of from-scratch models do; ``eos_fill_to``: an MDM trained on statements
     padded with EOS to that length sees every query padded the same way). Infilling queries get an
-    answer region as long as the query's own answer (the records say so)."""
+    answer region as long as the query's own answer (the records say so). ``split``: the whole
+    split ``pairs`` begins (:func:`candidates`: a subsample ranks the whole split's candidates)."""
     eos, end = tokenizer.eos_id, frame(tokenizer, bos).end
-    queries, texts = text_queries(tokenizer, pairs, settings.n_distractors, bos, distractor_seed)
+    queries, texts = text_queries(tokenizer, pairs, settings.n_distractors, bos, distractor_seed,
+                                  split)  # fmt: skip
     read = read_queries(
         model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
         eos_id=end, settings=settings, generator=generator,

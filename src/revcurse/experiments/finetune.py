@@ -151,7 +151,8 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
     results = {}
     for name, pairs in tests.items():
         metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal, cfg.eval,
-                                          gen, bos=uses_bos(tokenizer))  # fmt: skip
+                                          gen, bos=uses_bos(tokenizer),
+                                          split=dataset.tests[name])  # fmt: skip
         save_generations(generations / f"{name}.jsonl", records)
         results[name] = metrics | {"direction": dataset.directions[name]}
     return results
