@@ -439,6 +439,7 @@ BRIDGE_SLICES = ("entity-length", "entity-length-deep", "paraphrases", "facts")
 ENTITY_LENGTH_SLICES = ("length-unique", "sharing", "pool-4", "pool-2", "arm")
 OBJECTIVE_ATTENTION_SLICES = ("family", "masked-attention", "next-token-attention", "masked-ar")
 WEIGHT_DECAY_SLICES = ("arm", "mdm")
+ENTITY_MASKING_SLICES = ("unique", "shared")
 
 VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("toy", "accuracy"): toy_accuracy,
@@ -494,6 +495,15 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     **{
         ("objective-attention", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
         for n in OBJECTIVE_ATTENTION_SLICES
+    },
+    **{("entity-masking", n): (lambda s, n=n: slice_table(s, n)) for n in ENTITY_MASKING_SLICES},
+    **{
+        ("entity-masking", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in ENTITY_MASKING_SLICES
+    },
+    **{
+        ("entity-masking", f"{n}-sources"): (lambda s, n=n: slice_sources(s, n))
+        for n in ENTITY_MASKING_SLICES
     },
     **{("weight-decay", n): (lambda s, n=n: slice_table(s, n)) for n in WEIGHT_DECAY_SLICES},
     ("weight-decay", "curves"): curve_table,
