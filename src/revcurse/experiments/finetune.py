@@ -146,15 +146,23 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
     """Every test split by generation and likelihood (:func:`~revcurse.evaluation.evaluate_split`),
     one generator seeded by ``train.seed`` consumed split after split; generations saved under
     ``generations``."""
+    from tqdm.auto import tqdm
+
     model.eval()
     gen = torch.Generator().manual_seed(cfg.train.seed)
     results = {}
+    # queries done, split by split, with tqdm's rate and time left (on a terminal only)
+    bar = tqdm(total=sum(len(p) for p in tests.values()), desc=f"evaluate {generations.name}",
+               unit="query", disable=None, leave=False)  # fmt: skip
     for name, pairs in tests.items():
+        bar.set_postfix_str(name)
         metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal, cfg.eval,
                                           gen, bos=uses_bos(tokenizer),
                                           split=dataset.tests[name])  # fmt: skip
         save_generations(generations / f"{name}.jsonl", records)
         results[name] = metrics | {"direction": dataset.directions[name]}
+        bar.update(len(pairs))
+    bar.close()
     return results
 
 
