@@ -1003,9 +1003,10 @@ def test_interrupting_a_multi_run_job_stops_everything_and_it_resumes(tmp_path, 
         os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == (143 if how == "sigterm" else 130), err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "--resume" in lines[0] and "Traceback" not in err, err
-    assert "last checkpoint" in lines[0]  # says what a resume trains again
+    lines = err.strip().splitlines()  # where it writes (said first), then one line on the stop
+    assert lines[0] == f"writing to {out}" and len(lines) == 2, err
+    assert "--resume" in lines[1] and "Traceback" not in err, err
+    assert "last checkpoint" in lines[1]  # says what a resume trains again
     assert not _group_running(proc.pid), "a worker outlived the interrupt"
     # Queued runs never started; the index holds no run as 'running'.
     started = {p.name for p in (out / "models").iterdir()}
