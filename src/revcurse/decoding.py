@@ -573,9 +573,15 @@ def mdm_exact_bound(
             raise ValueError(f"an answer of {len(a)} tokens has 2^{len(a)} - 1 masked sets; the "
                              f"exact bound enumerates at most {EXACT_BOUND_MAX_LENGTH} tokens")  # fmt: skip
 
+    built: dict[int, torch.Tensor] = {}
+
     def sets_of(length: int) -> torch.Tensor:  # [2^L - 1, L]: every non-empty masked set
-        return torch.tensor([[(k >> j) & 1 for j in range(length)] for k in range(1, 2**length)],
-                            dtype=torch.bool)  # fmt: skip
+        if length not in built:
+            built[length] = torch.tensor(
+                [[(k >> j) & 1 for j in range(length)] for k in range(1, 2**length)],
+                dtype=torch.bool,
+            )
+        return built[length]
 
     def rows():
         for p, a, s in zip(prompts, answers, per_row(suffix, len(prompts)), strict=True):

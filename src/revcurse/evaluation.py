@@ -10,8 +10,9 @@ ways, which give the same quantities:
   task): forward passes of :data:`EVAL_BATCH_ROWS` queries, each unembedding the answer slot
   only; the model's answer is the argmax over the whole vocabulary at that slot (an MDM fills the
   ``[MASK]`` of ``prompt [MASK] suffix``, an ARM predicts the token after ``prompt``: exactly what
-  the sampler or greedy decoding produce for one token), and every candidate's log-probability is read from the same softmax (exact: for a
-  one-token answer the masked-diffusion bound is the likelihood);
+  the sampler or greedy decoding produce for one token), and every candidate's log-probability is
+  read from the same softmax (exact: for a one-token answer the masked-diffusion bound is the
+  likelihood);
 * **general path**: generation (:func:`~revcurse.decoding.mdm_generate`, LLaDA's low-confidence
   remasking sampler; :func:`~revcurse.decoding.arm_generate`, greedy) and per-candidate
   likelihoods (exact for an ARM, the unbiased Monte-Carlo bound for an MDM), the rows of every

@@ -174,9 +174,12 @@ class MetricsLog:
             self.accelerator.trackers.clear()
 
 
-def eval_history(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
-    """A run's evaluations of ``metric`` over training, read back from the ``metrics.jsonl`` a
-    :class:`MetricsLog` wrote: the steps and the values."""
-    evals = [m for m in files.read_jsonl(run_dir / "metrics.jsonl")
-             if m.get("kind") == "eval" and m.get(metric) is not None]  # fmt: skip
-    return [m["step"] for m in evals], [m[metric] for m in evals]
+def eval_history(run_dir: Path, metrics: Sequence[str]) -> dict[str, tuple[list[int], list[float]]]:
+    """A run's evaluations over training, read back once from the ``metrics.jsonl`` a
+    :class:`MetricsLog` wrote: per metric, the steps that evaluated it and its values."""
+    evals = [m for m in files.read_jsonl(run_dir / "metrics.jsonl") if m.get("kind") == "eval"]
+    out = {}
+    for metric in metrics:
+        kept = [m for m in evals if m.get(metric) is not None]
+        out[metric] = ([m["step"] for m in kept], [m[metric] for m in kept])
+    return out

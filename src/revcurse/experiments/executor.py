@@ -140,12 +140,12 @@ def copy_finished_runs(jobs: list[Job], source: Path) -> list[Job]:
     runs = source / "runs"
     if not runs.is_dir():
         raise RevcurseError(f"--reuse-runs {source}: not a sweep folder (no runs/ in it)")
+    if not jobs:
+        return []
     finished: dict[Path, Any] = {}
     for folder in sorted(p for p in runs.iterdir() if (p / "summary.json").is_file()):
         try:
-            finished[folder] = (
-                load_yaml(type(jobs[0].config), folder / "config.yaml") if jobs else None
-            )
+            finished[folder] = load_yaml(type(jobs[0].config), folder / "config.yaml")
         except (ConfigError, OSError):  # a run of another kind, or unreadable: not a match
             continue
     copied = []

@@ -563,8 +563,9 @@ def curve_ranges(out: Path, jobs, outcomes) -> list[dict[str, Any]]:
     out_cells = []
     for cell in cells_of(jobs, done):
         entry: dict[str, Any] = {"labels": cell["labels"]}
+        histories = [eval_history(out / "runs" / r, CURVE_METRICS) for r in cell["runs"]]
         for metric in CURVE_METRICS:
-            runs = [eval_history(out / "runs" / r, metric)[1] for r in cell["runs"]]
+            runs = [history[metric][1] for history in histories]
             if not all(runs):
                 continue
             every = [v for values in runs for v in values]

@@ -117,6 +117,7 @@ def curves_figure(out: Path, rows: list[dict[str, Any]], metrics: list[str], x: 
         return None
     values = list(dict.fromkeys(r[x] for r in done))
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(values)))
+    histories = {r["run_id"]: eval_history(out / "runs" / r["run_id"], metrics) for r in done}
     fig, axes = plt.subplots(len(families), len(panels), squeeze=False,
                              figsize=(4.2 * len(panels), 3.2 * len(families)))  # fmt: skip
     for row_axes, family in zip(axes, families, strict=True):
@@ -126,9 +127,9 @@ def curves_figure(out: Path, rows: list[dict[str, Any]], metrics: list[str], x: 
                 for r in done:
                     if r["family"] != family or r[x] != value:
                         continue
-                    steps, curve = eval_history(out / "runs" / r["run_id"], metric)
+                    steps, curve = histories[r["run_id"]][metric]
                     seeds.append((steps, curve))
-                    ax.plot(steps, seeds[-1][1], color=colour, lw=0.6, alpha=0.5)
+                    ax.plot(steps, curve, color=colour, lw=0.6, alpha=0.5)
                 if seeds and len({tuple(s) for s, _ in seeds}) == 1:
                     ax.plot(seeds[0][0], np.mean([v for _, v in seeds], axis=0), color=colour,
                             lw=2, ls=LINESTYLES[i % 4], label=f"{x.split('.')[-1]} = {value}")  # fmt: skip
