@@ -15,6 +15,7 @@ from revcurse.decoding import (
     mdm_chain_logprob,
     mdm_exact_bound,
     mdm_generate,
+    mdm_one_step_logprob,
     stratified_mask_counts,
     transfer_counts,
     truncate_at,
@@ -299,6 +300,47 @@ def test_the_exact_bound_is_what_the_monte_carlo_draws_estimate_on_an_inconsiste
         mdm_exact_bound(model, [prompt], [[4] * 13], mask_id=1)
 
 
+def test_a_prefix_lm_scores_and_generates_each_prefix_alone():
+    """A left-to-right model with full attention (the prefix_lm objective) against a float64
+    loop: log p(answer) is the sum over k of log p(answer[k] | prompt + answer[:k]), each prefix
+    its own forward pass; teacher forcing the whole answer in one row would let the earlier
+    answer positions see the later tokens (so the values differ: the test sees a leak). Greedy
+    decoding is the loop's argmax, step by step. With causal attention both readings agree."""
+    import dataclasses
+
+    from revcurse.config import ModelConfig
+    from revcurse.models.transformer import TransformerLM
+
+    torch.manual_seed(0)
+    full = TransformerLM(ModelConfig(causal=True, attention="full", n_layers=2, n_heads=2,
+                                     d_model=16, init_std=0.3), 20).double().eval()  # fmt: skip
+    prompts, answers = [[3, 4, 5], [6, 7], [8]], [[9, 10], [11, 12, 13], [14, 15, 16, 17]]
+    got = arm_answer_logprob(full, prompts, answers, batch_rows=3)
+    expected, leaked = [], []
+    for p, a in zip(prompts, answers, strict=True):
+        total = 0.0
+        for k in range(len(a)):
+            logits = full(torch.tensor([p + a[:k]]))[0, -1]
+            total += torch.log_softmax(logits, -1)[a[k]].item()
+        expected.append(total)
+        whole = torch.log_softmax(full(torch.tensor([p + a]))[0], -1)
+        leaked.append(sum(whole[len(p) - 1 + k, a[k]].item() for k in range(len(a))))
+    assert got.tolist() == pytest.approx(expected, rel=1e-10)
+    assert all(abs(g - w) > 1e-3 for g, w in zip(got.tolist(), leaked, strict=True))
+    x = torch.tensor([prompts[0]])
+    for _ in range(3):
+        x = torch.cat([x, full(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert arm_generate(full, [prompts[0]], 3)[0].tolist() == x[0, 3:].tolist()
+    causal = TransformerLM(dataclasses.replace(full.cfg, attention="auto"), 20).double().eval()
+    causal.load_state_dict(full.state_dict())
+    teacher = arm_answer_logprob(causal, prompts, answers)
+    each = []
+    for p, a in zip(prompts, answers, strict=True):
+        each.append(sum(torch.log_softmax(causal(torch.tensor([p + a[:k]]))[0, -1], -1)[a[k]].item()
+                        for k in range(len(a))))  # fmt: skip
+    assert teacher.tolist() == pytest.approx(each, rel=1e-10)
+
+
 def test_likelihoods_unembedding_only_the_read_positions_match_full_logits():
     """TransformerLM unembeds only the answer positions (``where``); behind a plain callable the
     same model's full logits are indexed. Same values (and, for the MDM, the same draws)."""
@@ -332,6 +374,34 @@ def _tiny_mdm(vocab: int = 6):
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, causal=False, init_std=0.5)
     return TransformerLM(cfg, vocab).double().eval()
+
+
+def test_the_answer_read_in_one_step_is_the_sum_of_its_masked_marginals():
+    """mdm_one_step_logprob against a float64 loop: the whole answer masked, each position's
+    log-probability of its token, summed (with a suffix and an EOS fill). It is the |S| = L term
+    of the exact bound times L, so for a one-token answer the two agree, and for longer ones they
+    differ (the bound also reads partly masked answers). The sampler in one step fills the answer
+    that maximises it: no other answer of that length scores higher."""
+    model = _tiny_mdm()
+    prompt, suffix, fill = [2, 4], [5], (3, 9)
+    answers = [list(a) for a in itertools.product(range(6), repeat=2)]
+    got = mdm_one_step_logprob(model, [prompt] * len(answers), answers, mask_id=1,
+                               suffix=suffix, fill=fill)  # fmt: skip
+    masked = torch.tensor([prompt + [1, 1] + suffix + [3] * 4])  # the fill up to 9 tokens
+    logp = torch.log_softmax(model(masked)[0], -1)  # [9, V]
+    expected = [logp[2, a[0]].item() + logp[3, a[1]].item() for a in answers]
+    assert got.tolist() == pytest.approx(expected, rel=1e-10)
+    one = [[a] for a in range(6)]
+    torch.testing.assert_close(
+        mdm_one_step_logprob(model, [prompt] * 6, one, mask_id=1, suffix=suffix, fill=fill),
+        mdm_exact_bound(model, [prompt] * 6, one, mask_id=1, suffix=suffix, fill=fill),
+    )  # fmt: skip
+    bound = mdm_exact_bound(model, [prompt] * len(answers), answers, mask_id=1, suffix=suffix,
+                            fill=fill)  # fmt: skip
+    assert (bound - got).abs().max() > 1e-3
+    filled = mdm_generate(model, [prompt], 2, mask_id=1, pad_id=0, steps=1, suffix=suffix,
+                          fill=fill)[0].tolist()  # fmt: skip
+    assert got[answers.index(filled)] == got.max()
 
 
 def test_mdm_chain_logprob_is_a_normalised_distribution_over_answers():

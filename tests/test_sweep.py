@@ -75,6 +75,7 @@ def test_named_experiments_expand_to_valid_configs():
         "bridge": 90,
         "entity-length": 50,  # 7 MDM cells and 3 ARM cells: shared cells run once
         "objective-attention": 30,  # 6 cells: the MDM and the ARM shared by two slices each
+        "objective-attention-entities": 30,  # the same grid on two-token unshared entities
         "entity-masking": 40,  # L {2, 4} x spelling x mask unit, MDM
         "weight-decay": 40,  # 4 decays x MDM and ARM
         "scale": 80,
@@ -575,6 +576,78 @@ def test_mc_draws_rescores_a_sweeps_mdm_runs_and_redoes_its_paired_tests(tmp_pat
     assert torch.is_tensor(exact)
 
 
+def test_decoding_control_reads_each_mdm_checkpoint_four_ways_fit_first_by_each(tmp_path):
+    """`revcurse analyse decoding` on a tiny sweep of two-token entities, token against whole-
+    entity masking: the sampler reading is the runs' own generation (same answers, same
+    correctness); one-step is the argmax of every masked position with the whole answer masked,
+    computed here from the logits; rank is the exact bound's ranking and one-step-rank the
+    ranking by the masked marginals. Each reading's fit labels are fit_summary of its own
+    accuracies, and the paired tests carry them. The sweep folder is not written to."""
+    import torch
+    from typer.testing import CliRunner
+
+    from revcurse.cli import app
+    from revcurse.data.toy import build_toy
+    from revcurse.decoding import mdm_exact_bound, mdm_one_step_logprob
+    from revcurse.evaluation import per_candidate, toy_queries
+    from revcurse.experiments.toy_run import load_checkpoint
+    from revcurse.metrics import likelihood_rank
+    from revcurse.stats import fit_summary
+
+    cfg = apply_overrides(tiny_sweep(), [
+        'grid={"model.causal": [false]}', "data.entity_tokens=2", "probe.enabled=false",
+        'slices={"unit": {"grid": {"train.mask_unit": ["token", "entity"]}, '
+        '"compare": "train.mask_unit"}}'])  # fmt: skip
+    sweep = tmp_path / "s"
+    run_sweep(cfg, sweep, progress=False)
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    out = tmp_path / "d"
+    result = CliRunner().invoke(app, ["analyse", "decoding", str(sweep), "--out", str(out),
+                                      "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["readings"] == ["sampler", "one-step", "rank", "one-step-rank"]
+    assert summary["sampler_differs"] == 0
+    runs = [r for c in summary["cells"] for r in c["runs"]]
+    assert len(runs) == 4
+    for run in runs:
+        saved = json.loads((out / "runs" / f"{run}.json").read_text())
+        recorded = json.loads((sweep / "runs" / run / "predictions.json").read_text())
+        assert saved["correct"]["sampler"] == {k: recorded["correct"][k]
+                                               for k in ("forward", "mirror", "reverse")}  # fmt: skip
+        model, run_cfg, vocab, _ = load_checkpoint(sweep / "runs" / run / "checkpoints" /
+                                                   "final.safetensors")  # fmt: skip
+        model.eval()
+        queries = toy_queries(build_toy(run_cfg.data), vocab, "reverse")
+        one_step = []
+        for prompt, suffix in zip(queries.prompts, queries.suffixes, strict=True):
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + [vocab.mask_id] * 2 + suffix]))[0]
+            one_step.append(logits[len(prompt) : len(prompt) + 2].argmax(-1).tolist())
+        assert saved["answers"]["one-step"]["reverse"] == [" ".join(vocab.decode(a))
+                                                           for a in one_step]  # fmt: skip
+        assert saved["answers"]["sampler"]["reverse"] == recorded["answers"]["reverse"]
+        assert saved["correct"]["one-step"]["reverse"] == [
+            a == r for a, r in zip(one_step, queries.answers, strict=True)]  # fmt: skip
+        for reading, bound in (("rank", mdm_exact_bound), ("one-step-rank", mdm_one_step_logprob)):
+            scores = per_candidate(queries, lambda ps, cands, ss, bound=bound, m=model, k=vocab.mask_id: bound(
+                m, ps, cands, mask_id=k, suffix=ss))  # fmt: skip
+            assert saved["correct"][reading]["reverse"] == (likelihood_rank(scores) == 1).tolist()
+    for cell in summary["cells"]:
+        for reading, read in cell["readings"].items():
+            rows = [{f"{k}_accuracy": v for k, v in json.loads(
+                (out / "runs" / f"{r}.json").read_text())["accuracy"][reading].items()}
+                for r in cell["runs"]]  # fmt: skip
+            assert read["fit"] == fit_summary(rows)
+    for reading in summary["readings"]:
+        (test,) = summary["contrasts"][reading]
+        labels = {c["labels"]["train.mask_unit"]: c["readings"][reading]["fit"]["label"]
+                  for c in summary["cells"]}  # fmt: skip
+        assert test["fit"] == {"value": labels["entity"], "baseline": labels["token"]}
+    assert "one-step-rank" in (out / "report.md").read_text()
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
 def test_a_slice_comparing_the_family_pairs_the_arm_with_the_mdm(tmp_path):
     """The family label follows model.causal, so a slice comparing model.causal found no ARM cell
     to pair with the MDM and silently reported no test (the objective-attention sweep's family
@@ -601,6 +674,13 @@ def test_a_slice_comparing_the_family_pairs_the_arm_with_the_mdm(tmp_path):
     (test,) = contrasts(cfg, jobs, outcomes)
     assert (test["value"], test["baseline"], test["test"]["effect"]) == (True, False, -1.0)
     assert test["decision"] == "lower" and test["fit"] == {"value": "fails", "baseline": "reverses"}
+    # another reading's fit labels (the decoding control's), asked per cell and its seeds
+
+    def fit(cell, seeds):
+        return f"{cell[seeds[0]].labels['family']} over {len(seeds)} seeds"
+
+    (test,) = contrasts(cfg, jobs, outcomes, fit=fit)
+    assert test["fit"] == {"value": "arm over 2 seeds", "baseline": "mdm over 2 seeds"}
 
 
 def test_analyse_probes_summarises_each_multi_token_cells_position_grids(tmp_path):

@@ -74,7 +74,8 @@ def _main(
 
 EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length",
-    "objective-attention", "entity-masking", "weight-decay", "scale",
+    "objective-attention", "objective-attention-entities", "entity-masking", "weight-decay",
+    "scale",
     "person-description", "parent-child", "facts",
 )  # fmt: skip
 FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,
@@ -430,6 +431,33 @@ def analyse_mc_draws(
     for cell in summary["cells"]:
         name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
         values = "  ".join(f"{n} {cell['accuracy'][n]['mean']:.3f}" for n in summary["scorers"])
+        typer.echo(f"{name}: {values}")
+    typer.echo(f"report: {target / 'report.md'}")
+
+
+@analyse_app.command("decoding")
+@guarded
+def analyse_decoding(
+    sweep: Annotated[
+        Path, typer.Argument(help="A finished toy sweep folder (e.g. entity-masking).")
+    ],
+    out: OutOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Read every MDM run's final checkpoint four ways: the evaluation's sampler (one token per
+    step), the whole answer in one step, rank by the exact likelihood bound and rank by the
+    answer read in one step; fit first by each, and the sweep's paired tests per reading
+    (whole-entity masking's control). Resumes."""
+    from revcurse.experiments.decoding_control import measure
+
+    target = out or sweep.parent / f"{sweep.name}-decoding"
+    summary = measure(sweep, target, command=_command_line(), progress=progress)
+    for cell in summary["cells"]:
+        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        values = "  ".join(
+            f"{r}: fitted {v['fit']['n_fitted']}/{v['fit']['n']} {v['fit']['label']}"
+            for r, v in cell["readings"].items()
+        )  # fmt: skip
         typer.echo(f"{name}: {values}")
     typer.echo(f"report: {target / 'report.md'}")
 

@@ -466,17 +466,11 @@ class RunConfig:
                 f"{where}: field 'model.attention': an autoregressive model attends both ways "
                 "only with the prefix_lm objective (any other would read the tokens it predicts)"
             )
-        if objective == "prefix_lm":
-            if self.data.entity_tokens > 1:
-                raise ConfigError(
-                    f"{where}: field 'data.entity_tokens': expected 1 with prefix_lm (its "
-                    "multi-token answers would need scoring prefix by prefix; not implemented)"
-                )
-            if self.probe.enabled:
-                raise ConfigError(
-                    f"{where}: field 'probe.enabled': the probes read a query with its answer in "
-                    "place, which full attention would see; set probe.enabled=false"
-                )
+        if objective == "prefix_lm" and self.probe.enabled:
+            raise ConfigError(
+                f"{where}: field 'probe.enabled': the probes read a query with its answer in "
+                "place, which full attention would see; set probe.enabled=false"
+            )
         self.model.check_fits(toy_vocab_size(self.data), where)
         seq_len = toy_sequence_length(self.data)
         if seq_len > self.model.max_seq_len:
@@ -789,7 +783,8 @@ class DecodeConfig:
 
     gen_length: int = 16
     steps: int | None = None
-    """MDM sampling steps (null: gen_length, one token per step)."""
+    """MDM sampling steps (null: gen_length, one token per step; an infilling query fills its
+    answer in at most as many steps as the answer has tokens)."""
     block_length: int | None = None
     """MDM semi-autoregressive block length (null: gen_length, one block)."""
     temperature: float = 0.0

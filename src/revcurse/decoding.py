@@ -462,17 +462,30 @@ def arm_answer_logprob(
     *,
     batch_rows: int = SCORE_BATCH_ROWS,
 ) -> torch.Tensor:
-    """Exact ``log p(answer | prompt)`` of a causal model, one value per pair ``[B]`` (float64),
-    ``batch_rows`` pairs per forward pass."""
+    """Exact ``log p(answer | prompt)`` of a left-to-right model, one value per pair ``[B]``
+    (float64), ``batch_rows`` rows per forward pass. A causal model is teacher-forced, the whole
+    answer in one row. A model that attends both ways within what it reads (``attends_causally``
+    false: the prefix_lm objective's) would let every answer position see the tokens after it,
+    so it reads each prefix ``prompt + answer[:k]`` alone, one row per answer token, as it was
+    trained and as :func:`arm_generate` decodes."""
+    each_prefix = not getattr(model, "attends_causally", True)
 
     def rows():
         for p, a in zip(prompts, answers, strict=True):
+            if each_prefix:
+                for k in range(len(a)):
+                    ids = torch.tensor(list(p) + list(a[:k]))  # [len(p) + k]
+                    where = torch.zeros(len(ids), dtype=torch.bool)
+                    where[-1] = True  # the prefix's last position predicts answer[k]
+                    yield ids, where, torch.tensor([a[k]])
+                continue
             ids = torch.tensor(list(p) + list(a))  # [L]
             where = torch.zeros(len(ids), dtype=torch.bool)
             where[len(p) - 1 : len(p) + len(a) - 1] = True  # the positions predicting the answer
             yield ids, where, torch.tensor(list(a))
 
-    return _sums(_read_rows(model, rows(), batch_rows), [1] * len(prompts))
+    counts = [len(a) for a in answers] if each_prefix else [1] * len(prompts)
+    return _sums(_read_rows(model, rows(), batch_rows), counts)
 
 
 def stratified_mask_counts(
@@ -600,6 +613,34 @@ def mdm_exact_bound(
         # each set's share: (1 / L) * (L / l) / C(L, l) = 1 / (l * C(L, l))
         out[i] = (per_set / (size.double() * sets_of_size)).sum()
     return out
+
+
+@torch.no_grad()
+def mdm_one_step_logprob(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    mask_id: int,
+    suffix: Suffix = (),
+    fill: tuple[int, int] | None = None,
+    batch_rows: int = SCORE_BATCH_ROWS,
+) -> torch.Tensor:
+    """The answer read in one step ``[B]`` (float64): every answer token masked at once,
+    ``sum_j log p(a_j | prompt, the whole answer masked)``, one row per answer. The ``|S| = L``
+    term of :func:`mdm_exact_bound` times ``L``: the only state a model trained with whole-entity
+    masking ever reads, and what the sampler in one step (``steps=1``) maximises, so the
+    answer it fills ranks first by this score. A product of per-position marginals, not a
+    distribution over answers (it ignores how the answer's tokens depend on each other)."""
+
+    def rows():
+        for p, a, s in zip(prompts, answers, per_row(suffix, len(prompts)), strict=True):
+            clean = torch.tensor(fill_row(list(p) + list(a) + s, fill))
+            mask = torch.zeros(1, len(clean), dtype=torch.bool)
+            mask[0, len(p) : len(p) + len(a)] = True
+            yield from _masked_rows(clean, mask, mask_id)
+
+    return _sums(_read_rows(model, rows(), batch_rows), [1] * len(prompts))
 
 
 @torch.no_grad()

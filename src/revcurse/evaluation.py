@@ -248,8 +248,13 @@ def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_
     return Read(answers, torch.cat(right), torch.cat(ranks))
 
 
-def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings, generator,
-                        fill) -> Read:  # fmt: skip
+def generate(model: Any, queries: Queries, *, causal: bool, mask_id: int, pad_id: int,
+             settings: DecodeConfig, generator: torch.Generator | None = None,
+             fill: tuple[int, int] | None = None,
+             ends: tuple[int | None, int | None] = (None, None)) -> list[list[int]]:  # fmt: skip
+    """Each query's generated answer (``settings.gen_length`` tokens; an infilling query fills as
+    many as its right answer has, in at most ``settings.steps`` steps). ``ends``: the token that
+    ends an answer and the plain EOS (:func:`read_queries`' ``eos_id`` and ``text_eos_id``)."""
     prompts, suffixes = queries.prompts, queries.suffixes
     end, text_eos = ends
     sampler = dict(
@@ -260,38 +265,46 @@ def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
         if settings.suppress_eos_confidence else [],
     )  # fmt: skip
     if causal:
-        out = arm_generate(model, prompts, settings.gen_length, eos_id=end,
-                           batch_size=settings.batch_size).tolist()  # fmt: skip
-    elif settings.sampler == "dream":
+        return arm_generate(model, prompts, settings.gen_length, eos_id=end,
+                            batch_size=settings.batch_size).tolist()  # fmt: skip
+    if settings.sampler == "dream":
         if queries.infill:
             raise ValueError("Dream's sampler fills answers after the prompt; ask infilling "
                              "(mirror) queries with eval.sampler=llada")  # fmt: skip
-        out = dream_generate(
+        return dream_generate(
             model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
             steps=settings.steps, alg=settings.alg, alg_temp=settings.alg_temp,
             temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
             eps=settings.timestep_eps, confidence_dtype=settings.confidence_dtype,
             generator=generator, batch_size=settings.batch_size,
         ).tolist()  # fmt: skip
-    elif not queries.infill:
-        out = mdm_generate(
+    if not queries.infill:
+        return mdm_generate(
             model, prompts, settings.gen_length, mask_id=mask_id, pad_id=pad_id,
             steps=settings.steps, block_length=settings.block_length,
             temperature=settings.temperature, generator=generator, fill=fill, **sampler,
         ).tolist()  # fmt: skip
-    else:  # each query fills as many tokens as its right answer has, grouped by that length
-        out = [[] for _ in prompts]
-        by_length: dict[int, list[int]] = {}
-        for i, cands in enumerate(queries.candidates):
-            by_length.setdefault(len(cands[0]), []).append(i)
-        for length, rows in by_length.items():
-            filled = mdm_generate(
-                model, [prompts[i] for i in rows], length, mask_id=mask_id, pad_id=pad_id,
-                temperature=settings.temperature, generator=generator,
-                suffix=[suffixes[i] for i in rows], fill=fill, **sampler,
-            )  # fmt: skip
-            for i, row in zip(rows, filled.tolist(), strict=True):
-                out[i] = row
+    # each query fills as many tokens as its right answer has, grouped by that length
+    out: list[list[int]] = [[] for _ in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, cands in enumerate(queries.candidates):
+        by_length.setdefault(len(cands[0]), []).append(i)
+    for length, rows in by_length.items():
+        filled = mdm_generate(
+            model, [prompts[i] for i in rows], length, mask_id=mask_id, pad_id=pad_id,
+            steps=None if settings.steps is None else min(settings.steps, length),
+            temperature=settings.temperature, generator=generator,
+            suffix=[suffixes[i] for i in rows], fill=fill, **sampler,
+        )  # fmt: skip
+        for i, row in zip(rows, filled.tolist(), strict=True):
+            out[i] = row
+    return out
+
+
+def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings, generator,
+                        fill) -> Read:  # fmt: skip
+    out = generate(model, queries, causal=causal, mask_id=mask_id, pad_id=pad_id,
+                   settings=settings, generator=generator, fill=fill, ends=ends)  # fmt: skip
     if causal:
         scores = per_candidate(queries, lambda ps, cands, _: arm_answer_logprob(model, ps, cands))
     else:
@@ -404,6 +417,16 @@ class ToyEvaluator:
             for group, asked in dataset.query_groups.items()
         }  # fmt: skip
 
+    def sets(self, model: Any) -> list[tuple[str, str, Queries | None, dict[str, Queries]]]:
+        """Every metric key's ``(key, direction, queries, the same facts' queries by
+        direction)``: the directions, then each group's (``reverse_both``, ...); ``queries`` is
+        None where the dataset has none or ``model`` cannot be asked them (an ARM, a mirror)."""
+        asked = directions_for(one_way(model))
+        sets = [(d, d, self.queries.get(d), self.queries) for d in DIRECTIONS]
+        sets += [(f"{d}_{group}", d, q, qs) for group, qs in self.groups.items()
+                 for d, q in qs.items()]  # fmt: skip
+        return [(key, d, q if d in asked else None, qs) for key, d, q, qs in sets]
+
     def _read(self, model: Any, queries: Queries) -> Read:
         vocab = self.vocab
         if queries.single_token:
@@ -430,12 +453,8 @@ class ToyEvaluator:
         out: dict[str, Any] = {}
         predictions: dict[str, list[str]] = {}
         correct: dict[str, list[bool]] = {}
-        asked = directions_for(one_way(model))
-        sets = [(d, d, self.queries.get(d), self.queries) for d in DIRECTIONS]
-        sets += [(f"{d}_{group}", d, q, qs) for group, qs in self.groups.items()
-                 for d, q in qs.items()]  # fmt: skip
-        for key, direction, queries, same_facts in sets:
-            if direction not in asked or queries is None:
+        for key, direction, queries, same_facts in self.sets(model):
+            if queries is None:
                 for metric in ("accuracy", "candidate_accuracy", "answer_logprob", "chance"):
                     out[f"{key}_{metric}"] = None
                 continue

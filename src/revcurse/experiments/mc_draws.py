@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from revcurse import files
 from revcurse.decoding import mdm_answer_logprob, mdm_chain_logprob, mdm_exact_bound
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import per_candidate, toy_queries
 from revcurse.experiments.executor import Job
-from revcurse.experiments.sweep import cells_of, contrasts, sweep_results
+from revcurse.experiments.sweep import cells_of, contrasts, per_run_records, sweep_results
 from revcurse.metrics import likelihood_rank
 from revcurse.repro import use_threads, write_provenance
 from revcurse.stats import aggregate
@@ -99,14 +98,9 @@ def measure(
         raise RevcurseError(f"{sweep}: no finished MDM run to score")
     names = scorer_names(draws)
     write_provenance(out, f"draws: {list(draws)}\nsweep: {sweep}\n", command)
-    scores: dict[str, dict[str, Any]] = {}
-    for job in tqdm(mdm, desc="runs scored", unit="run", disable=not progress):
-        path = out / "runs" / f"{job.run_id}.json"
-        saved = files.read_json(path) if path.is_file() else None
-        if saved is None or sorted(saved["correct"]) != sorted(names):
-            saved = score_run(job.run_dir, draws)
-            files.write_json(path, saved)
-        scores[job.run_id] = saved
+    scores = per_run_records(out, mdm, lambda run_dir: score_run(run_dir, draws),
+                             desc="runs scored", progress=progress,
+                             reusable=lambda saved: sorted(saved["correct"]) == sorted(names))  # fmt: skip
 
     cells = cells_of(jobs, mdm)
     for cell in cells:

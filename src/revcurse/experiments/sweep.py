@@ -39,9 +39,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from revcurse import files
 from revcurse.config import (
@@ -421,6 +424,27 @@ def named_experiments() -> dict[str, Named]:
             question="Objective or attention? Next-token and masked objectives, each with "
             "causal and bidirectional attention, and masked-AR: which cells reverse?",
         ),
+        "objective-attention-entities": Named(
+            SweepConfig(
+                name="objective-attention-entities",
+                # entity-length's two-token, unshared cell (its MDM partly reverses by generation
+                # and mostly by rank), with entity-length's depth and budget: its MDM and ARM
+                # cells are entity-length's own runs (--reuse-runs).
+                grid={
+                    "model.n_heads": [4],
+                    "model.n_layers": [2],
+                    "data.entity_tokens": [2],
+                    "data.entity_spelling": ["unique"],
+                },  # fmt: skip
+                slices=objective_attention_slices(),
+                train=TrainConfig(steps=30000, eval_every=0, checkpoint_every=500),
+                probe=ProbeConfig(enabled=False),  # as entity-length's cells were run
+            ),
+            x="model.attention",
+            quick=["seeds=[0]", "train.steps=3000"],
+            question="The objective x attention grid on two-token entities: which cells reverse "
+            "where the MDM itself reverses by rank but only partly by generation?",
+        ),
         "entity-masking": Named(
             SweepConfig(
                 name="entity-masking",
@@ -598,14 +622,21 @@ def cells_of(jobs, chosen) -> list[dict[str, Any]]:
     return list(cells.values())
 
 
-def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None) -> list[dict[str, Any]]:
+def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None, fit=None) -> list[dict[str, Any]]:
     """The paired tests the slices ask for (:attr:`SliceConfig.compare`): within each slice, for
     every combination of its other keys, each later value of the compared key against the first,
     on reverse accuracy paired by (seed, fact) over the seeds both cells finished. Each carries
     both cells' fit labels: a test between cells that did not fit is reported, not read.
     ``correct(cell, seeds)``: the per-seed, per-fact outcomes compared (default: whether each
-    reverse query was answered right, the runs' generation; :mod:`.mc_draws` passes ranks)."""
+    reverse query was answered right, the runs' generation; :mod:`.mc_draws` passes ranks);
+    ``fit(cell, seeds)``: a cell's fit label (default: from the runs' own summaries;
+    :mod:`.decoding_control` reads fit by each of its readings)."""
     correct = _reverse_correct if correct is None else correct
+    if fit is None:
+
+        def fit(cell: dict[int, Any], seeds: list[int]) -> str:
+            return _fit_label(cell, seeds, outcomes)
+
     done = {j.run_id: j for j in jobs if outcomes[j.run_id].status == "done"}
     cells: dict[tuple, dict[int, Any]] = {}  # cell -> seed -> job
     label_keys = cell_keys(jobs)
@@ -641,8 +672,7 @@ def contrasts(cfg: SweepConfig, jobs, outcomes, correct=None) -> list[dict[str, 
                     "slice": slice_name, "key": piece.compare, "value": value,
                     "baseline": baseline, "cell": where, "seeds": seeds,
                     "test": test,
-                    "fit": {"value": _fit_label(a, seeds, outcomes),
-                            "baseline": _fit_label(b, seeds, outcomes)},
+                    "fit": {"value": fit(a, seeds), "baseline": fit(b, seeds)},
                     "decision": decision(test),
                 })  # fmt: skip
     return out
@@ -656,6 +686,26 @@ def _reverse_correct(cell: dict[int, Any], seeds: list[int]) -> list[list[bool]]
 
 def _fit_label(cell: dict[int, Any], seeds: list[int], outcomes) -> str:
     return fit_summary([outcomes[cell[s].run_id].summary for s in seeds])["label"]
+
+
+def per_run_records(
+    out: Path, chosen, read: Callable[[Path], dict[str, Any]], *, desc: str, progress: bool,
+    reusable: Callable[[dict[str, Any]], bool] = lambda saved: True,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """An analysis's record of each ``chosen`` job (run id -> record): ``out/runs/<run_id>.json``
+    where an earlier call left one that is ``reusable``, else ``read(job.run_dir)``, written
+    there as soon as it is made, so an interrupted analysis resumes where it stopped. Every
+    record is returned as read back from its file: a fresh one and a reused one are alike (JSON's
+    keys and lists)."""
+    records: dict[str, dict[str, Any]] = {}
+    for job in tqdm(chosen, desc=desc, unit="run", disable=not progress):
+        path = out / "runs" / f"{job.run_id}.json"
+        saved = files.read_json(path) if path.is_file() else None
+        if saved is None or not reusable(saved):
+            files.write_json(path, read(job.run_dir))
+            saved = files.read_json(path)
+        records[job.run_id] = saved
+    return records
 
 
 def sweep_results(folder: Path) -> tuple[SweepConfig, list[Job], dict[str, Outcome]]:

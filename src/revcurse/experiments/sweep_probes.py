@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from revcurse import files
 from revcurse.config import apply_overrides
 from revcurse.errors import RevcurseError
-from revcurse.experiments.sweep import cells_of, sweep_results
+from revcurse.experiments.sweep import cells_of, per_run_records, sweep_results
 from revcurse.repro import use_threads, write_provenance
 
 
@@ -77,12 +76,7 @@ def measure(
     if not chosen:
         raise RevcurseError(f"{sweep}: no finished MDM run with multi-token entities to probe")
     write_provenance(out, f"sweep: {sweep}\n", command)
-    records: dict[str, dict[str, Any]] = {}
-    for job in tqdm(chosen, desc="runs probed", unit="run", disable=not progress):
-        path = out / "runs" / f"{job.run_id}.json"
-        if not path.is_file():
-            files.write_json(path, probe_run(job.run_dir))
-        records[job.run_id] = files.read_json(path)
+    records = per_run_records(out, chosen, probe_run, desc="runs probed", progress=progress)
     cells = cells_of(jobs, chosen)
     for cell in cells:
         cell["probes"] = _cell_probes([records[r] for r in cell["runs"]])
