@@ -148,6 +148,46 @@ def test_multi_token_toy_answers_match_a_hand_decoding_loop(causal):
             assert scores[f"{key}_first_token_accuracy"] == pytest.approx(sum(first) / len(first))
 
 
+def test_the_toy_ranks_an_mdms_entities_by_the_exact_bound_and_longer_ones_by_draws():
+    """Two-token entities: the toy's candidate accuracy and answer log-probability are the exact
+    bound's (mdm_exact_bound over every candidate, ranked here); with ``exact_up_to=0`` they are
+    the 8 draws' as before (another value). mdm_bound splits rows by answer length: the short rows are the exact
+    bound's, the long rows the draws' as if asked alone (same generator)."""
+    from conftest import tiny_run_config
+
+    from revcurse.config import DecodeConfig, apply_overrides
+    from revcurse.decoding import mdm_answer_logprob, mdm_exact_bound
+    from revcurse.evaluation import ToyEvaluator, mdm_bound, per_candidate, toy_queries
+    from revcurse.metrics import likelihood_rank
+    from revcurse.models.transformer import TransformerLM
+
+    cfg = apply_overrides(tiny_run_config(), ["data.entity_tokens=2", "probe.enabled=false"])
+    dataset = build_toy(cfg.data)
+    vocab = Vocab.from_dataset(dataset)
+    torch.manual_seed(0)
+    model = TransformerLM(apply_overrides(cfg, ["model.init_std=0.5"]).model, len(vocab)).eval()
+    queries = toy_queries(dataset, vocab, "reverse")
+    got = {4: ToyEvaluator(dataset, vocab)(model),  # the default
+           0: ToyEvaluator(dataset, vocab, exact_up_to=0)(model)}  # fmt: skip
+    exact = per_candidate(queries, lambda ps, cs, ss: mdm_exact_bound(
+        model, ps, cs, mask_id=vocab.mask_id, suffix=ss))  # fmt: skip
+    right = (likelihood_rank(exact) == 1).double().mean().item()
+    assert got[4]["reverse_candidate_accuracy"] == pytest.approx(right, abs=1e-12)
+    assert got[4]["reverse_answer_logprob"] == pytest.approx(exact[:, 0].mean().item(), rel=1e-9)
+    assert got[4]["reverse_answer_logprob"] != got[0]["reverse_answer_logprob"]
+    prompts, suffixes = [[5, 6], [7], [5]], [[8], [], [9]]
+    answers = [[10, 11], [10, 11, 12], [12]]
+    generator = torch.Generator().manual_seed(3)
+    mixed = mdm_bound(model, prompts, answers, suffixes, mask_id=vocab.mask_id,
+                      settings=DecodeConfig(n_mc=4, exact_up_to=2), generator=generator)  # fmt: skip
+    short = mdm_exact_bound(model, [prompts[0], prompts[2]], [answers[0], answers[2]],
+                            mask_id=vocab.mask_id, suffix=[suffixes[0], suffixes[2]])  # fmt: skip
+    long = mdm_answer_logprob(model, [prompts[1]], [answers[1]], mask_id=vocab.mask_id,
+                              n_samples=4, suffix=[suffixes[1]],
+                              generator=torch.Generator().manual_seed(3))  # fmt: skip
+    assert mixed.tolist() == [short[0].item(), long[0].item(), short[1].item()]
+
+
 def test_where_multi_token_answers_come_from_by_hand():
     """Seven two-token queries over entities (1,2) (3,4) (1,5) (6,7) of the answer side; the
     other side's entities are (8,9) and (9,8), the queries giving (8,9). Answers: right; another

@@ -36,6 +36,10 @@ from revcurse.errors import ConfigError
 
 T = TypeVar("T")
 
+EXACT_BOUND_MAX_LENGTH = 12
+"""The longest answer :func:`~revcurse.decoding.mdm_exact_bound` enumerates (2^12 - 1 = 4095
+masked rows)."""
+
 Family = Literal["mdm", "arm"]
 Positional = Literal["rope", "sinusoidal", "learned", "alibi", "none"]
 Norm = Literal["rmsnorm", "layernorm", "none"]
@@ -792,6 +796,10 @@ class DecodeConfig:
     """Answers of other queries the correct one is ranked against by likelihood."""
     n_mc: int = 8
     """MDM likelihood: Monte-Carlo draws per answer (stratified mask counts)."""
+    exact_up_to: int = 0
+    """MDM likelihood: answers of at most this many tokens are scored by the bound's exact
+    expectation instead (every non-empty masked set, 2^L - 1 rows: no noise; at most 12), longer
+    ones by ``n_mc`` draws (0: draws for every answer)."""
     batch_size: int = 0
     """Queries generated at a time (0: a whole split at once). Memory grows with it, not with the
     split; at temperature 0 the answers do not depend on it."""
@@ -826,6 +834,8 @@ class DecodeConfig:
         _check(self.gen_length >= 1, where, "gen_length", "an integer >= 1", self.gen_length)
         _check(self.temperature >= 0, where, "temperature", "a number >= 0", self.temperature)
         _check(self.n_mc >= 1, where, "n_mc", "an integer >= 1", self.n_mc)
+        _check(0 <= self.exact_up_to <= EXACT_BOUND_MAX_LENGTH, where, "exact_up_to",
+               f"an integer in [0, {EXACT_BOUND_MAX_LENGTH}]", self.exact_up_to)  # fmt: skip
         _check(self.batch_size >= 0, where, "batch_size", "an integer >= 0 (0: all)",
                self.batch_size)  # fmt: skip
         _check(self.cfg_scale >= 0, where, "cfg_scale", "a number >= 0", self.cfg_scale)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
+from revcurse.config import EXACT_BOUND_MAX_LENGTH
 from revcurse.data.text import fill_row
 from revcurse.objectives import logits_at
 
@@ -558,10 +559,6 @@ def mdm_answer_logprob(
         per_draw = torch.stack([next(read).sum() for _ in range(n_samples)])  # [n]
         out[i] = (per_draw * len(a) / torch.tensor(counts[i], dtype=torch.float64)).mean()
     return out
-
-
-EXACT_BOUND_MAX_LENGTH = 12
-"""The longest answer :func:`mdm_exact_bound` enumerates (2^12 - 1 = 4095 masked rows)."""
 
 
 @torch.no_grad()
