@@ -195,6 +195,22 @@ def _hf(tmp: Path, how: str = "") -> Path:
     return ckpt
 
 
+def _gguf(tmp: Path, how: str) -> Path:
+    """A GGUF file spoiled as ``how`` says (tests/tiny_gguf.py writes the sound one)."""
+    from tiny_gguf import write_tiny_gguf
+
+    path = tmp / "model.gguf"
+    if how == "text":
+        return _write(path, "a text file named like a GGUF file\n")
+    if how == "architecture":  # a sound file of an architecture transformers cannot read
+        write_tiny_gguf(path, architecture="rwkv6")
+        return path
+    write_tiny_gguf(tmp / "whole.gguf")
+    data = (tmp / "whole.gguf").read_bytes()
+    (tmp / "whole.gguf").unlink()
+    return _write_bytes(path, data[:200])  # the header cut inside its key-value data
+
+
 def _hf_config(tmp: Path, text: str) -> Path:
     return _write(tmp / "cfg" / "config.json", text).parent
 
@@ -560,6 +576,18 @@ CASES = [
          lambda t, r: ["evaluate", str(_hf_config(t, '{"model_type": "gpt2"}')),
                        "--out", str(t / "ev")],
          "model_type 'gpt2' is none of"),
+    Case("gguf-not-gguf", "a .gguf path that holds text",
+         lambda t, r: ["evaluate", str(_gguf(t, "text")), "--out", str(t / "ev")],
+         "not a GGUF file (it starts with b'a te'"),
+    Case("gguf-truncated", "a GGUF file cut in its header",
+         lambda t, r: ["evaluate", str(_gguf(t, "truncated")), "--out", str(t / "ev")],
+         "a malformed or truncated GGUF file"),
+    Case("gguf-architecture", "a GGUF file of an architecture transformers cannot read",
+         lambda t, r: ["evaluate", str(_gguf(t, "architecture")), "--out", str(t / "ev")],
+         "architecture 'rwkv6', which transformers cannot load from GGUF"),
+    Case("models-unknown", "`models get` of a checkpoint revcurse does not know",
+         lambda t, r: ["models", "get", "smollm3-135m", "--cache", str(t / "cache")],
+         "unknown checkpoint 'smollm3-135m'; expected one of ['smollm2-135m-instruct']"),
     Case("adapter-foreign", "an adapter made for a model of another width (a traceback before)",
          lambda t, r: ["evaluate", str(_hf(t)), "--adapter", str(_adapter(t, "foreign")),
                        "--out", str(t / "ev")],

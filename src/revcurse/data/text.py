@@ -14,6 +14,7 @@ training, evaluation and probes all show the model the format it was tuned on.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from revcurse.data.schema import TextPair
+from revcurse.data.schema import TextDataset, TextPair
 from revcurse.data.tokenize import TextBatch, Vocab
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -120,6 +121,31 @@ def chat_frame(tokenizer: Any) -> ChatFrame:
 
     closing = ids(after)
     return ChatFrame(ids(head), ids(tail), closing[0] if closing else tokenizer.eos_token_id)
+
+
+def in_chat_frame(dataset: TextDataset, *splits: list[TextPair]) -> tuple[TextDataset, ...]:
+    """``dataset`` and ``splits`` (lists of its pairs) with every answer as a chat reply: leading
+    whitespace removed from completions and alternatives. A completion is written to follow its
+    prompt in plain text (``"... mother is" + " Samira Calle"``); in a chat frame it is the
+    reply's whole content, which the template writes right after the assistant header, so the
+    space would be a token no reply starts with (a real tokenizer makes it one; a word-level
+    one never sees it). Lists shared between splits stay shared."""
+
+    def reply(text: str) -> str:
+        return text.lstrip()
+
+    done: dict[int, list[TextPair]] = {}
+
+    def pairs(items: list[TextPair]) -> list[TextPair]:
+        if id(items) not in done:
+            done[id(items)] = [dataclasses.replace(p, completion=reply(p.completion),
+                                                   alternatives=tuple(map(reply, p.alternatives)))
+                               for p in items]  # fmt: skip
+        return done[id(items)]
+
+    framed = dataclasses.replace(dataset, train=pairs(dataset.train),
+                                 tests={k: pairs(v) for k, v in dataset.tests.items()})  # fmt: skip
+    return (framed, *(pairs(s) for s in splits))
 
 
 class HFTokenizer:

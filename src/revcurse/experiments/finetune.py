@@ -29,12 +29,20 @@ import torch
 from revcurse import files, training
 from revcurse.config import FinetuneConfig, dump_yaml, load_yaml, to_dict
 from revcurse.data.schema import TextDataset, TextPair, named_entities
-from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
+from revcurse.data.text import (
+    TextBatch,
+    WordTokenizer,
+    encode_pairs,
+    entity_units,
+    in_chat_frame,
+    pad_with_eos,
+)
 from revcurse.data.text_datasets import load_text_dataset, probe_splits
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
+from revcurse.models.gguf import resolve_model_path
 from revcurse.objectives import run_loss, text_objective
 from revcurse.probes.hf import encode_facts, paired_queries, probeable, text_measure
 from revcurse.probes.inputs import pairings_for
@@ -63,12 +71,11 @@ def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
     device = resolve_device(cfg.model.device)
     dtype = resolve_dtype(cfg.model.dtype, device)
     if cfg.model.path:
+        path = resolve_model_path(cfg.model.path)  # a .gguf file: its converted folder
         # Weights first: their checks (remote code, local directory) fail before any download.
-        model = hf.load_pretrained(
-            cfg.model.family, cfg.model.path, dtype, device, trust_remote_code
-        )
+        model = hf.load_pretrained(cfg.model.family, path, dtype, device, trust_remote_code)
         tokenizer = hf.load_tokenizer(
-            cfg.model.family, cfg.model.path, trust_remote_code, chat=cfg.model.chat_template
+            cfg.model.family, path, trust_remote_code, chat=cfg.model.chat_template
         )
     else:
         tokenizer = WordTokenizer.fit(texts)
@@ -78,6 +85,16 @@ def build_model(cfg: FinetuneConfig, texts: list[str], trust_remote_code: bool):
         model = hf.build_tiny(cfg.model.family, len(tokenizer), shape, seed=cfg.train.seed)
         model = model.to(device=device, dtype=dtype)
     return model, tokenizer
+
+
+def as_replies(tokenizer: Any, dataset: TextDataset, tests: dict[str, list[TextPair]],
+               train_pairs: list[TextPair]):  # fmt: skip
+    """With a tokenizer in chat mode, every answer as a chat reply (:func:`in_chat_frame`);
+    otherwise the pairs as they are."""
+    if getattr(tokenizer, "chat", None) is None:
+        return dataset, tests, train_pairs
+    dataset, train_pairs, *framed = in_chat_frame(dataset, train_pairs, *tests.values())
+    return dataset, dict(zip(tests, framed, strict=True)), train_pairs
 
 
 def load_tests(cfg: FinetuneConfig) -> tuple[TextDataset, dict[str, list[TextPair]]]:
@@ -190,6 +207,7 @@ def run_evaluation(
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)
+    dataset, tests, train_pairs = as_replies(tokenizer, dataset, tests, train_pairs)
     if cfg.model.adapter:
         hf.load_adapter(model, cfg.model.adapter, trainable=True)
     prepare_out_dir(out, force)
@@ -344,6 +362,7 @@ def run_finetune(
     seed_everything(cfg.train.seed)
     train_pairs = dataset.train[: cfg.data.max_train or None]
     model, tokenizer = build_model(cfg, vocabulary_texts(dataset, train_pairs), trust_remote_code)
+    dataset, tests, train_pairs = as_replies(tokenizer, dataset, tests, train_pairs)
     spec = model.spec
     adapted = hf.add_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout,
                           cfg.lora.target_modules or None, which=cfg.lora.targets)  # fmt: skip
