@@ -160,8 +160,10 @@ def test_models_get_fetches_checks_and_converts_offline(tiny, tmp_path, monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("REVCURSE_REAL_MODELS") != "1",
-                    reason="fetches the real SmolLM2-135M-Instruct (98 MB): REVCURSE_REAL_MODELS=1")
+@pytest.mark.skipif(
+    os.environ.get("REVCURSE_REAL_MODELS") != "1",
+    reason="fetches the real SmolLM2-135M-Instruct (98 MB): REVCURSE_REAL_MODELS=1",
+)
 def test_the_real_smollm2_checkpoint_answers_through_its_chat_template(tmp_path):
     """Opt-in: `models get smollm2-135m-instruct`, then the converted model answers a chat
     prompt with a sensible reply (a real checkpoint, real tokenizer, real template)."""

@@ -37,8 +37,10 @@ def byte_alphabet() -> list[str]:
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's convert_hf_to_gguf reorders each head's q/k rows from HF's rotate-half layout
     to interleaved pairs: reshape(n_head, 2, d/2, in), swap the two middle axes."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-        w.shape
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
     )
 
 
@@ -86,10 +88,14 @@ def write_tiny_gguf(path: Path, seed: int = 0, architecture: str = "llama"):
     for i in range(2):
         hf = f"model.layers.{i}."
         writer.add_tensor(f"blk.{i}.attn_norm.weight", state[hf + "input_layernorm.weight"])
-        writer.add_tensor(f"blk.{i}.attn_q.weight",
-                          _llama_cpp_permute(state[hf + "self_attn.q_proj.weight"], n_heads))
-        writer.add_tensor(f"blk.{i}.attn_k.weight",
-                          _llama_cpp_permute(state[hf + "self_attn.k_proj.weight"], n_kv))
+        writer.add_tensor(
+            f"blk.{i}.attn_q.weight",
+            _llama_cpp_permute(state[hf + "self_attn.q_proj.weight"], n_heads),
+        )
+        writer.add_tensor(
+            f"blk.{i}.attn_k.weight",
+            _llama_cpp_permute(state[hf + "self_attn.k_proj.weight"], n_kv),
+        )
         writer.add_tensor(f"blk.{i}.attn_v.weight", state[hf + "self_attn.v_proj.weight"])
         writer.add_tensor(f"blk.{i}.attn_output.weight", state[hf + "self_attn.o_proj.weight"])
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", state[hf + "post_attention_layernorm.weight"])
