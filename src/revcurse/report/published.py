@@ -410,6 +410,29 @@ def draws_tests(s: dict[str, Any]) -> str:
     )
 
 
+def readings_table(s: dict[str, Any]) -> str:
+    """``analyse decoding``: per cell and reading, fit and reverse read that way."""
+    from revcurse.experiments.decoding_control import CELL_COLUMNS, cell_rows
+
+    return _table(CELL_COLUMNS, cell_rows(s)) + (
+        "\n\nMeans over seeds. sampler: the evaluation's generation (one token per step); "
+        "one-step: the whole answer filled at once; rank: the right entity first among its "
+        "side's by the exact likelihood bound; one-step-rank: the same by the answer read with "
+        "all of it masked. Each reading fits first by itself (forward and mirror >= 0.99 read "
+        "that way) and reads the reverse over its own fitted seeds."
+    )
+
+
+def readings_tests(s: dict[str, Any]) -> str:
+    """``analyse decoding``: the sweep's paired tests under each reading, with its fit labels."""
+    from revcurse.experiments.decoding_control import TEST_COLUMNS, test_rows
+
+    return _table(TEST_COLUMNS, test_rows(s)) + (
+        "\n\nReverse difference paired by seed and fact; decisions as in every sweep (p < 0.05 "
+        "and an interval excluding 0); fit: each cell's label by the same reading."
+    )
+
+
 def curve_table(s: dict[str, Any]) -> str:
     """A sweep's curves over training as ranges (``summary["curves"]``): per cell, the lowest and
     highest accuracy any seed had at any evaluation, and the range at the seeds' last one."""
@@ -486,6 +509,8 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         ("entity-length", f"{n}-sources"): (lambda s, n=n: slice_sources(s, n))
         for n in ENTITY_LENGTH_SLICES
     },
+    ("entity-masking-decoding", "readings"): readings_table,
+    ("entity-masking-decoding", "tests"): readings_tests,
     ("entity-length-mc-draws", "accuracy"): draws_accuracy,
     ("entity-length-mc-draws", "tests"): draws_tests,
     **{
