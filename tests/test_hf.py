@@ -30,7 +30,7 @@ from revcurse.probes.hf import (
 pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-FAMILIES = ["llada", "llama", "qwen2"]
+FAMILIES = ["llada", "llama", "qwen2", "llama-a2d"]
 SHAPE = hf.TinyShape(hidden_size=32, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=48)
 
 
@@ -235,7 +235,7 @@ LAYER_LINEARS = {
     "llama": ({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"},
               {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
 }  # fmt: skip
-LAYER_LINEARS["qwen2"] = LAYER_LINEARS["llama"]
+LAYER_LINEARS["qwen2"] = LAYER_LINEARS["llama-a2d"] = LAYER_LINEARS["llama"]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -603,3 +603,51 @@ def test_kv_cached_greedy_equals_rerunning_the_sequence(name):
         cached = arm_generate(model, prompts, 6, eos_id=eos_id, batch_size=2)
         assert torch.equal(cached, arm_generate(plain, prompts, 6, eos_id=eos_id))
     assert (arm_generate(model, prompts, 6, eos_id=eos)[1, 2:] == eos).all()
+
+
+def test_a_llama_read_as_an_mdm_attends_both_ways_with_its_logits_shifted():
+    """llama-a2d against transformers' own bidirectional path: the same weights with SDPA told
+    that no layer is causal (``is_causal=False``, no mask) give the same logits, shifted by one
+    position as Dream's; the causal family's differ, a later token moves earlier logits, and
+    padding is hidden (a padded row equals the row alone)."""
+    import copy
+
+    a2d = hf.build_tiny("llama-a2d", 50, SHAPE, seed=3).eval()
+    ids = torch.randint(3, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = a2d(ids)
+        reference = copy.deepcopy(a2d.inner)
+        reference.config._attn_implementation = "sdpa"
+        for layer in reference.model.layers:
+            layer.self_attn.is_causal = False
+        raw = reference(ids).logits
+        torch.testing.assert_close(got, torch.cat([raw[:, :1], raw[:, :-1]], 1), rtol=0,
+                                   atol=1e-5)  # fmt: skip
+        causal = hf.LogitsModel(a2d.inner, hf.FAMILIES["llama"])(ids)
+        assert (torch.cat([causal[:, :1], causal[:, :-1]], 1) - got).abs().max() > 1e-3
+        later = ids.clone()
+        later[:, -1] = (later[:, -1] + 1) % 50
+        assert (a2d(later)[:, 1:-1] - got[:, 1:-1]).abs().max() > 1e-4
+        real = torch.ones_like(ids)
+        real[1, -2:] = 0
+        torch.testing.assert_close(a2d(ids, attention_mask=real)[1, :-2], a2d(ids[1:, :-2])[0],
+                                   rtol=0, atol=1e-5)  # fmt: skip
+
+
+def test_an_ar_tokenizer_lends_its_unknown_token_as_the_mask(tmp_path):
+    """llama-a2d borrows [MASK]: the tokenizer's mask token, else its unknown token unless that is
+    also its padding, BOS or EOS (then refused in one line)."""
+    from test_finetune import save_chat_checkpoint
+    from transformers import AutoTokenizer
+
+    from revcurse.errors import RevcurseError
+
+    ckpt = tmp_path / "ckpt"
+    save_chat_checkpoint(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    expected = tok.mask_token_id if tok.mask_token_id is not None else tok.unk_token_id
+    assert hf.load_tokenizer("llama-a2d", str(ckpt)).mask_id == expected
+    tok.mask_token, tok.unk_token = None, tok.eos_token
+    tok.save_pretrained(ckpt)
+    with pytest.raises(RevcurseError, match="cannot lend one as \\[MASK\\]"):
+        hf.load_tokenizer("llama-a2d", str(ckpt))

@@ -689,7 +689,9 @@ def _dotted(cfg: Any, key: str) -> Any:
 # Natural-language runs: LoRA fine-tuning of Hugging Face models, from-scratch text models
 # --------------------------------------------------------------------------------------------------
 
-HFFamily = Literal["llada", "dream", "llama", "qwen2"]
+HFFamily = Literal["llada", "dream", "llama", "qwen2", "llama-a2d"]
+MDM_FAMILIES = ("llada", "dream", "llama-a2d")
+"""The masked diffusion families (:data:`revcurse.models.hf.FAMILIES` with ``causal`` false)."""
 TextDatasetName = Literal["parent-child", "person-description", "trex", "facts"]
 
 
@@ -698,7 +700,9 @@ class HFModelConfig:
     """The Hugging Face model to fine-tune."""
 
     family: HFFamily = "llama"
-    """llada (native module, MDM), dream (remote code, MDM), llama or qwen2 (ARMs)."""
+    """llada (native module, MDM), dream (remote code, MDM), llama or qwen2 (ARMs), llama-a2d
+    (a Llama checkpoint read as an MDM: attention both ways, a borrowed mask token, Dream's shifted
+    logits; the matched pair with llama on the same weights)."""
     path: str = ""
     """Local directory or hub id of the published weights and tokenizer. Empty: a tiny random
     model of the shape below with a word-level tokenizer fitted on the data (offline smoke runs)."""
@@ -881,7 +885,7 @@ class FinetuneConfig:
 
     def validate(self, where: str) -> None:
         self.train.check_text(where, entity_masking=True)
-        _check(self.train.mask_unit == "token" or self.model.family in ("llada", "dream"), where,
+        _check(self.train.mask_unit == "token" or self.model.family in MDM_FAMILIES, where,
                "train.mask_unit", "token for an autoregressive family (its next-token loss "
                "masks nothing)", self.train.mask_unit)  # fmt: skip
 

@@ -59,6 +59,10 @@ class FamilySpec:
     mask_4d: bool = False
     """The model takes a padding mask as a bidirectional ``[B, 1, L, L]`` bool mask (Dream's own
     sampler builds it so), not as ``[B, L]``."""
+    from_causal: bool = False
+    """An autoregressive checkpoint read bidirectionally (AR-to-diffusion, as dllm's A2D models
+    are made): every forward passes a ``[B, 1, L, L]`` mask that hides padding only, replacing
+    the causal mask the architecture would build."""
     records_scores: bool = True
     """Attention scores can be recorded (revcurse's hooks or transformers' attention interface);
     remote code brings its own attention classes, which neither reaches."""
@@ -85,6 +89,14 @@ FAMILIES: dict[str, FamilySpec] = {
     "qwen2": FamilySpec(
         "qwen2", causal=True, lora_targets=_ATTENTION, modules_per_layer=4, mlp_targets=_MLP,
         example="Qwen/Qwen2.5-7B-Instruct",
+    ),
+    # The same Llama weights as a masked diffusion model: attention both ways, the logits shifted
+    # as Dream's are (position i - 1's head predicts token i, as the AR weights learned), the
+    # mask token borrowed from the tokenizer (its mask token, else its unknown token).
+    "llama-a2d": FamilySpec(
+        "llama-a2d", causal=False, lora_targets=_ATTENTION, modules_per_layer=4,
+        mlp_targets=_MLP, shift_logits=True, mask_4d=True, from_causal=True,
+        example="a Llama-architecture checkpoint (e.g. `revcurse models get smollm2-135m-instruct`)",
     ),
 }  # fmt: skip
 
@@ -178,6 +190,8 @@ class LogitsModel(nn.Module):
         Qwen2 then unembed only those rows (a remote-code model's full logits are indexed)."""
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: let the model take its unmasked fast path
+        if attention_mask is None and self.spec.from_causal:  # no padding, but not causal either
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         if attention_mask is not None and self.spec.mask_4d:
             keys = attention_mask.bool()  # [B, L]
             attention_mask = keys[:, None, None, :] & keys[:, None, :, None]  # [B, 1, L, L]
@@ -263,7 +277,9 @@ def build_tiny(name: str, vocab_size: int, shape: TinyShape, seed: int = 0) -> L
 
     _register_recording_attention()
     cls, model_cls = (
-        (LlamaConfig, LlamaForCausalLM) if name == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+        (LlamaConfig, LlamaForCausalLM)
+        if name in ("llama", "llama-a2d")
+        else (Qwen2Config, Qwen2ForCausalLM)
     )
     cfg = cls(
         vocab_size=vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.n_layers,
@@ -353,8 +369,24 @@ def load_tokenizer(name: str, path: str, trust_remote_code: bool = False, chat: 
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    mask_id = spec.mask_id if not spec.causal else (tok.mask_token_id or tok.eos_token_id)
+    if spec.causal:
+        mask_id = tok.mask_token_id or tok.eos_token_id
+    elif spec.mask_id is not None:
+        mask_id = spec.mask_id
+    else:  # an AR checkpoint read as an MDM: a token its chat data never holds stands for [MASK]
+        mask_id = _borrowed_mask(tok, path)
     return HFTokenizer(tok, mask_id=mask_id, chat=chat, eos_id=spec.eos_id)
+
+
+def _borrowed_mask(tok: Any, path: str) -> int:
+    """The token an AR tokenizer lends to stand for ``[MASK]``: its mask token, else its unknown
+    token, provided it is none of the tokens the chat frame, padding or answers use."""
+    for candidate in (tok.mask_token_id, tok.unk_token_id):
+        if candidate is not None and candidate not in {tok.pad_token_id, tok.eos_token_id,
+                                                       tok.bos_token_id}:  # fmt: skip
+            return int(candidate)
+    raise RevcurseError(f"model.path {path}: the tokenizer has no mask or unknown token that is "
+                        "not also its padding, BOS or EOS; it cannot lend one as [MASK]")  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
