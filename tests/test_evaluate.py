@@ -60,14 +60,16 @@ def test_a_local_checkpoint_is_evaluated_on_your_own_facts(tmp_path):
     assert f"reverse (reverse, n=8): exact {reverse['exact']:.3f} ± {se:.3f}" in result.output
     assert "evaluating the first 8 queries of each split" in result.output  # said, not silent
     # a cut split ranks the candidates its queries have in the whole split, as the harness
-    # export writes them (the export draws over the whole split)
+    # export writes them (the export draws over the whole split); a chat checkpoint reads them
+    # as replies, without the plain text's joining space
     from revcurse.data.text_datasets import load_text_dataset
     from revcurse.harness import documents
 
     cfg = apply_overrides(FinetuneConfig(), ["data.dataset=facts",
                                              f"data.path={tmp_path / 'facts.jsonl'}", *EVAL])  # fmt: skip
     whole = load_text_dataset(cfg.data).tests["reverse"]
-    exported = [d["choices"] for d in documents(whole, cfg.eval.n_distractors)][:8]
+    exported = [[c.lstrip() for c in d["choices"]]
+                for d in documents(whole, cfg.eval.n_distractors)][:8]  # fmt: skip
     ranked = [json.loads(line)["candidates"] for line in lines]
     assert ranked == exported and len(whole) > 8
 

@@ -162,7 +162,12 @@ def test_shipped_finetune_and_accelerate_configs_load():
                             "--costs"], capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert costs.strip() in (root.parent / "docs" / "finetune.md").read_text()  # the docs' table
     families = {load_yaml(FinetuneConfig, p).model.family for p in recipes}
-    assert families == set(hf.FAMILIES)
+    # the A2D reading of a Llama checkpoint ships as the matched pair's config
+    from revcurse.config import MatchedPairConfig
+
+    pair = load_yaml(MatchedPairConfig, root / "matched-pair.yaml")
+    assert pair == MatchedPairConfig()  # a plain dump of the defaults
+    assert families | set(pair.families) == set(hf.FAMILIES)
     kinds = {load_config_from_file(str(p)).distributed_type.value
              for p in (root / "accelerate").glob("*.yaml")}  # fmt: skip
     assert {"MULTI_GPU", "FSDP", "DEEPSPEED", "NO"} <= kinds

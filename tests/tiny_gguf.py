@@ -57,7 +57,7 @@ def write_tiny_gguf(path: Path, seed: int = 0, architecture: str = "llama"):
                       num_hidden_layers=2, num_attention_heads=n_heads, num_key_value_heads=n_kv,
                       max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0)  # fmt: skip
+                      pad_token_id=2)  # fmt: skip
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).float().eval()
     with torch.no_grad():  # weights large enough that every layer matters to the logits
@@ -81,7 +81,8 @@ def write_tiny_gguf(path: Path, seed: int = 0, architecture: str = "llama"):
     writer.add_token_merges(merges)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
-    writer.add_pad_token_id(0)
+    writer.add_pad_token_id(2)  # as SmolLM2's: padding is the end of turn
+    writer.add_unk_token_id(0)  # <|endoftext|>, which an AR model read as an MDM borrows as [MASK]
     writer.add_chat_template(CHATML)
     state = {k: v.detach().numpy().astype(np.float32) for k, v in model.state_dict().items()}
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])

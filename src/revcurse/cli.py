@@ -76,7 +76,7 @@ EXPERIMENTS = (
     "toy", "pe-ablation", "depth", "objective", "distance", "bridge", "entity-length",
     "objective-attention", "objective-attention-entities", "entity-masking", "weight-decay",
     "scale",
-    "person-description", "parent-child", "facts",
+    "person-description", "parent-child", "facts", "matched-pair",
 )  # fmt: skip
 FROM_SCRATCH = {"person-description": PersonDescriptionConfig, "parent-child": ParentChildConfig,
                 "facts": FactsExperimentConfig}  # fmt: skip
@@ -250,12 +250,14 @@ def reproduce(
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
                                 progress, log_with, reuse_runs)  # fmt: skip
-    if reuse_runs is not None and (name in FROM_SCRATCH or name == "toy" or reevaluate):
+    if reuse_runs is not None and (name in (*FROM_SCRATCH, "toy", "matched-pair") or reevaluate):
         raise _fail("--reuse-runs: only a sweep (a named experiment of toy runs) copies runs")
     if reevaluate:
         _reevaluate(name, options)
     elif name in FROM_SCRATCH:
         _from_scratch(name, options)
+    elif name == "matched-pair":
+        _matched_pair(options)
     elif name == "toy":
         _toy(options)
     else:
@@ -331,6 +333,26 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
         cells = "  ".join(f"{split} {agg[f'{split}.{metric}']['mean']:.3f}" for split in shown)
         typer.echo(f"{model.upper()} ({metric}, n={agg['n']}): {cells}")
     typer.echo(f"report: {target / 'report.html'}   ({time.perf_counter() - start:.1f} s)")
+
+
+@guarded
+def _matched_pair(o: ExperimentOptions) -> None:
+    from revcurse.config import MatchedPairConfig
+    from revcurse.experiments import matched_pair as mp
+
+    cfg = load_yaml(MatchedPairConfig, o.config) if o.config else MatchedPairConfig()
+    if o.quick:
+        cfg = mp.quick(cfg)
+    cfg = apply_overrides(cfg, o.overrides())
+    target = _target(o.out, "matched-pair")
+    start = time.perf_counter()
+    summary = mp.run_matched_pair(cfg, target, command=_command_line(), progress=o.progress,
+                                  force=o.force, resume=o.resume)  # fmt: skip
+    for family, agg in summary["aggregate"].items():
+        cells = "  ".join(f"{split} {agg[f'after.{split}.prefix']['mean']:.3f}"
+                          for split in summary["directions"])  # fmt: skip
+        typer.echo(f"{family} (prefix after fine-tuning, n={agg['n']}): {cells}")
+    typer.echo(f"report: {target / 'report.md'}   ({time.perf_counter() - start:.1f} s)")
 
 
 @guarded

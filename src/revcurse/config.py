@@ -765,7 +765,8 @@ class TextDataConfig:
     """The SHA-256 of the facts file at ``path``, filled in when a fine-tune starts: a resume
     refuses a file that has changed since (leave empty)."""
     max_train: int = 0
-    """Training statements used (0: all)."""
+    """Training statements used (0: all). With a cut, a dataset that names its facts (Parent–Child,
+    facts files) is evaluated on the queries about the trained facts only."""
     max_eval: int = 64
     """Queries evaluated per test split (0: all)."""
     splits: list[str] = field(default_factory=list)
@@ -1064,6 +1065,46 @@ class FactsExperimentConfig(PersonDescriptionConfig):
     variants: dict[str, list[str]] = field(default_factory=dict)
     """Further models compared with the MDM (as in ``reproduce person-description``); none by
     default."""
+
+
+def matched_finetune() -> FinetuneConfig:
+    """The matched pair's shared fine-tune settings, sized for a 2-core CPU: Parent–Child cut to
+    its first 64 training statements (the queries about those facts only), LoRA rank 16 on
+    attention and MLP as the recipes, 200 steps of batch 8 (25 epochs) at lr 1e-4 after 20
+    warm-up steps, evaluation of 32 queries per split (8 tokens generated; 10 candidates, the
+    MDM's ranked with 16 draws), probes off. ``model.path`` is left for the user."""
+    return FinetuneConfig(
+        model=HFModelConfig(family="llama", path="", chat_template=True),
+        lora=LoraSettings(r=16, alpha=32.0),
+        data=TextDataConfig(dataset="parent-child", max_train=64, max_eval=32),
+        train=TrainConfig(
+            steps=200, batch_size=8, lr=1e-4, beta2=0.999, warmup_steps=20, schedule="cosine",
+            log_every=10, eval_every=0, checkpoint_every=50,
+        ),
+        eval=DecodeConfig(gen_length=8, n_distractors=9, n_mc=16, batch_size=32),
+        probe=TextProbeConfig(enabled=False),
+    )  # fmt: skip
+
+
+@dataclass
+class MatchedPairConfig:
+    """``revcurse reproduce matched-pair``: one Llama-architecture checkpoint fine-tuned with LoRA
+    as an ARM and as an MDM (``llama-a2d``: the same weights read both ways), same facts, steps
+    and evaluation, per seed (:mod:`revcurse.experiments.matched_pair`)."""
+
+    finetune: FinetuneConfig = field(default_factory=matched_finetune)
+    """The shared settings; ``finetune.model.family`` and ``finetune.train.seed`` are set per run,
+    ``finetune.model.path`` is required (``revcurse models get smollm2-135m-instruct``)."""
+    families: list[str] = field(default_factory=lambda: ["llama", "llama-a2d"])
+    """The ARM, then the MDM read from the same weights (the tests are second - first)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+
+    def validate(self, where: str) -> None:
+        _check(self.families == ["llama", "llama-a2d"], where, "families",
+               "['llama', 'llama-a2d'] (the ARM, then the MDM of the same weights)",
+               self.families)  # fmt: skip
+        _check(len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds), where, "seeds",
+               "distinct seeds", self.seeds)  # fmt: skip
 
 
 def entity_pool(data: ToyDataConfig) -> int:

@@ -107,19 +107,36 @@ def load_tests(cfg: FinetuneConfig) -> tuple[TextDataset, dict[str, list[TextPai
             f"data.splits: unknown split {unknown[0]!r} of {dataset.name}; "
             f"expected some of {sorted(dataset.tests)}"
         )
-    return dataset, {s: dataset.tests[s][: cfg.data.max_eval or None] for s in splits}
+    return dataset, {s: of_trained_facts(cfg, dataset, dataset.tests[s])[: cfg.data.max_eval or None]
+                     for s in splits}  # fmt: skip
+
+
+def of_trained_facts(cfg: FinetuneConfig, dataset: TextDataset,
+                     pairs: list[TextPair]) -> list[TextPair]:  # fmt: skip
+    """The queries of a test split asked about facts the run trains on: all of them, unless
+    ``data.max_train`` cuts the training statements and the dataset names its facts (then a
+    reverse query about an untrained fact, which would measure nothing, is left out)."""
+    trained = dataset.train[: cfg.data.max_train or None]
+    if len(trained) == len(dataset.train) or not all(p.fact for p in [*trained, *pairs]):
+        return pairs
+    facts = {p.fact for p in trained}
+    return [p for p in pairs if p.fact in facts]
 
 
 def say_subsample(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list]) -> None:
-    """Say on stderr when the splits evaluated are cut to ``data.max_eval`` queries (the metrics
-    are then of a subsample; never silent), once the run has started: a refusal stays one line."""
-    cut = {
-        s: len(dataset.tests[s]) for s, kept in tests.items() if len(kept) < len(dataset.tests[s])
-    }
+    """Say on stderr when the splits evaluated are a subsample (``data.max_eval`` queries, and
+    with ``data.max_train`` those about the trained facts; never silent), once the run has
+    started: a refusal stays one line."""
+    cut = {s: (len(kept), len(dataset.tests[s])) for s, kept in tests.items()
+           if len(kept) < len(dataset.tests[s])}  # fmt: skip
     if cut:
-        sizes = ", ".join(f"{s} {n:,}" for s, n in cut.items())
-        print(f"evaluating the first {cfg.data.max_eval} queries of each split ({sizes} in all; "
-              "--set data.max_eval=0 evaluates every query)", file=sys.stderr)  # fmt: skip
+        sizes = ", ".join(f"{s} {n:,} of {total:,}" for s, (n, total) in cut.items())
+        trained = (f" about the {cfg.data.max_train:,} trained statements' facts"
+                   if cfg.data.max_train and cfg.data.max_train < len(dataset.train) else "")  # fmt: skip
+        first = f"the first {cfg.data.max_eval}" if cfg.data.max_eval else "every one of the"
+        hint = "; --set data.max_eval=0 evaluates every query" if cfg.data.max_eval else ""
+        print(f"evaluating {first} queries of each split{trained} ({sizes}{hint})",
+              file=sys.stderr)  # fmt: skip
 
 
 def vocabulary_texts(dataset: TextDataset, train_pairs: list[TextPair]) -> list[str]:

@@ -1,0 +1,109 @@
+"""The matched pair (#32): one checkpoint fine-tuned as an ARM and as an MDM (llama-a2d), on a
+tiny Llama GGUF written by the test (tests/tiny_gguf.py), offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_gguf import write_tiny_gguf
+from typer.testing import CliRunner
+
+from revcurse import files
+from revcurse.cli import app
+from revcurse.config import MatchedPairConfig, apply_overrides, load_yaml
+from revcurse.data.text_datasets import load_text_dataset
+from revcurse.experiments.from_scratch import OUTCOMES
+from revcurse.stats import paired_comparison
+
+SMALL = ["finetune.train.steps=4", "finetune.train.checkpoint_every=2",
+         "finetune.data.max_eval=4", "finetune.eval.n_mc=2", "finetune.eval.gen_length=4",
+         "seeds=[0, 1]"]  # fmt: skip
+
+
+def test_the_matched_pair_trains_one_checkpoint_as_both_families_and_pairs_them(
+    tmp_path, monkeypatch
+):
+    """`reproduce matched-pair --quick` shrunk: per seed one llama and one llama-a2d run of the
+    same settings but the family (and the seed); every query evaluated is about a trained fact;
+    fit and the paired tests are recomputed here from the runs' summaries and records; a rerun
+    with --resume keeps the finished runs as they are."""
+    monkeypatch.setenv("REVCURSE_CACHE", str(tmp_path / "cache"))
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    out = tmp_path / "mp"
+    args = ["reproduce", "matched-pair", "--quick", "--out", str(out), "--no-progress",
+            "--set", f"finetune.model.path={tmp_path / 'tiny.gguf'}",
+            *[x for s in SMALL for x in ("--set", s)]]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = load_yaml(MatchedPairConfig, out / "config.yaml")
+    summary = json.loads((out / "summary.json").read_text())
+    runs = {(r["family"], r["seed"]) for r in summary["rows"]}
+    assert runs == {(f, s) for f in ("llama", "llama-a2d") for s in (0, 1)}
+    configs = {}
+    for family, seed in runs:
+        run = out / "models" / f"{family}-seed{seed}"
+        saved = json.loads((run / "summary.json").read_text())
+        assert saved["family"] == family and saved["causal"] == (family == "llama")
+        configs[family, seed] = (run / "config.yaml").read_text()
+    differ = [a for a, b in zip(configs["llama", 0].splitlines(),
+                                configs["llama-a2d", 0].splitlines(), strict=True) if a != b]  # fmt: skip
+    assert [line.strip() for line in differ] == ["family: llama"]
+    # every query is about a trained fact
+    dataset = load_text_dataset(cfg.finetune.data)
+    trained = {p.fact for p in dataset.train[: cfg.finetune.data.max_train]}
+    asked = {p.fact for split in dataset.tests.values() for p in split}
+    assert asked - trained  # the dataset asks about more facts than the cut trains
+    for family, seed in runs:
+        for split in ("forward", "reverse"):
+            records = files.read_jsonl(out / "models" / f"{family}-seed{seed}" / "generations"
+                                       / "after" / f"{split}.jsonl")  # fmt: skip
+            facts = {p.prompt: p.fact for p in dataset.tests[split]}
+            assert records and all(facts[r["prompt"]] in trained for r in records)
+    # fit, recomputed from the rows
+    for reading, metric in summary["fit"]["readings"].items():
+        for family in ("llama", "llama-a2d"):
+            expected = [r["seed"] for r in summary["rows"] if r["family"] == family
+                        and r[f"after.forward.{metric}"] >= summary["fit"]["threshold"]]  # fmt: skip
+            assert summary["fit"]["fitted_seeds"][reading][family] == expected
+
+    # the all-seed rank test, recomputed from the records
+    def outcomes(family):
+        return [[float(OUTCOMES["likelihood_top1"](r)) for r in files.read_jsonl(
+            out / "models" / f"{family}-seed{s}" / "generations" / "after" / "reverse.jsonl")]
+            for s in (0, 1)]  # fmt: skip
+
+    test = summary["comparison"]["reverse.rank.all"]
+    again = paired_comparison(outcomes("llama-a2d"), outcomes("llama"))
+    assert test["effect"] == pytest.approx(again["effect"]) and test["seeds"] == [0, 1]
+    # resuming keeps the finished runs
+    stamp = (out / "models" / "llama-a2d-seed1" / "summary.json").stat().st_mtime_ns
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (out / "models" / "llama-a2d-seed1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_the_matched_pair_needs_a_checkpoint_and_both_families():
+    from revcurse.errors import ConfigError, RevcurseError
+    from revcurse.experiments.matched_pair import run_matched_pair
+
+    with pytest.raises(RevcurseError, match="finetune.model.path: expected a Llama"):
+        run_matched_pair(MatchedPairConfig(), "/nonexistent/never-written")
+    with pytest.raises(ConfigError, match="families"):
+        apply_overrides(MatchedPairConfig(), ['families=["llama"]'])
+
+
+def test_a_cut_training_set_is_evaluated_on_its_own_facts():
+    """data.max_train=2 trains Parent-Child's first two statements: the splits evaluated keep only
+    queries about those two facts (without the filter, the reverse split's next queries would ask
+    about facts never trained, which measures nothing)."""
+    from revcurse.config import FinetuneConfig
+    from revcurse.experiments.finetune import load_tests
+
+    cfg = apply_overrides(FinetuneConfig(), ["data.dataset=parent-child", "data.max_train=2",
+                                             "data.max_eval=4"])  # fmt: skip
+    dataset, tests = load_tests(cfg)
+    trained = {p.fact for p in dataset.train[:2]}
+    assert {p.fact for p in tests["forward"]} == trained
+    assert tests["reverse"] and {p.fact for p in tests["reverse"]} <= trained
+    assert len(dataset.tests["reverse"]) > 4
