@@ -725,3 +725,20 @@ def test_batched_scores_of_hugging_face_models_match_one_row_at_a_time(name):
     slow = scorer(model, prompts, answers, suffixes, 1)
     fast = scorer(model, prompts, answers, suffixes, 64)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-4)
+
+
+def test_scoring_reports_every_row_it_reads_while_counted():
+    """counting_rows: each forward pass of a scorer reports its rows, so a progress bar sees them
+    all (3 answers x 5 draws = 15 rows in passes of at most 4), and nothing outside the block."""
+    from revcurse.decoding import counting_rows
+
+    model = _tiny_mdm()
+    seen: list[int] = []
+    with counting_rows(seen.append):
+        mdm_answer_logprob(model, [[2], [3], [4]], [[1, 2], [3], [4, 5]], mask_id=1,
+                           n_samples=5, generator=torch.Generator().manual_seed(0),
+                           batch_rows=4)  # fmt: skip
+    assert sum(seen) == 15 and max(seen) == 4
+    mdm_answer_logprob(model, [[2]], [[3]], mask_id=1, n_samples=2,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert sum(seen) == 15

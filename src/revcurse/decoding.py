@@ -26,6 +26,7 @@ Every function takes ``model``: a callable ``ids [B, L] (+ attention_mask) -> lo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -416,6 +417,23 @@ def truncate_at(ids: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return out
 
 
+_rows_read: Callable[[int], None] | None = None
+"""Told how many rows each forward pass of :func:`_read_rows` read, while :func:`counting_rows`
+is active (a progress bar's update)."""
+
+
+@contextlib.contextmanager
+def counting_rows(update: Callable[[int], None]) -> Iterator[None]:
+    """While inside, every forward pass of the likelihood scorers calls ``update(rows)``: scoring
+    thousands of rows shows progress instead of minutes of silence."""
+    global _rows_read
+    previous, _rows_read = _rows_read, update
+    try:
+        yield
+    finally:
+        _rows_read = previous
+
+
 SCORE_BATCH_ROWS = 64
 """Sequences read per forward pass when scoring answer likelihoods: rows of every query and
 candidate share forwards (memory grows with this, not with the number of queries)."""
@@ -452,6 +470,8 @@ def _read_rows(
         logp = torch.log_softmax(logits.double(), dim=-1)
         targets = torch.cat([t for _, _, t in chunk])  # [N] in the row-major order of where
         picked = logp.gather(-1, targets[:, None])[:, 0]  # [N]
+        if _rows_read is not None:
+            _rows_read(len(chunk))
         yield from picked.split([len(t) for _, _, t in chunk])
 
 

@@ -38,6 +38,7 @@ from revcurse.data.text import (
     pad_with_eos,
 )
 from revcurse.data.text_datasets import load_text_dataset, probe_splits
+from revcurse.decoding import counting_rows
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
@@ -188,14 +189,19 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
     # queries done, split by split, with tqdm's rate and time left (on a terminal only)
     bar = tqdm(total=sum(len(p) for p in tests.values()), desc=f"evaluate {generations.name}",
                unit="query", disable=None, leave=False)  # fmt: skip
+    # inside a split, the sequences its likelihoods read (an MDM's Monte-Carlo bound reads
+    # n_mc rows per candidate: minutes on a CPU), with their rate
+    rows = tqdm(desc="  scoring", unit="row", disable=None, leave=False, position=1)
     for name, pairs in tests.items():
         bar.set_postfix_str(name)
-        metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal, cfg.eval,
-                                          gen, bos=uses_bos(tokenizer),
-                                          split=dataset.tests[name])  # fmt: skip
+        with counting_rows(rows.update):
+            metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal,
+                                              cfg.eval, gen, bos=uses_bos(tokenizer),
+                                              split=dataset.tests[name])  # fmt: skip
         save_generations(generations / f"{name}.jsonl", records)
         results[name] = metrics | {"direction": dataset.directions[name]}
         bar.update(len(pairs))
+    rows.close()
     bar.close()
     return results
 
