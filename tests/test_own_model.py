@@ -50,6 +50,17 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     assert again["splits"] == ft["after"] == adapted["splits"]
     base = files.read_json(tmp_path / "runs/base/summary.json")
     assert base["splits"] == ft["before"]
+    # the run's config names its facts file absolutely: evaluated from another directory (the
+    # README wrote a relative path), it reads the same facts and reproduces its numbers
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = [sys.executable, "-m", "revcurse", "evaluate", str(tmp_path / "runs/ft"), "--out",
+             str(tmp_path / "runs/ft-elsewhere"),
+             *[x for s in SMALL["evaluate"] for x in ("--set", s)]]  # fmt: skip
+    done = subprocess.run(moved, cwd=elsewhere, capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert files.read_json(tmp_path / "runs/ft-elsewhere/summary.json")["splits"] == ft["after"]
     assert (tmp_path / "harness-tasks" / "revcurse_parent_child.yaml").is_file()
     scratch = files.read_json(tmp_path / "runs/scratch/summary.json")
     assert scratch["experiment"] == "facts" and "fwd_reverse.prefix" in scratch["comparison"]

@@ -180,12 +180,13 @@ TASKS: dict[str, Task] = {
 
 
 def pin_facts(run: TextRunConfig) -> TextRunConfig:
-    """``run`` with its facts file's SHA-256 filled in (dataset facts; others unchanged); a file
-    that no longer matches a digest already there is refused."""
+    """``run`` with its facts file's SHA-256 filled in and its path made absolute (dataset facts;
+    others unchanged); a file that no longer matches a digest already there is refused."""
     if run.dataset != "facts":
         return run
     digest = _digest(run)
-    return dataclasses.replace(run, path_sha256=digest)
+    # absolute: the experiment's config.yaml names the file from any working directory
+    return dataclasses.replace(run, path=str(Path(run.path).resolve()), path_sha256=digest)
 
 
 def _digest(run: TextRunConfig) -> str:

@@ -221,6 +221,7 @@ def run_evaluation(
     a run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``generations/<split>.jsonl``,
     ``probes.jsonl``, ``summary.json``, ``report.md``."""
     out = Path(out)
+    cfg = absolute_paths(cfg)  # the run's config names its files from any working directory
     dataset, tests = load_tests(cfg)
     if out.is_dir() and any(out.iterdir()) and not force:
         prepare_out_dir(out, force)  # refuses before a large model is loaded
@@ -307,10 +308,27 @@ def render_evaluation(summary: dict[str, Any]) -> str:
     )
 
 
+def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``cfg`` with its local paths made absolute (a data file, a checkpoint folder or file, an
+    adapter), so the run's config.yaml still names them from another working directory (a hub
+    id, which is no local path, is left as it is)."""
+
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, path=absolute(cfg.data.path)),
+        model=dataclasses.replace(cfg.model, path=absolute(cfg.model.path),
+                                  adapter=absolute(cfg.model.adapter)),
+    )  # fmt: skip
+
+
 def pin_facts(cfg: FinetuneConfig, resuming: Path | None) -> FinetuneConfig:
     """``cfg`` with its facts file's SHA-256 in ``data.path_sha256`` (other datasets unchanged),
     so the run's config names the facts it trains on; resuming the run in ``resuming``, a file
-    that has changed since the run started is refused."""
+    that has changed since the run started is refused. Local paths are made absolute
+    (:func:`absolute_paths`)."""
+    cfg = absolute_paths(cfg)
     if cfg.data.dataset != "facts":
         return cfg
     path = Path(cfg.data.path)

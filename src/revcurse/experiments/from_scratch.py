@@ -339,7 +339,7 @@ def _pinned(cfg: PersonDescriptionConfig, out: Path, resume: bool) -> PersonDesc
     run, saved = cfg.run, out / "config.yaml"
     if resume and run.dataset == "facts" and not run.path_sha256 and saved.is_file():
         before = load_yaml(type(cfg), saved).run
-        if before.path == run.path:
+        if Path(before.path).resolve() == Path(run.path).resolve():
             run = dataclasses.replace(run, path_sha256=before.path_sha256)
     return dataclasses.replace(cfg, run=pin_facts(run))
 
