@@ -742,3 +742,19 @@ def test_scoring_reports_every_row_it_reads_while_counted():
     mdm_answer_logprob(model, [[2]], [[3]], mask_id=1, n_samples=2,
                        generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert sum(seen) == 15
+
+
+def test_scoring_a_share_of_the_answers_gives_their_values_in_the_full_call():
+    """keep: the Monte-Carlo bound of the kept answers is what one call over all of them gives
+    (every answer's masks are still drawn in order), the others are NaN; a process scoring its
+    share of a split therefore reproduces one process's numbers."""
+    model = _tiny_mdm()
+    prompts, answers = [[2], [3], [4], [5]], [[1, 2], [3], [4, 5, 2], [2, 2]]
+    full = mdm_answer_logprob(model, prompts, answers, mask_id=1, n_samples=3,
+                              generator=torch.Generator().manual_seed(7), batch_rows=5)  # fmt: skip
+    keep = [False, True, False, True]
+    share = mdm_answer_logprob(model, prompts, answers, mask_id=1, n_samples=3,
+                               generator=torch.Generator().manual_seed(7), batch_rows=5,
+                               keep=keep)  # fmt: skip
+    assert torch.isnan(share[[0, 2]]).all()
+    torch.testing.assert_close(share[[1, 3]], full[[1, 3]], rtol=0, atol=1e-9)

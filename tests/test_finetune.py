@@ -15,6 +15,7 @@ pytest.importorskip("accelerate")
 
 from typer.testing import CliRunner  # noqa: E402
 
+from revcurse import files  # noqa: E402
 from revcurse.cli import app  # noqa: E402
 from revcurse.config import FinetuneConfig, apply_overrides, load_yaml  # noqa: E402
 from revcurse.experiments.finetune import run_finetune  # noqa: E402
@@ -175,7 +176,8 @@ def test_shipped_finetune_and_accelerate_configs_load():
 
 @pytest.mark.slow
 def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
-    """The accelerate code path with two CPU processes (gloo): the main one writes the run."""
+    """The accelerate code path with two CPU processes (gloo): the main one writes the run, and
+    evaluation is split between them with the records of one process."""
     out = tmp_path / "ddp"
     sets = [x for s in ["model.family=llada", *TINY] for x in ("--set", s)]
     result = subprocess.run(
@@ -191,6 +193,23 @@ def test_finetune_runs_data_parallel_in_two_processes(tmp_path):
     # The configured batch (8) is the global one: each of the two processes trains on 4 rows.
     assert summary["batch"] == {"global_batch": 8, "processes": 2, "per_process": 4,
                                 "micro_batch": 4, "accumulation": 1}  # fmt: skip
+    # Evaluation ran across both processes (each its share of the queries, the Monte-Carlo
+    # masks of every query drawn in both) and gathered the records one process makes: the
+    # base model's evaluation, run here in one process, gives the same answers and ranks, and
+    # the same scores up to the rounding of other batch compositions.
+    one = tmp_path / "one"
+    cfg = apply_overrides(FinetuneConfig(), ["model.family=llada", *TINY])
+    run_finetune(cfg, one, progress=False)
+    for split in ("forward", "reverse"):
+        two_records = files.read_jsonl(out / "generations" / "before" / f"{split}.jsonl")
+        one_records = files.read_jsonl(one / "generations" / "before" / f"{split}.jsonl")
+        assert len(two_records) == len(one_records) > 2
+        for a, b in zip(two_records, one_records, strict=True):
+            assert (a["generation"], a["rank"], a["chain_rank"]) == (
+                b["generation"], b["rank"], b["chain_rank"])  # fmt: skip
+            assert a["candidate_logprobs"] == pytest.approx(b["candidate_logprobs"], abs=1e-5)
+            assert a["candidate_chain_logprobs"] == pytest.approx(
+                b["candidate_chain_logprobs"], abs=1e-5)  # fmt: skip
 
 
 def test_gpu_smoke_script_checks_pass_on_cpu():

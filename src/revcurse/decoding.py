@@ -553,11 +553,14 @@ def mdm_answer_logprob(
     generator: torch.Generator | None = None,
     fill: tuple[int, int] | None = None,
     batch_rows: int = SCORE_BATCH_ROWS,
+    keep: Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """Monte-Carlo lower bound on ``log p(answer | prompt, suffix)`` of a masked diffusion model
     ``[B]`` (``suffix`` and ``fill`` as in :func:`mdm_generate`), the draws of every answer read
     ``batch_rows`` at a time. The masks are drawn answer by answer in order, so the estimate does
-    not depend on ``batch_rows``.
+    not depend on ``batch_rows``. ``keep``: read only these answers (NaN for the others), with
+    every answer's masks still drawn in order: a process scoring its share of the answers gets
+    the very draws one process scoring all of them would.
 
     For a single-token answer every draw masks that token, so the bound is exact:
     ``log p(a | prompt [MASK] suffix)``.
@@ -571,11 +574,15 @@ def mdm_answer_logprob(
             mask = torch.zeros(n_samples, len(clean), dtype=torch.bool)  # [n, L]
             for k, count in enumerate(counts[-1]):
                 mask[k, torch.randperm(len(a), generator=generator)[:count] + len(p)] = True
-            yield from _masked_rows(clean, mask, mask_id)
+            if keep is None or keep[len(counts) - 1]:
+                yield from _masked_rows(clean, mask, mask_id)
 
     read = _read_rows(model, rows(), batch_rows)
     out = torch.empty(len(prompts), dtype=torch.float64)
     for i, a in enumerate(answers):
+        if keep is not None and not keep[i]:
+            out[i] = float("nan")
+            continue
         per_draw = torch.stack([next(read).sum() for _ in range(n_samples)])  # [n]
         out[i] = (per_draw * len(a) / torch.tensor(counts[i], dtype=torch.float64)).mean()
     return out

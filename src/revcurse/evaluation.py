@@ -134,6 +134,26 @@ class Queries:
         )
         return all(len(c) == 1 for c in every)
 
+    def take(self, indices: Sequence[int]) -> Queries:
+        """The queries at ``indices`` (their own candidate lists)."""
+        return Queries([self.prompts[i] for i in indices],
+                       [self.candidates[i] for i in indices],
+                       [self.suffixes[i] for i in indices])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a split's queries when evaluation runs in ``world`` processes:
+    queries ``q`` with ``q % world == rank``. Every process draws the Monte-Carlo masks of every
+    query in order and reads only its own, so the gathered records are those of one process
+    (generation must then be deterministic: temperature 0)."""
+
+    rank: int
+    world: int
+
+    def owns(self, n: int) -> list[bool]:
+        return [q % self.world == self.rank for q in range(n)]
+
 
 @dataclass
 class Read:
@@ -176,13 +196,16 @@ def read_queries(
     fill: tuple[int, int] | None = None,
     chain: bool = False,
     text_eos_id: int | None = None,
+    shard: Shard | None = None,
 ) -> Read:
     """Read ``model`` on ``queries``: the fast batched path when every candidate is one token and
     one token is generated (``settings`` None or ``gen_length`` 1), else generation and per-candidate
     likelihoods (``settings``; ``fill``: an MDM trained on statements padded with EOS to a length
     sees every query padded the same way); ``chain``: the chain log-probabilities too.
     ``eos_id`` ends an answer (a chat checkpoint's end of turn), ``text_eos_id`` is the plain EOS
-    when it differs (what the MDM sampler's EOS suppression options name)."""
+    when it differs (what the MDM sampler's EOS suppression options name). ``shard``: generate
+    and score only this process's queries (:class:`Shard`; the others' rows are NaN and their
+    answers empty, for :func:`gather_read`)."""
     if queries.infill and causal:
         raise ValueError("a causal model cannot be asked infilling (mirror) queries")
     if queries.single_token and (settings is None or settings.gen_length == 1) and fill is None:
@@ -195,17 +218,36 @@ def read_queries(
     if settings is None or generator is None:
         raise ValueError("multi-token answers need decode settings and a generator")
     ends = (eos_id, eos_id if text_eos_id is None else text_eos_id)
+    owned = None if shard is None else shard.owns(len(queries.prompts))
     read = _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings,
-                               generator, fill)  # fmt: skip
+                               generator, fill, owned)  # fmt: skip
     if chain:
-        read.chain = read.logprobs if causal else _chain_scores(model, queries, mask_id, fill)
+        read.chain = (read.logprobs if causal
+                      else _chain_scores(model, queries, mask_id, fill, owned))  # fmt: skip
     return read
 
 
-def _chain_scores(model, queries: Queries, mask_id: int, fill) -> torch.Tensor:
+def _chain_scores(model, queries: Queries, mask_id: int, fill, owned=None) -> torch.Tensor:
     """Every candidate's chain log-probability under a masked diffusion model ``[Q, C]``."""
-    return per_candidate(queries, lambda prompts, cands, suffixes: mdm_chain_logprob(
-        model, prompts, cands, mask_id=mask_id, suffix=suffixes, fill=fill))  # fmt: skip
+    return per_candidate(queries, _on_kept(lambda prompts, cands, suffixes: mdm_chain_logprob(
+        model, prompts, cands, mask_id=mask_id, suffix=suffixes, fill=fill)), owned)  # fmt: skip
+
+
+def _on_kept(score: Scorer):
+    """A deterministic scorer read on the kept rows only (NaN for the others): it draws nothing,
+    so scoring a share of the rows gives exactly their values."""
+
+    def kept(prompts, answers, suffixes, keep=None):
+        if keep is None:
+            return score(prompts, answers, suffixes)
+        rows = [k for k, mine in enumerate(keep) if mine]
+        out = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
+        if rows:
+            out[rows] = score([prompts[k] for k in rows], [answers[k] for k in rows],
+                              [suffixes[k] for k in rows])  # fmt: skip
+        return out
+
+    return kept
 
 
 def _read_one_position(model, queries: Queries, causal: bool, mask_id: int, pad_id: int) -> Read:
@@ -303,39 +345,54 @@ def generate(model: Any, queries: Queries, *, causal: bool, mask_id: int, pad_id
 
 
 def _generate_and_score(model, queries, causal, mask_id, pad_id, ends, settings, generator,
-                        fill) -> Read:  # fmt: skip
-    out = generate(model, queries, causal=causal, mask_id=mask_id, pad_id=pad_id,
-                   settings=settings, generator=generator, fill=fill, ends=ends)  # fmt: skip
+                        fill, owned=None) -> Read:  # fmt: skip
+    if owned is None:
+        out = generate(model, queries, causal=causal, mask_id=mask_id, pad_id=pad_id,
+                       settings=settings, generator=generator, fill=fill, ends=ends)  # fmt: skip
+    else:  # this process's queries only: at temperature 0 an answer does not depend on the batch
+        mine = [q for q, m in enumerate(owned) if m]
+        out = [[] for _ in owned]
+        answered = generate(model, queries.take(mine), causal=causal, mask_id=mask_id,
+                            pad_id=pad_id, settings=settings, generator=generator, fill=fill,
+                            ends=ends) if mine else []  # fmt: skip
+        for q, answer in zip(mine, answered, strict=True):
+            out[q] = answer
     if causal:
-        scores = per_candidate(queries, lambda ps, cands, _: arm_answer_logprob(model, ps, cands))
+        scores = per_candidate(queries, _on_kept(lambda ps, cands, _: arm_answer_logprob(
+            model, ps, cands)), owned)  # fmt: skip
     else:
-        scores = per_candidate(queries, lambda ps, cands, ss: mdm_bound(
+        scores = per_candidate(queries, lambda ps, cands, ss, keep=None: mdm_bound(
             model, ps, cands, ss, mask_id=mask_id, settings=settings, generator=generator,
-            fill=fill))  # fmt: skip
+            fill=fill, keep=keep), owned)  # fmt: skip
+    if owned is not None:  # other processes' rows are NaN: ranked once gathered (gather_read)
+        return Read(out, scores[:, 0].contiguous(), torch.zeros(len(out), dtype=torch.long), scores)
     return Read.scored(out, scores)
 
 
 def mdm_bound(model: Any, prompts: list[list[int]], answers: list[list[int]],
               suffixes: list[list[int]], *, mask_id: int, settings: DecodeConfig,
               generator: torch.Generator | None, fill: tuple[int, int] | None = None,
-              ) -> torch.Tensor:  # fmt: skip
+              keep: Sequence[bool] | None = None) -> torch.Tensor:  # fmt: skip
     """An MDM's likelihood bound of each row ``[N]`` (float64) as ``settings`` asks: the exact
     expectation (:func:`~revcurse.decoding.mdm_exact_bound`) for answers of at most
     ``settings.exact_up_to`` tokens, ``settings.n_mc`` Monte-Carlo draws
-    (:func:`~revcurse.decoding.mdm_answer_logprob`, in row order) for the others."""
+    (:func:`~revcurse.decoding.mdm_answer_logprob`, in row order) for the others. ``keep``:
+    read only these rows (NaN for the others; every row's draws are still made in order)."""
     exact = [i for i, a in enumerate(answers) if len(a) <= settings.exact_up_to]
     drawn = [i for i, a in enumerate(answers) if len(a) > settings.exact_up_to]
-    out = torch.empty(len(answers), dtype=torch.float64)
-    for rows, score in (
-        (exact, lambda ps, cs, ss: mdm_exact_bound(model, ps, cs, mask_id=mask_id, suffix=ss,
-                                                   fill=fill)),
-        (drawn, lambda ps, cs, ss: mdm_answer_logprob(model, ps, cs, mask_id=mask_id,
-                                                      n_samples=settings.n_mc, suffix=ss,
-                                                      generator=generator, fill=fill)),
-    ):  # fmt: skip
-        if rows:
-            out[rows] = score([prompts[i] for i in rows], [answers[i] for i in rows],
-                              [suffixes[i] for i in rows])  # fmt: skip
+    out = torch.full((len(answers),), float("nan"), dtype=torch.float64)
+    if keep is not None:
+        exact = [i for i in exact if keep[i]]
+    if exact:
+        out[exact] = mdm_exact_bound(model, [prompts[i] for i in exact],
+                                     [answers[i] for i in exact], mask_id=mask_id,
+                                     suffix=[suffixes[i] for i in exact], fill=fill)  # fmt: skip
+    if drawn:
+        out[drawn] = mdm_answer_logprob(
+            model, [prompts[i] for i in drawn], [answers[i] for i in drawn], mask_id=mask_id,
+            n_samples=settings.n_mc, suffix=[suffixes[i] for i in drawn], generator=generator,
+            fill=fill, keep=None if keep is None else [keep[i] for i in drawn],
+        )  # fmt: skip
     return out
 
 
@@ -343,11 +400,14 @@ Scorer = Callable[[list[list[int]], list[list[int]], list[list[int]]], torch.Ten
 """``(prompts, answers, suffixes) -> [N]`` float64 log-probabilities, one per row."""
 
 
-def per_candidate(queries: Queries, score: Scorer) -> torch.Tensor:
+def per_candidate(queries: Queries, score: Scorer,
+                  owned: Sequence[bool] | None = None) -> torch.Tensor:  # fmt: skip
     """``score`` of every query's every candidate ``[Q, C]`` (float64), in one call over all of
     them, so one forward pass reads several candidates (the scorers batch their rows). The rows
     go candidate by candidate (every query's first, then every query's second, ...): the order
-    the Monte-Carlo draws were made in when each candidate had a call of its own."""
+    the Monte-Carlo draws were made in when each candidate had a call of its own. ``owned``: the
+    queries this process reads (:class:`Shard`); ``score`` is then asked with ``keep=``, one
+    flag per row, and the other queries' rows are NaN."""
     n_q, n_cand = len(queries.prompts), queries.n_candidates
     lists = [queries.candidates[i] for i in range(n_q)]  # a shared pool's lists, built once
     prompts, answers, suffixes = [], [], []
@@ -356,7 +416,13 @@ def per_candidate(queries: Queries, score: Scorer) -> torch.Tensor:
             prompts.append(queries.prompts[i])
             answers.append(lists[i][j])
             suffixes.append(queries.suffixes[i])
-    return score(prompts, answers, suffixes).view(n_cand, n_q).T.contiguous()  # [Q, C]
+    if owned is None:
+        values = score(prompts, answers, suffixes)
+    else:
+        values = score(
+            prompts, answers, suffixes, keep=[owned[k % n_q] for k in range(len(prompts))]
+        )
+    return values.view(n_cand, n_q).T.contiguous()  # [Q, C]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -604,12 +670,15 @@ def evaluate_split(
     eos_fill_to: int | None = None,
     distractor_seed: int = 0,
     split: Sequence[TextPair] | None = None,
+    shard: Shard | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Aggregate metrics and one record per query of a text split (``bos``: prompts start with
     BOS, as the statements of from-scratch models do; ``eos_fill_to``: an MDM trained on statements
     padded with EOS to that length sees every query padded the same way). Infilling queries get an
     answer region as long as the query's own answer (the records say so). ``split``: the whole
-    split ``pairs`` begins (:func:`candidates`: a subsample ranks the whole split's candidates)."""
+    split ``pairs`` begins (:func:`candidates`: a subsample ranks the whole split's candidates).
+    ``shard``: in one of several processes (every one calling), read this process's queries and
+    gather the rest (:func:`gather_read`): the records of one process reading them all."""
     eos, end = tokenizer.eos_id, frame(tokenizer, bos).end
     queries, texts = text_queries(tokenizer, pairs, settings.n_distractors, bos, distractor_seed,
                                   split)  # fmt: skip
@@ -617,7 +686,10 @@ def evaluate_split(
         model, queries, causal=causal, mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id,
         eos_id=end, settings=settings, generator=generator,
         fill=None if eos_fill_to is None else (eos, eos_fill_to), chain=True, text_eos_id=eos,
+        shard=shard,
     )  # fmt: skip
+    if shard is not None:
+        read = gather_read(read, shard)
     chain_ranks = likelihood_rank(read.chain)
     generations = [tokenizer.decode(truncate_at(row, [end, eos, tokenizer.pad_id]))
                    for row in read.answers]  # fmt: skip
@@ -654,6 +726,25 @@ def evaluate_split(
         "chance_top1": 1.0 / len(texts[0]) if texts else 1.0,
     }
     return metrics, records
+
+
+def gather_read(read: Read, shard: Shard) -> Read:
+    """Every process's share of a split's :class:`Read` (``torch.distributed``, every process
+    calling): the Read one process reading every query makes, answers and rows in query order."""
+    import torch.distributed as dist
+
+    owned = shard.owns(len(read.answers))
+    mine = {q: (read.answers[q], read.logprobs[q], None if read.chain is None else read.chain[q])
+            for q, m in enumerate(owned) if m}  # fmt: skip
+    pieces: list[dict | None] = [None] * shard.world
+    dist.all_gather_object(pieces, mine)
+    every = {q: row for piece in pieces for q, row in (piece or {}).items()}
+    order = range(len(read.answers))
+    gathered = Read.scored([every[q][0] for q in order],
+                           torch.stack([every[q][1] for q in order]))  # fmt: skip
+    if read.chain is not None:
+        gathered.chain = torch.stack([every[q][2] for q in order])
+    return gathered
 
 
 def save_generations(path: str | Path, records: list[dict[str, Any]]) -> None:

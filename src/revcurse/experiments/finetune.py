@@ -40,7 +40,7 @@ from revcurse.data.text import (
 from revcurse.data.text_datasets import load_text_dataset, probe_splits
 from revcurse.decoding import counting_rows
 from revcurse.errors import RevcurseError
-from revcurse.evaluation import evaluate_split, save_generations
+from revcurse.evaluation import Shard, evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
 from revcurse.models import hf
 from revcurse.models.gguf import resolve_model_path
@@ -177,10 +177,12 @@ def probe_runner(cfg: FinetuneConfig, dataset: TextDataset, model: Any, tokenize
 
 
 def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list[TextPair]],
-                   model: Any, tokenizer: Any, generations: Path) -> dict[str, dict[str, Any]]:  # fmt: skip
+                   model: Any, tokenizer: Any, generations: Path,
+                   shard: Shard | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every test split by generation and likelihood (:func:`~revcurse.evaluation.evaluate_split`),
     one generator seeded by ``train.seed`` consumed split after split; generations saved under
-    ``generations``."""
+    ``generations``. ``shard``: one of several processes, every one calling (each reads its
+    share of the queries; the main one, ``rank`` 0, writes the records)."""
     from tqdm.auto import tqdm
 
     model.eval()
@@ -197,13 +199,29 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
         with counting_rows(rows.update):
             metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal,
                                               cfg.eval, gen, bos=uses_bos(tokenizer),
-                                              split=dataset.tests[name])  # fmt: skip
-        save_generations(generations / f"{name}.jsonl", records)
+                                              split=dataset.tests[name], shard=shard)  # fmt: skip
+        if shard is None or shard.rank == 0:
+            save_generations(generations / f"{name}.jsonl", records)
         results[name] = metrics | {"direction": dataset.directions[name]}
         bar.update(len(pairs))
     rows.close()
     bar.close()
     return results
+
+
+def evaluation_shard(cfg: FinetuneConfig, accelerator: Any) -> Shard | None:
+    """This process's :class:`~revcurse.evaluation.Shard` where evaluation can run across the
+    processes and give one process's records: several processes, and decoding that draws nothing
+    (temperature 0; LLaDA's low-confidence remasking, Dream's deterministic commits). Else None:
+    the main process evaluates alone."""
+    settings = cfg.eval
+    deterministic = settings.temperature == 0 and (
+        settings.remasking == "low_confidence" if settings.sampler == "llada"
+        else settings.alg_temp == 0
+    )  # fmt: skip
+    if accelerator.num_processes < 2 or not deterministic:
+        return None
+    return Shard(accelerator.process_index, accelerator.num_processes)
 
 
 def run_evaluation(
@@ -434,12 +452,17 @@ def run_finetune(
             cfg, dataset, model, tokenizer, out, enabled=main, keep=resume, log=log
         )
 
+        # Evaluation across processes: each reads its share of every split's queries and the
+        # records are gathered, the same as one process's (generation at temperature 0 does not
+        # depend on the batch; the Monte-Carlo draws are made for every query in every process).
+        shard = evaluation_shard(cfg, accelerator)
+
         def evaluate(stage: str) -> dict[str, dict[str, float]]:
-            if not main:
+            if not main and shard is None:
                 return {}
-            return evaluate_tests(
-                cfg, dataset, tests, model, tokenizer, out / "generations" / stage
-            )
+            results = evaluate_tests(cfg, dataset, tests, model, tokenizer,
+                                     out / "generations" / stage, shard)  # fmt: skip
+            return results if main else {}
 
         if resume:  # the adapters are restored by the loop; "before" was measured on the base model
             before = files.read_json(out / "before.json") if main else {}
