@@ -4,6 +4,7 @@ docs/results/, and the check notices when they do not."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -268,6 +269,18 @@ def _leaf_names() -> set[str]:
     for path in published.RESULTS.glob("*/summary.json"):
         walk(json.loads(path.read_text()))
     return names
+
+
+def test_a_marker_that_does_not_parse_fails_the_check(tmp_path):
+    """A value marker with a stray word (here the name twice) matches no marker pattern; it was
+    skipped, so its number was never compared with its results file. Now it is reported."""
+    shutil.copytree(published.RESULTS / "toy", tmp_path / "docs" / "results" / "toy")
+    readme = tmp_path / "README.md"
+    readme.write_text("MDM reverse <!-- value: toy toy aggregate/mdm/reverse_accuracy/mean .2f "
+                      "-->0.99<!-- /value -->.\n")  # fmt: skip
+    problems = published.check(tmp_path)
+    assert problems[0].startswith("README.md:1: a value or results marker that does not parse")
+    assert "number '0.99' outside a results block or value" in problems[1]
 
 
 def test_every_published_field_names_the_test_that_guards_it():

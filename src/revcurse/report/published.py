@@ -760,6 +760,16 @@ def check(root: Path = ROOT) -> list[str]:
     results = root / "docs" / "results"
     for path in documents(root):
         text = path.read_text()
+        # a marker that does not parse would be skipped silently, its number never checked
+        parsed = {m.start() for m in VALUE.finditer(text)} | {
+            m.start() for m in BLOCK.finditer(text)
+        }
+        for m in re.finditer(r"(?<!`)<!-- (?:value|results): ", text):  # not in a code span
+            if m.start() not in parsed:
+                line = text[: m.start()].count("\n") + 1
+                stale.append(f"{path.relative_to(root)}:{line}: a value or results marker that "
+                             "does not parse (expected '<!-- value: NAME PATH FORMAT -->...' or "
+                             "'<!-- results: NAME VIEW -->')")  # fmt: skip
         for m in BLOCK.finditer(text):
             if m["body"] != render_block(m["name"], m["view"], results):
                 line = text[: m.start()].count("\n") + 1
