@@ -392,6 +392,36 @@ def test_family_and_variant_tests_are_read_mdm_minus_arm_and_variant_minus_mdm(m
     assert asked == [("mdm", "arm", dict(task.compared)),
                      ("mdm-answer", "mdm", {s: forward[s] for s in task.variant_compared}
                       | dict(task.compared))]  # fmt: skip
+    # an autoregressive variant (masked-AR) is also read against the ARM; an MDM variant is not
+    asked.clear()
+    cfg = apply_overrides(PersonDescriptionConfig(), [
+        'variants={"mdm-answer": ["train.maskable=answer"], '
+        '"masked-ar": ["model.causal=true", "train.objective=masked_ar"]}'])  # fmt: skip
+    F.compare_variants_with_arm(Path("unused"), cfg, {})
+    assert asked == [("masked-ar", "arm", {s: forward[s] for s in task.variant_compared}
+                      | dict(task.compared))]  # fmt: skip
+
+
+def test_a_text_arm_trains_masked_ar_when_asked(tmp_path, monkeypatch):
+    """train.objective=masked_ar on a from-scratch ARM: every step's loss is masked_ar_loss (a
+    spy counts the calls); an MDM may not ask for it (one-line refusal naming the field)."""
+    import revcurse.objectives as O
+    from revcurse.config import TextRunConfig
+    from revcurse.errors import ConfigError
+    from revcurse.experiments.from_scratch import train_run
+
+    calls = []
+    original = O.masked_ar_loss
+    monkeypatch.setattr(O, "masked_ar_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = apply_overrides(TextRunConfig(), [
+        "dataset=parent-child", "n_people=2", "max_eval=4", "model.causal=true",
+        "model.d_model=16", "model.max_seq_len=20", "train.objective=masked_ar",
+        "train.steps=3", "train.batch_size=4", "train.checkpoint_every=0",
+        "eval.n_distractors=2", "eval.n_mc=1", "probe.enabled=false"])  # fmt: skip
+    summary = train_run(cfg, tmp_path / "run")
+    assert len(calls) == 3 and summary["splits"]
+    with pytest.raises(ConfigError, match="train.objective"):
+        apply_overrides(TextRunConfig(), ["train.objective=masked_ar"])
 
 
 def test_probe_curves_are_seed_means_of_each_quantity_by_name(tmp_path):

@@ -368,12 +368,14 @@ class TrainConfig:
         _check(self.mask_unit in ("token", "entity"), where, "mask_unit",
                "one of 'token', 'entity'", self.mask_unit)  # fmt: skip
 
-    def check_text(self, where: str, entity_masking: bool = False) -> None:
+    def check_text(self, where: str, entity_masking: bool = False,
+                   masked_ar: bool = False) -> None:  # fmt: skip
         """Refuse, in the config that holds this as ``train``, the settings only toy runs have (a
         text run's loss follows model.causal; ``entity_masking``: whether this kind of run masks
-        entities whole)."""
-        _check(self.objective == "auto", where, "train.objective",
-               "auto (text runs train masked_diffusion or next_token by model.causal)",
+        entities whole; ``masked_ar``: whether it may train an autoregressive model masked-AR)."""
+        _check(self.objective == "auto" or (masked_ar and self.objective == "masked_ar"), where,
+               "train.objective", "auto (text runs train masked_diffusion or next_token by "
+               "model.causal)" + (", or masked_ar" if masked_ar else ""),
                self.objective)  # fmt: skip
         _check(self.maskable in ("all", "answer"), where, "train.maskable",
                "all or answer for a text run", self.maskable)  # fmt: skip
@@ -950,7 +952,7 @@ class TextRunConfig:
                self.path_sha256) is not None), where, "path_sha256",
                "empty or the 64 hex digits of a facts file's SHA-256 (filled in by revcurse)",
                self.path_sha256)  # fmt: skip
-        self.train.check_text(where, entity_masking=True)
+        self.train.check_text(where, entity_masking=True, masked_ar=self.model.causal)
         _check(self.model.attention == "auto", where, "model.attention",
                "auto for a text run (the objective x attention cells are toy runs so far)",
                self.model.attention)  # fmt: skip

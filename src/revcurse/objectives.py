@@ -301,8 +301,11 @@ def training_loss(
     raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
 
-def text_objective(causal: bool) -> str:
-    """The objective of a text run: next-token for an ARM, masked diffusion for an MDM."""
+def text_objective(causal: bool, objective: str = "auto") -> str:
+    """The objective of a text run: ``objective`` where one is set (masked-AR, from-scratch
+    ARMs), else next-token for an ARM, masked diffusion for an MDM."""
+    if objective != "auto":
+        return objective
     return "next_token" if causal else "masked_diffusion"
 
 

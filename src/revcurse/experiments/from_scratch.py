@@ -193,7 +193,8 @@ def train_run(
         probes.truncate(training.read_step(out / "checkpoints" / "last.safetensors"))
     else:
         probes(model, 0)
-    loss = run_loss(text_objective(causal), tokenizer.mask_id, eps=cfg.train.diffusion_eps,
+    loss = run_loss(text_objective(causal, cfg.train.objective), tokenizer.mask_id,
+                    eps=cfg.train.diffusion_eps,
                     weighting=cfg.train.loss_weighting, cart_p=cfg.train.cart_p)  # fmt: skip
     meta = {"config": json.dumps(to_dict(cfg)), "vocab": json.dumps(tokenizer.vocab.tokens)}
     fitted = training.fit(
@@ -410,6 +411,12 @@ def summarise(out: Path, cfg: PersonDescriptionConfig, summaries: list[dict]) ->
         },
         "comparison": compare_families(out, cfg, fitted),
         "variant_comparison": compare_variants(out, cfg, fitted),
+        # only where a variant is autoregressive: summaries of experiments without one unchanged
+        **(
+            {"variant_arm_comparison": versus_arm}
+            if (versus_arm := compare_variants_with_arm(out, cfg, fitted))
+            else {}
+        ),
         "probe_curves": probe_curves(out, cfg),
     }
     files.write_json(out / "summary.json", summary)
@@ -583,7 +590,25 @@ def compare_variants(out: Path, cfg: PersonDescriptionConfig,
                      fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
     """Per variant, its paired tests against the MDM (effect = variant - MDM) on the task's
     forward splits of :attr:`Task.variant_compared` and its reverse splits."""
+    splits = _variant_splits(cfg)
+    return {name: _paired(out, fitted, name, "mdm", splits, cfg.seeds[0]) for name in cfg.variants}
+
+
+def _variant_splits(cfg: PersonDescriptionConfig) -> dict[str, str]:
+    """The splits a variant is compared on (split -> statement group): the task's forward splits
+    of :attr:`Task.variant_compared` and its reverse splits."""
     task = task_for(cfg.run)
     group_of = {forward: group for group, (forward, _) in task.fit.items()}
-    splits = {s: group_of[s] for s in task.variant_compared} | task.compared
-    return {name: _paired(out, fitted, name, "mdm", splits, cfg.seeds[0]) for name in cfg.variants}
+    return {s: group_of[s] for s in task.variant_compared} | task.compared
+
+
+def compare_variants_with_arm(out: Path, cfg: PersonDescriptionConfig,
+                              fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
+    """Per autoregressive variant (masked-AR: an ARM trained on masked inputs), its paired tests
+    against the plain ARM as well (effect = variant - ARM), on the same splits as
+    :func:`compare_variants`: what the variant changes holding the causal model fixed."""
+    if "arm" not in cfg.families:
+        return {}
+    splits = _variant_splits(cfg)
+    return {name: _paired(out, fitted, name, "arm", splits, cfg.seeds[0]) for name in cfg.variants
+            if cfg.run_config(name, cfg.seeds[0]).model.causal}  # fmt: skip

@@ -90,7 +90,8 @@ NOTE = (
 
 
 def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
-    """The paired verdicts: MDM vs ARM, and each variant vs the MDM."""
+    """The paired verdicts: MDM vs ARM, each variant vs the MDM, and each autoregressive variant
+    (masked-AR) vs the ARM."""
     blocks = comparison_section(
         summary.get("comparison") or {},
         "MDM minus ARM on the reverse splits, paired by seed and query",
@@ -106,6 +107,15 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
             lambda key: key.split("."),
             NOTE,
             effect=f"{name.upper()} - MDM",
+        )
+    for name, tests in (summary.get("variant_arm_comparison") or {}).items():
+        blocks += comparison_section(
+            tests,
+            f"{name.upper()} minus ARM (the causal model held fixed), paired by seed and query",
+            ["split", "metric"],
+            lambda key: key.split("."),
+            NOTE,
+            effect=f"{name.upper()} - ARM",
         )
     return blocks
 
