@@ -60,6 +60,11 @@ def test_the_matched_pair_trains_one_checkpoint_as_both_families_and_pairs_them(
                                        / "after" / f"{split}.jsonl")  # fmt: skip
             facts = {p.prompt: p.fact for p in dataset.tests[split]}
             assert records and all(facts[r["prompt"]] in trained for r in records)
+            # ranked against other trained facts' answers only: against the whole split's, a
+            # name seen in training would stand out among strangers
+            trained_answers = {a.strip() for p in dataset.tests[split] if p.fact in trained
+                               for a in p.answers}  # fmt: skip
+            assert all(c in trained_answers for r in records for c in r["candidates"])
     # fit, recomputed from the rows
     for reading, metric in summary["fit"]["readings"].items():
         for family in ("llama", "llama-a2d"):

@@ -116,7 +116,10 @@ def of_trained_facts(cfg: FinetuneConfig, dataset: TextDataset,
                      pairs: list[TextPair]) -> list[TextPair]:  # fmt: skip
     """The queries of a test split asked about facts the run trains on: all of them, unless
     ``data.max_train`` cuts the training statements and the dataset names its facts (then a
-    reverse query about an untrained fact, which would measure nothing, is left out)."""
+    reverse query about an untrained fact, which would measure nothing, is left out). The
+    candidates a query is ranked against are drawn from the same queries' answers: against the
+    whole split's, the trained names would stand out as the only familiar ones (a child named
+    in a trained prompt ranks first for any parent), a rank gain with no reversal in it."""
     trained = dataset.train[: cfg.data.max_train or None]
     if len(trained) == len(dataset.train) or not all(p.fact for p in [*trained, *pairs]):
         return pairs
@@ -199,7 +202,9 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
         with counting_rows(rows.update):
             metrics, records = evaluate_split(model, tokenizer, pairs, model.spec.causal,
                                               cfg.eval, gen, bos=uses_bos(tokenizer),
-                                              split=dataset.tests[name], shard=shard)  # fmt: skip
+                                              split=of_trained_facts(cfg, dataset,
+                                                                     dataset.tests[name]),
+                                              shard=shard)  # fmt: skip
         if shard is None or shard.rank == 0:
             save_generations(generations / f"{name}.jsonl", records)
         results[name] = metrics | {"direction": dataset.directions[name]}
