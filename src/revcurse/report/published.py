@@ -412,7 +412,7 @@ def draws_tests(s: dict[str, Any]) -> str:
 
 def readings_table(s: dict[str, Any]) -> str:
     """``analyse decoding``: per cell and reading, fit and reverse read that way."""
-    from revcurse.experiments.decoding_control import CELL_COLUMNS, cell_rows
+    from revcurse.report.readings import CELL_COLUMNS, cell_rows
 
     return _table(CELL_COLUMNS, cell_rows(s)) + (
         "\n\nMeans over seeds. sampler: the evaluation's generation (one token per step); "
@@ -425,7 +425,7 @@ def readings_table(s: dict[str, Any]) -> str:
 
 def readings_tests(s: dict[str, Any]) -> str:
     """``analyse decoding``: the sweep's paired tests under each reading, with its fit labels."""
-    from revcurse.experiments.decoding_control import TEST_COLUMNS, test_rows
+    from revcurse.report.readings import TEST_COLUMNS, test_rows
 
     return _table(TEST_COLUMNS, test_rows(s)) + (
         "\n\nReverse difference paired by seed and fact; decisions as in every sweep (p < 0.05 "
