@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from revcurse.data.schema import TextPair, entity_text, mirror_query
 from revcurse.data.text import fill_row, frame
@@ -244,11 +245,18 @@ def gradient_alignments(
             uses.setdefault(id(rev), []).append((pairing, first))
             reverse[id(rev)] = rev
     cosines: dict[str, list[dict[str, float]]] = {pairing: [] for pairing in facts}
+    # a backward pass of the whole model per query: minutes on a large model, so shown (on a
+    # terminal only) with its rate
+    bar = tqdm(total=len(reverse) + sum(len(u) for u in uses.values()), desc="  probe gradients",
+               unit="query", disable=None, leave=False)  # fmt: skip
     for key, rev in reverse.items():
         g_rev = _query_gradient(model, params, rev, causal, mask_id)
+        bar.update()
         for pairing, first in uses[key]:
             g_first = _query_gradient(model, params, first, causal, mask_id)
             cosines[pairing].append(group_cosines(g_first, g_rev))
+            bar.update()
+    bar.close()
     out = {}
     for pairing, per_fact in cosines.items():
         overall = [c["all"] for c in per_fact]
