@@ -103,6 +103,12 @@ def test_reproduce_person_description_end_to_end(tmp_path):
     assert curves["arm"]["steps"] == [0, 15, 30] and set(curves["arm"]["pairings"]) == {"forward"}
     mirror = curves["mdm"]["pairings"]["mirror"]
     assert all(len(v) == 3 for v in mirror.values())
+    # the report says in words what 4 probe facts cannot give (a correlation per distance
+    # third) instead of a table of dashes and an empty panel; the accuracy tables say how each
+    # split's queries relate to training
+    report = (out / "report.md").read_text()
+    assert "near third" not in report and "by distance third is not shown" in report
+    assert "| untrained reverse |" in report and "| direction |" not in report
     record = json.loads((out / "models/mdm-seed0/probes.jsonl").read_text().splitlines()[-1])
     attention = record["pairings"]["mirror"]["attention"]
     assert len(attention["distance"]) == 4 and len(attention["r_by_distance"]) == 1

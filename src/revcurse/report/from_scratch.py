@@ -122,6 +122,12 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
 
 CURVE_STYLE = {"near": ":", "middle": "--", "far": "-"}
 
+QUERY_KINDS = {"forward": "trained", "mirror": "mirror of a trained statement",
+               "reverse": "untrained reverse"}  # fmt: skip
+"""How a split's queries relate to training, for the accuracy tables: a group trained in both
+directions asks its reverse statements as trained queries (labelled "forward" in the summary,
+which read as the trained direction, not as the forward relation)."""
+
 
 def curves_figure(out: Path, summary: dict[str, Any]) -> Path | None:
     """The probes over training (mean over seeds): attention correlation per model and pairing,
@@ -129,24 +135,26 @@ def curves_figure(out: Path, summary: dict[str, Any]) -> Path | None:
     curves = summary.get("probe_curves") or {}
     if not curves:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    thirds = has_thirds(summary)  # too few probe facts leave every third without a correlation
+    fig, axes = plt.subplots(1, 3 if thirds else 2, figsize=(15 if thirds else 10, 3.8))
+    first, by_third, cosine = (axes[0], axes[1], axes[2]) if thirds else (axes[0], None, axes[1])
     for i, (name, c) in enumerate(curves.items()):
         color = FAMILY_COLORS.get(name, f"C{i + 2}")
         for pairing, rows in c["pairings"].items():
             ls = "-" if pairing == "mirror" else "--"
-            axes[0].plot(c["steps"], _nan(rows["attention_r"]), ls, color=color,
-                         label=f"{name} {pairing}")  # fmt: skip
+            first.plot(c["steps"], _nan(rows["attention_r"]), ls, color=color,
+                       label=f"{name} {pairing}")  # fmt: skip
             if pairing == ("mirror" if "mirror" in c["pairings"] else "forward"):
-                for third, style in CURVE_STYLE.items():
-                    axes[1].plot(c["steps"], _nan(rows[f"attention_r_{third}"]), style,
-                                 color=color, label=f"{name} {pairing} {third}")  # fmt: skip
-                axes[2].plot(c["steps"], _nan(rows["cos_pair_rev_storage"]), "-", color=color,
-                             label=f"{name} {pairing} storage")  # fmt: skip
-                axes[2].plot(c["steps"], _nan(rows["cos_pair_rev_routing"]), ":", color=color,
-                             label=f"{name} {pairing} routing")  # fmt: skip
-    titles = ("attention r (mean over layers, heads)",
-              "attention r by distance third (mirror; ARM: forward)",
-              "gradient cosine, paired vs reverse query")  # fmt: skip
+                for third, style in CURVE_STYLE.items() if by_third is not None else ():
+                    by_third.plot(c["steps"], _nan(rows[f"attention_r_{third}"]), style,
+                                  color=color, label=f"{name} {pairing} {third}")  # fmt: skip
+                cosine.plot(c["steps"], _nan(rows["cos_pair_rev_storage"]), "-", color=color,
+                            label=f"{name} {pairing} storage")  # fmt: skip
+                cosine.plot(c["steps"], _nan(rows["cos_pair_rev_routing"]), ":", color=color,
+                            label=f"{name} {pairing} routing")  # fmt: skip
+    titles = ["attention r (mean over layers, heads)",
+              *(["attention r by distance third (mirror; ARM: forward)"] if thirds else []),
+              "gradient cosine, paired vs reverse query"]  # fmt: skip
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
@@ -159,9 +167,21 @@ def _nan(values: list[float | None]) -> list[float]:
     return [np.nan if v is None else v for v in values]
 
 
+def has_thirds(summary: dict[str, Any]) -> bool:
+    """Whether any model's probes have an attention correlation by distance third (each third
+    needs at least 3 probe facts)."""
+    return any(v is not None for c in (summary.get("probe_curves") or {}).values()
+               for r in c["pairings"].values() for third in CURVE_STYLE
+               for v in r[f"attention_r_{third}"])  # fmt: skip
+
+
 def curves_table(summary: dict[str, Any]) -> list[Block]:
     """The last probed step's attention correlation by distance third, with the thirds' mean
-    distances."""
+    distances; where no third has a correlation, one sentence instead of a table of dashes."""
+    if summary.get("probe_curves") and not has_thirds(summary):
+        return [Para("The attention correlation by distance third is not shown: each third needs "
+                     "at least 3 probe facts, and this run probed too few (probe.n_facts) for "
+                     "any.")]  # fmt: skip
     rows = []
     for name, c in (summary.get("probe_curves") or {}).items():
         for pairing, r in c["pairings"].items():
@@ -215,9 +235,10 @@ def write_report(out: Path, cfg: PersonDescriptionConfig, summary: dict[str, Any
                 if any(k.endswith(f".{m}") for a in agg.values() for k in a)]  # fmt: skip
     for title, splits in task.tables:
         blocks.append(Heading(f"Accuracy, {title}"))
-        header = ["split", "direction"] + [f"{f.upper()} {m}" for f in agg for m in measures]
+        header = ["split", "query"] + [f"{f.upper()} {m}" for f in agg for m in measures]
         rows = [
-            [s, summary["splits"][s]] + [_cell(agg[f], f"{s}.{m}") for f in agg for m in measures]
+            [s, QUERY_KINDS.get(summary["splits"][s], summary["splits"][s])]
+            + [_cell(agg[f], f"{s}.{m}") for f in agg for m in measures]
             for s in splits
         ]
         blocks.append(Table(header, rows))
