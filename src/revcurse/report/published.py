@@ -521,6 +521,14 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
         ("objective-attention", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
         for n in OBJECTIVE_ATTENTION_SLICES
     },
+    **{
+        ("objective-attention-entities", n): (lambda s, n=n: slice_table(s, n))
+        for n in OBJECTIVE_ATTENTION_SLICES
+    },
+    **{
+        ("objective-attention-entities", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
+        for n in OBJECTIVE_ATTENTION_SLICES
+    },
     **{("entity-masking", n): (lambda s, n=n: slice_table(s, n)) for n in ENTITY_MASKING_SLICES},
     **{
         ("entity-masking", f"{n}-tests"): (lambda s, n=n: slice_tests(s, n))
