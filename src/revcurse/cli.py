@@ -425,6 +425,11 @@ analyse_app = typer.Typer(
 app.add_typer(analyse_app, name="analyse")
 
 
+def _cell_label(labels: dict) -> str:
+    """A sweep cell's labels as the analyse commands print them: ``key=value`` by last part."""
+    return " ".join(f"{k.split('.')[-1]}={v}" for k, v in labels.items())
+
+
 @analyse_app.command("mc-draws")
 @guarded
 def analyse_mc_draws(
@@ -451,7 +456,7 @@ def analyse_mc_draws(
     target = out or sweep.parent / f"{sweep.name}-mc-draws"
     summary = measure(sweep, target, counts, command=_command_line(), progress=progress)
     for cell in summary["cells"]:
-        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        name = _cell_label(cell["labels"])
         values = "  ".join(f"{n} {cell['accuracy'][n]['mean']:.3f}" for n in summary["scorers"])
         typer.echo(f"{name}: {values}")
     typer.echo(f"report: {target / 'report.md'}")
@@ -475,7 +480,7 @@ def analyse_decoding(
     target = out or sweep.parent / f"{sweep.name}-decoding"
     summary = measure(sweep, target, command=_command_line(), progress=progress)
     for cell in summary["cells"]:
-        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        name = _cell_label(cell["labels"])
         values = "  ".join(
             f"{r}: fitted {v['fit']['n_fitted']}/{v['fit']['n']} {v['fit']['label']}"
             for r, v in cell["readings"].items()
@@ -500,7 +505,7 @@ def analyse_probes(
     target = out or sweep.parent / f"{sweep.name}-probes"
     summary = measure(sweep, target, command=_command_line(), progress=progress)
     for cell in summary["cells"]:
-        name = " ".join(f"{k.split('.')[-1]}={v}" for k, v in cell["labels"].items())
+        name = _cell_label(cell["labels"])
         values = "  ".join(f"{p}: r {v['r']:+.2f} cos {v['cos_pair_rev']:+.2f}"
                            for p, v in cell["probes"].items())  # fmt: skip
         typer.echo(f"{name}: {values}")

@@ -42,7 +42,13 @@ from revcurse.config import DecodeConfig
 from revcurse.decoding import mdm_exact_bound, mdm_one_step_logprob
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ToyEvaluator, generate, per_candidate
-from revcurse.experiments.sweep import cells_of, contrasts, per_run_records, sweep_results
+from revcurse.experiments.sweep import (
+    cells_of,
+    contrasts,
+    finished_mdm_runs,
+    per_run_records,
+    sweep_results,
+)
 from revcurse.metrics import likelihood_rank
 from revcurse.repro import use_threads, write_provenance
 from revcurse.stats import aggregate, fit_summary
@@ -99,7 +105,7 @@ def measure(
     """Read every finished MDM run of ``sweep`` every way of :data:`READINGS` (reusing the per-run files a previous
     call left in ``out``); write ``summary.json`` and ``report.md`` into ``out``."""
     cfg, jobs, outcomes = sweep_results(sweep)
-    mdm = [j for j in jobs if outcomes[j.run_id].status == "done" and not j.config.model.causal]
+    mdm = finished_mdm_runs(jobs, outcomes)
     if not mdm:
         raise RevcurseError(f"{sweep}: no finished MDM run to read")
     write_provenance(out, f"readings: {list(READINGS)}\nsweep: {sweep}\n", command)

@@ -37,7 +37,13 @@ from revcurse.decoding import mdm_answer_logprob, mdm_chain_logprob, mdm_exact_b
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import per_candidate, toy_queries
 from revcurse.experiments.executor import Job
-from revcurse.experiments.sweep import cells_of, contrasts, per_run_records, sweep_results
+from revcurse.experiments.sweep import (
+    cells_of,
+    contrasts,
+    finished_mdm_runs,
+    per_run_records,
+    sweep_results,
+)
 from revcurse.metrics import likelihood_rank
 from revcurse.repro import use_threads, write_provenance
 from revcurse.stats import aggregate
@@ -93,7 +99,7 @@ def measure(
     """Score every finished MDM run of ``sweep`` with every scorer (reusing the per-run files a
     previous call left in ``out``), then write ``summary.json`` and ``report.md`` into ``out``."""
     cfg, jobs, outcomes = sweep_results(sweep)
-    mdm = [j for j in jobs if outcomes[j.run_id].status == "done" and not j.config.model.causal]
+    mdm = finished_mdm_runs(jobs, outcomes)
     if not mdm:
         raise RevcurseError(f"{sweep}: no finished MDM run to score")
     names = scorer_names(draws)

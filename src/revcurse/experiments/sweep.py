@@ -688,6 +688,11 @@ def _fit_label(cell: dict[int, Any], seeds: list[int], outcomes) -> str:
     return fit_summary([outcomes[cell[s].run_id].summary for s in seeds])["label"]
 
 
+def finished_mdm_runs(jobs, outcomes) -> list[Job]:
+    """The jobs of a sweep whose runs finished and are MDMs (what the sweep analyses re-read)."""
+    return [j for j in jobs if outcomes[j.run_id].status == "done" and not j.config.model.causal]
+
+
 def per_run_records(
     out: Path, chosen, read: Callable[[Path], dict[str, Any]], *, desc: str, progress: bool,
     reusable: Callable[[dict[str, Any]], bool] = lambda saved: True,

@@ -25,7 +25,12 @@ import numpy as np
 from revcurse import files
 from revcurse.config import apply_overrides
 from revcurse.errors import RevcurseError
-from revcurse.experiments.sweep import cells_of, per_run_records, sweep_results
+from revcurse.experiments.sweep import (
+    cells_of,
+    finished_mdm_runs,
+    per_run_records,
+    sweep_results,
+)
 from revcurse.repro import use_threads, write_provenance
 
 
@@ -71,8 +76,7 @@ def measure(
     """Probe every finished MDM run of ``sweep`` with several tokens per entity; write
     ``summary.json`` and ``report.md`` into ``out``."""
     _, jobs, outcomes = sweep_results(sweep)
-    chosen = [j for j in jobs if outcomes[j.run_id].status == "done"
-              and not j.config.model.causal and j.config.data.entity_tokens > 1]  # fmt: skip
+    chosen = [j for j in finished_mdm_runs(jobs, outcomes) if j.config.data.entity_tokens > 1]
     if not chosen:
         raise RevcurseError(f"{sweep}: no finished MDM run with multi-token entities to probe")
     write_provenance(out, f"sweep: {sweep}\n", command)
@@ -90,13 +94,11 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     """``report.md``: per cell and pairing the coupling r and gradient cosine, and a figure of the
     last layer's position grids (paired query beside reverse query)."""
     from revcurse.report.figures import plt, save
+    from revcurse.report.readings import cell_name
     from revcurse.report.render import Figure, Para, Table, to_markdown
 
-    varying = [k for k in summary["cells"][0]["labels"]
-               if len({repr(c["labels"][k]) for c in summary["cells"]}) > 1]  # fmt: skip
-
     def name(labels: dict[str, Any]) -> str:  # the keys that tell the cells apart
-        return ", ".join(f"{k.split('.')[-1]}={labels[k]}" for k in varying) or "the cell"
+        return cell_name(summary, labels)
 
     rows = [[name(c["labels"]), pairing, f"{p['r']:+.2f}", f"{p['cos_pair_rev']:+.2f}"]
             for c in summary["cells"] for pairing, p in c["probes"].items()]  # fmt: skip

@@ -99,24 +99,18 @@ def comparison_blocks(summary: dict[str, Any]) -> list[Block]:
         lambda key: key.split("."),
         NOTE,
     )
-    for name, tests in (summary.get("variant_comparison") or {}).items():
-        blocks += comparison_section(
-            tests,
-            f"{name.upper()} minus MDM, paired by seed and query",
-            ["split", "metric"],
-            lambda key: key.split("."),
-            NOTE,
-            effect=f"{name.upper()} - MDM",
-        )
-    for name, tests in (summary.get("variant_arm_comparison") or {}).items():
-        blocks += comparison_section(
-            tests,
-            f"{name.upper()} minus ARM (the causal model held fixed), paired by seed and query",
-            ["split", "metric"],
-            lambda key: key.split("."),
-            NOTE,
-            effect=f"{name.upper()} - ARM",
-        )
+    against = (("variant_comparison", "MDM", ""),
+               ("variant_arm_comparison", "ARM", " (the causal model held fixed)"))  # fmt: skip
+    for key, baseline, held in against:
+        for name, tests in (summary.get(key) or {}).items():
+            blocks += comparison_section(
+                tests,
+                f"{name.upper()} minus {baseline}{held}, paired by seed and query",
+                ["split", "metric"],
+                lambda key: key.split("."),
+                NOTE,
+                effect=f"{name.upper()} - {baseline}",
+            )
     return blocks
 
 
