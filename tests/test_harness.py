@@ -5,6 +5,8 @@ does."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from conftest import run_cli
 from hypothesis import given
@@ -45,15 +47,20 @@ def test_exported_tasks_run_offline_on_a_tiny_model_and_ask_revcurses_questions(
     ckpt = tmp_path / "ckpt"
     save_chat_checkpoint(ckpt)
     dataset = load_text_dataset(FinetuneConfig().data)
-    tasks, skipped = export_harness(dataset, tmp_path / "tasks", n_distractors=3, gen_length=4)
+    tasks, skipped = export_harness(dataset, tmp_path / "written", n_distractors=3, gen_length=4)
     assert skipped == [] and len(tasks) == 2 * len(dataset.tests)
+    # portable: no file names where it was written, and it runs moved, from another directory
+    assert not any(str(tmp_path) in f.read_text() for f in (tmp_path / "written").iterdir())
+    shutil.move(tmp_path / "written", tmp_path / "moved" / "tasks")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     split = "reverse"  # prompts asked once with every accepted answer: several answers per doc
     gen, rank = f"revcurse_parent_child_{split}_gen", f"revcurse_parent_child_{split}_rank"
     results = lm_eval.simple_evaluate(
         model="hf",
         model_args={"pretrained": str(ckpt), "device": "cpu", "dtype": "float32"},
         tasks=[gen, rank],
-        task_manager=TaskManager(include_path=str(tmp_path / "tasks")),
+        task_manager=TaskManager(include_path=str(tmp_path / "moved" / "tasks")),
         limit=N,
         log_samples=True,
     )

@@ -12,6 +12,11 @@ out and named):
                                          ranking uses (:func:`revcurse.evaluation.candidates`,
                                          same distractors, same draw); ``acc`` is its top-1
     revcurse_<dataset>.yaml               the group of all of them
+    revcurse_docs.py                      reads a split's documents from the folder it lies in
+
+The tasks name their documents by file name only and load them through ``revcurse_docs.py``
+(the harness imports a task's ``!function`` from beside its YAML), so the folder can be moved or
+copied to another machine and run from any working directory.
 
 Run them with ``lm_eval --model hf --model_args pretrained=CKPT --include_path DIR --tasks
 revcurse_<dataset>`` (or the LLaDA / dllm harness models). How they relate to revcurse's own
@@ -47,6 +52,40 @@ EXACT_MATCH = {
 }
 """The generation tasks' metric: the harness's exact match, case and whitespace ignored."""
 ACCURACY = {"metric": "acc", "aggregation": "mean", "higher_is_better": True}
+LOADER = "revcurse_docs"
+"""The module written beside the tasks; its ``load`` is every task's ``custom_dataset``."""
+LOADER_SOURCE = '''"""Documents of the revcurse harness tasks beside this file (written by `revcurse data harness`).
+
+Each task names its split's file (``data_file``) relative to this folder, so the folder runs
+wherever it is moved: ``lm_eval --include_path THIS_FOLDER ...``."""
+
+from pathlib import Path
+
+import datasets
+
+HERE = Path(__file__).resolve().parent
+
+
+def load(data_file, **metadata):
+    """The ``test`` split of this folder's ``data_file`` (the harness passes the task's metadata too)."""
+    path = HERE / data_file
+    if path.parent != HERE or path.suffix != ".jsonl":
+        raise ValueError(f"data_file {data_file!r}: expected a .jsonl file name in {HERE}")
+    return datasets.load_dataset("json", data_files={"test": str(path)})
+'''
+
+
+class _Function(str):
+    """A YAML scalar written with the harness's ``!function`` tag (a function it imports)."""
+
+
+class _TaskDumper(yaml.SafeDumper):
+    pass
+
+
+_TaskDumper.add_representer(
+    _Function, lambda dumper, value: dumper.represent_scalar("!function", str(value))
+)
 
 
 def task_prefix(dataset: str) -> str:
@@ -89,8 +128,10 @@ def export_harness(
         files.write_text(data, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
         source = {
             "dataset_path": "json",
-            # absolute: the harness resolves data files from where it runs, not from the YAML
-            "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
+            # read through the loader beside the YAML: the harness resolves a plain data file
+            # from the directory it runs in, which would pin the tasks to one place
+            "custom_dataset": _Function(f"{LOADER}.load"),
+            "dataset_kwargs": {"data_file": data.name},
             "test_split": "test",
             "doc_to_text": "{{prompt}}",
             "target_delimiter": "",  # answers carry their own leading space
@@ -116,8 +157,9 @@ def export_harness(
             files.write_text(out / f"{task['task']}.yaml", _dump(task))
             tasks.append(task["task"])
     files.write_text(out / f"{prefix}.yaml", _dump({"group": prefix, "task": tasks}))
+    files.write_text(out / f"{LOADER}.py", LOADER_SOURCE)
     return tasks, skipped
 
 
 def _dump(obj: dict[str, Any]) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=1000)
+    return yaml.dump(obj, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=1000)
