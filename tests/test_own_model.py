@@ -1,4 +1,4 @@
-"""README's "Use it on your own model and data": every command of its block, run as written on
+"""README's "Your own model and facts": every command of its block, run as written on
 a tiny random chat checkpoint (``$CKPT``), with settings that keep it to seconds appended."""
 
 from __future__ import annotations

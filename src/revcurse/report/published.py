@@ -669,7 +669,6 @@ DESIGN_NUMBERS: tuple[tuple[str, str], ...] = (
         "the fit thresholds (config)",
     ),
     (r"\(chance 0\.1\)", "one over the 10 candidates of the design"),
-    (r"about 2\.7 GB", "the size of PyPI's CUDA torch wheel (install advice)"),
     (r"samples at 0\.2 with top-p 0\.95", "Dream's published sampler settings"),
     (r"betas \(0\.9, 0\.999", "AdamW's default betas (config)"),
     (r"`?train\.cart_p`? = 0\.3", "Dream's CART constant (config)"),
