@@ -278,7 +278,7 @@ def entity_masking_slices() -> dict[str, SliceConfig]:
 
 def objective_attention_slices() -> dict[str, SliceConfig]:
     """The objective x attention grid (#28, section 3), one variable per paired test: the toy's
-    one-token facts (1 layer, 4 heads, 3000 steps); docs/experiments.md defines every cell."""
+    one-token facts (1 layer, 4 heads, 3000 steps); docs/experiments/objective-attention.md defines every cell."""
     return {
         "family": SliceConfig(
             grid={"model.causal": [False, True]},

@@ -42,7 +42,7 @@ from revcurse.stats import COMPARISON_HEADER, comparison_cells, decision, effect
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "docs" / "results"
-DOCUMENTS = ("README.md", "docs/*.md")
+DOCUMENTS = ("README.md", "docs/*.md", "docs/experiments/*.md")
 BLOCK = re.compile(
     r"(?P<open><!-- results: (?P<name>[\w-]+) (?P<view>[\w-]+) -->\n)(?P<body>.*?)(?P<close><!-- /results -->)",
     re.S,
