@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from revcurse.config import PersonDescriptionConfig, apply_overrides
@@ -468,3 +469,91 @@ def test_probe_curves_are_seed_means_of_each_quantity_by_name(tmp_path):
         assert got["cos_pair_rev"][i] == pytest.approx(k + 0.5)
         assert got["cos_pair_rev_storage"][i] == pytest.approx(k + 1)
         assert got["cos_pair_rev_routing"][i] == pytest.approx(-k)
+
+
+def _tiny_text_run(*overrides: str):
+    from revcurse.config import TextRunConfig
+
+    return apply_overrides(TextRunConfig(), [
+        "dataset=parent-child", "n_people=3", "max_eval=4", "model.d_model=16",
+        "model.max_seq_len=20", "train.steps=3", "train.batch_size=4", "train.checkpoint_every=0",
+        "eval.n_distractors=2", "eval.n_mc=1", "probe.n_facts=3", *overrides])  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    (["train.objective=masked_ar"], "train.objective"),  # a masked-input ARM loss on an MDM
+    (["train.objective=prefix_lm"], "train.objective"),
+    (["model.attention=full"], "model.attention"),  # an MDM already attends both ways
+    (["model.causal=true", "model.attention=causal"], "model.attention"),  # auto is that
+    (["model.causal=true", "model.attention=full"], "model.attention"),  # would read its answer
+    (["model.causal=true", "model.attention=full", "train.objective=prefix_lm"], "probe.enabled"),
+    (["model.causal=true", "train.objective=prefix_lm"], "probe.enabled"),
+])  # fmt: skip
+def test_a_text_run_refuses_the_grid_cells_it_cannot_read(overrides, field):
+    """The objective x attention cells on text: causal attention for a masked model, full
+    attention for an ARM trained prefix by prefix with the probes off (they read a query with its
+    answer in place). Every other combination is one line naming the field."""
+    from revcurse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"field '{field}'"):
+        _tiny_text_run(*overrides)
+    _tiny_text_run("model.attention=causal")  # the cells it can read are accepted
+    _tiny_text_run("model.causal=true", "model.attention=full", "train.objective=prefix_lm",
+                   "probe.enabled=false")  # fmt: skip
+
+
+def test_text_grid_cells_train_and_are_read_as_they_attend(tmp_path, monkeypatch):
+    """A masked model with causal attention (left only) and an ARM reading each prefix both ways
+    (prefix_lm) on Parent–Child: each trains with its own loss (a spy counts prefix_lm's calls),
+    attends as configured (changing a later token moves an earlier position's logits only under
+    full attention), is not asked its mirror split nor fitted on it, and the left-only MDM is
+    probed in the forward pairing alone; the prefix reader's answer likelihoods are the sums,
+    prefix by prefix, of log p(next token | the prefix read alone)."""
+    import revcurse.objectives as O
+    from revcurse.experiments.from_scratch import prepare, task_for, train_run, trains_mirror
+    from revcurse.files import read_jsonl
+    from revcurse.models.transformer import TransformerLM
+
+    calls = []
+    original = O.prefix_lm_loss
+    monkeypatch.setattr(O, "prefix_lm_loss", lambda *a, **k: calls.append(1) or original(*a, **k))
+    left = _tiny_text_run("model.attention=causal")
+    prefix = _tiny_text_run("model.causal=true", "model.attention=full",
+                            "train.objective=prefix_lm", "probe.enabled=false")  # fmt: skip
+    mirror = [k for k, v in task_for(left).splits.items() if v == "mirror"]
+    assert mirror and not trains_mirror(left) and not trains_mirror(prefix)
+    for cfg, name in ((left, "left"), (prefix, "prefix")):
+        summary = train_run(cfg, tmp_path / name)
+        assert summary["splits"] and not set(mirror) & set(summary["splits"])
+    assert len(calls) == 3
+    probes = read_jsonl(tmp_path / "left" / "probes.jsonl")
+    assert probes and all(list(r["pairings"]) == ["forward"] for r in probes)
+
+    prepared = prepare(prefix)
+    for cfg, sees_later in ((left, False), (prefix, True)):
+        model = TransformerLM(cfg.model, len(prepared.tokenizer)).eval()
+        ids = torch.tensor([[1, 5, 6, 7, 8]])
+        later = ids.clone()
+        later[0, -1] = 9
+        moved = (model(later)[0, :-1] - model(ids)[0, :-1]).abs().max()
+        assert (moved > 1e-6) == sees_later
+
+    # the saved prefix reader, scored by hand: each prefix [BOS] prompt answer[:k] read alone
+    from revcurse import files
+    from revcurse.data.text import encode_prompt
+
+    model = TransformerLM(prefix.model, len(prepared.tokenizer))
+    model.load_state_dict(files.load_tensors(tmp_path / "prefix" / "model.safetensors"))
+    model.eval()
+    tok = prepared.tokenizer
+    split = next(k for k, v in task_for(prefix).splits.items() if v == "reverse")
+    record = read_jsonl(tmp_path / "prefix" / "generations" / f"{split}.jsonl")[0]
+    prompt = encode_prompt(tok, record["prompt"], True)
+    for text, got in zip(record["candidates"], record["candidate_logprobs"], strict=True):
+        answer = tok.encode(text) + [tok.eos_id]
+        expected = 0.0
+        with torch.no_grad():
+            for k, token in enumerate(answer):
+                logits = model(torch.tensor([prompt + answer[:k]]))[0, -1].double()
+                expected += float(torch.log_softmax(logits, -1)[token])
+        assert got == pytest.approx(expected, abs=1e-6)

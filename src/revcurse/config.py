@@ -369,13 +369,15 @@ class TrainConfig:
                "one of 'token', 'entity'", self.mask_unit)  # fmt: skip
 
     def check_text(self, where: str, entity_masking: bool = False,
-                   masked_ar: bool = False) -> None:  # fmt: skip
+                   autoregressive: bool = False) -> None:  # fmt: skip
         """Refuse, in the config that holds this as ``train``, the settings only toy runs have (a
         text run's loss follows model.causal; ``entity_masking``: whether this kind of run masks
-        entities whole; ``masked_ar``: whether it may train an autoregressive model masked-AR)."""
-        _check(self.objective == "auto" or (masked_ar and self.objective == "masked_ar"), where,
+        entities whole; ``autoregressive``: whether it trains an autoregressive model, which may
+        also be trained masked-AR or prefix by prefix)."""
+        others = ("masked_ar", "prefix_lm") if autoregressive else ()
+        _check(self.objective == "auto" or self.objective in others, where,
                "train.objective", "auto (text runs train masked_diffusion or next_token by "
-               "model.causal)" + (", or masked_ar" if masked_ar else ""),
+               "model.causal)" + (", masked_ar or prefix_lm" if others else ""),
                self.objective)  # fmt: skip
         _check(self.maskable in ("all", "answer"), where, "train.maskable",
                "all or answer for a text run", self.maskable)  # fmt: skip
@@ -952,10 +954,17 @@ class TextRunConfig:
                self.path_sha256) is not None), where, "path_sha256",
                "empty or the 64 hex digits of a facts file's SHA-256 (filled in by revcurse)",
                self.path_sha256)  # fmt: skip
-        self.train.check_text(where, entity_masking=True, masked_ar=self.model.causal)
-        _check(self.model.attention == "auto", where, "model.attention",
-               "auto for a text run (the objective x attention cells are toy runs so far)",
-               self.model.attention)  # fmt: skip
+        self.train.check_text(where, entity_masking=True, autoregressive=self.model.causal)
+        # the objective x attention cells: a masked model attending to the left only, or an
+        # autoregressive one reading each prefix both ways (the prefix_lm objective)
+        allowed = {"auto": True, "causal": not self.model.causal,
+                   "full": self.model.causal and self.train.objective == "prefix_lm"}  # fmt: skip
+        _check(allowed[self.model.attention], where, "model.attention",
+               "auto; causal for an MDM (model.causal=false); full for an ARM trained with "
+               "train.objective=prefix_lm", self.model.attention)  # fmt: skip
+        _check(not (self.train.objective == "prefix_lm" and self.probe.enabled), where,
+               "probe.enabled", "false with prefix_lm (the probes read a query with its answer "
+               "in place, which full attention would see)", self.probe.enabled)  # fmt: skip
         _check(self.train.mask_unit == "token" or not self.model.causal, where,
                "train.mask_unit", "token for an ARM (its next-token loss masks nothing)",
                self.train.mask_unit)  # fmt: skip

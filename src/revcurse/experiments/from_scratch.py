@@ -51,7 +51,7 @@ from safetensors import safe_open
 
 from revcurse import files, training
 from revcurse.config import PersonDescriptionConfig, TextRunConfig, dump_yaml, load_yaml, to_dict
-from revcurse.data.schema import TextPair, mirror_query, named_entities
+from revcurse.data.schema import TextPair, mirror_query, named_entities, one_way
 from revcurse.data.tasks import pin_facts, task_for
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
 from revcurse.errors import RevcurseError
@@ -235,15 +235,15 @@ def train_run(
 def evaluate_run(
     model: TransformerLM, cfg: TextRunConfig, prepared: Prepared
 ) -> Iterator[tuple[str, tuple[dict[str, float], list[dict[str, Any]]]]]:
-    """Every split the model is asked (a causal model has no mirror), in order: its metrics and
-    per-query records. One generator, seeded by the run's seed, is consumed split after split,
-    so evaluating a model again gives the same generations."""
+    """Every split the model is asked (a model read or attending one way has no mirror), in
+    order: its metrics and per-query records. One generator, seeded by the run's seed, is
+    consumed split after split, so evaluating a model again gives the same generations."""
     task, causal = task_for(cfg), cfg.model.causal
     gen = torch.Generator().manual_seed(cfg.train.seed)
     fill_to = None if causal else cfg.model.max_seq_len
     for name, pairs in prepared.splits.items():
-        if causal and task.splits[name] == "mirror":
-            continue  # a causal model cannot be asked to fill text before its context
+        if one_way(cfg.model) and task.splits[name] == "mirror":
+            continue  # its answer position cannot see the text after it
         settings = dataclasses.replace(cfg.eval, gen_length=prepared.gen_lengths[name])
         yield name, evaluate_split(model, prepared.tokenizer, pairs, causal, settings, gen,
                                    bos=True, eos_fill_to=fill_to)  # fmt: skip
@@ -504,9 +504,10 @@ def probe_curves(out: Path, cfg: PersonDescriptionConfig) -> dict[str, Any]:
 
 
 def trains_mirror(run: TextRunConfig) -> bool:
-    """Whether a model is trained on its mirror queries: an MDM that may mask the whole statement
-    (with ``maskable: answer`` the prompt, and so the name of a p2d statement, is never masked)."""
-    return not run.model.causal and run.train.maskable == "all"
+    """Whether a model is trained on its mirror queries: an MDM attending both ways that may mask
+    the whole statement (with ``maskable: answer`` the prompt, and so the name of a p2d statement,
+    is never masked)."""
+    return not one_way(run.model) and run.train.maskable == "all"
 
 
 def fitted_seeds(rows: list[dict[str, Any]], name: str, splits: tuple[str, str],

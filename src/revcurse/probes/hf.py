@@ -296,7 +296,9 @@ def probe_record(
     probed = {
         pairing: encoded
         for pairing, encoded in facts.items()
-        if pairing in pairings_for(causal) and len(encoded) >= 3
+        # a masked model attending to the left only has no mirror pairing, as in the toy's
+        if pairing in pairings_for(causal or getattr(model, "attends_causally", causal))
+        and len(encoded) >= 3
     }
     scores: dict[int, torch.Tensor] = {}
     gradients = gradient_alignments(model, probed, causal=causal, mask_id=mask_id)
