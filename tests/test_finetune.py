@@ -306,3 +306,15 @@ def test_whole_entity_masking_in_a_fine_tune_masks_each_answer_entity_as_one_uni
         rest = [i for i in range(first, len(units)) if i not in entity]
         assert all(units[i] == i for i in rest)  # end token and fill alone
     assert held >= len(pairs) // 2
+
+
+def test_fine_tune_evaluation_shows_its_progress_in_a_log(tmp_path, capfd):
+    """A fine-tune writing to a log (stderr not a terminal) shows its evaluations' bars as it
+    shows its training bar, with --progress (the default); none with --no-progress."""
+    cfg = apply_overrides(FinetuneConfig(), ["model.family=llama", *TINY, "train.steps=2",
+                                             "probe.enabled=false"])  # fmt: skip
+    run_finetune(cfg, tmp_path / "shown", progress=True)
+    shown = capfd.readouterr().err
+    assert "evaluate before" in shown and "evaluate after" in shown and "scoring" in shown
+    run_finetune(cfg, tmp_path / "quiet", progress=False)
+    assert "evaluate before" not in capfd.readouterr().err

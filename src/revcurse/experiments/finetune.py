@@ -180,23 +180,26 @@ def probe_runner(cfg: FinetuneConfig, dataset: TextDataset, model: Any, tokenize
 
 
 def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, list[TextPair]],
-                   model: Any, tokenizer: Any, generations: Path,
-                   shard: Shard | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+                   model: Any, tokenizer: Any, generations: Path, shard: Shard | None = None,
+                   progress: bool | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Every test split by generation and likelihood (:func:`~revcurse.evaluation.evaluate_split`),
     one generator seeded by ``train.seed`` consumed split after split; generations saved under
     ``generations``. ``shard``: one of several processes, every one calling (each reads its
-    share of the queries; the main one, ``rank`` 0, writes the records)."""
+    share of the queries; the main one, ``rank`` 0, writes the records). ``progress``: show the
+    bars (None: on a terminal only; True: in a log too, as a run's training bar is)."""
     from tqdm.auto import tqdm
 
     model.eval()
     gen = torch.Generator().manual_seed(cfg.train.seed)
     results = {}
-    # queries done, split by split, with tqdm's rate and time left (on a terminal only)
+    # queries done, split by split, with tqdm's rate and time left
+    shown = None if progress is None else not progress
     bar = tqdm(total=sum(len(p) for p in tests.values()), desc=f"evaluate {generations.name}",
-               unit="query", disable=None, leave=False)  # fmt: skip
+               unit="query", disable=shown, leave=False, mininterval=2.0)  # fmt: skip
     # inside a split, the sequences its likelihoods read (an MDM's Monte-Carlo bound reads
     # n_mc rows per candidate: minutes on a CPU), with their rate
-    rows = tqdm(desc="  scoring", unit="row", disable=None, leave=False, position=1)
+    rows = tqdm(desc="  scoring", unit="row", disable=shown, leave=False, position=1,
+                mininterval=2.0)  # fmt: skip
     for name, pairs in tests.items():
         bar.set_postfix_str(name)
         with counting_rows(rows.update):
@@ -466,7 +469,8 @@ def run_finetune(
             if not main and shard is None:
                 return {}
             results = evaluate_tests(cfg, dataset, tests, model, tokenizer,
-                                     out / "generations" / stage, shard)  # fmt: skip
+                                     out / "generations" / stage, shard,
+                                     progress=progress and main)  # fmt: skip
             return results if main else {}
 
         if resume:  # the adapters are restored by the loop; "before" was measured on the base model

@@ -240,10 +240,12 @@ def scratch_fit(s: dict[str, Any]) -> str:
 
 
 def scratch_tests(s: dict[str, Any]) -> str:
-    """The paired tests: MDM - ARM on the reverse splits, then each variant - MDM."""
+    """The paired tests: MDM - ARM on the reverse splits, then each variant - MDM, then each
+    autoregressive variant - ARM (the causal model held fixed)."""
     tests = [("MDM - ARM", key, t) for key, t in s.get("comparison", {}).items()]
-    for name, per in (s.get("variant_comparison") or {}).items():
-        tests += [(f"{name.upper()} - MDM", key, t) for key, t in per.items()]
+    for field, against in (("variant_comparison", "MDM"), ("variant_arm_comparison", "ARM")):
+        for name, per in (s.get(field) or {}).items():
+            tests += [(f"{name.upper()} - {against}", key, t) for key, t in per.items()]
     rows = [
         [who, *key.split("."), *comparison_cells(t)[:4], decision(t) if t["n_seeds"] else ""]
         for who, key, t in tests
@@ -476,7 +478,7 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("objective", "table"): objective_table,
     **{
         (name, view): fn
-        for name in ("person-description", "parent-child")
+        for name in ("person-description", "parent-child", "parent-child-grid")
         for view, fn in (
             ("splits", scratch_splits),
             ("fit", scratch_fit),
