@@ -13,9 +13,11 @@ process's ``ru_maxrss``), one torch thread unless a row says otherwise:
   only the answer slot unembedded.
 * **a training step** of the same toy at the default batch size (0), before (the whole set
   every step) and after (the whole set up to ``training.FULL_BATCH_MAX`` rows, batches beyond);
+* both again **against the width** (``d_model`` 32 to 256 at 1,000 pairs);
 * **``revcurse evaluate`` of a Hugging Face model** (:func:`revcurse.experiments.finetune.
   run_evaluation`, what the command runs): tiny random Llama (ARM) and LLaDA (MDM) on
-  Parent–Child's default test splits (64 queries each, 9 distractors, 8 Monte-Carlo draws):
+  Parent–Child's first 32 facts as a facts file, each split evaluated whole (9 distractors,
+  8 Monte-Carlo draws):
   wall and CPU seconds of a second call in the process (the first, timed apart, is mostly
   importing transformers: the same on both sides). Before scored one candidate of one query per forward pass and left
   torch's thread count at its default (every core); after, rows of all candidates share forward
@@ -41,7 +43,18 @@ BEFORE = "2b053c6"
 """The last commit whose evaluation held every query's candidate list and scored one candidate
 per forward pass (the code this benchmark's "after" replaced)."""
 PAIRS = (100, 1000, 10_000)
+D_MODELS = (32, 64, 128, 256)
+"""The width axis, at :data:`WIDTH_PAIRS` pairs (the toy's default width is 64)."""
+WIDTH_PAIRS = 1000
 TRAIN_STEPS = 5
+HF_FACTS = 32
+"""Facts of the ``revcurse evaluate`` cells (every split evaluated whole)."""
+
+
+def _settings(arg: str) -> list[str]:
+    """A toy cell's overrides from ``PAIRS`` or ``PAIRS@D_MODEL``."""
+    pairs, _, width = arg.partition("@")
+    return [f"data.n_pairs={pairs}"] + ([f"model.d_model={width}"] if width else [])
 
 
 def child(kind: str, arg: str, threads: int) -> dict:
@@ -55,7 +68,7 @@ def child(kind: str, arg: str, threads: int) -> dict:
         from revcurse.evaluation import ToyEvaluator
         from revcurse.experiments.toy_run import build_dataset, build_model
 
-        cfg = apply_overrides(RunConfig(), [f"data.n_pairs={arg}"])
+        cfg = apply_overrides(RunConfig(), _settings(arg))
         dataset, vocab = build_dataset(cfg)
         model = build_model(cfg, len(vocab)).eval()
         timed = []
@@ -73,7 +86,7 @@ def child(kind: str, arg: str, threads: int) -> dict:
         from revcurse.experiments.toy_run import build_dataset, build_model, loss_of
         from revcurse.training import DataOrder, select
 
-        cfg = apply_overrides(RunConfig(), [f"data.n_pairs={arg}"])
+        cfg = apply_overrides(RunConfig(), _settings(arg))
         dataset, vocab = build_dataset(cfg)
         model = build_model(cfg, len(vocab))
         data = training_batch(dataset, vocab, cfg.objective, cfg.train.maskable)
@@ -90,7 +103,10 @@ def child(kind: str, arg: str, threads: int) -> dict:
         from revcurse.config import FinetuneConfig, apply_overrides
         from revcurse.experiments.finetune import run_evaluation
 
-        cfg = apply_overrides(FinetuneConfig(), [f"model.family={arg}", "eval.n_mc=8"])
+        family, _, facts = arg.partition("@")
+        cfg = apply_overrides(FinetuneConfig(), [
+            f"model.family={family}", "eval.n_mc=8", "data.dataset=facts", f"data.path={facts}",
+            "data.max_eval=0"])  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             run_evaluation(cfg, Path(out) / "warm-up")  # imports and first calls, same both sides
             cpu, wall = time.process_time(), time.perf_counter()
@@ -99,6 +115,20 @@ def child(kind: str, arg: str, threads: int) -> dict:
                       "splits": summary["splits"]}  # fmt: skip
     result["rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _write_facts(path: Path) -> None:
+    """Parent–Child's first :data:`HF_FACTS` facts as a facts file: small enough that each split
+    is evaluated whole, so both sides rank the very same candidates (a split cut to its first
+    queries draws them differently since commit 7b3c6b8, from the whole split)."""
+    import dataclasses
+
+    from revcurse.config import TextDataConfig
+    from revcurse.data.facts import write_facts
+    from revcurse.data.text_datasets import as_facts
+
+    facts = as_facts(TextDataConfig(dataset="parent-child"))
+    write_facts(path, dataclasses.replace(facts, facts=facts.facts[:HF_FACTS]))
 
 
 def _cell(src: Path, kind: str, arg: str, threads: int) -> dict:
@@ -127,11 +157,19 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
                 for name, src in order if i % 2 == 0 else reversed(order):
                     toy[name, n] = _cell(src, "toy", str(n), 1)
                     toy[name, "train", n] = _cell(src, "train", str(n), 1)
+            for i, width in enumerate(D_MODELS):
+                order = [("before", before), ("after", after)]
+                arg = f"{WIDTH_PAIRS}@{width}"
+                for name, src in order if i % 2 == 0 else reversed(order):
+                    toy[name, "width", width] = _cell(src, "toy", arg, 1)
+                    toy[name, "train-width", width] = _cell(src, "train", arg, 1)
             hf = {}
+            facts = Path(tmp) / "facts.jsonl"
+            _write_facts(facts)
             for family in ("llama", "llada"):
                 for name, src, threads in (("before", before, 0), ("after", after, 1),
                                            ("before, 1 thread", before, 1)):  # fmt: skip
-                    hf[name, family] = _cell(src, "hf", family, threads)
+                    hf[name, family] = _cell(src, "hf", f"{family}@{facts}", threads)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=HERE,
                            check=False)  # fmt: skip
@@ -167,7 +205,28 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
         b, a = toy["before", "train", n], toy["after", "train", n]
         lines.append(f"| {n:,} | {b['rows']:,} / {a['rows']:,} | {b['step_cpu']:.3f} / "
                      f"{a['step_cpu']:.3f} | {b['rss_mib']:,.0f} / {a['rss_mib']:,.0f} |")  # fmt: skip
+    lines += [
+        "",
+        f"Against the width, at {WIDTH_PAIRS:,} pairs (the toy's d_model is 64): a later "
+        "evaluation call and a training step at the default batch, CPU seconds and peak memory.",
+        "",
+        "| d_model | evaluation CPU s (before / after) | speed-up | training step CPU s "
+        "(before / after) | peak memory MiB, evaluation (before / after) | same reverse "
+        "accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for width in D_MODELS:
+        b, a = toy["before", "width", width], toy["after", "width", width]
+        tb, ta = toy["before", "train-width", width], toy["after", "train-width", width]
+        lines.append(
+            f"| {width} | {b['later_cpu']:.3f} / {a['later_cpu']:.3f} | "
+            f"{b['later_cpu'] / a['later_cpu']:.1f}x | {tb['step_cpu']:.3f} / "
+            f"{ta['step_cpu']:.3f} | {b['rss_mib']:,.0f} / {a['rss_mib']:,.0f} | "
+            f"{'yes' if b['reverse'] == a['reverse'] else 'NO'} |"
+        )
     _figure(toy, pairs, HERE / "eval_scaling.png")
+    (HERE / "eval_scaling.json").write_text(json.dumps(
+        [{"key": list(k), "cell": v} for k, v in toy.items()], indent=1) + "\n")  # fmt: skip
     lines += [
         "",
         "The memory floor (about 380 MiB) is the interpreter with torch loaded. Evaluation ranks "
@@ -176,12 +235,13 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
         "scored, with memory bounded by the batch (256 queries x the vocabulary). A training "
         "step at the default batch is bounded by 1,024 rows.",
         "",
-        "![evaluation and training against pairs](benchmarks/eval_scaling.png)",
+        "![evaluation and training against pairs and width](benchmarks/eval_scaling.png)",
     ]
     lines += [
         "",
-        "`revcurse evaluate` of a tiny random Hugging Face model (Parent–Child test splits, 64 "
-        "queries x 10 candidates each, 8 Monte-Carlo draws for the MDM):",
+        f"`revcurse evaluate` of a tiny random Hugging Face model (Parent–Child's first {HF_FACTS} "
+        "facts as a facts file, every split evaluated whole, 10 candidates per query, 8 "
+        "Monte-Carlo draws for the MDM):",
         "",
         "| model | before (default threads) wall / CPU s | before, 1 thread wall / CPU s | "
         "after (train.threads = 1) wall / CPU s | speed-up (wall, vs before) | same records |",
@@ -207,34 +267,57 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
 
 
 def _figure(toy: dict, pairs: tuple[int, ...], path: Path) -> None:
-    """CPU seconds and peak memory against pairs: evaluation (a later call) and a training step,
-    before (dashed) and after (solid)."""
+    """CPU seconds and peak memory of evaluation (a later call) and a training step, before
+    (dashed) and after (solid): against pairs (top row) and against d_model at
+    :data:`WIDTH_PAIRS` pairs (bottom row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import (
+        FixedLocator,
+        FuncFormatter,
+        LogLocator,
+        NullFormatter,
+        NullLocator,
+    )
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for what, colour, marker, key in (("evaluation", "C0", "o", "later_cpu"),
-                                      ("training step", "C1", "s", "step_cpu")):  # fmt: skip
-        for name, style in (("before", "--"), ("after", "-")):
-            cells = [toy[name, n] if what == "evaluation" else toy[name, "train", n] for n in pairs]
-            label = f"{what}, {name}"
-            ax_t.plot(pairs, [c[key] for c in cells], style, color=colour, marker=marker,
-                      label=label)  # fmt: skip
-            ax_m.plot(pairs, [c["rss_mib"] / 1024 for c in cells], style, color=colour,
-                      marker=marker, label=label)  # fmt: skip
-    for ax, ylabel in ((ax_t, "CPU seconds (one thread)"), (ax_m, "peak memory (GiB)")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("pairs (facts)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-    ax_t.set_title("time per call / per step")
-    ax_m.set_title("peak resident memory of the process")
-    handles, labels = ax_t.get_legend_handles_labels()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2))
+    rows = ((pairs, "", "train", "pairs (facts)"),
+            (D_MODELS, "width", "train-width", f"d_model (at {WIDTH_PAIRS:,} pairs)"))  # fmt: skip
+    for (xs, evaluation, training, xlabel), (ax_t, ax_m) in zip(rows, axes, strict=True):
+        for what, colour, marker, key, kind in (
+            ("evaluation", "C0", "o", "later_cpu", evaluation),
+            ("training step", "C1", "s", "step_cpu", training),
+        ):
+            for name, style in (("before", "--"), ("after", "-")):
+                cells = [toy[(name, kind, x) if kind else (name, x)] for x in xs]
+                label = f"{what}, {name}"
+                ax_t.plot(xs, [c[key] for c in cells], style, color=colour, marker=marker,
+                          label=label)  # fmt: skip
+                ax_m.plot(xs, [c["rss_mib"] / 1024 for c in cells], style, color=colour,
+                          marker=marker, label=label)  # fmt: skip
+        for ax, ylabel in ((ax_t, "CPU seconds (one thread)"), (ax_m, "peak memory (GiB)")):
+            ax.set_xscale("log")
+            ys = [y for line in ax.get_lines() for y in line.get_ydata()]
+            if max(ys) / min(ys) > 3:  # a narrow range reads better on a linear axis
+                ax.set_yscale("log")
+                steps = (1.0,) if max(ys) / min(ys) > 100 else (1.0, 2.0, 5.0)  # not crowded
+                ax.yaxis.set_major_locator(LogLocator(subs=steps))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3, which="both")
+            # the measured sizes as plain numbers (log-axis labels like 3x10^1 collide)
+            ax.xaxis.set_major_locator(FixedLocator(xs))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax_t.set_title("time per call / per step")
+        ax_m.set_title("peak resident memory of the process")
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
