@@ -466,7 +466,11 @@ def analyse_mc_draws(
 @guarded
 def analyse_decoding(
     sweep: Annotated[
-        Path, typer.Argument(help="A finished toy sweep folder (e.g. entity-masking).")
+        Path,
+        typer.Argument(
+            help="A finished toy sweep folder (e.g. entity-masking), or a from-scratch "
+            "text experiment's (reproduce parent-child / person-description / facts)."
+        ),
     ],
     out: OutOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -474,10 +478,24 @@ def analyse_decoding(
     """Read every MDM run's final checkpoint four ways: the evaluation's sampler (one token per
     step), the whole answer in one step, rank by the exact likelihood bound and rank by the
     answer read in one step; fit first by each, and the sweep's paired tests per reading
-    (whole-entity masking's control). Resumes."""
-    from revcurse.experiments.decoding_control import measure
+    (whole-entity masking's control). A text experiment's MDMs and masked variants are read by
+    their sampler, in one step, by the likelihood bound's rank and by the chain likelihood's,
+    each variant tested against the MDM per reading. Resumes."""
+    from revcurse.experiments import text_decoding
 
     target = out or sweep.parent / f"{sweep.name}-decoding"
+    if text_decoding.is_experiment(sweep):
+        text = text_decoding.measure(sweep, target, command=_command_line(), progress=progress)
+        for name, readings in text["models"].items():
+            values = "  ".join(
+                f"{r}: fitted {len(next(iter(v['fitted_seeds'].values())))}/{len(v['seeds'])}"
+                for r, v in readings.items()
+            )  # fmt: skip
+            typer.echo(f"{name}: {values}")
+        typer.echo(f"report: {target / 'report.md'}")
+        return
+    from revcurse.experiments.decoding_control import measure
+
     summary = measure(sweep, target, command=_command_line(), progress=progress)
     for cell in summary["cells"]:
         name = _cell_label(cell["labels"])

@@ -254,12 +254,9 @@ REPRODUCED = ("generation", "candidates", "candidate_logprobs", "rank")
 replaced."""
 
 
-def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
-    """Evaluate a finished run's saved model again with the current evaluation and rewrite its
-    generations and its summary's split metrics, other fields kept. The vocabulary must be the
-    one the model was saved with, and every saved record's generation, candidates, likelihoods
-    and rank must come out identical (so only what the current evaluation adds, e.g. the chain
-    likelihood, is new); otherwise nothing is written and the run is named in the error."""
+def load_run_model(cfg: TextRunConfig, out: Path) -> tuple[TransformerLM, Prepared]:
+    """A finished run's saved model in eval mode, with its data prepared (the run's thread count
+    applied); refused when its vocabulary is not the one ``cfg`` builds."""
     use_threads(cfg.train.threads)
     prepared = prepare(cfg)
     path = out / "model.safetensors"
@@ -269,7 +266,16 @@ def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
         raise RevcurseError(f"{path}: its vocabulary is not the one this config builds")
     model = TransformerLM(cfg.model, len(prepared.tokenizer))
     model.load_state_dict(files.load_tensors(path))
-    model.eval()
+    return model.eval(), prepared
+
+
+def reevaluate_run(cfg: TextRunConfig, out: Path) -> dict[str, Any]:
+    """Evaluate a finished run's saved model again with the current evaluation and rewrite its
+    generations and its summary's split metrics, other fields kept. The vocabulary must be the
+    one the model was saved with, and every saved record's generation, candidates, likelihoods
+    and rank must come out identical (so only what the current evaluation adds, e.g. the chain
+    likelihood, is new); otherwise nothing is written and the run is named in the error."""
+    model, prepared = load_run_model(cfg, out)
     results, written = {}, {}
     for name, (metrics, records) in evaluate_run(model, cfg, prepared):
         old = files.read_jsonl(out / "generations" / f"{name}.jsonl")
@@ -554,18 +560,31 @@ def _paired(out: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
     seed gets ``{"n_seeds": 0, "seeds": []}``; every test names its seeds."""
     tests: dict[str, Any] = {}
     for split, group in splits.items():
-        seeds = sorted(set(fitted[a][group]) & set(fitted[b][group]))
         # runs evaluated before the chain likelihood existed have no chain ranks
         chain = "chain_rank" in _outcome_records(out, a, first_seed, split)[0]
         for metric in (HEADLINE, "likelihood_top1", *(["chain_top1"] if chain else [])):
-            key = f"{split}.{metric}"
-            if not seeds:
-                tests[key] = {"n_seeds": 0, "seeds": []}
-                continue
-            tests[key] = paired_comparison(
-                _outcomes(out, a, seeds, split, metric), _outcomes(out, b, seeds, split, metric)
-            ) | {"seeds": seeds}
+            tests[f"{split}.{metric}"] = paired_test(out, fitted, a, b, split, group, metric)
     return tests
+
+
+def paired_test(root: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str, split: str,
+                group: str, metric: str) -> dict[str, Any]:  # fmt: skip
+    """One paired test of :func:`_paired`: ``a`` - ``b`` on ``split`` by ``metric`` over the seeds
+    both fitted ``group``, reading the records of the runs under ``root`` (an experiment's folder,
+    or one laid out like it)."""
+    seeds = sorted(set(fitted[a][group]) & set(fitted[b][group]))
+    if not seeds:
+        return {"n_seeds": 0, "seeds": []}
+    return paired_comparison(
+        _outcomes(root, a, seeds, split, metric), _outcomes(root, b, seeds, split, metric)
+    ) | {"seeds": seeds}
+
+
+def paired_by(root: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: str,
+              splits: dict[str, str], metric: str) -> dict[str, Any]:  # fmt: skip
+    """:func:`paired_test` on every split of ``splits`` (split -> group) by one ``metric``."""
+    return {f"{split}.{metric}": paired_test(root, fitted, a, b, split, group, metric)
+            for split, group in splits.items()}  # fmt: skip
 
 
 def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -591,11 +610,11 @@ def compare_variants(out: Path, cfg: PersonDescriptionConfig,
                      fitted: dict[str, dict[str, list[int]]]) -> dict[str, Any]:  # fmt: skip
     """Per variant, its paired tests against the MDM (effect = variant - MDM) on the task's
     forward splits of :attr:`Task.variant_compared` and its reverse splits."""
-    splits = _variant_splits(cfg)
+    splits = variant_splits(cfg)
     return {name: _paired(out, fitted, name, "mdm", splits, cfg.seeds[0]) for name in cfg.variants}
 
 
-def _variant_splits(cfg: PersonDescriptionConfig) -> dict[str, str]:
+def variant_splits(cfg: PersonDescriptionConfig) -> dict[str, str]:
     """The splits a variant is compared on (split -> statement group): the task's forward splits
     of :attr:`Task.variant_compared` and its reverse splits."""
     task = task_for(cfg.run)
@@ -610,6 +629,6 @@ def compare_variants_with_arm(out: Path, cfg: PersonDescriptionConfig,
     :func:`compare_variants`: what the variant changes holding the causal model fixed."""
     if "arm" not in cfg.families:
         return {}
-    splits = _variant_splits(cfg)
+    splits = variant_splits(cfg)
     return {name: _paired(out, fitted, name, "arm", splits, cfg.seeds[0]) for name in cfg.variants
             if cfg.run_config(name, cfg.seeds[0]).model.causal}  # fmt: skip

@@ -124,3 +124,79 @@ def readings_figure(summary: dict[str, Any], names: list[str], path: Path) -> Pa
               ncol=len(readings), frameon=False)  # fmt: skip
     fig.tight_layout()
     return save(fig, path)
+
+
+TEXT_MODEL_COLUMNS = ["model", "reading", "fitted seeds", "forward (all seeds)",
+                      "mirror (all seeds)", "reverse (all seeds)", "reverse (fitted seeds)"]  # fmt: skip
+TEXT_TEST_COLUMNS = ["difference", "split", "reading", "effect", "95% interval (crossed bootstrap)",
+                     "p (paired permutation)", "seeds x queries", "decision"]  # fmt: skip
+
+
+def _text_split(summary: dict[str, Any], direction: str) -> str | None:
+    """The experiment's first split asked in ``direction`` (its forward, mirror or reverse
+    test)."""
+    return next((k for k, d in summary["splits"].items() if d == direction), None)
+
+
+def text_model_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Rows of :data:`TEXT_MODEL_COLUMNS`: per model and reading, how many seeds fitted its first
+    statement group read that way, the first group's forward, mirror and reverse splits over
+    every seed, and the reverse over the fitted seeds (the report's and the published table's)."""
+    forward, mirror, reverse = (_text_split(summary, d) for d in ("forward", "mirror", "reverse"))
+    rows = []
+    for name, readings in summary["models"].items():
+        for reading, r in readings.items():
+            metric = summary["readings"][reading]["metric"]
+            group = next(iter(r["fitted_seeds"]))
+            seeds = r["fitted_seeds"][group]
+            agg = r["all_seeds"]
+
+            def mean(split: str | None, agg=agg, metric=metric) -> str:
+                key = f"{split}.{metric}"
+                return f"{agg[key]['mean']:.2f} ± {agg[key]['std']:.2f}" if key in agg else "n/a"
+
+            key = f"{reverse}.{metric}"
+            # the reverse over the fitted seeds, from the same per-seed numbers
+            fitted = [v for s, v in zip(r["seeds"], agg.get(key, {}).get("values", []),
+                                        strict=False) if s in seeds]  # fmt: skip
+            rows.append([name.upper(), reading, f"{len(seeds)}/{len(r['seeds'])}", mean(forward),
+                         mean(mirror), mean(reverse),
+                         f"{sum(fitted) / len(fitted):.2f}" if fitted else "not read"])  # fmt: skip
+    return rows
+
+
+def text_test_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """Rows of :data:`TEXT_TEST_COLUMNS`: each variant - MDM, split by split, under each reading
+    over the seeds both fitted by it."""
+    from revcurse.stats import comparison_cells, decision
+
+    rows = []
+    first = next(iter(summary["tests"]))
+    for name, per in summary["tests"][first].items():
+        for key in per:
+            split = key.split(".")[0]
+            for reading, tests in summary["tests"].items():
+                t = tests[name][f"{split}.{summary['readings'][reading]['metric']}"]
+                rows.append([f"{name.upper()} - MDM", split, reading, *comparison_cells(t)[:4],
+                             decision(t) if t["n_seeds"] else ""])  # fmt: skip
+    return rows
+
+
+def write_text_report(out: Path, summary: dict[str, Any]) -> None:
+    """``report.md`` of the text control: :func:`text_model_rows` and :func:`text_test_rows`."""
+    blocks = [
+        Para(
+            f"The MDMs of {summary['experiment']}, each finished run read four ways: sampler "
+            "(the generation the run recorded, one token per step), one-step (the whole "
+            "answer filled at once), rank (the answer first among the candidates by the "
+            "Monte-Carlo likelihood bound) and chain-rank (by the chain likelihood). Each "
+            f"reading applies the fit-first rule by itself (at least {summary['threshold']} on "
+            "the forward split and, for a model trained on it, the mirror) and reads the "
+            "reverse over its own fitted seeds."
+        ),
+        Table(TEXT_MODEL_COLUMNS, text_model_rows(summary)),
+        Heading("Each variant against the MDM, per reading"),
+        Para("Paired by seed and query over the seeds both models fitted by that reading."),
+        Table(TEXT_TEST_COLUMNS, text_test_rows(summary)),
+    ]
+    files.write_text(out / "report.md", to_markdown("The MDMs read four ways", blocks, out))
