@@ -39,6 +39,8 @@ def test_a_saved_adapter_evaluates_to_the_fine_tune_runs_own_after_metrics(tmp_p
     assert again["splits"] != summary["before"]
     assert again["adapter"] == str(tmp_path / "ft" / "adapter")
     assert (tmp_path / "ev" / "report.md").is_file() and (tmp_path / "ev" / "config.yaml").is_file()
+    timings = files.read_json(tmp_path / "ev" / "timings.json")  # times kept apart from the summary
+    assert timings["evaluation_seconds"] > 0 and timings["probe_seconds"] > 0
     assert again["probe"]["final_step"] == 0 and "per_fact_cos_fwd_rev_final" in again["probe"]
 
 

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +246,7 @@ def run_evaluation(
     adapter's parameters, or on every parameter of a model without one: on an 8B model that is
     three model-sized gradients, so probe there with an adapter or not at all), no training. Writes
     a run directory: ``config.yaml``, ``command.txt``, ``env.json``, ``generations/<split>.jsonl``,
-    ``probes.jsonl``, ``summary.json``, ``report.md``."""
+    ``probes.jsonl``, ``summary.json``, ``report.md``, ``timings.json``."""
     out = Path(out)
     cfg = absolute_paths(cfg)  # the run's config names its files from any working directory
     dataset, tests = load_tests(cfg)
@@ -264,8 +265,13 @@ def run_evaluation(
     write_provenance(out, dump_yaml(cfg), command)
     say_subsample(cfg, dataset, tests)
     probes = probe_runner(cfg, dataset, model, tokenizer, out)
+    start = time.perf_counter()
     results = evaluate_tests(cfg, dataset, tests, model, tokenizer, out / "generations")
+    evaluated = time.perf_counter()
     probes(model, 0, final=True)
+    # wall-clock times apart from the summary, as every run keeps them, so reruns compare equal
+    files.write_json(out / "timings.json", {"evaluation_seconds": evaluated - start,
+                                            "probe_seconds": time.perf_counter() - evaluated})  # fmt: skip
     summary = {
         "family": model.spec.name,
         "causal": model.spec.causal,
