@@ -435,6 +435,56 @@ def readings_tests(s: dict[str, Any]) -> str:
     )
 
 
+def text_readings_table(s: dict[str, Any]) -> str:
+    """``analyse decoding`` of a from-scratch experiment: per model and reading, fit and the first
+    statement group's splits read that way."""
+    from revcurse.report.readings import TEXT_MODEL_COLUMNS, text_model_rows
+
+    return _table(TEXT_MODEL_COLUMNS, text_model_rows(s)) + (
+        "\n\nMean ± sd over seeds. sampler: the generation the run recorded (one token per "
+        "step); one-step: the whole answer filled at once; rank: the answer first among the "
+        "candidates by the Monte-Carlo likelihood bound; chain-rank: by the chain likelihood. "
+        "Each reading fits first by itself (forward and, for a model trained on it, mirror at "
+        ">= 0.95 read that way) and reads the reverse over its own fitted seeds."
+    )
+
+
+def text_readings_tests(s: dict[str, Any]) -> str:
+    """``analyse decoding`` of a from-scratch experiment: each variant - MDM per reading."""
+    from revcurse.report.readings import TEXT_TEST_COLUMNS, text_test_rows
+
+    return _table(TEXT_TEST_COLUMNS, text_test_rows(s)) + (
+        "\n\nPaired by seed and query over the seeds both models fitted by that reading; "
+        "decisions as in every paired test here (p < 0.05 and an interval excluding 0)."
+    )
+
+
+def evaluation_table(s: dict[str, Any]) -> str:
+    """``revcurse evaluate`` of one checkpoint: per split, generation and likelihood rank with their
+    binomial standard errors, and the probes' mean coupling and gradient cosine."""
+    from revcurse.stats import with_se
+
+    rows = [[split, m["direction"], m["n"], with_se(m["exact"], m["n"]),
+             with_se(m["prefix"], m["n"]), with_se(m["likelihood_top1"], m["n"]),
+             f"{m['chance_top1']:.2f}"] for split, m in s["splits"].items()]  # fmt: skip
+    text = _table(["split", "direction", "queries", "exact", "prefix", "likelihood top-1",
+                   "chance"], rows)  # fmt: skip
+    probe = s.get("probe") or {}
+    if "attention_pearson_forward_final" in probe:
+        text += (
+            "\n\n| probe (forward pairing) | value |\n|---|---|\n"
+            f"| attention r(S_forward, S_reverse), mean over layers | "
+            f"{probe['attention_pearson_forward_final']:+.3f} |\n"
+            f"| gradient cosine (forward, reverse), mean over facts | "
+            f"{probe['per_fact_cos_fwd_rev_final']:+.3f} |"
+        )
+    return text + (
+        "\n\nEach proportion ± its binomial standard error over the split's queries. exact / "
+        "prefix: greedy generation (the reply is the answer / starts with it); likelihood top-1: "
+        "the answer ranked first among the candidates."
+    )
+
+
 def curve_table(s: dict[str, Any]) -> str:
     """A sweep's curves over training as ranges (``summary["curves"]``): per cell, the lowest and
     highest accuracy any seed had at any evaluation, and the range at the seeds' last one."""
@@ -513,6 +563,9 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     },
     ("entity-masking-decoding", "readings"): readings_table,
     ("entity-masking-decoding", "tests"): readings_tests,
+    ("smollm2-parent-child", "evaluation"): evaluation_table,
+    ("parent-child-grid-decoding", "readings"): text_readings_table,
+    ("parent-child-grid-decoding", "tests"): text_readings_tests,
     ("entity-length-mc-draws", "accuracy"): draws_accuracy,
     ("entity-length-mc-draws", "tests"): draws_tests,
     **{
