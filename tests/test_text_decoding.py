@@ -37,7 +37,7 @@ def test_the_text_control_reads_each_mdm_four_ways(experiment, tmp_path, monkeyp
     """(The tiny models fit little in seconds: the fit threshold is lowered so that readings fit
     different seeds and the tests over them run; the rule applied is the same.)"""
     out, cfg = experiment
-    monkeypatch.setattr(T, "FIT", 0.25)
+    monkeypatch.setattr(F, "FIT", 0.25)
     control = tmp_path / "control"
     summary = T.measure(out, control, progress=False)
     assert list(summary["models"]) == ["mdm", "mdm-entity"]  # the ARM is not read
@@ -78,7 +78,7 @@ def test_the_text_control_reads_each_mdm_four_ways(experiment, tmp_path, monkeyp
     # fit first, per reading, at the lowered threshold (the readings fit different seeds) and at
     # none (every test runs, the one-step one on this control's records)
     _check_fit_and_tests(summary, control, out, task, reverse, at_least=2)
-    monkeypatch.setattr(T, "FIT", 0.0)
+    monkeypatch.setattr(F, "FIT", 0.0)
     everything = T.measure(out, tmp_path / "all-fit", progress=False)
     _check_fit_and_tests(everything, tmp_path / "all-fit", out, task, reverse, at_least=4)
     # the one-step test reads this control's own records: mark every one-step reverse answer of
@@ -95,7 +95,7 @@ def test_the_text_control_reads_each_mdm_four_ways(experiment, tmp_path, monkeyp
     marked = T.measure(out, tmp_path / "all-fit", progress=False)
     assert marked["tests"]["one-step"]["mdm-entity"][f"{reverse}.prefix"]["effect"] > 0.5
     _check_fit_and_tests(marked, tmp_path / "all-fit", out, task, reverse, at_least=4)
-    monkeypatch.setattr(T, "FIT", 0.25)
+    monkeypatch.setattr(F, "FIT", 0.25)
 
     # a rerun reuses the one-step records; the report is written
     stamp = (model_dir(control, "mdm", 0) / "summary.json").stat().st_mtime_ns
@@ -122,8 +122,8 @@ def _check_fit_and_tests(summary, control, out, task, reverse, at_least):
         for name in ("mdm", "mdm-entity"):
             group = next(iter(summary["models"][name][reading]["fitted_seeds"]))
             fwd, mirror = task.fit[group]
-            fitted[name] = [s for s in (0, 1) if per_seed[name, s][fwd][metric] >= T.FIT
-                            and per_seed[name, s][mirror][metric] >= T.FIT]  # fmt: skip
+            fitted[name] = [s for s in (0, 1) if per_seed[name, s][fwd][metric] >= F.FIT
+                            and per_seed[name, s][mirror][metric] >= F.FIT]  # fmt: skip
             assert summary["models"][name][reading]["fitted_seeds"][group] == fitted[name]
         test = summary["tests"][reading]["mdm-entity"][f"{reverse}.{metric}"]
         both = sorted(set(fitted["mdm"]) & set(fitted["mdm-entity"]))

@@ -517,15 +517,16 @@ def trains_mirror(run: TextRunConfig) -> bool:
 
 
 def fitted_seeds(rows: list[dict[str, Any]], name: str, splits: tuple[str, str],
-                 mirror: bool) -> list[int]:  # fmt: skip
+                 mirror: bool, metric: str = HEADLINE) -> list[int]:  # fmt: skip
     """The seeds whose model ``name`` fitted a statement group, ``splits`` = (its forward split,
     its mirror split, :attr:`Task.fit`): the forward split and, where the model trains on it
-    (``mirror``), the mirror split."""
+    (``mirror``), the mirror split, read by ``metric`` (the headline; a decoding control reads
+    other ways)."""
     forward, mirrored = splits
     needed = (forward, mirrored) if mirror else (forward,)
     return [
         r["seed"] for r in rows
-        if r["family"] == name and all(r[f"{split}.{HEADLINE}"] >= FIT for split in needed)
+        if r["family"] == name and all(r[f"{split}.{metric}"] >= FIT for split in needed)
     ]  # fmt: skip
 
 
@@ -587,14 +588,16 @@ def paired_by(root: Path, fitted: dict[str, dict[str, list[int]]], a: str, b: st
             for split, group in splits.items()}  # fmt: skip
 
 
-def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per model and statement group, the seeds that fitted it."""
+def fit_table(cfg: PersonDescriptionConfig, rows: list[dict[str, Any]], metric: str = HEADLINE,
+              names: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Per model (``names``, default every one) and statement group, the seeds that fitted it,
+    read by ``metric``."""
     task = task_for(cfg.run)
     return {
         name: {group: fitted_seeds(rows, name, splits,
-                                   trains_mirror(cfg.run_config(name, cfg.seeds[0])))
+                                   trains_mirror(cfg.run_config(name, cfg.seeds[0])), metric)
                for group, splits in task.fit.items()}
-        for name in cfg.model_names()
+        for name in (cfg.model_names() if names is None else names)
     }  # fmt: skip
 
 

@@ -32,17 +32,16 @@ from typing import Any
 
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig, load_yaml
-from revcurse.data.schema import one_way
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import save_generations
+from revcurse.experiments import from_scratch
 from revcurse.experiments.from_scratch import (
-    FIT,
     REPRODUCED,
     evaluate_run,
+    fit_table,
     load_run_model,
     paired_by,
     task_for,
-    trains_mirror,
     variant_splits,
 )
 from revcurse.files import model_dir
@@ -100,22 +99,6 @@ def one_step_run(cfg: PersonDescriptionConfig, name: str, seed: int, experiment:
     return metrics
 
 
-def fitted(rows: list[dict[str, Any]], cfg: PersonDescriptionConfig, metric: str,
-           names: list[str]) -> dict[str, dict[str, list[int]]]:  # fmt: skip
-    """Per model and statement group, the seeds whose forward split (and mirror, where the model
-    trains on it) reach :data:`FIT` by ``metric``: the fit-first rule applied to one reading."""
-    task = task_for(cfg.run)
-    table: dict[str, dict[str, list[int]]] = {}
-    for name in names:
-        mirror = trains_mirror(cfg.run_config(name, cfg.seeds[0]))
-        table[name] = {}
-        for group, (forward, mirrored) in task.fit.items():
-            needed = (forward, mirrored) if mirror else (forward,)
-            table[name][group] = [r["seed"] for r in rows if r["family"] == name
-                                  and all(r[f"{s}.{metric}"] >= FIT for s in needed)]  # fmt: skip
-    return table
-
-
 def measure(experiment: Path, out: Path, *, command: str = "(library call)",
             progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Read every finished run of the experiment's non-autoregressive models every way of
@@ -156,7 +139,7 @@ def measure(experiment: Path, out: Path, *, command: str = "(library call)",
     tests: dict[str, Any] = {}
     task = task_for(cfg.run)
     for reading, (source, metric) in READINGS.items():
-        fit = fitted(rows[reading], cfg, metric, names)
+        fit = fit_table(cfg, rows[reading], metric, names)
         root = out if source == "control" else experiment
         for name in names:
             mine = [r for r in rows[reading] if r["family"] == name]
@@ -164,13 +147,12 @@ def measure(experiment: Path, out: Path, *, command: str = "(library call)",
             models.setdefault(name, {})[reading] = {
                 "seeds": [r["seed"] for r in mine], "fitted_seeds": fit[name],
                 "all_seeds": aggregate(mine, keys) if mine else {},
-                "not_one_way": not one_way(cfg.run_config(name, cfg.seeds[0]).model),
             }  # fmt: skip
         tests[reading] = {
             name: paired_by(root, fit, name, "mdm", variant_splits(cfg), metric)
             for name in names if name != "mdm"
         }  # fmt: skip
-    summary = {"experiment": str(experiment), "task": task.name, "threshold": FIT,
+    summary = {"experiment": str(experiment), "task": task.name, "threshold": from_scratch.FIT,
                "readings": {k: {"records": s, "metric": m} for k, (s, m) in READINGS.items()},
                "splits": task.splits, "models": models, "tests": tests}  # fmt: skip
     files.write_json(out / "summary.json", summary)
