@@ -53,35 +53,6 @@ def run_killed(kill_at: int, count_file: Path, *args: str) -> subprocess.Complet
     return done
 
 
-# A Llama-3-like chat template: a default system turn, role headers, and an end-of-turn token that
-# is not the tokenizer's EOS (the Instruct checkpoints differ from their base models exactly here).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}<|header|> system <|sep|> Be brief. <|eot|>"
-    "{% for m in messages %}<|header|> {{ m['role'] }} <|sep|> {{ m['content'] }} <|eot|>"
-    "{% endfor %}{% if add_generation_prompt %}<|header|> assistant <|sep|> {% endif %}"
-)
-CHAT_SPECIALS = ["<|begin|>", "<|eos|>", "[PAD]", "[MASK]", "<|header|>", "<|sep|>", "<|eot|>"]
-
-
-def chat_tokenizer(texts, template: str | None = CHAT_TEMPLATE):
-    """A word-level Hugging Face tokenizer over ``texts`` (offline) carrying ``template``."""
-    import re
-
-    import tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)}
-                   | {"system", "user", "assistant", "Be", "brief", "."})  # fmt: skip
-    vocab = {t: i for i, t in enumerate([*CHAT_SPECIALS, "[UNK]", *words])}
-    raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
-        [tokenizers.pre_tokenizers.Whitespace(), tokenizers.pre_tokenizers.Punctuation()]
-    )
-    raw.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins words with spaces
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<|begin|>", eos_token="<|eos|>", pad_token="[PAD]",
-        mask_token="[MASK]", unk_token="[UNK]",
-        additional_special_tokens=["<|header|>", "<|sep|>", "<|eot|>"],
-    )  # fmt: skip
-    tok.chat_template = template
-    return tok
+# The tiny chat checkpoint's template and tokenizer (revcurse.models.tiny, `revcurse models tiny`).
+from revcurse.models.tiny import CHAT_SPECIALS, CHAT_TEMPLATE  # noqa: E402, F401
+from revcurse.models.tiny import word_tokenizer as chat_tokenizer  # noqa: E402, F401

@@ -66,24 +66,15 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
 
 
 def save_chat_checkpoint(path, family: str = "llama") -> None:
-    """A tiny random ARM checkpoint directory with a word-level tokenizer and a chat template."""
-    from conftest import chat_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
+    """A tiny random ARM checkpoint directory with a word-level tokenizer over Parent–Child's
+    words and a chat template (what `revcurse models tiny` writes)."""
     from revcurse.data.text_datasets import load_text_dataset
+    from revcurse.models.tiny import write_tiny_checkpoint
 
     data = load_text_dataset(FinetuneConfig().data)
     texts = [p.prompt + a for ps in [data.train, *data.tests.values()] for p in ps
              for a in [p.completion, *p.answers]]  # fmt: skip
-    tok = chat_tokenizer(texts)
-    cls, model_cls = (LlamaConfig, LlamaForCausalLM) if family == "llama" else (
-        Qwen2Config, Qwen2ForCausalLM)  # fmt: skip
-    cfg = cls(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-              tie_word_embeddings=False)  # fmt: skip
-    torch.manual_seed(0)
-    model_cls(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
+    write_tiny_checkpoint(path, texts, family)
 
 
 def test_finetune_of_a_local_chat_checkpoint_uses_its_template(tmp_path):

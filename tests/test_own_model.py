@@ -3,12 +3,14 @@ a tiny random chat checkpoint (``$CKPT``), with settings that keep it to seconds
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import HANG_GUARD_S
+import torch
+from conftest import HANG_GUARD_S, run_cli
 from test_finetune import TINY, save_chat_checkpoint
 
 from revcurse import files
@@ -64,3 +66,33 @@ def test_the_readme_own_model_commands_run_as_written(tmp_path):
     assert (tmp_path / "harness-tasks" / "revcurse_parent_child.yaml").is_file()
     scratch = files.read_json(tmp_path / "runs/scratch/summary.json")
     assert scratch["experiment"] == "facts" and "fwd_reverse.prefix" in scratch["comparison"]
+
+
+def test_models_tiny_writes_an_offline_checkpoint_that_evaluate_reads(tmp_path):
+    """`revcurse models tiny` (no network): a checkpoint folder whose tokenizer knows every word of
+    the facts it was made for (no unknown token in any statement or query), that `evaluate`
+    reads with its chat template; the same command again writes the same weights elsewhere."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from revcurse.data.facts import read_facts
+
+    facts = tmp_path / "facts.jsonl"
+    assert run_cli("data", "convert", "parent-child", "--out", str(facts)).returncode == 0
+    for name in ("ck", "again"):
+        done = run_cli("models", "tiny", "--out", str(tmp_path / name), "--facts", str(facts))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == str(tmp_path / name)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ck")
+    assert tok.chat_template and tok.unk_token_id is not None
+    records = read_facts(facts).facts[:20]
+    for record in records:
+        for text in (record.a, record.b):
+            assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
+    first, second = (load_file(tmp_path / n / "model.safetensors") for n in ("ck", "again"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    ev = run_cli("evaluate", str(tmp_path / "ck"), "--set", "data.dataset=facts", "--set",
+                 f"data.path={facts}", "--set", "data.max_eval=4", "--set", "eval.n_distractors=3",
+                 "--set", "probe.enabled=false", "--out", str(tmp_path / "ev"))  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["chat_template"] is True

@@ -531,7 +531,8 @@ def analyse_probes(
 
 
 models_app = typer.Typer(
-    help="Real checkpoints: fetch one revcurse knows, converted once to a checkpoint folder.",
+    help="Checkpoints to try revcurse on: fetch a real one revcurse knows (converted once to a "
+    "checkpoint folder), or write a tiny random one offline.",
     no_args_is_help=True,
 )
 app.add_typer(models_app, name="models")
@@ -567,6 +568,38 @@ def models_get(
     typer.echo(str(folder))
     typer.echo(f"use it: --set model.family={KNOWN[name].family} --set model.path={folder}",
                err=True)  # fmt: skip
+
+
+@models_app.command("tiny")
+@guarded
+def models_tiny(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The checkpoint folder to write.")],
+    family: Annotated[str, typer.Option(help="llama or qwen2.")] = "llama",
+    facts: Annotated[
+        Path | None,
+        typer.Option(
+            help="A facts file whose words the tokenizer must know (default: Parent–Child's)."
+        ),
+    ] = None,
+) -> None:
+    """Write a tiny random chat checkpoint offline (2 layers, word-level tokenizer over the facts'
+    words, a chat template) to try evaluate, finetune and data harness on: it answers nothing."""
+    from revcurse.config import TextDataConfig, from_dict
+    from revcurse.data.text_datasets import load_text_dataset
+    from revcurse.models.tiny import FAMILIES, write_tiny_checkpoint
+
+    if family not in FAMILIES:
+        raise _fail(f"--family {family}: expected one of {', '.join(FAMILIES)}")
+    if out.exists() or out.is_symlink():
+        raise _fail(f"--out {out}: already exists; choose a new folder (nothing was written)")
+    where = "revcurse models tiny (--facts)"
+    data = {"dataset": "facts", "path": str(facts)} if facts else {"dataset": "parent-child"}
+    dataset = load_text_dataset(from_dict(TextDataConfig, data, where=where))
+    texts = [p.prompt + a for pairs in [dataset.train, *dataset.tests.values()] for p in pairs
+             for a in [p.completion, *p.answers]]  # fmt: skip
+    write_tiny_checkpoint(out, texts, family)
+    typer.echo(str(out))
+    typer.echo(f"use it: --set model.family={family} --set model.path={out}", err=True)
 
 
 runs_app = typer.Typer(
