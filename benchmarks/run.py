@@ -24,6 +24,7 @@ import lora_step  # noqa: E402
 import per_example  # noqa: E402
 import probe_overhead  # noqa: E402
 import sweep_overhead  # noqa: E402
+import text_padding  # noqa: E402
 import toy_scaling  # noqa: E402
 import train_step  # noqa: E402
 from common import machine  # noqa: E402
@@ -44,6 +45,7 @@ def sections(repeats: int, quick: bool) -> dict[str, Callable[[], str]]:
             eval_scaling.PAIRS[:2] if quick else eval_scaling.PAIRS
         ),
         "compile_gain": lambda: compile_gain.run(),
+        "text_padding": lambda: text_padding.run(),
     }
 
 
