@@ -16,6 +16,14 @@ from matplotlib.lines import Line2D  # noqa: E402
 from revcurse import files  # noqa: E402
 
 FAMILY_COLORS = {"mdm": "#1f77b4", "arm": "#d62728"}
+VARIANT_COLORS = ("#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+"""Colours for the models that are neither family (variants), none of them the MDM's or the ARM's."""
+
+
+def model_colors(names: Sequence[str]) -> dict[str, str]:
+    """A distinct colour per model of one figure: the families their own, the others in turn."""
+    others = iter(VARIANT_COLORS * (1 + len(names) // len(VARIANT_COLORS)))
+    return {n: FAMILY_COLORS[n] if n in FAMILY_COLORS else next(others) for n in names}
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

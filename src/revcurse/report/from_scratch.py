@@ -11,7 +11,7 @@ import numpy as np
 from revcurse import files
 from revcurse.config import PersonDescriptionConfig
 from revcurse.data.tasks import Task, task_for
-from revcurse.report.figures import FAMILY_COLORS, plt, save
+from revcurse.report.figures import model_colors, plt, save
 from revcurse.report.render import (
     Block,
     Check,
@@ -37,6 +37,7 @@ def figure(out: Path, summary: dict[str, Any], metric: str, task: Task) -> Path:
     splits = [s for _, group in task.tables for s in group]
     fig, ax = plt.subplots(figsize=(10, 3.6))
     families = list(summary["aggregate"])
+    colors = model_colors(families)
     width = 0.8 / len(families)
     x = np.arange(len(splits))
     for i, family in enumerate(families):
@@ -45,7 +46,7 @@ def figure(out: Path, summary: dict[str, Any], metric: str, task: Task) -> Path:
         means = [agg[f"{s}.{metric}"]["mean"] if f"{s}.{metric}" in agg else np.nan for s in splits]
         stds = [agg[f"{s}.{metric}"]["std"] if f"{s}.{metric}" in agg else 0.0 for s in splits]
         ax.bar(x + (i - (len(families) - 1) / 2) * width, means, width, yerr=stds, capsize=3,
-               label=family.upper(), color=FAMILY_COLORS.get(family))  # fmt: skip
+               label=family.upper(), color=colors[family])  # fmt: skip
     ax.set_xticks(x, [s.replace("_", "\n", 1) for s in splits], fontsize=8)
     edges = np.cumsum([len(group) for _, group in task.tables])[:-1]
     for edge in edges:  # one block of bars per table, left to right
@@ -54,7 +55,9 @@ def figure(out: Path, summary: dict[str, Any], metric: str, task: Task) -> Path:
     ax.set_ylabel(f"{metric} accuracy")
     blocks = "   |   ".join(title for title, _ in task.tables)
     ax.set_title(f"{blocks} (left to right; mean ± sd over seeds)", fontsize=9)
-    ax.legend()
+    # below the axes: with variants, a legend inside covers the bars
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(families), 6),
+              frameon=False, fontsize=8)  # fmt: skip
     return save(fig, out / "figures" / f"accuracy_{metric}.png")
 
 
@@ -132,8 +135,9 @@ def curves_figure(out: Path, summary: dict[str, Any]) -> Path | None:
     thirds = has_thirds(summary)  # too few probe facts leave every third without a correlation
     fig, axes = plt.subplots(1, 3 if thirds else 2, figsize=(15 if thirds else 10, 3.8))
     first, by_third, cosine = (axes[0], axes[1], axes[2]) if thirds else (axes[0], None, axes[1])
-    for i, (name, c) in enumerate(curves.items()):
-        color = FAMILY_COLORS.get(name, f"C{i + 2}")
+    colors = model_colors(list(curves))
+    for name, c in curves.items():
+        color = colors[name]
         for pairing, rows in c["pairings"].items():
             ls = "-" if pairing == "mirror" else "--"
             first.plot(c["steps"], _nan(rows["attention_r"]), ls, color=color,
@@ -147,13 +151,16 @@ def curves_figure(out: Path, summary: dict[str, Any]) -> Path | None:
                 cosine.plot(c["steps"], _nan(rows["cos_pair_rev_routing"]), ":", color=color,
                             label=f"{name} {pairing} routing")  # fmt: skip
     titles = ["attention r (mean over layers, heads)",
-              *(["attention r by distance third (mirror; ARM: forward)"] if thirds else []),
+              *(["attention r by distance third (mirror where a model has it, else forward)"]
+                if thirds else []),
               "gradient cosine, paired vs reverse query"]  # fmt: skip
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training step")
         ax.axhline(0, color="#999", lw=0.6)
-        ax.legend(fontsize=6)
+        # below each panel: inside, the legends of several models cover the curves
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                  frameon=False)  # fmt: skip
     return save(fig, out / "figures" / "probes_over_training.png")
 
 
