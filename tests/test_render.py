@@ -18,3 +18,17 @@ def test_data_strings_cannot_inject_markdown(tmp_path):
     # one header row and one body row, each a single cell: the pipe in the data is escaped
     assert len(table) == 2 and all(line.count(" | ") == 0 for line in table)
     assert r"\!\[track\]" in text and r"\|" in text
+
+
+def test_every_model_of_a_figure_has_its_own_colour():
+    """The families keep theirs (MDM blue, ARM red); every other model gets one no other model of
+    the figure has, even with more variants than the palette holds."""
+    from revcurse.report.figures import FAMILY_COLORS, VARIANT_COLORS, model_colors
+
+    names = ["mdm", "arm", "mdm-entity", "masked-ar", "mdm-causal-attention", "prefix-lm-full"]
+    colors = model_colors(names)
+    assert colors["mdm"] == FAMILY_COLORS["mdm"] and colors["arm"] == FAMILY_COLORS["arm"]
+    assert len(set(colors.values())) == len(names)
+    many = model_colors([f"v{i}" for i in range(len(VARIANT_COLORS))])
+    assert len(set(many.values())) == len(VARIANT_COLORS)
+    assert not set(many.values()) & set(FAMILY_COLORS.values())
