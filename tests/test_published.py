@@ -195,7 +195,7 @@ def test_sweep_contrasts_are_value_minus_baseline_over_their_seeds(name):
         assert c["fit"]["baseline"] == fit_summary([b[s_] for s_ in c["seeds"]])["label"]
 
 
-@pytest.mark.parametrize("name", ["person-description", "parent-child"])
+@pytest.mark.parametrize("name", ["person-description", "parent-child", "parent-child-grid"])
 def test_scratch_tests_are_differences_over_the_seeds_both_models_fitted(name):
     """Every paired test of a from-scratch experiment runs over exactly the seeds both compared
     models fitted the split's group on (summary['fit']), and its effect is the difference of the
@@ -204,10 +204,12 @@ def test_scratch_tests_are_differences_over_the_seeds_both_models_fitted(name):
 
     s = _summary(name)
     fitted = s["fit"]["fitted_seeds"]
-    task = TASKS[name]
+    task = TASKS[s["experiment"]]
     group_of = {forward: g for g, (forward, _) in task.fit.items()} | dict(task.compared)
     tests = [("mdm", "arm", k, t) for k, t in s["comparison"].items()]
     tests += [(v, "mdm", k, t) for v, per in (s.get("variant_comparison") or {}).items()
+              for k, t in per.items()]  # fmt: skip
+    tests += [(v, "arm", k, t) for v, per in (s.get("variant_arm_comparison") or {}).items()
               for k, t in per.items()]  # fmt: skip
     row = {(r["family"], r["seed"]): r for r in s["rows"]}
     checked = 0
@@ -282,6 +284,7 @@ NOT_MEASURED = {
     "vocab_size", "n_facts_forward", "n_facts_mirror", "threshold",
     # names: model families and variants, statement groups and directions keyed in the fit table
     "arm", "mdm", "mdm-answer", "mdm-learned", "mdm-none", "mdm-sinusoidal", "p2d", "d2p", "c2p",
+    "mdm-entity", "masked-ar", "mdm-causal-attention", "prefix-lm-full",
     "forward", "mirror", "reverse", "layer0", "layer1",
 }  # fmt: skip
 PLACEHOLDERS = {
