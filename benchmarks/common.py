@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -46,3 +49,11 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def in_child(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """``python script --child ARGS`` in a process of its own (its peak memory, compilation and
+    thread setting its own), failing loudly; the JSON object on its last line of output."""
+    done = subprocess.run([sys.executable, script, "--child", *args], env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -33,10 +33,11 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import in_child
 
 HERE = Path(__file__).resolve().parent
 BEFORE = "2b053c6"
@@ -137,9 +138,7 @@ def _cell(src: Path, kind: str, arg: str, threads: int) -> dict:
         env["OMP_NUM_THREADS"] = str(threads)
     else:
         env.pop("OMP_NUM_THREADS", None)
-    done = subprocess.run([sys.executable, __file__, "--child", kind, arg, str(threads)], env=env,
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_child(__file__, kind, arg, str(threads), env=env)
 
 
 def run(pairs: tuple[int, ...] = PAIRS) -> str:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from common import in_child
 
 HERE = Path(__file__).resolve().parent
 WARM, STEPS, REPEATS = 20, 200, 2
@@ -61,9 +61,7 @@ def child(sets: list[str]) -> dict[str, float]:
 
 
 def _cell(sets: list[str]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(sets)],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return in_child(__file__, json.dumps(sets))
 
 
 def run() -> str:

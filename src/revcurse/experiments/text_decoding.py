@@ -127,14 +127,16 @@ def measure(experiment: Path, out: Path, *, command: str = "(library call)",
         if fresh:  # nothing half-written: a folder this call made holds only its own reads
             shutil.rmtree(out, ignore_errors=True)
         raise
+    recorded = {run: files.read_json(model_dir(experiment, *run) / "summary.json")["splits"]
+                for run in runs}  # fmt: skip
     rows: dict[str, list[dict[str, Any]]] = {}
     for reading, (source, metric) in READINGS.items():
-        rows[reading] = []
-        for name, seed in runs:
-            splits = (one_step[name, seed] if source == "control" else
-                      files.read_json(model_dir(experiment, name, seed) / "summary.json")["splits"])  # fmt: skip
-            rows[reading].append({"family": name, "seed": seed,
-                                  **{f"{k}.{metric}": m[metric] for k, m in splits.items()}})  # fmt: skip
+        split_metrics = one_step if source == "control" else recorded
+        rows[reading] = [
+            {"family": name, "seed": seed,
+             **{f"{k}.{metric}": m[metric] for k, m in split_metrics[name, seed].items()}}
+            for name, seed in runs
+        ]  # fmt: skip
     models: dict[str, Any] = {}
     tests: dict[str, Any] = {}
     task = task_for(cfg.run)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from revcurse.data.schema import TextPair, entity_text, mirror_query
+from revcurse.data.schema import TextPair, entity_text, mirror_query, one_way
 from revcurse.data.text import fill_row, frame
 from revcurse.objectives import answer_loss
 from revcurse.probes.attention import coupling_by_distance, mass_grid, pair_coupling
@@ -297,8 +297,7 @@ def probe_record(
         pairing: encoded
         for pairing, encoded in facts.items()
         # a masked model attending to the left only has no mirror pairing, as in the toy's
-        if pairing in pairings_for(causal or getattr(model, "attends_causally", causal))
-        and len(encoded) >= 3
+        if pairing in pairings_for(causal or one_way(model)) and len(encoded) >= 3
     }
     scores: dict[int, torch.Tensor] = {}
     gradients = gradient_alignments(model, probed, causal=causal, mask_id=mask_id)
