@@ -41,6 +41,11 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
         assert (out / name).is_file(), name
     assert summary["lora_modules"] == 7 * cfg.model.n_layers  # attention + MLP, the default
     assert summary["causal"] == (family == "llama")
+    # where the time went: evaluation before and after training, and the training itself
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"before_evaluation_seconds", "train_seconds", "tokens_per_second",
+                            "after_evaluation_seconds"}  # fmt: skip
+    assert all(v > 0 for v in timings.values())
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8, 12]
     probes = [json.loads(x) for x in (out / "probes.jsonl").read_text().splitlines()]

@@ -72,20 +72,59 @@ def test_the_matched_pair_trains_one_checkpoint_as_both_families_and_pairs_them(
                         and r[f"after.forward.{metric}"] >= summary["fit"]["threshold"]]  # fmt: skip
             assert summary["fit"]["fitted_seeds"][reading][family] == expected
 
-    # the all-seed rank test, recomputed from the records
-    def outcomes(family):
-        return [[float(OUTCOMES["likelihood_top1"](r)) for r in files.read_jsonl(
+    # the all-seed tests by rank and by chain rank, recomputed from the records
+    def outcomes(family, metric):
+        return [[float(OUTCOMES[metric](r)) for r in files.read_jsonl(
             out / "models" / f"{family}-seed{s}" / "generations" / "after" / "reverse.jsonl")]
             for s in (0, 1)]  # fmt: skip
 
-    test = summary["comparison"]["reverse.rank.all"]
-    again = paired_comparison(outcomes("llama-a2d"), outcomes("llama"))
-    assert test["effect"] == pytest.approx(again["effect"]) and test["seeds"] == [0, 1]
+    assert summary["fit"]["readings"] == {"generation": "prefix", "rank": "likelihood_top1",
+                                          "chain": "chain_top1"}  # fmt: skip
+    for reading in ("rank", "chain"):
+        metric = summary["fit"]["readings"][reading]
+        test = summary["comparison"][f"reverse.{reading}.all"]
+        again = paired_comparison(outcomes("llama-a2d", metric), outcomes("llama", metric))
+        assert test["effect"] == pytest.approx(again["effect"]) and test["seeds"] == [0, 1]
     # resuming keeps the finished runs
     stamp = (out / "models" / "llama-a2d-seed1" / "summary.json").stat().st_mtime_ns
     result = CliRunner().invoke(app, [*args, "--resume"])
     assert result.exit_code == 0, result.output
     assert (out / "models" / "llama-a2d-seed1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_the_matched_pair_reads_a2d_minus_arm_over_the_seeds_both_fitted(tmp_path):
+    """summarise on hand-written runs (the tiny model above ranks alike both ways, so its tests are
+    all zero): the A2D ranks the reverse answer first 3 and 2 times of 4 where the ARM does 1 and
+    0 times, by the chain 0 times where the ARM does 4; the A2D fits by rank on seed 0 only. So
+    by rank +0.5 over seed 0 (fitted) and over both seeds (all), by chain -1 (the ARM first)."""
+    from revcurse.experiments.matched_pair import summarise
+
+    def run(family, seed, forward_rank, reverse_rank, reverse_chain):
+        folder = tmp_path / "models" / f"{family}-seed{seed}"
+        metrics = {"direction": "forward", "n": 4, "exact": 0.0, "prefix": 0.0,
+                   "likelihood_top1": forward_rank, "chain_top1": 1.0, "chance_top1": 0.25}  # fmt: skip
+        records = [{"prefix": False, "rank": 1 if q < reverse_rank else 2,
+                    "chain_rank": 1 if q < reverse_chain else 3} for q in range(4)]  # fmt: skip
+        reverse = metrics | {"direction": "reverse", "likelihood_top1": reverse_rank / 4,
+                             "chain_top1": reverse_chain / 4}  # fmt: skip
+        stage = {"forward": metrics, "reverse": reverse}
+        files.write_json(folder / "summary.json", {"before": stage, "after": stage})
+        (folder / "generations" / "after").mkdir(parents=True)
+        for record in records:
+            files.append_jsonl(folder / "generations" / "after" / "reverse.jsonl", record)
+
+    for seed, (a2d_fit, a2d_rank, arm_rank) in enumerate([(1.0, 3, 1), (0.5, 2, 0)]):
+        run("llama-a2d", seed, a2d_fit, a2d_rank, 0)
+        run("llama", seed, 1.0, arm_rank, 4)
+    cfg = apply_overrides(MatchedPairConfig(), ["seeds=[0, 1]"])
+    s = summarise(tmp_path, cfg)
+    assert s["fit"]["fitted_seeds"]["rank"] == {"llama": [0, 1], "llama-a2d": [0]}
+    tests = s["comparison"]
+    assert tests["reverse.rank.fitted"]["seeds"] == [0]
+    assert tests["reverse.rank.fitted"]["effect"] == pytest.approx(0.5)
+    assert tests["reverse.rank.all"]["effect"] == pytest.approx((2 / 4 + 2 / 4) / 2)
+    assert tests["reverse.chain.all"]["effect"] == pytest.approx(-1.0)
+    assert tests["reverse.generation.all"]["effect"] == 0.0
 
 
 def test_the_matched_pair_needs_a_checkpoint_and_both_families():

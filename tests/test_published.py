@@ -269,6 +269,39 @@ def test_text_readings_are_differences_over_the_seeds_each_reading_fitted():
     assert checked >= 8
 
 
+def test_the_matched_pair_reads_its_reverse_over_the_seeds_both_fitted():
+    """The published matched pair: each family's fitted seeds per reading are those whose forward
+    split after fine-tuning reaches the threshold read that way; each A2D - ARM test on the
+    reverse split runs over the seeds both fitted (or every seed, marked all), its effect the
+    mean over them of the per-seed difference of the rows' accuracies (one query set per seed, so
+    the mean of the paired differences is that)."""
+    s = _summary("matched-pair")
+    arm, a2d = s["families"]
+    fit = s["fit"]
+    checked = 0
+    for reading, metric in fit["readings"].items():
+        rows = {(r["family"], r["seed"]): r for r in s["rows"]}
+        for family in s["families"]:
+            fitted = [seed for seed in s["seeds"] if all(
+                rows[family, seed][f"after.{split}.{metric}"] >= fit["threshold"]
+                for split in fit["splits"])]  # fmt: skip
+            assert fit["fitted_seeds"][reading][family] == fitted, (family, reading)
+        for split, direction in s["directions"].items():
+            if direction != "reverse":
+                continue
+            for over, seeds in (("fitted", sorted(set(fit["fitted_seeds"][reading][a2d])
+                                                  & set(fit["fitted_seeds"][reading][arm]))),
+                                ("all", s["seeds"])):  # fmt: skip
+                t = s["comparison"][f"{split}.{reading}.{over}"]
+                assert t["seeds"] == seeds, (reading, over)
+                if seeds:
+                    key = f"after.{split}.{metric}"
+                    diff = [rows[a2d, seed][key] - rows[arm, seed][key] for seed in seeds]
+                    assert t["effect"] == pytest.approx(sum(diff) / len(diff), abs=1e-9)
+                    checked += 1
+    assert checked >= 3
+
+
 # --------------------------------------------------------------------------------------------------
 # docs/verification.md: every published quantity names a test that exists
 # --------------------------------------------------------------------------------------------------
@@ -284,7 +317,8 @@ NOT_MEASURED = {
     "vocab_size", "n_facts_forward", "n_facts_mirror", "threshold",
     # names: model families and variants, statement groups and directions keyed in the fit table
     "arm", "mdm", "mdm-answer", "mdm-learned", "mdm-none", "mdm-sinusoidal", "p2d", "d2p", "c2p",
-    "mdm-entity", "masked-ar", "mdm-causal-attention", "prefix-lm-full",
+    "mdm-entity", "masked-ar", "mdm-causal-attention", "prefix-lm-full", "llama", "llama-a2d",
+    "families", "splits",
     "forward", "mirror", "reverse", "layer0", "layer1",
 }  # fmt: skip
 PLACEHOLDERS = {

@@ -128,19 +128,27 @@ def _train_interrupted(monkeypatch, cfg, out, step: int) -> None:
             train(cfg, out)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal):
+@pytest.mark.parametrize(("causal", "compiled"), [(False, False), (True, False), (False, True)])
+def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal, compiled):
+    """An interrupted run resumed from its checkpoint ends as the uninterrupted one, bit for bit:
+    eagerly, and compiled (train.compile, as the Person-Description preset trains; the resumed
+    process compiles the same graphs again)."""
     cfg = apply_overrides(
         tiny_run_config(causal=causal),
         ["train.steps=30", "train.checkpoint_every=10", "train.log_every=4", "probe.every=6",
-         "probe.distances=[0]"],
+         "probe.distances=[0]", f"train.compile={str(compiled).lower()}"],
     )  # fmt: skip
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
     _train_interrupted(monkeypatch, cfg, run, 25)  # after the checkpoint at 20; records to 24
     assert (run / "checkpoints" / "last.safetensors").is_file()
     assert '"step": 24' in (run / "metrics.jsonl").read_text()  # stale records to be redone
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # as a new process would, the resumed run compiles its graphs afresh
+    counters.clear()
     resumed = train(cfg, run, resume=True)
+    assert (counters["stats"]["unique_graphs"] > 0) == compiled  # it really ran compiled, or not
     assert _deterministic(resumed) == _deterministic(full)
     for name in ("metrics.jsonl", "probes/probes.jsonl"):
         strip = [

@@ -914,10 +914,12 @@ class TextRunConfig:
     or nothing)."""
 
     model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=52)
+        default_factory=lambda: ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=40)
     )
     """Architecture; model.causal picks MDM (false) or ARM (true). The MDM's statements are
-    padded with EOS to max_seq_len, which must also hold the longest query + its answer."""
+    padded with EOS to max_seq_len, which must also hold the longest query + its answer: 40 for
+    Person-Description (the experiment refuses less). It was published first with 52, when 49%
+    of the MDM's tokens were EOS (benchmarks/text_padding.py)."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=12000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
@@ -925,7 +927,10 @@ class TextRunConfig:
         )
     )  # fmt: skip
     """12000 steps: at 3000 the MDM had memorised the p2d statements on no seed (forward prefix
-    0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin."""
+    0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin. Eager by
+    default; ``train.compile=true`` (the same run up to float rounding; a resumed compiled run
+    ends as the uninterrupted one bit for bit) makes the MDM's step 0.85x the eager one
+    (benchmarks/text_padding.py), and is how Person-Description is published."""
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=16))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))

@@ -485,9 +485,13 @@ def run_finetune(
         else:
             if main:
                 say_subsample(cfg, dataset, tests)
+            began = time.perf_counter()
             before = evaluate("before")
             if main:
                 files.write_json(out / "before.json", before)
+                # kept for the final timings.json (a resumed run reads it back)
+                files.write_json(out / "timings.json",
+                                 {"before_evaluation_seconds": time.perf_counter() - began})  # fmt: skip
             probes(model, 0)
 
         data = training_data(cfg, tokenizer, train_pairs, dataset, bos=bos, causal=spec.causal)
@@ -501,7 +505,12 @@ def run_finetune(
         )  # fmt: skip
         speed = {"train_seconds": fitted.seconds, "tokens_per_second": fitted.tokens_per_second}
         probes(model, cfg.train.steps, final=True)
+        began = time.perf_counter()
         after = evaluate("after")
+        if main:
+            earlier = out / "timings.json"
+            speed = (files.read_json(earlier) if earlier.is_file() else {}) | speed | {
+                "after_evaluation_seconds": time.perf_counter() - began}  # fmt: skip
         for stage, step, results in (("before", 0, before), ("after", cfg.train.steps, after)):
             for split, metrics in results.items():
                 log.track(f"{stage}/{split}", step, metrics)

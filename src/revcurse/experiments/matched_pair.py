@@ -16,7 +16,8 @@ The two differ in the attention mask, the objective and the decoding, and in not
 run is an ordinary fine-tune run (:func:`~revcurse.experiments.finetune.run_finetune`), in
 ``out/models/<family>-seed<s>/``, resumable. The summary reads fit first, by generation and by
 likelihood rank separately: a seed's model has fitted when its forward (trained) split after
-fine-tuning reaches :data:`~revcurse.experiments.from_scratch.FIT` by that reading. A converted
+fine-tuning reaches :data:`~revcurse.experiments.from_scratch.FIT` by that reading (generation,
+likelihood rank, chain rank: :data:`READINGS`). A converted
 model that never learned to denoise may fit nothing; then its reverse is not read. The reverse
 splits are compared A2D − ARM paired by (seed, query) over the seeds both fitted
 (:func:`~revcurse.stats.paired_comparison`), and also over every seed, marked as such.
@@ -38,9 +39,11 @@ from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
 from revcurse.stats import aggregate, decision, paired_comparison
 
-READINGS = {"generation": HEADLINE, "rank": "likelihood_top1"}
-"""The two readings of an answer: the generation starts with it (``prefix``); it ranks first among
-the candidates by likelihood."""
+READINGS = {"generation": HEADLINE, "rank": "likelihood_top1", "chain": "chain_top1"}
+"""The three readings of an answer: the generation starts with it (``prefix``); it ranks first
+among the candidates by likelihood (the A2D's by the Monte-Carlo bound); it ranks first by the
+chain likelihood (the A2D's answer unmasked one token at a time; the ARM's exact likelihood
+again)."""
 
 
 def run_config(cfg: MatchedPairConfig, family: str, seed: int):
@@ -103,6 +106,12 @@ def run_matched_pair(
     files.write_json(out / "timings.json", {
         "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - start,
         "runs": previous.get("runs", {}) | times,
+        # each run's own record: training, and evaluation before and after it (a run resumed
+        # across sittings counts its last sitting's training only)
+        "run_timings": {
+            f"{family}-seed{seed}": files.read_json(model_dir(out, family, seed) / "timings.json")
+            for seed in cfg.seeds for family in cfg.families
+        },
     })  # fmt: skip
     write_report(out, summary)
     return summary
@@ -128,6 +137,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
                         if metric in m:
                             row[f"{stage}.{split}.{metric}"] = m[metric]
             row["n"] = {split: m["n"] for split, m in s["after"].items()}
+            chance = {split: m["chance_top1"] for split, m in s["after"].items()}
             rows.append(row)
     forward = [s for s, d in directions.items() if d == "forward"]
     reverse = [s for s, d in directions.items() if d == "reverse"]
@@ -159,6 +169,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
         "families": cfg.families,
         "seeds": cfg.seeds,
         "directions": directions,
+        "chance_top1": chance,  # per split; every run asks the same queries of the same candidates
         "rows": rows,
         "aggregate": {
             f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families
@@ -173,7 +184,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
 def write_report(out: Path, summary: dict[str, Any]) -> None:
     """``report.md``: per family and split the metrics before and after (mean ± sd over seeds),
     the seeds that fitted by each reading, and the paired tests."""
-    from revcurse.report.render import Heading, Para, Table, to_markdown
+    from revcurse.report.render import Figure, Heading, Para, Table, to_markdown
     from revcurse.stats import comparison_cells
 
     def pm(agg: dict[str, Any], key: str) -> str:
@@ -186,7 +197,7 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
             rows.append([family, f"{split} ({direction})",
                          *(pm(agg, f"{stage}.{split}.{metric}")
                            for stage in ("before", "after")
-                           for metric in (HEADLINE, "likelihood_top1"))])  # fmt: skip
+                           for metric in (HEADLINE, "likelihood_top1", "chain_top1"))])  # fmt: skip
     fit = summary["fit"]
     fitted = [[reading, *(f"{len(fit['fitted_seeds'][reading][f])}/{len(summary['seeds'])}"
                           for f in summary["families"])] for reading in fit["readings"]]  # fmt: skip
@@ -203,13 +214,16 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         Para(f"One checkpoint ({summary['model_path']}) fine-tuned with LoRA as an ARM ({arm}) "
              f"and as an MDM ({mdm}), seeds {summary['seeds']}: same facts, steps and "
              "evaluation. prefix: the generation starts with the answer; likelihood top-1: the "
-             "answer ranks first among the candidates (the MDM's by the Monte-Carlo bound)."),
+             "answer ranks first among the candidates (the MDM's by the Monte-Carlo bound); chain top-1: first by the chain "
+             "likelihood (the MDM's answer unmasked a token at a time; the ARM's exact "
+             "likelihood again)."),
         Table(["family", "split", "prefix, before", "likelihood top-1, before",
-               "prefix, after", "likelihood top-1, after"], rows),
+               "chain top-1, before", "prefix, after", "likelihood top-1, after",
+               "chain top-1, after"], rows),
         Heading("Fit first"),
         Para(f"A seed's model has fitted when every forward (trained) split reaches "
-             f"{fit['threshold']} after fine-tuning, by generation (prefix) or by rank "
-             "(likelihood top-1), each reading on its own."),
+             f"{fit['threshold']} after fine-tuning, by generation (prefix), by rank "
+             "(likelihood top-1) or by chain rank, each reading on its own."),
         Table(["reading", *summary["families"]], fitted),
         Heading(f"{mdm} − {arm} on the reverse splits"),
         Para("Paired by seed and query, over the seeds where both fitted by that reading "
@@ -218,4 +232,21 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         Table(["split", "reading", "seeds over", "seeds", "difference", "95% interval", "p",
                "decision"], tests),
     ]  # fmt: skip
+    from revcurse.report.figures import before_and_after
+
+    figure = before_and_after(
+        summary["rows"], summary["families"],
+        {"generation (prefix)": HEADLINE, "likelihood rank": "likelihood_top1",
+         "chain rank": "chain_top1"},
+        list(summary["directions"]), out / "figures" / "readings.png",
+        chance=max(summary["chance_top1"].values()),
+    )  # fmt: skip
+    blocks.insert(
+        2,
+        Figure(
+            figure,
+            "Each reading per family and split, before (pale) and after "
+            "(solid) fine-tuning: bars the seed means, dots the seeds.",
+        ),
+    )
     files.write_text(out / "report.md", to_markdown("The matched pair", blocks, out))

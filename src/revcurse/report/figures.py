@@ -68,6 +68,54 @@ def accuracy_by_family(
     return save(fig, path)
 
 
+def before_and_after(
+    rows: Sequence[dict[str, Any]],
+    families: Sequence[str],
+    readings: dict[str, str],
+    splits: Sequence[str],
+    path: Path,
+    chance: float | None = None,
+) -> Path:
+    """A fine-tune comparison read several ways: one panel per reading (``readings``: title ->
+    metric), per family and split a pale bar before fine-tuning and a solid one after (seed
+    means), one dot per seed. ``rows`` hold ``{stage}.{split}.{metric}`` per (family, seed)."""
+    fig, axes = plt.subplots(1, len(readings), figsize=(3.4 * len(readings), 3.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    colors = model_colors(list(families))
+    width = 0.8 / (2 * len(splits))
+    rng = np.random.default_rng(0)  # jitter of the per-seed dots only
+    for ax, (title, metric) in zip(axes, readings.items(), strict=True):
+        for i, family in enumerate(families):
+            fam_rows = [r for r in rows if r["family"] == family]
+            for j, (split, stage) in enumerate((s, g) for s in splits for g in ("before", "after")):
+                values = np.array([r[f"{stage}.{split}.{metric}"] for r in fam_rows])
+                x = i - 0.4 + width * (j + 0.5)
+                ax.bar(x, values.mean(), width * 0.9, color=colors[family], edgecolor="black",
+                       alpha=0.35 if stage == "before" else 0.9,
+                       hatch="//" if split != splits[0] else None)  # fmt: skip
+                jitter = rng.uniform(-width * 0.2, width * 0.2, size=len(values))
+                ax.scatter(x + jitter, values, color="black", s=10, zorder=3)
+        if chance is not None:
+            ax.axhline(chance, color="gray", ls="--", lw=1)
+        ax.set_xticks(range(len(families)), list(families))
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("accuracy")
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black",
+                      hatch="//" if split != splits[0] else None, label=split)
+        for split in splits
+    ] + [
+        plt.Rectangle((0, 0), 1, 1, facecolor="gray", alpha=a, edgecolor="black", label=stage)
+        for stage, a in (("before fine-tuning", 0.35), ("after", 0.9))
+    ]  # fmt: skip
+    if chance is not None:
+        handles.append(Line2D([], [], color="gray", ls="--", label="chance (ranks)"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8,
+               bbox_to_anchor=(0.5, -0.08))  # fmt: skip
+    return save(fig, path)
+
+
 def training_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     """Loss and forward/reverse accuracy against step; one line per model (label -> metrics)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")

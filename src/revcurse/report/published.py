@@ -485,6 +485,67 @@ def evaluation_table(s: dict[str, Any]) -> str:
     )
 
 
+MATCHED_METRICS = {"prefix": "generation", "likelihood_top1": "rank", "chain_top1": "chain rank"}
+
+
+def matched_pair_table(s: dict[str, Any]) -> str:
+    """The matched pair: per family and split, each reading before and after fine-tuning (mean ±
+    sd over seeds), and per family the seeds that fitted by each reading."""
+    rows = []
+    for family in s["families"]:
+        agg = s["aggregate"][family]
+        for split, direction in s["directions"].items():
+            rows.append([f"`{family}`", direction, *(
+                _pm(agg.get(f"{stage}.{split}.{metric}"), 2)
+                for metric in MATCHED_METRICS for stage in ("before", "after")
+            )])  # fmt: skip
+    text = _table(["family", "split", *(f"{name}, {stage}" for name in MATCHED_METRICS.values()
+                                        for stage in ("before", "after"))], rows)  # fmt: skip
+    fit = s["fit"]
+    fitted = [[reading, *(", ".join(map(str, fit["fitted_seeds"][reading][f])) or "none"
+                          for f in s["families"])] for reading in fit["readings"]]  # fmt: skip
+    return (
+        text
+        + "\n\n"
+        + _table(
+            [
+                "seeds fitted (forward ≥ " + f"{fit['threshold']}) by",
+                *(f"`{f}`" for f in s["families"]),
+            ],
+            fitted,
+        )
+        + (
+            f"\n\nMean ± sd over seeds {', '.join(map(str, s['seeds']))} of each split's "
+            f"{s['rows'][0]['n'][next(iter(s['directions']))]} queries. generation: the reply starts "
+            f"with the answer; rank: the answer first among {round(1 / max(s['chance_top1'].values()))} "
+            "candidates by likelihood (the A2D's "
+            "by the Monte-Carlo bound); chain rank: first by the chain likelihood (the A2D's answer "
+            "unmasked a token at a time; for the ARM the same as rank)."
+        )
+    )
+
+
+def matched_pair_tests(s: dict[str, Any]) -> str:
+    """The matched pair's reverse split, A2D − ARM paired by seed and query per reading, over the
+    seeds both fitted and over every seed."""
+    rows = []
+    for key, t in s["comparison"].items():
+        split, reading, over = key.split(".")
+        if not t.get("seeds"):
+            rows.append([split, reading, over, "none", "", "", "", "not read"])
+            continue
+        rows.append([split, reading, over, ", ".join(map(str, t["seeds"])), _signed(t["effect"]),
+                     f"[{_signed(t['ci'][0])}, {_signed(t['ci'][1])}]", f"{t['p']:.2g}",
+                     t["decision"]])  # fmt: skip
+    mdm, arm = s["families"][1], s["families"][0]
+    return _table(["split", "reading", "seeds over", "seeds", f"{mdm} − {arm}", "95% interval",
+                   "p", "decision"], rows) + (
+        "\n\nPaired by seed and query. fitted: the seeds where both models fitted by that "
+        "reading (none: nothing to read); all: every seed, a gap between models that did not "
+        "fit their facts, which is not a reversal result."
+    )  # fmt: skip
+
+
 def curve_table(s: dict[str, Any]) -> str:
     """A sweep's curves over training as ranges (``summary["curves"]``): per cell, the lowest and
     highest accuracy any seed had at any evaluation, and the range at the seeds' last one."""
@@ -564,6 +625,8 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("entity-masking-decoding", "readings"): readings_table,
     ("entity-masking-decoding", "tests"): readings_tests,
     ("smollm2-parent-child", "evaluation"): evaluation_table,
+    ("matched-pair", "table"): matched_pair_table,
+    ("matched-pair", "tests"): matched_pair_tests,
     ("parent-child-grid-decoding", "readings"): text_readings_table,
     ("parent-child-grid-decoding", "tests"): text_readings_tests,
     ("entity-length-mc-draws", "accuracy"): draws_accuracy,
