@@ -299,6 +299,36 @@ def test_reproduce_parent_child_end_to_end(tmp_path):
     check_reevaluation(out, summary)
 
 
+def test_a_from_scratch_experiment_reuses_another_ones_runs_of_identical_settings(tmp_path):
+    """--reuse-runs on a text experiment: an experiment with one more variant copies in the MDM
+    and ARM runs another one finished (the same settings, so the same files; the copy names its
+    origin) and trains only the variant; its rows for the copied models are the other's rows,
+    and the other folder is left as it was."""
+    from conftest import run_cli
+
+    tiny = ["--set", "run.train.steps=10", "--set", "run.model.d_model=16", "--set",
+            "run.probe.enabled=false", "--set", "run.eval.n_mc=1", "--seeds", "1", "--set", "variants={}"]  # fmt: skip
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = run_cli("reproduce", "parent-child", "--quick", "--out", str(first), "--workers", "1",
+                   "--no-progress", *tiny)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    done = run_cli("reproduce", "parent-child", "--quick", "--out", str(second), "--workers", "1",
+                   "--no-progress", "--reuse-runs", str(first), *tiny[:-2], "--set",
+                   'variants={"mdm-none": ["model.positional=none"]}')  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "copied 2 finished run(s)" in done.stderr
+    for name in ("mdm", "arm"):
+        copied = second / "models" / f"{name}-seed0" / "copied_from.txt"
+        assert copied.read_text().strip() == str((first / "models" / f"{name}-seed0").resolve())
+    assert not (second / "models" / "mdm-none-seed0" / "copied_from.txt").exists()
+    rows = {(r["family"], r["seed"]): r
+            for r in json.loads((second / "summary.json").read_text())["rows"]}  # fmt: skip
+    for r in json.loads((first / "summary.json").read_text())["rows"]:
+        assert rows[r["family"], r["seed"]] == r
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+
+
 def check_reevaluation(out, summary):
     """``--reevaluate`` on an experiment whose records lack the chain likelihood (as runs made
     before it existed do): the saved generations reproduce, the chain metric is added, nothing

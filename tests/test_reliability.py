@@ -661,10 +661,17 @@ CASES = [
          lambda t, r: ["reproduce", "depth", "--quick", "--out", str(t / "o"), "--no-progress",
                        "--reuse-runs", str(_write(t / "mine" / "notes.txt", "x").parent)],
          "not a sweep folder"),
-    Case("reuse-not-a-sweep-kind", "reproduce --reuse-runs for an experiment that is not a sweep",
+    Case("reuse-not-a-sweep-kind", "reproduce --reuse-runs for an experiment that copies no runs "
+         "(the toy reproduction)",
          lambda t, r: ["reproduce", "toy", "--quick", "--out", str(t / "o"), "--no-progress",
                        "--reuse-runs", str(t)],
-         "only a sweep"),
+         "only a sweep or a from-scratch text experiment"),
+    Case("reuse-not-a-scratch", "reproduce parent-child --reuse-runs naming a folder that holds no "
+         "from-scratch experiment",
+         lambda t, r: ["reproduce", "parent-child", "--quick", "--out", str(t / "o"),
+                       "--no-progress", "--reuse-runs",
+                       str(_write(t / "mine" / "notes.txt", "x").parent)],
+         "no models/ in it"),
     Case("evaluate-experiment", "evaluate of an experiment folder (named a checkpoint the user "
          "never typed before)", lambda t, r: ["evaluate", str(_sweep_folder(t))],
          "an experiment folder of"),

@@ -228,9 +228,10 @@ def reproduce(
         Path | None,
         typer.Option(
             "--reuse-runs",
-            help="A sweep: copy in the finished runs of this other sweep folder whose config is "
-            "exactly one of this sweep's runs (training is deterministic: the same files), "
-            "instead of training them again. The other folder is only read.",
+            help="A sweep or a from-scratch text experiment: copy in the finished runs of this "
+            "other folder of the same kind whose config is exactly one of this experiment's runs "
+            "(training is deterministic: the same files), instead of training them again. The "
+            "other folder is only read.",
         ),
     ] = None,
     reevaluate: Annotated[
@@ -250,8 +251,8 @@ def reproduce(
         raise _fail(f"unknown experiment {name!r} (known: {', '.join(EXPERIMENTS)}){hint}")
     options = ExperimentOptions(config, set_, quick, out, seeds, workers, backend, force, resume,
                                 progress, log_with, reuse_runs)  # fmt: skip
-    if reuse_runs is not None and (name in (*FROM_SCRATCH, "toy", "matched-pair") or reevaluate):
-        raise _fail("--reuse-runs: only a sweep (a named experiment of toy runs) copies runs")
+    if reuse_runs is not None and (name in ("toy", "matched-pair") or reevaluate):
+        raise _fail("--reuse-runs: only a sweep or a from-scratch text experiment copies runs")
     if reevaluate:
         _reevaluate(name, options)
     elif name in FROM_SCRATCH:
@@ -325,7 +326,8 @@ def _from_scratch(name: str, o: ExperimentOptions) -> None:
     target = _target(o.out, name)
     start = time.perf_counter()
     summary = fs.run_from_scratch(cfg, target, command=_command_line(), progress=o.progress,
-                                  force=o.force, resume=o.resume, log_with=o.trackers())  # fmt: skip
+                                  force=o.force, resume=o.resume, log_with=o.trackers(),
+                                  reuse=o.reuse_runs)  # fmt: skip
     metric = summary["headline_metric"]
     task = task_for(cfg.run)
     shown = [task.probe[0], *task.compared]

@@ -127,19 +127,22 @@ COPIED_FROM = "copied_from.txt"
 """In a run copied from another sweep (:func:`copy_finished_runs`): where it was trained."""
 
 
-def copy_finished_runs(jobs: list[Job], source: Path) -> list[Job]:
-    """Jobs whose run another sweep (the folder ``source``) has already finished, their folders
-    copied in: a job with no folder of its own takes a copy of a finished run of ``source``
-    whose ``config.yaml`` loads to exactly its config (the proof :func:`_check_finished` asks
-    of any run read back; training is deterministic, so training it again would give the same
-    files). The copy is written beside and renamed into place, ``.lock`` left out, with
-    :data:`COPIED_FROM` naming its origin; ``source`` is only read. Returns the jobs copied."""
+def copy_finished_runs(jobs: list[Job], source: Path, folder: str = "runs") -> list[Job]:
+    """Jobs whose run another experiment (the folder ``source``: a sweep's runs in ``runs/``, a
+    family experiment's in ``models/``) has already finished, their folders copied in: a job
+    with no folder of its own takes a copy of a finished run of ``source`` whose
+    ``config.yaml`` loads to exactly its config (the proof :func:`_check_finished` asks of any
+    run read back; training is deterministic, so training it again would give the same files),
+    whatever that run was called there. The copy is written beside and renamed into place,
+    ``.lock`` left out, with :data:`COPIED_FROM` naming its origin; ``source`` is only read.
+    Returns the jobs copied."""
     from revcurse.config import ConfigError, load_yaml
     from revcurse.errors import RevcurseError
 
-    runs = source / "runs"
+    runs = source / folder
     if not runs.is_dir():
-        raise RevcurseError(f"--reuse-runs {source}: not a sweep folder (no runs/ in it)")
+        raise RevcurseError(f"--reuse-runs {source}: expected an experiment folder of this kind "
+                            f"(no {folder}/ in it)")  # fmt: skip
     if not jobs:
         return []
     finished: dict[Path, Any] = {}
@@ -456,19 +459,30 @@ def execute_all(jobs: list[Job], store: Store, experiment: str, **kwargs: Any) -
 
 
 def train_families(
-    out: Path, cfg: Any, experiment: str, command: str, progress: bool, **kwargs: Any
+    out: Path,
+    cfg: Any,
+    experiment: str,
+    command: str,
+    progress: bool,
+    reuse: Path | None = None,
+    **kwargs: Any,
 ) -> list[dict]:
     """Every (model, seed) run of an experiment config (``cfg.model_names()``: the families and
     any variants; ``cfg.seeds``, ``cfg.workers``, ``cfg.run_config(name, seed)``), each in
     ``out/models/<name>-seed<k>``, indexed in ``out/index.sqlite``: the summaries, model-major.
-    The skeleton the toy and the from-scratch text experiments share (``kwargs``: the
-    executor's, e.g. its ``worker``)."""
+    The skeleton the toy and the from-scratch text experiments share (``reuse``: another such
+    experiment's folder whose finished runs of identical config are copied in rather than
+    trained, :func:`copy_finished_runs`; ``kwargs``: the executor's, e.g. its ``worker``)."""
     runs = [
         ({"family": name, "seed": s}, cfg.run_config(name, s))
         for name in cfg.model_names()
         for s in cfg.seeds
     ]
     jobs = make_jobs(runs, lambda _, lab: model_dir(out, lab["family"], lab["seed"]))
+    if reuse is not None:
+        copied = copy_finished_runs(jobs, Path(reuse), "models")
+        print(f"copied {len(copied)} finished run(s) of identical config from {reuse}",
+              file=sys.stderr)  # fmt: skip
     return execute_all(jobs, Store(out / "index.sqlite"), experiment, workers=cfg.workers,
                        command=command, progress=progress, **kwargs)  # fmt: skip
 

@@ -320,20 +320,25 @@ def run_from_scratch(
     force: bool = False,
     resume: bool = False,
     log_with: tuple[str, ...] = (),
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
     """Train every (model, seed) run of a from-scratch text experiment, then aggregate and write
     the report (``resume``: continue an interrupted run of it in ``out``; ``log_with``: trackers
-    every run mirrors its metrics to)."""
+    every run mirrors its metrics to; ``reuse``: another from-scratch experiment's folder, whose
+    finished runs of identical settings are copied in instead of trained)."""
     from revcurse.report.from_scratch import write_report
 
     cfg = _pinned(cfg, Path(out), resume)
     task = task_for(cfg.run)
     for name in cfg.model_names():  # bad settings fail before any write
         prepare(cfg.run_config(name, cfg.seeds[0]))
+    if reuse is not None and not (Path(reuse) / "models").is_dir():
+        raise RevcurseError(f"--reuse-runs {reuse}: expected a from-scratch experiment's folder "
+                            "(no models/ in it)")  # fmt: skip
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
-    summaries = train_families(out, cfg, task.name, command, progress, worker=execute_run,
-                               log_with=log_with)  # fmt: skip
+    summaries = train_families(out, cfg, task.name, command, progress, reuse=reuse,
+                               worker=execute_run, log_with=log_with)  # fmt: skip
     summary = summarise(out, cfg, summaries)
     files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
     write_report(out, cfg, summary)
