@@ -138,6 +138,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path, monkeypatch, causal, 
         ["train.steps=30", "train.checkpoint_every=10", "train.log_every=4", "probe.every=6",
          "probe.distances=[0]", f"train.compile={str(compiled).lower()}"],
     )  # fmt: skip
+    torch._dynamo.reset()  # each training compiles its own graphs, as in its own process
     full = train(cfg, tmp_path / "full")
     run = tmp_path / "run"
     _train_interrupted(monkeypatch, cfg, run, 25)  # after the checkpoint at 20; records to 24
@@ -312,6 +313,7 @@ def test_a_compiled_run_trains_the_uncompiled_runs_model(tmp_path, causal):
     from torch._dynamo.utils import counters
 
     plain = train(cfg, tmp_path / "plain")
+    torch._dynamo.reset()  # graphs another test compiled would be reused uncounted
     counters.clear()
     compiled = train(apply_overrides(cfg, ["train.compile=true"]), tmp_path / "compiled")
     assert counters["stats"]["unique_graphs"] > 0  # it really ran compiled
