@@ -292,6 +292,11 @@ def test_reproduce_parent_child_end_to_end(tmp_path):
         f"{split}.{m}" for split in ("c2p_train", "p2c_reverse") for m in metrics}  # fmt: skip
     none = yaml.safe_load((out / "models/mdm-none-seed0/config.yaml").read_text())
     assert none["model"]["positional"] == "none" and none["dataset"] == "parent-child"
+    # the time of the experiment and of each model, kept apart from the summary
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings["runs"]) == {"mdm-seed0", "arm-seed0", "mdm-none-seed0"}
+    assert all(r["train_seconds"] > 0 and r["eval_seconds"] > 0 for r in timings["runs"].values())
+    assert timings["wall_seconds"] > max(r["train_seconds"] for r in timings["runs"].values())
     record = json.loads((out / "models/mdm-seed0/generations/c2p_mirror.jsonl")
                         .read_text().splitlines()[0])  # fmt: skip
     assert record["prompt"] == "Who is " and record["suffix"].startswith("'s ")

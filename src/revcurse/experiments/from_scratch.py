@@ -56,7 +56,7 @@ from revcurse.data.tasks import pin_facts, task_for
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
-from revcurse.experiments.executor import Outcome, guarded, train_families
+from revcurse.experiments.executor import Outcome, guarded, timings, train_families
 from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
 from revcurse.models.transformer import TransformerLM
@@ -340,7 +340,16 @@ def run_from_scratch(
     summaries = train_families(out, cfg, task.name, command, progress, reuse=reuse,
                                worker=execute_run, log_with=log_with)  # fmt: skip
     summary = summarise(out, cfg, summaries)
-    files.write_json(out / "timings.json", {"wall_seconds": time.perf_counter() - start})
+    earlier = out / "timings.json"
+    previous = files.read_json(earlier) if resume and earlier.is_file() else {}
+    names = [f"{name}-seed{seed}" for name in cfg.model_names() for seed in cfg.seeds]
+    files.write_json(earlier, {
+        # summed over the sittings that finished (one killed before its end records nothing)
+        "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - start,
+        # each model's own training and evaluation (a model resumed from a checkpoint counts its
+        # last sitting's training only; one copied by --reuse-runs, where it was trained)
+        "runs": dict(zip(names, (timings(s) for s in summaries), strict=True)),
+    })  # fmt: skip
     write_report(out, cfg, summary)
     return summary
 
