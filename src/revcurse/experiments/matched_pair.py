@@ -184,6 +184,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
 def write_report(out: Path, summary: dict[str, Any]) -> None:
     """``report.md``: per family and split the metrics before and after (mean ± sd over seeds),
     the seeds that fitted by each reading, and the paired tests."""
+    from revcurse.report.figures import before_and_after
     from revcurse.report.render import Figure, Heading, Para, Table, to_markdown
     from revcurse.stats import comparison_cells
 
@@ -214,9 +215,9 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         Para(f"One checkpoint ({summary['model_path']}) fine-tuned with LoRA as an ARM ({arm}) "
              f"and as an MDM ({mdm}), seeds {summary['seeds']}: same facts, steps and "
              "evaluation. prefix: the generation starts with the answer; likelihood top-1: the "
-             "answer ranks first among the candidates (the MDM's by the Monte-Carlo bound); chain top-1: first by the chain "
-             "likelihood (the MDM's answer unmasked a token at a time; the ARM's exact "
-             "likelihood again)."),
+             "answer ranks first among the candidates (the MDM's by the Monte-Carlo bound); "
+             "chain top-1: first by the chain likelihood (the MDM's answer unmasked a token at "
+             "a time; the ARM's exact likelihood again)."),
         Table(["family", "split", "prefix, before", "likelihood top-1, before",
                "chain top-1, before", "prefix, after", "likelihood top-1, after",
                "chain top-1, after"], rows),
@@ -232,21 +233,10 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         Table(["split", "reading", "seeds over", "seeds", "difference", "95% interval", "p",
                "decision"], tests),
     ]  # fmt: skip
-    from revcurse.report.figures import before_and_after
-
-    figure = before_and_after(
-        summary["rows"], summary["families"],
-        {"generation (prefix)": HEADLINE, "likelihood rank": "likelihood_top1",
-         "chain rank": "chain_top1"},
-        list(summary["directions"]), out / "figures" / "readings.png",
-        chance=max(summary["chance_top1"].values()),
-    )  # fmt: skip
-    blocks.insert(
-        2,
-        Figure(
-            figure,
-            "Each reading per family and split, before (pale) and after "
-            "(solid) fine-tuning: bars the seed means, dots the seeds.",
-        ),
-    )
+    figure = before_and_after(summary["rows"], summary["families"], summary["fit"]["readings"],
+                              list(summary["directions"]), out / "figures" / "readings.png",
+                              chance=max(summary["chance_top1"].values()))  # fmt: skip
+    caption = ("Each reading per family and split, before (pale) and after (solid) fine-tuning: "
+               "bars the seed means, dots the seeds.")  # fmt: skip
+    blocks.insert(2, Figure(figure, caption))
     files.write_text(out / "report.md", to_markdown("The matched pair", blocks, out))
