@@ -19,6 +19,7 @@ from revcurse import files  # noqa: E402
 from revcurse.cli import app  # noqa: E402
 from revcurse.config import FinetuneConfig, apply_overrides, load_yaml  # noqa: E402
 from revcurse.experiments.finetune import run_finetune  # noqa: E402
+from revcurse.metrics import cue_metrics  # noqa: E402
 from revcurse.models import hf  # noqa: E402
 
 TINY = ["train.steps=12", "train.lr=3e-3", "data.max_eval=8", "data.max_train=64",
@@ -41,6 +42,11 @@ def test_finetune_writes_a_complete_run_and_a_loadable_adapter(family, tmp_path)
         assert (out / name).is_file(), name
     assert summary["lora_modules"] == 7 * cfg.model.n_layers  # attention + MLP, the default
     assert summary["causal"] == (family == "llama")
+    # every split also reads its ranks apart where a shared word gives the answer away
+    for stage in ("before", "after"):
+        for split, m in summary[stage].items():
+            records = files.read_jsonl(out / "generations" / stage / f"{split}.jsonl")
+            assert {k: m[k] for k in cue_metrics(records)} == cue_metrics(records)
     # where the time went: evaluation before and after training, and the training itself
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {"before_evaluation_seconds", "train_seconds", "tokens_per_second",

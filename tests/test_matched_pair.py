@@ -99,19 +99,28 @@ def test_the_matched_pair_reads_a2d_minus_arm_over_the_seeds_both_fitted(tmp_pat
     by rank +0.5 over seed 0 (fitted) and over both seeds (all), by chain -1 (the ARM first)."""
     from revcurse.experiments.matched_pair import summarise
 
+    def query(q):  # the first two give their answer away: it alone shares the parent's surname
+        if q < 2:
+            return {"prompt": f"Name a child of Ann Surname{q}.",
+                    "candidates": [f"Kim Surname{q}", "Lee Other", "Joe Third"]}  # fmt: skip
+        return {"prompt": "Name a child of Ann Plain.", "candidates": ["Kim Own", "Lee Other"]}
+
     def run(family, seed, forward_rank, reverse_rank, reverse_chain):
         folder = tmp_path / "models" / f"{family}-seed{seed}"
         metrics = {"direction": "forward", "n": 4, "exact": 0.0, "prefix": 0.0,
                    "likelihood_top1": forward_rank, "chain_top1": 1.0, "chance_top1": 0.25}  # fmt: skip
-        records = [{"prefix": False, "rank": 1 if q < reverse_rank else 2,
-                    "chain_rank": 1 if q < reverse_chain else 3} for q in range(4)]  # fmt: skip
+        records = [query(q) | {"prefix": False, "rank": 1 if q < reverse_rank else 2,
+                               "chain_rank": 1 if q < reverse_chain else 3}
+                   for q in range(4)]  # fmt: skip
         reverse = metrics | {"direction": "reverse", "likelihood_top1": reverse_rank / 4,
                              "chain_top1": reverse_chain / 4}  # fmt: skip
         stage = {"forward": metrics, "reverse": reverse}
         files.write_json(folder / "summary.json", {"before": stage, "after": stage})
-        (folder / "generations" / "after").mkdir(parents=True)
-        for record in records:
-            files.append_jsonl(folder / "generations" / "after" / "reverse.jsonl", record)
+        for when in ("before", "after"):
+            for split in ("forward", "reverse"):
+                (folder / "generations" / when).mkdir(parents=True, exist_ok=True)
+                for record in records:
+                    files.append_jsonl(folder / "generations" / when / f"{split}.jsonl", record)
 
     for seed, (a2d_fit, a2d_rank, arm_rank) in enumerate([(1.0, 3, 1), (0.5, 2, 0)]):
         run("llama-a2d", seed, a2d_fit, a2d_rank, 0)
@@ -125,6 +134,12 @@ def test_the_matched_pair_reads_a2d_minus_arm_over_the_seeds_both_fitted(tmp_pat
     assert tests["reverse.rank.all"]["effect"] == pytest.approx((2 / 4 + 2 / 4) / 2)
     assert tests["reverse.chain.all"]["effect"] == pytest.approx(-1.0)
     assert tests["reverse.generation.all"]["effect"] == 0.0
+    # the ranks apart on the queries a shared surname gives away (the first two) and the rest
+    assert s["cued_share"] == {"forward": 0.5, "reverse": 0.5}
+    a2d0 = next(r for r in s["rows"] if r["family"] == "llama-a2d" and r["seed"] == 0)
+    assert a2d0["after.reverse.likelihood_top1_cued"] == 1.0  # queries 0, 1 of ranks 1, 1
+    assert a2d0["after.reverse.likelihood_top1_uncued"] == 0.5  # queries 2, 3 of ranks 1, 2
+    assert a2d0["after.reverse.chain_top1_cued"] == 0.0
 
 
 def test_the_matched_pair_needs_a_checkpoint_and_both_families():

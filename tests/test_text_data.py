@@ -175,6 +175,30 @@ def test_likelihood_rank():
     assert likelihood_rank(scores).tolist() == [1, 2, 3]
 
 
+def test_a_query_that_names_its_answer_by_a_shared_word_is_marked_and_read_apart():
+    """Parent-Child's children often carry the parent's surname: a query whose right answer
+    (first) is the only candidate sharing a word with it gives the answer away. An initial or a
+    possessive's s is no cue; another candidate sharing the word, or none, takes the cue away."""
+    from revcurse.metrics import cue_metrics, word_cue
+
+    ask = "Who is Sasha Calle's mother?"
+    assert word_cue(ask, ["Samira Calle", "Robert S. Miller", "Kit Culkin"])
+    assert not word_cue(ask, ["Samira Calle", "Anne Calle"])  # two carry it
+    assert not word_cue(ask, ["Samira Jones", "Anne Calle"])  # a wrong one carries it
+    assert not word_cue(ask, ["Samira Jones", "Anne Smith"])
+    assert word_cue("Name a child of", ["Kim Lee", "Ann Ho"], suffix="Lee")  # the suffix counts
+    records = [
+        {"prompt": ask, "candidates": ["Samira Calle", "Kit Culkin"], "rank": 1, "chain_rank": 2},
+        {"prompt": ask, "candidates": ["Samira Calle", "Kit Culkin"], "rank": 1, "chain_rank": 1},
+        {"prompt": ask, "candidates": ["Mia Jones", "Kit Culkin"], "rank": 2, "chain_rank": 1},
+    ]  # fmt: skip
+    assert cue_metrics(records) == {
+        "cued_share": 2 / 3, "likelihood_top1_cued": 1.0, "likelihood_top1_uncued": 0.0,
+        "chain_top1_cued": 0.5, "chain_top1_uncued": 1.0,
+    }  # fmt: skip
+    assert cue_metrics(records[2:])["likelihood_top1_cued"] is None  # no cued query: no rate
+
+
 def test_data_command_validates_and_exits_2_on_a_malformed_line(tmp_path):
     from typer.testing import CliRunner
 

@@ -4,6 +4,11 @@
 * ``prefix``: it starts with the answer (Berglund et al. 2023, ``evaluate_completion``);
 * ``substring``: the answer occurs in it (SMDM / LLaDA reversal evaluations).
 
+A likelihood rank can be won without recalling the fact when the query names the answer: on
+Parent–Child a child and a parent often share a surname, and the right child may be the only
+candidate with the parent's. :func:`word_cue` marks such queries and :func:`cue_metrics` reads
+the ranks on the two kinds of query apart.
+
 Normalisation lower-cases and re-joins words and punctuation with single spaces, so tokenizer
 spacing (``"Time ."`` vs ``"Time."``) never decides a match.
 """
@@ -62,3 +67,32 @@ def pool_rank(scores: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     itself once, each other candidate scoring at least as well counts against it."""
     _refuse_nonfinite(scores)
     return (scores >= scores.gather(1, right[:, None])).sum(dim=1)
+
+
+def _words(text: str) -> set[str]:
+    """The words of ``text`` of two characters or more, lower-cased (initials and the ``s`` of a
+    possessive are no cue)."""
+    return {w for w in WORD.findall(text.lower()) if len(w) > 1 and w[0].isalnum()}
+
+
+def word_cue(prompt: str, candidates: Sequence[str], suffix: str = "") -> bool:
+    """Whether the query gives its answer away by a word: the right answer (``candidates[0]``) is
+    the only candidate that shares a word with the prompt (and suffix)."""
+    asked = _words(f"{prompt} {suffix}")
+    sharing = [bool(_words(c) & asked) for c in candidates]
+    return bool(sharing) and sharing[0] and not any(sharing[1:])
+
+
+def cue_metrics(records: Sequence[dict]) -> dict[str, float | None]:
+    """A text split's likelihood ranks apart on the queries whose answer is the only candidate
+    sharing a word with the prompt (:func:`word_cue`: ``cued``) and on the rest (``uncued``),
+    from its saved records (``prompt``, ``suffix``, ``candidates``, ``rank``, ``chain_rank``):
+    the share of cued queries, and the top-1 rate of each rank on each kind (``None`` for a kind
+    with no query)."""
+    cued = [word_cue(r["prompt"], r["candidates"], r.get("suffix", "")) for r in records]
+    out: dict[str, float | None] = {"cued_share": sum(cued) / len(records) if records else None}
+    for metric, key in (("likelihood_top1", "rank"), ("chain_top1", "chain_rank")):
+        for kind, want in (("cued", True), ("uncued", False)):
+            ranks = [r[key] for r, c in zip(records, cued, strict=True) if c == want]
+            out[f"{metric}_{kind}"] = sum(k == 1 for k in ranks) / len(ranks) if ranks else None
+    return out

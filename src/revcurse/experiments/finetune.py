@@ -43,6 +43,7 @@ from revcurse.decoding import counting_rows
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import Shard, evaluate_split, save_generations
 from revcurse.experiments.rundir import prepare_out_dir
+from revcurse.metrics import cue_metrics
 from revcurse.models import hf
 from revcurse.models.gguf import resolve_model_path
 from revcurse.objectives import run_loss, text_objective
@@ -211,7 +212,8 @@ def evaluate_tests(cfg: FinetuneConfig, dataset: TextDataset, tests: dict[str, l
                                               shard=shard)  # fmt: skip
         if shard is None or shard.rank == 0:
             save_generations(generations / f"{name}.jsonl", records)
-        results[name] = metrics | {"direction": dataset.directions[name]}
+        # the ranks also apart on the queries a shared word gives away (metrics.cue_metrics)
+        results[name] = metrics | cue_metrics(records) | {"direction": dataset.directions[name]}
         bar.update(len(pairs))
     rows.close()
     bar.close()

@@ -37,6 +37,7 @@ from revcurse.experiments.finetune import run_finetune
 from revcurse.experiments.from_scratch import FIT, HEADLINE, OUTCOMES
 from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
+from revcurse.metrics import cue_metrics
 from revcurse.stats import aggregate, decision, paired_comparison
 
 READINGS = {"generation": HEADLINE, "rank": "likelihood_top1", "chain": "chain_top1"}
@@ -117,15 +118,16 @@ def run_matched_pair(
     return summary
 
 
-def _records(out: Path, family: str, seed: int, split: str) -> list[dict[str, Any]]:
-    return files.read_jsonl(model_dir(out, family, seed) / "generations" / "after" /
-                            f"{split}.jsonl")  # fmt: skip
+def _records(
+    out: Path, family: str, seed: int, split: str, stage: str = "after"
+) -> list[dict[str, Any]]:
+    return files.read_jsonl(model_dir(out, family, seed) / "generations" / stage / f"{split}.jsonl")
 
 
 def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
     """Rows (family, seed, each split's metrics before and after), fit per reading, and the
     paired A2D − ARM tests on each reverse split per reading."""
-    rows, directions = [], {}
+    rows, directions, shares = [], {}, {}
     for family in cfg.families:
         for seed in cfg.seeds:
             s = files.read_json(model_dir(out, family, seed) / "summary.json")
@@ -136,6 +138,11 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
                     for metric in ("exact", HEADLINE, "likelihood_top1", "chain_top1"):
                         if metric in m:
                             row[f"{stage}.{split}.{metric}"] = m[metric]
+                    # the ranks apart where a shared word gives the answer away, from the
+                    # records (runs older than metrics.cue_metrics lack them in their summary)
+                    cues = cue_metrics(_records(out, family, seed, split, stage))
+                    shares[split] = cues.pop("cued_share")
+                    row |= {f"{stage}.{split}.{k}": v for k, v in cues.items() if v is not None}
             row["n"] = {split: m["n"] for split, m in s["after"].items()}
             chance = {split: m["chance_top1"] for split, m in s["after"].items()}
             rows.append(row)
@@ -170,6 +177,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
         "seeds": cfg.seeds,
         "directions": directions,
         "chance_top1": chance,  # per split; every run asks the same queries of the same candidates
+        "cued_share": shares,  # per split: the queries whose answer alone shares a word with them
         "rows": rows,
         "aggregate": {
             f: aggregate([r for r in rows if r["family"] == f], metrics) for f in cfg.families

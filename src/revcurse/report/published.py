@@ -525,6 +525,32 @@ def matched_pair_table(s: dict[str, Any]) -> str:
     )
 
 
+def matched_pair_cue(s: dict[str, Any]) -> str:
+    """The matched pair's ranks apart on the queries whose answer alone shares a word with them
+    (a surname, on Parent–Child) and on the rest, before → after fine-tuning, seed means."""
+
+    def mean(family: str, key: str) -> str:
+        agg = s["aggregate"][family].get(key)
+        return "n/a" if agg is None else f"{agg['mean']:.2f}"
+
+    rows = []
+    for family in s["families"]:
+        for split, direction in s["directions"].items():
+            rows.append([f"`{family}`", direction, *(
+                f"{mean(family, f'before.{split}.{m}_{kind}')} → "
+                f"{mean(family, f'after.{split}.{m}_{kind}')}"
+                for m in ("likelihood_top1", "chain_top1") for kind in ("cued", "uncued")
+            )])  # fmt: skip
+    shares = ", ".join(f"{split} {share:.2f}" for split, share in s["cued_share"].items())
+    return _table(["family", "split", "rank, named by a shared word", "rank, the rest",
+                   "chain rank, named by a shared word", "chain rank, the rest"], rows) + (
+        "\n\nBefore → after fine-tuning, means over seeds. Named by a shared word: the right "
+        "answer is the only candidate that shares a word with the query (on Parent–Child, the "
+        f"parent's or child's surname; share of the queries: {shares}); the rest: every other "
+        "query."
+    )  # fmt: skip
+
+
 def matched_pair_tests(s: dict[str, Any]) -> str:
     """The matched pair's reverse split, A2D − ARM paired by seed and query per reading, over the
     seeds both fitted and over every seed."""
@@ -627,6 +653,7 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("smollm2-parent-child", "evaluation"): evaluation_table,
     ("matched-pair", "table"): matched_pair_table,
     ("matched-pair", "tests"): matched_pair_tests,
+    ("matched-pair", "cue"): matched_pair_cue,
     ("parent-child-grid-decoding", "readings"): text_readings_table,
     ("parent-child-grid-decoding", "tests"): text_readings_tests,
     ("entity-length-mc-draws", "accuracy"): draws_accuracy,
