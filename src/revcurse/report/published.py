@@ -464,10 +464,18 @@ def evaluation_table(s: dict[str, Any]) -> str:
     binomial standard errors, and the probes' mean coupling and gradient cosine."""
     from revcurse.stats import with_se
 
+    def cue(m: dict[str, Any], kind: str) -> str:  # the rank on one kind of query, with its n
+        n = round(m["n"] * (m["cued_share"] if kind == "cued" else 1 - m["cued_share"]))
+        rate = m.get(f"likelihood_top1_{kind}")
+        return "n/a" if rate is None else f"{with_se(rate, n)} (of {n})"
+
+    cued = all("cued_share" in m for m in s["splits"].values())
     rows = [[split, m["direction"], m["n"], with_se(m["exact"], m["n"]),
              with_se(m["prefix"], m["n"]), with_se(m["likelihood_top1"], m["n"]),
+             *((cue(m, "cued"), cue(m, "uncued")) if cued else ()),
              f"{m['chance_top1']:.2f}"] for split, m in s["splits"].items()]  # fmt: skip
     text = _table(["split", "direction", "queries", "exact", "prefix", "likelihood top-1",
+                   *(("top-1, named by a shared word", "top-1, the rest") if cued else ()),
                    "chance"], rows)  # fmt: skip
     probe = s.get("probe") or {}
     if "attention_pearson_forward_final" in probe:
@@ -481,7 +489,13 @@ def evaluation_table(s: dict[str, Any]) -> str:
     return text + (
         "\n\nEach proportion ± its binomial standard error over the split's queries. exact / "
         "prefix: greedy generation (the reply is the answer / starts with it); likelihood top-1: "
-        "the answer ranked first among the candidates."
+        "the answer ranked first among the candidates"
+        + (
+            "; named by a shared word: the queries whose answer is the only candidate sharing a "
+            "word with them (a surname, on Parent–Child), and the rest."
+            if cued
+            else "."
+        )
     )
 
 
