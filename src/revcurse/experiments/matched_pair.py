@@ -207,6 +207,12 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
                          *(pm(agg, f"{stage}.{split}.{metric}")
                            for stage in ("before", "after")
                            for metric in (HEADLINE, "likelihood_top1", "chain_top1"))])  # fmt: skip
+    cue_rows = [
+        [family, split, *(pm(summary["aggregate"][family], f"after.{split}.{metric}_{kind}")
+                          for metric in ("likelihood_top1", "chain_top1")
+                          for kind in ("cued", "uncued"))]
+        for family in summary["families"] for split in summary["directions"]
+    ]  # fmt: skip
     fit = summary["fit"]
     fitted = [[reading, *(f"{len(fit['fitted_seeds'][reading][f])}/{len(summary['seeds'])}"
                           for f in summary["families"])] for reading in fit["readings"]]  # fmt: skip
@@ -234,6 +240,13 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
              f"{fit['threshold']} after fine-tuning, by generation (prefix), by rank "
              "(likelihood top-1) or by chain rank, each reading on its own."),
         Table(["reading", *summary["families"]], fitted),
+        Heading("Named by a shared word, and the rest"),
+        Para("The ranks after fine-tuning apart on the queries whose answer is the only "
+             "candidate sharing a word with them (a surname, on Parent–Child: a rank won there "
+             "may read the name, not the fact) and on the rest; share of such queries: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in summary["cued_share"].items()) + "."),
+        Table(["family", "split", "rank, cued", "rank, the rest", "chain rank, cued",
+               "chain rank, the rest"], cue_rows),
         Heading(f"{mdm} − {arm} on the reverse splits"),
         Para("Paired by seed and query, over the seeds where both fitted by that reading "
              "(fitted) and over every seed (all: a gap between models that did not fit their "
