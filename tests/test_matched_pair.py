@@ -140,6 +140,13 @@ def test_the_matched_pair_reads_a2d_minus_arm_over_the_seeds_both_fitted(tmp_pat
     assert a2d0["after.reverse.likelihood_top1_cued"] == 1.0  # queries 0, 1 of ranks 1, 1
     assert a2d0["after.reverse.likelihood_top1_uncued"] == 0.5  # queries 2, 3 of ranks 1, 2
     assert a2d0["after.reverse.chain_top1_cued"] == 0.0
+    # the tests again on the queries no shared word gives away (2 and 3): by rank the A2D has
+    # ranks 1, 2 (seed 0) and 2, 2 (seed 1) there, the ARM 2, 2 on both seeds
+    uncued = s["comparison_uncued"]
+    assert uncued["reverse.rank.all"]["effect"] == pytest.approx((1 / 2 + 0) / 2)
+    assert uncued["reverse.rank.all"]["n_queries"] == 2
+    assert uncued["reverse.rank.fitted"]["effect"] == pytest.approx(1 / 2)
+    assert uncued["reverse.chain.all"]["effect"] == pytest.approx(-1.0)
 
 
 def test_the_matched_pair_needs_a_checkpoint_and_both_families():

@@ -37,7 +37,7 @@ from revcurse.experiments.finetune import run_finetune
 from revcurse.experiments.from_scratch import FIT, HEADLINE, OUTCOMES
 from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
-from revcurse.metrics import cue_metrics
+from revcurse.metrics import cue_metrics, word_cue
 from revcurse.stats import aggregate, decision, paired_comparison
 
 READINGS = {"generation": HEADLINE, "rank": "likelihood_top1", "chain": "chain_top1"}
@@ -45,6 +45,11 @@ READINGS = {"generation": HEADLINE, "rank": "likelihood_top1", "chain": "chain_t
 among the candidates by likelihood (the A2D's by the Monte-Carlo bound); it ranks first by the
 chain likelihood (the A2D's answer unmasked one token at a time; the ARM's exact likelihood
 again)."""
+
+
+QUERY_SETS = {"every query": "comparison", "no shared word": "comparison_uncued"}
+"""The reverse tests' two query sets (summary keys): every query, and those whose answer is not
+the only candidate sharing a word with them (:func:`~revcurse.metrics.word_cue`)."""
 
 
 def run_config(cfg: MatchedPairConfig, family: str, seed: int):
@@ -155,21 +160,31 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
         for reading, metric in READINGS.items()
     }  # fmt: skip
     metrics = [k for k in rows[0] if k not in ("family", "seed", "n")]
+    # The same tests on the queries no shared word gives away: every run asks the same queries
+    # of the same candidates, so they are the same queries in every run.
     tests: dict[str, Any] = {}
+    uncued: dict[str, Any] = {}
     mdm, arm = cfg.families[1], cfg.families[0]
     for split in reverse:
+        asked = _records(out, arm, cfg.seeds[0], split)
+        keep = [not word_cue(r["prompt"], r["candidates"], r.get("suffix", "")) for r in asked]
         for reading, metric in READINGS.items():
             for over, seeds in (("fitted", sorted(set(fitted[reading][mdm]) &
                                                   set(fitted[reading][arm]))),
                                 ("all", list(cfg.seeds))):  # fmt: skip
                 key = f"{split}.{reading}.{over}"
                 if not seeds:
-                    tests[key] = {"n_seeds": 0, "seeds": []}
+                    tests[key] = uncued[key] = {"n_seeds": 0, "seeds": []}
                     continue
                 a, b = ([[float(OUTCOMES[metric](r)) for r in _records(out, f, s, split)]
                          for s in seeds] for f in (mdm, arm))  # fmt: skip
                 test = paired_comparison(a, b)
                 tests[key] = test | {"seeds": seeds, "decision": decision(test)}
+                if any(keep):
+                    a, b = ([[x for x, k in zip(row, keep, strict=True) if k] for row in side]
+                            for side in (a, b))  # fmt: skip
+                    test = paired_comparison(a, b)
+                    uncued[key] = test | {"seeds": seeds, "decision": decision(test)}
     summary = {
         "experiment": "matched-pair",
         "model_path": cfg.finetune.model.path,
@@ -184,6 +199,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
         },  # fmt: skip
         "fit": {"threshold": FIT, "readings": READINGS, "splits": forward, "fitted_seeds": fitted},
         "comparison": tests,
+        "comparison_uncued": uncued,
     }
     files.write_json(out / "summary.json", summary)
     return summary
@@ -217,13 +233,14 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
     fitted = [[reading, *(f"{len(fit['fitted_seeds'][reading][f])}/{len(summary['seeds'])}"
                           for f in summary["families"])] for reading in fit["readings"]]  # fmt: skip
     tests = []
-    for key, t in summary["comparison"].items():
-        split, reading, over = key.split(".")
-        if not t.get("seeds"):
-            tests.append([split, reading, over, "no seed", "", "", "", ""])
-            continue
-        tests.append([split, reading, over, ",".join(map(str, t["seeds"])),
-                      *comparison_cells(t)[:3], t["decision"]])  # fmt: skip
+    for queries, comparison in QUERY_SETS.items():
+        for key, t in summary[comparison].items():
+            split, reading, over = key.split(".")
+            if not t.get("seeds"):
+                tests.append([split, reading, queries, over, "no seed", "", "", "", ""])
+                continue
+            tests.append([split, reading, queries, over, ",".join(map(str, t["seeds"])),
+                          *comparison_cells(t)[:3], t["decision"]])  # fmt: skip
     mdm, arm = summary["families"][1], summary["families"][0]
     blocks = [
         Para(f"One checkpoint ({summary['model_path']}) fine-tuned with LoRA as an ARM ({arm}) "
@@ -251,8 +268,8 @@ def write_report(out: Path, summary: dict[str, Any]) -> None:
         Para("Paired by seed and query, over the seeds where both fitted by that reading "
              "(fitted) and over every seed (all: a gap between models that did not fit their "
              "facts is not a reversal result)."),
-        Table(["split", "reading", "seeds over", "seeds", "difference", "95% interval", "p",
-               "decision"], tests),
+        Table(["split", "reading", "queries", "seeds over", "seeds", "difference",
+               "95% interval", "p", "decision"], tests),
     ]  # fmt: skip
     figure = before_and_after(summary["rows"], summary["families"], summary["fit"]["readings"],
                               list(summary["directions"]), out / "figures" / "readings.png",
