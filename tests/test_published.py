@@ -304,6 +304,36 @@ def test_the_matched_pair_reads_its_reverse_over_the_seeds_both_fitted():
     assert checked >= 3
 
 
+def test_the_matched_pair_views_put_each_number_in_its_column():
+    """The rendered matched-pair tables read back cell by cell against the summary: a swapped
+    before/after, cued/uncued or rank/chain column would render consistently in the page and its
+    check, so it is caught here."""
+    s = _summary("matched-pair")
+
+    def cells(text):
+        lines = [line for line in text.splitlines() if line.startswith("| `")]
+        return {(c[1].strip("` "), c[2].strip()): [x.strip() for x in c[3:-1]]
+                for c in (line.split("|") for line in lines)}  # fmt: skip
+
+    def mean(family, key):
+        return f"{s['aggregate'][family][key]['mean']:.2f}"
+
+    table = cells(published.matched_pair_table(s))
+    cue = cells(published.matched_pair_cue(s))
+    for family in s["families"]:
+        for split, direction in s["directions"].items():
+            expected = [f"{mean(family, f'{stage}.{split}.{m}')} ± "
+                        f"{s['aggregate'][family][f'{stage}.{split}.{m}']['std']:.2f}"
+                        for m in ("prefix", "likelihood_top1", "chain_top1")
+                        for stage in ("before", "after")]  # fmt: skip
+            assert table[family, direction] == expected
+            assert cue[family, direction] == [
+                f"{mean(family, f'before.{split}.{m}_{kind}')} → "
+                f"{mean(family, f'after.{split}.{m}_{kind}')}"
+                for m in ("likelihood_top1", "chain_top1") for kind in ("cued", "uncued")
+            ]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------
 # docs/verification.md: every published quantity names a test that exists
 # --------------------------------------------------------------------------------------------------
