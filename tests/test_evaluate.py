@@ -63,6 +63,10 @@ def test_a_local_checkpoint_is_evaluated_on_your_own_facts(tmp_path):
     se = (reverse["exact"] * (1 - reverse["exact"]) / 8) ** 0.5  # binomial, by hand
     assert f"reverse (reverse, n=8): exact {reverse['exact']:.3f} ± {se:.3f}" in result.output
     assert "evaluating the first 8 queries of each split" in result.output  # said, not silent
+    # Parent-Child's shared surnames: the share of such queries and both ranks, said too
+    for split, m in summary["splits"].items():
+        assert (f"  of which {m['cued_share']:.0%} name their answer by a shared word"
+                in result.output) == bool(m["cued_share"]), split  # fmt: skip
     # a cut split ranks the candidates its queries have in the whole split, as the harness
     # export writes them (the export draws over the whole split); a chat checkpoint reads them
     # as replies, without the plain text's joining space

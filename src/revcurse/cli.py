@@ -873,6 +873,11 @@ def _evaluate_finetuned(cfg: FinetuneConfig, out: Path | None, trust_remote_code
         typer.echo(f"{split} ({m['direction']}, n={m['n']}): exact {with_se(m['exact'], m['n'])}"
                    f"   likelihood top-1 {with_se(m['likelihood_top1'], m['n'])} "
                    f"(chance {m['chance_top1']:.3f}; ± binomial standard error)")  # fmt: skip
+        if m.get("cued_share"):  # some answers are the only candidate sharing a word with the query
+            typer.echo(f"  of which {m['cued_share']:.0%} name their answer by a shared word: "
+                       f"top-1 {m['likelihood_top1_cued']:.3f} there, "
+                       + ("n/a" if m["likelihood_top1_uncued"] is None
+                          else f"{m['likelihood_top1_uncued']:.3f}") + " on the rest")  # fmt: skip
     typer.echo(f"report: {target / 'report.md'}")
 
 
