@@ -317,6 +317,13 @@ def test_a_from_scratch_experiment_reuses_another_ones_runs_of_identical_setting
     done = run_cli("reproduce", "parent-child", "--quick", "--out", str(first), "--workers", "1",
                    "--no-progress", *tiny)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # a second sitting (--resume: everything finished, nothing trained) adds its wall time
+    once = json.loads((first / "timings.json").read_text())
+    done = run_cli("reproduce", "parent-child", "--quick", "--out", str(first), "--workers", "1",
+                   "--no-progress", "--resume", *tiny)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    twice = json.loads((first / "timings.json").read_text())
+    assert twice["wall_seconds"] > once["wall_seconds"] and twice["runs"] == once["runs"]
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     done = run_cli("reproduce", "parent-child", "--quick", "--out", str(second), "--workers", "1",
                    "--no-progress", "--reuse-runs", str(first), *tiny[:-2], "--set",
