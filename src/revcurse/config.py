@@ -930,7 +930,8 @@ class TextRunConfig:
     0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin. Eager by
     default; ``train.compile=true`` (the same run up to float rounding; a resumed compiled run
     ends as the uninterrupted one bit for bit) makes the MDM's step 0.85x the eager one
-    (benchmarks/text_padding.py), and is how Person-Description is published."""
+    (benchmarks/text_padding.py); the rerun of Person-Description with rows of 40 is trained
+    so."""
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=16))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))
