@@ -127,6 +127,15 @@ COPIED_FROM = "copied_from.txt"
 """In a run copied from another sweep (:func:`copy_finished_runs`): where it was trained."""
 
 
+def check_reuse_source(source: str | Path, folder: str, expected: str) -> None:
+    """Refuse ``--reuse-runs`` naming a folder without the ``folder/`` its runs would be in (the
+    callers ask before anything is written): ``expected`` says what it should have been."""
+    from revcurse.errors import RevcurseError
+
+    if not (Path(source) / folder).is_dir():
+        raise RevcurseError(f"--reuse-runs {source}: {expected} (no {folder}/ in it)")
+
+
 def copy_finished_runs(jobs: list[Job], source: Path, folder: str = "runs") -> list[Job]:
     """Jobs whose run another experiment (the folder ``source``: a sweep's runs in ``runs/``, a
     family experiment's in ``models/``) has already finished, their folders copied in: a job
@@ -137,12 +146,9 @@ def copy_finished_runs(jobs: list[Job], source: Path, folder: str = "runs") -> l
     ``.lock`` left out, with :data:`COPIED_FROM` naming its origin; ``source`` is only read.
     Returns the jobs copied."""
     from revcurse.config import ConfigError, load_yaml
-    from revcurse.errors import RevcurseError
 
+    check_reuse_source(source, folder, "expected an experiment folder of this kind")
     runs = source / folder
-    if not runs.is_dir():
-        raise RevcurseError(f"--reuse-runs {source}: expected an experiment folder of this kind "
-                            f"(no {folder}/ in it)")  # fmt: skip
     if not jobs:
         return []
     finished: dict[Path, Any] = {}

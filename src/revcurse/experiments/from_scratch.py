@@ -56,7 +56,13 @@ from revcurse.data.tasks import pin_facts, task_for
 from revcurse.data.text import TextBatch, WordTokenizer, encode_pairs, entity_units, pad_with_eos
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import evaluate_split, save_generations
-from revcurse.experiments.executor import Outcome, guarded, timings, train_families
+from revcurse.experiments.executor import (
+    Outcome,
+    check_reuse_source,
+    guarded,
+    timings,
+    train_families,
+)
 from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
 from revcurse.models.transformer import TransformerLM
@@ -332,9 +338,8 @@ def run_from_scratch(
     task = task_for(cfg.run)
     for name in cfg.model_names():  # bad settings fail before any write
         prepare(cfg.run_config(name, cfg.seeds[0]))
-    if reuse is not None and not (Path(reuse) / "models").is_dir():
-        raise RevcurseError(f"--reuse-runs {reuse}: expected a from-scratch experiment's folder "
-                            "(no models/ in it)")  # fmt: skip
+    if reuse is not None:  # refused before any write
+        check_reuse_source(reuse, "models", "expected a from-scratch experiment's folder")
     out = start_experiment(out, cfg, command, force, resume)
     start = time.perf_counter()
     summaries = train_families(out, cfg, task.name, command, progress, reuse=reuse,

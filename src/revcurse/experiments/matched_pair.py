@@ -133,6 +133,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
     """Rows (family, seed, each split's metrics before and after), fit per reading, and the
     paired A2D − ARM tests on each reverse split per reading."""
     rows, directions, shares = [], {}, {}
+    records: dict[tuple[str, int, str, str], list[dict[str, Any]]] = {}  # each file read once
     for family in cfg.families:
         for seed in cfg.seeds:
             s = files.read_json(model_dir(out, family, seed) / "summary.json")
@@ -143,9 +144,10 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
                     for metric in ("exact", HEADLINE, "likelihood_top1", "chain_top1"):
                         if metric in m:
                             row[f"{stage}.{split}.{metric}"] = m[metric]
+                    records[family, seed, stage, split] = _records(out, family, seed, split, stage)
                     # the ranks apart where a shared word gives the answer away, from the
                     # records (runs older than metrics.cue_metrics lack them in their summary)
-                    cues = cue_metrics(_records(out, family, seed, split, stage))
+                    cues = cue_metrics(records[family, seed, stage, split])
                     shares[split] = cues.pop("cued_share")
                     row |= {f"{stage}.{split}.{k}": v for k, v in cues.items() if v is not None}
             row["n"] = {split: m["n"] for split, m in s["after"].items()}
@@ -166,7 +168,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
     uncued: dict[str, Any] = {}
     mdm, arm = cfg.families[1], cfg.families[0]
     for split in reverse:
-        asked = _records(out, arm, cfg.seeds[0], split)
+        asked = records[arm, cfg.seeds[0], "after", split]
         keep = [not word_cue(r["prompt"], r["candidates"], r.get("suffix", "")) for r in asked]
         for reading, metric in READINGS.items():
             for over, seeds in (("fitted", sorted(set(fitted[reading][mdm]) &
@@ -176,7 +178,7 @@ def summarise(out: Path, cfg: MatchedPairConfig) -> dict[str, Any]:
                 if not seeds:
                     tests[key] = uncued[key] = {"n_seeds": 0, "seeds": []}
                     continue
-                a, b = ([[float(OUTCOMES[metric](r)) for r in _records(out, f, s, split)]
+                a, b = ([[float(OUTCOMES[metric](r)) for r in records[f, s, "after", split]]
                          for s in seeds] for f in (mdm, arm))  # fmt: skip
                 test = paired_comparison(a, b)
                 tests[key] = test | {"seeds": seeds, "decision": decision(test)}

@@ -64,6 +64,7 @@ from revcurse.experiments.executor import (
     Job,
     Outcome,
     adopt_earlier_runs,
+    check_reuse_source,
     copy_finished_runs,
     deterministic,
     execute,
@@ -751,8 +752,8 @@ def run_sweep(
     from revcurse.report.sweep import write_report  # matplotlib only when reporting
 
     out = Path(out)
-    if reuse is not None and not (Path(reuse) / "runs").is_dir():  # refused before any write
-        raise RevcurseError(f"--reuse-runs {reuse}: not a sweep folder (no runs/ in it)")
+    if reuse is not None:  # refused before any write
+        check_reuse_source(reuse, "runs", "not a sweep folder")
     runs = cfg.expand()
     ours = (out / "index.sqlite").is_file()  # a sweep's folder from before, not a user's
     prepare_sweep_dir(out, cfg, force)
