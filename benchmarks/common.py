@@ -57,3 +57,23 @@ def in_child(script: str, *args: str, env: dict[str, str] | None = None) -> dict
     done = subprocess.run([sys.executable, script, "--child", *args], env=env, capture_output=True,
                           text=True, check=True)  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def overrides_cell(script: str, sets: list[str]) -> dict:
+    """One cell of a benchmark whose cells are lists of dotted overrides: :func:`in_child` of
+    ``script`` with ``sets`` as JSON (read back by :func:`overrides_main`)."""
+    return in_child(script, json.dumps(sets))
+
+
+def overrides_main(doc: str, child: Callable[[list[str]], dict], run: Callable[[], object]) -> None:
+    """The command line of such a benchmark: ``--child JSON`` runs one cell in this process and
+    prints its result as JSON (the last line :func:`in_child` reads); without it, the whole run."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+    else:
+        run()

@@ -14,13 +14,11 @@ compiling saves time.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from common import in_child
+from common import overrides_cell, overrides_main
 
 HERE = Path(__file__).resolve().parent
 SHORT, LONG, REPEATS = 100, 1000, 2
@@ -45,10 +43,6 @@ def child(sets: list[str]) -> dict[str, float]:
     return {"first": first, "per_step": steady["train_seconds"] / LONG}
 
 
-def _cell(sets: list[str]) -> dict[str, float]:
-    return in_child(__file__, json.dumps(sets))
-
-
 def run() -> str:
     start = time.perf_counter()
     lines = [
@@ -66,7 +60,9 @@ def run() -> str:
         runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
         for i in range(2 * REPEATS):
             compiled = i % 4 in (1, 2)  # eager, compiled, compiled, eager, ...
-            runs[compiled].append(_cell([*DEEP, *sets, f"train.compile={str(compiled).lower()}"]))
+            runs[compiled].append(
+                overrides_cell(__file__, [*DEEP, *sets, f"train.compile={str(compiled).lower()}"])
+            )
         per = {c: statistics.median(r["per_step"] for r in runs[c]) for c in runs}
         fixed = {c: statistics.median(r["first"] - SHORT * per[c] for r in runs[c]) for c in runs}
         saved = per[False] - per[True]
@@ -92,10 +88,4 @@ def run() -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--child")
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
-    else:
-        run()
+    overrides_main(__doc__, child, run)

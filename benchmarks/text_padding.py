@@ -14,13 +14,11 @@ or to 40, eager or compiled; one thread; the cells alternate, ``REPEATS`` each, 
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-from common import in_child
+from common import overrides_cell, overrides_main
 
 HERE = Path(__file__).resolve().parent
 WARM, STEPS, REPEATS = 20, 200, 2
@@ -60,16 +58,12 @@ def child(sets: list[str]) -> dict[str, float]:
             "row": int(data.ids.shape[1])}  # fmt: skip
 
 
-def _cell(sets: list[str]) -> dict[str, float]:
-    return in_child(__file__, json.dumps(sets))
-
-
 def run() -> str:
     start = time.perf_counter()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in CELLS}
     for repeat in range(REPEATS):
         for name in list(CELLS) if repeat % 2 == 0 else reversed(list(CELLS)):
-            runs[name].append(_cell(CELLS[name]))
+            runs[name].append(overrides_cell(__file__, CELLS[name]))
     per = {name: statistics.median(r["per_step"] for r in rs) for name, rs in runs.items()}
     arm = per["ARM (no fill)"]
     lines = [
@@ -99,10 +93,4 @@ def run() -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--child")
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
-    else:
-        run()
+    overrides_main(__doc__, child, run)
