@@ -133,6 +133,25 @@ def test_rerun_skips_finished_runs(tmp_path):
     }
 
 
+def test_a_sweeps_wall_time_sums_its_sittings_and_no_one_elses(tmp_path):
+    """timings.json's wall_seconds: a second sitting of a sweep adds its own seconds to what the
+    first recorded (set by hand to 1000 s here, so the sum is read exactly), while a sweep written
+    into a user's folder with --force does not count a timings.json it finds there."""
+    cfg = tiny_sweep(**{"model.causal": [False]})
+    run_sweep(cfg, tmp_path / "s", progress=False)
+    timings = tmp_path / "s" / "timings.json"
+    once = json.loads(timings.read_text())
+    timings.write_text(json.dumps(once | {"wall_seconds": 1000.0}))
+    run_sweep(cfg, tmp_path / "s", progress=False)
+    twice = json.loads(timings.read_text())
+    assert 1000.0 < twice["wall_seconds"] < 1000.0 + 600 and twice["runs"] == once["runs"]
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "timings.json").write_text(json.dumps({"wall_seconds": 1000.0}))
+    run_sweep(cfg, theirs, progress=False, force=True)
+    assert json.loads((theirs / "timings.json").read_text())["wall_seconds"] < 600
+
+
 def _sweep_cmd(config, out):
     return [sys.executable, "-m", "revcurse", "sweep", "--config", str(config), "--out", str(out),
             "--no-progress"]  # fmt: skip

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -501,6 +502,15 @@ def deterministic(summary: dict[str, Any]) -> dict[str, Any]:
         if not key.endswith("_seconds"):
             flat[f"probe.{key}"] = value
     return flat
+
+
+def wall_over_sittings(timings_file: Path, start: float, resumed: bool) -> float:
+    """Wall seconds since ``start`` (a ``time.perf_counter()`` reading) plus, when this sitting
+    ``resumed`` an experiment of its own, the ``wall_seconds`` its earlier sittings recorded in
+    ``timings_file``: an experiment run over several sittings reports its whole wall time (a
+    sitting killed before its end records nothing, so only finished sittings are summed)."""
+    earlier = files.read_json(timings_file) if resumed and timings_file.is_file() else {}
+    return earlier.get("wall_seconds", 0.0) + time.perf_counter() - start
 
 
 def timings(summary: dict[str, Any]) -> dict[str, float]:

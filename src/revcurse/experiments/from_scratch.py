@@ -62,6 +62,7 @@ from revcurse.experiments.executor import (
     guarded,
     timings,
     train_families,
+    wall_over_sittings,
 )
 from revcurse.experiments.rundir import start_experiment
 from revcurse.files import model_dir
@@ -345,12 +346,9 @@ def run_from_scratch(
     summaries = train_families(out, cfg, task.name, command, progress, reuse=reuse,
                                worker=execute_run, log_with=log_with)  # fmt: skip
     summary = summarise(out, cfg, summaries)
-    earlier = out / "timings.json"
-    previous = files.read_json(earlier) if resume and earlier.is_file() else {}
     names = [f"{name}-seed{seed}" for name in cfg.model_names() for seed in cfg.seeds]
-    files.write_json(earlier, {
-        # summed over the sittings that finished (one killed before its end records nothing)
-        "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - start,
+    files.write_json(out / "timings.json", {
+        "wall_seconds": wall_over_sittings(out / "timings.json", start, resume),
         # each model's own training and evaluation (a model resumed from a checkpoint counts its
         # last sitting's training only; one copied by --reuse-runs, where it was trained)
         "runs": dict(zip(names, (timings(s) for s in summaries), strict=True)),

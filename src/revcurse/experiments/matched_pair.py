@@ -33,6 +33,7 @@ from typing import Any
 from revcurse import files
 from revcurse.config import MatchedPairConfig
 from revcurse.errors import RevcurseError
+from revcurse.experiments.executor import wall_over_sittings
 from revcurse.experiments.finetune import run_finetune
 from revcurse.experiments.from_scratch import FIT, HEADLINE, OUTCOMES
 from revcurse.experiments.rundir import start_experiment
@@ -110,7 +111,7 @@ def run_matched_pair(
     summary = summarise(out, cfg)
     previous = files.read_json(out / "timings.json") if (out / "timings.json").is_file() else {}
     files.write_json(out / "timings.json", {
-        "wall_seconds": previous.get("wall_seconds", 0.0) + time.perf_counter() - start,
+        "wall_seconds": wall_over_sittings(out / "timings.json", start, resumed=True),
         "runs": previous.get("runs", {}) | times,
         # each run's own record: training, and evaluation before and after it (a run resumed
         # across sittings counts its last sitting's training only)

@@ -70,6 +70,7 @@ from revcurse.experiments.executor import (
     execute,
     make_jobs,
     timings,
+    wall_over_sittings,
 )
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
@@ -786,7 +787,7 @@ def run_sweep(
         files.write_json(
             out / "timings.json",
             {
-                "wall_seconds": time.perf_counter() - start,
+                "wall_seconds": wall_over_sittings(out / "timings.json", start, ours),
                 "workers": cfg.workers,
                 "backend": cfg.backend,
                 "runs": {j.run_id: timings(outcomes[j.run_id].summary or {}) for j in jobs},
