@@ -19,6 +19,7 @@ sys.path.insert(0, str(HERE))
 import compile_gain  # noqa: E402
 import eval_scaling  # noqa: E402
 import evaluation  # noqa: E402
+import experiment_times  # noqa: E402
 import large_vocab_eval  # noqa: E402
 import lora_step  # noqa: E402
 import per_example  # noqa: E402
@@ -46,7 +47,12 @@ def sections(repeats: int, quick: bool) -> dict[str, Callable[[], str]]:
         ),
         "compile_gain": lambda: compile_gain.run(),
         "text_padding": lambda: text_padding.run(),
+        "experiment_times": lambda: experiment_times.run(),
     }
+
+
+# sections read from the published results' records rather than timed on this machine
+RECORDS = {"experiment_times"}
 
 
 def splice(text: str, section: str) -> str:
@@ -79,8 +85,10 @@ def main() -> None:
         text = args.out.read_text()
         for name in chosen:
             body = runners[name]().rstrip("\n")
-            text = splice(text, f"{body}\n\n(Re-measured alone on {stamp}: `python benchmarks/"
-                                f"run.py --only {name}`; machine: {machine()}.)")  # fmt: skip
+            how = f"`python benchmarks/run.py --only {name}`"
+            note = (f"(Rewritten from the records on {stamp}: {how}.)" if name in RECORDS
+                    else f"(Re-measured alone on {stamp}: {how}; machine: {machine()}.)")  # fmt: skip
+            text = splice(text, f"{body}\n\n{note}")
         args.out.write_text(text)
         print(f"rewrote {', '.join(chosen)} in {args.out}")
         return
