@@ -8,10 +8,24 @@ from pathlib import Path
 from typing import Any
 
 from revcurse import files
-from revcurse.config import dump_yaml, load_yaml
+from revcurse.config import dump_yaml, load_yaml, to_dict
 from revcurse.errors import RevcurseError
 from revcurse.repro import write_provenance
 from revcurse.training import holds_run
+
+EXECUTION = ("workers", "backend")
+"""Experiment fields that say how the runs execute, not what they compute: an experiment may
+resume with others (two workers where the first sitting had one, say)."""
+
+
+def same_settings(a: Any, b: Any) -> bool:
+    """Whether two configs of one experiment compute the same thing: equal but for
+    :data:`EXECUTION` (compared as configs, not text: fields added since one was written take
+    their defaults)."""
+    first, second = to_dict(a), to_dict(b)
+    for key in EXECUTION:
+        first.pop(key, None), second.pop(key, None)
+    return first == second
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:
@@ -35,8 +49,7 @@ def start_experiment(
         saved = out / "config.yaml"
         if not saved.is_file():
             raise RevcurseError(f"{out}: nothing to resume (no config.yaml); run without --resume")
-        # compared as configs, not text: fields added since it was written take their defaults
-        if load_yaml(type(cfg), saved) != cfg:
+        if not same_settings(load_yaml(type(cfg), saved), cfg):
             raise RevcurseError(
                 f"{out}: holds this experiment with other settings (config.yaml); resume with the "
                 "same options, or choose another --out"

@@ -72,6 +72,7 @@ from revcurse.experiments.executor import (
     timings,
     wall_over_sittings,
 )
+from revcurse.experiments.rundir import EXECUTION
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
@@ -501,11 +502,6 @@ def get_named(name: str) -> Named:
     if name not in named:
         raise KeyError(name)
     return named[name]
-
-
-EXECUTION = ("workers", "backend")
-"""Sweep fields that say how the runs execute, not what they compute: a sweep may resume with
-others."""
 
 
 def prepare_sweep_dir(out: Path, cfg: SweepConfig, force: bool) -> None:
