@@ -326,6 +326,11 @@ def test_a_from_scratch_experiment_reuses_another_ones_runs_of_identical_setting
     twice = json.loads((first / "timings.json").read_text())
     assert twice["wall_seconds"] > once["wall_seconds"] and twice["runs"] == once["runs"]
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    # what the models are may not change on resuming: refused, the folder untouched
+    done = run_cli("reproduce", "parent-child", "--quick", "--out", str(first), "--no-progress",
+                   "--resume", *tiny, "--set", "run.train.steps=11")  # fmt: skip
+    assert done.returncode == 2 and "holds this experiment with other settings" in done.stderr
+    assert before == {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     done = run_cli("reproduce", "parent-child", "--quick", "--out", str(second), "--workers", "1",
                    "--no-progress", "--reuse-runs", str(first), *tiny[:-2], "--set",
                    'variants={"mdm-none": ["model.positional=none"]}')  # fmt: skip
