@@ -919,7 +919,8 @@ class TextRunConfig:
     """Architecture; model.causal picks MDM (false) or ARM (true). The MDM's statements are
     padded with EOS to max_seq_len, which must also hold the longest query + its answer: 40 for
     Person-Description (the experiment refuses less). It was published first with 52, when 49%
-    of the MDM's tokens were EOS (benchmarks/text_padding.py)."""
+    of the MDM's tokens were EOS (benchmarks/text_padding.py); that publication is kept as
+    docs/results/person-description-rows52."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=12000, batch_size=64, lr=3e-3, beta2=0.999, warmup_steps=100,
@@ -930,8 +931,8 @@ class TextRunConfig:
     0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin. Eager by
     default; ``train.compile=true`` (the same run up to float rounding; a resumed compiled run
     ends as the uninterrupted one bit for bit) makes the MDM's step 0.85x the eager one
-    (benchmarks/text_padding.py); the rerun of Person-Description with rows of 40 is trained
-    so."""
+    (benchmarks/text_padding.py); the published Person-Description results (rows of 40) were
+    trained so."""
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=16))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))
