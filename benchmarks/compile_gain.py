@@ -77,9 +77,10 @@ def run() -> str:
         "",
         "Compiling pays on runs longer than the break-even. It stays off by default: a compiled "
         "run equals the eager one only to float rounding (tests/test_training.py states the "
-        "tolerance), and every published experiment reproduces bit for bit eagerly on the same "
-        "machine and software; turn it on "
-        "(`--set train.compile=true`) for new long runs.",
+        "tolerance), and the published experiments reproduce bit for bit on the same machine "
+        "and software as they were trained: eagerly, but for Person–Description, trained "
+        "compiled (its command says so); turn it on (`--set train.compile=true`) for new long "
+        "runs.",
     ]
     lines += ["", f"(measured in {time.perf_counter() - start:.0f} s)"]
     text = "\n".join(lines)
