@@ -111,7 +111,7 @@ def run_matched_pair(
     summary = summarise(out, cfg)
     previous = files.read_json(out / "timings.json") if (out / "timings.json").is_file() else {}
     files.write_json(out / "timings.json", {
-        "wall_seconds": wall_over_sittings(out / "timings.json", start, resumed=True),
+        "wall_seconds": wall_over_sittings(out / "timings.json", start, resume),
         "runs": previous.get("runs", {}) | times,
         # each run's own record: training, and evaluation before and after it (a run resumed
         # across sittings counts its last sitting's training only)
