@@ -195,7 +195,9 @@ def test_sweep_contrasts_are_value_minus_baseline_over_their_seeds(name):
         assert c["fit"]["baseline"] == fit_summary([b[s_] for s_ in c["seeds"]])["label"]
 
 
-@pytest.mark.parametrize("name", ["person-description", "parent-child", "parent-child-grid"])
+@pytest.mark.parametrize(
+    "name", ["person-description", "parent-child", "parent-child-grid", "person-description-grid"]
+)
 def test_scratch_tests_are_differences_over_the_seeds_both_models_fitted(name):
     """Every paired test of a from-scratch experiment runs over exactly the seeds both compared
     models fitted the split's group on (summary['fit']), and its effect is the difference of the

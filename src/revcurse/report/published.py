@@ -632,7 +632,12 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("objective", "table"): objective_table,
     **{
         (name, view): fn
-        for name in ("person-description", "parent-child", "parent-child-grid")
+        for name in (
+            "person-description",
+            "parent-child",
+            "parent-child-grid",
+            "person-description-grid",
+        )
         for view, fn in (
             ("splits", scratch_splits),
             ("fit", scratch_fit),
