@@ -18,14 +18,15 @@ EXECUTION = ("workers", "backend")
 resume with others (two workers where the first sitting had one, say)."""
 
 
+def settings(cfg: Any) -> dict[str, Any]:
+    """What an experiment's config computes: its fields as a dict but for :data:`EXECUTION`."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in EXECUTION}
+
+
 def same_settings(a: Any, b: Any) -> bool:
-    """Whether two configs of one experiment compute the same thing: equal but for
-    :data:`EXECUTION` (compared as configs, not text: fields added since one was written take
-    their defaults)."""
-    first, second = to_dict(a), to_dict(b)
-    for key in EXECUTION:
-        first.pop(key, None), second.pop(key, None)
-    return first == second
+    """Whether two configs of one experiment compute the same thing (compared as configs, not
+    text: fields added since one was written take their defaults)."""
+    return settings(a) == settings(b)
 
 
 def prepare_out_dir(out: Path, force: bool) -> None:

@@ -56,7 +56,6 @@ from revcurse.config import (
     apply_overrides,
     dump_yaml,
     load_yaml,
-    to_dict,
 )
 from revcurse.errors import RevcurseError
 from revcurse.evaluation import ANSWER_SOURCES
@@ -72,7 +71,7 @@ from revcurse.experiments.executor import (
     timings,
     wall_over_sittings,
 )
-from revcurse.experiments.rundir import EXECUTION
+from revcurse.experiments.rundir import settings
 from revcurse.repro import write_provenance
 from revcurse.stats import METRICS, aggregate, decision, fit_summary, paired_comparison
 from revcurse.store import Store
@@ -525,12 +524,10 @@ def prepare_sweep_dir(out: Path, cfg: SweepConfig, force: bool) -> None:
         saved = out / "config.yaml"
         if saved.is_file():
             try:
-                before = to_dict(load_yaml(SweepConfig, saved))
+                before = settings(load_yaml(SweepConfig, saved))
             except RevcurseError as err:
                 raise RevcurseError(f"{out}: its config.yaml is not a sweep's ({err})") from None
-            here = to_dict(cfg)
-            for key in EXECUTION:
-                before.pop(key, None), here.pop(key, None)
+            here = settings(cfg)
             if before != here:
                 raise RevcurseError(
                     f"{out}: holds a sweep of other settings ({first_difference(before, here)}); "
