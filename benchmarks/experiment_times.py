@@ -2,13 +2,12 @@
 
 Nothing is timed here. Every published experiment (``docs/results/<name>/``) keeps the seconds
 each of its models took in ``timings.json``, measured by the run itself while the experiment's
-other worker shared the machine; their sum is the one-thread work the experiment needs, and
-with ``W`` workers on ``W`` cores it takes ``sum / W`` of wall time and the tail of its last
-model. That time at 2 workers is compared with the 60-minute target of a named experiment on 2 cores, beside
-the wall time the publishing run recorded (an older sweep's record holds its last sitting
-alone). The machine is
-the one that published each experiment (an Intel Xeon or an AMD EPYC, 2 cores each; the
-records do not say which).
+other worker shared the machine; their sum is the one-thread work the experiment needs, and with
+``W`` workers on ``W`` cores it takes ``sum / W`` of wall time and the tail of its last model.
+That time at 2 workers is compared with a named experiment's 60-minute target on 2 cores, beside
+the wall time the publishing run recorded (an older sweep's record holds its last sitting alone).
+The machine is the one that published each experiment (an Intel Xeon or an AMD EPYC, 2 cores
+each; the records do not say which).
 """
 
 from __future__ import annotations
