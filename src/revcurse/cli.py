@@ -490,7 +490,9 @@ def analyse_decoding(
         text = text_decoding.measure(sweep, target, command=_command_line(), progress=progress)
         for name, readings in text["models"].items():
             values = "  ".join(
-                f"{r}: fitted {len(next(iter(v['fitted_seeds'].values())))}/{len(v['seeds'])}"
+                f"{r}: fitted " + ", ".join(f"{len(seeds)}/{len(v['seeds'])}"
+                                            + (f" {group}" if len(v["fitted_seeds"]) > 1 else "")
+                                            for group, seeds in v["fitted_seeds"].items())
                 for r, v in readings.items()
             )  # fmt: skip
             typer.echo(f"{name}: {values}")

@@ -436,11 +436,11 @@ def readings_tests(s: dict[str, Any]) -> str:
 
 
 def text_readings_table(s: dict[str, Any]) -> str:
-    """``analyse decoding`` of a from-scratch experiment: per model and reading, fit and the first
-    statement group's splits read that way."""
-    from revcurse.report.readings import TEXT_MODEL_COLUMNS, text_model_rows
+    """``analyse decoding`` of a from-scratch experiment: per model, reading and statement group,
+    fit and the group's splits read that way."""
+    from revcurse.report.readings import text_model_columns, text_model_rows
 
-    return _table(TEXT_MODEL_COLUMNS, text_model_rows(s)) + (
+    return _table(text_model_columns(s), text_model_rows(s)) + (
         "\n\nMean ± sd over seeds. sampler: the generation the run recorded (one token per "
         "step); one-step: the whole answer filled at once; rank: the answer first among the "
         "candidates by the Monte-Carlo likelihood bound; chain-rank: by the chain likelihood. "
@@ -676,8 +676,11 @@ VIEWS: dict[tuple[str, str], Callable[[dict[str, Any]], str]] = {
     ("matched-pair", "table"): matched_pair_table,
     ("matched-pair", "tests"): matched_pair_tests,
     ("matched-pair", "cue"): matched_pair_cue,
-    ("parent-child-grid-decoding", "readings"): text_readings_table,
-    ("parent-child-grid-decoding", "tests"): text_readings_tests,
+    **{
+        (name, view): fn
+        for name in ("parent-child-grid-decoding", "person-description-grid-decoding")
+        for view, fn in (("readings", text_readings_table), ("tests", text_readings_tests))
+    },
     ("entity-length-mc-draws", "accuracy"): draws_accuracy,
     ("entity-length-mc-draws", "tests"): draws_tests,
     **{

@@ -132,36 +132,45 @@ TEXT_TEST_COLUMNS = ["difference", "split", "reading", "effect", "95% interval (
                      "p (paired permutation)", "seeds x queries", "decision"]  # fmt: skip
 
 
-def _text_split(summary: dict[str, Any], direction: str) -> str | None:
-    """The experiment's first split asked in ``direction`` (its forward, mirror or reverse
-    test)."""
-    return next((k for k, d in summary["splits"].items() if d == direction), None)
+def text_model_columns(summary: dict[str, Any]) -> list[str]:
+    """:data:`TEXT_MODEL_COLUMNS`, with a statement-group column after the reading where the task
+    fits more than one group (Person–Description's name -> description and description -> name)."""
+    from revcurse.data.tasks import TASKS
+
+    if len(TASKS[summary["task"]].fit) == 1:
+        return TEXT_MODEL_COLUMNS
+    return [*TEXT_MODEL_COLUMNS[:2], "statements", *TEXT_MODEL_COLUMNS[2:]]
 
 
 def text_model_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Rows of :data:`TEXT_MODEL_COLUMNS`: per model and reading, how many seeds fitted its first
-    statement group read that way, the first group's forward, mirror and reverse splits over
-    every seed, and the reverse over the fitted seeds (the report's and the published table's)."""
-    forward, mirror, reverse = (_text_split(summary, d) for d in ("forward", "mirror", "reverse"))
+    """Rows of :func:`text_model_columns`: per model, reading and statement group, how many seeds
+    fitted the group read that way, the group's forward and mirror splits and its first reverse
+    split over every seed, and that reverse over the fitted seeds (the report's and the published
+    table's)."""
+    from revcurse.data.tasks import TASKS
+
+    task = TASKS[summary["task"]]
+    grouped = len(task.fit) > 1
     rows = []
     for name, readings in summary["models"].items():
         for reading, r in readings.items():
             metric = summary["readings"][reading]["metric"]
-            group = next(iter(r["fitted_seeds"]))
-            seeds = r["fitted_seeds"][group]
             agg = r["all_seeds"]
 
             def mean(split: str | None, agg=agg, metric=metric) -> str:
                 key = f"{split}.{metric}"
                 return f"{agg[key]['mean']:.2f} ± {agg[key]['std']:.2f}" if key in agg else "n/a"
 
-            key = f"{reverse}.{metric}"
-            # the reverse over the fitted seeds, from the same per-seed numbers
-            fitted = [v for s, v in zip(r["seeds"], agg.get(key, {}).get("values", []),
-                                        strict=False) if s in seeds]  # fmt: skip
-            rows.append([name.upper(), reading, f"{len(seeds)}/{len(r['seeds'])}", mean(forward),
-                         mean(mirror), mean(reverse),
-                         f"{sum(fitted) / len(fitted):.2f}" if fitted else "not read"])  # fmt: skip
+            for group, (forward, mirror) in task.fit.items():
+                reverse = next(s for s, g in task.compared.items() if g == group)
+                seeds = r["fitted_seeds"][group]
+                # the reverse over the fitted seeds, from the same per-seed numbers
+                values = agg.get(f"{reverse}.{metric}", {}).get("values", [])
+                fitted = [v for s, v in zip(r["seeds"], values, strict=False) if s in seeds]
+                rows.append([name.upper(), reading, *([group] if grouped else []),
+                             f"{len(seeds)}/{len(r['seeds'])}", mean(forward), mean(mirror),
+                             mean(reverse),
+                             f"{sum(fitted) / len(fitted):.2f}" if fitted else "not read"])  # fmt: skip
     return rows
 
 
@@ -194,7 +203,7 @@ def write_text_report(out: Path, summary: dict[str, Any]) -> None:
             "the forward split and, for a model trained on it, the mirror) and reads the "
             "reverse over its own fitted seeds."
         ),
-        Table(TEXT_MODEL_COLUMNS, text_model_rows(summary)),
+        Table(text_model_columns(summary), text_model_rows(summary)),
         Heading("Each variant against the MDM, per reading"),
         Para("Paired by seed and query over the seeds both models fitted by that reading."),
         Table(TEXT_TEST_COLUMNS, text_test_rows(summary)),
