@@ -72,7 +72,7 @@ def test_named_experiments_expand_to_valid_configs():
         "depth": 60,
         "objective": 30,
         "distance": 195,
-        "bridge": 90,
+        "bridge": 75,  # its two-layer slice trains the MDM only (#30)
         "entity-length": 50,  # 7 MDM cells and 3 ARM cells: shared cells run once
         "objective-attention": 30,  # 6 cells: the MDM and the ARM shared by two slices each
         "objective-attention-entities": 30,  # the same grid on two-token unshared entities
@@ -84,6 +84,12 @@ def test_named_experiments_expand_to_valid_configs():
     # --quick shortens the slice that sets its own steps as well
     quick, _ = load_sweep_config("bridge", None, [], quick=True)
     assert {run.train.steps for _, run in quick.expand()} == {3000}
+    # the bridge's two-layer slice: the MDM only, compiled, in the full design and --quick alike
+    for sweep in (get_named("bridge").sweep, quick):
+        deep = {
+            (r.model.causal, r.train.compile) for _, r in sweep.expand() if r.model.n_layers == 2
+        }
+        assert deep == {(False, True)}
     # entity-length: each slice moves one of length, spelling and pool; the cells, once each
     cells = {(r.data.entity_tokens, r.data.entity_spelling, r.data.entity_pool, r.model.causal)
              for _, r in get_named("entity-length").sweep.expand()}  # fmt: skip

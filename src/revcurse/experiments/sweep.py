@@ -193,12 +193,22 @@ def bridge_slices() -> dict[str, SliceConfig]:
             question="Does reversal survive entities of several tokens, spelled from shared "
             "token pools so that no token alone names an entity (fit first)?",
         ),
+        # The MDM only, compiled: with its ARM control (15 more runs of 30000 steps) and eager
+        # the bridge took about 94 minutes on 2 cores; the one-layer slices keep the ARM at every
+        # length, and entity-length's `arm` slice is the two-layer ARM control (#30).
         "entity-length-deep": SliceConfig(
-            grid={"data.entity_tokens": [1, 2, 4], "model.n_layers": [2], "train.steps": [30000]},
+            grid={
+                "data.entity_tokens": [1, 2, 4],
+                "model.n_layers": [2],
+                "train.steps": [30000],
+                "model.causal": [False],
+                "train.compile": [True],
+            },  # fmt: skip
             compare="data.entity_tokens",
             question="The same question with entities of 1, 2 and 4 tokens on a model that can "
             "fit them all: two layers trained five times longer (one layer does not fit "
-            "three-token entities in 6000 steps; fit first, then read the reverse).",
+            "three-token entities in 6000 steps; fit first, then read the reverse). The MDM "
+            "only: the one-layer slice is the ARM's control at every length.",
         ),
         "paraphrases": SliceConfig(
             grid={"data.n_templates": [4], "data.templates_per_fact": [4, 2]},
@@ -394,7 +404,8 @@ def named_experiments() -> dict[str, Named]:
                 "train.steps=3000",
                 # the deep slice sets its own steps; --quick shortens them too
                 'slices.entity-length-deep.grid={"data.entity_tokens": [1, 2, 4], '
-                '"model.n_layers": [2], "train.steps": [3000]}',
+                '"model.n_layers": [2], "train.steps": [3000], "model.causal": [false], '
+                '"train.compile": [true]}',
             ],
             question="From the toy towards text: where does MDM reversal degrade as entities "
             "grow longer, the relation is paraphrased and the facts multiply, and does the ARM "
