@@ -16,8 +16,9 @@ process's ``ru_maxrss``), one torch thread unless a row says otherwise:
 * both again **against the width** (``d_model`` 32 to 256 at 1,000 pairs);
 * **``revcurse evaluate`` of a Hugging Face model** (:func:`revcurse.experiments.finetune.
   run_evaluation`, what the command runs): tiny random Llama (ARM) and LLaDA (MDM) on
-  Parent–Child's first 32 facts as a facts file, each split evaluated whole (9 distractors,
-  8 Monte-Carlo draws):
+  Parent–Child's first 32 and 128 facts as a facts file, each split evaluated whole (9
+  distractors, 8 Monte-Carlo draws), probes off (they are not the evaluation, and batching does
+  not touch them):
   wall and CPU seconds of a second call in the process (the first, timed apart, is mostly
   importing transformers: the same on both sides). Before scored one candidate of one query per forward pass and left
   torch's thread count at its default (every core); after, rows of all candidates share forward
@@ -48,7 +49,7 @@ D_MODELS = (32, 64, 128, 256)
 """The width axis, at :data:`WIDTH_PAIRS` pairs (the toy's default width is 64)."""
 WIDTH_PAIRS = 1000
 TRAIN_STEPS = 5
-HF_FACTS = 32
+HF_FACTS = (32, 128)
 """Facts of the ``revcurse evaluate`` cells (every split evaluated whole)."""
 
 
@@ -107,7 +108,7 @@ def child(kind: str, arg: str, threads: int) -> dict:
         family, _, facts = arg.partition("@")
         cfg = apply_overrides(FinetuneConfig(), [
             f"model.family={family}", "eval.n_mc=8", "data.dataset=facts", f"data.path={facts}",
-            "data.max_eval=0"])  # fmt: skip
+            "data.max_eval=0", "probe.enabled=false"])  # fmt: skip
         with tempfile.TemporaryDirectory() as out:
             run_evaluation(cfg, Path(out) / "warm-up")  # imports and first calls, same both sides
             cpu, wall = time.process_time(), time.perf_counter()
@@ -118,8 +119,8 @@ def child(kind: str, arg: str, threads: int) -> dict:
     return result
 
 
-def _write_facts(path: Path) -> None:
-    """Parent–Child's first :data:`HF_FACTS` facts as a facts file: small enough that each split
+def _write_facts(path: Path, n: int) -> None:
+    """Parent–Child's first ``n`` facts as a facts file: small enough that each split
     is evaluated whole, so both sides rank the very same candidates (a split cut to its first
     queries draws them differently since commit 7b3c6b8, from the whole split)."""
     import dataclasses
@@ -129,7 +130,7 @@ def _write_facts(path: Path) -> None:
     from revcurse.data.text_datasets import as_facts
 
     facts = as_facts(TextDataConfig(dataset="parent-child"))
-    write_facts(path, dataclasses.replace(facts, facts=facts.facts[:HF_FACTS]))
+    write_facts(path, dataclasses.replace(facts, facts=facts.facts[:n]))
 
 
 def _cell(src: Path, kind: str, arg: str, threads: int) -> dict:
@@ -163,12 +164,13 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
                     toy[name, "width", width] = _cell(src, "toy", arg, 1)
                     toy[name, "train-width", width] = _cell(src, "train", arg, 1)
             hf = {}
-            facts = Path(tmp) / "facts.jsonl"
-            _write_facts(facts)
-            for family in ("llama", "llada"):
-                for name, src, threads in (("before", before, 0), ("after", after, 1),
-                                           ("before, 1 thread", before, 1)):  # fmt: skip
-                    hf[name, family] = _cell(src, "hf", f"{family}@{facts}", threads)
+            for n in HF_FACTS:
+                facts = Path(tmp) / f"facts{n}.jsonl"
+                _write_facts(facts, n)
+                for family in ("llama", "llada"):
+                    for name, src, threads in (("before", before, 0), ("after", after, 1),
+                                               ("before, 1 thread", before, 1)):  # fmt: skip
+                        hf[name, family, n] = _cell(src, "hf", f"{family}@{facts}", threads)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=HERE,
                            check=False)  # fmt: skip
@@ -238,21 +240,24 @@ def run(pairs: tuple[int, ...] = PAIRS) -> str:
     ]
     lines += [
         "",
-        f"`revcurse evaluate` of a tiny random Hugging Face model (Parent–Child's first {HF_FACTS} "
-        "facts as a facts file, every split evaluated whole, 10 candidates per query, 8 "
-        "Monte-Carlo draws for the MDM):",
+        "`revcurse evaluate` of a tiny random Hugging Face model (Parent–Child's first "
+        f"{' and '.join(map(str, HF_FACTS))} facts as a facts file, every split evaluated whole, "
+        "10 candidates per query, 8 Monte-Carlo draws for the MDM, probes off):",
         "",
-        "| model | before (default threads) wall / CPU s | before, 1 thread wall / CPU s | "
-        "after (train.threads = 1) wall / CPU s | speed-up (wall, vs before) | same records |",
-        "|---|---|---|---|---|---|",
+        "| model | facts | before (default threads) wall / CPU s | before, 1 thread wall / CPU s "
+        "| after (train.threads = 1) wall / CPU s | speed-up, wall (vs before / vs before 1 thread) "
+        "| same records |",
+        "|---|---|---|---|---|---|---|",
     ]
     for family in ("llama", "llada"):
-        b, b1, a = (hf[k, family] for k in ("before", "before, 1 thread", "after"))
-        same = _same_splits(b["splits"], a["splits"])
-        lines.append(
-            f"| {family} | {b['wall']:.1f} / {b['cpu']:.1f} | {b1['wall']:.1f} / {b1['cpu']:.1f} | "
-            f"{a['wall']:.1f} / {a['cpu']:.1f} | {b['wall'] / a['wall']:.1f}x | {same} |"
-        )
+        for n in HF_FACTS:
+            b, b1, a = (hf[k, family, n] for k in ("before", "before, 1 thread", "after"))
+            same = _same_splits(b["splits"], a["splits"])
+            lines.append(
+                f"| {family} | {n} | {b['wall']:.2f} / {b['cpu']:.2f} | {b1['wall']:.2f} / "
+                f"{b1['cpu']:.2f} | {a['wall']:.2f} / {a['cpu']:.2f} | {b['wall'] / a['wall']:.1f}x"
+                f" / {b1['wall'] / a['wall']:.1f}x | {same} |"
+            )
     lines += [
         "",
         "Same records: every split's metrics agree (ranks, generations, rates; log-probabilities "
