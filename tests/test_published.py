@@ -354,8 +354,8 @@ NOT_MEASURED = {
     "batch_size", "causal", "d_model", "entity_pool", "entity_tokens", "filler_shared",
     "filler_vocab", "lr",
     "mlp", "n_filler", "n_heads", "n_layers", "n_pairs", "n_params", "n_templates", "rope_base",
-    "templates_per_fact", "steps", "compile", "seed", "slices", "keys", "value", "baseline", "runs", "draws",
-    "scorers", "readings", "weight_decay", "first_step", "final_step", "chat_template",
+    "templates_per_fact", "steps", "compile", "seed", "slices", "keys", "value", "baseline",
+    "runs", "draws", "scorers", "readings", "weight_decay", "first_step", "final_step", "chat_template",
     "vocab_size", "n_facts_forward", "n_facts_mirror", "threshold",
     # names: model families and variants, statement groups and directions keyed in the fit table
     "arm", "mdm", "mdm-answer", "mdm-learned", "mdm-none", "mdm-sinusoidal", "p2d", "d2p", "c2p",

@@ -37,6 +37,7 @@ Named experiments (``revcurse reproduce NAME``) are sweep presets:
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -402,10 +403,10 @@ def named_experiments() -> dict[str, Named]:
             quick=[
                 "seeds=[0]",
                 "train.steps=3000",
-                # the deep slice sets its own steps; --quick shortens them too
-                'slices.entity-length-deep.grid={"data.entity_tokens": [1, 2, 4], '
-                '"model.n_layers": [2], "train.steps": [3000], "model.causal": [false], '
-                '"train.compile": [true]}',
+                # the deep slice sets its own steps; --quick shortens them too (its grid as
+                # defined, the steps alone changed)
+                "slices.entity-length-deep.grid="
+                + json.dumps(bridge_slices()["entity-length-deep"].grid | {"train.steps": [3000]}),
             ],
             question="From the toy towards text: where does MDM reversal degrade as entities "
             "grow longer, the relation is paraphrased and the facts multiply, and does the ARM "
