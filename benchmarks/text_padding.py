@@ -1,4 +1,5 @@
-"""Benchmark: the cost of a from-scratch text MDM's EOS fill, and what ``train.compile`` saves.
+"""Benchmark: the cost of a from-scratch text MDM's EOS fill, and what ``train.compile`` and
+``train.precision=bf16`` save.
 
 A from-scratch MDM's training rows are ``[BOS] statement`` filled with EOS up to
 ``model.max_seq_len`` (:func:`revcurse.experiments.from_scratch.training_batch`): EOS it learns to
@@ -8,8 +9,11 @@ generation region the evaluation gives it, need 40 (:func:`~revcurse.experiments
 prepare` computes that length): 49% of the MDM's tokens are EOS at 52, 33% at 40. Each cell is a
 process that trains the experiment's MDM (its preset: 2 layers, d_model 128, batch 64) with
 :func:`revcurse.training.fit` for ``WARM`` steps and then ``STEPS`` more, timed: rows filled to 52
-or to 40, eager or compiled; one thread; the cells alternate, ``REPEATS`` each, medians. The ARM
-(no fill) is timed beside them, the ratio the issue measured (the MDM cost 1.46x the ARM per step).
+or to 40, eager or compiled, in float32 or under CPU bf16 autocast (``train.precision=bf16``);
+one thread; the cells alternate, ``REPEATS`` each, medians. The ARM (no fill) is timed beside
+them, the ratio the issue measured (the MDM cost 1.46x the ARM per step), and compiled in both
+precisions. bf16 pays only on a CPU with bf16 matrix instructions: the table says whether this
+one has them (``/proc/cpuinfo``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,28 @@ CELLS = {
     "MDM, rows of 52 (first published)": ["run.model.max_seq_len=52"],
     "MDM, rows of 40 (the longest needed)": ["run.model.max_seq_len=40"],
     "MDM, rows of 40, compiled": ["run.model.max_seq_len=40", "run.train.compile=true"],
+    "MDM, rows of 40, compiled, bf16": [
+        "run.model.max_seq_len=40",
+        "run.train.compile=true",
+        "run.train.precision=bf16",
+    ],
+    "ARM, compiled": ["run.model.causal=true", "run.train.compile=true"],
+    "ARM, compiled, bf16": [
+        "run.model.causal=true",
+        "run.train.compile=true",
+        "run.train.precision=bf16",
+    ],
 }
+
+
+def bf16_instructions() -> str:
+    """The CPU's bf16 matrix instructions named in /proc/cpuinfo (Linux), or why not known."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return "not known (no /proc/cpuinfo)"
+    found = sorted({f for f in flags if f in ("avx512_bf16", "amx_bf16")})
+    return ", ".join(found) if found else "none"
 
 
 def child(sets: list[str]) -> dict[str, float]:
@@ -67,10 +92,11 @@ def run() -> str:
     per = {name: statistics.median(r["per_step"] for r in rs) for name, rs in runs.items()}
     arm = per["ARM (no fill)"]
     lines = [
-        "## A from-scratch text MDM's EOS fill (Person–Description), eager and compiled",
+        "## A from-scratch text MDM's EOS fill (Person–Description), eager, compiled and bf16",
         "",
         f"Each cell a process training the Person–Description preset's model ({WARM} steps, then "
-        f"{STEPS} timed), one thread, the cells alternating, {REPEATS} each, medians.",
+        f"{STEPS} timed), one thread, the cells alternating, {REPEATS} each, medians. The CPU's "
+        f"bf16 matrix instructions: {bf16_instructions()}.",
         "",
         "| cell | row length | EOS share of the rows | ms per step | vs the ARM | "
         "12,000 steps, min |",
@@ -83,7 +109,10 @@ def run() -> str:
         "",
         "Rows of 40 are what the evaluation needs: every statement, and every query with the "
         "generation region it is given, fits in them, so the EOS the MDM learns covers every "
-        "position the sampler asks it to fill.",
+        "position the sampler asks it to fill. bf16 runs each step's forward under CPU bf16 "
+        "autocast (weights, gradients and AdamW moments float32; evaluation and probes in "
+        "float32): the same run up to bf16 rounding (tests/test_training.py states the "
+        "tolerance), so a run trained so is compared with runs trained so.",
         "",
         f"(measured in {time.perf_counter() - start:.0f} s)",
     ]

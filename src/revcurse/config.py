@@ -47,6 +47,7 @@ Objective = Literal[
     "auto", "masked_diffusion", "next_token", "mlm", "answer_only", "masked_ar", "prefix_lm"
 ]
 Maskable = Literal["all", "entities", "no_fillers", "answer"]
+Precision = Literal["auto", "bf16"]
 TextTask = Literal["person-description", "parent-child", "facts"]
 Schedule = Literal["cosine", "linear", "constant"]
 
@@ -327,6 +328,13 @@ class TrainConfig:
     (tested to a stated tolerance); the first steps pay the compilation (seconds to a minute), so
     it pays only on long runs (BENCHMARKS.md measures where). Evaluation and probes read the
     uncompiled model."""
+    precision: Precision = "auto"
+    """Arithmetic of the training steps. ``auto``: bf16 autocast on GPU (accelerate's mixed
+    precision), float32 on CPU. ``bf16``: bf16 autocast on CPU too, where the CPU has bf16 matrix
+    instructions (AVX-512 BF16, AMX) it makes a from-scratch text step 2-2.5x faster
+    (BENCHMARKS.md). Weights, gradients and AdamW moments stay float32 and the loss's softmax is
+    taken in float32; the run differs from a float32 one by bf16 rounding (tested to a stated
+    tolerance). Evaluation and probes read the model in float32."""
 
     def validate(self, where: str) -> None:
         _check(self.steps >= 1, where, "steps", "an integer >= 1", self.steps)
@@ -928,11 +936,13 @@ class TextRunConfig:
         )
     )  # fmt: skip
     """12000 steps: at 3000 the MDM had memorised the p2d statements on no seed (forward prefix
-    0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin. Eager by
-    default; ``train.compile=true`` (the same run up to float rounding; a resumed compiled run
-    ends as the uninterrupted one bit for bit) makes the MDM's step 0.85x the eager one
-    (benchmarks/text_padding.py); the published Person-Description results (rows of 40) were
-    trained so."""
+    0.13-0.68); a 9000-step pilot reached 0.97 on one seed, so 12000 leaves a margin. Eager and
+    float32 by default; ``train.compile=true`` (the same run up to float rounding; a resumed
+    compiled run ends as the uninterrupted one bit for bit) makes the MDM's step 0.85x the eager
+    one, and ``train.precision=bf16`` (CPU bf16 autocast) 0.4x the float32 compiled one on a CPU
+    with bf16 instructions (benchmarks/text_padding.py). The published Person-Description results
+    are trained with both (their command says so); the float32 compiled run before them is kept
+    as docs/results/person-description-fp32."""
     eval: DecodeConfig = field(default_factory=lambda: DecodeConfig(n_distractors=9, n_mc=16))
     """Decoding and likelihoods; gen_length is set per split (its longest answer + 2 tokens)."""
     probe: TextProbeConfig = field(default_factory=lambda: TextProbeConfig(n_facts=60, every=2000))

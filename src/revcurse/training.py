@@ -32,7 +32,8 @@ neither. One policy for everything a run kind could otherwise do its own way:
 
 It runs through ``accelerate``: ``accelerate launch`` with a config of ``configs/accelerate/``
 spreads it over processes; a plain ``python`` call is the same code path in one process (bf16
-autocast on GPU with :func:`make_accelerator`, float32 on CPU).
+autocast on GPU with :func:`make_accelerator`, float32 on CPU unless ``train.precision`` is bf16:
+then the loss's forward runs under CPU bf16 autocast).
 """
 
 from __future__ import annotations
@@ -515,6 +516,9 @@ def fit(
         # graph rather than splitting it (measured faster on the toy MDM; BENCHMARKS.md).
         compiling = torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True)
         model = torch.compile(model)
+    # bf16 on CPU wraps the loss alone in autocast (accelerate's mixed precision would patch the
+    # model's forward for good), so evaluation and probes, between steps and after, run in float32.
+    bf16 = cfg.precision == "bf16" and accelerator.device.type == "cpu"
     plain = single and layout["accumulation"] == 1
     # the same every step
     whole = select(data, None, accelerator.device) if order.full and plain else None
@@ -529,12 +533,12 @@ def fit(
                 batch = (
                     whole if whole is not None else select(data, order.next(), accelerator.device)
                 )
-                loss = _backward(model, batch, loss_fn, generator, accelerator, step, 1.0)
+                loss = _backward(model, batch, loss_fn, generator, accelerator, step, 1.0, bf16)
                 # the whole set's tokens are counted once, after the loop
                 step_tokens = int(batch.attention_mask.sum()) if whole is None else 0
             else:
                 loss, step_tokens = _accumulate(model, data, order, layout, loss_fn, generator,
-                                                accelerator, step)  # fmt: skip
+                                                accelerator, step, bf16)  # fmt: skip
             max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
             if single:  # foreach: one fused norm over all gradients (what a toy step can afford)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
@@ -592,9 +596,10 @@ def _other_generators(accelerator, generator: torch.Generator,
 
 
 def _backward(model, batch: TextBatch, loss_fn: LossFn, generator, accelerator, step: int,
-              weight: float) -> torch.Tensor:  # fmt: skip
-    """The loss of one forward pass (checked finite) and its gradient, scaled by ``weight``."""
-    with accelerator.autocast():
+              weight: float, bf16: bool = False) -> torch.Tensor:  # fmt: skip
+    """The loss of one forward pass (checked finite) and its gradient, scaled by ``weight``;
+    ``bf16``: the forward under CPU bf16 autocast."""
+    with accelerator.autocast(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         loss = loss_fn(model, batch, generator)
     if not torch.isfinite(loss):
         raise RevcurseError(
@@ -605,7 +610,8 @@ def _backward(model, batch: TextBatch, loss_fn: LossFn, generator, accelerator, 
 
 
 def _accumulate(model, data: TextBatch, order: DataOrder, layout: dict[str, int],
-                loss_fn: LossFn, generator, accelerator, step: int) -> tuple[torch.Tensor, int]:  # fmt: skip
+                loss_fn: LossFn, generator, accelerator, step: int,
+                bf16: bool = False) -> tuple[torch.Tensor, int]:  # fmt: skip
     """One step's gradient from this process's share of the global batch, in passes of
     ``micro_batch`` rows, each weighted by its share (gradient sync only on the last pass).
     Returns the share's mean loss and its token count."""
@@ -622,7 +628,7 @@ def _accumulate(model, data: TextBatch, order: DataOrder, layout: dict[str, int]
         sync = contextlib.nullcontext() if last or layout["processes"] == 1 else (
             accelerator.no_sync(model))  # fmt: skip
         with sync:
-            loss = _backward(model, batch, loss_fn, generator, accelerator, step, weight)
+            loss = _backward(model, batch, loss_fn, generator, accelerator, step, weight, bf16)
         total += loss.detach().float().cpu() * weight
         tokens += int(batch.attention_mask.sum())
     return total, tokens
