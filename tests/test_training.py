@@ -356,4 +356,4 @@ def test_a_bf16_run_trains_the_float32_runs_model_in_bf16(tmp_path, causal):
     again = evaluate(b, build_dataset(bf16_cfg)[0], vocab)
     for key in ("forward_answer_logprob", "reverse_answer_logprob"):
         assert bf16[key] == pytest.approx(again[key], rel=1e-6, abs=1e-9), key
-    assert plain[key] != bf16[key]
+        assert bf16[key] != plain[key], key  # a bf16-trained model, read in float32

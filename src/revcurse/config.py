@@ -330,9 +330,9 @@ class TrainConfig:
     uncompiled model."""
     precision: Precision = "auto"
     """Arithmetic of the training steps. ``auto``: bf16 autocast on GPU (accelerate's mixed
-    precision), float32 on CPU. ``bf16``: bf16 autocast on CPU too, where the CPU has bf16 matrix
-    instructions (AVX-512 BF16, AMX) it makes a from-scratch text step 2-2.5x faster
-    (BENCHMARKS.md). Weights, gradients and AdamW moments stay float32 and the loss's softmax is
+    precision), float32 on CPU. ``bf16``: bf16 autocast on CPU too. Where the CPU has bf16 matrix
+    instructions (AVX-512 BF16, AMX) it makes a from-scratch text step about 2.5x faster
+    (BENCHMARKS.md); elsewhere oneDNN emulates bf16 and it may be slower. Weights, gradients and AdamW moments stay float32 and the loss's softmax is
     taken in float32; the run differs from a float32 one by bf16 rounding (tested to a stated
     tolerance). Evaluation and probes read the model in float32."""
 
